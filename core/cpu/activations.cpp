@@ -1,0 +1,101 @@
+// CPU activations, forward and backward: relu, gelu (tanh approximation), swiglu.
+#include <cmath>
+
+#include "core/backend.h"
+
+namespace moe::cpu {
+
+namespace {
+constexpr float kSqrt2OverPi = 0.7978845608028654f;  // sqrt(2 / pi)
+constexpr float kGeluCubic = 0.044715f;
+
+float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
+}  // namespace
+
+// ---- relu: x, y, dy, dx all the same shape ----
+
+void relu_forward(Tensor& y, const Tensor& x) {
+  const float* px = x.f32();
+  float* py = y.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) py[i] = px[i] > 0.f ? px[i] : 0.f;
+}
+
+void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const float* px = x.f32();
+  const float* pdy = dy.f32();
+  float* pdx = dx.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) pdx[i] += px[i] > 0.f ? pdy[i] : 0.f;
+}
+
+// ---- gelu: y = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3) ----
+
+void gelu_forward(Tensor& y, const Tensor& x) {
+  const float* px = x.f32();
+  float* py = y.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = px[i];
+    const float u = kSqrt2OverPi * (v + kGeluCubic * v * v * v);
+    py[i] = 0.5f * v * (1.f + std::tanh(u));
+  }
+}
+
+// dy/dx = 0.5 (1 + tanh u) + 0.5 x (1 - tanh^2 u) du/dx,  du/dx = sqrt(2/pi) (1 + 3 * 0.044715 x^2).
+void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const float* px = x.f32();
+  const float* pdy = dy.f32();
+  float* pdx = dx.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for
+  for (int64_t i = 0; i < n; ++i) {
+    const float v = px[i];
+    const float t = std::tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+    const float du_dx = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * v * v);
+    const float dy_dx = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * du_dx;
+    pdx[i] += pdy[i] * dy_dx;
+  }
+}
+
+// ---- swiglu: x (N, 2h) = [gate | up] per row, y (N, h) = silu(gate) * up ----
+
+void swiglu_forward(Tensor& y, const Tensor& x) {
+  const int64_t N = x.dim(0), h = x.dim(1) / 2;
+  const float* px = x.f32();
+  float* py = y.f32();
+#pragma omp parallel for
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = px + n * 2 * h;
+    const float* up = gate + h;
+    float* yrow = py + n * h;
+    for (int64_t j = 0; j < h; ++j) yrow[j] = gate[j] * sigmoid(gate[j]) * up[j];
+  }
+}
+
+// d silu(g)/dg = s (1 + g (1 - s)) with s = sigmoid(g);  dgate += dy up silu'(g);  dup += dy silu(g).
+void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const int64_t N = x.dim(0), h = x.dim(1) / 2;
+  const float* px = x.f32();
+  const float* pdy = dy.f32();
+  float* pdx = dx.f32();
+#pragma omp parallel for
+  for (int64_t n = 0; n < N; ++n) {
+    const float* gate = px + n * 2 * h;
+    const float* up = gate + h;
+    const float* dyrow = pdy + n * h;
+    float* dgate = pdx + n * 2 * h;
+    float* dup = dgate + h;
+    for (int64_t j = 0; j < h; ++j) {
+      const float s = sigmoid(gate[j]);
+      const float silu = gate[j] * s;
+      dgate[j] += dyrow[j] * up[j] * s * (1.f + gate[j] * (1.f - s));
+      dup[j] += dyrow[j] * silu;
+    }
+  }
+}
+
+}  // namespace moe::cpu

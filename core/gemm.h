@@ -1,0 +1,22 @@
+// Matrix multiply on row-major float32 matrices through the build's GEMM provider (oneDNN on CPU),
+// and the thread count that provider uses.
+#pragma once
+
+#include <cstdint>
+
+namespace moe {
+
+// C (M, N) = alpha * op(A) op(B) + beta * C, all row-major; op(X) = X^T when trans_X.
+// A is (M, K) or, transposed, stored (K, M); B is (K, N) or stored (N, K). lda/ldb/ldc are row strides.
+// With beta = 0, C's previous contents are ignored (may be uninitialised). M, N or K may be 0.
+void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// Threads the GEMM provider (and our OpenMP loops) may use in this process. n >= 1.
+void set_num_threads(int n);
+int num_threads();
+
+// Name of the GEMM provider, for logs and benchmarks ("oneDNN 2.6.3").
+const char* gemm_provider();
+
+}  // namespace moe

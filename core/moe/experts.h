@@ -1,0 +1,35 @@
+// The experts: E independent FFNs run as one grouped pass over the permuted token buffer, where
+// expert e's tokens are the contiguous rows [offset[e], offset[e+1]).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "core/moe/moe_config.h"
+#include "core/tensor.h"
+
+namespace moe {
+
+// What the forward keeps for the backward, and the backward's scratch; kept between calls so the
+// buffers are allocated once rather than on every call.
+struct ExpertActivations {
+  Tensor pre;   // (M, in_cols) x W_in before the activation
+  Tensor act;   // (M, h) after the activation
+  Tensor dact;  // (M, h) backward scratch
+  Tensor dpre;  // (M, in_cols) backward scratch
+};
+
+// x (M, d) permuted tokens; offset (E_local + 1) segment starts within x, offset.back() == M;
+// w_in (E_local, d, in_cols) with in_cols = h (ReLU, GELU) or 2h (SwiGLU: [gate | up]);
+// w_out (E_local, h, d). Writes y (M, d) and saved. Costs one GEMM pair per expert with tokens,
+// never one per token.
+void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
+                     const Tensor& w_in, const Tensor& w_out, Activation activation);
+
+// Accumulates dx (M, d), dw_in, dw_out (shapes of w_in, w_out); any may be null except that
+// dx == nullptr still needs the activation gradient when dw_in is wanted.
+void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& dy, const Tensor& x,
+                      const std::vector<int64_t>& offset, const Tensor& w_in, const Tensor& w_out,
+                      ExpertActivations& saved, Activation activation);
+
+}  // namespace moe

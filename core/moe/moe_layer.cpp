@@ -1,0 +1,123 @@
+// The single-process MoE layer: the stages of core/moe/*.h wired together, forward and backward.
+#include "core/moe/moe_layer.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "core/ops.h"
+#include "core/random.h"
+#include "core/timer.h"
+
+namespace moe {
+
+namespace {
+void require_finite(const Tensor& x) {
+  const float* p = x.f32();
+  const int64_t cols = x.dim(1);
+  for (int64_t i = 0; i < x.numel(); ++i)
+    MOE_REQUIRE(std::isfinite(p[i]), "MoE layer input x has a non-finite value (", p[i], ") at token ",
+                i / cols, ", column ", i % cols, "; inputs must be finite");
+}
+// Resizes a kept scratch buffer and zeroes it, for gradients that are accumulated into.
+void zeroed(Tensor& buffer, const Shape& shape) {
+  buffer.resize(shape);
+  buffer.zero();
+}
+}  // namespace
+
+MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed) : cfg_(cfg), seed_(seed) {
+  cfg_.validate();
+  const int64_t d = cfg_.d_model, E = cfg_.num_experts, h = cfg_.hidden, in_cols = cfg_.expert_in_cols();
+  weights.w_gate = Tensor::empty({d, E});
+  weights.w_in = Tensor::empty({E, d, in_cols});
+  weights.w_out = Tensor::empty({E, h, d});
+  fill_normal(weights.w_gate, cfg_.init_std, stream_id(seed, "w_gate"));
+  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, "w_in"));
+  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, "w_out"));
+  grads.w_gate = Tensor::zeros(weights.w_gate.shape());
+  grads.w_in = Tensor::zeros(weights.w_in.shape());
+  grads.w_out = Tensor::zeros(weights.w_out.shape());
+}
+
+void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
+  registry.add(prefix + ".w_gate", weights.w_gate, grads.w_gate, ParamKind::Dense);
+  registry.add(prefix + ".w_in", weights.w_in, grads.w_in, ParamKind::Expert);
+  registry.add(prefix + ".w_out", weights.w_out, grads.w_out, ParamKind::Expert);
+}
+
+void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
+  require_rank("MoELayer::forward", "x", x, 2);
+  MOE_REQUIRE(x.dim(1) == cfg_.d_model, "MoELayer::forward: x has shape ", to_string(x.shape()),
+              ", expected (T, d_model = ", cfg_.d_model, ")");
+  require_shape("MoELayer::forward", "y", y, x.shape());
+  require_finite(x);
+  const int64_t T = x.dim(0), d = cfg_.d_model, E = cfg_.num_experts;
+  x_ = x;
+  MoEPhaseTimes& time = stats_.forward_time;
+  time = MoEPhaseTimes{};
+  LapTimer timer;
+
+  router_forward(router_, x, weights.w_gate, cfg_, training, stream_id(seed_ + calls_++, "jitter"), 0);
+  timer.lap(&time.router);
+
+  const double factor = training ? cfg_.capacity_factor_train : cfg_.capacity_factor_eval;
+  const int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
+  plan_ = make_dispatch_plan(router_.expert, router_.probs, E, capacity, cfg_.drop_policy);
+
+  const int64_t M = plan_.num_kept();
+  x_perm_.resize({M, d});
+  gather_rows(x_perm_, x, plan_.source_token);
+  timer.lap(&time.permute);
+
+  expert_out_.resize({M, d});
+  experts_forward(expert_out_, activations_, x_perm_, plan_.offset, weights.w_in, weights.w_out,
+                  cfg_.activation);
+  timer.lap(&time.experts);
+
+  combine_forward(y, expert_out_, plan_.slot, router_.weight);
+  timer.lap(&time.combine);
+
+  balance_ = load_balance_terms(router_.probs, router_.expert);
+  stats_.tokens = T;
+  stats_.capacity = capacity;
+  stats_.routed = plan_.routed;
+  stats_.kept = plan_.kept;
+  stats_.kept_total = M;
+  stats_.dropped_total = plan_.num_dropped();
+  stats_.aux_loss = load_balancing_loss(balance_, cfg_.aux_loss_coeff);
+  stats_.z_loss = z_loss(router_.logits, cfg_.z_loss_coeff, static_cast<double>(T));
+  timer.lap(&time.losses);
+}
+
+void MoELayer::backward(Tensor& dx, const Tensor& dy) {
+  MOE_REQUIRE(x_.defined(), "MoELayer::backward called before forward");
+  require_shape("MoELayer::backward", "dy", dy, x_.shape());
+  require_shape("MoELayer::backward", "dx", dx, x_.shape());
+  const int64_t T = x_.dim(0), d = cfg_.d_model, E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t M = plan_.num_kept();
+  MoEPhaseTimes& time = stats_.backward_time;
+  time = MoEPhaseTimes{};
+  LapTimer timer;
+
+  zeroed(d_expert_out_, {M, d});
+  zeroed(dweight_, {T, k});
+  combine_backward(&d_expert_out_, &dweight_, dy, expert_out_, plan_.slot, router_.weight);
+  timer.lap(&time.combine);
+
+  zeroed(dx_perm_, {M, d});
+  experts_backward(&dx_perm_, &grads.w_in, &grads.w_out, d_expert_out_, x_perm_, plan_.offset,
+                   weights.w_in, weights.w_out, activations_, cfg_.activation);
+  timer.lap(&time.experts);
+  scatter_add_rows(dx, dx_perm_, plan_.source_token);
+  timer.lap(&time.permute);
+
+  zeroed(dprobs_, {T, E});
+  zeroed(dlogits_, {T, E});
+  load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_coeff, 1.0);
+  z_loss_backward(dlogits_, router_.logits, router_.probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
+  timer.lap(&time.losses);
+  router_backward(&dx, &grads.w_gate, dprobs_, dlogits_, dweight_, weights.w_gate, router_, cfg_);
+  timer.lap(&time.router);
+}
+
+}  // namespace moe

@@ -1,0 +1,39 @@
+// The router (gating module): logits = x W_gate in fp32, softmax, top-k experts and their weights.
+#pragma once
+
+#include <cstdint>
+
+#include "core/moe/moe_config.h"
+#include "core/tensor.h"
+
+namespace moe {
+
+// What the router's forward computes and its backward needs.
+struct RouterOutput {
+  Tensor x_routed;  // (T, d) the input the router saw: x * jitter in training with jitter, else x
+  Tensor jitter;    // (T, d) multiplicative noise, undefined when none was applied
+  Tensor logits;    // (T, E)
+  Tensor probs;     // (T, E) softmax(logits)
+  Tensor expert;    // (T, k) int32 chosen expert ids, highest probability first (ties: lower id)
+  Tensor weight;    // (T, k) combine weights: probs of the chosen experts, renormalised if configured
+};
+
+// x (T, d), w_gate (d, E). Jitter applies when training and cfg.jitter_eps > 0; its noise is value
+// (token_offset + t) * d + c of `jitter_stream`, so each token's noise is fixed by its global index.
+void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
+                    bool training, uint64_t jitter_stream, int64_t token_offset);
+
+// Backward of the router. Inputs: dweight (T, k) from the combine, dprobs (T, E) holding any gradient
+// already flowing into the probabilities (the load-balancing loss), dlogits (T, E) holding any into
+// the logits (the z-loss). Both buffers are used as scratch. Accumulates into dx (T, d) and
+// dw_gate (d, E); either may be null.
+void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,
+                     const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg);
+
+// Top-k selection. probs (T, E) -> expert (T, k) int32, weight (T, k).
+void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize);
+// dprobs (T, E) += the gradient of the weights with respect to the probabilities.
+void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
+                   const Tensor& probs, bool renormalize);
+
+}  // namespace moe

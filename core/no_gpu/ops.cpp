@@ -1,0 +1,52 @@
+// The moe::cuda op backend of a build without CUDA: every op throws InvalidArgument.
+#include "core/backend.h"
+#include "core/check.h"
+
+#define MOE_NO_CUDA(op) throw ::moe::InvalidArgument(#op " has no CUDA implementation in this build")
+
+namespace moe::cuda {
+
+void linear_forward(Tensor&, const Tensor&, const Tensor&, const Tensor*) { MOE_NO_CUDA(linear_forward); }
+void linear_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(linear_backward);
+}
+
+void relu_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(relu_forward); }
+void relu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(relu_backward); }
+void gelu_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(gelu_forward); }
+void gelu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(gelu_backward); }
+void swiglu_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(swiglu_forward); }
+void swiglu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(swiglu_backward); }
+
+void softmax_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(softmax_forward); }
+void softmax_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(softmax_backward); }
+
+void rmsnorm_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, float) { MOE_NO_CUDA(rmsnorm_forward); }
+void rmsnorm_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(rmsnorm_backward);
+}
+void layernorm_forward(Tensor&, Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, float) {
+  MOE_NO_CUDA(layernorm_forward);
+}
+void layernorm_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
+                        const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(layernorm_backward);
+}
+
+float cross_entropy_forward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(cross_entropy_forward); }
+void cross_entropy_backward(Tensor&, const Tensor&, const Tensor&, float) {
+  MOE_NO_CUDA(cross_entropy_backward);
+}
+
+void embedding_forward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(embedding_forward); }
+void embedding_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(embedding_backward); }
+
+void gather_rows(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(gather_rows); }
+void scatter_add_rows(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(scatter_add_rows); }
+void combine_forward(Tensor&, const Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(combine_forward); }
+void combine_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(combine_backward);
+}
+void add_scaled(Tensor&, const Tensor&, float) { MOE_NO_CUDA(add_scaled); }
+
+}  // namespace moe::cuda

@@ -1,0 +1,327 @@
+// Public op front-ends: validate shapes, dtypes and devices, then run the op on the tensors' device.
+#include "core/ops.h"
+
+#include <cmath>
+
+#include "core/backend.h"
+#include "core/check.h"
+
+// Runs moe::cpu::op or moe::cuda::op with the same arguments, by `device`; returns what the op returns.
+#define MOE_DISPATCH(device, op, ...) \
+  ((device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__))
+
+namespace moe {
+
+namespace {
+
+void require_defined(const char* op, const char* arg, const Tensor& t) {
+  MOE_REQUIRE(t.defined(), op, ": ", arg, " is an undefined (empty) tensor");
+}
+
+void require_f32(const char* op, const char* arg, const Tensor& t, const Shape& shape) {
+  require_shape(op, arg, t, shape);
+  require_dtype(op, arg, t, DType::F32);
+}
+
+void require_i32(const char* op, const char* arg, const Tensor& t, const Shape& shape) {
+  require_shape(op, arg, t, shape);
+  require_dtype(op, arg, t, DType::I32);
+}
+
+// A rank-2 float32 tensor; its shape is then the reference for the op's other arguments.
+void require_f32_matrix(const char* op, const char* arg, const Tensor& t) {
+  require_rank(op, arg, t, 2);
+  require_dtype(op, arg, t, DType::F32);
+}
+
+void require_eps(const char* op, float eps) {
+  MOE_REQUIRE(std::isfinite(eps) && eps >= 0.f, op, ": eps = ", eps, " must be finite and >= 0");
+}
+
+void require_has_features(const char* op, const Tensor& x) {
+  MOE_REQUIRE(x.dim(1) >= 1, op, ": x has shape ", to_string(x.shape()),
+              ", expected at least one feature (column) to normalise over");
+}
+
+}  // namespace
+
+// ---- linear ----
+
+void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
+  const char* op = "linear_forward";
+  require_f32_matrix(op, "x", x);
+  require_f32_matrix(op, "w", w);
+  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
+  require_f32(op, "w", w, {in, out});
+  if (b != nullptr) require_f32(op, "b", *b, {out});
+  require_f32(op, "y", y, {N, out});
+  require_same_device(op, {&y, &x, &w, b});
+  MOE_DISPATCH(x.device(), linear_forward, y, x, w, b);
+}
+
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                     const Tensor& w) {
+  const char* op = "linear_backward";
+  require_f32_matrix(op, "x", x);
+  require_f32_matrix(op, "w", w);
+  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
+  require_f32(op, "w", w, {in, out});
+  require_f32(op, "dy", dy, {N, out});
+  if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
+  if (dw != nullptr) require_f32(op, "dw", *dw, {in, out});
+  if (db != nullptr) require_f32(op, "db", *db, {out});
+  require_same_device(op, {&dy, &x, &w, dx, dw, db});
+  MOE_DISPATCH(x.device(), linear_backward, dx, dw, db, dy, x, w);
+}
+
+// ---- elementwise activations: any shape, y and dy shaped like x ----
+
+namespace {
+void check_elementwise_forward(const char* op, const Tensor& y, const Tensor& x) {
+  require_defined(op, "x", x);
+  require_dtype(op, "x", x, DType::F32);
+  require_f32(op, "y", y, x.shape());
+  require_same_device(op, {&y, &x});
+}
+
+void check_elementwise_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x) {
+  require_defined(op, "x", x);
+  require_dtype(op, "x", x, DType::F32);
+  require_f32(op, "dy", dy, x.shape());
+  require_f32(op, "dx", dx, x.shape());
+  require_same_device(op, {&dx, &dy, &x});
+}
+}  // namespace
+
+void relu_forward(Tensor& y, const Tensor& x) {
+  check_elementwise_forward("relu_forward", y, x);
+  MOE_DISPATCH(x.device(), relu_forward, y, x);
+}
+
+void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  check_elementwise_backward("relu_backward", dx, dy, x);
+  MOE_DISPATCH(x.device(), relu_backward, dx, dy, x);
+}
+
+void gelu_forward(Tensor& y, const Tensor& x) {
+  check_elementwise_forward("gelu_forward", y, x);
+  MOE_DISPATCH(x.device(), gelu_forward, y, x);
+}
+
+void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  check_elementwise_backward("gelu_backward", dx, dy, x);
+  MOE_DISPATCH(x.device(), gelu_backward, dx, dy, x);
+}
+
+// ---- swiglu: x (N, 2h) = [gate | up], y (N, h) ----
+
+namespace {
+void require_gate_up_pairs(const char* op, const Tensor& x) {
+  require_f32_matrix(op, "x", x);
+  MOE_REQUIRE(x.dim(1) % 2 == 0, op, ": x has shape ", to_string(x.shape()),
+              ", expected an even number of columns ([gate | up] halves)");
+}
+}  // namespace
+
+void swiglu_forward(Tensor& y, const Tensor& x) {
+  const char* op = "swiglu_forward";
+  require_gate_up_pairs(op, x);
+  require_f32(op, "y", y, {x.dim(0), x.dim(1) / 2});
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(x.device(), swiglu_forward, y, x);
+}
+
+void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const char* op = "swiglu_backward";
+  require_gate_up_pairs(op, x);
+  require_f32(op, "dy", dy, {x.dim(0), x.dim(1) / 2});
+  require_f32(op, "dx", dx, x.shape());
+  require_same_device(op, {&dx, &dy, &x});
+  MOE_DISPATCH(x.device(), swiglu_backward, dx, dy, x);
+}
+
+// ---- softmax ----
+
+void softmax_forward(Tensor& y, const Tensor& x) {
+  const char* op = "softmax_forward";
+  require_f32_matrix(op, "x", x);
+  require_f32(op, "y", y, x.shape());
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(x.device(), softmax_forward, y, x);
+}
+
+void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
+  const char* op = "softmax_backward";
+  require_f32_matrix(op, "y", y);
+  require_f32(op, "dy", dy, y.shape());
+  require_f32(op, "dx", dx, y.shape());
+  require_same_device(op, {&dx, &dy, &y});
+  MOE_DISPATCH(y.device(), softmax_backward, dx, dy, y);
+}
+
+// ---- norms ----
+
+void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, float eps) {
+  const char* op = "rmsnorm_forward";
+  require_f32_matrix(op, "x", x);
+  require_has_features(op, x);
+  const int64_t N = x.dim(0), C = x.dim(1);
+  require_f32(op, "g", g, {C});
+  require_f32(op, "y", y, {N, C});
+  require_f32(op, "rstd", rstd, {N});
+  require_eps(op, eps);
+  require_same_device(op, {&y, &rstd, &x, &g});
+  MOE_DISPATCH(x.device(), rmsnorm_forward, y, rstd, x, g, eps);
+}
+
+void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x, const Tensor& g,
+                      const Tensor& rstd) {
+  const char* op = "rmsnorm_backward";
+  require_f32_matrix(op, "x", x);
+  require_has_features(op, x);
+  const int64_t N = x.dim(0), C = x.dim(1);
+  require_f32(op, "g", g, {C});
+  require_f32(op, "rstd", rstd, {N});
+  require_f32(op, "dy", dy, {N, C});
+  if (dx != nullptr) require_f32(op, "dx", *dx, {N, C});
+  if (dg != nullptr) require_f32(op, "dg", *dg, {C});
+  require_same_device(op, {&dy, &x, &g, &rstd, dx, dg});
+  MOE_DISPATCH(x.device(), rmsnorm_backward, dx, dg, dy, x, g, rstd);
+}
+
+void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& g,
+                       const Tensor& b, float eps) {
+  const char* op = "layernorm_forward";
+  require_f32_matrix(op, "x", x);
+  require_has_features(op, x);
+  const int64_t N = x.dim(0), C = x.dim(1);
+  require_f32(op, "g", g, {C});
+  require_f32(op, "b", b, {C});
+  require_f32(op, "y", y, {N, C});
+  require_f32(op, "mean", mean, {N});
+  require_f32(op, "rstd", rstd, {N});
+  require_eps(op, eps);
+  require_same_device(op, {&y, &mean, &rstd, &x, &g, &b});
+  MOE_DISPATCH(x.device(), layernorm_forward, y, mean, rstd, x, g, b, eps);
+}
+
+void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, const Tensor& x,
+                        const Tensor& g, const Tensor& mean, const Tensor& rstd) {
+  const char* op = "layernorm_backward";
+  require_f32_matrix(op, "x", x);
+  require_has_features(op, x);
+  const int64_t N = x.dim(0), C = x.dim(1);
+  require_f32(op, "g", g, {C});
+  require_f32(op, "mean", mean, {N});
+  require_f32(op, "rstd", rstd, {N});
+  require_f32(op, "dy", dy, {N, C});
+  if (dx != nullptr) require_f32(op, "dx", *dx, {N, C});
+  if (dg != nullptr) require_f32(op, "dg", *dg, {C});
+  if (db != nullptr) require_f32(op, "db", *db, {C});
+  require_same_device(op, {&dy, &x, &g, &mean, &rstd, dx, dg, db});
+  MOE_DISPATCH(x.device(), layernorm_backward, dx, dg, db, dy, x, g, mean, rstd);
+}
+
+// ---- cross-entropy ----
+
+float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& targets) {
+  const char* op = "cross_entropy_forward";
+  require_f32_matrix(op, "logits", logits);
+  require_i32(op, "targets", targets, {logits.dim(0)});
+  require_f32(op, "probs", probs, logits.shape());
+  require_same_device(op, {&probs, &logits, &targets});
+  return MOE_DISPATCH(logits.device(), cross_entropy_forward, probs, logits, targets);
+}
+
+void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& targets, float dloss) {
+  const char* op = "cross_entropy_backward";
+  require_f32_matrix(op, "probs", probs);
+  require_i32(op, "targets", targets, {probs.dim(0)});
+  require_f32(op, "dlogits", dlogits, probs.shape());
+  require_same_device(op, {&dlogits, &probs, &targets});
+  MOE_DISPATCH(probs.device(), cross_entropy_backward, dlogits, probs, targets, dloss);
+}
+
+// ---- embedding ----
+
+void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table) {
+  const char* op = "embedding_forward";
+  require_f32_matrix(op, "table", table);
+  require_rank(op, "ids", ids, 1);
+  require_dtype(op, "ids", ids, DType::I32);
+  require_f32(op, "y", y, {ids.dim(0), table.dim(1)});
+  require_same_device(op, {&y, &ids, &table});
+  MOE_DISPATCH(table.device(), embedding_forward, y, ids, table);
+}
+
+void embedding_backward(Tensor& dtable, const Tensor& dy, const Tensor& ids) {
+  const char* op = "embedding_backward";
+  require_f32_matrix(op, "dtable", dtable);
+  require_rank(op, "ids", ids, 1);
+  require_dtype(op, "ids", ids, DType::I32);
+  require_f32(op, "dy", dy, {ids.dim(0), dtable.dim(1)});
+  require_same_device(op, {&dtable, &dy, &ids});
+  MOE_DISPATCH(dtable.device(), embedding_backward, dtable, dy, ids);
+}
+
+// ---- row movement ----
+
+void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
+  const char* op = "gather_rows";
+  require_f32_matrix(op, "x", x);
+  require_rank(op, "index", index, 1);
+  require_dtype(op, "index", index, DType::I32);
+  require_f32(op, "y", y, {index.dim(0), x.dim(1)});
+  require_same_device(op, {&y, &x, &index});
+  MOE_DISPATCH(x.device(), gather_rows, y, x, index);
+}
+
+void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
+  const char* op = "scatter_add_rows";
+  require_f32_matrix(op, "dx", dx);
+  require_rank(op, "index", index, 1);
+  require_dtype(op, "index", index, DType::I32);
+  require_f32(op, "dy", dy, {index.dim(0), dx.dim(1)});
+  require_same_device(op, {&dx, &dy, &index});
+  MOE_DISPATCH(dx.device(), scatter_add_rows, dx, dy, index);
+}
+
+void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Tensor& weights) {
+  const char* op = "combine_forward";
+  require_f32_matrix(op, "rows", rows);
+  require_rank(op, "slot", slot, 2);
+  require_dtype(op, "slot", slot, DType::I32);
+  const int64_t T = slot.dim(0), k = slot.dim(1), C = rows.dim(1);
+  require_f32(op, "weights", weights, {T, k});
+  require_f32(op, "y", y, {T, C});
+  require_same_device(op, {&y, &rows, &slot, &weights});
+  MOE_DISPATCH(rows.device(), combine_forward, y, rows, slot, weights);
+}
+
+void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const Tensor& rows,
+                      const Tensor& slot, const Tensor& weights) {
+  const char* op = "combine_backward";
+  require_f32_matrix(op, "rows", rows);
+  require_rank(op, "slot", slot, 2);
+  require_dtype(op, "slot", slot, DType::I32);
+  const int64_t T = slot.dim(0), k = slot.dim(1), C = rows.dim(1);
+  require_f32(op, "weights", weights, {T, k});
+  require_f32(op, "dy", dy, {T, C});
+  if (drows != nullptr) require_f32(op, "drows", *drows, rows.shape());
+  if (dweights != nullptr) require_f32(op, "dweights", *dweights, {T, k});
+  require_same_device(op, {&dy, &rows, &slot, &weights, drows, dweights});
+  MOE_DISPATCH(rows.device(), combine_backward, drows, dweights, dy, rows, slot, weights);
+}
+
+// ---- elementwise helper ----
+
+void add_scaled(Tensor& y, const Tensor& x, float alpha) {
+  const char* op = "add_scaled";
+  require_defined(op, "y", y);
+  require_dtype(op, "y", y, DType::F32);
+  require_f32(op, "x", x, y.shape());
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(y.device(), add_scaled, y, x, alpha);
+}
+
+}  // namespace moe

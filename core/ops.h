@@ -1,0 +1,79 @@
+// Core float32 ops, forward and backward side by side; each call checks shapes and runs on the
+// tensors' device (CPU now; a CUDA backend slots in behind the same names, see core/backend_ops.inc).
+//
+// Conventions for every op here:
+//  - forward functions overwrite their outputs, which the caller allocates with the shapes given;
+//  - backward functions ACCUMULATE (+=) into every gradient they produce (dx, dw, ...), so a tensor
+//    used in two places simply receives both contributions; zero gradients before a backward pass;
+//  - a pointer argument may be null to skip that input (bias) or that gradient;
+//  - shape comments use N for rows (tokens), C for columns (features or classes).
+#pragma once
+
+#include "core/tensor.h"
+
+namespace moe {
+
+// linear: y = x w (+ b).  x (N, in), w (in, out), b (out) or null, y (N, out).
+void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b);
+// dx (N, in) += dy w^T;  dw (in, out) += x^T dy;  db (out) += sum_rows dy.
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
+                     const Tensor& w);
+
+// relu: y = max(x, 0).  x, y (any shape, same).
+void relu_forward(Tensor& y, const Tensor& x);
+void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
+
+// gelu, tanh approximation (as GPT-2 and Megatron use): 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
+void gelu_forward(Tensor& y, const Tensor& x);
+void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
+
+// swiglu: x (N, 2h) holds [gate | up] per row; y (N, h) = silu(gate) * up, silu(g) = g sigmoid(g).
+void swiglu_forward(Tensor& y, const Tensor& x);
+void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
+
+// softmax over the last dimension: x, y (N, C).
+void softmax_forward(Tensor& y, const Tensor& x);
+// dx += y * (dy - sum_c dy*y), using the forward's output y.
+void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y);
+
+// rmsnorm: y = x / sqrt(mean(x^2) + eps) * g.  x, y (N, C); g (C); rstd (N) saved for backward.
+void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, float eps);
+void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x, const Tensor& g,
+                      const Tensor& rstd);
+
+// layernorm: y = (x - mean) / sqrt(var + eps) * g + b.  x, y (N, C); g, b (C); mean, rstd (N) saved.
+void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& g,
+                       const Tensor& b, float eps);
+void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, const Tensor& x,
+                        const Tensor& g, const Tensor& mean, const Tensor& rstd);
+
+// cross-entropy with fused softmax: logits (N, V), targets (N) int32 in [0, V) or -1 (ignored row).
+// Writes probs (N, V) and returns the mean loss over non-ignored rows (0 if there are none).
+// Throws InvalidArgument naming the row if a target is out of range.
+float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& targets);
+// dlogits (N, V) += dloss * (probs - onehot(target)) / (number of non-ignored rows).
+void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& targets, float dloss);
+
+// embedding: y (N, d) = table[ids].  ids (N) int32 in [0, V); table (V, d).
+// Throws InvalidArgument naming the position if an id is out of range.
+void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table);
+// dtable[ids[n]] += dy[n].
+void embedding_backward(Tensor& dtable, const Tensor& dy, const Tensor& ids);
+
+// Row movement for token permutation (the MoE dispatch).
+// gather_rows: y (M, C) = x[index[m]], index (M) int32 in [0, N), x (N, C).
+void gather_rows(Tensor& y, const Tensor& x, const Tensor& index);
+// scatter_add_rows: dx[index[m]] += dy[m] (the backward of gather_rows). dx (N, C), dy (M, C).
+void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index);
+
+// combine: y (T, C) = sum_j weights[t, j] * rows[slot[t, j]] over j with slot[t, j] >= 0.
+// rows (M, C); slot (T, k) int32 in [-1, M), -1 meaning "contributes nothing"; weights (T, k).
+void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Tensor& weights);
+// drows[slot[t, j]] += weights[t, j] * dy[t];  dweights[t, j] += dot(dy[t], rows[slot[t, j]]).
+void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const Tensor& rows,
+                      const Tensor& slot, const Tensor& weights);
+
+// Elementwise helper: y += alpha * x (same shape).
+void add_scaled(Tensor& y, const Tensor& x, float alpha);
+
+}  // namespace moe

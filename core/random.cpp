@@ -1,0 +1,16 @@
+// Filling tensors from counter-based random streams (core/random.h).
+#include "core/random.h"
+
+namespace moe {
+
+void fill_normal(Tensor& t, float std, uint64_t stream, uint64_t offset) {
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = std * standard_normal(stream, offset + i);
+}
+
+void fill_uniform(Tensor& t, float lo, float hi, uint64_t stream, uint64_t offset) {
+  float* p = t.f32();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = lo + (hi - lo) * uniform01(stream, offset + i);
+}
+
+}  // namespace moe

@@ -1,0 +1,976 @@
+// Tests of the single-process MoE layer (core/moe/*) against independent references: finite differences,
+// a dense soft-MoE written with plain loops, and the routing / capacity rules recomputed here.
+#include "core/moe/moe_layer.h"
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <numbers>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/moe/aux_losses.h"
+#include "core/moe/dispatch_plan.h"
+#include "core/moe/moe_config.h"
+#include "core/moe/router.h"
+#include "core/random.h"
+#include "core/tensor.h"
+
+namespace moe {
+namespace {
+
+constexpr uint64_t kSeed = 1234;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: data, copies and the independent (double precision, plain loop) references.
+// ---------------------------------------------------------------------------------------------
+
+Tensor normal_tensor(const Shape& shape, float std, const char* name) {
+  Tensor t = Tensor::empty(shape);
+  fill_normal(t, std, stream_id(kSeed, name));
+  return t;
+}
+
+void copy_values(Tensor& dst, const Tensor& src) {
+  ASSERT_EQ(dst.shape(), src.shape());
+  std::memcpy(dst.f32(), src.f32(), static_cast<size_t>(src.numel()) * sizeof(float));
+}
+
+MoEWeights clone_weights(const MoEWeights& w) { return {w.w_gate.clone(), w.w_in.clone(), w.w_out.clone()}; }
+
+std::vector<int32_t> ints_of(const Tensor& t) { return std::vector<int32_t>(t.i32(), t.i32() + t.numel()); }
+std::vector<float> floats_of(const Tensor& t) { return std::vector<float>(t.f32(), t.f32() + t.numel()); }
+
+MoEConfig small_config(Activation activation, bool renormalize, double capacity_factor) {
+  MoEConfig cfg;
+  cfg.d_model = 6;
+  cfg.hidden = 8;
+  cfg.num_experts = 4;
+  cfg.top_k = 2;
+  cfg.activation = activation;
+  cfg.renormalize = renormalize;
+  cfg.capacity_factor_train = capacity_factor;
+  cfg.capacity_factor_eval = capacity_factor;
+  cfg.min_capacity = 0;
+  // O(1) logits and expert outputs: routing margins and gradients sit far above float32 noise.
+  cfg.init_std = 0.5f;
+  return cfg;
+}
+
+double ref_gelu(double v) {
+  return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
+}
+
+// x_t W_in_e in double: (in_cols) pre-activations of expert e for one token. w_in is (E, d, in_cols).
+std::vector<double> ref_pre(const MoEConfig& cfg, const Tensor& w_in, int64_t e, const float* x) {
+  const int64_t d = cfg.d_model, in_cols = cfg.expert_in_cols();
+  const float* w = w_in.f32() + e * d * in_cols;
+  std::vector<double> pre(in_cols, 0.0);
+  for (int64_t i = 0; i < d; ++i)
+    for (int64_t c = 0; c < in_cols; ++c) pre[c] += static_cast<double>(x[i]) * w[i * in_cols + c];
+  return pre;
+}
+
+// Expert e's FFN of one token, in double: act(x W_in_e) W_out_e, SwiGLU columns laid out [gate | up].
+std::vector<double> ref_expert(const MoEConfig& cfg, const MoEWeights& w, int64_t e, const float* x) {
+  const int64_t d = cfg.d_model, h = cfg.hidden;
+  const std::vector<double> pre = ref_pre(cfg, w.w_in, e, x);
+  std::vector<double> act(h);
+  for (int64_t j = 0; j < h; ++j) {
+    switch (cfg.activation) {
+      case Activation::ReLU: act[j] = std::max(pre[j], 0.0); break;
+      case Activation::GELU: act[j] = ref_gelu(pre[j]); break;
+      case Activation::SwiGLU: act[j] = pre[j] / (1.0 + std::exp(-pre[j])) * pre[h + j]; break;
+    }
+  }
+  const float* wo = w.w_out.f32() + e * h * d;
+  std::vector<double> out(d, 0.0);
+  for (int64_t j = 0; j < h; ++j)
+    for (int64_t c = 0; c < d; ++c) out[c] += act[j] * wo[j * d + c];
+  return out;
+}
+
+// softmax(x_t W_gate) in double for one token; `jitter` (d) or null multiplies x first.
+std::vector<double> ref_probs(const MoEConfig& cfg, const Tensor& w_gate, const float* x,
+                              const float* jitter = nullptr) {
+  const int64_t d = cfg.d_model, E = cfg.num_experts;
+  std::vector<double> logit(E, 0.0);
+  for (int64_t i = 0; i < d; ++i) {
+    const double xi = jitter ? static_cast<double>(x[i]) * jitter[i] : x[i];
+    for (int64_t e = 0; e < E; ++e) logit[e] += xi * w_gate.f32()[i * E + e];
+  }
+  const double m = *std::max_element(logit.begin(), logit.end());
+  double sum = 0.0;
+  for (double& l : logit) sum += (l = std::exp(l - m));
+  for (double& l : logit) l /= sum;
+  return logit;
+}
+
+// The k highest entries of p, highest first, ties to the lower index.
+std::vector<int32_t> ref_topk(const std::vector<double>& p, int64_t k) {
+  std::vector<int32_t> ids(p.size());
+  for (size_t e = 0; e < p.size(); ++e) ids[e] = static_cast<int32_t>(e);
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return p[a] > p[b]; });
+  ids.resize(k);
+  return ids;
+}
+
+// keep[t * k + j] under `policy` with capacity C (C < 0 keeps everything), the obvious way: per
+// expert, list its choices in token order, (Probs) stable-sort them by probability, keep the first C.
+std::vector<bool> ref_keep(const std::vector<int32_t>& expert, const std::vector<float>& probs, int64_t T,
+                           int64_t k, int64_t E, int64_t C, DropPolicy policy) {
+  std::vector<bool> keep(T * k, true);
+  if (C < 0) return keep;
+  for (int64_t e = 0; e < E; ++e) {
+    std::vector<int64_t> list;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < k; ++j)
+        if (expert[t * k + j] == e) list.push_back(t * k + j);
+    if (policy == DropPolicy::Probs)
+      std::stable_sort(list.begin(), list.end(),
+                       [&](int64_t a, int64_t b) { return probs[(a / k) * E + e] > probs[(b / k) * E + e]; });
+    for (size_t n = static_cast<size_t>(C); n < list.size(); ++n) keep[list[n]] = false;
+  }
+  return keep;
+}
+
+// Checks every field of `plan` against the routing `expert` (T, k) and the reference keep set.
+void check_plan(const DispatchPlan& plan, const std::vector<int32_t>& expert, const std::vector<bool>& keep,
+                int64_t T, int64_t k, int64_t E, int64_t C) {
+  ASSERT_EQ(plan.num_tokens, T);
+  ASSERT_EQ(plan.top_k, k);
+  ASSERT_EQ(plan.num_experts, E);
+  ASSERT_EQ(plan.capacity, C);
+  ASSERT_EQ(plan.routed.size(), static_cast<size_t>(E));
+  ASSERT_EQ(plan.kept.size(), static_cast<size_t>(E));
+  ASSERT_EQ(plan.offset.size(), static_cast<size_t>(E + 1));
+  std::vector<int64_t> routed(E, 0), kept(E, 0);
+  int64_t kept_total = 0;
+  for (int64_t i = 0; i < T * k; ++i) {
+    ++routed[expert[i]];
+    kept[expert[i]] += keep[i];
+    kept_total += keep[i];
+  }
+  EXPECT_EQ(plan.offset[0], 0);
+  for (int64_t e = 0; e < E; ++e) {
+    EXPECT_EQ(plan.routed[e], routed[e]) << "expert " << e;
+    EXPECT_EQ(plan.kept[e], kept[e]) << "expert " << e;
+    if (C >= 0) {
+      EXPECT_LE(plan.kept[e], C) << "expert " << e << " keeps more than its capacity";
+    }
+    EXPECT_EQ(plan.kept[e], C < 0 ? routed[e] : std::min(routed[e], C)) << "expert " << e;
+    EXPECT_EQ(plan.offset[e + 1] - plan.offset[e], plan.kept[e]) << "expert " << e;
+  }
+  ASSERT_EQ(plan.num_kept(), kept_total);
+  EXPECT_EQ(plan.num_dropped(), T * k - kept_total);
+  ASSERT_EQ(plan.slot.shape(), (Shape{T, k}));
+  ASSERT_EQ(plan.slot.dtype(), DType::I32);
+  ASSERT_EQ(plan.source_token.shape(), (Shape{kept_total}));
+  const int32_t* slot = plan.slot.i32();
+  const int32_t* source = plan.source_token.i32();
+  std::vector<int> seen(kept_total, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    for (int64_t j = 0; j < k; ++j) {
+      const int64_t i = t * k + j, e = expert[i];
+      if (!keep[i]) {
+        EXPECT_EQ(slot[i], -1) << "choice (" << t << ", " << j << ") should be dropped";
+        continue;
+      }
+      ASSERT_GE(slot[i], plan.offset[e]) << "choice (" << t << ", " << j << ") outside expert " << e;
+      ASSERT_LT(slot[i], plan.offset[e + 1]) << "choice (" << t << ", " << j << ") outside expert " << e;
+      EXPECT_EQ(source[slot[i]], t) << "row " << slot[i] << " should come from token " << t;
+      ++seen[slot[i]];
+    }
+  }
+  for (int64_t m = 0; m < kept_total; ++m) EXPECT_EQ(seen[m], 1) << "row " << m << " is not used exactly once";
+  for (int64_t e = 0; e < E; ++e)  // inside a segment, rows are in token order
+    for (int64_t m = plan.offset[e] + 1; m < plan.offset[e + 1]; ++m)
+      EXPECT_LT(source[m - 1], source[m]) << "expert " << e << " segment is not in token order at row " << m;
+}
+
+// Runs f and expects InvalidArgument whose message contains every one of `needles`.
+void expect_invalid(const std::function<void()>& f, std::initializer_list<const char*> needles) {
+  try {
+    f();
+    ADD_FAILURE() << "expected InvalidArgument";
+  } catch (const InvalidArgument& error) {
+    const std::string message = error.what();
+    for (const char* needle : needles)
+      EXPECT_NE(message.find(needle), std::string::npos) << "message \"" << message << "\" lacks \"" << needle << "\"";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Finite differences of the whole layer.
+// ---------------------------------------------------------------------------------------------
+
+// One evaluation of L = sum(y * r) + aux_loss + z_loss, with what makes L piecewise: the routing
+// (expert ids, slots) and, for ReLU, the sign of every kept pre-activation (its kink).
+struct FdPoint {
+  double loss = 0.0;
+  std::vector<int32_t> signature;
+};
+
+// A fresh layer per evaluation: with jitter its noise is that of call 0, the same every time.
+FdPoint eval_loss(const MoEConfig& cfg, const MoEWeights& w, const Tensor& x, const Tensor& r, bool training) {
+  MoELayer layer(cfg, kSeed);
+  copy_values(layer.weights.w_gate, w.w_gate);
+  copy_values(layer.weights.w_in, w.w_in);
+  copy_values(layer.weights.w_out, w.w_out);
+  Tensor y = Tensor::zeros(x.shape());
+  layer.forward(y, x, training);
+  FdPoint point;
+  point.loss = layer.stats().aux_loss + layer.stats().z_loss;  // both already in double
+  for (int64_t i = 0; i < y.numel(); ++i) point.loss += static_cast<double>(y.f32()[i]) * r.f32()[i];
+  point.signature = ints_of(layer.router_output().expert);
+  const std::vector<int32_t> slot = ints_of(layer.plan().slot);
+  point.signature.insert(point.signature.end(), slot.begin(), slot.end());
+  if (cfg.activation == Activation::ReLU) {
+    const int64_t k = cfg.top_k, d = cfg.d_model;
+    for (int64_t i = 0; i < x.dim(0) * k; ++i) {
+      if (slot[i] < 0) continue;
+      for (double v : ref_pre(cfg, w.w_in, point.signature[i], x.f32() + (i / k) * d))
+        point.signature.push_back(v > 0.0);
+    }
+  }
+  return point;
+}
+
+struct FdTally {
+  int64_t checked = 0;
+  int64_t skipped = 0;
+  double worst = 0.0;  // largest |analytic - fd| / tolerance seen
+};
+
+// Compares `analytic` with central differences of `eval` over every element of `param` (perturbed in
+// place). Elements whose +h or -h evaluation changes the signature are skipped and counted.
+void fd_compare(const char* name, Tensor& param, const Tensor& analytic, const std::function<FdPoint()>& eval,
+                const FdPoint& base, float h, double atol, double rtol, FdTally& tally) {
+  float* p = param.f32();
+  for (int64_t i = 0; i < param.numel(); ++i) {
+    const float v = p[i];
+    p[i] = v + h;
+    const float v_plus = p[i];
+    const FdPoint plus = eval();
+    p[i] = v - h;
+    const float v_minus = p[i];
+    const FdPoint minus = eval();
+    p[i] = v;
+    if (plus.signature != base.signature || minus.signature != base.signature) {
+      ++tally.skipped;
+      continue;
+    }
+    ++tally.checked;
+    // Divide by the step actually taken: v + h and v - h are rounded to float.
+    const double fd = (plus.loss - minus.loss) / (static_cast<double>(v_plus) - v_minus);
+    const double a = analytic.f32()[i];
+    const double tol = atol + rtol * std::abs(fd);
+    tally.worst = std::max(tally.worst, std::abs(a - fd) / tol);
+    EXPECT_NEAR(a, fd, tol) << name << "[" << i << "]";
+  }
+}
+
+struct FdCase {
+  Activation activation;
+  bool renormalize;
+  double capacity_factor;  // <= 0: dropless
+  DropPolicy policy;
+  float jitter_eps;
+  double aux_coeff;
+  double z_coeff;
+  bool zero_r;  // r = 0: L is only the auxiliary losses
+};
+
+std::string describe(const FdCase& c) {
+  return detail::concat(to_string(c.activation), c.renormalize ? " renorm" : " no-renorm",
+                        " cf=", c.capacity_factor, " ", to_string(c.policy), " jitter=", c.jitter_eps,
+                        c.zero_r ? " r=0" : "");
+}
+
+// Why h and the tolerances are what they are: the layer computes in float32, so y carries relative
+// rounding of ~1e-7 and L = sum(y r) (72 terms, |L| ~ 10, summed here in double) ~1e-6 absolute.
+// Central differences with h = 1e-2 turn that into ~1e-4 of noise, while the truncation error
+// h^2 f''' / 6 stays ~1e-5 .. 1e-4 for these O(1) weights; a smaller h drowns in rounding noise, a
+// larger one in truncation. Gradients are O(0.1 .. 1); atol 1e-3 + rtol 5e-3 is ~10x the largest error
+// measured on a correct build and well below the O(1e-2 .. 1) errors a wrong formula makes. With
+// r = 0, L is only the aux losses (computed in double from float probabilities, |L| ~ 3, gradients
+// ~1e-2), the noise is ~1e-5 and atol 1e-4 + rtol 1e-3 keeps a ~15x margin.
+constexpr float kFdStep = 1e-2f;
+constexpr double kFdAtol = 1e-3, kFdRtol = 5e-3;
+constexpr double kFdAtolAuxOnly = 1e-4, kFdRtolAuxOnly = 1e-3;
+
+void run_layer_fd(const FdCase& c) {
+  SCOPED_TRACE(describe(c));
+  const int64_t T = 12;
+  MoEConfig cfg = small_config(c.activation, c.renormalize, c.capacity_factor);
+  cfg.drop_policy = c.policy;
+  cfg.jitter_eps = c.jitter_eps;
+  // Coefficients well above the usual 0.01 / 0.001, so that a wrong aux or z-loss gradient is
+  // larger than the tolerance (it is linear in the coefficient).
+  cfg.aux_loss_coeff = static_cast<float>(c.aux_coeff);
+  cfg.z_loss_coeff = static_cast<float>(c.z_coeff);
+  Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, "fd.x");
+  Tensor r = c.zero_r ? Tensor::zeros({T, cfg.d_model}) : normal_tensor({T, cfg.d_model}, 1.0f, "fd.r");
+
+  // Analytic gradients from one forward and backward.
+  MoELayer layer(cfg, kSeed);
+  MoEWeights w = clone_weights(layer.weights);
+  Tensor y = Tensor::zeros({T, cfg.d_model});
+  layer.forward(y, x, /*training=*/true);
+  if (c.capacity_factor > 0) {
+    ASSERT_GT(layer.stats().dropped_total, 0) << "the case should drop choices";
+  } else {
+    ASSERT_EQ(layer.stats().dropped_total, 0);
+  }
+  Tensor dx = Tensor::zeros({T, cfg.d_model});
+  layer.backward(dx, r);
+
+  auto eval = [&] { return eval_loss(cfg, w, x, r, /*training=*/true); };
+  const FdPoint base = eval();
+  FdTally tally;
+  const double atol = c.zero_r ? kFdAtolAuxOnly : kFdAtol, rtol = c.zero_r ? kFdRtolAuxOnly : kFdRtol;
+  fd_compare("dx", x, dx, eval, base, kFdStep, atol, rtol, tally);
+  fd_compare("w_gate", w.w_gate, layer.grads.w_gate, eval, base, kFdStep, atol, rtol, tally);
+  fd_compare("w_in", w.w_in, layer.grads.w_in, eval, base, kFdStep, atol, rtol, tally);
+  fd_compare("w_out", w.w_out, layer.grads.w_out, eval, base, kFdStep, atol, rtol, tally);
+  // A perturbation of 1e-2 rarely moves a routing decision or a ReLU kink; many skips would mean the
+  // test checks little (or that routing is unstable).
+  EXPECT_LT(tally.skipped, (tally.checked + tally.skipped) / 20) << "skipped " << tally.skipped;
+  if (::testing::Test::HasFailure())
+    std::printf("  [%s] checked %lld skipped %lld worst err/tol %.3f\n", describe(c).c_str(),
+                static_cast<long long>(tally.checked), static_cast<long long>(tally.skipped), tally.worst);
+}
+
+TEST(MoELayerGradient, MatchesFiniteDifferencesForEveryActivationWithAndWithoutDrops) {
+  for (Activation act : {Activation::ReLU, Activation::GELU, Activation::SwiGLU})
+    for (bool renormalize : {true, false}) {
+      run_layer_fd({act, renormalize, 0.75, DropPolicy::Position, 0.0f, 0.5, 0.1, false});  // drops
+      run_layer_fd({act, renormalize, 0.75, DropPolicy::Probs, 0.0f, 0.5, 0.1, false});     // drops
+      run_layer_fd({act, renormalize, 0.0, DropPolicy::Position, 0.0f, 0.5, 0.1, false});   // dropless
+    }
+}
+
+TEST(MoELayerGradient, AuxiliaryLossGradientsAloneMatchFiniteDifferences) {
+  // r = 0 isolates the load-balancing and z-loss paths: any error there is not hidden under the
+  // larger expert gradients, and the expert weights must get exactly zero gradient.
+  for (bool renormalize : {true, false})
+    run_layer_fd({Activation::GELU, renormalize, 0.75, DropPolicy::Position, 0.0f, 1.0, 1.0, true});
+}
+
+TEST(MoELayerGradient, JitteredRouterMatchesFiniteDifferences) {
+  // Fresh layers with the same seed draw the same jitter on their first call, so L is a fixed smooth
+  // function of x and the weights; this covers the router backward's multiplication by the noise.
+  run_layer_fd({Activation::GELU, true, 0.0, DropPolicy::Position, 0.3f, 0.5, 0.1, false});
+  run_layer_fd({Activation::SwiGLU, false, 0.75, DropPolicy::Position, 0.3f, 0.5, 0.1, false});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Router pieces in isolation, against central differences of their forwards.
+// ---------------------------------------------------------------------------------------------
+
+// Router pieces are checked with h = 1e-3: their forwards are cheap closed forms evaluated in
+// double (aux losses) or a single float division (top-k), so FD noise is ~1e-7 / 1e-3 = 1e-4 relative
+// at worst and truncation ~h^2 = 1e-6; tolerance 1e-3 abs + 1e-3 rel is 10x that noise.
+constexpr float kPieceStep = 1e-3f;
+constexpr double kPieceTol = 1e-3;
+
+// Central difference of loss(param) at element i, dividing by the step actually taken.
+double central_difference(Tensor& param, int64_t i, float h, const std::function<double()>& loss) {
+  float* p = param.f32();
+  const float v = p[i];
+  p[i] = v + h;
+  const float v_plus = p[i];
+  const double plus = loss();
+  p[i] = v - h;
+  const float v_minus = p[i];
+  const double minus = loss();
+  p[i] = v;
+  return (plus - minus) / (static_cast<double>(v_plus) - v_minus);
+}
+
+// Random probability rows (T, E): softmax of N(0, 1) logits.
+Tensor random_probs(int64_t T, int64_t E, const char* name) {
+  Tensor logits = normal_tensor({T, E}, 1.0f, name);
+  Tensor probs = Tensor::empty({T, E});
+  for (int64_t t = 0; t < T; ++t) {
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(logits.f32()[t * E + e]));
+    for (int64_t e = 0; e < E; ++e)
+      probs.f32()[t * E + e] = static_cast<float>(std::exp(static_cast<double>(logits.f32()[t * E + e])) / sum);
+  }
+  return probs;
+}
+
+TEST(RouterPieces, TopkForwardPicksTheHighestProbabilitiesAndRenormalises) {
+  const int64_t T = 3, E = 4, k = 2;
+  // Row 1 has a tie between experts 1 and 3: the lower id must come first.
+  Tensor probs = Tensor::from({T, E}, {0.1f, 0.2f, 0.3f, 0.4f,  //
+                                       0.1f, 0.35f, 0.2f, 0.35f,  //
+                                       0.7f, 0.1f, 0.15f, 0.05f});
+  for (bool renormalize : {false, true}) {
+    Tensor expert = Tensor::empty({T, k}, DType::I32), weight = Tensor::empty({T, k});
+    topk_forward(expert, weight, probs, k, renormalize);
+    EXPECT_EQ(ints_of(expert), (std::vector<int32_t>{3, 2, 1, 3, 0, 2}));
+    const std::vector<float> raw = {0.4f, 0.3f, 0.35f, 0.35f, 0.7f, 0.15f};
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t j = 0; j < k; ++j) {
+        const double sum = static_cast<double>(raw[t * k]) + raw[t * k + 1];
+        const double want = renormalize ? raw[t * k + j] / sum : raw[t * k + j];
+        EXPECT_NEAR(weight.f32()[t * k + j], want, 1e-6) << t << "," << j;  // one float division
+      }
+  }
+}
+
+TEST(RouterPieces, TopkBackwardMatchesFiniteDifferences) {
+  const int64_t T = 6, E = 5, k = 2;
+  for (bool renormalize : {false, true}) {
+    SCOPED_TRACE(renormalize ? "renormalize" : "raw probabilities");
+    Tensor probs = random_probs(T, E, "topk.probs");
+    Tensor dweight = normal_tensor({T, k}, 1.0f, "topk.dweight");
+    Tensor expert = Tensor::empty({T, k}, DType::I32), weight = Tensor::empty({T, k});
+    topk_forward(expert, weight, probs, k, renormalize);
+    const std::vector<int32_t> chosen = ints_of(expert);
+    Tensor dprobs = Tensor::empty({T, E});
+    dprobs.fill(0.25f);  // the backward accumulates: the 0.25 must survive underneath
+    topk_backward(dprobs, dweight, expert, weight, probs, renormalize);
+
+    Tensor e2 = Tensor::empty({T, k}, DType::I32), w2 = Tensor::empty({T, k});
+    bool moved = false;
+    auto loss = [&] {
+      topk_forward(e2, w2, probs, k, renormalize);
+      moved |= ints_of(e2) != chosen;
+      double sum = 0.0;
+      for (int64_t i = 0; i < T * k; ++i) sum += static_cast<double>(w2.f32()[i]) * dweight.f32()[i];
+      return sum;
+    };
+    for (int64_t i = 0; i < T * E; ++i) {
+      moved = false;
+      const double fd = central_difference(probs, i, kPieceStep, loss);
+      ASSERT_FALSE(moved) << "a step of 1e-3 flipped a top-k choice; choose other data";
+      EXPECT_NEAR(dprobs.f32()[i] - 0.25, fd, kPieceTol * (1.0 + std::abs(fd))) << "probs[" << i << "]";
+    }
+  }
+}
+
+TEST(RouterPieces, LoadBalancingLossBackwardMatchesFiniteDifferences) {
+  const int64_t T = 7, E = 4, k = 2;
+  const double coeff = 0.3;
+  Tensor probs = random_probs(T, E, "lb.probs");
+  Tensor expert = Tensor::empty({T, k}, DType::I32), weight = Tensor::empty({T, k});
+  topk_forward(expert, weight, probs, k, true);
+  Tensor dprobs = Tensor::empty({T, E});
+  dprobs.fill(-0.5f);  // accumulation check
+  const double dloss = 1.7;
+  load_balancing_loss_backward(dprobs, load_balance_terms(probs, expert), coeff, dloss);
+  // The choice counts are held fixed (they are not differentiable); only P moves with probs.
+  auto loss = [&] { return dloss * load_balancing_loss(load_balance_terms(probs, expert), coeff); };
+  for (int64_t i = 0; i < T * E; ++i) {
+    const double fd = central_difference(probs, i, kPieceStep, loss);
+    EXPECT_NEAR(dprobs.f32()[i] + 0.5, fd, kPieceTol * (1.0 + std::abs(fd))) << "probs[" << i << "]";
+  }
+}
+
+TEST(RouterPieces, ZLossBackwardMatchesFiniteDifferences) {
+  const int64_t T = 5, E = 6;
+  const double coeff = 0.2, mean_over = 12.5, dloss = 0.8;  // mean_over as a global token count
+  Tensor logits = normal_tensor({T, E}, 2.0f, "z.logits");
+  Tensor probs = Tensor::empty({T, E});
+  for (int64_t t = 0; t < T; ++t) {
+    double sum = 0.0;
+    for (int64_t e = 0; e < E; ++e) sum += std::exp(static_cast<double>(logits.f32()[t * E + e]));
+    for (int64_t e = 0; e < E; ++e)
+      probs.f32()[t * E + e] = static_cast<float>(std::exp(static_cast<double>(logits.f32()[t * E + e])) / sum);
+  }
+  Tensor dlogits = Tensor::empty({T, E});
+  dlogits.fill(0.125f);  // accumulation check
+  z_loss_backward(dlogits, logits, probs, coeff, mean_over, dloss);
+  auto loss = [&] { return dloss * z_loss(logits, coeff, mean_over); };
+  for (int64_t i = 0; i < T * E; ++i) {
+    const double fd = central_difference(logits, i, kPieceStep, loss);
+    EXPECT_NEAR(dlogits.f32()[i] - 0.125, fd, kPieceTol * (1.0 + std::abs(fd))) << "logits[" << i << "]";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Auxiliary losses: exact values.
+// ---------------------------------------------------------------------------------------------
+
+TEST(AuxLosses, LoadBalancingLossIsCoeffWhenRoutingIsUniform) {
+  const int64_t T = 8, E = 4, k = 2;
+  const double coeff = 0.01;
+  Tensor probs = Tensor::empty({T, E});
+  probs.fill(0.25f);  // exactly 1/E
+  std::vector<int32_t> ids;
+  for (int64_t t = 0; t < T; ++t) ids.insert(ids.end(), {static_cast<int32_t>(t % E), static_cast<int32_t>((t + 1) % E)});
+  const LoadBalanceTerms terms = load_balance_terms(probs, Tensor::from_ints({T, k}, ids));
+  EXPECT_EQ(terms.choice_count, (std::vector<double>{4, 4, 4, 4}));
+  EXPECT_EQ(terms.prob_sum, (std::vector<double>{2, 2, 2, 2}));
+  EXPECT_EQ(terms.num_choices, 16);
+  EXPECT_EQ(terms.num_tokens, 8);
+  // Every quantity is exact in binary, so only the final multiplication by coeff may round.
+  EXPECT_DOUBLE_EQ(load_balancing_loss(terms, coeff), coeff);
+  EXPECT_EQ(load_balancing_loss(LoadBalanceTerms{}, coeff), 0.0) << "no tokens, no loss";
+}
+
+TEST(AuxLosses, LoadBalancingLossGrowsToCoeffTimesEWhenOneExpertTakesEverything) {
+  const double coeff = 0.01;
+  const int64_t E = 4;
+  LoadBalanceTerms terms;
+  terms.num_tokens = 10;
+  terms.num_choices = 10;  // k = 1
+  terms.choice_count = {10, 0, 0, 0};
+  terms.prob_sum = {10, 0, 0, 0};  // every token puts probability 1 on expert 0
+  EXPECT_DOUBLE_EQ(load_balancing_loss(terms, coeff), coeff * E);
+  // Halfway: expert 0 takes 5 of 10 choices with P_0 = 0.5, the rest spread evenly.
+  terms.choice_count = {5, 5.0 / 3, 5.0 / 3, 5.0 / 3};
+  terms.prob_sum = {5, 5.0 / 3, 5.0 / 3, 5.0 / 3};
+  const double half = load_balancing_loss(terms, coeff);
+  // E * (0.5^2 + 3 (1/6)^2) = 4 * (1/4 + 1/12) = 4/3.
+  EXPECT_NEAR(half, coeff * 4.0 / 3.0, 1e-15);  // double rounding of a few operations
+  EXPECT_GT(half, coeff);
+  EXPECT_LT(half, coeff * E);
+}
+
+TEST(AuxLosses, ZLossIsCoeffTimesMeanSquaredLogSumExp) {
+  const int64_t T = 9, E = 5;
+  const double coeff = 0.001;
+  Tensor logits = normal_tensor({T, E}, 3.0f, "zloss.logits");
+  double sum = 0.0;
+  for (int64_t t = 0; t < T; ++t) {
+    double s = 0.0;
+    for (int64_t e = 0; e < E; ++e) s += std::exp(static_cast<double>(logits.f32()[t * E + e]));
+    sum += std::log(s) * std::log(s);
+  }
+  // Relative 1e-6: the library subtracts the row max in float32 before exp (measured ~2e-10 off);
+  // a wrong mean, a missing square or a missing coeff is off by O(1) relative.
+  const double want = coeff * sum / T;
+  EXPECT_NEAR(z_loss(logits, coeff, T), want, 1e-6 * want);
+  EXPECT_NEAR(z_loss(logits, coeff, 3.0 * T), want / 3.0, 1e-6 * want / 3.0);
+  EXPECT_EQ(z_loss(logits, coeff, 0.0), 0.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Capacity.
+// ---------------------------------------------------------------------------------------------
+
+TEST(Capacity, ExpertCapacityFormula) {
+  EXPECT_EQ(expert_capacity(1.25, 4096, 2, 8, 4), 1280);  // exact: must not round up to 1281
+  EXPECT_EQ(expert_capacity(1.0, 10, 1, 4, 0), 3);        // ceil(2.5)
+  EXPECT_EQ(expert_capacity(1.0, 9, 1, 4, 0), 3);         // ceil(2.25)
+  EXPECT_EQ(expert_capacity(1.0, 8, 2, 4, 0), 4);         // exact 4, not 5
+  EXPECT_EQ(expert_capacity(1.1, 10, 1, 1, 0), 11);       // 1.1 * 10 = 11.000000000000002 in double
+  EXPECT_EQ(expert_capacity(2.0, 12, 2, 4, 0), 12);
+  EXPECT_EQ(expert_capacity(1.0, 4, 1, 8, 4), 4);         // ceil(0.5) = 1 < min_capacity 4
+  EXPECT_EQ(expert_capacity(1.0, 40, 1, 8, 4), 5);        // 5 > min_capacity 4
+  EXPECT_EQ(expert_capacity(1.0, 4, 1, 8, 0), 1);
+  EXPECT_EQ(expert_capacity(0.0, 4096, 2, 8, 4), -1);     // dropless
+  EXPECT_EQ(expert_capacity(-1.0, 4096, 2, 8, 4), -1);
+}
+
+TEST(Capacity, TrainAndEvalUseTheirOwnCapacityFactor) {
+  MoEConfig cfg = small_config(Activation::GELU, true, 1.0);
+  cfg.capacity_factor_train = 1.0;  // C = ceil(1.0 * 2 * 12 / 4) = 6
+  cfg.capacity_factor_eval = 2.0;   // C = 12
+  const int64_t T = 12;
+  Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, "cap.x");
+  Tensor y = Tensor::zeros({T, cfg.d_model});
+  MoELayer layer(cfg, kSeed);
+  layer.forward(y, x, true);
+  EXPECT_EQ(layer.stats().capacity, 6);
+  EXPECT_EQ(layer.plan().capacity, 6);
+  layer.forward(y, x, false);
+  EXPECT_EQ(layer.stats().capacity, 12);
+  EXPECT_EQ(layer.plan().capacity, 12);
+  EXPECT_EQ(layer.stats().dropped_total, 0) << "C = 12 = T cannot drop with distinct experts per token";
+  cfg.capacity_factor_eval = 0.0;
+  MoELayer dropless(cfg, kSeed);
+  dropless.forward(y, x, false);
+  EXPECT_EQ(dropless.stats().capacity, -1);
+  EXPECT_EQ(dropless.stats().dropped_total, 0);
+  dropless.forward(y, x, true);
+  EXPECT_EQ(dropless.stats().capacity, 6);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Routing invariants.
+// ---------------------------------------------------------------------------------------------
+
+// Random distinct expert ids per token, skewed towards low ids so some experts overflow and others
+// do not; probabilities from a few levels so that ties are common.
+void random_routing(int64_t T, int64_t k, int64_t E, uint64_t stream, Tensor& expert, Tensor& probs) {
+  expert = Tensor::empty({T, k}, DType::I32);
+  probs = Tensor::empty({T, E});
+  uint64_t counter = 0;
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<double> weight(E);
+    for (int64_t e = 0; e < E; ++e) weight[e] = 1.0 / (1.0 + e);
+    for (int64_t j = 0; j < k; ++j) {  // sample without replacement, proportional to weight
+      double total = 0.0;
+      for (double v : weight) total += v;
+      double u = uniform01(stream, counter++) * total;
+      int64_t pick = 0;
+      while (pick < E - 1 && (weight[pick] == 0.0 || u >= weight[pick])) u -= weight[pick++];
+      while (weight[pick] == 0.0) --pick;  // rounding fell off the end: take the last still available
+      expert.i32()[t * k + j] = static_cast<int32_t>(pick);
+      weight[pick] = 0.0;
+    }
+    for (int64_t e = 0; e < E; ++e)
+      probs.f32()[t * E + e] = static_cast<float>(1 + static_cast<int>(uniform01(stream, counter++) * 4)) / 8.f;
+  }
+}
+
+TEST(DispatchPlan, KeepsTheReferenceSetUnderEveryPolicyAndCapacity) {
+  struct Case { int64_t T, k, E, C; };
+  for (const Case& c : {Case{40, 2, 5, 9}, Case{40, 2, 5, 0}, Case{40, 2, 5, 1}, Case{40, 2, 5, 100},
+                        Case{40, 2, 5, -1}, Case{33, 1, 3, 7}, Case{25, 3, 6, 6}, Case{16, 4, 4, 10}})
+    for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs}) {
+      SCOPED_TRACE(detail::concat("T=", c.T, " k=", c.k, " E=", c.E, " C=", c.C, " ", to_string(policy)));
+      Tensor expert, probs;
+      random_routing(c.T, c.k, c.E, stream_id(kSeed, detail::concat("plan", c.T, c.k, c.E, c.C)), expert, probs);
+      const std::vector<int32_t> ids = ints_of(expert);
+      const std::vector<bool> keep = ref_keep(ids, floats_of(probs), c.T, c.k, c.E, c.C, policy);
+      const DispatchPlan plan = make_dispatch_plan(expert, probs, c.E, c.C, policy);
+      check_plan(plan, ids, keep, c.T, c.k, c.E, c.C);
+      if (c.C < 0) {
+        EXPECT_EQ(plan.num_dropped(), 0);
+      }
+    }
+}
+
+TEST(DispatchPlan, PoliciesDifferOnAHandBuiltCase) {
+  // Expert 0 is chosen by tokens 0..3 with probabilities 0.2, 0.9, 0.5, 0.9; capacity 2.
+  // Position keeps tokens 0 and 1; Probs keeps 1 and 3 (0.9 tie: the earlier token 1 ranks first).
+  const int64_t T = 4, k = 1, E = 2;
+  Tensor expert = Tensor::from_ints({T, k}, {0, 0, 0, 0});
+  Tensor probs = Tensor::from({T, E}, {0.2f, 0.8f, 0.9f, 0.1f, 0.5f, 0.5f, 0.9f, 0.1f});
+  const DispatchPlan position = make_dispatch_plan(expert, probs, E, 2, DropPolicy::Position);
+  EXPECT_EQ(ints_of(position.slot), (std::vector<int32_t>{0, 1, -1, -1}));
+  EXPECT_EQ(ints_of(position.source_token), (std::vector<int32_t>{0, 1}));
+  const DispatchPlan by_probs = make_dispatch_plan(expert, probs, E, 2, DropPolicy::Probs);
+  EXPECT_EQ(ints_of(by_probs.slot), (std::vector<int32_t>{-1, 0, -1, 1}));
+  EXPECT_EQ(ints_of(by_probs.source_token), (std::vector<int32_t>{1, 3}));
+  const DispatchPlan one = make_dispatch_plan(expert, probs, E, 1, DropPolicy::Probs);
+  EXPECT_EQ(ints_of(one.slot), (std::vector<int32_t>{-1, 0, -1, -1})) << "tie at 0.9 goes to the earlier token";
+  EXPECT_EQ(one.routed, (std::vector<int64_t>{4, 0}));
+  EXPECT_EQ(one.kept, (std::vector<int64_t>{1, 0}));
+  EXPECT_EQ(one.offset, (std::vector<int64_t>{0, 1, 1}));
+}
+
+TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
+  const int64_t T = 64;
+  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+    for (double cf : {0.5, 1.0, 0.0}) {
+      SCOPED_TRACE(detail::concat(to_string(policy), " cf=", cf));
+      MoEConfig cfg = small_config(Activation::ReLU, true, cf);
+      cfg.drop_policy = policy;
+      const int64_t k = cfg.top_k, E = cfg.num_experts;
+      Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, "routing.x");
+      Tensor y = Tensor::zeros({T, cfg.d_model});
+      MoELayer layer(cfg, kSeed);
+      layer.forward(y, x, true);
+      const int64_t C = expert_capacity(cf, T, k, E, cfg.min_capacity);
+      // The router: probabilities and top-k recomputed in double.
+      const std::vector<int32_t> ids = ints_of(layer.router_output().expert);
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<double> p = ref_probs(cfg, layer.weights.w_gate, x.f32() + t * cfg.d_model);
+        const std::vector<int32_t> top = ref_topk(p, k);
+        for (int64_t j = 0; j < k; ++j) EXPECT_EQ(ids[t * k + j], top[j]) << "token " << t << " choice " << j;
+        for (int64_t e = 0; e < E; ++e)  // float32 softmax of O(1) logits
+          EXPECT_NEAR(layer.router_output().probs.f32()[t * E + e], p[e], 1e-6) << "token " << t;
+      }
+      const std::vector<bool> keep =
+          ref_keep(ids, floats_of(layer.router_output().probs), T, k, E, C, policy);
+      check_plan(layer.plan(), ids, keep, T, k, E, C);
+      const MoEStats& s = layer.stats();
+      EXPECT_EQ(s.tokens, T);
+      EXPECT_EQ(s.capacity, C);
+      EXPECT_EQ(s.routed, layer.plan().routed);
+      EXPECT_EQ(s.kept, layer.plan().kept);
+      std::vector<int64_t> routed(E, 0);
+      for (int32_t id : ids) ++routed[id];
+      EXPECT_EQ(s.routed, routed);
+      int64_t dropped = 0;
+      for (bool kept : keep) dropped += !kept;
+      EXPECT_EQ(s.dropped_total, dropped);
+      EXPECT_EQ(s.kept_total + s.dropped_total, T * k);
+      if (cf == 0.5) {
+        EXPECT_GT(dropped, 0) << "C = 16 against 32 choices per expert on average must drop";
+      }
+      if (cf <= 0) {
+        EXPECT_EQ(dropped, 0);
+      }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward against dense references.
+// ---------------------------------------------------------------------------------------------
+
+// Forward outputs are compared with atol = 1e-5 * max|y_ref| + 1e-6: float32 dot products of <= 16
+// terms carry ~1e-6 relative error; a wrong weight, slot or activation is off by O(1e-1) relative.
+double forward_tolerance(const std::vector<double>& ref) {
+  double m = 0.0;
+  for (double v : ref) m = std::max(m, std::abs(v));
+  return 1e-5 * m + 1e-6;
+}
+
+TEST(MoELayerForward, TopkEqualToExpertsIsTheDenseSoftMixture) {
+  const int64_t T = 10;
+  for (Activation act : {Activation::ReLU, Activation::GELU, Activation::SwiGLU})
+    for (bool renormalize : {true, false}) {
+      SCOPED_TRACE(detail::concat(to_string(act), renormalize ? " renorm" : " no-renorm"));
+      MoEConfig cfg = small_config(act, renormalize, 0.0);  // dropless
+      cfg.top_k = cfg.num_experts;
+      const int64_t d = cfg.d_model, E = cfg.num_experts;
+      Tensor x = normal_tensor({T, d}, 1.0f, "soft.x");
+      MoELayer layer(cfg, kSeed);
+      Tensor y = Tensor::zeros({T, d});
+      layer.forward(y, x, false);
+      ASSERT_EQ(layer.stats().dropped_total, 0);
+      std::vector<double> ref(T * d, 0.0);
+      for (int64_t t = 0; t < T; ++t) {
+        const float* xt = x.f32() + t * d;
+        const std::vector<double> p = ref_probs(cfg, layer.weights.w_gate, xt);
+        for (int64_t e = 0; e < E; ++e) {
+          const std::vector<double> out = ref_expert(cfg, layer.weights, e, xt);
+          for (int64_t c = 0; c < d; ++c) ref[t * d + c] += p[e] * out[c];
+        }
+      }
+      const double tol = forward_tolerance(ref);
+      for (int64_t i = 0; i < T * d; ++i) EXPECT_NEAR(y.f32()[i], ref[i], tol) << "y[" << i / d << ", " << i % d << "]";
+    }
+}
+
+TEST(MoELayerForward, TopkWithDropsMatchesTheReference) {
+  // y_t = sum over kept choices of w_tj FFN_e(x_t), with routing, capacity and kept set from the
+  // references above; both policies, both weightings.
+  const int64_t T = 24;
+  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+    for (bool renormalize : {true, false}) {
+      SCOPED_TRACE(detail::concat(to_string(policy), renormalize ? " renorm" : " no-renorm"));
+      MoEConfig cfg = small_config(Activation::SwiGLU, renormalize, 0.75);
+      cfg.drop_policy = policy;
+      const int64_t d = cfg.d_model, k = cfg.top_k, E = cfg.num_experts;
+      const int64_t C = expert_capacity(0.75, T, k, E, 0);  // 9
+      Tensor x = normal_tensor({T, d}, 1.0f, "drops.x");
+      MoELayer layer(cfg, kSeed);
+      Tensor y = Tensor::zeros({T, d});
+      layer.forward(y, x, true);
+      std::vector<int32_t> ids(T * k);
+      std::vector<float> probs(T * E);
+      std::vector<double> weights(T * k);
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<double> p = ref_probs(cfg, layer.weights.w_gate, x.f32() + t * d);
+        const std::vector<int32_t> top = ref_topk(p, k);
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) sum += p[top[j]];
+        for (int64_t j = 0; j < k; ++j) {
+          ids[t * k + j] = top[j];
+          weights[t * k + j] = renormalize ? p[top[j]] / sum : p[top[j]];
+        }
+        for (int64_t e = 0; e < E; ++e) probs[t * E + e] = static_cast<float>(p[e]);
+      }
+      const std::vector<bool> keep = ref_keep(ids, probs, T, k, E, C, policy);
+      int64_t dropped = 0;
+      std::vector<double> ref(T * d, 0.0);
+      for (int64_t i = 0; i < T * k; ++i) {
+        if (!keep[i]) {
+          ++dropped;
+          continue;
+        }
+        const std::vector<double> out = ref_expert(cfg, layer.weights, ids[i], x.f32() + (i / k) * d);
+        for (int64_t c = 0; c < d; ++c) ref[(i / k) * d + c] += weights[i] * out[c];
+      }
+      ASSERT_GT(dropped, 0);
+      EXPECT_EQ(layer.stats().dropped_total, dropped);
+      const double tol = forward_tolerance(ref);
+      for (int64_t i = 0; i < T * d; ++i) EXPECT_NEAR(y.f32()[i], ref[i], tol) << "y[" << i / d << ", " << i % d << "]";
+    }
+}
+
+TEST(MoELayerForward, DroppedChoiceContributesNothing) {
+  // x_t = e_t, so token t's logits are row t of W_gate, set by hand (E = 3, k = 2, C = 2):
+  //   token 0: (1.5, 1, 0) -> experts 0, 1     token 1: (2, 0, 1) -> 0, 2     token 2: (2, 1, 0) -> 0, 1
+  // Expert 0 is chosen three times. Position drops token 2's choice of expert 0 (the latest token);
+  // Probs drops token 0's (lowest probability for expert 0).
+  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs}) {
+    SCOPED_TRACE(to_string(policy));
+    MoEConfig cfg;
+    cfg.d_model = 3;
+    cfg.hidden = 4;
+    cfg.num_experts = 3;
+    cfg.top_k = 2;
+    cfg.activation = Activation::GELU;
+    cfg.capacity_factor_train = 1.0;  // C = ceil(1.0 * 2 * 3 / 3) = 2
+    cfg.min_capacity = 0;
+    cfg.drop_policy = policy;
+    cfg.init_std = 0.5f;
+    MoELayer layer(cfg, kSeed);
+    const std::vector<float> logits = {1.5f, 1.f, 0.f, 2.f, 0.f, 1.f, 2.f, 1.f, 0.f};
+    std::copy(logits.begin(), logits.end(), layer.weights.w_gate.f32());
+    Tensor x = Tensor::from({3, 3}, {1, 0, 0, 0, 1, 0, 0, 0, 1});
+    Tensor y = Tensor::zeros({3, 3});
+    layer.forward(y, x, true);
+    ASSERT_EQ(layer.stats().capacity, 2);
+    const int64_t dropped_token = policy == DropPolicy::Position ? 2 : 0;
+    // Segments: expert 0 rows 0-1 (its two kept tokens in token order), expert 1 rows 2-3, expert 2 row 4.
+    const std::vector<int32_t> want_slot = policy == DropPolicy::Position ? std::vector<int32_t>{0, 2, 1, 4, -1, 3}
+                                                                          : std::vector<int32_t>{-1, 2, 0, 4, 1, 3};
+    EXPECT_EQ(ints_of(layer.plan().slot), want_slot);
+    EXPECT_EQ(layer.stats().dropped_total, 1);
+
+    const std::vector<std::vector<int32_t>> chosen = {{0, 1}, {0, 2}, {0, 1}};
+    for (int64_t t = 0; t < 3; ++t) {
+      const std::vector<double> p = ref_probs(cfg, layer.weights.w_gate, x.f32() + t * 3);
+      const double sum = p[chosen[t][0]] + p[chosen[t][1]];
+      std::vector<double> kept_only(3, 0.0), everything(3, 0.0);
+      for (int j = 0; j < 2; ++j) {
+        const std::vector<double> out = ref_expert(cfg, layer.weights, chosen[t][j], x.f32() + t * 3);
+        for (int c = 0; c < 3; ++c) {
+          const double contribution = p[chosen[t][j]] / sum * out[c];
+          everything[c] += contribution;
+          if (!(t == dropped_token && j == 0)) kept_only[c] += contribution;
+        }
+      }
+      const double tol = forward_tolerance(kept_only);
+      for (int c = 0; c < 3; ++c) EXPECT_NEAR(y.f32()[t * 3 + c], kept_only[c], tol) << "y[" << t << ", " << c << "]";
+      if (t == dropped_token) {  // the check above could fail: the dropped contribution is not tiny
+        double gap = 0.0;
+        for (int c = 0; c < 3; ++c) gap = std::max(gap, std::abs(everything[c] - kept_only[c]));
+        EXPECT_GT(gap, 100 * tol);
+      }
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Jitter.
+// ---------------------------------------------------------------------------------------------
+
+TEST(MoELayerJitter, TrainingNoiseIsReproducibleAndEvalIgnoresIt) {
+  const int64_t T = 10;
+  MoEConfig cfg = small_config(Activation::GELU, true, 0.0);  // dropless: train and eval differ only by jitter
+  cfg.top_k = cfg.num_experts;  // dense mixture: the reference below needs no routing decisions
+  cfg.jitter_eps = 0.2f;
+  const int64_t d = cfg.d_model, E = cfg.num_experts;
+  Tensor x = normal_tensor({T, d}, 1.0f, "jitter.x");
+  MoEConfig plain = cfg;
+  plain.jitter_eps = 0.0f;
+
+  MoELayer a(cfg, kSeed), b(cfg, kSeed), no_jitter(plain, kSeed);
+  Tensor ya = Tensor::zeros({T, d}), yb = Tensor::zeros({T, d}), y_eval = Tensor::zeros({T, d}),
+         y_plain = Tensor::zeros({T, d});
+  a.forward(ya, x, true);
+  b.forward(yb, x, true);
+  EXPECT_EQ(floats_of(ya), floats_of(yb)) << "same seed, same call: same noise, same output";
+
+  const Tensor& jitter = a.router_output().jitter;
+  ASSERT_TRUE(jitter.defined());
+  ASSERT_EQ(jitter.shape(), (Shape{T, d}));
+  for (int64_t i = 0; i < T * d; ++i) {
+    EXPECT_GE(jitter.f32()[i], 1.f - cfg.jitter_eps);
+    EXPECT_LE(jitter.f32()[i], 1.f + cfg.jitter_eps);
+    EXPECT_EQ(a.router_output().x_routed.f32()[i], x.f32()[i] * jitter.f32()[i]);
+  }
+  // Jitter touches the router input only; experts see the clean x.
+  std::vector<double> ref(T * d, 0.0);
+  for (int64_t t = 0; t < T; ++t) {
+    const float* xt = x.f32() + t * d;
+    const std::vector<double> p = ref_probs(cfg, a.weights.w_gate, xt, jitter.f32() + t * d);
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<double> out = ref_expert(cfg, a.weights, e, xt);
+      for (int64_t c = 0; c < d; ++c) ref[t * d + c] += p[e] * out[c];
+    }
+  }
+  const double tol = forward_tolerance(ref);
+  for (int64_t i = 0; i < T * d; ++i) EXPECT_NEAR(ya.f32()[i], ref[i], tol) << "y[" << i << "]";
+
+  a.forward(y_eval, x, false);
+  EXPECT_FALSE(a.router_output().jitter.defined()) << "eval mode must not draw noise";
+  no_jitter.forward(y_plain, x, false);
+  EXPECT_EQ(floats_of(y_eval), floats_of(y_plain)) << "eval mode ignores jitter_eps";
+  double diff = 0.0;
+  for (int64_t i = 0; i < T * d; ++i) diff = std::max(diff, std::abs(static_cast<double>(ya.f32()[i]) - y_eval.f32()[i]));
+  EXPECT_GT(diff, 100 * tol) << "training with jitter should change the output";
+
+  // The next training call draws fresh noise.
+  Tensor first = jitter.clone();
+  b.forward(yb, x, true);
+  EXPECT_NE(floats_of(b.router_output().jitter), floats_of(first));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input.
+// ---------------------------------------------------------------------------------------------
+
+TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
+  const MoEConfig good = small_config(Activation::GELU, true, 1.25);
+  EXPECT_NO_THROW(good.validate());
+  struct Case {
+    std::function<void(MoEConfig&)> edit;
+    std::vector<const char*> needles;
+  };
+  const std::vector<Case> cases = {
+      {[](MoEConfig& c) { c.num_experts = 0; }, {"num_experts = 0", ">= 1"}},
+      {[](MoEConfig& c) { c.top_k = 0; }, {"top_k = 0", "[1, num_experts = 4]"}},
+      {[](MoEConfig& c) { c.top_k = 5; }, {"top_k = 5", "[1, num_experts = 4]"}},
+      {[](MoEConfig& c) { c.min_capacity = -1; }, {"min_capacity = -1", ">= 0"}},
+      {[](MoEConfig& c) { c.d_model = 0; }, {"d_model = 0", ">= 1"}},
+      {[](MoEConfig& c) { c.hidden = 0; }, {"hidden = 0", ">= 1"}},
+      {[](MoEConfig& c) { c.jitter_eps = 1.0f; }, {"jitter_eps", "[0, 1)"}},
+      {[](MoEConfig& c) { c.capacity_factor_train = std::nan(""); }, {"capacity_factor_train", "finite"}},
+  };
+  for (const Case& c : cases) {
+    MoEConfig cfg = good;
+    c.edit(cfg);
+    for (int through_layer = 0; through_layer < 2; ++through_layer) {
+      try {
+        if (through_layer) {
+          MoELayer layer(cfg, kSeed);
+        } else {
+          cfg.validate();
+        }
+        ADD_FAILURE() << "expected InvalidArgument for " << c.needles[0];
+      } catch (const InvalidArgument& error) {
+        const std::string message = error.what();
+        for (const char* needle : c.needles)
+          EXPECT_NE(message.find(needle), std::string::npos) << "\"" << message << "\" lacks \"" << needle << "\"";
+      }
+    }
+  }
+}
+
+TEST(MoELayerErrors, BadInputNamesTheProblem) {
+  const MoEConfig cfg = small_config(Activation::GELU, true, 1.25);
+  const int64_t T = 5, d = cfg.d_model;
+  MoELayer layer(cfg, kSeed);
+  Tensor y = Tensor::zeros({T, d}), dx = Tensor::zeros({T, d});
+  expect_invalid([&] { layer.backward(dx, y); }, {"before forward"});
+  for (float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity(),
+                    -std::numeric_limits<float>::infinity()}) {
+    Tensor x = normal_tensor({T, d}, 1.0f, "bad.x");
+    x.f32()[3 * d + 2] = bad;
+    expect_invalid([&] { layer.forward(y, x, true); }, {"non-finite", "token 3", "column 2"});
+  }
+  Tensor wide = Tensor::zeros({T, d + 1}), y_wide = Tensor::zeros({T, d + 1});
+  expect_invalid([&] { layer.forward(y_wide, wide, true); }, {"x has shape (5, 7)", "d_model = 6"});
+  Tensor flat = Tensor::zeros({T * d});
+  expect_invalid([&] { layer.forward(y, flat, true); }, {"x", "rank 2"});
+  Tensor x = normal_tensor({T, d}, 1.0f, "bad.x");
+  Tensor y_short = Tensor::zeros({T - 1, d});
+  expect_invalid([&] { layer.forward(y_short, x, true); }, {"y has shape (4, 6)", "expected (5, 6)"});
+  layer.forward(y, x, true);
+  Tensor dy_short = Tensor::zeros({T - 1, d});
+  expect_invalid([&] { layer.backward(dx, dy_short); }, {"dy has shape (4, 6)", "expected (5, 6)"});
+}
+
+}  // namespace
+}  // namespace moe

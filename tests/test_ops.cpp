@@ -1,0 +1,865 @@
+// Unit tests of core/ops.h on CPU: every forward against a straightforward reference written here,
+// every backward against central finite differences, accumulation (+=), argument checks, the
+// no-CUDA stubs; and moe::gemm in all transpose combinations against a naive loop.
+#include "core/ops.h"
+
+#include <gtest/gtest.h>
+
+#include <cfloat>
+#include <cmath>
+#include <functional>
+#include <limits>
+#include <numbers>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/gemm.h"
+
+namespace moe {
+namespace {
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr double kUnitRoundoff = FLT_EPSILON / 2;  // u = 2^-24: float32 relative rounding error
+
+Tensor random_tensor(const Shape& shape, std::mt19937& rng, float lo = -1.f, float hi = 1.f) {
+  std::uniform_real_distribution<float> dist(lo, hi);
+  Tensor t = Tensor::empty(shape);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = dist(rng);
+  return t;
+}
+
+// Values with |v| in [0.1, 1] and random sign: at least 10 finite-difference steps away from relu's kink.
+Tensor random_away_from_zero(const Shape& shape, std::mt19937& rng) {
+  Tensor t = random_tensor(shape, rng, 0.1f, 1.f);
+  std::bernoulli_distribution negative(0.5);
+  for (int64_t i = 0; i < t.numel(); ++i)
+    if (negative(rng)) t.f32()[i] = -t.f32()[i];
+  return t;
+}
+
+// An output tensor filled with NaN: a forward that reads instead of overwriting it shows up as NaN.
+Tensor nan_tensor(const Shape& shape) {
+  Tensor t = Tensor::empty(shape);
+  t.fill(kNaN);
+  return t;
+}
+
+// sum_i y_i r_i in double: the scalar loss L = sum(y * r) whose gradient w.r.t. y is r.
+double weighted_sum(const Tensor& y, const Tensor& r) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < y.numel(); ++i) sum += static_cast<double>(y.f32()[i]) * r.f32()[i];
+  return sum;
+}
+
+float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim(1) + col]; }
+
+// ---- finite differences ----
+//
+// Step and tolerance for checking float32 backward passes against central differences of a loss
+// computed in double from float32 forward outputs (inputs, weights and r all O(1)):
+//  - truncation error of the central difference is h^2/6 |f'''|; |f'''| stays below ~10 for these
+//    ops on O(1) inputs (the norms' rstd^3 / C terms are the largest), so with h = 1e-2: <= 1.7e-4;
+//  - rounding: each perturbed output carries ~4 u |y| ~ 2.5e-7 of float32 error, over up to ~20
+//    outputs that depend on one input: ~1e-6 absolute in L, divided by 2h: ~5e-5;
+//  - the float32 analytic gradient itself is off by ~1e-6 relative.
+// So the allowed error is 3e-4 absolute + 3e-3 relative (measured worst: ~1e-5, 3% of the allowance),
+// while a real bug (a missing term, a wrong sign or factor) moves O(0.1..1) gradients by >= 1%.
+constexpr double kStep = 1e-2;
+constexpr double kGradAbsTol = 3e-4;
+constexpr double kGradRelTol = 3e-3;
+
+struct GradientCheck {
+  double worst_ratio = 0.0;    // max over elements of |analytic - numeric| / allowed error
+  double max_abs_numeric = 0;  // largest |numeric derivative|: 0 means L does not depend on input
+  std::string worst;           // the element with the worst ratio, for the failure message
+};
+
+// Perturbs each element of `input` by +-kStep, re-evaluates `loss` (which runs the forward on the
+// current contents of `input`), and compares (L+ - L-) / (x+ - x-) with `analytic`.
+GradientCheck check_gradient(Tensor& input, const Tensor& analytic, const std::function<double()>& loss) {
+  GradientCheck check;
+  float* p = input.f32();
+  for (int64_t i = 0; i < input.numel(); ++i) {
+    const float original = p[i];
+    const float plus = original + static_cast<float>(kStep);
+    const float minus = original - static_cast<float>(kStep);
+    p[i] = plus;
+    const double loss_plus = loss();
+    p[i] = minus;
+    const double loss_minus = loss();
+    p[i] = original;
+    // Divide by the step actually taken: x +- h rounds in float32.
+    const double numeric = (loss_plus - loss_minus) / (static_cast<double>(plus) - minus);
+    const double error = std::fabs(analytic.f32()[i] - numeric);
+    const double ratio = error / (kGradAbsTol + kGradRelTol * std::fabs(numeric));
+    check.max_abs_numeric = std::max(check.max_abs_numeric, std::fabs(numeric));
+    if (ratio > check.worst_ratio) {
+      check.worst_ratio = ratio;
+      std::ostringstream os;
+      os << "element " << i << ": analytic " << analytic.f32()[i] << ", finite difference " << numeric;
+      check.worst = os.str();
+    }
+  }
+  return check;
+}
+
+void expect_gradient(const char* name, Tensor& input, const Tensor& analytic,
+                     const std::function<double()>& loss) {
+  ASSERT_EQ(input.shape(), analytic.shape()) << name;
+  const GradientCheck check = check_gradient(input, analytic, loss);
+  EXPECT_LE(check.worst_ratio, 1.0) << name << ": " << check.worst;
+  EXPECT_GT(check.max_abs_numeric, 1e-2) << name << ": the loss barely depends on it; the check is vacuous";
+}
+
+// Zeroes `grads`, runs `backward` twice and checks the second run doubled every gradient: backward
+// must add (+=) into its outputs. GEMM with beta = 1 may fold the old value into its FMA chain, so
+// allow a few float32 ulps of difference from exactly 2x.
+void expect_backward_accumulates(const std::vector<Tensor*>& grads, const std::function<void()>& backward) {
+  for (Tensor* g : grads) g->zero();
+  backward();
+  std::vector<Tensor> once;
+  for (Tensor* g : grads) once.push_back(g->clone());
+  backward();
+  for (size_t k = 0; k < grads.size(); ++k) {
+    double max_abs = 0.0;
+    for (int64_t i = 0; i < once[k].numel(); ++i) {
+      const double expected = 2.0 * once[k].f32()[i];
+      max_abs = std::max(max_abs, std::fabs(expected));
+      EXPECT_NEAR(grads[k]->f32()[i], expected, 8 * kUnitRoundoff * std::fabs(expected))
+          << "gradient " << k << ", element " << i;
+    }
+    EXPECT_GT(max_abs, 0.0) << "gradient " << k << " is all zero; the check is vacuous";
+  }
+}
+
+// Runs `call` and checks it throws InvalidArgument whose message contains every one of `parts`.
+void expect_invalid_argument(const std::function<void()>& call, const std::vector<std::string>& parts) {
+  try {
+    call();
+    ADD_FAILURE() << "expected InvalidArgument mentioning \"" << parts.front() << "\"";
+  } catch (const InvalidArgument& e) {
+    const std::string message = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "message \"" << message << "\" lacks \"" << part << "\"";
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The checker itself must be able to fail
+// ---------------------------------------------------------------------------------------------
+
+TEST(GradientChecker, RejectsAGradientOffByOnePercent) {
+  std::mt19937 rng(1);
+  Tensor x = random_tensor({3, 7}, rng, -3.f, 3.f);
+  Tensor r = random_tensor({3, 7}, rng);
+  Tensor y = Tensor::zeros({3, 7});
+  Tensor dx = Tensor::zeros({3, 7});
+  gelu_backward(dx, r, x);
+  auto loss = [&] { gelu_forward(y, x); return weighted_sum(y, r); };
+  EXPECT_LE(check_gradient(x, dx, loss).worst_ratio, 1.0);
+  add_scaled(dx, dx, 0.01f);  // dx *= 1.01
+  EXPECT_GT(check_gradient(x, dx, loss).worst_ratio, 1.0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// GEMM
+// ---------------------------------------------------------------------------------------------
+
+struct GemmCase {
+  bool trans_a, trans_b;
+  int64_t M, N, K;
+  float alpha, beta;
+};
+
+// Runs moe::gemm on padded row strides (each ld = width + 3) and compares with a double-precision
+// triple loop. Error bound for a float32 dot product of K terms plus the alpha/beta updates:
+// |error| <= (K + 2) u (|alpha| sum_k |a_ik b_kj| + |beta c_ij|) (Higham's gamma_n); allow 2x that.
+// Padding elements of C must stay untouched, and with beta = 0 C's NaN contents must be ignored.
+void check_gemm(const GemmCase& g, std::mt19937& rng) {
+  SCOPED_TRACE(::testing::Message() << "trans_a=" << g.trans_a << " trans_b=" << g.trans_b << " M=" << g.M
+                                    << " N=" << g.N << " K=" << g.K << " beta=" << g.beta);
+  const int64_t pad = 3;
+  const int64_t a_rows = g.trans_a ? g.K : g.M, a_cols = g.trans_a ? g.M : g.K;
+  const int64_t b_rows = g.trans_b ? g.N : g.K, b_cols = g.trans_b ? g.K : g.N;
+  const int64_t lda = a_cols + pad, ldb = b_cols + pad, ldc = g.N + pad;
+  Tensor A = random_tensor({a_rows, lda}, rng);
+  Tensor B = random_tensor({b_rows, ldb}, rng);
+  Tensor C = random_tensor({g.M, ldc}, rng);
+  if (g.beta == 0.f) {  // contents ignored: NaN must not leak into the result
+    for (int64_t i = 0; i < g.M; ++i)
+      for (int64_t j = 0; j < g.N; ++j) C.f32()[i * ldc + j] = kNaN;
+  }
+  const Tensor C_before = C.clone();
+  auto a = [&](int64_t i, int64_t k) { return g.trans_a ? A.f32()[k * lda + i] : A.f32()[i * lda + k]; };
+  auto b = [&](int64_t k, int64_t j) { return g.trans_b ? B.f32()[j * ldb + k] : B.f32()[k * ldb + j]; };
+
+  gemm(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A.f32(), lda, B.f32(), ldb, g.beta, C.f32(), ldc);
+
+  for (int64_t i = 0; i < g.M; ++i) {
+    for (int64_t j = 0; j < g.N; ++j) {
+      double dot = 0.0, dot_abs = 0.0;
+      for (int64_t k = 0; k < g.K; ++k) {
+        dot += static_cast<double>(a(i, k)) * b(k, j);
+        dot_abs += std::fabs(static_cast<double>(a(i, k)) * b(k, j));
+      }
+      const double c_old = g.beta == 0.f ? 0.0 : C_before.f32()[i * ldc + j];
+      const double expected = g.alpha * dot + g.beta * c_old;
+      const double bound = (g.K + 2) * kUnitRoundoff * (std::fabs(g.alpha) * dot_abs + std::fabs(g.beta * c_old));
+      ASSERT_NEAR(C.f32()[i * ldc + j], expected, 2 * bound + 1e-30) << "C[" << i << ", " << j << "]";
+    }
+    for (int64_t j = g.N; j < ldc; ++j)
+      ASSERT_EQ(C.f32()[i * ldc + j], C_before.f32()[i * ldc + j]) << "padding C[" << i << ", " << j << "] written";
+  }
+}
+
+TEST(Gemm, AllTransposeCombinationsMatchNaiveLoop) {
+  std::mt19937 rng(11);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true})
+      for (float beta : {0.f, 1.f, -0.5f}) {
+        check_gemm({ta, tb, 5, 7, 9, 0.75f, beta}, rng);
+        check_gemm({ta, tb, 33, 40, 70, 1.f, beta}, rng);  // big enough for the provider's blocked kernels
+      }
+}
+
+TEST(Gemm, ZeroInnerDimensionScalesC) {
+  std::mt19937 rng(12);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      check_gemm({ta, tb, 4, 6, 0, 1.f, 0.f}, rng);   // C = 0, NaN contents ignored
+      check_gemm({ta, tb, 4, 6, 0, 1.f, 1.f}, rng);   // C unchanged
+      check_gemm({ta, tb, 4, 6, 0, 1.f, 2.5f}, rng);  // C scaled
+    }
+}
+
+TEST(Gemm, EmptyOutputWritesNothing) {
+  std::mt19937 rng(13);
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      check_gemm({ta, tb, 0, 6, 5, 1.f, 0.f}, rng);  // M = 0: check_gemm also verifies C's padding
+      check_gemm({ta, tb, 4, 0, 5, 1.f, 0.f}, rng);  // N = 0: every C element is padding, untouched
+      check_gemm({ta, tb, 0, 0, 0, 1.f, 1.f}, rng);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear
+// ---------------------------------------------------------------------------------------------
+
+TEST(Linear, ForwardMatchesTripleLoop) {
+  std::mt19937 rng(21);
+  const int64_t N = 6, in = 11, out = 5;
+  Tensor x = random_tensor({N, in}, rng);
+  Tensor w = random_tensor({in, out}, rng);
+  Tensor b = random_tensor({out}, rng);
+  for (bool with_bias : {false, true}) {
+    Tensor y = nan_tensor({N, out});
+    linear_forward(y, x, w, with_bias ? &b : nullptr);
+    for (int64_t n = 0; n < N; ++n)
+      for (int64_t j = 0; j < out; ++j) {
+        double expected = with_bias ? b.f32()[j] : 0.0;
+        for (int64_t i = 0; i < in; ++i) expected += static_cast<double>(at(x, n, i)) * at(w, i, j);
+        // float32 dot of `in` terms of magnitude <= 1, plus the bias: error <= (in + 1) u (in + 1).
+        EXPECT_NEAR(at(y, n, j), expected, (in + 1) * (in + 1) * kUnitRoundoff) << n << ", " << j;
+      }
+  }
+}
+
+TEST(Linear, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(22);
+  const int64_t N = 4, in = 7, out = 5;
+  Tensor x = random_tensor({N, in}, rng);
+  Tensor w = random_tensor({in, out}, rng);
+  Tensor b = random_tensor({out}, rng);
+  Tensor r = random_tensor({N, out}, rng);
+  Tensor y = Tensor::zeros({N, out});
+  Tensor dx = Tensor::zeros({N, in}), dw = Tensor::zeros({in, out}), db = Tensor::zeros({out});
+  linear_backward(&dx, &dw, &db, r, x, w);
+  auto loss = [&] { linear_forward(y, x, w, &b); return weighted_sum(y, r); };
+  expect_gradient("dx", x, dx, loss);
+  expect_gradient("dw", w, dw, loss);
+  expect_gradient("db", b, db, loss);
+  expect_backward_accumulates({&dx, &dw, &db}, [&] { linear_backward(&dx, &dw, &db, r, x, w); });
+}
+
+TEST(Linear, BackwardSkipsNullGradients) {
+  std::mt19937 rng(23);
+  Tensor x = random_tensor({3, 4}, rng), w = random_tensor({4, 2}, rng), dy = random_tensor({3, 2}, rng);
+  Tensor dw_all = Tensor::zeros({4, 2}), dw_only = Tensor::zeros({4, 2});
+  Tensor dx = Tensor::zeros({3, 4}), db = Tensor::zeros({2});
+  linear_backward(&dx, &dw_all, &db, dy, x, w);
+  linear_backward(nullptr, &dw_only, nullptr, dy, x, w);
+  for (int64_t i = 0; i < dw_all.numel(); ++i) EXPECT_EQ(dw_only.f32()[i], dw_all.f32()[i]);
+}
+
+TEST(Linear, NoRowsLeavesParameterGradientsUnchanged) {
+  Tensor x = Tensor::zeros({0, 3}), w = Tensor::from({3, 2}, {1, 2, 3, 4, 5, 6});
+  Tensor y = Tensor::zeros({0, 2}), dy = Tensor::zeros({0, 2});
+  Tensor b = Tensor::from({2}, {1, 1});
+  linear_forward(y, x, w, &b);
+  Tensor dw = Tensor::from({3, 2}, {1, 1, 1, 1, 1, 1}), db = Tensor::from({2}, {7, 7});
+  linear_backward(nullptr, &dw, &db, dy, x, w);
+  for (int64_t i = 0; i < dw.numel(); ++i) EXPECT_EQ(dw.f32()[i], 1.f);
+  EXPECT_EQ(db.f32()[0], 7.f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// activations
+// ---------------------------------------------------------------------------------------------
+
+double gelu_reference(double v) {
+  return 0.5 * v * (1.0 + std::tanh(std::sqrt(2.0 / std::numbers::pi) * (v + 0.044715 * v * v * v)));
+}
+
+TEST(Relu, ForwardClampsNegatives) {
+  Tensor x = Tensor::from({2, 3}, {-2.f, -0.f, 0.5f, 3.f, -1e-30f, 1e-30f});
+  Tensor y = nan_tensor({2, 3});
+  relu_forward(y, x);
+  const std::vector<float> expected = {0.f, 0.f, 0.5f, 3.f, 0.f, 1e-30f};
+  for (int64_t i = 0; i < 6; ++i) EXPECT_EQ(y.f32()[i], expected[i]) << i;
+}
+
+TEST(Relu, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(31);
+  Tensor x = random_away_from_zero({3, 19}, rng);  // 19: vector body plus a remainder
+  Tensor r = random_tensor({3, 19}, rng);
+  Tensor y = Tensor::zeros({3, 19}), dx = Tensor::zeros({3, 19});
+  relu_backward(dx, r, x);
+  expect_gradient("dx", x, dx, [&] { relu_forward(y, x); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dx}, [&] { relu_backward(dx, r, x); });
+}
+
+TEST(Gelu, ForwardAtKnownPoints) {
+  // Tanh-approximation values (PyTorch gelu(approximate="tanh") gives the same to 7 digits).
+  const std::vector<float> points = {0.f, 1.f, -1.f, 2.f, -3.f, 0.5f, 10.f, -10.f};
+  const std::vector<double> known = {0.0, 0.8411919906082768, -0.15880800939172324, 1.954597694087775,
+                                     -0.0036373920817729943, 0.34571400982514394, 10.0, 0.0};
+  Tensor x = Tensor::from({8}, points);
+  Tensor y = nan_tensor({8});
+  gelu_forward(y, x);
+  for (int64_t i = 0; i < 8; ++i) {
+    EXPECT_NEAR(known[i], gelu_reference(points[i]), 1e-12) << "reference formula at " << points[i];
+    // float32 tanh and a few products: a few u relative, 1e-7 absolute near zero crossings.
+    EXPECT_NEAR(y.f32()[i], known[i], 8 * kUnitRoundoff * std::fabs(known[i]) + 1e-7) << "gelu(" << points[i] << ")";
+  }
+}
+
+TEST(Gelu, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(32);
+  Tensor x = random_tensor({3, 19}, rng, -3.f, 3.f);
+  Tensor r = random_tensor({3, 19}, rng);
+  Tensor y = Tensor::zeros({3, 19}), dx = Tensor::zeros({3, 19});
+  gelu_backward(dx, r, x);
+  expect_gradient("dx", x, dx, [&] { gelu_forward(y, x); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dx}, [&] { gelu_backward(dx, r, x); });
+}
+
+TEST(Swiglu, ForwardMatchesReference) {
+  std::mt19937 rng(33);
+  const int64_t N = 4, h = 9;
+  Tensor x = random_tensor({N, 2 * h}, rng, -4.f, 4.f);
+  Tensor y = nan_tensor({N, h});
+  swiglu_forward(y, x);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t j = 0; j < h; ++j) {
+      const double gate = at(x, n, j), up = at(x, n, h + j);
+      const double expected = gate / (1.0 + std::exp(-gate)) * up;
+      EXPECT_NEAR(at(y, n, j), expected, 8 * kUnitRoundoff * std::fabs(expected) + 1e-7) << n << ", " << j;
+    }
+}
+
+TEST(Swiglu, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(34);
+  const int64_t N = 3, h = 11;
+  Tensor x = random_tensor({N, 2 * h}, rng, -2.f, 2.f);
+  Tensor r = random_tensor({N, h}, rng);
+  Tensor y = Tensor::zeros({N, h}), dx = Tensor::zeros({N, 2 * h});
+  swiglu_backward(dx, r, x);
+  expect_gradient("dx", x, dx, [&] { swiglu_forward(y, x); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dx}, [&] { swiglu_backward(dx, r, x); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// softmax
+// ---------------------------------------------------------------------------------------------
+
+// softmax of one row in double, max-subtracted.
+std::vector<double> softmax_reference(const Tensor& x, int64_t row) {
+  const int64_t C = x.dim(1);
+  double row_max = -std::numeric_limits<double>::infinity(), sum = 0.0;
+  for (int64_t c = 0; c < C; ++c) row_max = std::max(row_max, static_cast<double>(at(x, row, c)));
+  std::vector<double> p(C);
+  for (int64_t c = 0; c < C; ++c) sum += p[c] = std::exp(at(x, row, c) - row_max);
+  for (double& v : p) v /= sum;
+  return p;
+}
+
+TEST(Softmax, ForwardRowsSumToOneAndMatchExpOverSum) {
+  std::mt19937 rng(41);
+  const int64_t N = 5, C = 23;
+  Tensor x = random_tensor({N, C}, rng, -5.f, 5.f);
+  for (int64_t c = 0; c < C; ++c) x.f32()[4 * C + c] += 1000.f;  // exp(1000) overflows without the max shift
+  Tensor y = nan_tensor({N, C});
+  softmax_forward(y, x);
+  for (int64_t n = 0; n < N; ++n) {
+    const std::vector<double> p = softmax_reference(x, n);
+    double row_sum = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      row_sum += at(y, n, c);
+      // float32 exp, a C-term sum and a multiply: relative error <= (C + 4) u. Row 4's inputs near
+      // 1000 are themselves rounded to ulp(1000) = 6e-5, which the reference sees too.
+      EXPECT_NEAR(at(y, n, c), p[c], (C + 4) * kUnitRoundoff * p[c] + 1e-9) << n << ", " << c;
+    }
+    EXPECT_NEAR(row_sum, 1.0, 2 * (C + 4) * kUnitRoundoff) << "row " << n;
+  }
+}
+
+TEST(Softmax, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(42);
+  const int64_t N = 3, C = 17;
+  Tensor x = random_tensor({N, C}, rng, -2.f, 2.f);
+  Tensor r = random_tensor({N, C}, rng, -3.f, 3.f);
+  Tensor y = Tensor::zeros({N, C}), dx = Tensor::zeros({N, C});
+  softmax_forward(y, x);
+  softmax_backward(dx, r, y);
+  Tensor y_saved = y.clone();
+  expect_gradient("dx", x, dx, [&] { softmax_forward(y, x); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dx}, [&] { softmax_backward(dx, r, y_saved); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// norms
+// ---------------------------------------------------------------------------------------------
+
+constexpr float kEps = 1e-5f;
+
+TEST(Rmsnorm, ForwardMatchesReferenceAndUnitRms) {
+  std::mt19937 rng(51);
+  const int64_t N = 4, C = 21;
+  Tensor x = random_tensor({N, C}, rng, -3.f, 3.f);
+  Tensor g = random_tensor({C}, rng, 0.5f, 1.5f);
+  Tensor ones = Tensor::zeros({C});
+  ones.fill(1.f);
+  Tensor y = nan_tensor({N, C}), rstd = nan_tensor({N});
+  rmsnorm_forward(y, rstd, x, g, kEps);
+  Tensor y_unit = nan_tensor({N, C}), rstd_unit = nan_tensor({N});
+  rmsnorm_forward(y_unit, rstd_unit, x, ones, kEps);
+  for (int64_t n = 0; n < N; ++n) {
+    double mean_sq = 0.0;
+    for (int64_t c = 0; c < C; ++c) mean_sq += static_cast<double>(at(x, n, c)) * at(x, n, c) / C;
+    const double r = 1.0 / std::sqrt(mean_sq + kEps);
+    // C-term float32 sums and a sqrt: relative error within (C + 4) u.
+    const double tol = (C + 4) * kUnitRoundoff;
+    EXPECT_NEAR(rstd.f32()[n], r, tol * r) << "rstd " << n;
+    double y_unit_mean_sq = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double expected = at(x, n, c) * r * g.f32()[c];
+      EXPECT_NEAR(at(y, n, c), expected, tol * std::fabs(expected) + 1e-7) << n << ", " << c;
+      y_unit_mean_sq += static_cast<double>(at(y_unit, n, c)) * at(y_unit, n, c) / C;
+    }
+    // With g = 1, mean(y^2) = mean(x^2) / (mean(x^2) + eps): 1 up to eps / mean(x^2) ~ 1e-5.
+    EXPECT_NEAR(y_unit_mean_sq, 1.0, 1e-4) << "row " << n;
+  }
+}
+
+TEST(Rmsnorm, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(52);
+  const int64_t N = 3, C = 13;
+  Tensor x = random_tensor({N, C}, rng);
+  Tensor g = random_tensor({C}, rng, 0.5f, 1.5f);
+  Tensor r = random_tensor({N, C}, rng);
+  Tensor y = Tensor::zeros({N, C}), rstd = Tensor::zeros({N});
+  Tensor dx = Tensor::zeros({N, C}), dg = Tensor::zeros({C});
+  rmsnorm_forward(y, rstd, x, g, kEps);
+  const Tensor rstd_saved = rstd.clone();
+  rmsnorm_backward(&dx, &dg, r, x, g, rstd_saved);
+  auto loss = [&] { rmsnorm_forward(y, rstd, x, g, kEps); return weighted_sum(y, r); };
+  expect_gradient("dx", x, dx, loss);
+  expect_gradient("dg", g, dg, loss);
+  expect_backward_accumulates({&dx, &dg}, [&] { rmsnorm_backward(&dx, &dg, r, x, g, rstd_saved); });
+}
+
+TEST(Layernorm, ForwardHasZeroMeanUnitVarianceAndMatchesReference) {
+  std::mt19937 rng(53);
+  const int64_t N = 4, C = 21;
+  Tensor x = random_tensor({N, C}, rng, -2.f, 4.f);  // nonzero mean on purpose
+  Tensor g = random_tensor({C}, rng, 0.5f, 1.5f), b = random_tensor({C}, rng);
+  Tensor ones = Tensor::zeros({C}), zeros = Tensor::zeros({C});
+  ones.fill(1.f);
+  Tensor y = nan_tensor({N, C}), mean = nan_tensor({N}), rstd = nan_tensor({N});
+  Tensor y_unit = nan_tensor({N, C});
+  layernorm_forward(y, mean, rstd, x, g, b, kEps);
+  Tensor mean2 = nan_tensor({N}), rstd2 = nan_tensor({N});
+  layernorm_forward(y_unit, mean2, rstd2, x, ones, zeros, kEps);
+  for (int64_t n = 0; n < N; ++n) {
+    double m = 0.0, var = 0.0;
+    for (int64_t c = 0; c < C; ++c) m += at(x, n, c) / static_cast<double>(C);
+    for (int64_t c = 0; c < C; ++c) var += (at(x, n, c) - m) * (at(x, n, c) - m) / C;
+    const double r = 1.0 / std::sqrt(var + kEps);
+    const double tol = (C + 4) * kUnitRoundoff;  // C-term float32 sums and a sqrt
+    EXPECT_NEAR(mean.f32()[n], m, tol * (std::fabs(m) + 4.0)) << "mean " << n;  // |x| <= 4
+    EXPECT_NEAR(rstd.f32()[n], r, 4 * tol * r) << "rstd " << n;  // squared deviations: error doubles
+    double y_mean = 0.0, y_var = 0.0;
+    for (int64_t c = 0; c < C; ++c) {
+      const double expected = (at(x, n, c) - m) * r * g.f32()[c] + b.f32()[c];
+      EXPECT_NEAR(at(y, n, c), expected, 8 * tol) << n << ", " << c;  // |y| <= ~5
+      y_mean += at(y_unit, n, c) / static_cast<double>(C);
+    }
+    for (int64_t c = 0; c < C; ++c) y_var += (at(y_unit, n, c) - y_mean) * (at(y_unit, n, c) - y_mean) / C;
+    EXPECT_NEAR(y_mean, 0.0, 1e-6) << "row " << n;
+    EXPECT_NEAR(y_var, 1.0, 1e-4) << "row " << n;  // var / (var + eps): 1 up to eps / var ~ 1e-5
+  }
+}
+
+TEST(Layernorm, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(54);
+  const int64_t N = 3, C = 13;
+  Tensor x = random_tensor({N, C}, rng);
+  Tensor g = random_tensor({C}, rng, 0.5f, 1.5f), b = random_tensor({C}, rng);
+  Tensor r = random_tensor({N, C}, rng);
+  Tensor y = Tensor::zeros({N, C}), mean = Tensor::zeros({N}), rstd = Tensor::zeros({N});
+  Tensor dx = Tensor::zeros({N, C}), dg = Tensor::zeros({C}), db = Tensor::zeros({C});
+  layernorm_forward(y, mean, rstd, x, g, b, kEps);
+  const Tensor mean_saved = mean.clone(), rstd_saved = rstd.clone();
+  layernorm_backward(&dx, &dg, &db, r, x, g, mean_saved, rstd_saved);
+  auto loss = [&] { layernorm_forward(y, mean, rstd, x, g, b, kEps); return weighted_sum(y, r); };
+  expect_gradient("dx", x, dx, loss);
+  expect_gradient("dg", g, dg, loss);
+  expect_gradient("db", b, db, loss);
+  expect_backward_accumulates({&dx, &dg, &db},
+                              [&] { layernorm_backward(&dx, &dg, &db, r, x, g, mean_saved, rstd_saved); });
+}
+
+TEST(Layernorm, BackwardSkipsNullGradients) {
+  std::mt19937 rng(55);
+  Tensor x = random_tensor({2, 5}, rng), g = random_tensor({5}, rng), b = random_tensor({5}, rng);
+  Tensor dy = random_tensor({2, 5}, rng);
+  Tensor y = Tensor::zeros({2, 5}), mean = Tensor::zeros({2}), rstd = Tensor::zeros({2});
+  layernorm_forward(y, mean, rstd, x, g, b, kEps);
+  Tensor db_all = Tensor::zeros({5}), db_only = Tensor::zeros({5});
+  Tensor dx = Tensor::zeros({2, 5}), dg = Tensor::zeros({5});
+  layernorm_backward(&dx, &dg, &db_all, dy, x, g, mean, rstd);
+  layernorm_backward(nullptr, nullptr, &db_only, dy, x, g, mean, rstd);
+  for (int64_t i = 0; i < 5; ++i) EXPECT_EQ(db_only.f32()[i], db_all.f32()[i]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// cross-entropy
+// ---------------------------------------------------------------------------------------------
+
+TEST(CrossEntropy, ForwardIsMeanNegativeLogProbOverNonIgnoredRows) {
+  std::mt19937 rng(61);
+  const int64_t N = 6, V = 29;
+  Tensor logits = random_tensor({N, V}, rng, -4.f, 4.f);
+  for (int64_t c = 0; c < V; ++c) logits.f32()[5 * V + c] += 500.f;  // stable with large logits
+  Tensor targets = Tensor::from_ints({N}, {3, -1, 0, 28, -1, 7});
+  Tensor probs = nan_tensor({N, V});
+  const float loss = cross_entropy_forward(probs, logits, targets);
+  double expected = 0.0;
+  int counted = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const std::vector<double> p = softmax_reference(logits, n);
+    for (int64_t c = 0; c < V; ++c)  // probs are written for ignored rows too
+      EXPECT_NEAR(at(probs, n, c), p[c], (V + 4) * kUnitRoundoff * p[c] + 1e-9) << n << ", " << c;
+    const int32_t t = targets.i32()[n];
+    if (t < 0) continue;
+    expected += -std::log(p[t]);
+    counted += 1;
+  }
+  expected /= counted;
+  // Per-row float32 log-sum-exp of V terms: absolute error ~ (V + 4) u (|logit| ~500 in row 5).
+  EXPECT_NEAR(loss, expected, (V + 4) * kUnitRoundoff * 500.0);
+  EXPECT_TRUE(std::isfinite(loss));
+}
+
+TEST(CrossEntropy, AllRowsIgnoredGivesZeroLossAndNoGradient) {
+  std::mt19937 rng(62);
+  Tensor logits = random_tensor({3, 4}, rng);
+  Tensor targets = Tensor::from_ints({3}, {-1, -1, -1});
+  Tensor probs = Tensor::zeros({3, 4});
+  EXPECT_EQ(cross_entropy_forward(probs, logits, targets), 0.f);
+  Tensor dlogits = Tensor::zeros({3, 4});
+  cross_entropy_backward(dlogits, probs, targets, 1.f);
+  for (int64_t i = 0; i < dlogits.numel(); ++i) EXPECT_EQ(dlogits.f32()[i], 0.f);
+}
+
+TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(63);
+  const int64_t N = 4, V = 9;
+  const float dloss = 0.7f;
+  Tensor logits = random_tensor({N, V}, rng, -2.f, 2.f);
+  Tensor targets = Tensor::from_ints({N}, {2, -1, 8, 0});
+  Tensor probs = Tensor::zeros({N, V}), dlogits = Tensor::zeros({N, V});
+  cross_entropy_forward(probs, logits, targets);
+  const Tensor probs_saved = probs.clone();
+  cross_entropy_backward(dlogits, probs_saved, targets, dloss);
+  for (int64_t c = 0; c < V; ++c) EXPECT_EQ(at(dlogits, 1, c), 0.f) << "ignored row 1 got a gradient";
+  // Here L = dloss * loss: the scalar the backward's dloss stands for.
+  expect_gradient("dlogits", logits, dlogits,
+                  [&] { return dloss * static_cast<double>(cross_entropy_forward(probs, logits, targets)); });
+  expect_backward_accumulates({&dlogits}, [&] { cross_entropy_backward(dlogits, probs_saved, targets, dloss); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// embedding
+// ---------------------------------------------------------------------------------------------
+
+TEST(Embedding, ForwardGathersTableRows) {
+  std::mt19937 rng(71);
+  const int64_t V = 6, d = 5;
+  Tensor table = random_tensor({V, d}, rng);
+  Tensor ids = Tensor::from_ints({4}, {5, 0, 5, 2});
+  Tensor y = nan_tensor({4, d});
+  embedding_forward(y, ids, table);
+  for (int64_t n = 0; n < 4; ++n)
+    for (int64_t j = 0; j < d; ++j) EXPECT_EQ(at(y, n, j), at(table, ids.i32()[n], j)) << n << ", " << j;
+}
+
+TEST(Embedding, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(72);
+  const int64_t V = 5, d = 4;
+  Tensor table = random_tensor({V, d}, rng);
+  Tensor ids = Tensor::from_ints({6}, {1, 3, 1, 0, 1, 4});  // id 1 three times: the adds must all land
+  Tensor r = random_tensor({6, d}, rng);
+  Tensor y = Tensor::zeros({6, d}), dtable = Tensor::zeros({V, d});
+  embedding_backward(dtable, r, ids);
+  for (int64_t j = 0; j < d; ++j) EXPECT_EQ(at(dtable, 2, j), 0.f) << "unused id 2 got a gradient";
+  expect_gradient("dtable", table, dtable, [&] { embedding_forward(y, ids, table); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dtable}, [&] { embedding_backward(dtable, r, ids); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// row movement
+// ---------------------------------------------------------------------------------------------
+
+TEST(GatherRows, ForwardCopiesIndexedRows) {
+  std::mt19937 rng(81);
+  Tensor x = random_tensor({4, 7}, rng);
+  Tensor index = Tensor::from_ints({5}, {3, 3, 0, 2, 1});
+  Tensor y = nan_tensor({5, 7});
+  gather_rows(y, x, index);
+  for (int64_t m = 0; m < 5; ++m)
+    for (int64_t c = 0; c < 7; ++c) EXPECT_EQ(at(y, m, c), at(x, index.i32()[m], c)) << m << ", " << c;
+}
+
+TEST(GatherRows, ScatterAddIsItsBackward) {
+  std::mt19937 rng(82);
+  Tensor x = random_tensor({4, 6}, rng);
+  Tensor index = Tensor::from_ints({5}, {2, 0, 2, 2, 3});  // row 1 unused, row 2 thrice
+  Tensor r = random_tensor({5, 6}, rng);
+  Tensor y = Tensor::zeros({5, 6}), dx = Tensor::zeros({4, 6});
+  scatter_add_rows(dx, r, index);
+  for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(at(dx, 1, c), 0.f) << "unused row 1 got a gradient";
+  expect_gradient("dx", x, dx, [&] { gather_rows(y, x, index); return weighted_sum(y, r); });
+  expect_backward_accumulates({&dx}, [&] { scatter_add_rows(dx, r, index); });
+}
+
+TEST(Combine, ForwardIsWeightedSumOfSlotsSkippingMinusOne) {
+  std::mt19937 rng(83);
+  const int64_t M = 5, C = 6, T = 4, k = 2;
+  Tensor rows = random_tensor({M, C}, rng);
+  Tensor slot = Tensor::from_ints({T, k}, {0, 3, -1, 4, 2, 2, -1, -1});
+  Tensor weights = random_tensor({T, k}, rng, 0.f, 1.f);
+  Tensor y = nan_tensor({T, C});
+  combine_forward(y, rows, slot, weights);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < C; ++c) {
+      double expected = 0.0;
+      for (int64_t j = 0; j < k; ++j) {
+        const int32_t s = slot.i32()[t * k + j];
+        if (s >= 0) expected += static_cast<double>(at(weights, t, j)) * at(rows, s, c);
+      }
+      EXPECT_NEAR(at(y, t, c), expected, 4 * k * kUnitRoundoff) << t << ", " << c;  // k products <= 1
+    }
+}
+
+TEST(Combine, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(84);
+  const int64_t M = 5, C = 6, T = 4, k = 2;
+  Tensor rows = random_tensor({M, C}, rng);
+  Tensor slot = Tensor::from_ints({T, k}, {0, 3, -1, 4, 2, 3, 1, -1});  // slot 3 used twice
+  Tensor weights = random_tensor({T, k}, rng, 0.f, 1.f);
+  Tensor r = random_tensor({T, C}, rng);
+  Tensor y = Tensor::zeros({T, C}), drows = Tensor::zeros({M, C}), dweights = Tensor::zeros({T, k});
+  combine_backward(&drows, &dweights, r, rows, slot, weights);
+  EXPECT_EQ(at(dweights, 1, 0), 0.f);  // slot -1: no gradient
+  EXPECT_EQ(at(dweights, 3, 1), 0.f);
+  auto loss = [&] { combine_forward(y, rows, slot, weights); return weighted_sum(y, r); };
+  expect_gradient("drows", rows, drows, loss);
+  expect_gradient("dweights", weights, dweights, loss);
+  expect_backward_accumulates({&drows, &dweights},
+                              [&] { combine_backward(&drows, &dweights, r, rows, slot, weights); });
+}
+
+TEST(AddScaled, AddsAlphaTimesX) {
+  Tensor y = Tensor::from({2, 2}, {1, 2, 3, 4});
+  Tensor x = Tensor::from({2, 2}, {10, 20, 30, 40});
+  add_scaled(y, x, -0.5f);
+  const std::vector<float> expected = {-4, -8, -12, -16};
+  for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(y.f32()[i], expected[i]) << i;  // exact in float32
+}
+
+// ---------------------------------------------------------------------------------------------
+// argument checks
+// ---------------------------------------------------------------------------------------------
+
+TEST(OpsArguments, LinearShapeMessageNamesOpArgumentAndShapes) {
+  Tensor x = Tensor::zeros({2, 5}), w = Tensor::zeros({3, 4}), y = Tensor::zeros({2, 4});
+  try {
+    linear_forward(y, x, w, nullptr);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_STREQ(e.what(), "linear_forward: w has shape (3, 4), expected (5, 4)");
+  }
+}
+
+TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
+  Tensor m23 = Tensor::zeros({2, 3}), m32 = Tensor::zeros({3, 2}), m22 = Tensor::zeros({2, 2});
+  Tensor m24 = Tensor::zeros({2, 4}), m25 = Tensor::zeros({2, 5}), v2 = Tensor::zeros({2});
+  Tensor v3 = Tensor::zeros({3}), v4 = Tensor::zeros({4});
+  Tensor ids2 = Tensor::from_ints({2}, {0, 1}), slot22 = Tensor::from_ints({2, 2}, {0, 1, 1, 0});
+
+  // linear
+  expect_invalid_argument([&] { linear_forward(m22, m23, m32, &v3); }, {"linear_forward: b has shape (3)", "expected (2)"});
+  expect_invalid_argument([&] { linear_forward(m23, m23, m32, nullptr); }, {"linear_forward: y has shape (2, 3), expected (2, 2)"});
+  expect_invalid_argument([&] { linear_forward(m22, v3, m32, nullptr); }, {"linear_forward: x has shape (3)", "rank 2"});
+  expect_invalid_argument([&] { linear_backward(&m23, &m23, nullptr, m22, m23, m32); },
+                          {"linear_backward: dw has shape (2, 3), expected (3, 2)"});
+  expect_invalid_argument([&] { linear_backward(&m22, nullptr, nullptr, m22, m23, m32); },
+                          {"linear_backward: dx has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { linear_backward(nullptr, nullptr, nullptr, m23, m23, m32); },
+                          {"linear_backward: dy has shape (2, 3), expected (2, 2)"});
+  // activations
+  expect_invalid_argument([&] { relu_forward(m32, m23); }, {"relu_forward: y has shape (3, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { relu_backward(m23, m32, m23); }, {"relu_backward: dy has shape (3, 2)"});
+  expect_invalid_argument([&] { gelu_forward(m23, Tensor()); }, {"gelu_forward: x", "undefined"});
+  expect_invalid_argument([&] { gelu_backward(m32, m23, m23); }, {"gelu_backward: dx has shape (3, 2)"});
+  expect_invalid_argument([&] { swiglu_forward(m22, m25); }, {"swiglu_forward: x has shape (2, 5)", "even"});
+  expect_invalid_argument([&] { swiglu_forward(m24, m24); }, {"swiglu_forward: y has shape (2, 4), expected (2, 2)"});
+  expect_invalid_argument([&] { swiglu_backward(m22, m22, m24); }, {"swiglu_backward: dx has shape (2, 2), expected (2, 4)"});
+  // softmax
+  expect_invalid_argument([&] { softmax_forward(m32, m23); }, {"softmax_forward: y has shape (3, 2)"});
+  expect_invalid_argument([&] { softmax_backward(m23, m23, m32); }, {"softmax_backward: dy has shape (2, 3), expected (3, 2)"});
+  // norms
+  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v2, kEps); }, {"rmsnorm_forward: g has shape (2), expected (3)"});
+  expect_invalid_argument([&] { rmsnorm_forward(m23, v3, m23, v3, kEps); }, {"rmsnorm_forward: rstd has shape (3), expected (2)"});
+  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v3, -1.f); }, {"rmsnorm_forward: eps = -1"});
+  expect_invalid_argument([&] { rmsnorm_backward(&m23, &v2, m23, m23, v3, v2); }, {"rmsnorm_backward: dg has shape (2), expected (3)"});
+  Tensor no_features = Tensor::zeros({2, 0}), empty_g = Tensor::zeros({0});
+  expect_invalid_argument([&] { rmsnorm_forward(no_features, v2, no_features, empty_g, kEps); },
+                          {"rmsnorm_forward: x has shape (2, 0)", "at least one feature"});
+  expect_invalid_argument([&] { layernorm_forward(m23, v2, v2, m23, v3, v2, kEps); }, {"layernorm_forward: b has shape (2), expected (3)"});
+  expect_invalid_argument([&] { layernorm_forward(m23, v3, v2, m23, v3, v3, kEps); }, {"layernorm_forward: mean has shape (3), expected (2)"});
+  expect_invalid_argument([&] { layernorm_backward(&m23, &v3, &v2, m23, m23, v3, v2, v2); },
+                          {"layernorm_backward: db has shape (2), expected (3)"});
+  // cross-entropy
+  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, v2); }, {"cross_entropy_forward: targets has dtype float32, expected int32"});
+  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, Tensor::from_ints({3}, {0, 0, 0})); },
+                          {"cross_entropy_forward: targets has shape (3), expected (2)"});
+  expect_invalid_argument([&] { cross_entropy_backward(m32, m23, ids2, 1.f); }, {"cross_entropy_backward: dlogits has shape (3, 2)"});
+  // embedding
+  expect_invalid_argument([&] { embedding_forward(m22, ids2, m23); }, {"embedding_forward: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { embedding_forward(m23, slot22, m23); }, {"embedding_forward: ids has shape (2, 2)", "rank 1"});
+  expect_invalid_argument([&] { embedding_forward(m23, v2, m23); }, {"embedding_forward: ids has dtype float32"});
+  expect_invalid_argument([&] { embedding_backward(m23, m22, ids2); }, {"embedding_backward: dy has shape (2, 2), expected (2, 3)"});
+  // row movement
+  expect_invalid_argument([&] { gather_rows(m22, m23, ids2); }, {"gather_rows: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { scatter_add_rows(m23, m22, ids2); }, {"scatter_add_rows: dy has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { combine_forward(m23, m23, slot22, m23); }, {"combine_forward: weights has shape (2, 3), expected (2, 2)"});
+  expect_invalid_argument([&] { combine_forward(m22, m23, slot22, m22); }, {"combine_forward: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { combine_backward(&m22, nullptr, m23, m23, slot22, m22); },
+                          {"combine_backward: drows has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { combine_backward(nullptr, &m23, m23, m23, slot22, m22); },
+                          {"combine_backward: dweights has shape (2, 3), expected (2, 2)"});
+  expect_invalid_argument([&] { add_scaled(m23, m32, 1.f); }, {"add_scaled: x has shape (3, 2), expected (2, 3)"});
+}
+
+TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
+  Tensor table = Tensor::zeros({4, 3}), y = Tensor::zeros({3, 3});
+  try {
+    embedding_forward(y, Tensor::from_ints({3}, {0, 5, 1}), table);
+    FAIL() << "expected InvalidArgument";
+  } catch (const InvalidArgument& e) {
+    EXPECT_STREQ(e.what(), "embedding_forward: ids[1] = 5 is out of range, expected [0, 4)");
+  }
+  expect_invalid_argument([&] { embedding_forward(y, Tensor::from_ints({3}, {0, 1, -1}), table); },
+                          {"embedding_forward: ids[2] = -1", "[0, 4)"});
+  expect_invalid_argument([&] { embedding_backward(table, y, Tensor::from_ints({3}, {4, 0, 0})); },
+                          {"embedding_backward: ids[0] = 4", "[0, 4)"});
+
+  Tensor logits = Tensor::zeros({3, 5}), probs = Tensor::zeros({3, 5});
+  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, Tensor::from_ints({3}, {0, -1, 7})); },
+                          {"cross_entropy_forward: targets[2] = 7", "[-1, 5)", "ignored"});
+  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, Tensor::from_ints({3}, {-2, 0, 0})); },
+                          {"cross_entropy_forward: targets[0] = -2"});
+  expect_invalid_argument([&] { cross_entropy_backward(probs, probs, Tensor::from_ints({3}, {0, 5, 0}), 1.f); },
+                          {"cross_entropy_backward: targets[1] = 5", "[-1, 5)"});
+
+  Tensor x = Tensor::zeros({4, 2}), gathered = Tensor::zeros({2, 2});
+  expect_invalid_argument([&] { gather_rows(gathered, x, Tensor::from_ints({2}, {3, 4})); },
+                          {"gather_rows: index[1] = 4", "[0, 4)"});
+  expect_invalid_argument([&] { scatter_add_rows(x, gathered, Tensor::from_ints({2}, {-1, 0})); },
+                          {"scatter_add_rows: index[0] = -1", "[0, 4)"});
+
+  Tensor rows = Tensor::zeros({4, 2}), combined = Tensor::zeros({2, 2}), weights = Tensor::zeros({2, 2});
+  Tensor bad_slot = Tensor::from_ints({2, 2}, {0, -1, 9, 1});
+  expect_invalid_argument([&] { combine_forward(combined, rows, bad_slot, weights); },
+                          {"combine_forward: slot[1, 0] = 9", "[-1, 4)"});
+  expect_invalid_argument([&] { combine_backward(&rows, nullptr, combined, rows, bad_slot, weights); },
+                          {"combine_backward: slot[1, 0] = 9", "[-1, 4)"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// CUDA in a build without it
+// ---------------------------------------------------------------------------------------------
+
+TEST(NoCuda, AllocationOnCudaThrows) {
+  EXPECT_THROW(Tensor::zeros({2, 3}, DType::F32, Device::CUDA), InvalidArgument);
+}
+
+// Device tensors cannot be made here, so call the cuda:: backend directly (it ignores its arguments).
+TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
+  Tensor t = Tensor::zeros({1, 2});
+  struct Stub {
+    const char* op;
+    std::function<void()> call;
+  };
+  const std::vector<Stub> stubs = {
+      {"linear_forward", [&] { cuda::linear_forward(t, t, t, nullptr); }},
+      {"linear_backward", [&] { cuda::linear_backward(nullptr, nullptr, nullptr, t, t, t); }},
+      {"relu_forward", [&] { cuda::relu_forward(t, t); }},
+      {"relu_backward", [&] { cuda::relu_backward(t, t, t); }},
+      {"gelu_forward", [&] { cuda::gelu_forward(t, t); }},
+      {"gelu_backward", [&] { cuda::gelu_backward(t, t, t); }},
+      {"swiglu_forward", [&] { cuda::swiglu_forward(t, t); }},
+      {"swiglu_backward", [&] { cuda::swiglu_backward(t, t, t); }},
+      {"softmax_forward", [&] { cuda::softmax_forward(t, t); }},
+      {"softmax_backward", [&] { cuda::softmax_backward(t, t, t); }},
+      {"rmsnorm_forward", [&] { cuda::rmsnorm_forward(t, t, t, t, kEps); }},
+      {"rmsnorm_backward", [&] { cuda::rmsnorm_backward(nullptr, nullptr, t, t, t, t); }},
+      {"layernorm_forward", [&] { cuda::layernorm_forward(t, t, t, t, t, t, kEps); }},
+      {"layernorm_backward", [&] { cuda::layernorm_backward(nullptr, nullptr, nullptr, t, t, t, t, t); }},
+      {"cross_entropy_forward", [&] { cuda::cross_entropy_forward(t, t, t); }},
+      {"cross_entropy_backward", [&] { cuda::cross_entropy_backward(t, t, t, 1.f); }},
+      {"embedding_forward", [&] { cuda::embedding_forward(t, t, t); }},
+      {"embedding_backward", [&] { cuda::embedding_backward(t, t, t); }},
+      {"gather_rows", [&] { cuda::gather_rows(t, t, t); }},
+      {"scatter_add_rows", [&] { cuda::scatter_add_rows(t, t, t); }},
+      {"combine_forward", [&] { cuda::combine_forward(t, t, t, t); }},
+      {"combine_backward", [&] { cuda::combine_backward(nullptr, nullptr, t, t, t, t); }},
+      {"add_scaled", [&] { cuda::add_scaled(t, t, 1.f); }},
+  };
+  for (const Stub& stub : stubs)
+    expect_invalid_argument(stub.call, {std::string(stub.op) + " has no CUDA implementation in this build"});
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs any missing build dependency from the distribution's packages, then configures and
+# builds the project. Usage: tools/setup.sh [BUILD_DIR [extra cmake arguments...]]
+#   BUILD_DIR defaults to build/. Safe to run again: it installs and rebuilds only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+build_dir=${1:-build}
+shift || true
+
+# Debian package names; each one is what a find_package() in CMakeLists.txt needs.
+packages=(
+  g++ cmake make pkg-config
+  libopenmpi-dev openmpi-bin          # MPI
+  libprotobuf-dev protobuf-compiler   # checkpoints
+  libyaml-cpp-dev                     # configs
+  libgtest-dev libgmock-dev           # tests
+  libdnnl-dev                         # GEMM provider (oneDNN), chosen in docs/gemm-provider.md
+)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "setup: installing ${missing[*]}"
+  sudo_cmd=()
+  [ "$(id -u)" -eq 0 ] || sudo_cmd=(sudo)
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+
+cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+cmake --build "$build_dir" -j "$(nproc)"
