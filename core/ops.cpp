@@ -7,8 +7,7 @@
 #include "core/check.h"
 
 // Runs moe::cpu::op or moe::cuda::op with the same arguments, by `device`; returns what the op returns.
-#define MOE_DISPATCH(device, op, ...) \
-  ((device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__))
+#define MOE_DISPATCH(device, op, ...) ((device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__))
 
 namespace moe {
 
@@ -59,8 +58,7 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b
   MOE_DISPATCH(x.device(), linear_forward, y, x, w, b);
 }
 
-void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                     const Tensor& w) {
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const char* op = "linear_backward";
   require_f32_matrix(op, "x", x);
   require_f32_matrix(op, "w", w);

@@ -6,6 +6,7 @@
 //  - backward functions ACCUMULATE (+=) into every gradient they produce (dx, dw, ...), so a tensor
 //    used in two places simply receives both contributions; zero gradients before a backward pass;
 //  - a pointer argument may be null to skip that input (bias) or that gradient;
+//  - outputs must not share memory with inputs, except where an op says it may run in place;
 //  - shape comments use N for rows (tokens), C for columns (features or classes).
 #pragma once
 

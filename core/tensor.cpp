@@ -66,7 +66,7 @@ Tensor Tensor::from(const Shape& shape, const std::vector<float>& values) {
   MOE_REQUIRE(numel_of(shape) == static_cast<int64_t>(values.size()), "Tensor::from: shape ",
               to_string(shape), " needs ", numel_of(shape), " values, got ", values.size());
   Tensor t = empty(shape);
-  std::memcpy(t.data_, values.data(), values.size() * sizeof(float));
+  if (!values.empty()) std::memcpy(t.data_, values.data(), values.size() * sizeof(float));
   return t;
 }
 
@@ -74,7 +74,7 @@ Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values)
   MOE_REQUIRE(numel_of(shape) == static_cast<int64_t>(values.size()), "Tensor::from_ints: shape ",
               to_string(shape), " needs ", numel_of(shape), " values, got ", values.size());
   Tensor t = empty(shape, DType::I32);
-  std::memcpy(t.data_, values.data(), values.size() * sizeof(int32_t));
+  if (!values.empty()) std::memcpy(t.data_, values.data(), values.size() * sizeof(int32_t));
   return t;
 }
 
@@ -131,6 +131,7 @@ void Tensor::resize(const Shape& shape) {
 }
 
 Tensor Tensor::clone() const {
+  if (!defined()) return Tensor();
   Tensor t = empty(shape_, dtype_, device_);
   std::memcpy(t.data_, data_, static_cast<size_t>(numel_) * 4);
   return t;

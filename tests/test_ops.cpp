@@ -1,8 +1,6 @@
 // Unit tests of core/ops.h on CPU: every forward against a straightforward reference written here,
 // every backward against central finite differences, accumulation (+=), argument checks, the
 // no-CUDA stubs; and moe::gemm in all transpose combinations against a naive loop.
-#include "core/ops.h"
-
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -17,7 +15,9 @@
 
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/cpu/parallel.h"
 #include "core/gemm.h"
+#include "core/ops.h"
 
 namespace moe {
 namespace {
@@ -148,7 +148,8 @@ void expect_invalid_argument(const std::function<void()>& call, const std::vecto
   } catch (const InvalidArgument& e) {
     const std::string message = e.what();
     for (const std::string& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos) << "message \"" << message << "\" lacks \"" << part << "\"";
+      EXPECT_NE(message.find(part), std::string::npos)
+          << "message \"" << message << "\" lacks \"" << part << "\"";
   }
 }
 
@@ -163,7 +164,10 @@ TEST(GradientChecker, RejectsAGradientOffByOnePercent) {
   Tensor y = Tensor::zeros({3, 7});
   Tensor dx = Tensor::zeros({3, 7});
   gelu_backward(dx, r, x);
-  auto loss = [&] { gelu_forward(y, x); return weighted_sum(y, r); };
+  auto loss = [&] {
+    gelu_forward(y, x);
+    return weighted_sum(y, r);
+  };
   EXPECT_LE(check_gradient(x, dx, loss).worst_ratio, 1.0);
   add_scaled(dx, dx, 0.01f);  // dx *= 1.01
   EXPECT_GT(check_gradient(x, dx, loss).worst_ratio, 1.0);
@@ -212,11 +216,13 @@ void check_gemm(const GemmCase& g, std::mt19937& rng) {
       }
       const double c_old = g.beta == 0.f ? 0.0 : C_before.f32()[i * ldc + j];
       const double expected = g.alpha * dot + g.beta * c_old;
-      const double bound = (g.K + 2) * kUnitRoundoff * (std::fabs(g.alpha) * dot_abs + std::fabs(g.beta * c_old));
+      const double bound = static_cast<double>(g.K + 2) * kUnitRoundoff *
+                           (std::fabs(g.alpha) * dot_abs + std::fabs(g.beta * c_old));
       ASSERT_NEAR(C.f32()[i * ldc + j], expected, 2 * bound + 1e-30) << "C[" << i << ", " << j << "]";
     }
     for (int64_t j = g.N; j < ldc; ++j)
-      ASSERT_EQ(C.f32()[i * ldc + j], C_before.f32()[i * ldc + j]) << "padding C[" << i << ", " << j << "] written";
+      ASSERT_EQ(C.f32()[i * ldc + j], C_before.f32()[i * ldc + j])
+          << "padding C[" << i << ", " << j << "] written";
   }
 }
 
@@ -283,7 +289,10 @@ TEST(Linear, BackwardMatchesFiniteDifferences) {
   Tensor y = Tensor::zeros({N, out});
   Tensor dx = Tensor::zeros({N, in}), dw = Tensor::zeros({in, out}), db = Tensor::zeros({out});
   linear_backward(&dx, &dw, &db, r, x, w);
-  auto loss = [&] { linear_forward(y, x, w, &b); return weighted_sum(y, r); };
+  auto loss = [&] {
+    linear_forward(y, x, w, &b);
+    return weighted_sum(y, r);
+  };
   expect_gradient("dx", x, dx, loss);
   expect_gradient("dw", w, dw, loss);
   expect_gradient("db", b, db, loss);
@@ -333,22 +342,42 @@ TEST(Relu, BackwardMatchesFiniteDifferences) {
   Tensor r = random_tensor({3, 19}, rng);
   Tensor y = Tensor::zeros({3, 19}), dx = Tensor::zeros({3, 19});
   relu_backward(dx, r, x);
-  expect_gradient("dx", x, dx, [&] { relu_forward(y, x); return weighted_sum(y, r); });
+  expect_gradient("dx", x, dx, [&] {
+    relu_forward(y, x);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dx}, [&] { relu_backward(dx, r, x); });
 }
 
 TEST(Gelu, ForwardAtKnownPoints) {
-  // Tanh-approximation values (PyTorch gelu(approximate="tanh") gives the same to 7 digits).
-  const std::vector<float> points = {0.f, 1.f, -1.f, 2.f, -3.f, 0.5f, 10.f, -10.f};
-  const std::vector<double> known = {0.0, 0.8411919906082768, -0.15880800939172324, 1.954597694087775,
-                                     -0.0036373920817729943, 0.34571400982514394, 10.0, 0.0};
-  Tensor x = Tensor::from({8}, points);
-  Tensor y = nan_tensor({8});
+  // Values of the formula in core/ops.h, evaluated in double (Python's math module).
+  struct Point {
+    float x;
+    double gelu;
+  };
+  const std::vector<Point> known = {
+      {0.f, 0.0},
+      {1.f, 0.8411919906082768},
+      {-1.f, -0.15880800939172324},
+      {2.f, 1.954597694087775},
+      {0.5f, 0.34571400982514394},
+      {-3.f, -0.0036373920817729943},
+      {10.f, 10.0},
+      {-10.f, -0.0},
+      {-5.f, -2.2917961972623857e-07},
+  };
+  const int64_t count = static_cast<int64_t>(known.size());
+  Tensor x = Tensor::zeros({count});
+  for (int64_t i = 0; i < count; ++i) x.f32()[i] = known[i].x;
+  Tensor y = nan_tensor({count});
   gelu_forward(y, x);
-  for (int64_t i = 0; i < 8; ++i) {
-    EXPECT_NEAR(known[i], gelu_reference(points[i]), 1e-12) << "reference formula at " << points[i];
-    // float32 tanh and a few products: a few u relative, 1e-7 absolute near zero crossings.
-    EXPECT_NEAR(y.f32()[i], known[i], 8 * kUnitRoundoff * std::fabs(known[i]) + 1e-7) << "gelu(" << points[i] << ")";
+  for (int64_t i = 0; i < count; ++i) {
+    EXPECT_NEAR(known[i].gelu, gelu_reference(known[i].x), 1e-12) << "reference formula at " << known[i].x;
+    // A few products: a few u relative. The CPU tanh (core/cpu/fast_math.h) has an absolute error
+    // below 3e-7 (about 3u), scaled by 0.5 |x|; for x < 0, 1 + tanh cancels, adding up to |x| u.
+    const double tol =
+        8 * kUnitRoundoff * std::fabs(known[i].gelu) + 4 * kUnitRoundoff * std::fabs(known[i].x);
+    EXPECT_NEAR(y.f32()[i], known[i].gelu, tol) << "gelu(" << known[i].x << ")";
   }
 }
 
@@ -358,7 +387,10 @@ TEST(Gelu, BackwardMatchesFiniteDifferences) {
   Tensor r = random_tensor({3, 19}, rng);
   Tensor y = Tensor::zeros({3, 19}), dx = Tensor::zeros({3, 19});
   gelu_backward(dx, r, x);
-  expect_gradient("dx", x, dx, [&] { gelu_forward(y, x); return weighted_sum(y, r); });
+  expect_gradient("dx", x, dx, [&] {
+    gelu_forward(y, x);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dx}, [&] { gelu_backward(dx, r, x); });
 }
 
@@ -383,7 +415,10 @@ TEST(Swiglu, BackwardMatchesFiniteDifferences) {
   Tensor r = random_tensor({N, h}, rng);
   Tensor y = Tensor::zeros({N, h}), dx = Tensor::zeros({N, 2 * h});
   swiglu_backward(dx, r, x);
-  expect_gradient("dx", x, dx, [&] { swiglu_forward(y, x); return weighted_sum(y, r); });
+  expect_gradient("dx", x, dx, [&] {
+    swiglu_forward(y, x);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dx}, [&] { swiglu_backward(dx, r, x); });
 }
 
@@ -431,7 +466,10 @@ TEST(Softmax, BackwardMatchesFiniteDifferences) {
   softmax_forward(y, x);
   softmax_backward(dx, r, y);
   Tensor y_saved = y.clone();
-  expect_gradient("dx", x, dx, [&] { softmax_forward(y, x); return weighted_sum(y, r); });
+  expect_gradient("dx", x, dx, [&] {
+    softmax_forward(y, x);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dx}, [&] { softmax_backward(dx, r, y_saved); });
 }
 
@@ -481,7 +519,10 @@ TEST(Rmsnorm, BackwardMatchesFiniteDifferences) {
   rmsnorm_forward(y, rstd, x, g, kEps);
   const Tensor rstd_saved = rstd.clone();
   rmsnorm_backward(&dx, &dg, r, x, g, rstd_saved);
-  auto loss = [&] { rmsnorm_forward(y, rstd, x, g, kEps); return weighted_sum(y, r); };
+  auto loss = [&] {
+    rmsnorm_forward(y, rstd, x, g, kEps);
+    return weighted_sum(y, r);
+  };
   expect_gradient("dx", x, dx, loss);
   expect_gradient("dg", g, dg, loss);
   expect_backward_accumulates({&dx, &dg}, [&] { rmsnorm_backward(&dx, &dg, r, x, g, rstd_saved); });
@@ -530,7 +571,10 @@ TEST(Layernorm, BackwardMatchesFiniteDifferences) {
   layernorm_forward(y, mean, rstd, x, g, b, kEps);
   const Tensor mean_saved = mean.clone(), rstd_saved = rstd.clone();
   layernorm_backward(&dx, &dg, &db, r, x, g, mean_saved, rstd_saved);
-  auto loss = [&] { layernorm_forward(y, mean, rstd, x, g, b, kEps); return weighted_sum(y, r); };
+  auto loss = [&] {
+    layernorm_forward(y, mean, rstd, x, g, b, kEps);
+    return weighted_sum(y, r);
+  };
   expect_gradient("dx", x, dx, loss);
   expect_gradient("dg", g, dg, loss);
   expect_gradient("db", b, db, loss);
@@ -605,7 +649,8 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
   // Here L = dloss * loss: the scalar the backward's dloss stands for.
   expect_gradient("dlogits", logits, dlogits,
                   [&] { return dloss * static_cast<double>(cross_entropy_forward(probs, logits, targets)); });
-  expect_backward_accumulates({&dlogits}, [&] { cross_entropy_backward(dlogits, probs_saved, targets, dloss); });
+  expect_backward_accumulates({&dlogits},
+                              [&] { cross_entropy_backward(dlogits, probs_saved, targets, dloss); });
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -632,7 +677,10 @@ TEST(Embedding, BackwardMatchesFiniteDifferences) {
   Tensor y = Tensor::zeros({6, d}), dtable = Tensor::zeros({V, d});
   embedding_backward(dtable, r, ids);
   for (int64_t j = 0; j < d; ++j) EXPECT_EQ(at(dtable, 2, j), 0.f) << "unused id 2 got a gradient";
-  expect_gradient("dtable", table, dtable, [&] { embedding_forward(y, ids, table); return weighted_sum(y, r); });
+  expect_gradient("dtable", table, dtable, [&] {
+    embedding_forward(y, ids, table);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dtable}, [&] { embedding_backward(dtable, r, ids); });
 }
 
@@ -658,7 +706,10 @@ TEST(GatherRows, ScatterAddIsItsBackward) {
   Tensor y = Tensor::zeros({5, 6}), dx = Tensor::zeros({4, 6});
   scatter_add_rows(dx, r, index);
   for (int64_t c = 0; c < 6; ++c) EXPECT_EQ(at(dx, 1, c), 0.f) << "unused row 1 got a gradient";
-  expect_gradient("dx", x, dx, [&] { gather_rows(y, x, index); return weighted_sum(y, r); });
+  expect_gradient("dx", x, dx, [&] {
+    gather_rows(y, x, index);
+    return weighted_sum(y, r);
+  });
   expect_backward_accumulates({&dx}, [&] { scatter_add_rows(dx, r, index); });
 }
 
@@ -692,7 +743,10 @@ TEST(Combine, BackwardMatchesFiniteDifferences) {
   combine_backward(&drows, &dweights, r, rows, slot, weights);
   EXPECT_EQ(at(dweights, 1, 0), 0.f);  // slot -1: no gradient
   EXPECT_EQ(at(dweights, 3, 1), 0.f);
-  auto loss = [&] { combine_forward(y, rows, slot, weights); return weighted_sum(y, r); };
+  auto loss = [&] {
+    combine_forward(y, rows, slot, weights);
+    return weighted_sum(y, r);
+  };
   expect_gradient("drows", rows, drows, loss);
   expect_gradient("dweights", weights, dweights, loss);
   expect_backward_accumulates({&drows, &dweights},
@@ -705,6 +759,127 @@ TEST(AddScaled, AddsAlphaTimesX) {
   add_scaled(y, x, -0.5f);
   const std::vector<float> expected = {-4, -8, -12, -16};
   for (int64_t i = 0; i < 4; ++i) EXPECT_EQ(y.f32()[i], expected[i]) << i;  // exact in float32
+}
+
+// ---------------------------------------------------------------------------------------------
+// OpenMP path
+// ---------------------------------------------------------------------------------------------
+
+// The tests above use small tensors, which the kernels run on one thread (core/cpu/parallel.h).
+// Here each op runs once over N x C = 65536 elements (the OpenMP path) and once per block of 8 rows
+// (the one-thread path). Every row is computed independently with the same arithmetic, so the
+// results must agree bit for bit; a race or a wrong row offset in a parallel loop would not.
+TEST(ParallelPath, MatchesBlockwiseOneThreadResults) {
+  constexpr int64_t N = 512, C = 128, kBlock = 8, V = 300;
+  static_assert(N * C / 2 >= cpu::kMinParallelElements, "the full tensors must take the OpenMP path");
+  static_assert(kBlock * C < cpu::kMinParallelElements, "a block must take the one-thread path");
+  if (num_threads() < 2) set_num_threads(2);  // an OpenMP team of one would make this check vacuous
+  std::mt19937 rng(91);
+  Tensor x = random_tensor({N, C}, rng, -3.f, 3.f), dy = random_tensor({N, C}, rng);
+  Tensor dy_half = random_tensor({N, C / 2}, rng);
+  Tensor g = random_tensor({C}, rng, 0.5f, 1.5f), b = random_tensor({C}, rng);
+  Tensor table = random_tensor({V, C}, rng);
+  std::uniform_int_distribution<int32_t> any_row(0, V - 1), target_or_ignored(-1, C - 1);
+  std::vector<int32_t> ids_values(N), target_values(N), slot_values(N * 2);
+  for (int32_t& id : ids_values) id = any_row(rng);
+  for (int32_t& t : target_values) t = target_or_ignored(rng);
+  for (int32_t& s : slot_values) s = any_row(rng) - 1;  // -1 (skipped) to V - 2
+  Tensor ids = Tensor::from_ints({N}, ids_values), targets = Tensor::from_ints({N}, target_values);
+  Tensor slot = Tensor::from_ints({N, 2}, slot_values);
+  Tensor weights = random_tensor({N, 2}, rng);
+
+  // Saved forward results the backwards need, computed once over all rows.
+  Tensor probs = Tensor::zeros({N, C}), rstd = Tensor::zeros({N}), mean = Tensor::zeros({N});
+  Tensor scratch = Tensor::zeros({N, C});
+  softmax_forward(probs, x);
+  layernorm_forward(scratch, mean, rstd, x, g, b, kEps);
+  Tensor rms_rstd = Tensor::zeros({N});
+  rmsnorm_forward(scratch, rms_rstd, x, g, kEps);
+
+  // Runs op(out rows [begin, end), begin, end) over all rows at once and block by block.
+  auto expect_same = [&](const char* name, const Shape& out_shape,
+                         const std::function<void(Tensor&, int64_t, int64_t)>& op) {
+    Tensor full = Tensor::zeros(out_shape), blockwise = Tensor::zeros(out_shape);
+    op(full, 0, N);
+    for (int64_t begin = 0; begin < N; begin += kBlock) {
+      Tensor out = blockwise.rows(begin, begin + kBlock);
+      op(out, begin, begin + kBlock);
+    }
+    int64_t mismatches = 0;
+    for (int64_t i = 0; i < full.numel(); ++i) mismatches += full.f32()[i] != blockwise.f32()[i];
+    EXPECT_EQ(mismatches, 0) << name << ": elements differ between the OpenMP and one-thread paths";
+  };
+  auto non_ignored = [&](int64_t begin, int64_t end) {
+    int64_t count = 0;
+    for (int64_t n = begin; n < end; ++n) count += targets.i32()[n] >= 0;
+    return static_cast<float>(count);
+  };
+
+  expect_same("relu_forward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { relu_forward(out, x.rows(s, e)); });
+  expect_same("relu_backward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { relu_backward(out, dy.rows(s, e), x.rows(s, e)); });
+  expect_same("gelu_forward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { gelu_forward(out, x.rows(s, e)); });
+  expect_same("gelu_backward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { gelu_backward(out, dy.rows(s, e), x.rows(s, e)); });
+  expect_same("swiglu_forward", {N, C / 2},
+              [&](Tensor& out, int64_t s, int64_t e) { swiglu_forward(out, x.rows(s, e)); });
+  expect_same("swiglu_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    swiglu_backward(out, dy_half.rows(s, e), x.rows(s, e));
+  });
+  expect_same("softmax_forward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { softmax_forward(out, x.rows(s, e)); });
+  expect_same("softmax_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    softmax_backward(out, dy.rows(s, e), probs.rows(s, e));
+  });
+  expect_same("rmsnorm_forward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    Tensor block_rstd = Tensor::zeros({e - s});
+    rmsnorm_forward(out, block_rstd, x.rows(s, e), g, kEps);
+  });
+  expect_same("rmsnorm_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    rmsnorm_backward(&out, nullptr, dy.rows(s, e), x.rows(s, e), g, rms_rstd.rows(s, e));
+  });
+  expect_same("layernorm_forward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    Tensor block_mean = Tensor::zeros({e - s}), block_rstd = Tensor::zeros({e - s});
+    layernorm_forward(out, block_mean, block_rstd, x.rows(s, e), g, b, kEps);
+  });
+  expect_same("layernorm_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    layernorm_backward(&out, nullptr, nullptr, dy.rows(s, e), x.rows(s, e), g, mean.rows(s, e),
+                       rstd.rows(s, e));
+  });
+  expect_same("cross_entropy_forward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    cross_entropy_forward(out, x.rows(s, e), targets.rows(s, e));
+  });
+  // dloss = the number of counted rows makes the per-row scale exactly 1 both ways.
+  expect_same("cross_entropy_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    cross_entropy_backward(out, probs.rows(s, e), targets.rows(s, e), non_ignored(s, e));
+  });
+  expect_same("embedding_forward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { embedding_forward(out, ids.rows(s, e), table); });
+  expect_same("gather_rows", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { gather_rows(out, table, ids.rows(s, e)); });
+  expect_same("combine_forward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    combine_forward(out, table, slot.rows(s, e), weights.rows(s, e));
+  });
+  expect_same("combine_backward dweights", {N, 2}, [&](Tensor& out, int64_t s, int64_t e) {
+    combine_backward(nullptr, &out, dy.rows(s, e), table, slot.rows(s, e), weights.rows(s, e));
+  });
+  expect_same("add_scaled", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { add_scaled(out, x.rows(s, e), 0.375f); });
+
+  // The loss is a parallel double reduction: compare with the blocks' losses, weighted by their counts.
+  const double full_loss = cross_entropy_forward(scratch, x, targets);
+  double weighted_block_losses = 0.0;
+  for (int64_t s = 0; s < N; s += kBlock) {
+    Tensor block_probs = Tensor::zeros({kBlock, C});
+    weighted_block_losses +=
+        cross_entropy_forward(block_probs, x.rows(s, s + kBlock), targets.rows(s, s + kBlock)) *
+        static_cast<double>(non_ignored(s, s + kBlock));
+  }
+  // Both sums are in double of float32 per-row losses; the results differ only by the final
+  // float32 rounding of each block's mean: ~u relative.
+  EXPECT_NEAR(full_loss, weighted_block_losses / non_ignored(0, N), 4 * kUnitRoundoff * full_loss);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -724,13 +899,16 @@ TEST(OpsArguments, LinearShapeMessageNamesOpArgumentAndShapes) {
 TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
   Tensor m23 = Tensor::zeros({2, 3}), m32 = Tensor::zeros({3, 2}), m22 = Tensor::zeros({2, 2});
   Tensor m24 = Tensor::zeros({2, 4}), m25 = Tensor::zeros({2, 5}), v2 = Tensor::zeros({2});
-  Tensor v3 = Tensor::zeros({3}), v4 = Tensor::zeros({4});
+  Tensor v3 = Tensor::zeros({3});
   Tensor ids2 = Tensor::from_ints({2}, {0, 1}), slot22 = Tensor::from_ints({2, 2}, {0, 1, 1, 0});
 
   // linear
-  expect_invalid_argument([&] { linear_forward(m22, m23, m32, &v3); }, {"linear_forward: b has shape (3)", "expected (2)"});
-  expect_invalid_argument([&] { linear_forward(m23, m23, m32, nullptr); }, {"linear_forward: y has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { linear_forward(m22, v3, m32, nullptr); }, {"linear_forward: x has shape (3)", "rank 2"});
+  expect_invalid_argument([&] { linear_forward(m22, m23, m32, &v3); },
+                          {"linear_forward: b has shape (3)", "expected (2)"});
+  expect_invalid_argument([&] { linear_forward(m23, m23, m32, nullptr); },
+                          {"linear_forward: y has shape (2, 3), expected (2, 2)"});
+  expect_invalid_argument([&] { linear_forward(m22, v3, m32, nullptr); },
+                          {"linear_forward: x has shape (3)", "rank 2"});
   expect_invalid_argument([&] { linear_backward(&m23, &m23, nullptr, m22, m23, m32); },
                           {"linear_backward: dw has shape (2, 3), expected (3, 2)"});
   expect_invalid_argument([&] { linear_backward(&m22, nullptr, nullptr, m22, m23, m32); },
@@ -738,48 +916,69 @@ TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
   expect_invalid_argument([&] { linear_backward(nullptr, nullptr, nullptr, m23, m23, m32); },
                           {"linear_backward: dy has shape (2, 3), expected (2, 2)"});
   // activations
-  expect_invalid_argument([&] { relu_forward(m32, m23); }, {"relu_forward: y has shape (3, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { relu_forward(m32, m23); },
+                          {"relu_forward: y has shape (3, 2), expected (2, 3)"});
   expect_invalid_argument([&] { relu_backward(m23, m32, m23); }, {"relu_backward: dy has shape (3, 2)"});
   expect_invalid_argument([&] { gelu_forward(m23, Tensor()); }, {"gelu_forward: x", "undefined"});
   expect_invalid_argument([&] { gelu_backward(m32, m23, m23); }, {"gelu_backward: dx has shape (3, 2)"});
   expect_invalid_argument([&] { swiglu_forward(m22, m25); }, {"swiglu_forward: x has shape (2, 5)", "even"});
-  expect_invalid_argument([&] { swiglu_forward(m24, m24); }, {"swiglu_forward: y has shape (2, 4), expected (2, 2)"});
-  expect_invalid_argument([&] { swiglu_backward(m22, m22, m24); }, {"swiglu_backward: dx has shape (2, 2), expected (2, 4)"});
+  expect_invalid_argument([&] { swiglu_forward(m24, m24); },
+                          {"swiglu_forward: y has shape (2, 4), expected (2, 2)"});
+  expect_invalid_argument([&] { swiglu_backward(m22, m22, m24); },
+                          {"swiglu_backward: dx has shape (2, 2), expected (2, 4)"});
   // softmax
   expect_invalid_argument([&] { softmax_forward(m32, m23); }, {"softmax_forward: y has shape (3, 2)"});
-  expect_invalid_argument([&] { softmax_backward(m23, m23, m32); }, {"softmax_backward: dy has shape (2, 3), expected (3, 2)"});
+  expect_invalid_argument([&] { softmax_backward(m23, m23, m32); },
+                          {"softmax_backward: dy has shape (2, 3), expected (3, 2)"});
   // norms
-  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v2, kEps); }, {"rmsnorm_forward: g has shape (2), expected (3)"});
-  expect_invalid_argument([&] { rmsnorm_forward(m23, v3, m23, v3, kEps); }, {"rmsnorm_forward: rstd has shape (3), expected (2)"});
+  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v2, kEps); },
+                          {"rmsnorm_forward: g has shape (2), expected (3)"});
+  expect_invalid_argument([&] { rmsnorm_forward(m23, v3, m23, v3, kEps); },
+                          {"rmsnorm_forward: rstd has shape (3), expected (2)"});
   expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v3, -1.f); }, {"rmsnorm_forward: eps = -1"});
-  expect_invalid_argument([&] { rmsnorm_backward(&m23, &v2, m23, m23, v3, v2); }, {"rmsnorm_backward: dg has shape (2), expected (3)"});
+  expect_invalid_argument([&] { rmsnorm_backward(&m23, &v2, m23, m23, v3, v2); },
+                          {"rmsnorm_backward: dg has shape (2), expected (3)"});
   Tensor no_features = Tensor::zeros({2, 0}), empty_g = Tensor::zeros({0});
   expect_invalid_argument([&] { rmsnorm_forward(no_features, v2, no_features, empty_g, kEps); },
                           {"rmsnorm_forward: x has shape (2, 0)", "at least one feature"});
-  expect_invalid_argument([&] { layernorm_forward(m23, v2, v2, m23, v3, v2, kEps); }, {"layernorm_forward: b has shape (2), expected (3)"});
-  expect_invalid_argument([&] { layernorm_forward(m23, v3, v2, m23, v3, v3, kEps); }, {"layernorm_forward: mean has shape (3), expected (2)"});
+  expect_invalid_argument([&] { layernorm_forward(m23, v2, v2, m23, v3, v2, kEps); },
+                          {"layernorm_forward: b has shape (2), expected (3)"});
+  expect_invalid_argument([&] { layernorm_forward(m23, v3, v2, m23, v3, v3, kEps); },
+                          {"layernorm_forward: mean has shape (3), expected (2)"});
   expect_invalid_argument([&] { layernorm_backward(&m23, &v3, &v2, m23, m23, v3, v2, v2); },
                           {"layernorm_backward: db has shape (2), expected (3)"});
   // cross-entropy
-  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, v2); }, {"cross_entropy_forward: targets has dtype float32, expected int32"});
-  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, Tensor::from_ints({3}, {0, 0, 0})); },
+  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, v2); },
+                          {"cross_entropy_forward: targets has dtype float32, expected int32"});
+  const Tensor three_targets = Tensor::from_ints({3}, {0, 0, 0});
+  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, three_targets); },
                           {"cross_entropy_forward: targets has shape (3), expected (2)"});
-  expect_invalid_argument([&] { cross_entropy_backward(m32, m23, ids2, 1.f); }, {"cross_entropy_backward: dlogits has shape (3, 2)"});
+  expect_invalid_argument([&] { cross_entropy_backward(m32, m23, ids2, 1.f); },
+                          {"cross_entropy_backward: dlogits has shape (3, 2)"});
   // embedding
-  expect_invalid_argument([&] { embedding_forward(m22, ids2, m23); }, {"embedding_forward: y has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { embedding_forward(m23, slot22, m23); }, {"embedding_forward: ids has shape (2, 2)", "rank 1"});
-  expect_invalid_argument([&] { embedding_forward(m23, v2, m23); }, {"embedding_forward: ids has dtype float32"});
-  expect_invalid_argument([&] { embedding_backward(m23, m22, ids2); }, {"embedding_backward: dy has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { embedding_forward(m22, ids2, m23); },
+                          {"embedding_forward: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { embedding_forward(m23, slot22, m23); },
+                          {"embedding_forward: ids has shape (2, 2)", "rank 1"});
+  expect_invalid_argument([&] { embedding_forward(m23, v2, m23); },
+                          {"embedding_forward: ids has dtype float32"});
+  expect_invalid_argument([&] { embedding_backward(m23, m22, ids2); },
+                          {"embedding_backward: dy has shape (2, 2), expected (2, 3)"});
   // row movement
-  expect_invalid_argument([&] { gather_rows(m22, m23, ids2); }, {"gather_rows: y has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { scatter_add_rows(m23, m22, ids2); }, {"scatter_add_rows: dy has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { combine_forward(m23, m23, slot22, m23); }, {"combine_forward: weights has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { combine_forward(m22, m23, slot22, m22); }, {"combine_forward: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { gather_rows(m22, m23, ids2); },
+                          {"gather_rows: y has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { scatter_add_rows(m23, m22, ids2); },
+                          {"scatter_add_rows: dy has shape (2, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { combine_forward(m23, m23, slot22, m23); },
+                          {"combine_forward: weights has shape (2, 3), expected (2, 2)"});
+  expect_invalid_argument([&] { combine_forward(m22, m23, slot22, m22); },
+                          {"combine_forward: y has shape (2, 2), expected (2, 3)"});
   expect_invalid_argument([&] { combine_backward(&m22, nullptr, m23, m23, slot22, m22); },
                           {"combine_backward: drows has shape (2, 2), expected (2, 3)"});
   expect_invalid_argument([&] { combine_backward(nullptr, &m23, m23, m23, slot22, m22); },
                           {"combine_backward: dweights has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { add_scaled(m23, m32, 1.f); }, {"add_scaled: x has shape (3, 2), expected (2, 3)"});
+  expect_invalid_argument([&] { add_scaled(m23, m32, 1.f); },
+                          {"add_scaled: x has shape (3, 2), expected (2, 3)"});
 }
 
 TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
@@ -790,27 +989,34 @@ TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
   } catch (const InvalidArgument& e) {
     EXPECT_STREQ(e.what(), "embedding_forward: ids[1] = 5 is out of range, expected [0, 4)");
   }
-  expect_invalid_argument([&] { embedding_forward(y, Tensor::from_ints({3}, {0, 1, -1}), table); },
+  const Tensor negative_id = Tensor::from_ints({3}, {0, 1, -1});
+  const Tensor id_past_end = Tensor::from_ints({3}, {4, 0, 0});
+  expect_invalid_argument([&] { embedding_forward(y, negative_id, table); },
                           {"embedding_forward: ids[2] = -1", "[0, 4)"});
-  expect_invalid_argument([&] { embedding_backward(table, y, Tensor::from_ints({3}, {4, 0, 0})); },
+  expect_invalid_argument([&] { embedding_backward(table, y, id_past_end); },
                           {"embedding_backward: ids[0] = 4", "[0, 4)"});
 
   Tensor logits = Tensor::zeros({3, 5}), probs = Tensor::zeros({3, 5});
-  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, Tensor::from_ints({3}, {0, -1, 7})); },
+  const Tensor target_past_end = Tensor::from_ints({3}, {0, -1, 7});
+  const Tensor target_below_ignore = Tensor::from_ints({3}, {-2, 0, 0});
+  const Tensor target_equal_to_classes = Tensor::from_ints({3}, {0, 5, 0});
+  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, target_past_end); },
                           {"cross_entropy_forward: targets[2] = 7", "[-1, 5)", "ignored"});
-  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, Tensor::from_ints({3}, {-2, 0, 0})); },
+  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, target_below_ignore); },
                           {"cross_entropy_forward: targets[0] = -2"});
-  expect_invalid_argument([&] { cross_entropy_backward(probs, probs, Tensor::from_ints({3}, {0, 5, 0}), 1.f); },
+  expect_invalid_argument([&] { cross_entropy_backward(probs, probs, target_equal_to_classes, 1.f); },
                           {"cross_entropy_backward: targets[1] = 5", "[-1, 5)"});
 
   Tensor x = Tensor::zeros({4, 2}), gathered = Tensor::zeros({2, 2});
-  expect_invalid_argument([&] { gather_rows(gathered, x, Tensor::from_ints({2}, {3, 4})); },
+  const Tensor index_past_end = Tensor::from_ints({2}, {3, 4});
+  const Tensor negative_index = Tensor::from_ints({2}, {-1, 0});
+  expect_invalid_argument([&] { gather_rows(gathered, x, index_past_end); },
                           {"gather_rows: index[1] = 4", "[0, 4)"});
-  expect_invalid_argument([&] { scatter_add_rows(x, gathered, Tensor::from_ints({2}, {-1, 0})); },
+  expect_invalid_argument([&] { scatter_add_rows(x, gathered, negative_index); },
                           {"scatter_add_rows: index[0] = -1", "[0, 4)"});
 
   Tensor rows = Tensor::zeros({4, 2}), combined = Tensor::zeros({2, 2}), weights = Tensor::zeros({2, 2});
-  Tensor bad_slot = Tensor::from_ints({2, 2}, {0, -1, 9, 1});
+  const Tensor bad_slot = Tensor::from_ints({2, 2}, {0, -1, 9, 1});
   expect_invalid_argument([&] { combine_forward(combined, rows, bad_slot, weights); },
                           {"combine_forward: slot[1, 0] = 9", "[-1, 4)"});
   expect_invalid_argument([&] { combine_backward(&rows, nullptr, combined, rows, bad_slot, weights); },

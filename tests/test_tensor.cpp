@@ -1,12 +1,11 @@
 // Unit tests of Tensor: allocation, construction from values, views (rows, reshape), clone, dims.
-#include "core/tensor.h"
-
 #include <gtest/gtest.h>
 
 #include <cmath>
 #include <string>
 
 #include "core/check.h"
+#include "core/tensor.h"
 
 namespace moe {
 namespace {
@@ -39,9 +38,7 @@ TEST(Tensor, ZeroSizedTensorIsDefined) {
   EXPECT_EQ(t.dim(1), 7);
 }
 
-TEST(Tensor, NegativeDimensionThrows) {
-  EXPECT_THROW(Tensor::zeros({2, -1}), InvalidArgument);
-}
+TEST(Tensor, NegativeDimensionThrows) { EXPECT_THROW(Tensor::zeros({2, -1}), InvalidArgument); }
 
 TEST(Tensor, FromCopiesValuesRowMajor) {
   Tensor t = Tensor::from({2, 3}, {1, 2, 3, 4, 5, 6});

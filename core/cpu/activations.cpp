@@ -2,6 +2,8 @@
 #include <cmath>
 
 #include "core/backend.h"
+#include "core/cpu/fast_math.h"
+#include "core/cpu/parallel.h"
 
 namespace moe::cpu {
 
@@ -9,7 +11,7 @@ namespace {
 constexpr float kSqrt2OverPi = 0.7978845608028654f;  // sqrt(2 / pi)
 constexpr float kGeluCubic = 0.044715f;
 
-float sigmoid(float v) { return 1.f / (1.f + std::exp(-v)); }
+float sigmoid(float v) { return fast_sigmoid(v); }
 }  // namespace
 
 // ---- relu: x, y, dy, dx all the same shape ----
@@ -18,7 +20,7 @@ void relu_forward(Tensor& y, const Tensor& x) {
   const float* px = x.f32();
   float* py = y.f32();
   const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) py[i] = px[i] > 0.f ? px[i] : 0.f;
 }
 
@@ -27,7 +29,7 @@ void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   const float* pdy = dy.f32();
   float* pdx = dx.f32();
   const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) pdx[i] += px[i] > 0.f ? pdy[i] : 0.f;
 }
 
@@ -37,11 +39,11 @@ void gelu_forward(Tensor& y, const Tensor& x) {
   const float* px = x.f32();
   float* py = y.f32();
   const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     const float v = px[i];
     const float u = kSqrt2OverPi * (v + kGeluCubic * v * v * v);
-    py[i] = 0.5f * v * (1.f + std::tanh(u));
+    py[i] = 0.5f * v * (1.f + fast_tanh(u));
   }
 }
 
@@ -51,10 +53,10 @@ void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   const float* pdy = dy.f32();
   float* pdx = dx.f32();
   const int64_t n = x.numel();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) {
     const float v = px[i];
-    const float t = std::tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
+    const float t = fast_tanh(kSqrt2OverPi * (v + kGeluCubic * v * v * v));
     const float du_dx = kSqrt2OverPi * (1.f + 3.f * kGeluCubic * v * v);
     const float dy_dx = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * du_dx;
     pdx[i] += pdy[i] * dy_dx;
@@ -67,7 +69,7 @@ void swiglu_forward(Tensor& y, const Tensor& x) {
   const int64_t N = x.dim(0), h = x.dim(1) / 2;
   const float* px = x.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * 2 * h >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float* gate = px + n * 2 * h;
     const float* up = gate + h;
@@ -82,7 +84,7 @@ void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   const float* px = x.f32();
   const float* pdy = dy.f32();
   float* pdx = dx.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * 2 * h >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float* gate = px + n * 2 * h;
     const float* up = gate + h;

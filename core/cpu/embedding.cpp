@@ -3,6 +3,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/index_check.h"
+#include "core/cpu/parallel.h"
 
 namespace moe::cpu {
 
@@ -13,7 +14,7 @@ void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table) {
   const int32_t* pids = ids.i32();
   const float* ptable = table.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * d >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n)
     std::memcpy(py + n * d, ptable + pids[n] * d, static_cast<size_t>(d) * sizeof(float));
 }

@@ -1,5 +1,6 @@
 // CPU linear layer: y = x w + b and its backward, through moe::gemm (row-major float32).
 #include "core/backend.h"
+#include "core/cpu/parallel.h"
 #include "core/gemm.h"
 
 namespace moe::cpu {
@@ -11,14 +12,13 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b
   gemm(false, false, N, out, in, 1.f, x.f32(), in, w.f32(), out, 0.f, py, out);
   if (b == nullptr) return;
   const float* pb = b->f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * out >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n)
     for (int64_t j = 0; j < out; ++j) py[n * out + j] += pb[j];
 }
 
 // dx (N, in) += dy (N, out) w^T;  dw (in, out) += x^T dy;  db (out) += column sums of dy.
-void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
-                     const Tensor& w) {
+void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
   const float* pdy = dy.f32();
   if (dx != nullptr) gemm(false, true, N, in, out, 1.f, pdy, out, w.f32(), out, 1.f, dx->f32(), in);

@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "core/backend.h"
+#include "core/cpu/parallel.h"
 
 namespace moe::cpu {
 
@@ -14,7 +15,7 @@ void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, 
   const float* pg = g.f32();
   float* py = y.f32();
   float* prstd = rstd.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float* xrow = px + n * C;
     float* yrow = py + n * C;
@@ -37,7 +38,7 @@ void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x,
   const float* prstd = rstd.f32();
   if (dx != nullptr) {
     float* pdx = dx->f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
     for (int64_t n = 0; n < N; ++n) {
       const float* xrow = px + n * C;
       const float* dyrow = pdy + n * C;
@@ -69,7 +70,7 @@ void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, c
   float* py = y.f32();
   float* pmean = mean.f32();
   float* prstd = rstd.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float* xrow = px + n * C;
     float* yrow = py + n * C;
@@ -97,7 +98,7 @@ void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, co
   const float* prstd = rstd.f32();
   if (dx != nullptr) {
     float* pdx = dx->f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
     for (int64_t n = 0; n < N; ++n) {
       const float* xrow = px + n * C;
       const float* dyrow = pdy + n * C;

@@ -3,6 +3,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/index_check.h"
+#include "core/cpu/parallel.h"
 
 namespace moe::cpu {
 
@@ -13,7 +14,7 @@ void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
   const int32_t* pindex = index.i32();
   const float* px = x.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (M * C >= kMinParallelElements)
   for (int64_t m = 0; m < M; ++m)
     std::memcpy(py + m * C, px + pindex[m] * C, static_cast<size_t>(C) * sizeof(float));
 }
@@ -40,7 +41,7 @@ void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Te
   const int32_t* pslot = slot.i32();
   const float* pweights = weights.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (T * C >= kMinParallelElements)
   for (int64_t t = 0; t < T; ++t) {
     float* yrow = py + t * C;
     for (int64_t c = 0; c < C; ++c) yrow[c] = 0.f;
@@ -54,7 +55,8 @@ void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Te
   }
 }
 
-// drows (M, C) [slot[t, j]] += weights[t, j] * dy (T, C) [t];  dweights (T, k) [t, j] += dot(dy[t], rows[slot[t, j]]).
+// drows (M, C) [slot[t, j]] += weights[t, j] * dy (T, C) [t];
+// dweights (T, k) [t, j] += dot(dy[t], rows[slot[t, j]]).
 void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const Tensor& rows,
                       const Tensor& slot, const Tensor& weights) {
   const int64_t T = slot.dim(0), k = slot.dim(1), M = rows.dim(0), C = rows.dim(1);
@@ -65,7 +67,7 @@ void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const T
   const float* pdy = dy.f32();
   if (dweights != nullptr) {
     float* pdweights = dweights->f32();
-#pragma omp parallel for
+#pragma omp parallel for if (T * C >= kMinParallelElements)
     for (int64_t t = 0; t < T; ++t) {
       const float* dyrow = pdy + t * C;
       for (int64_t j = 0; j < k; ++j) {
@@ -98,7 +100,7 @@ void add_scaled(Tensor& y, const Tensor& x, float alpha) {
   const int64_t n = y.numel();
   const float* px = x.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) py[i] += alpha * px[i];
 }
 

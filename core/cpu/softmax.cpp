@@ -4,10 +4,13 @@
 
 #include "core/backend.h"
 #include "core/cpu/index_check.h"
+#include "core/cpu/parallel.h"
 
 namespace moe::cpu {
 
 namespace {
+constexpr const char* kIgnoredNote = " (-1 marks an ignored row)";
+
 // yrow (C) = softmax(xrow); returns log(sum_c exp(x_c - max)) + max, the row's log-sum-exp.
 // Subtracting the row max first keeps exp() in [0, 1], so large logits cannot overflow.
 float softmax_row(float* yrow, const float* xrow, int64_t C) {
@@ -29,7 +32,7 @@ void softmax_forward(Tensor& y, const Tensor& x) {
   const int64_t N = x.dim(0), C = x.dim(1);
   const float* px = x.f32();
   float* py = y.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) softmax_row(py + n * C, px + n * C, C);
 }
 
@@ -39,7 +42,7 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
   const float* py = y.f32();
   const float* pdy = dy.f32();
   float* pdx = dx.f32();
-#pragma omp parallel for
+#pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float* yrow = py + n * C;
     const float* dyrow = pdy + n * C;
@@ -49,10 +52,6 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
     for (int64_t c = 0; c < C; ++c) dxrow[c] += yrow[c] * (dyrow[c] - dot);
   }
 }
-
-namespace {
-constexpr const char* kIgnoredNote = " (-1 marks an ignored row)";
-}  // namespace
 
 // probs, logits (N, V); targets (N) in [-1, V). Returns the mean over non-ignored rows of
 // -log probs[n, target] = logsumexp(logits[n]) - logits[n, target] (no log of an underflowed 0).
@@ -65,7 +64,7 @@ float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& t
   // The mean runs over up to N ~ 1e5..1e6 rows: a float sum would lose digits, so sum in double.
   double loss_sum = 0.0;
   int64_t counted = 0;
-#pragma omp parallel for reduction(+ : loss_sum, counted)
+#pragma omp parallel for reduction(+ : loss_sum, counted) if (N * V >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const float logsumexp = softmax_row(pprobs + n * V, plogits + n * V, V);
     const int32_t t = ptargets[n];
@@ -87,7 +86,7 @@ void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& 
   for (int64_t n = 0; n < N; ++n) counted += ptargets[n] >= 0 ? 1 : 0;
   if (counted == 0) return;
   const float scale = dloss / static_cast<float>(counted);
-#pragma omp parallel for
+#pragma omp parallel for if (N * V >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
     const int32_t t = ptargets[n];
     if (t < 0) continue;

@@ -28,8 +28,8 @@ void rmsnorm_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tens
 void layernorm_forward(Tensor&, Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, float) {
   MOE_NO_CUDA(layernorm_forward);
 }
-void layernorm_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
-                        const Tensor&, const Tensor&) {
+void layernorm_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&, const Tensor&,
+                        const Tensor&) {
   MOE_NO_CUDA(layernorm_backward);
 }
 
