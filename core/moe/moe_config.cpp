@@ -31,6 +31,14 @@ const char* to_string(Activation a) {
 
 const char* to_string(DropPolicy p) { return p == DropPolicy::Position ? "position" : "probs"; }
 
+AuxLossScope parse_aux_loss_scope(const std::string& name) {
+  if (name == "local") return AuxLossScope::Local;
+  if (name == "global") return AuxLossScope::Global;
+  throw InvalidArgument("aux_loss_scope '" + name + "' is not one of: local, global");
+}
+
+const char* to_string(AuxLossScope s) { return s == AuxLossScope::Local ? "local" : "global"; }
+
 void MoEConfig::validate() const {
   MOE_REQUIRE(d_model >= 1, "d_model = ", d_model, " must be >= 1");
   MOE_REQUIRE(hidden >= 1, "hidden = ", hidden, " must be >= 1");

@@ -17,6 +17,14 @@ DropPolicy parse_drop_policy(const std::string& name);  // "position" | "probs"
 const char* to_string(Activation a);
 const char* to_string(DropPolicy p);
 
+// Which tokens the load-balancing loss's f and P are computed over when ranks run in parallel.
+enum class AuxLossScope {
+  Local,   // each rank's own tokens; the rank losses are averaged (the default)
+  Global,  // counts and probabilities summed over all ranks before the product (Megatron's global)
+};
+AuxLossScope parse_aux_loss_scope(const std::string& name);  // "local" | "global"
+const char* to_string(AuxLossScope s);
+
 struct MoEConfig {
   int64_t d_model = 0;
   int64_t hidden = 0;        // expert FFN hidden size (per matrix; SwiGLU has two input matrices)
@@ -32,6 +40,7 @@ struct MoEConfig {
   bool renormalize = true;    // rescale the k chosen probabilities to sum to 1
   float jitter_eps = 0.0f;    // training only: router input multiplied by U(1 - eps, 1 + eps)
   float aux_loss_coeff = 0.01f;
+  AuxLossScope aux_loss_scope = AuxLossScope::Local;
   float z_loss_coeff = 0.001f;
   float init_std = 0.02f;     // normal init of the router and expert weights
 

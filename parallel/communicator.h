@@ -1,0 +1,85 @@
+// The communicator interface: the collectives the training step needs, hiding MPI (and later NCCL)
+// behind one set of calls. A single-process implementation serves unit tests and one-rank runs.
+//
+// Every call is collective over the communicator unless it says otherwise: all ranks make the same
+// calls in the same order with matching sizes. Failures of the underlying library throw CommError
+// naming file:line, the rank and the library's message. Not thread-safe: one thread per rank calls.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace moe {
+
+class CommError : public std::runtime_error {
+ public:
+  explicit CommError(const std::string& what) : std::runtime_error(what) {}
+};
+
+enum class ScalarType { F32, F64, I32, I64 };
+enum class ReduceOp { Sum, Max, Min };
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  // A short name for logs and errors: "mpi", "local".
+  virtual const char* backend() const = 0;
+
+  // Ranks passing the same color form a new communicator, ordered by key (ties: by rank here).
+  virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
+
+  // In place: data (count elements of type) becomes the reduction over all ranks.
+  virtual void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) = 0;
+
+  // Rank i's send holds size() blocks of block_bytes, block j going to rank j; recv receives block i
+  // of every rank j at position j. Used for exchanging counts.
+  virtual void all_to_all(const void* send, void* recv, int64_t block_bytes) = 0;
+
+  // Variable all-to-all of rows of row_bytes each, with no padding on the wire: send holds
+  // send_rows[j] rows for rank j, peers in rank order, packed; recv gets recv_rows[j] rows from rank
+  // j, packed in rank order. send_rows and recv_rows have size() entries and must agree pairwise
+  // across ranks (recv_rows[j] on rank i == send_rows[i] on rank j).
+  virtual void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
+                            int64_t row_bytes) = 0;
+
+  // recv (size() * bytes) gets every rank's send (bytes), in rank order.
+  virtual void all_gather(const void* send, void* recv, int64_t bytes) = 0;
+
+  // data (bytes) on every rank becomes root's.
+  virtual void broadcast(void* data, int64_t bytes, int root) = 0;
+
+  virtual void barrier() = 0;
+};
+
+// Typed helpers.
+template <typename T>
+constexpr ScalarType scalar_type_of();
+template <>
+constexpr ScalarType scalar_type_of<float>() { return ScalarType::F32; }
+template <>
+constexpr ScalarType scalar_type_of<double>() { return ScalarType::F64; }
+template <>
+constexpr ScalarType scalar_type_of<int32_t>() { return ScalarType::I32; }
+template <>
+constexpr ScalarType scalar_type_of<int64_t>() { return ScalarType::I64; }
+
+template <typename T>
+void all_reduce(Communicator& comm, T* data, int64_t count, ReduceOp op = ReduceOp::Sum) {
+  comm.all_reduce(data, count, scalar_type_of<T>(), op);
+}
+
+template <typename T>
+T all_reduce_value(Communicator& comm, T value, ReduceOp op = ReduceOp::Sum) {
+  comm.all_reduce(&value, 1, scalar_type_of<T>(), op);
+  return value;
+}
+
+// The single-process communicator: size 1, every collective is a copy or nothing.
+std::unique_ptr<Communicator> make_local_communicator();
+
+}  // namespace moe

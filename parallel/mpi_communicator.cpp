@@ -1,0 +1,226 @@
+// The MPI communicator: each collective maps to one MPI call (chunked where a byte count can exceed
+// MPI's int), with every return code checked by MPI_CHECK.
+#include "parallel/mpi_communicator.h"
+
+#include <algorithm>
+#include <climits>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+
+namespace moe {
+
+namespace detail {
+
+[[noreturn]] void throw_mpi_error(int code, const char* call, const char* file, int line) {
+  std::string rank = "?";
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  if (initialized && !finalized) {
+    int r = -1;
+    if (MPI_Comm_rank(MPI_COMM_WORLD, &r) == MPI_SUCCESS) rank = std::to_string(r);
+  }
+  char message[MPI_MAX_ERROR_STRING] = {};
+  int length = 0;
+  if (MPI_Error_string(code, message, &length) != MPI_SUCCESS) {
+    throw CommError(concat(file, ":", line, ": ", call, " failed on rank ", rank, ": MPI error code ", code));
+  }
+  throw CommError(concat(file, ":", line, ": ", call, " failed on rank ", rank, ": ", std::string(message, length)));
+}
+
+}  // namespace detail
+
+namespace {
+
+bool mpi_is_live() {
+  int initialized = 0, finalized = 0;
+  MPI_Initialized(&initialized);
+  MPI_Finalized(&finalized);
+  return initialized && !finalized;
+}
+
+// MPI takes counts as int: anything larger (or negative) is rejected before the call. index >= 0
+// names the peer the count belongs to.
+int to_int_count(int64_t value, const char* op, const char* what, int index = -1) {
+  if (value < 0 || value > INT_MAX) {
+    const std::string where = index >= 0 ? detail::concat("[", index, "]") : std::string();
+    throw CommError(detail::concat("mpi ", op, ": ", what, where, " = ", value, " must be in [0, ", INT_MAX,
+                                   "] (MPI counts are int)"));
+  }
+  return static_cast<int>(value);
+}
+
+// Stands in for a null buffer when nothing is sent or received: MPI implementations may reject null
+// even with zero counts. Never read or written.
+char g_dummy_buffer[1];
+const void* or_dummy(const void* p) { return p != nullptr ? p : g_dummy_buffer; }
+void* or_dummy(void* p) { return p != nullptr ? p : g_dummy_buffer; }
+
+MPI_Datatype mpi_type(ScalarType type) {
+  switch (type) {
+    case ScalarType::F32: return MPI_FLOAT;
+    case ScalarType::F64: return MPI_DOUBLE;
+    case ScalarType::I32: return MPI_INT32_T;
+    case ScalarType::I64: return MPI_INT64_T;
+  }
+  throw CommError(detail::concat("mpi all_reduce: unknown ScalarType ", static_cast<int>(type)));
+}
+
+int64_t scalar_bytes(ScalarType type) {
+  switch (type) {
+    case ScalarType::F32: return 4;
+    case ScalarType::F64: return 8;
+    case ScalarType::I32: return 4;
+    case ScalarType::I64: return 8;
+  }
+  throw CommError(detail::concat("mpi all_reduce: unknown ScalarType ", static_cast<int>(type)));
+}
+
+MPI_Op mpi_op(ReduceOp op) {
+  switch (op) {
+    case ReduceOp::Sum: return MPI_SUM;
+    case ReduceOp::Max: return MPI_MAX;
+    case ReduceOp::Min: return MPI_MIN;
+  }
+  throw CommError(detail::concat("mpi all_reduce: unknown ReduceOp ", static_cast<int>(op)));
+}
+
+}  // namespace
+
+MpiSession::MpiSession(int* argc, char*** argv) {
+  int initialized = 0, finalized = 0;
+  MPI_CHECK(MPI_Initialized(&initialized));
+  MPI_CHECK(MPI_Finalized(&finalized));
+  if (finalized) throw CommError("MpiSession: MPI was already finalised; it cannot be initialised again");
+  if (!initialized) {
+    // FUNNELED: OpenMP threads exist, but only the thread that created the session calls MPI.
+    int provided = 0;
+    MPI_CHECK(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided));
+    owns_ = true;
+  }
+  MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+}
+
+MpiSession::~MpiSession() {
+  if (!owns_) return;
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (!finalized) MPI_Finalize();  // a destructor cannot throw: the return code is ignored
+}
+
+[[noreturn]] void mpi_abort(int code) {
+  if (mpi_is_live()) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);  // MPI_Abort does not return; this covers a program without MPI running
+}
+
+MpiCommunicator::MpiCommunicator(MPI_Comm comm) : comm_(comm) {
+  MOE_ASSERT(comm != MPI_COMM_NULL && comm != MPI_COMM_WORLD, "MpiCommunicator owns and frees its comm");
+  try {
+    MPI_CHECK(MPI_Comm_set_errhandler(comm_, MPI_ERRORS_RETURN));
+    MPI_CHECK(MPI_Comm_rank(comm_, &rank_));
+    MPI_CHECK(MPI_Comm_size(comm_, &size_));
+  } catch (...) {
+    MPI_Comm_free(&comm_);
+    throw;
+  }
+}
+
+MpiCommunicator::~MpiCommunicator() {
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (finalized) return;  // everything MPI held is gone already
+  for (auto& [bytes, type] : row_types_) MPI_Type_free(&type);
+  MPI_Comm_free(&comm_);
+}
+
+std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
+  if (color < 0) throw CommError(detail::concat("mpi split: color = ", color, " must be >= 0"));
+  MPI_Comm sub = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_split(comm_, color, key, &sub));
+  return std::make_unique<MpiCommunicator>(sub);
+}
+
+void MpiCommunicator::all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) {
+  if (count < 0) throw CommError(detail::concat("mpi all_reduce: count = ", count, " must be >= 0"));
+  const MPI_Datatype dt = mpi_type(type);
+  const MPI_Op mop = mpi_op(op);
+  const int64_t elem_bytes = scalar_bytes(type);
+  // Chunks of at most INT_MAX elements; the same sequence of calls on every rank.
+  for (int64_t offset = 0; offset < count; offset += INT_MAX) {
+    const int n = static_cast<int>(std::min<int64_t>(INT_MAX, count - offset));
+    char* chunk = static_cast<char*>(data) + offset * elem_bytes;
+    MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, chunk, n, dt, mop, comm_));
+  }
+}
+
+void MpiCommunicator::all_to_all(const void* send, void* recv, int64_t block_bytes) {
+  const int n = to_int_count(block_bytes, "all_to_all", "block_bytes");
+  MPI_CHECK(MPI_Alltoall(or_dummy(send), n, MPI_BYTE, or_dummy(recv), n, MPI_BYTE, comm_));
+}
+
+MPI_Datatype MpiCommunicator::row_type(int64_t row_bytes) {
+  auto it = row_types_.find(row_bytes);
+  if (it != row_types_.end()) return it->second;
+  const int n = to_int_count(row_bytes, "all_to_all_v", "row_bytes");
+  MPI_Datatype type = MPI_DATATYPE_NULL;
+  MPI_CHECK(MPI_Type_contiguous(n, MPI_BYTE, &type));
+  MPI_CHECK(MPI_Type_commit(&type));
+  row_types_.emplace(row_bytes, type);
+  return type;
+}
+
+void MpiCommunicator::all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
+                                   int64_t row_bytes) {
+  if (send_rows == nullptr || recv_rows == nullptr)
+    throw CommError("mpi all_to_all_v: send_rows and recv_rows must not be null");
+  if (row_bytes < 0) throw CommError(detail::concat("mpi all_to_all_v: row_bytes = ", row_bytes, " must be >= 0"));
+  if (row_bytes == 0) return;  // rows of nothing: row_bytes is the same on every rank, so all return
+
+  // Counts and displacements in rows (units of the row datatype); displacements are prefix sums.
+  std::vector<int> send_counts(size_), send_displs(size_), recv_counts(size_), recv_displs(size_);
+  int64_t send_total = 0, recv_total = 0;
+  for (int j = 0; j < size_; ++j) {
+    send_counts[j] = to_int_count(send_rows[j], "all_to_all_v", "send_rows", j);
+    recv_counts[j] = to_int_count(recv_rows[j], "all_to_all_v", "recv_rows", j);
+    send_displs[j] = to_int_count(send_total, "all_to_all_v", "send row offset of peer", j);
+    recv_displs[j] = to_int_count(recv_total, "all_to_all_v", "recv row offset of peer", j);
+    send_total += send_rows[j];
+    recv_total += recv_rows[j];
+  }
+  if ((send == nullptr && send_total > 0) || (recv == nullptr && recv_total > 0))
+    throw CommError(detail::concat("mpi all_to_all_v: null buffer with ", send_total, " rows to send and ",
+                                   recv_total, " rows to receive"));
+  const MPI_Datatype type = row_type(row_bytes);
+  MPI_CHECK(MPI_Alltoallv(or_dummy(send), send_counts.data(), send_displs.data(), type, or_dummy(recv),
+                          recv_counts.data(), recv_displs.data(), type, comm_));
+}
+
+void MpiCommunicator::all_gather(const void* send, void* recv, int64_t bytes) {
+  const int n = to_int_count(bytes, "all_gather", "bytes");
+  MPI_CHECK(MPI_Allgather(or_dummy(send), n, MPI_BYTE, or_dummy(recv), n, MPI_BYTE, comm_));
+}
+
+void MpiCommunicator::broadcast(void* data, int64_t bytes, int root) {
+  if (root < 0 || root >= size_)
+    throw CommError(detail::concat("mpi broadcast: root = ", root, " must be in [0, ", size_, ")"));
+  if (bytes < 0) throw CommError(detail::concat("mpi broadcast: bytes = ", bytes, " must be >= 0"));
+  for (int64_t offset = 0; offset < bytes; offset += INT_MAX) {
+    const int n = static_cast<int>(std::min<int64_t>(INT_MAX, bytes - offset));
+    MPI_CHECK(MPI_Bcast(static_cast<char*>(data) + offset, n, MPI_BYTE, root, comm_));
+  }
+}
+
+void MpiCommunicator::barrier() { MPI_CHECK(MPI_Barrier(comm_)); }
+
+std::unique_ptr<Communicator> make_mpi_world_communicator() {
+  if (!mpi_is_live())
+    throw CommError("make_mpi_world_communicator: MPI is not running; create an MpiSession first (in main)");
+  MPI_Comm comm = MPI_COMM_NULL;
+  MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm));
+  return std::make_unique<MpiCommunicator>(comm);
+}
+
+}  // namespace moe

@@ -1,0 +1,40 @@
+// Expert placement and the expert-parallel / expert-data-parallel communicators.
+#include "parallel/process_groups.h"
+
+#include "core/check.h"
+
+namespace moe {
+
+ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t num_experts) {
+  MOE_REQUIRE(world_size >= 1 && world_rank >= 0 && world_rank < world_size, "world rank ", world_rank,
+              " must be in [0, world size = ", world_size, ")");
+  MOE_REQUIRE(ep >= 1, "expert-parallel size ep = ", ep, " must be >= 1");
+  MOE_REQUIRE(world_size % ep == 0, "expert-parallel size ep = ", ep,
+              " must divide the number of ranks (world size = ", world_size, ")");
+  MOE_REQUIRE(num_experts >= 1 && num_experts % ep == 0, "num_experts = ", num_experts,
+              " must be a positive multiple of the expert-parallel size ep = ", ep);
+  ExpertLayout l;
+  l.world_size = world_size;
+  l.world_rank = world_rank;
+  l.ep = ep;
+  l.ep_rank = world_rank % ep;
+  l.edp_size = world_size / ep;
+  l.num_experts = num_experts;
+  l.experts_per_rank = num_experts / ep;
+  l.first_expert = l.ep_rank * l.experts_per_rank;
+  return l;
+}
+
+ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts) {
+  ProcessGroups g;
+  g.layout = make_expert_layout(world.size(), world.rank(), ep, num_experts);
+  g.world = &world;
+  g.expert_parallel = world.split(/*color=*/world.rank() / ep, /*key=*/g.layout.ep_rank);
+  g.expert_data_parallel = world.split(/*color=*/g.layout.ep_rank, /*key=*/world.rank() / ep);
+  MOE_ASSERT(g.expert_parallel->size() == ep && g.expert_parallel->rank() == g.layout.ep_rank,
+             "expert-parallel group rank equals the expert-parallel rank");
+  MOE_ASSERT(g.expert_data_parallel->size() == g.layout.edp_size, "expert-data-parallel group has W/ep ranks");
+  return g;
+}
+
+}  // namespace moe

@@ -1,0 +1,47 @@
+// Process groups for expert parallelism: which experts each rank holds, and the communicators for
+// the expert-parallel group (ranks exchanging tokens) and the expert-data-parallel group (ranks
+// holding the same experts, averaging their gradients).
+//
+// Placement: with world size W and expert-parallel size ep (ep divides W, E divisible by ep),
+// world rank r has expert-parallel rank r % ep and holds the E / ep experts with global ids
+// [(r % ep) * E/ep, (r % ep + 1) * E/ep). Its expert-parallel group is the ep consecutive ranks
+// [(r / ep) * ep, (r / ep + 1) * ep), ordered so that group rank == r % ep; its expert-data-parallel
+// group is the W / ep ranks with the same r % ep. Dense parameters are data-parallel over all W.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "parallel/communicator.h"
+
+namespace moe {
+
+struct ExpertLayout {
+  int world_size = 1;
+  int world_rank = 0;
+  int ep = 1;                      // expert-parallel size
+  int ep_rank = 0;                 // rank within the expert-parallel group
+  int edp_size = 1;                // expert-data-parallel size, W / ep
+  int64_t num_experts = 1;         // E, global
+  int64_t experts_per_rank = 1;    // E / ep
+  int64_t first_expert = 0;        // global id of this rank's first expert
+
+  int owner_ep_rank(int64_t expert) const { return static_cast<int>(expert / experts_per_rank); }
+};
+
+// Validates and computes the layout. Throws InvalidArgument naming the values when ep < 1, ep does
+// not divide world_size, or num_experts is not divisible by ep. Pure: every rank computes the same
+// verdict without communicating, so a bad layout fails everywhere before any collective starts.
+ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t num_experts);
+
+struct ProcessGroups {
+  ExpertLayout layout;
+  Communicator* world = nullptr;               // not owned
+  std::unique_ptr<Communicator> expert_parallel;       // size ep
+  std::unique_ptr<Communicator> expert_data_parallel;  // size W / ep
+};
+
+// Collective over `world` (which must outlive the result): validates the layout first, then splits.
+ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts);
+
+}  // namespace moe
