@@ -43,4 +43,14 @@ void AdamW::step(float lr) {
   }
 }
 
+std::vector<std::pair<std::string, Tensor>> AdamW::state() {
+  std::vector<std::pair<std::string, Tensor>> out;
+  const auto& params = registry_.all();
+  for (size_t i = 0; i < params.size(); ++i) {
+    out.emplace_back("adamw.m." + params[i].name, m_[i]);
+    out.emplace_back("adamw.v." + params[i].name, v_[i]);
+  }
+  return out;
+}
+
 }  // namespace moe

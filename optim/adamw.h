@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/parameters.h"
+#include "optim/optimizer.h"
 
 namespace moe {
 
@@ -19,12 +20,13 @@ struct AdamWConfig {
 
 // Keeps first and second moments for every registered parameter; the registry must not gain or
 // lose parameters after construction.
-class AdamW {
+class AdamW : public Optimizer {
  public:
   AdamW(ParameterRegistry& registry, const AdamWConfig& cfg);
-  // One update of every parameter from its gradient at learning rate lr.
-  void step(float lr);
-  int64_t steps_taken() const { return step_; }
+  void step(float lr) override;
+  int64_t steps_taken() const override { return step_; }
+  void set_steps_taken(int64_t steps) override { step_ = steps; }
+  std::vector<std::pair<std::string, Tensor>> state() override;
 
  private:
   ParameterRegistry& registry_;
