@@ -322,4 +322,100 @@ void add_scaled(Tensor& y, const Tensor& x, float alpha) {
   MOE_DISPATCH(y.device(), add_scaled, y, x, alpha);
 }
 
+// ---- linear with a transposed (out, in) weight ----
+
+void linear_transposed_forward(Tensor& y, const Tensor& x, const Tensor& w) {
+  const char* op = "linear_transposed_forward";
+  require_f32_matrix(op, "x", x);
+  require_f32_matrix(op, "w", w);
+  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
+  require_f32(op, "w", w, {out, in});
+  require_f32(op, "y", y, {N, out});
+  require_same_device(op, {&y, &x, &w});
+  MOE_DISPATCH(x.device(), linear_transposed_forward, y, x, w);
+}
+
+void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
+  const char* op = "linear_transposed_backward";
+  require_f32_matrix(op, "x", x);
+  require_f32_matrix(op, "w", w);
+  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
+  require_f32(op, "w", w, {out, in});
+  require_f32(op, "dy", dy, {N, out});
+  if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
+  if (dw != nullptr) require_f32(op, "dw", *dw, {out, in});
+  require_same_device(op, {&dy, &x, &w, dx, dw});
+  MOE_DISPATCH(x.device(), linear_transposed_backward, dx, dw, dy, x, w);
+}
+
+// ---- attention: (B*S, H*Dh) token rows ----
+
+namespace {
+// Checks that x is a float32 (B*S, H*Dh) matrix for these n_heads and seq_len; returns Dh.
+int64_t require_token_rows(const char* op, const char* arg, const Tensor& x, int64_t n_heads, int64_t seq_len) {
+  require_f32_matrix(op, arg, x);
+  MOE_REQUIRE(n_heads >= 1, op, ": n_heads = ", n_heads, " must be >= 1");
+  MOE_REQUIRE(seq_len >= 1, op, ": seq_len = ", seq_len, " must be >= 1");
+  MOE_REQUIRE(x.dim(1) % n_heads == 0 && x.dim(1) > 0, op, ": ", arg, " has shape ", to_string(x.shape()),
+              ", expected (B * seq_len, n_heads * head_dim) with n_heads = ", n_heads,
+              " dividing a positive column count");
+  MOE_REQUIRE(x.dim(0) % seq_len == 0, op, ": ", arg, " has shape ", to_string(x.shape()),
+              ", expected a row count (B * seq_len) divisible by seq_len = ", seq_len);
+  return x.dim(1) / n_heads;
+}
+
+void require_rotary(const char* op, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
+  const int64_t head_dim = require_token_rows(op, "x", x, n_heads, seq_len);
+  MOE_REQUIRE(head_dim % 2 == 0, op, ": head_dim = ", head_dim, " (", x.dim(1), " columns / n_heads = ",
+              n_heads, ") must be even: rotary embedding rotates pairs of columns");
+  MOE_REQUIRE(std::isfinite(theta) && theta > 0.f, op, ": theta = ", theta, " must be finite and > 0");
+}
+}  // namespace
+
+void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
+  const char* op = "rotary_forward";
+  require_rotary(op, x, n_heads, seq_len, theta);
+  require_f32(op, "y", y, x.shape());
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(x.device(), rotary_forward, y, x, n_heads, seq_len, theta);
+}
+
+void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta) {
+  const char* op = "rotary_backward";
+  require_rotary(op, dy, n_heads, seq_len, theta);
+  require_f32(op, "dx", dx, dy.shape());
+  require_same_device(op, {&dx, &dy});
+  MOE_DISPATCH(dy.device(), rotary_backward, dx, dy, n_heads, seq_len, theta);
+}
+
+void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                              int64_t n_heads, int64_t seq_len) {
+  const char* op = "causal_attention_forward";
+  require_token_rows(op, "q", q, n_heads, seq_len);
+  const int64_t B = q.dim(0) / seq_len;
+  require_f32(op, "k", k, q.shape());
+  require_f32(op, "v", v, q.shape());
+  require_f32(op, "out", out, q.shape());
+  require_f32(op, "probs", probs, {B, n_heads, seq_len, seq_len});
+  require_same_device(op, {&out, &probs, &q, &k, &v});
+  MOE_DISPATCH(q.device(), causal_attention_forward, out, probs, q, k, v, n_heads, seq_len);
+}
+
+void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
+                               int64_t seq_len) {
+  const char* op = "causal_attention_backward";
+  require_token_rows(op, "q", q, n_heads, seq_len);
+  const int64_t B = q.dim(0) / seq_len;
+  require_f32(op, "k", k, q.shape());
+  require_f32(op, "v", v, q.shape());
+  require_f32(op, "dout", dout, q.shape());
+  require_f32(op, "probs", probs, {B, n_heads, seq_len, seq_len});
+  if (dq != nullptr) require_f32(op, "dq", *dq, q.shape());
+  if (dk != nullptr) require_f32(op, "dk", *dk, q.shape());
+  if (dv != nullptr) require_f32(op, "dv", *dv, q.shape());
+  require_same_device(op, {&dout, &q, &k, &v, &probs, dq, dk, dv});
+  MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, probs, n_heads, seq_len);
+}
+
 }  // namespace moe

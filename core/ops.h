@@ -77,4 +77,34 @@ void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const T
 // Elementwise helper: y += alpha * x (same shape).
 void add_scaled(Tensor& y, const Tensor& x, float alpha);
 
+// linear_transposed: y = x w^T, the weight stored (out, in) as nn.Linear and a tied output head
+// (logits = x E^T with the embedding E (V, d)) hold it.  x (N, in), w (out, in), y (N, out).
+void linear_transposed_forward(Tensor& y, const Tensor& x, const Tensor& w);
+// dx (N, in) += dy w;  dw (out, in) += dy^T x.
+void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x, const Tensor& w);
+
+// ---- attention ----
+// Token rows are sequence-major: row n = b * S + s of a (B*S, C) tensor is position s of sequence b
+// (S = seq_len, B = N / S). Head h of a row is columns [h * Dh, (h + 1) * Dh), C = H * Dh.
+
+// rotary position embedding (RoPE, Su et al. 2021): rotates each pair (2i, 2i+1) of each head of the
+// token at position s by the angle s * theta^(-2i / Dh).  x, y (B*S, H*Dh), Dh even, theta > 0
+// (10000 as in RoFormer and LLaMA). May run in place (y and x the same tensor).
+void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta);
+// dx (B*S, H*Dh) += the inverse rotation of dy (rotations are orthogonal: R^-1 = R^T).
+void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta);
+
+// causal self-attention per sequence and head, scale 1 / sqrt(Dh):
+//   probs[b, h] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), exactly 0 for j > i;
+//   out[b*S + i, head h] = sum_j probs[b, h, i, j] v[b*S + j, head h].
+// q, k, v, out (B*S, H*Dh); probs (B, H, S, S) saved for the backward. The products run as GEMMs
+// per (sequence, head), in parallel over (sequence, head) when there is enough work.
+void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+                              int64_t n_heads, int64_t seq_len);
+// dq, dk, dv (B*S, H*Dh) += the gradients of out given dout (B*S, H*Dh); any may be null. Uses the
+// forward's probs (B, H, S, S), not a recomputation.
+void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
+                               const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
+                               int64_t seq_len);
+
 }  // namespace moe

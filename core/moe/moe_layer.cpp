@@ -69,8 +69,9 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   LapTimer timer;
 
   const int rank = groups_ ? groups_->layout.world_rank : 0;
-  router_forward(router_, x, weights.w_gate, cfg_, training,
-                 stream_id(seed_ + calls_++, "jitter") ^ mix64(static_cast<uint64_t>(rank)), 0);
+  // Noise differs per call and per rank, and layers with nearby seeds never share it.
+  const uint64_t jitter_stream = mix64(stream_id(seed_, "jitter") ^ mix64(calls_++) ^ mix64(~static_cast<uint64_t>(rank)));
+  router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0);
   timer.lap(&time.router);
 
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.

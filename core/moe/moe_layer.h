@@ -68,7 +68,8 @@ class MoELayer {
   MoELayer(const MoEConfig& cfg, uint64_t seed, const ProcessGroups* groups = nullptr);
 
   // x (T, d) -> y (T, d) = sum over kept choices of weight * expert output. The residual path is the
-  // caller's. T may be 0. Throws InvalidArgument on a wrong shape or a non-finite input value. Saves
+  // caller's. T may be 0. The layer keeps a reference to x (no copy): x must stay unchanged until
+  // backward. Throws InvalidArgument on a wrong shape or a non-finite input value. Saves
   // what the backward needs; the next forward overwrites it. Collective over the expert-parallel
   // group (and the world, for the global load-balancing scope) when distributed.
   void forward(Tensor& y, const Tensor& x, bool training);

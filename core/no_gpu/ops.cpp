@@ -49,4 +49,19 @@ void combine_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tens
 }
 void add_scaled(Tensor&, const Tensor&, float) { MOE_NO_CUDA(add_scaled); }
 
+void linear_transposed_forward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(linear_transposed_forward); }
+void linear_transposed_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(linear_transposed_backward);
+}
+
+void rotary_forward(Tensor&, const Tensor&, int64_t, int64_t, float) { MOE_NO_CUDA(rotary_forward); }
+void rotary_backward(Tensor&, const Tensor&, int64_t, int64_t, float) { MOE_NO_CUDA(rotary_backward); }
+void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t) {
+  MOE_NO_CUDA(causal_attention_forward);
+}
+void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
+                               const Tensor&, const Tensor&, int64_t, int64_t) {
+  MOE_NO_CUDA(causal_attention_backward);
+}
+
 }  // namespace moe::cuda

@@ -1,0 +1,700 @@
+// The moe-train configuration: the schema (every key declared once) and the loops over it that load
+// YAML, apply overrides, validate, print the resolved config and list the keys.
+#include "core/config/train_config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <functional>
+#include <limits>
+#include <set>
+#include <sstream>
+#include <system_error>
+#include <utility>
+
+#include "core/check.h"
+
+namespace moe {
+namespace {
+
+template <typename... Args>
+[[noreturn]] void fail(const Args&... args) {
+  throw InvalidArgument(detail::concat("config: ", args...));
+}
+
+// ---- Values as text --------------------------------------------------------------------------------
+
+// The shortest text that reads back to exactly `v` ("0.003", "1e-08", "300").
+std::string format_double(double v) {
+  char buf[64];
+  auto res = std::to_chars(buf, buf + sizeof(buf), v);
+  return std::string(buf, res.ptr);
+}
+
+// A YAML double-quoted scalar: safe for any text (empty, "true", "1e3", quotes, backslashes).
+std::string quoted(const std::string& s) {
+  YAML::Emitter e;
+  e << YAML::DoubleQuoted << s;
+  return e.c_str();
+}
+
+bool parse_int(const std::string& text, int64_t& out) {
+  const char* end = text.data() + text.size();
+  auto res = std::from_chars(text.data(), end, out);
+  return !text.empty() && res.ec == std::errc() && res.ptr == end;
+}
+
+bool parse_double(const std::string& text, double& out) {
+  const char* end = text.data() + text.size();
+  auto res = std::from_chars(text.data(), end, out, std::chars_format::general);
+  return !text.empty() && res.ec == std::errc() && res.ptr == end && std::isfinite(out);
+}
+
+// YAML 1.2 core-schema spellings only: "yes"/"on" are rejected rather than guessed at.
+bool parse_bool(const std::string& text, bool& out) {
+  if (text == "true" || text == "True" || text == "TRUE") {
+    out = true;
+    return true;
+  }
+  if (text == "false" || text == "False" || text == "FALSE") {
+    out = false;
+    return true;
+  }
+  return false;
+}
+
+// ---- The schema's building blocks -----------------------------------------------------------------
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// The accepted interval of a number (also used for ints); a bound is inclusive unless marked open.
+// Non-finite values are never accepted.
+struct Range {
+  double lo = -kInf;
+  bool lo_open = false;
+  double hi = kInf;
+  bool hi_open = false;
+
+  bool contains(double v) const {
+    return std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
+  }
+  std::string text() const {
+    bool has_lo = std::isfinite(lo), has_hi = std::isfinite(hi);
+    if (!has_lo && !has_hi) return "any finite value";
+    if (!has_hi) return (lo_open ? "> " : ">= ") + format_double(lo);
+    if (!has_lo) return (hi_open ? "< " : "<= ") + format_double(hi);
+    return (lo_open ? "(" : "[") + format_double(lo) + ", " + format_double(hi) + (hi_open ? ")" : "]");
+  }
+};
+Range at_least(double lo) { return {lo, false, kInf, false}; }
+Range above(double lo) { return {lo, true, kInf, false}; }
+Range closed_open(double lo, double hi) { return {lo, false, hi, true}; }
+Range open_closed(double lo, double hi) { return {lo, true, hi, false}; }
+Range any_finite() { return {}; }
+
+// Which strings a string key accepts.
+struct StringRule {
+  const char* text;                     // for help and messages
+  bool (*accepts)(const std::string&);  // nullptr: any string
+};
+
+bool is_run_name(const std::string& s) {
+  if (s.empty() || s == "." || s == "..") return false;
+  return std::all_of(s.begin(), s.end(), [](char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' || c == '_' ||
+           c == '-';
+  });
+}
+const StringRule kAnyString{"any string", nullptr};
+const StringRule kRunName{"non-empty [A-Za-z0-9._-], not . or ..", is_run_name};
+
+enum class Type { Int, Double, Bool, String, Choice };
+
+const char* type_name(Type t) {
+  switch (t) {
+    case Type::Int: return "int";
+    case Type::Double: return "double";
+    case Type::Bool: return "bool";
+    case Type::String: return "string";
+    case Type::Choice: return "choice";
+  }
+  return "?";
+}
+
+// One configuration key. The three functions read and write the field the key names.
+struct Key {
+  std::string section;  // "moe"
+  std::string name;     // "top_k"
+  std::string path;     // "moe.top_k"
+  Type type = Type::Int;
+  std::string accepted;  // the accepted range or choices, as text
+  std::string doc;
+  std::function<std::string(const TrainConfig&)> get;         // the value as text, unquoted
+  std::function<bool(TrainConfig&, const std::string&)> set;  // false (nothing stored): not of the type
+  std::function<bool(const TrainConfig&)> valid;              // the current value is accepted
+};
+
+// What a value of the key must look like, for "expected ..." messages.
+std::string expected(const Key& k) {
+  switch (k.type) {
+    case Type::Int: return "an int";
+    case Type::Double: return "a finite double";
+    case Type::Bool: return "a bool (true or false)";
+    case Type::String: return "a string";
+    case Type::Choice: return "one of " + k.accepted;
+  }
+  return "?";
+}
+
+// The key's current value as it appears in messages, help and to_yaml (strings quoted).
+std::string shown(const Key& k, const TrainConfig& cfg) {
+  return k.type == Type::String ? quoted(k.get(cfg)) : k.get(cfg);
+}
+
+// "<path> = <value> is out of range; accepted: <range>" for a value of the right type that is not accepted.
+std::string not_accepted(const Key& k, const TrainConfig& cfg) {
+  return k.path + " = " + shown(k, cfg) + (k.type == Type::String ? " is not valid" : " is out of range") +
+         "; accepted: " + k.accepted;
+}
+
+// Declares the keys of one section: each call adds one key bound to one field of S.
+template <typename S>
+class SectionKeys {
+ public:
+  SectionKeys(std::vector<Key>& keys, const char* section, S TrainConfig::*member)
+      : keys_(keys), section_(section), member_(member) {}
+
+  void integer(const char* name, int64_t S::*field, Range range, const char* doc) {
+    S TrainConfig::*m = member_;
+    Key k = make(name, Type::Int, range.text(), doc);
+    k.get = [m, field](const TrainConfig& c) { return std::to_string(c.*m.*field); };
+    k.set = [m, field](TrainConfig& c, const std::string& text) {
+      int64_t v = 0;
+      if (!parse_int(text, v)) return false;
+      c.*m.*field = v;
+      return true;
+    };
+    k.valid = [m, field, range](const TrainConfig& c) { return range.contains(static_cast<double>(c.*m.*field)); };
+    keys_.push_back(std::move(k));
+  }
+
+  void real(const char* name, double S::*field, Range range, const char* doc) {
+    S TrainConfig::*m = member_;
+    Key k = make(name, Type::Double, range.text(), doc);
+    k.get = [m, field](const TrainConfig& c) { return format_double(c.*m.*field); };
+    k.set = [m, field](TrainConfig& c, const std::string& text) {
+      double v = 0.0;
+      if (!parse_double(text, v)) return false;
+      c.*m.*field = v;
+      return true;
+    };
+    k.valid = [m, field, range](const TrainConfig& c) { return range.contains(c.*m.*field); };
+    keys_.push_back(std::move(k));
+  }
+
+  void boolean(const char* name, bool S::*field, const char* doc) {
+    S TrainConfig::*m = member_;
+    Key k = make(name, Type::Bool, "true, false", doc);
+    k.get = [m, field](const TrainConfig& c) { return std::string(c.*m.*field ? "true" : "false"); };
+    k.set = [m, field](TrainConfig& c, const std::string& text) {
+      bool v = false;
+      if (!parse_bool(text, v)) return false;
+      c.*m.*field = v;
+      return true;
+    };
+    k.valid = [](const TrainConfig&) { return true; };
+    keys_.push_back(std::move(k));
+  }
+
+  void string(const char* name, std::string S::*field, StringRule rule, const char* doc) {
+    S TrainConfig::*m = member_;
+    Key k = make(name, Type::String, rule.text, doc);
+    k.get = [m, field](const TrainConfig& c) { return c.*m.*field; };
+    k.set = [m, field](TrainConfig& c, const std::string& text) {
+      c.*m.*field = text;
+      return true;
+    };
+    k.valid = [m, field, rule](const TrainConfig& c) { return rule.accepts == nullptr || rule.accepts(c.*m.*field); };
+    keys_.push_back(std::move(k));
+  }
+
+  template <typename E>
+  void choice(const char* name, E S::*field, std::vector<std::pair<std::string, E>> names, const char* doc) {
+    S TrainConfig::*m = member_;
+    std::string accepted;
+    for (const auto& [text, value] : names) accepted += (accepted.empty() ? "" : ", ") + text;
+    Key k = make(name, Type::Choice, accepted, doc);
+    k.get = [m, field, names](const TrainConfig& c) {
+      for (const auto& [text, value] : names)
+        if (value == c.*m.*field) return text;
+      return std::string("<invalid>");
+    };
+    k.set = [m, field, names](TrainConfig& c, const std::string& text) {
+      for (const auto& [t, value] : names) {
+        if (t == text) {
+          c.*m.*field = value;
+          return true;
+        }
+      }
+      return false;
+    };
+    k.valid = [m, field, names](const TrainConfig& c) {
+      return std::any_of(names.begin(), names.end(), [&](const auto& n) { return n.second == c.*m.*field; });
+    };
+    keys_.push_back(std::move(k));
+  }
+
+ private:
+  Key make(const char* name, Type type, std::string accepted, const char* doc) const {
+    Key k;
+    k.section = section_;
+    k.name = name;
+    k.path = std::string(section_) + "." + name;
+    k.type = type;
+    k.accepted = std::move(accepted);
+    k.doc = doc;
+    return k;
+  }
+
+  std::vector<Key>& keys_;
+  const char* section_;
+  S TrainConfig::*member_;
+};
+
+// ---- The schema: every key, once, in the order of the sections and of to_yaml ----------------------
+
+std::vector<Key> build_schema() {
+  using A = Activation;
+  const std::vector<std::pair<std::string, Activation>> activations = {
+      {"relu", A::ReLU}, {"gelu", A::GELU}, {"swiglu", A::SwiGLU}};
+  std::vector<Key> keys;
+
+  SectionKeys<RunConfig> run(keys, "run", &TrainConfig::run);
+  run.string("name", &RunConfig::name, kRunName, "name of the run; the default run directory is runs/<name>");
+  run.string("dir", &RunConfig::dir, kAnyString, "run directory (log, resolved config); empty = runs/<run.name>");
+  run.integer("seed", &RunConfig::seed, at_least(0), "random seed of initialisation, data order and router jitter");
+  run.integer("steps", &RunConfig::steps, at_least(1), "training steps (optimizer updates)");
+  run.integer("log_every", &RunConfig::log_every, at_least(1), "log training metrics every this many steps");
+  run.integer("eval_every", &RunConfig::eval_every, at_least(0), "evaluate every this many steps; 0 = never");
+  run.integer("eval_batches", &RunConfig::eval_batches, at_least(1), "batches per rank in each evaluation");
+  run.integer("threads_per_rank", &RunConfig::threads_per_rank, at_least(1), "CPU threads of each rank");
+  run.real("watchdog_timeout_s", &RunConfig::watchdog_timeout_s, above(0),
+           "seconds without progress before the watchdog aborts the job (a rank stuck in a collective)");
+  run.integer("max_nonfinite_steps", &RunConfig::max_nonfinite_steps, at_least(1),
+              "consecutive steps with a non-finite loss or gradient before the run stops");
+
+  SectionKeys<ModelConfig> model(keys, "model", &TrainConfig::model);
+  model.integer("vocab_size", &ModelConfig::vocab_size, at_least(2), "vocabulary size (tokens 0 .. vocab_size - 1)");
+  model.integer("d_model", &ModelConfig::d_model, at_least(1), "model width; divisible by n_heads");
+  model.integer("n_layers", &ModelConfig::n_layers, at_least(1), "transformer blocks");
+  model.integer("n_heads", &ModelConfig::n_heads, at_least(1), "attention heads per block");
+  model.integer("seq_len", &ModelConfig::seq_len, at_least(2), "tokens per training sequence");
+  model.choice("norm", &ModelConfig::norm, {{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}},
+               "normalisation before attention and feed-forward");
+  model.choice("positions", &ModelConfig::positions,
+               {{"rotary", PositionKind::Rotary}, {"learned", PositionKind::Learned}},
+               "position encoding; rotary needs an even head dim d_model / n_heads");
+  model.boolean("tie_embeddings", &ModelConfig::tie_embeddings, "the output head shares the input embedding");
+  model.integer("moe_every", &ModelConfig::moe_every, at_least(1),
+                "layer i (0-based) is MoE when (i + 1) % moe_every == 0; 1 = every layer");
+  model.integer("dense_hidden", &ModelConfig::dense_hidden, at_least(1),
+                "hidden size of the dense feed-forward layers");
+  model.choice("dense_activation", &ModelConfig::dense_activation, activations,
+               "activation of the dense feed-forward layers");
+  model.real("init_std", &ModelConfig::init_std, above(0), "standard deviation of the normal weight initialisation");
+
+  SectionKeys<MoESection> moe(keys, "moe", &TrainConfig::moe);
+  moe.integer("num_experts", &MoESection::num_experts, at_least(1), "routed experts per MoE layer, over all ranks");
+  moe.integer("top_k", &MoESection::top_k, at_least(1), "experts each token is routed to; at most num_experts");
+  moe.integer("expert_hidden", &MoESection::expert_hidden, at_least(1), "hidden size of each expert (per matrix)");
+  moe.choice("activation", &MoESection::activation, activations, "expert activation (swiglu: gate and up matrices)");
+  moe.real("capacity_factor", &MoESection::capacity_factor, any_finite(),
+           "training capacity per expert = factor * top_k * tokens / num_experts; <= 0 = dropless");
+  moe.real("eval_capacity_factor", &MoESection::eval_capacity_factor, any_finite(),
+           "the same at evaluation; <= 0 = dropless");
+  moe.integer("min_capacity", &MoESection::min_capacity, at_least(0), "lower bound of the capacity per expert");
+  moe.choice("drop_policy", &MoESection::drop_policy,
+             {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
+             "over capacity, earlier tokens (position) or higher router probabilities (probs) keep their slot");
+  moe.boolean("renormalize", &MoESection::renormalize, "rescale each token's top_k router weights to sum to 1");
+  moe.real("jitter_eps", &MoESection::jitter_eps, closed_open(0, 1),
+           "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
+  moe.real("aux_loss_coeff", &MoESection::aux_loss_coeff, at_least(0), "weight of the load-balancing loss");
+  moe.choice("aux_loss_scope", &MoESection::aux_loss_scope,
+             {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}},
+             "tokens the load-balancing loss counts: each rank's own (local) or all ranks' (global)");
+  moe.real("z_loss_coeff", &MoESection::z_loss_coeff, at_least(0), "weight of the router z-loss");
+  moe.integer("shared_experts", &MoESection::shared_experts, at_least(0),
+              "shared experts every token passes through, besides its routed ones");
+  moe.integer("shared_expert_hidden", &MoESection::shared_expert_hidden, at_least(0),
+              "hidden size of each shared expert; 0 = expert_hidden");
+  moe.choice("balancing", &MoESection::balancing, {{"aux_loss", Balancing::AuxLoss}, {"aux_free", Balancing::AuxFree}},
+             "load balancing by the aux loss, or aux_free (per-expert routing biases)");
+  moe.real("bias_update_rate", &MoESection::bias_update_rate, at_least(0), "aux_free: step of the bias update");
+
+  SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
+  parallel.integer("ep", &ParallelConfig::ep, at_least(0),
+                   "expert-parallel size: divides the world size, num_experts divisible by it; 0 = world size");
+
+  SectionKeys<OptimConfig> optim(keys, "optim", &TrainConfig::optim);
+  optim.choice("name", &OptimConfig::name, {{"adamw", OptimizerKind::AdamW}, {"sgd", OptimizerKind::SGD}}, "optimizer");
+  optim.real("lr", &OptimConfig::lr, above(0), "peak learning rate, reached at the end of warm-up");
+  optim.real("min_lr", &OptimConfig::min_lr, at_least(0), "learning rate at the end of the decay; <= lr");
+  optim.integer("warmup_steps", &OptimConfig::warmup_steps, at_least(0), "steps of linear warm-up");
+  optim.choice("schedule", &OptimConfig::schedule,
+               {{"cosine", LrDecay::Cosine}, {"linear", LrDecay::Linear}, {"constant", LrDecay::Constant}},
+               "decay from lr to min_lr after warm-up");
+  optim.real("beta1", &OptimConfig::beta1, closed_open(0, 1), "adamw: decay of the first moment");
+  optim.real("beta2", &OptimConfig::beta2, closed_open(0, 1), "adamw: decay of the second moment");
+  optim.real("eps", &OptimConfig::eps, above(0), "adamw: epsilon of the denominator");
+  optim.real("momentum", &OptimConfig::momentum, closed_open(0, 1), "sgd: momentum; 0 = plain SGD");
+  optim.real("weight_decay", &OptimConfig::weight_decay, at_least(0), "decoupled weight decay of the weight matrices");
+  optim.real("grad_clip", &OptimConfig::grad_clip, at_least(0), "clip the global gradient norm to this; 0 = off");
+
+  SectionKeys<DataConfig> data(keys, "data", &TrainConfig::data);
+  data.choice("source", &DataConfig::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
+              "synthetic: the built-in Markov-chain corpus; tokens: a token file (train_path)");
+  data.string("train_path", &DataConfig::train_path, kAnyString,
+              "token file to train on; required when source = tokens");
+  data.string("eval_path", &DataConfig::eval_path, kAnyString,
+              "token file to evaluate on; empty = the last eval_fraction of the training sequences");
+  data.real("eval_fraction", &DataConfig::eval_fraction, open_closed(0, 0.5),
+            "fraction of the training sequences held out when eval_path is empty");
+  data.integer("batch_size", &DataConfig::batch_size, at_least(1), "sequences per rank per step");
+  data.integer("synthetic_domains", &DataConfig::synthetic_domains, at_least(1),
+               "synthetic: domains, each a Markov chain on its own band of the vocabulary");
+  data.integer("synthetic_branching", &DataConfig::synthetic_branching, at_least(1), "synthetic: successors per token");
+  data.integer("synthetic_sequences", &DataConfig::synthetic_sequences, at_least(1),
+               "synthetic: sequences in the corpus");
+
+  SectionKeys<CheckpointConfig> checkpoint(keys, "checkpoint", &TrainConfig::checkpoint);
+  checkpoint.string("dir", &CheckpointConfig::dir, kAnyString, "checkpoint directory; empty = <run.dir>/checkpoints");
+  checkpoint.integer("every", &CheckpointConfig::every, at_least(0),
+                     "save a checkpoint every this many steps; 0 = never");
+  checkpoint.integer("keep", &CheckpointConfig::keep, at_least(1), "newest checkpoints kept; older ones are deleted");
+  checkpoint.choice("resume", &CheckpointConfig::resume, {{"never", ResumeMode::Never}, {"auto", ResumeMode::Auto}},
+                    "auto: continue from the newest complete checkpoint in dir, if there is one");
+  return keys;
+}
+
+const std::vector<Key>& schema() {
+  static const std::vector<Key> keys = build_schema();
+  return keys;
+}
+
+std::vector<std::string> section_names() {
+  std::vector<std::string> names;
+  for (const Key& k : schema())
+    if (names.empty() || names.back() != k.section) names.push_back(k.section);
+  return names;
+}
+
+const Key* find_key(const std::string& path) {
+  for (const Key& k : schema())
+    if (k.path == path) return &k;
+  return nullptr;
+}
+
+// ---- Suggestions for unknown keys ------------------------------------------------------------------
+
+// Edit distance with adjacent transpositions (optimal string alignment): "top_kk" -> "top_k" is 1.
+size_t edit_distance(const std::string& a, const std::string& b) {
+  std::vector<std::vector<size_t>> d(a.size() + 1, std::vector<size_t>(b.size() + 1));
+  for (size_t i = 0; i <= a.size(); ++i) d[i][0] = i;
+  for (size_t j = 0; j <= b.size(); ++j) d[0][j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t cost = a[i - 1] == b[j - 1] ? 0 : 1;
+      d[i][j] = std::min({d[i - 1][j] + 1, d[i][j - 1] + 1, d[i - 1][j - 1] + cost});
+      if (i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1])
+        d[i][j] = std::min(d[i][j], d[i - 2][j - 2] + 1);
+    }
+  }
+  return d[a.size()][b.size()];
+}
+
+// "; did you mean X?" for the closest candidate, or "" when none is within half the word's length.
+std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+  const std::string* best = nullptr;
+  size_t best_distance = 0;
+  for (const std::string& c : candidates) {
+    size_t dist = edit_distance(word, c);
+    if (best == nullptr || dist < best_distance) {
+      best = &c;
+      best_distance = dist;
+    }
+  }
+  if (best == nullptr || best_distance > std::max<size_t>(2, word.size() / 2)) return "";
+  return "; did you mean " + *best + "?";
+}
+
+std::vector<std::string> all_paths() {
+  std::vector<std::string> paths;
+  for (const Key& k : schema()) paths.push_back(k.path);
+  return paths;
+}
+
+std::string join(const std::vector<std::string>& items) {
+  std::string s;
+  for (const std::string& item : items) s += (s.empty() ? "" : ", ") + item;
+  return s;
+}
+
+// The message for an unknown key `section.name` of a known section.
+std::string unknown_key(const std::string& section, const std::string& path) {
+  std::string hint = suggestion(path, all_paths());
+  if (!hint.empty()) return "unknown key " + path + hint;
+  std::vector<std::string> names;
+  for (const Key& k : schema())
+    if (k.section == section) names.push_back(k.name);
+  return "unknown key " + path + "; the keys of " + section + " are: " + join(names);
+}
+
+// The message for an unknown name at the top level of the file.
+std::string unknown_section(const std::string& name) {
+  if (find_key(name) != nullptr) {
+    std::string section = name.substr(0, name.find('.'));
+    return "'" + name + "' at the top level: a key goes inside its section (" + section + ":, then " +
+           name.substr(section.size() + 1) + ": indented under it)";
+  }
+  for (const Key& k : schema())
+    if (k.name == name)
+      return "unknown section '" + name + "'; did you mean " + k.path + " (inside " + k.section + ":)?";
+  std::vector<std::string> sections = section_names();
+  std::string hint = suggestion(name, sections);
+  return "unknown section '" + name + "'" + (hint.empty() ? "; the sections are: " + join(sections) : hint);
+}
+
+// ---- Applying values -------------------------------------------------------------------------------
+
+// Parses `text` with the key's type, stores it and checks its range; `where` locates it in messages.
+void assign(const Key& k, TrainConfig& cfg, const std::string& text, const std::string& where) {
+  if (!k.set(cfg, text)) fail(where, k.path, ": expected ", expected(k), ", got '", text, "'");
+  if (!k.valid(cfg)) fail(where, not_accepted(k, cfg));
+}
+
+const char* kind_of(const YAML::Node& n) {
+  switch (n.Type()) {
+    case YAML::NodeType::Null: return "nothing";
+    case YAML::NodeType::Scalar: return "a scalar";
+    case YAML::NodeType::Sequence: return "a sequence";
+    case YAML::NodeType::Map: return "a map";
+    case YAML::NodeType::Undefined: return "an undefined node";
+  }
+  return "?";
+}
+
+// "file:line:column: " (1-based) for a node, or "file: " when yaml-cpp has no position for it.
+std::string location(const std::string& source, const YAML::Node& n) {
+  YAML::Mark m = n.Mark();
+  if (m.is_null()) return source + ": ";
+  return source + ":" + std::to_string(m.line + 1) + ":" + std::to_string(m.column + 1) + ": ";
+}
+
+void apply_yaml(const YAML::Node& root, const std::string& source, TrainConfig& cfg) {
+  if (root.IsNull()) return;  // an empty file: every default
+  if (!root.IsMap())
+    fail(location(source, root), "expected a map of sections (", join(section_names()), ") at the top level, got ",
+         kind_of(root));
+  const std::vector<std::string> sections = section_names();
+  std::set<std::string> seen_sections, seen_keys;
+  for (const auto& entry : root) {
+    const YAML::Node& name_node = entry.first;
+    const YAML::Node& section_node = entry.second;
+    if (!name_node.IsScalar())
+      fail(location(source, name_node), "expected a section name at the top level, got ", kind_of(name_node));
+    const std::string section = name_node.Scalar();
+    if (std::find(sections.begin(), sections.end(), section) == sections.end())
+      fail(location(source, name_node), unknown_section(section));
+    if (!seen_sections.insert(section).second) fail(location(source, name_node), "section ", section, " appears twice");
+    if (section_node.IsNull()) continue;  // a section with every key commented out
+    if (!section_node.IsMap())
+      fail(location(source, section_node), section, ": expected a map of keys (a section), got ",
+           kind_of(section_node));
+    for (const auto& item : section_node) {
+      const YAML::Node& key_node = item.first;
+      const YAML::Node& value = item.second;
+      if (!key_node.IsScalar())
+        fail(location(source, key_node), section, ": expected a key name, got ", kind_of(key_node));
+      const std::string path = section + "." + key_node.Scalar();
+      const Key* k = find_key(path);
+      if (k == nullptr) fail(location(source, key_node), unknown_key(section, path));
+      if (!seen_keys.insert(path).second) fail(location(source, key_node), path, " appears twice");
+      if (value.IsNull())
+        fail(location(source, key_node), path, " has no value; expected ", expected(*k),
+             k->type == Type::String ? " (\"\" for an empty one)" : "");
+      if (!value.IsScalar()) fail(location(source, value), path, ": expected ", expected(*k), ", got ", kind_of(value));
+      assign(*k, cfg, value.Scalar(), location(source, value));
+    }
+  }
+}
+
+void apply_override(const std::string& arg, TrainConfig& cfg) {
+  size_t eq = arg.find('=');
+  if (eq == std::string::npos) fail("override '", arg, "' is not of the form section.key=value");
+  const std::string path = arg.substr(0, eq);
+  const Key* k = find_key(path);
+  if (k == nullptr) fail("override '", arg, "': unknown key '", path, "'", suggestion(path, all_paths()));
+  assign(*k, cfg, arg.substr(eq + 1), "override '" + arg + "': ");
+}
+
+// The defaults that depend on other keys, filled once every value is known.
+void resolve_derived(TrainConfig& cfg) {
+  if (cfg.run.dir.empty()) cfg.run.dir = "runs/" + cfg.run.name;
+  if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (std::filesystem::path(cfg.run.dir) / "checkpoints").string();
+  if (cfg.moe.shared_expert_hidden == 0) cfg.moe.shared_expert_hidden = cfg.moe.expert_hidden;
+}
+
+std::string read_file(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec)) fail("cannot read '", path, "': it is a directory");
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (f == nullptr) fail("cannot open '", path, "': ", std::generic_category().message(errno));
+  std::string text;
+  char buf[1 << 16];
+  size_t n = 0;
+  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  const bool failed = std::ferror(f) != 0;
+  const int err = errno;
+  std::fclose(f);
+  if (failed) fail("cannot read '", path, "': ", std::generic_category().message(err));
+  return text;
+}
+
+// Pads `s` with spaces to `width` characters.
+std::string padded(const std::string& s, size_t width) {
+  return s + std::string(width > s.size() ? width - s.size() : 0, ' ');
+}
+
+}  // namespace
+
+// ---- Public API ------------------------------------------------------------------------------------
+
+void TrainConfig::validate() const {
+  for (const Key& k : schema())
+    if (!k.valid(*this)) fail(not_accepted(k, *this));
+
+  MOE_REQUIRE(model.d_model % model.n_heads == 0, "config: model.d_model = ", model.d_model,
+              " is not divisible by model.n_heads = ", model.n_heads);
+  MOE_REQUIRE(model.positions != PositionKind::Rotary || model.head_dim() % 2 == 0,
+              "config: model.positions = rotary needs an even head dim, but model.d_model / model.n_heads = ",
+              model.d_model, " / ", model.n_heads, " = ", model.head_dim(), " (use learned, or change either)");
+  MOE_REQUIRE(moe.top_k <= moe.num_experts, "config: moe.top_k = ", moe.top_k,
+              " must be <= moe.num_experts = ", moe.num_experts);
+  MOE_REQUIRE(optim.min_lr <= optim.lr, "config: optim.min_lr = ", format_double(optim.min_lr),
+              " must be <= optim.lr = ", format_double(optim.lr));
+  MOE_REQUIRE(data.source != DataSource::Tokens || !data.train_path.empty(),
+              "config: data.source = tokens needs data.train_path (a token file), which is empty");
+  if (data.source == DataSource::Synthetic) {
+    // The synthetic corpus gives each domain its own band of at least 2 tokens, and each token
+    // `synthetic_branching` distinct successors inside its band.
+    MOE_REQUIRE(model.vocab_size >= 2 * data.synthetic_domains,
+                "config: data.synthetic_domains = ", data.synthetic_domains, " needs model.vocab_size >= 2 * ",
+                data.synthetic_domains, " = ", 2 * data.synthetic_domains,
+                ", but model.vocab_size = ", model.vocab_size);
+    const int64_t band = model.vocab_size / data.synthetic_domains;
+    MOE_REQUIRE(data.synthetic_branching <= band, "config: data.synthetic_branching = ", data.synthetic_branching,
+                " must be <= model.vocab_size / data.synthetic_domains = ", model.vocab_size, " / ",
+                data.synthetic_domains, " = ", band);
+  }
+}
+
+MoEConfig TrainConfig::moe_layer_config() const {
+  MoEConfig m;
+  m.d_model = model.d_model;
+  m.hidden = moe.expert_hidden;
+  m.num_experts = moe.num_experts;
+  m.top_k = moe.top_k;
+  m.activation = moe.activation;
+  m.capacity_factor_train = moe.capacity_factor;
+  m.capacity_factor_eval = moe.eval_capacity_factor;
+  m.min_capacity = moe.min_capacity;
+  m.drop_policy = moe.drop_policy;
+  m.renormalize = moe.renormalize;
+  m.jitter_eps = static_cast<float>(moe.jitter_eps);
+  m.aux_loss_coeff = static_cast<float>(moe.aux_loss_coeff);
+  m.aux_loss_scope = moe.aux_loss_scope;
+  m.z_loss_coeff = static_cast<float>(moe.z_loss_coeff);
+  m.init_std = static_cast<float>(model.init_std);
+  return m;
+}
+
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source_name,
+                               const std::vector<std::string>& overrides) {
+  std::vector<YAML::Node> documents;
+  try {
+    documents = YAML::LoadAll(yaml_text);
+  } catch (const YAML::ParserException& e) {
+    fail(source_name, ":", e.mark.line + 1, ":", e.mark.column + 1, ": YAML syntax error: ", e.msg);
+  }
+  if (documents.size() > 1) fail(source_name, ": holds ", documents.size(), " YAML documents; expected one");
+  TrainConfig cfg;
+  try {
+    if (!documents.empty()) apply_yaml(documents[0], source_name, cfg);
+  } catch (const YAML::Exception& e) {  // not expected after the checks above; named rather than escaping
+    fail(source_name, ": ", e.what());
+  }
+  for (const std::string& arg : overrides) apply_override(arg, cfg);
+  resolve_derived(cfg);
+  cfg.validate();
+  return cfg;
+}
+
+TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
+  return parse_train_config(read_file(yaml_path), yaml_path, overrides);
+}
+
+int resolved_ep(const TrainConfig& cfg, int world_size) {
+  return cfg.parallel.ep == 0 ? world_size : static_cast<int>(cfg.parallel.ep);
+}
+
+void validate_for_world(const TrainConfig& cfg, int world_size) {
+  MOE_REQUIRE(world_size >= 1, "config: the world size ", world_size, " must be >= 1");
+  cfg.validate();
+  const int64_t ep = cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep;
+  const std::string ep_text = cfg.parallel.ep == 0 ? "parallel.ep = " + std::to_string(ep) + " (0 = the world size)"
+                                                   : "parallel.ep = " + std::to_string(ep);
+  MOE_REQUIRE(world_size % ep == 0, "config: ", ep_text, " does not divide the world size ", world_size);
+  MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "config: moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
+              ep_text);
+}
+
+std::string to_yaml(const TrainConfig& cfg) {
+  std::vector<std::string> lines;  // "  key: value", aligned below before the comments are added
+  size_t width = 0;
+  for (const Key& k : schema()) {
+    lines.push_back("  " + k.name + ": " + shown(k, cfg));
+    width = std::max(width, lines.back().size());
+  }
+  std::ostringstream os;
+  os << "# moe-train configuration, resolved: every key, defaults included (moe-train --help lists them).\n";
+  const std::vector<Key>& keys = schema();
+  for (size_t i = 0; i < keys.size(); ++i) {
+    if (i == 0 || keys[i].section != keys[i - 1].section) os << (i == 0 ? "" : "\n") << keys[i].section << ":\n";
+    os << padded(lines[i], width) << "  # " << keys[i].doc << "\n";
+  }
+  return os.str();
+}
+
+std::string config_keys_help() {
+  const TrainConfig defaults;
+  std::vector<std::vector<std::string>> rows = {{"key", "type", "default", "accepted", "meaning"}};
+  for (const Key& k : schema()) rows.push_back({k.path, type_name(k.type), shown(k, defaults), k.accepted, k.doc});
+  std::vector<size_t> width(4, 0);
+  for (const auto& row : rows)
+    for (size_t c = 0; c < width.size(); ++c) width[c] = std::max(width[c], row[c].size());
+  std::ostringstream os;
+  for (const auto& row : rows) {
+    os << "  ";
+    for (size_t c = 0; c < width.size(); ++c) os << padded(row[c], width[c]) << "  ";
+    os << row[4] << "\n";
+  }
+  return os.str();
+}
+
+}  // namespace moe

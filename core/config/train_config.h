@@ -1,0 +1,178 @@
+// The run configuration of moe-train: typed sections read from YAML, `key.path=value` overrides, and
+// strict validation with messages that name the key, the value and what is accepted.
+//
+// Every key is declared once, in the schema in train_config.cpp (path, field, type, accepted range or
+// choices, one-line doc); its default is the field's initializer below. Loading, unknown-key
+// detection, overrides, validation, to_yaml and config_keys_help are all loops over that schema, so
+// a new key is a new field here plus one schema line there. `config_keys_help()` lists every key.
+//
+// Every error is a moe::InvalidArgument whose message starts with "config: ". Nothing here touches
+// MPI or any other shared state: every rank can load and validate the same file before the first
+// collective and reach the same verdict, so a bad config fails identically everywhere.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/moe/moe_config.h"
+#include "optim/lr_schedule.h"
+
+namespace moe {
+
+enum class NormKind { RMSNorm, LayerNorm };
+enum class PositionKind { Rotary, Learned };
+enum class Balancing {
+  AuxLoss,  // the load-balancing loss (moe.aux_loss_coeff) pushes the router towards balance
+  AuxFree,  // per-expert biases added to the routing scores, nudged by moe.bias_update_rate per step
+};
+enum class OptimizerKind { AdamW, SGD };
+enum class DataSource { Synthetic, Tokens };
+enum class ResumeMode { Never, Auto };
+
+struct RunConfig {
+  std::string name = "run";
+  std::string dir;                     // after loading: never empty ("" means runs/<name>)
+  int64_t seed = 1;
+  int64_t steps = 300;
+  int64_t log_every = 10;
+  int64_t eval_every = 100;            // 0 = never
+  int64_t eval_batches = 4;
+  int64_t threads_per_rank = 1;
+  double watchdog_timeout_s = 300.0;
+  int64_t max_nonfinite_steps = 5;     // consecutive non-finite steps before the run stops
+  bool operator==(const RunConfig&) const = default;
+};
+
+struct ModelConfig {
+  int64_t vocab_size = 256;
+  int64_t d_model = 128;
+  int64_t n_layers = 4;
+  int64_t n_heads = 4;
+  int64_t seq_len = 128;
+  NormKind norm = NormKind::RMSNorm;
+  PositionKind positions = PositionKind::Rotary;
+  bool tie_embeddings = true;
+  int64_t moe_every = 2;               // layer i (0-based) is MoE when (i + 1) % moe_every == 0
+  int64_t dense_hidden = 512;
+  Activation dense_activation = Activation::SwiGLU;
+  double init_std = 0.02;
+  bool operator==(const ModelConfig&) const = default;
+
+  int64_t head_dim() const { return d_model / n_heads; }
+  bool is_moe_layer(int64_t layer) const { return (layer + 1) % moe_every == 0; }
+};
+
+struct MoESection {
+  int64_t num_experts = 8;
+  int64_t top_k = 2;
+  int64_t expert_hidden = 256;
+  Activation activation = Activation::SwiGLU;
+  double capacity_factor = 1.25;       // <= 0: dropless
+  double eval_capacity_factor = 2.0;   // <= 0: dropless
+  int64_t min_capacity = 4;
+  DropPolicy drop_policy = DropPolicy::Position;
+  bool renormalize = true;
+  double jitter_eps = 0.0;
+  double aux_loss_coeff = 0.01;
+  AuxLossScope aux_loss_scope = AuxLossScope::Local;
+  double z_loss_coeff = 0.001;
+  int64_t shared_experts = 0;
+  int64_t shared_expert_hidden = 0;    // after loading: never 0 ("0" means expert_hidden)
+  Balancing balancing = Balancing::AuxLoss;
+  double bias_update_rate = 0.001;     // used with balancing = aux_free
+  bool operator==(const MoESection&) const = default;
+};
+
+struct ParallelConfig {
+  int64_t ep = 0;                      // 0 = the world size; see resolved_ep()
+  bool operator==(const ParallelConfig&) const = default;
+};
+
+struct OptimConfig {
+  OptimizerKind name = OptimizerKind::AdamW;
+  double lr = 3e-3;
+  double min_lr = 3e-4;
+  int64_t warmup_steps = 20;
+  LrDecay schedule = LrDecay::Cosine;
+  double beta1 = 0.9;                  // adamw
+  double beta2 = 0.95;                 // adamw
+  double eps = 1e-8;                   // adamw
+  double momentum = 0.9;               // sgd
+  double weight_decay = 0.1;
+  double grad_clip = 1.0;              // max global gradient norm; 0 = off
+  bool operator==(const OptimConfig&) const = default;
+};
+
+struct DataConfig {
+  DataSource source = DataSource::Synthetic;
+  std::string train_path;              // token file; required when source = tokens
+  std::string eval_path;               // empty: the last eval_fraction of the training sequences
+  double eval_fraction = 0.05;
+  int64_t batch_size = 8;              // sequences per rank per step
+  int64_t synthetic_domains = 4;
+  int64_t synthetic_branching = 3;
+  int64_t synthetic_sequences = 20000;
+  bool operator==(const DataConfig&) const = default;
+};
+
+struct CheckpointConfig {
+  std::string dir;                     // after loading: never empty ("" means <run.dir>/checkpoints)
+  int64_t every = 0;                   // 0 = never
+  int64_t keep = 3;
+  ResumeMode resume = ResumeMode::Never;
+  bool operator==(const CheckpointConfig&) const = default;
+};
+
+struct TrainConfig {
+  RunConfig run;
+  ModelConfig model;
+  MoESection moe;
+  ParallelConfig parallel;
+  OptimConfig optim;
+  DataConfig data;
+  CheckpointConfig checkpoint;
+  bool operator==(const TrainConfig&) const = default;
+
+  // Every check that does not depend on the world size: each key's type range or choices, then the
+  // cross-field rules (d_model divisible by n_heads, rotary needs an even head dim, top_k <=
+  // num_experts, min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits the
+  // vocabulary). Throws InvalidArgument naming the keys and values involved.
+  void validate() const;
+
+  // The settings of every MoE layer: d_model and init_std from `model`, hidden = expert_hidden, the
+  // rest from `moe` (capacity_factor -> capacity_factor_train, eval_capacity_factor ->
+  // capacity_factor_eval). Shared experts and balancing are not part of MoEConfig.
+  MoEConfig moe_layer_config() const;
+};
+
+// Reads the YAML file at `yaml_path`, applies `overrides` (each "section.key=value", in order, later
+// ones winning), fills the derived defaults (run.dir, checkpoint.dir, moe.shared_expert_hidden) and
+// validates (TrainConfig::validate). Keys missing from the file keep their defaults; an empty file is
+// the default config. Throws InvalidArgument, naming the file with line:column where known, for: an
+// unreadable file (with the OS error), a YAML syntax error, an unknown key (with its full path and
+// the closest valid key), a non-map where a section is expected or a map/sequence where a value is
+// expected, a key given twice, a value of the wrong type, a value out of range, and a malformed
+// override (no '=', unknown path, wrong type; the message quotes the argument).
+TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
+
+// As load_train_config, with the YAML given as text; `source_name` stands for the file in messages.
+TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source_name,
+                               const std::vector<std::string>& overrides = {});
+
+// parallel.ep with 0 resolved to world_size. Does not validate.
+int resolved_ep(const TrainConfig& cfg, int world_size);
+
+// cfg.validate(), then the checks that need the world size: world_size >= 1, the resolved ep divides
+// world_size, moe.num_experts is divisible by the resolved ep. Throws InvalidArgument naming the
+// values. Pure and local: call it on every rank before the first collective.
+void validate_for_world(const TrainConfig& cfg, int world_size);
+
+// Every key in schema order, as YAML with one section per map and a comment per key; strings are
+// double-quoted. load_train_config / parse_train_config read it back to an equal TrainConfig.
+std::string to_yaml(const TrainConfig& cfg);
+
+// One line per key: path, type, default, accepted values, doc. For `moe-train --help`.
+std::string config_keys_help();
+
+}  // namespace moe

@@ -1,0 +1,124 @@
+// AttentionLayer (core/model/attention_layer.h): QKV projection -> rotary -> causal attention ->
+// output projection, and the same path in reverse.
+#include "core/model/attention_layer.h"
+
+#include <cmath>
+
+#include "core/check.h"
+#include "core/ops.h"
+#include "core/random.h"
+
+namespace moe {
+
+namespace {
+void zeroed(Tensor& buffer, const Shape& shape) {
+  buffer.resize(shape);
+  buffer.zero();
+}
+}  // namespace
+
+void AttentionConfig::validate() const {
+  MOE_REQUIRE(d_model >= 1, "attention: d_model = ", d_model, " must be >= 1");
+  MOE_REQUIRE(n_heads >= 1 && d_model % n_heads == 0, "attention: n_heads = ", n_heads,
+              " must be >= 1 and divide d_model = ", d_model);
+  MOE_REQUIRE(seq_len >= 1, "attention: seq_len = ", seq_len, " must be >= 1");
+  MOE_REQUIRE(!rotary || head_dim() % 2 == 0, "attention: head_dim = d_model / n_heads = ", head_dim(),
+              " must be even for rotary position embedding");
+  MOE_REQUIRE(std::isfinite(rope_theta) && rope_theta > 0.f, "attention: rope_theta = ", rope_theta,
+              " must be finite and > 0");
+  MOE_REQUIRE(std::isfinite(init_std) && init_std > 0.f, "attention: init_std = ", init_std,
+              " must be finite and > 0");
+  MOE_REQUIRE(std::isfinite(out_init_std) && out_init_std > 0.f, "attention: out_init_std = ", out_init_std,
+              " must be finite and > 0");
+}
+
+AttentionLayer::AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name) : cfg_(cfg) {
+  cfg_.validate();
+  const int64_t d = cfg_.d_model;
+  weights.w_qkv = Tensor::empty({d, 3 * d});
+  weights.w_out = Tensor::empty({d, d});
+  fill_normal(weights.w_qkv, cfg_.init_std, stream_id(seed, name + ".w_qkv"));
+  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, name + ".w_out"));
+  grads.w_qkv = Tensor::zeros(weights.w_qkv.shape());
+  grads.w_out = Tensor::zeros(weights.w_out.shape());
+}
+
+void AttentionLayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
+  registry.add(prefix + ".w_qkv", weights.w_qkv, grads.w_qkv, ParamKind::Dense);
+  registry.add(prefix + ".w_out", weights.w_out, grads.w_out, ParamKind::Dense);
+}
+
+void AttentionLayer::make_split_indices(int64_t N) {
+  if (index_q_.defined() && index_q_.dim(0) == N) return;
+  index_q_ = Tensor::empty({N}, DType::I32);
+  index_k_ = Tensor::empty({N}, DType::I32);
+  index_v_ = Tensor::empty({N}, DType::I32);
+  for (int64_t n = 0; n < N; ++n) {
+    index_q_.i32()[n] = static_cast<int32_t>(3 * n);
+    index_k_.i32()[n] = static_cast<int32_t>(3 * n + 1);
+    index_v_.i32()[n] = static_cast<int32_t>(3 * n + 2);
+  }
+}
+
+// x, y (N, d) with N = B * S.
+void AttentionLayer::forward(Tensor& y, const Tensor& x) {
+  const char* op = "AttentionLayer::forward";
+  require_rank(op, "x", x, 2);
+  const int64_t N = x.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
+  MOE_REQUIRE(x.dim(1) == d && N % S == 0, op, ": x has shape ", to_string(x.shape()),
+              ", expected (B * seq_len, d_model) with seq_len = ", S, ", d_model = ", d);
+  MOE_REQUIRE(N * 3 <= INT32_MAX, op, ": ", N, " tokens exceed the int32 row indices");
+  x_ = x;
+  make_split_indices(N);
+
+  qkv_.resize({N, 3 * d});
+  linear_forward(qkv_, x, weights.w_qkv, nullptr);  // (N, 3d)
+  // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
+  const Tensor qkv_rows = qkv_.reshape({3 * N, d});
+  q_.resize({N, d});
+  k_.resize({N, d});
+  v_.resize({N, d});
+  gather_rows(q_, qkv_rows, index_q_);
+  gather_rows(k_, qkv_rows, index_k_);
+  gather_rows(v_, qkv_rows, index_v_);
+  if (cfg_.rotary) {
+    rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
+    rotary_forward(k_, k_, H, S, cfg_.rope_theta);
+  }
+  probs_.resize({N / S, H, S, S});
+  attn_.resize({N, d});
+  causal_attention_forward(attn_, probs_, q_, k_, v_, H, S);
+  linear_forward(y, attn_, weights.w_out, nullptr);  // (N, d)
+}
+
+// dx, dy (N, d).
+void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
+  MOE_REQUIRE(x_.defined(), "AttentionLayer::backward called before forward");
+  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
+  require_shape("AttentionLayer::backward", "dy", dy, {N, d});
+
+  zeroed(d_attn_, {N, d});
+  linear_backward(&d_attn_, &grads.w_out, nullptr, dy, attn_, weights.w_out);
+  zeroed(dq_, {N, d});
+  zeroed(dk_, {N, d});
+  zeroed(dv_, {N, d});
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, probs_, H, S);
+
+  zeroed(dqkv_, {N, 3 * d});
+  Tensor dqkv_rows = dqkv_.reshape({3 * N, d});
+  if (cfg_.rotary) {
+    zeroed(d_pre_, {N, d});
+    rotary_backward(d_pre_, dq_, H, S, cfg_.rope_theta);
+    scatter_add_rows(dqkv_rows, d_pre_, index_q_);
+    d_pre_.zero();
+    rotary_backward(d_pre_, dk_, H, S, cfg_.rope_theta);
+    scatter_add_rows(dqkv_rows, d_pre_, index_k_);
+  } else {
+    scatter_add_rows(dqkv_rows, dq_, index_q_);
+    scatter_add_rows(dqkv_rows, dk_, index_k_);
+  }
+  scatter_add_rows(dqkv_rows, dv_, index_v_);
+  linear_backward(&dx, &grads.w_qkv, nullptr, dqkv_, x_, weights.w_qkv);
+}
+
+}  // namespace moe

@@ -1,0 +1,84 @@
+// AttentionLayer: causal multi-head self-attention with a fused QKV projection, optional rotary
+// position embedding and an output projection (no biases), forward and backward side by side.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/parameters.h"
+#include "core/tensor.h"
+
+namespace moe {
+
+struct AttentionConfig {
+  int64_t d_model = 0;
+  int64_t n_heads = 0;          // head_dim = d_model / n_heads
+  int64_t seq_len = 0;          // S: inputs hold B whole sequences of S tokens, sequence-major
+  bool rotary = true;           // rotate q and k by position (RoPE)
+  float rope_theta = 10000.f;
+  float init_std = 0.02f;       // w_qkv ~ N(0, init_std)
+  float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
+
+  // Throws InvalidArgument naming the first bad field: sizes >= 1, n_heads divides d_model, an even
+  // head_dim with rotary, finite theta > 0, finite init stds > 0.
+  void validate() const;
+  int64_t head_dim() const { return d_model / n_heads; }
+};
+
+struct AttentionWeights {
+  Tensor w_qkv;  // (d, 3d): columns [q | k | v], head h at columns [h Dh, (h+1) Dh) of each third
+  Tensor w_out;  // (d, d)
+};
+
+// Not thread-safe: forward saves what backward reads. Activation buffers are members, resized (not
+// reallocated) when the token count stays the same, so memory stays flat over a run.
+class AttentionLayer {
+ public:
+  // Validates cfg; draws w_qkv and w_out from the counter-based streams (seed, "<name>.w_qkv") and
+  // (seed, "<name>.w_out"), so every rank with the same seed and name gets the same weights.
+  AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name);
+
+  // x (B*S, d) -> y (B*S, d), overwritten; y must not be x. The rows are B sequences of S = seq_len
+  // tokens, row b*S + s being position s of sequence b. Keeps a reference to x for backward: leave
+  // it unchanged until then.
+  void forward(Tensor& y, const Tensor& x);
+  // dy (B*S, d): accumulates dx (B*S, d) += dL/dx and the weight gradients. dx must not be dy.
+  void backward(Tensor& dx, const Tensor& dy);
+
+  // Adds "<prefix>.w_qkv" and "<prefix>.w_out" (Dense, with weight decay).
+  void register_parameters(ParameterRegistry& registry, const std::string& prefix);
+
+  const AttentionConfig& config() const { return cfg_; }
+  int64_t num_params() const { return weights.w_qkv.numel() + weights.w_out.numel(); }
+  // (B, H, S, S) attention weights of the last forward.
+  const Tensor& probs() const { return probs_; }
+
+  AttentionWeights weights;
+  AttentionWeights grads;
+
+ private:
+  // Row indices of q, k and v in qkv viewed as (3N, d): 3n, 3n + 1, 3n + 2.
+  void make_split_indices(int64_t N);
+
+  AttentionConfig cfg_;
+
+  // Saved by forward for backward.
+  Tensor x_;      // (N, d) the input (shared storage)
+  Tensor qkv_;    // (N, 3d)
+  Tensor q_;      // (N, d) after rotary (when on)
+  Tensor k_;      // (N, d) after rotary (when on)
+  Tensor v_;      // (N, d)
+  Tensor probs_;  // (B, H, S, S)
+  Tensor attn_;   // (N, d) attention output before the projection
+  Tensor index_q_, index_k_, index_v_;  // (N) int32
+
+  // Backward scratch.
+  Tensor d_attn_;  // (N, d)
+  Tensor dq_;      // (N, d) gradient w.r.t. the rotated q
+  Tensor dk_;      // (N, d)
+  Tensor dv_;      // (N, d)
+  Tensor d_pre_;   // (N, d) gradient w.r.t. q or k before rotary
+  Tensor dqkv_;    // (N, 3d)
+};
+
+}  // namespace moe

@@ -1,0 +1,325 @@
+// TransformerLM (core/model/transformer.h): the layers wired into a decoder-only language model,
+// forward and backward, and its parameter and FLOP counts.
+#include "core/model/transformer.h"
+
+#include <climits>
+#include <cmath>
+#include <string>
+
+#include "core/check.h"
+#include "core/ops.h"
+#include "core/random.h"
+
+namespace moe {
+
+namespace {
+
+std::string layer_name(int64_t layer, const char* part) { return detail::concat("layers.", layer, ".", part); }
+
+void zeroed(Tensor& buffer, const Shape& shape) {
+  buffer.resize(shape);
+  buffer.zero();
+}
+
+// Parameters of a NormLayer of width d.
+int64_t norm_params(const TransformerConfig& cfg) {
+  return cfg.norm == NormKind::LayerNorm ? 2 * cfg.d_model : cfg.d_model;
+}
+
+int64_t ffn_params(int64_t d, int64_t hidden, Activation activation) {
+  return d * (activation == Activation::SwiGLU ? 2 * hidden : hidden) + hidden * d;
+}
+
+// Parameters of the model with `experts_per_moe_layer` experts counted in each MoE layer.
+int64_t count_params(const TransformerConfig& cfg, int64_t experts_per_moe_layer) {
+  const int64_t V = cfg.vocab_size, d = cfg.d_model;
+  int64_t n = V * d;                                        // embedding
+  if (cfg.positions == PositionKind::Learned) n += cfg.seq_len * d;
+  for (int64_t i = 0; i < cfg.n_layers; ++i) {
+    n += 2 * norm_params(cfg) + 4 * d * d;                  // norms, w_qkv, w_out
+    if (cfg.is_moe_layer(i)) {
+      const MoEConfig m = cfg.moe_layer_config();
+      n += d * m.num_experts;                               // router
+      n += experts_per_moe_layer * ffn_params(d, m.hidden, m.activation);
+      if (cfg.shared_experts > 0) n += ffn_params(d, cfg.shared_hidden(), m.activation);
+    } else {
+      n += ffn_params(d, cfg.dense_hidden, cfg.dense_activation);
+    }
+  }
+  n += norm_params(cfg);                                    // final norm
+  if (!cfg.tie_embeddings) n += d * V;                      // head
+  return n;
+}
+
+}  // namespace
+
+// ---- config ----
+
+void TransformerConfig::validate() const {
+  MOE_REQUIRE(vocab_size >= 1, "model: vocab_size = ", vocab_size, " must be >= 1");
+  MOE_REQUIRE(vocab_size <= INT32_MAX, "model: vocab_size = ", vocab_size, " must fit int32 token ids");
+  MOE_REQUIRE(d_model >= 1, "model: d_model = ", d_model, " must be >= 1");
+  MOE_REQUIRE(n_layers >= 1, "model: n_layers = ", n_layers, " must be >= 1");
+  MOE_REQUIRE(n_heads >= 1 && d_model % n_heads == 0, "model: n_heads = ", n_heads,
+              " must be >= 1 and divide d_model = ", d_model);
+  MOE_REQUIRE(seq_len >= 1, "model: seq_len = ", seq_len, " must be >= 1");
+  MOE_REQUIRE(std::isfinite(norm_eps) && norm_eps >= 0.f, "model: norm_eps = ", norm_eps,
+              " must be finite and >= 0");
+  MOE_REQUIRE(positions != PositionKind::Rotary || head_dim() % 2 == 0, "model: head_dim = d_model / n_heads = ",
+              head_dim(), " must be even for rotary positions (or use learned positions)");
+  MOE_REQUIRE(std::isfinite(rope_theta) && rope_theta > 0.f, "model: rope_theta = ", rope_theta,
+              " must be finite and > 0");
+  MOE_REQUIRE(moe_every >= 0, "model: moe_every = ", moe_every, " must be >= 0 (0: no MoE layers)");
+  MOE_REQUIRE(std::isfinite(init_std) && init_std > 0.f, "model: init_std = ", init_std,
+              " must be finite and > 0");
+  const bool any_dense = moe_every != 1;
+  MOE_REQUIRE(!any_dense || dense_hidden >= 1, "model: dense_hidden = ", dense_hidden,
+              " must be >= 1 (moe_every = ", moe_every, " leaves dense layers)");
+  if (num_moe_layers() == 0) return;
+  MOE_REQUIRE(moe.d_model == 0 || moe.d_model == d_model, "model: moe.d_model = ", moe.d_model,
+              " must be 0 or d_model = ", d_model);
+  moe_layer_config().validate();
+  MOE_REQUIRE(shared_experts >= 0, "model: shared_experts = ", shared_experts, " must be >= 0");
+  MOE_REQUIRE(shared_expert_hidden >= 0, "model: shared_expert_hidden = ", shared_expert_hidden,
+              " must be >= 0 (0: moe.hidden)");
+}
+
+MoEConfig TransformerConfig::moe_layer_config() const {
+  MoEConfig m = moe;
+  m.d_model = d_model;
+  return m;
+}
+
+int64_t TransformerConfig::shared_hidden() const {
+  if (shared_experts <= 0) return 0;
+  return shared_experts * (shared_expert_hidden > 0 ? shared_expert_hidden : moe.hidden);
+}
+
+// ---- construction ----
+
+TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ProcessGroups* groups)
+    : norm1(cfg.norm, cfg.d_model, cfg.norm_eps),
+      norm2(cfg.norm, cfg.d_model, cfg.norm_eps),
+      attn(
+          [&] {
+            AttentionConfig ac;
+            ac.d_model = cfg.d_model;
+            ac.n_heads = cfg.n_heads;
+            ac.seq_len = cfg.seq_len;
+            ac.rotary = cfg.positions == PositionKind::Rotary;
+            ac.rope_theta = cfg.rope_theta;
+            ac.init_std = cfg.init_std;
+            ac.out_init_std = cfg.init_std / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
+            return ac;
+          }(),
+          seed, layer_name(layer, "attn")) {
+  const float out_scale = 1.f / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
+  if (!cfg.is_moe_layer(layer)) {
+    DenseFFNConfig f;
+    f.d_model = cfg.d_model;
+    f.hidden = cfg.dense_hidden;
+    f.activation = cfg.dense_activation;
+    f.init_std = cfg.init_std;
+    f.out_init_std = cfg.init_std * out_scale;
+    ffn = std::make_unique<DenseFFN>(f, seed, layer_name(layer, "ffn"));
+    return;
+  }
+  moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, layer_name(layer, "moe")), groups);
+  // The experts' output projections write into the residual stream like every w_out: same scaling.
+  float* w = moe->weights.w_out.f32();
+  for (int64_t i = 0; i < moe->weights.w_out.numel(); ++i) w[i] *= out_scale;
+  if (cfg.shared_experts > 0) {
+    DenseFFNConfig f;
+    f.d_model = cfg.d_model;
+    f.hidden = cfg.shared_hidden();
+    f.activation = cfg.moe.activation;
+    f.init_std = cfg.init_std;
+    f.out_init_std = cfg.init_std * out_scale;
+    shared = std::make_unique<DenseFFN>(f, seed, layer_name(layer, "shared"));
+  }
+}
+
+TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ProcessGroups* groups)
+    : cfg_([&] {
+        cfg.validate();
+        return cfg;
+      }()),
+      final_norm_(cfg.norm, cfg.d_model, cfg.norm_eps) {
+  cfg_.moe = cfg_.moe_layer_config();
+  const int64_t V = cfg_.vocab_size, d = cfg_.d_model;
+  weights.embedding = Tensor::empty({V, d});
+  fill_normal(weights.embedding, cfg_.init_std, stream_id(seed, "embedding"));
+  grads.embedding = Tensor::zeros({V, d});
+  if (cfg_.positions == PositionKind::Learned) {
+    weights.positions = Tensor::empty({cfg_.seq_len, d});
+    fill_normal(weights.positions, cfg_.init_std, stream_id(seed, "positions"));
+    grads.positions = Tensor::zeros({cfg_.seq_len, d});
+  }
+  for (int64_t i = 0; i < cfg_.n_layers; ++i) blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, groups));
+  if (!cfg_.tie_embeddings) {
+    weights.head = Tensor::empty({d, V});
+    fill_normal(weights.head, cfg_.init_std, stream_id(seed, "head"));
+    grads.head = Tensor::zeros({d, V});
+  }
+}
+
+void TransformerLM::register_parameters(ParameterRegistry& registry) {
+  registry.add("embedding", weights.embedding, grads.embedding, ParamKind::Dense);
+  if (cfg_.positions == PositionKind::Learned)
+    registry.add("positions", weights.positions, grads.positions, ParamKind::Dense);
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& blk = *blocks_[i];
+    const int64_t layer = static_cast<int64_t>(i);
+    blk.norm1.register_parameters(registry, layer_name(layer, "norm1"));
+    blk.attn.register_parameters(registry, layer_name(layer, "attn"));
+    blk.norm2.register_parameters(registry, layer_name(layer, "norm2"));
+    if (blk.ffn) blk.ffn->register_parameters(registry, layer_name(layer, "ffn"));
+    if (blk.moe) blk.moe->register_parameters(registry, layer_name(layer, "moe"));
+    if (blk.shared) blk.shared->register_parameters(registry, layer_name(layer, "shared"));
+  }
+  final_norm_.register_parameters(registry, "final_norm");
+  if (!cfg_.tie_embeddings) registry.add("head", weights.head, grads.head, ParamKind::Dense);
+}
+
+// ---- forward and backward ----
+
+// inputs, targets (N) with N = B * S; every activation (N, d) unless noted.
+float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool training) {
+  const char* op = "TransformerLM::forward";
+  require_rank(op, "inputs", inputs, 1);
+  require_dtype(op, "inputs", inputs, DType::I32);
+  const int64_t N = inputs.dim(0), S = cfg_.seq_len, d = cfg_.d_model, V = cfg_.vocab_size;
+  MOE_REQUIRE(N % S == 0, op, ": inputs has ", N, " tokens, expected whole sequences of seq_len = ", S);
+  require_shape(op, "targets", targets, {N});
+  require_dtype(op, "targets", targets, DType::I32);
+  forward_done_ = false;  // until this forward completes: a forward that throws leaves no backward
+  inputs_ = inputs;
+  targets_ = targets;
+
+  h0_.resize({N, d});
+  embedding_forward(h0_, inputs, weights.embedding);
+  if (cfg_.positions == PositionKind::Learned) {
+    if (!position_ids_.defined() || position_ids_.dim(0) != N) {
+      position_ids_ = Tensor::empty({N}, DType::I32);
+      for (int64_t n = 0; n < N; ++n) position_ids_.i32()[n] = static_cast<int32_t>(n % S);
+    }
+    position_rows_.resize({N, d});
+    embedding_forward(position_rows_, position_ids_, weights.positions);
+    add_scaled(h0_, position_rows_, 1.f);
+  }
+
+  for (size_t i = 0; i < blocks_.size(); ++i) {
+    Block& blk = *blocks_[i];
+    const Tensor& x = block_input(i);
+    blk.a.resize({N, d});
+    blk.r.resize({N, d});
+    blk.b.resize({N, d});
+    blk.out.resize({N, d});
+    blk.norm1.forward(blk.a, x);
+    blk.attn.forward(blk.r, blk.a);
+    add_scaled(blk.r, x, 1.f);  // r = x + attn(norm1(x))
+    blk.norm2.forward(blk.b, blk.r);
+    if (blk.moe) {
+      blk.moe->forward(blk.out, blk.b, training);
+      if (blk.shared) {
+        blk.shared_out.resize({N, d});
+        blk.shared->forward(blk.shared_out, blk.b);
+        add_scaled(blk.out, blk.shared_out, 1.f);
+      }
+    } else {
+      blk.ffn->forward(blk.out, blk.b);
+    }
+    add_scaled(blk.out, blk.r, 1.f);  // out = r + ffn(norm2(r))
+  }
+
+  z_.resize({N, d});
+  final_norm_.forward(z_, block_input(blocks_.size()));
+  logits_.resize({N, V});
+  if (cfg_.tie_embeddings)
+    linear_transposed_forward(logits_, z_, weights.embedding);  // z E^T
+  else
+    linear_forward(logits_, z_, weights.head, nullptr);
+  probs_.resize({N, V});
+  const float loss = cross_entropy_forward(probs_, logits_, targets);
+  forward_done_ = true;
+  return loss;
+}
+
+void TransformerLM::backward() {
+  MOE_REQUIRE(forward_done_, "TransformerLM::backward called before forward (or after a forward that failed)");
+  const int64_t N = inputs_.dim(0), d = cfg_.d_model;
+  Tensor& dlogits = logits_;  // the logits are not needed any more: reuse their (N, V) buffer
+  dlogits.zero();
+  cross_entropy_backward(dlogits, probs_, targets_, 1.f);
+  zeroed(dz_, {N, d});
+  if (cfg_.tie_embeddings)
+    linear_transposed_backward(&dz_, &grads.embedding, dlogits, z_, weights.embedding);  // += head part
+  else
+    linear_backward(&dz_, &grads.head, nullptr, dlogits, z_, weights.head);
+  zeroed(dh_, {N, d});
+  final_norm_.backward(dh_, dz_);
+
+  // dh_ holds dL/d(block output); each step turns it into dL/d(block input) in place: the residual
+  // carries it through unchanged and the branches' input gradients are added to it.
+  for (size_t i = blocks_.size(); i-- > 0;) {
+    Block& blk = *blocks_[i];
+    zeroed(dbranch_, {N, d});  // dL/db
+    if (blk.moe) {
+      blk.moe->backward(dbranch_, dh_);
+      if (blk.shared) blk.shared->backward(dbranch_, dh_);
+    } else {
+      blk.ffn->backward(dbranch_, dh_);
+    }
+    blk.norm2.backward(dh_, dbranch_);  // dh_ = dL/dr
+    dbranch_.zero();                    // dL/da
+    blk.attn.backward(dbranch_, dh_);
+    blk.norm1.backward(dh_, dbranch_);  // dh_ = dL/dx
+  }
+
+  embedding_backward(grads.embedding, dh_, inputs_);  // += lookup part
+  if (cfg_.positions == PositionKind::Learned) embedding_backward(grads.positions, dh_, position_ids_);
+}
+
+// ---- accessors and counts ----
+
+double TransformerLM::aux_loss() const {
+  double sum = 0.0;
+  for (const auto& blk : blocks_)
+    if (blk->moe) sum += blk->moe->stats().aux_loss;
+  return sum;
+}
+
+double TransformerLM::z_loss() const {
+  double sum = 0.0;
+  for (const auto& blk : blocks_)
+    if (blk->moe) sum += blk->moe->stats().z_loss;
+  return sum;
+}
+
+MoELayer* TransformerLM::moe_layer(int64_t layer) { return blocks_.at(static_cast<size_t>(layer))->moe.get(); }
+
+const MoELayer* TransformerLM::moe_layer(int64_t layer) const {
+  return blocks_.at(static_cast<size_t>(layer))->moe.get();
+}
+
+std::vector<MoELayer*> TransformerLM::moe_layers() {
+  std::vector<MoELayer*> layers;
+  for (const auto& blk : blocks_)
+    if (blk->moe) layers.push_back(blk->moe.get());
+  return layers;
+}
+
+int64_t TransformerLM::total_params() const { return count_params(cfg_, cfg_.moe.num_experts); }
+
+int64_t TransformerLM::active_params_per_token() const { return count_params(cfg_, cfg_.moe.top_k); }
+
+double TransformerLM::flops_per_token() const {
+  int64_t n = active_params_per_token();
+  if (!cfg_.tie_embeddings) n -= cfg_.vocab_size * cfg_.d_model;                      // lookup only
+  if (cfg_.positions == PositionKind::Learned) n -= cfg_.seq_len * cfg_.d_model;      // lookup only
+  return 6.0 * static_cast<double>(n) +
+         12.0 * static_cast<double>(cfg_.n_layers) * static_cast<double>(cfg_.d_model) *
+             static_cast<double>(cfg_.seq_len);
+}
+
+}  // namespace moe

@@ -1,0 +1,166 @@
+// TransformerLM: the decoder-only language model of the trainer. Token embedding (+ learned
+// positions) -> n_layers x [x += attn(norm1(x)); x += ffn(norm2(x))] -> final norm -> head ->
+// cross-entropy, where ffn is an MoE layer (with optional shared expert) every moe_every layers and a
+// dense FFN otherwise. Explicit forward and backward, one layer class per block part (core/model/*.h).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/model/attention_layer.h"
+#include "core/model/dense_ffn.h"
+#include "core/model/model_options.h"
+#include "core/model/norm_layer.h"
+#include "core/moe/moe_config.h"
+#include "core/moe/moe_layer.h"
+#include "core/parameters.h"
+#include "core/tensor.h"
+#include "parallel/process_groups.h"
+
+namespace moe {
+
+struct TransformerConfig {
+  int64_t vocab_size = 0;       // V
+  int64_t d_model = 0;          // d
+  int64_t n_layers = 0;         // L
+  int64_t n_heads = 0;          // H, dividing d
+  int64_t seq_len = 0;          // S: every batch is B whole sequences of S tokens
+  NormKind norm = NormKind::RMSNorm;
+  float norm_eps = 1e-5f;
+  PositionKind positions = PositionKind::Rotary;
+  float rope_theta = 10000.f;
+  bool tie_embeddings = false;  // logits = x E^T with the token embedding E instead of a head
+  int64_t moe_every = 2;        // layer i (0-based) is MoE when (i + 1) % moe_every == 0; 0: no MoE
+  int64_t dense_hidden = 0;     // hidden size of the dense layers' FFN (>= 1 when any layer is dense)
+  Activation dense_activation = Activation::GELU;
+  float init_std = 0.02f;       // N(0, init_std) for every dense matrix; output projections (w_out of
+                                // attention, FFNs and experts) get init_std / sqrt(2 n_layers) (GPT-2)
+  MoEConfig moe;                // the MoE layers; moe.d_model is 0 (taken from d_model) or d_model;
+                                // the experts use moe.init_std (before the output scaling)
+  int64_t shared_experts = 0;   // > 0: each MoE layer adds a dense FFN of hidden
+  int64_t shared_expert_hidden = 0;  // shared_experts * shared_expert_hidden (0: moe.hidden), with
+                                     // moe.activation, that every token passes through
+
+  // Throws InvalidArgument naming the first bad field, its value and what is accepted; includes
+  // moe.validate() when the model has MoE layers.
+  void validate() const;
+  bool is_moe_layer(int64_t layer) const { return moe_every >= 1 && (layer + 1) % moe_every == 0; }
+  int64_t num_moe_layers() const { return moe_every >= 1 ? n_layers / moe_every : 0; }
+  int64_t head_dim() const { return d_model / n_heads; }
+  // The MoE layers' settings: moe with d_model filled in.
+  MoEConfig moe_layer_config() const;
+  // Hidden size of the shared-expert FFN (0 without shared experts).
+  int64_t shared_hidden() const;
+};
+
+// One process's replica of the model (with expert parallelism, its shard of each MoE layer's experts).
+// Not thread-safe. Forward saves every activation its backward needs in member buffers that are
+// resized, not reallocated, when the batch shape repeats: memory stays flat over a long run.
+class TransformerLM {
+ public:
+  // Validates cfg and initialises every weight from counter-based streams of (seed, parameter name)
+  // (norm gains 1, biases 0), so every rank draws identical dense weights and expert e's weights
+  // wherever it lives. groups == nullptr: one process holding every expert; otherwise each MoE layer
+  // holds groups->layout's experts and exchanges tokens over its groups (which must outlive the model).
+  TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ProcessGroups* groups = nullptr);
+
+  // inputs, targets (B*S) int32, sequence-major (row b*S + s is position s of sequence b); inputs in
+  // [0, V), targets in [0, V) or -1 (ignored). Returns the mean cross-entropy over non-ignored targets;
+  // the MoE layers' auxiliary losses are aux_loss() and z_loss(). training = false runs the MoE layers
+  // with their evaluation capacity factor and without router jitter. Keeps references to inputs and
+  // targets (not copies) for backward: leave them unchanged until then. Collective over the expert
+  // groups when distributed (every rank must call it, with the same B).
+  float forward(const Tensor& inputs, const Tensor& targets, bool training);
+
+  // Backward of the last forward from dloss = 1 on its cross-entropy: accumulates into every
+  // registered gradient (zero them first). Each MoE layer adds the gradients of its own aux and
+  // z-losses, so the gradients are those of CE + aux_loss() + z_loss(). With a tied head the
+  // embedding gradient receives both the head's and the lookup's contribution. Overwrites logits().
+  void backward();
+
+  // Registers every parameter under its name: "embedding", "positions" (learned positions),
+  // "layers.<i>.norm1.g" (".b" for LayerNorm), "layers.<i>.attn.w_qkv", "layers.<i>.attn.w_out",
+  // "layers.<i>.norm2.g", then for a dense layer "layers.<i>.ffn.w_in", "layers.<i>.ffn.w_out", for
+  // an MoE layer "layers.<i>.moe.w_gate" (Dense), "layers.<i>.moe.w_in", "layers.<i>.moe.w_out"
+  // (Expert) and "layers.<i>.shared.w_in", "layers.<i>.shared.w_out"; "final_norm.g" (".b"), and
+  // "head" when untied. Norm gains and biases have weight_decay = false.
+  void register_parameters(ParameterRegistry& registry);
+
+  const TransformerConfig& config() const { return cfg_; }
+
+  // Sums over the MoE layers of stats().aux_loss and stats().z_loss of the last forward (already
+  // multiplied by their coefficients).
+  double aux_loss() const;
+  double z_loss() const;
+  // The MoE layer of layer i, or nullptr when layer i is dense; all MoE layers in layer order.
+  MoELayer* moe_layer(int64_t layer);
+  const MoELayer* moe_layer(int64_t layer) const;
+  std::vector<MoELayer*> moe_layers();
+  AttentionLayer& attention(int64_t layer) { return blocks_.at(layer)->attn; }
+
+  // (B*S, V) logits of the last forward; valid until backward(), which reuses the buffer.
+  const Tensor& logits() const { return logits_; }
+
+  // Parameter counts of the whole model (every expert, whichever rank holds it), from the config.
+  int64_t total_params() const;
+  // Parameters one token's forward touches: everything except the (E - top_k) unchosen experts of
+  // each MoE layer (router, top_k experts, shared expert, attention, norms, dense FFNs, embedding
+  // tables and head all count).
+  int64_t active_params_per_token() const;
+  // Model FLOPs per token of one training step (forward + backward), as in the PaLM paper's appendix B:
+  //   6 * N + 12 * n_layers * d_model * seq_len,
+  // N = active_params_per_token() less the tables read by lookup rather than matmul (the token
+  // embedding when untied; when tied it is the head's matrix and counts once; the learned positions).
+  // 6 = 2 FLOPs per multiply-add x (1 forward + 2 backward). The second term is Q K^T and P V over the
+  // full S x S (not halved for the causal mask, as PaLM counts): 2 matmuls x 2 S d, x3 with backward.
+  // MFU = flops_per_token * tokens/s / peak FLOP/s.
+  double flops_per_token() const;
+
+  struct Weights {
+    Tensor embedding;  // (V, d)
+    Tensor positions;  // (S, d), learned positions only
+    Tensor head;       // (d, V), untied only
+  };
+  Weights weights;
+  Weights grads;
+
+ private:
+  struct Block {
+    Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ProcessGroups* groups);
+    NormLayer norm1, norm2;
+    AttentionLayer attn;
+    std::unique_ptr<DenseFFN> ffn;     // dense layers
+    std::unique_ptr<MoELayer> moe;     // MoE layers
+    std::unique_ptr<DenseFFN> shared;  // MoE layers with shared experts
+    // Saved activations, (N, d) each.
+    Tensor a;       // norm1(x)
+    Tensor r;       // x + attn(a)
+    Tensor b;       // norm2(r)
+    Tensor out;     // r + ffn(b): the block's output
+    Tensor shared_out;  // shared(b)
+  };
+  const Tensor& block_input(size_t i) const { return i == 0 ? h0_ : blocks_[i - 1]->out; }
+
+  TransformerConfig cfg_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  NormLayer final_norm_;
+
+  // Saved by forward.
+  bool forward_done_ = false;
+  Tensor inputs_, targets_;  // (N) int32, shared storage with the caller's
+  Tensor position_ids_;      // (N) int32: n % S
+  Tensor h0_;                // (N, d) embedding (+ positions)
+  Tensor position_rows_;     // (N, d) positions[n % S]
+  Tensor z_;                 // (N, d) final norm output
+  Tensor logits_;            // (N, V); the backward's dlogits
+  Tensor probs_;             // (N, V)
+
+  // Backward scratch.
+  Tensor dz_;      // (N, d)
+  Tensor dh_;      // (N, d) gradient of the residual stream
+  Tensor dbranch_; // (N, d) gradient of a norm output (attention or FFN input)
+};
+
+}  // namespace moe

@@ -1,0 +1,239 @@
+// The token file's writer and reader (format: data/token_file.h, docs/token-file-format.md).
+#include "data/token_file.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <utility>
+
+#include "core/check.h"
+
+namespace moe {
+namespace {
+
+constexpr size_t kChunkBytes = size_t{1} << 20;  // tokens are encoded/decoded through this buffer
+
+void put_le(uint8_t* p, uint64_t v, int bytes) {
+  for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+uint64_t get_le(const uint8_t* p, int bytes) {
+  uint64_t v = 0;
+  for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
+  return v;
+}
+
+// Writes all n bytes; false with errno set on failure.
+bool write_all(int fd, const uint8_t* p, size_t n) {
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, n);
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+// Reads exactly n bytes; returns the number read (< n at end of file or on error, errno then set).
+size_t read_all(int fd, uint8_t* p, size_t n) {
+  size_t done = 0;
+  while (done < n) {
+    ssize_t r = ::read(fd, p + done, n - done);
+    if (r < 0) {
+      if (errno == EINTR) continue;
+      return done;
+    }
+    if (r == 0) break;
+    done += static_cast<size_t>(r);
+  }
+  return done;
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+// Closes the descriptor when it goes out of scope.
+struct FdCloser {
+  int fd;
+  ~FdCloser() {
+    if (fd >= 0) ::close(fd);
+  }
+};
+
+TokenFileStatus fail(TokenFileStatus::Code code, std::string message) {
+  return TokenFileStatus{code, std::move(message)};
+}
+
+// The directory holding `path`, for the fsync that makes a rename durable.
+std::string parent_dir(const std::string& path) {
+  size_t slash = path.find_last_of('/');
+  if (slash == std::string::npos) return ".";
+  if (slash == 0) return "/";
+  return path.substr(0, slash);
+}
+
+}  // namespace
+
+uint32_t token_width_for_vocab(int64_t vocab_size) {
+  MOE_REQUIRE(vocab_size >= 1 && vocab_size <= kTokenFileMaxVocab, "token file vocab_size = ", vocab_size,
+              " must be in [1, ", kTokenFileMaxVocab, "]");
+  if (vocab_size <= 256) return 1;
+  if (vocab_size <= 65536) return 2;
+  return 4;
+}
+
+void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size) {
+  MOE_REQUIRE(vocab_size >= 1 && vocab_size <= kTokenFileMaxVocab, "cannot write token file '", path,
+              "': vocab_size = ", vocab_size, " must be in [1, ", kTokenFileMaxVocab, "]");
+  for (size_t i = 0; i < tokens.size(); ++i) {
+    MOE_REQUIRE(tokens[i] >= 0 && tokens[i] < vocab_size, "cannot write token file '", path, "': token ",
+                tokens[i], " at position ", i, " is outside [0, vocab_size = ", vocab_size, ")");
+  }
+  const uint32_t width = token_width_for_vocab(vocab_size);
+  const std::string tmp = path + ".tmp";
+
+  int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  MOE_REQUIRE(fd >= 0, "cannot write token file '", path, "': cannot create '", tmp, "': ", errno_text());
+  // From here on every failure removes the temp file before throwing.
+  auto give_up = [&](const std::string& what) {
+    std::string reason = errno_text();
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw InvalidArgument("cannot write token file '" + path + "': " + what + ": " + reason);
+  };
+
+  uint8_t header[kTokenFileHeaderBytes] = {};
+  std::memcpy(header, kTokenFileMagic, 8);
+  put_le(header + 8, kTokenFileVersion, 4);
+  put_le(header + 12, width, 4);
+  put_le(header + 16, tokens.size(), 8);
+  put_le(header + 24, static_cast<uint64_t>(vocab_size), 4);
+  put_le(header + 28, 0, 4);
+  if (!write_all(fd, header, sizeof(header))) give_up("writing '" + tmp + "'");
+
+  std::vector<uint8_t> buf(kChunkBytes);
+  const size_t per_chunk = kChunkBytes / width;
+  for (size_t start = 0; start < tokens.size(); start += per_chunk) {
+    const size_t n = std::min(per_chunk, tokens.size() - start);
+    for (size_t i = 0; i < n; ++i)
+      put_le(buf.data() + i * width, static_cast<uint32_t>(tokens[start + i]), static_cast<int>(width));
+    if (!write_all(fd, buf.data(), n * width)) give_up("writing '" + tmp + "'");
+  }
+  if (::fsync(fd) != 0) give_up("fsync of '" + tmp + "'");
+  const int closed = ::close(fd);
+  fd = -1;
+  if (closed != 0) give_up("closing '" + tmp + "'");
+  if (::rename(tmp.c_str(), path.c_str()) != 0) give_up("renaming '" + tmp + "' to it");
+
+  // Make the rename itself durable. Some file systems refuse fsync on a directory; the file's data
+  // is already safe then, so a failure here is not an error.
+  int dir = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dir >= 0) {
+    (void)::fsync(dir);
+    ::close(dir);
+  }
+}
+
+TokenFileStatus read_token_file(const std::string& path, TokenFile* out) {
+  using Code = TokenFileStatus::Code;
+  const std::string name = "token file '" + path + "'";
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return fail(Code::IOError, "cannot open " + name + ": " + errno_text());
+  FdCloser closer{fd};
+  struct stat st {};
+  if (::fstat(fd, &st) != 0) return fail(Code::IOError, "cannot stat " + name + ": " + errno_text());
+  if (!S_ISREG(st.st_mode)) return fail(Code::IOError, "cannot read " + name + ": it is not a regular file");
+  const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
+
+  uint8_t header[kTokenFileHeaderBytes];
+  if (file_bytes < static_cast<uint64_t>(kTokenFileHeaderBytes)) {
+    return fail(Code::Corruption, name + " is too short for a header: " + std::to_string(file_bytes) +
+                                      " bytes, a header needs " + std::to_string(kTokenFileHeaderBytes));
+  }
+  if (read_all(fd, header, sizeof(header)) != sizeof(header))
+    return fail(Code::IOError, "cannot read the header of " + name + ": " + errno_text());
+
+  if (std::memcmp(header, kTokenFileMagic, 8) != 0)
+    return fail(Code::Corruption, "'" + path + "' is not a token file: it does not start with \"MOETOKEN\"");
+  const uint32_t version = static_cast<uint32_t>(get_le(header + 8, 4));
+  const uint32_t width = static_cast<uint32_t>(get_le(header + 12, 4));
+  const uint64_t count = get_le(header + 16, 8);
+  const uint64_t vocab = get_le(header + 24, 4);
+  const uint32_t reserved = static_cast<uint32_t>(get_le(header + 28, 4));
+  if (version > kTokenFileVersion) {
+    return fail(Code::NotSupported, name + " has format version " + std::to_string(version) +
+                                        ", but this reader supports versions up to " +
+                                        std::to_string(kTokenFileVersion) + "; it needs a newer build");
+  }
+  if (version == 0) {
+    return fail(Code::NotSupported, name + " has format version 0, which does not exist (supported: 1 to " +
+                                        std::to_string(kTokenFileVersion) + ")");
+  }
+  if (width != 1 && width != 2 && width != 4) {
+    return fail(Code::Corruption, name + " has token width " + std::to_string(width) +
+                                      " bytes; accepted: 1, 2 or 4");
+  }
+  if (vocab < 1 || vocab > static_cast<uint64_t>(kTokenFileMaxVocab)) {
+    return fail(Code::Corruption, name + " has vocab_size " + std::to_string(vocab) + "; accepted: 1 to " +
+                                      std::to_string(kTokenFileMaxVocab));
+  }
+  if (reserved != 0) {
+    return fail(Code::Corruption, name + " has reserved header field " + std::to_string(reserved) +
+                                      "; version 1 requires 0");
+  }
+  // Compare sizes without overflowing on a corrupt count: count <= data_bytes / width implies
+  // count * width <= data_bytes.
+  const uint64_t data_bytes = file_bytes - kTokenFileHeaderBytes;
+  const bool truncated = count > data_bytes / width;
+  if (truncated || count * width != data_bytes) {
+    const std::string expected = count > (UINT64_MAX - kTokenFileHeaderBytes) / width
+                                     ? std::string("more than 2^64")
+                                     : std::to_string(kTokenFileHeaderBytes + count * width);
+    return fail(Code::Corruption, name + (truncated ? " is truncated" : " has trailing bytes") +
+                                      ": the header says " + std::to_string(count) + " tokens of " +
+                                      std::to_string(width) + " bytes, so " + expected +
+                                      " bytes expected, but " + std::to_string(file_bytes) + " bytes found");
+  }
+
+  TokenFile result;
+  result.vocab_size = static_cast<int64_t>(vocab);
+  result.version = version;
+  result.token_width = width;
+  result.tokens.resize(count);
+  std::vector<uint8_t> buf(kChunkBytes);
+  const uint64_t per_chunk = kChunkBytes / width;
+  for (uint64_t start = 0; start < count; start += per_chunk) {
+    const uint64_t n = std::min(per_chunk, count - start);
+    errno = 0;
+    if (read_all(fd, buf.data(), n * width) != n * width) {
+      return fail(Code::IOError, "cannot read the tokens of " + name + " (at token " + std::to_string(start) +
+                                     "): " + (errno ? errno_text() : std::string("unexpected end of file")));
+    }
+    for (uint64_t i = 0; i < n; ++i) {
+      const uint64_t t = get_le(buf.data() + i * width, static_cast<int>(width));
+      if (t >= vocab) {
+        return fail(Code::Corruption, name + ": token " + std::to_string(t) + " at position " +
+                                          std::to_string(start + i) + " is >= vocab_size " +
+                                          std::to_string(vocab));
+      }
+      result.tokens[start + i] = static_cast<int32_t>(t);
+    }
+  }
+  *out = std::move(result);
+  return TokenFileStatus{};
+}
+
+TokenFile load_token_file(const std::string& path) {
+  TokenFile file;
+  TokenFileStatus s = read_token_file(path, &file);
+  if (!s.ok()) throw InvalidArgument(s.message);
+  return file;
+}
+
+}  // namespace moe

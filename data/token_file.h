@@ -1,0 +1,75 @@
+// The token file: a pre-tokenised corpus on disk (a fixed header, then the tokens), its writer
+// (atomic: temp file, fsync, rename) and its reader (every kind of damage named with the file).
+//
+// Format, version 1 (also in docs/token-file-format.md). All integers are little-endian.
+//
+//   offset  size  field        meaning
+//   0       8     magic        the ASCII bytes "MOETOKEN"
+//   8       4     version      u32, the format's major version: 1
+//   12      4     token_width  u32, bytes per token: 1, 2 or 4
+//   16      8     token_count  u64, number of tokens that follow
+//   24      4     vocab_size   u32, every token is < vocab_size; 1 <= vocab_size <= 2^31
+//   28      4     reserved     u32, 0
+//   32      token_count * token_width bytes: the tokens, each an unsigned little-endian integer
+//
+// The file is exactly 32 + token_count * token_width bytes; anything else is corruption.
+// Version rule: any change to this layout or its meaning bumps `version`. A reader accepts every
+// version up to its own (only 1 exists) and rejects a newer one with a message naming both versions.
+// A version-1 reader rejects a non-zero `reserved` field, so a later version may use it.
+// The writer picks the smallest width that holds vocab_size - 1; readers accept any of the three
+// widths (a wider one than needed is legal).
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace moe {
+
+inline constexpr char kTokenFileMagic[8] = {'M', 'O', 'E', 'T', 'O', 'K', 'E', 'N'};
+inline constexpr uint32_t kTokenFileVersion = 1;  // the newest version this code reads and writes
+inline constexpr int64_t kTokenFileHeaderBytes = 32;
+inline constexpr int64_t kTokenFileMaxVocab = int64_t{1} << 31;  // tokens are held as int32_t
+
+// The outcome of reading a token file; the message names the file and what is wrong.
+struct TokenFileStatus {
+  enum class Code { Ok, IOError, Corruption, NotSupported };
+  Code code = Code::Ok;
+  std::string message;  // empty when ok
+
+  bool ok() const { return code == Code::Ok; }
+};
+
+// A token file loaded into memory.
+struct TokenFile {
+  std::vector<int32_t> tokens;  // (token_count) every value in [0, vocab_size)
+  int64_t vocab_size = 0;
+  uint32_t version = 0;
+  uint32_t token_width = 0;     // bytes per token on disk
+};
+
+// Bytes per token the writer uses for this vocabulary: 1 up to 256, 2 up to 65536, else 4.
+// InvalidArgument unless 1 <= vocab_size <= kTokenFileMaxVocab.
+uint32_t token_width_for_vocab(int64_t vocab_size);
+
+// Writes `tokens` to `path` in the current format. The data goes to path + ".tmp", which is fsynced
+// and then renamed over `path`, so a crash never leaves a partial file under the final name, and an
+// existing file at `path` is replaced only when the new one is complete. Throws InvalidArgument
+// (naming the path and the reason) when vocab_size is out of range, a token is outside
+// [0, vocab_size) (naming its position), or the file cannot be written; the temp file is removed on
+// failure. Not safe to call concurrently for the same path.
+void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size);
+
+// Reads a whole token file into *out (left unchanged on failure). Returns:
+//   IOError       the file cannot be opened or read (missing, a directory, no permission);
+//   Corruption    shorter than a header, bad magic ("not a token file"), bad width, vocab_size out
+//                 of range, reserved != 0, size not matching token_count (truncated: expected and
+//                 found bytes), a token >= vocab_size (its position);
+//   NotSupported  a version newer than kTokenFileVersion (naming both), or version 0.
+TokenFileStatus read_token_file(const std::string& path, TokenFile* out);
+
+// read_token_file, throwing InvalidArgument with the status message on failure.
+TokenFile load_token_file(const std::string& path);
+
+}  // namespace moe

@@ -1,0 +1,519 @@
+// Tests of the moe-train configuration (core/config/train_config.h): defaults, the example configs,
+// every kind of bad input with the words its message must contain, overrides, the checks that need
+// the world size, and the to_yaml round trip.
+#include "core/config/train_config.h"
+
+#include <gtest/gtest.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+
+namespace moe {
+namespace {
+
+namespace fs = std::filesystem;
+
+// The message of the InvalidArgument that `f` throws; fails the test when it throws nothing.
+std::string error_of(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const InvalidArgument& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "expected an InvalidArgument, nothing was thrown";
+  return "";
+}
+
+// Every part must occur in the message, and it must start with "config: ".
+void expect_message(const std::string& message, std::initializer_list<const char*> parts) {
+  EXPECT_EQ(message.rfind("config: ", 0), 0u) << message;
+  for (const char* part : parts)
+    EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+}
+
+std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  return error_of([&] { parse_train_config(yaml, "test.yaml", overrides); });
+}
+
+TrainConfig parse(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
+  return parse_train_config(yaml, "test.yaml", overrides);
+}
+
+// A fresh directory under the system temp dir, removed with everything in it at the end of the test.
+class TempDir {
+ public:
+  TempDir() {
+    static int counter = 0;
+    path_ =
+        fs::temp_directory_path() / ("moe_test_config_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
+    fs::remove_all(path_);
+    fs::create_directories(path_);
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  std::string write(const std::string& name, const std::string& text) const {
+    fs::path p = path_ / name;
+    std::ofstream(p) << text;
+    return p.string();
+  }
+  const fs::path& path() const { return path_; }
+
+ private:
+  fs::path path_;
+};
+
+// ---- Defaults and the example configs --------------------------------------------------------------
+
+TEST(Config, DefaultsAreTheDocumentedOnes) {
+  TrainConfig d;
+  EXPECT_EQ(d.run.name, "run");
+  EXPECT_EQ(d.run.steps, 300);
+  EXPECT_EQ(d.run.eval_every, 100);
+  EXPECT_DOUBLE_EQ(d.run.watchdog_timeout_s, 300.0);
+  EXPECT_EQ(d.model.vocab_size, 256);
+  EXPECT_EQ(d.model.d_model, 128);
+  EXPECT_EQ(d.model.norm, NormKind::RMSNorm);
+  EXPECT_EQ(d.model.positions, PositionKind::Rotary);
+  EXPECT_EQ(d.model.moe_every, 2);
+  EXPECT_EQ(d.model.dense_activation, Activation::SwiGLU);
+  EXPECT_EQ(d.moe.num_experts, 8);
+  EXPECT_EQ(d.moe.top_k, 2);
+  EXPECT_DOUBLE_EQ(d.moe.capacity_factor, 1.25);
+  EXPECT_DOUBLE_EQ(d.moe.eval_capacity_factor, 2.0);
+  EXPECT_EQ(d.moe.drop_policy, DropPolicy::Position);
+  EXPECT_EQ(d.moe.aux_loss_scope, AuxLossScope::Local);
+  EXPECT_EQ(d.moe.balancing, Balancing::AuxLoss);
+  EXPECT_EQ(d.parallel.ep, 0);
+  EXPECT_EQ(d.optim.name, OptimizerKind::AdamW);
+  EXPECT_DOUBLE_EQ(d.optim.lr, 3e-3);
+  EXPECT_DOUBLE_EQ(d.optim.min_lr, 3e-4);
+  EXPECT_EQ(d.optim.schedule, LrDecay::Cosine);
+  EXPECT_DOUBLE_EQ(d.optim.eps, 1e-8);
+  EXPECT_EQ(d.data.source, DataSource::Synthetic);
+  EXPECT_DOUBLE_EQ(d.data.eval_fraction, 0.05);
+  EXPECT_EQ(d.checkpoint.keep, 3);
+  EXPECT_EQ(d.checkpoint.resume, ResumeMode::Never);
+  EXPECT_NO_THROW(d.validate());
+  EXPECT_NO_THROW(validate_for_world(d, 1));
+  EXPECT_NO_THROW(validate_for_world(d, 8));
+}
+
+TEST(Config, EmptyFileGivesTheDefaultsWithDerivedValuesFilled) {
+  TrainConfig expected;
+  expected.run.dir = "runs/run";
+  expected.checkpoint.dir = "runs/run/checkpoints";
+  expected.moe.shared_expert_hidden = expected.moe.expert_hidden;
+  EXPECT_EQ(parse(""), expected);
+  EXPECT_EQ(parse("# only a comment\n"), expected);
+  // A section with every key commented out is an empty section.
+  EXPECT_EQ(parse("moe:\n  # top_k: 1\n"), expected);
+}
+
+TEST(Config, DerivedDefaultsFollowTheOtherKeysAndExplicitValuesWin) {
+  TrainConfig c = parse("run:\n  name: exp1\nmoe:\n  expert_hidden: 96\n");
+  EXPECT_EQ(c.run.dir, "runs/exp1");
+  EXPECT_EQ(c.checkpoint.dir, "runs/exp1/checkpoints");
+  EXPECT_EQ(c.moe.shared_expert_hidden, 96);
+  c = parse("run:\n  dir: /scratch/x/\ncheckpoint:\n  dir: ''\nmoe:\n  shared_expert_hidden: 32\n");
+  EXPECT_EQ(c.run.dir, "/scratch/x/");
+  EXPECT_EQ(c.checkpoint.dir, "/scratch/x/checkpoints");
+  EXPECT_EQ(c.moe.shared_expert_hidden, 32);
+}
+
+TEST(Config, EveryExampleConfigLoadsAndValidatesForTwoRanks) {
+  const fs::path dir = fs::path(MOE_SOURCE_DIR) / "configs";
+  std::vector<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) {
+    if (entry.path().extension() != ".yaml") continue;
+    names.push_back(entry.path().filename().string());
+    SCOPED_TRACE(entry.path().string());
+    TrainConfig c;
+    ASSERT_NO_THROW(c = load_train_config(entry.path().string(), {}));
+    EXPECT_NO_THROW(validate_for_world(c, 2));
+    EXPECT_NO_THROW(c.moe_layer_config().validate());
+    // Every example sets its own name, so runs of different examples do not share a directory.
+    EXPECT_EQ(c.run.name + ".yaml", entry.path().filename().string());
+  }
+  for (const char* required : {"tiny.yaml", "small.yaml", "gpu-example.yaml"})
+    EXPECT_NE(std::find(names.begin(), names.end(), required), names.end()) << required << " missing";
+}
+
+TEST(Config, TinyIsSmallEnoughForTheDefaultJob) {
+  TrainConfig c = load_train_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml", {});
+  EXPECT_LE(c.model.d_model, 64);
+  EXPECT_LE(c.model.n_layers, 2);
+  EXPECT_LE(c.run.steps, 300);
+  EXPECT_EQ(c.data.source, DataSource::Synthetic);
+  EXPECT_EQ(resolved_ep(c, 2), 2);
+}
+
+// ---- Unknown keys and misplaced structure ----------------------------------------------------------
+
+TEST(Config, UnknownKeyNamesItsPathLineAndTheClosestKey) {
+  expect_message(parse_error("run:\n  steps: 10\nmoe:\n  top_kk: 2\n"),
+                 {"test.yaml:4:3:", "unknown key moe.top_kk", "did you mean moe.top_k?"});
+  expect_message(parse_error("model:\n  dmodel: 64\n"), {"unknown key model.dmodel", "did you mean model.d_model?"});
+  // Nothing close: the section's keys are listed instead.
+  expect_message(parse_error("optim:\n  learning_rate_schedule_kind: 1\n"),
+                 {"unknown key optim.learning_rate_schedule_kind", "the keys of optim are: name, lr, min_lr"});
+}
+
+TEST(Config, UnknownNestedSectionIsAnUnknownKey) {
+  expect_message(parse_error("moe:\n  top_k: 2\n  router:\n    noise: 0.1\n"),
+                 {"test.yaml:3:3:", "unknown key moe.router"});
+}
+
+TEST(Config, UnknownTopLevelNames) {
+  expect_message(parse_error("modle:\n  d_model: 64\n"),
+                 {"test.yaml:1:1:", "unknown section 'modle'", "did you mean model?"});
+  expect_message(parse_error("top_k: 2\n"), {"unknown section 'top_k'", "did you mean moe.top_k"});
+  expect_message(parse_error("moe.top_k: 2\n"), {"'moe.top_k' at the top level", "inside its section"});
+}
+
+TEST(Config, StructureErrorsNameThePath) {
+  expect_message(parse_error("model: 5\n"),
+                 {"test.yaml:1:8:", "model: expected a map of keys (a section), got a scalar"});
+  expect_message(parse_error("- run\n- model\n"), {"expected a map of sections", "got a sequence"});
+  expect_message(parse_error("model:\n  d_model:\n    width: 64\n"), {"model.d_model: expected an int, got a map"});
+  expect_message(parse_error("moe:\n  top_k: [1, 2]\n"),
+                 {"test.yaml:2:10:", "moe.top_k: expected an int, got a sequence"});
+  expect_message(parse_error("run:\n  name: [a]\n"), {"run.name: expected a string, got a sequence"});
+  expect_message(parse_error("run:\n  steps:\n"), {"test.yaml:2:3:", "run.steps has no value; expected an int"});
+  expect_message(parse_error("data:\n  eval_path:\n"), {"data.eval_path has no value", "\"\" for an empty one"});
+  expect_message(parse_error("run:\n  steps: 1\n  steps: 2\n"), {"test.yaml:3:3:", "run.steps appears twice"});
+  expect_message(parse_error("run:\n  steps: 1\nrun:\n  seed: 2\n"), {"section run appears twice"});
+  expect_message(parse_error("run:\n  steps: 1\n---\nrun:\n  steps: 2\n"), {"holds 2 YAML documents"});
+}
+
+// ---- Wrong types and out-of-range values -----------------------------------------------------------
+
+TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
+  expect_message(parse_error("model:\n  d_model: abc\n"),
+                 {"test.yaml:2:12:", "model.d_model: expected an int, got 'abc'"});
+  expect_message(parse_error("run:\n  steps: 1.5\n"), {"run.steps: expected an int, got '1.5'"});
+  expect_message(parse_error("run:\n  steps: 10abc\n"), {"run.steps: expected an int, got '10abc'"});
+  expect_message(parse_error("optim:\n  lr: fast\n"), {"optim.lr: expected a finite double, got 'fast'"});
+  expect_message(parse_error("optim:\n  lr: .inf\n"), {"optim.lr: expected a finite double, got '.inf'"});
+  expect_message(parse_error("optim:\n  lr: nan\n"), {"optim.lr: expected a finite double, got 'nan'"});
+  expect_message(parse_error("moe:\n  renormalize: maybe\n"),
+                 {"moe.renormalize: expected a bool (true or false), got 'maybe'"});
+  expect_message(parse_error("moe:\n  renormalize: yes\n"), {"moe.renormalize: expected a bool", "got 'yes'"});
+  expect_message(parse_error("model:\n  norm: batchnorm\n"),
+                 {"model.norm: expected one of rmsnorm, layernorm, got 'batchnorm'"});
+  expect_message(parse_error("moe:\n  activation: ReLU\n"),
+                 {"moe.activation: expected one of relu, gelu, swiglu, got 'ReLU'"});
+  expect_message(parse_error("optim:\n  schedule: step\n"),
+                 {"optim.schedule: expected one of cosine, linear, constant"});
+}
+
+TEST(Config, ValuesOfTheRightTypeAreAccepted) {
+  TrainConfig c = parse(
+      "run:\n  name: \"123\"\n  seed: 0\nmodel:\n  norm: layernorm\n  positions: learned\n  tie_embeddings: False\n"
+      "moe:\n  renormalize: TRUE\n  capacity_factor: -1\n  jitter_eps: 1e-2\n  drop_policy: probs\n"
+      "optim:\n  lr: 3e-3\n  name: sgd\n  schedule: constant\ndata:\n  eval_fraction: 0.5\n");
+  EXPECT_EQ(c.run.name, "123");
+  EXPECT_EQ(c.run.seed, 0);
+  EXPECT_EQ(c.model.norm, NormKind::LayerNorm);
+  EXPECT_EQ(c.model.positions, PositionKind::Learned);
+  EXPECT_FALSE(c.model.tie_embeddings);
+  EXPECT_TRUE(c.moe.renormalize);
+  EXPECT_DOUBLE_EQ(c.moe.capacity_factor, -1.0);  // dropless
+  EXPECT_DOUBLE_EQ(c.moe.jitter_eps, 0.01);
+  EXPECT_EQ(c.moe.drop_policy, DropPolicy::Probs);
+  EXPECT_DOUBLE_EQ(c.optim.lr, 3e-3);
+  EXPECT_EQ(c.optim.name, OptimizerKind::SGD);
+  EXPECT_EQ(c.optim.schedule, LrDecay::Constant);
+  EXPECT_DOUBLE_EQ(c.data.eval_fraction, 0.5);
+}
+
+TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
+  expect_message(parse_error("run:\n  steps: 0\n"),
+                 {"test.yaml:2:10:", "run.steps = 0 is out of range; accepted: >= 1"});
+  expect_message(parse_error("run:\n  seed: -1\n"), {"run.seed = -1 is out of range; accepted: >= 0"});
+  expect_message(parse_error("run:\n  watchdog_timeout_s: 0\n"),
+                 {"run.watchdog_timeout_s = 0 is out of range; accepted: > 0"});
+  expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: >= 2"});
+  expect_message(parse_error("moe:\n  jitter_eps: 1\n"), {"moe.jitter_eps = 1 is out of range; accepted: [0, 1)"});
+  expect_message(parse_error("moe:\n  aux_loss_coeff: -0.5\n"),
+                 {"moe.aux_loss_coeff = -0.5 is out of range; accepted: >= 0"});
+  expect_message(parse_error("optim:\n  lr: 0\n"), {"optim.lr = 0 is out of range; accepted: > 0"});
+  expect_message(parse_error("optim:\n  beta2: 1.0\n"), {"optim.beta2 = 1 is out of range; accepted: [0, 1)"});
+  expect_message(parse_error("data:\n  eval_fraction: 0\n"),
+                 {"data.eval_fraction = 0 is out of range; accepted: (0, 0.5]"});
+  expect_message(parse_error("data:\n  eval_fraction: 0.6\n"),
+                 {"data.eval_fraction = 0.6 is out of range; accepted: (0, 0.5]"});
+  expect_message(parse_error("checkpoint:\n  keep: 0\n"), {"checkpoint.keep = 0 is out of range; accepted: >= 1"});
+  expect_message(parse_error("run:\n  name: my run\n"),
+                 {"run.name = \"my run\" is not valid; accepted: non-empty [A-Za-z0-9._-]"});
+  expect_message(parse_error("run:\n  name: ''\n"), {"run.name = \"\" is not valid"});
+  expect_message(parse_error("run:\n  name: ..\n"), {"run.name = \"..\" is not valid"});
+}
+
+TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
+  TrainConfig c;
+  c.moe.min_capacity = -3;
+  expect_message(error_of([&] { c.validate(); }), {"moe.min_capacity = -3 is out of range; accepted: >= 0"});
+  c = TrainConfig{};
+  c.model.init_std = std::numeric_limits<double>::quiet_NaN();
+  expect_message(error_of([&] { c.validate(); }), {"model.init_std = nan is out of range; accepted: > 0"});
+  c = TrainConfig{};
+  c.moe.capacity_factor = std::numeric_limits<double>::infinity();
+  expect_message(error_of([&] { c.validate(); }),
+                 {"moe.capacity_factor = inf is out of range; accepted: any finite value"});
+}
+
+// ---- Cross-field checks ----------------------------------------------------------------------------
+
+TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
+  expect_message(parse_error("model:\n  d_model: 100\n  n_heads: 3\n"),
+                 {"model.d_model = 100 is not divisible by model.n_heads = 3"});
+  expect_message(parse_error("model:\n  d_model: 12\n  n_heads: 4\n"),
+                 {"model.positions = rotary needs an even head dim", "model.d_model / model.n_heads = 12 / 4 = 3"});
+  EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
+  expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"moe.top_k = 5 must be <= moe.num_experts = 4"});
+  expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
+                 {"optim.min_lr = 0.01 must be <= optim.lr = 0.001"});
+  expect_message(parse_error("data:\n  source: tokens\n"), {"data.source = tokens needs data.train_path"});
+  EXPECT_NO_THROW(parse("data:\n  source: tokens\n  train_path: x.tok\n"));
+  expect_message(parse_error("model:\n  vocab_size: 16\ndata:\n  synthetic_domains: 10\n"),
+                 {"data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
+  expect_message(parse_error("model:\n  vocab_size: 64\ndata:\n  synthetic_domains: 8\n  synthetic_branching: 9\n"),
+                 {"data.synthetic_branching = 9 must be <= model.vocab_size / data.synthetic_domains = 64 / 8 = 8"});
+}
+
+TEST(Config, WorldSizeChecks) {
+  TrainConfig c;  // 8 experts, ep = 0
+  EXPECT_EQ(resolved_ep(c, 4), 4);
+  EXPECT_NO_THROW(validate_for_world(c, 4));
+  expect_message(error_of([&] { validate_for_world(c, 3); }),
+                 {"moe.num_experts = 8 is not divisible by parallel.ep = 3 (0 = the world size)"});
+  c.parallel.ep = 2;
+  EXPECT_EQ(resolved_ep(c, 4), 2);
+  EXPECT_NO_THROW(validate_for_world(c, 4));  // 2 expert-parallel groups of 2 ranks
+  expect_message(error_of([&] { validate_for_world(c, 3); }), {"parallel.ep = 2 does not divide the world size 3"});
+  c.parallel.ep = 8;
+  expect_message(error_of([&] { validate_for_world(c, 4); }), {"parallel.ep = 8 does not divide the world size 4"});
+  c.parallel.ep = 3;
+  expect_message(error_of([&] { validate_for_world(c, 6); }),
+                 {"moe.num_experts = 8 is not divisible by parallel.ep = 3"});
+  expect_message(error_of([&] { validate_for_world(TrainConfig{}, 0); }), {"the world size 0 must be >= 1"});
+  // The world-independent checks run too.
+  c = TrainConfig{};
+  c.moe.top_k = 9;
+  expect_message(error_of([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+}
+
+// ---- Overrides -------------------------------------------------------------------------------------
+
+TEST(Config, OverridesApplyInOrderWithTheKeysType) {
+  TrainConfig c = parse("run:\n  steps: 50\nmoe:\n  top_k: 2\n",
+                        {"run.steps=70", "moe.top_k=1", "run.name=sweep-3", "optim.lr=1e-3", "moe.renormalize=false",
+                         "model.norm=layernorm", "data.eval_path=", "run.steps=80"});
+  EXPECT_EQ(c.run.steps, 80);  // the later override wins
+  EXPECT_EQ(c.moe.top_k, 1);
+  EXPECT_EQ(c.run.name, "sweep-3");
+  EXPECT_EQ(c.run.dir, "runs/sweep-3");  // derived after the overrides
+  EXPECT_DOUBLE_EQ(c.optim.lr, 1e-3);
+  EXPECT_FALSE(c.moe.renormalize);
+  EXPECT_EQ(c.model.norm, NormKind::LayerNorm);
+  EXPECT_EQ(c.data.eval_path, "");
+  // Only the first '=' separates: the value may contain more.
+  EXPECT_EQ(parse("", {"run.dir=/a=b"}).run.dir, "/a=b");
+  // An override may complete what the file alone leaves invalid (cross-field checks run last).
+  EXPECT_NO_THROW(parse("data:\n  source: tokens\n", {"data.train_path=t.tok"}));
+}
+
+TEST(Config, BadOverridesNameTheArgument) {
+  expect_message(parse_error("", {"moe.top_k"}), {"override 'moe.top_k' is not of the form section.key=value"});
+  expect_message(parse_error("", {"moe.topk=2"}),
+                 {"override 'moe.topk=2': unknown key 'moe.topk'", "did you mean moe.top_k?"});
+  expect_message(parse_error("", {"=2"}), {"override '=2': unknown key ''"});
+  expect_message(parse_error("", {"model.d_model=abc"}),
+                 {"override 'model.d_model=abc': model.d_model: expected an int, got 'abc'"});
+  expect_message(parse_error("", {"moe.renormalize=1"}), {"override 'moe.renormalize=1'", "expected a bool"});
+  expect_message(parse_error("", {"run.steps=0"}),
+                 {"override 'run.steps=0': run.steps = 0 is out of range; accepted: >= 1"});
+  expect_message(parse_error("", {"moe.top_k=9"}), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+}
+
+// ---- Files -----------------------------------------------------------------------------------------
+
+TEST(Config, YamlSyntaxErrorNamesTheFileLineAndColumn) {
+  TempDir tmp;
+  const std::string path = tmp.write("bad.yaml", "run:\n  name: a\n  steps: [1, 2\nmodel:\n  d_model: 64\n");
+  const std::string message = error_of([&] { load_train_config(path, {}); });
+  expect_message(message, {"YAML syntax error"});
+  EXPECT_NE(message.find(path + ":"), std::string::npos) << message;
+  // yaml-cpp reports where it noticed the missing ']': at line 4 ("model:"), or 3 in other versions.
+  EXPECT_TRUE(message.find(path + ":4:") != std::string::npos || message.find(path + ":3:") != std::string::npos)
+      << message;
+
+  const std::string tab = tmp.write("tab.yaml", "run:\n  steps: 1\n   seed: 2\n");
+  expect_message(error_of([&] { load_train_config(tab, {}); }), {"tab.yaml:3:", "YAML syntax error"});
+}
+
+TEST(Config, UnreadableFileNamesThePathAndTheOsError) {
+  TempDir tmp;
+  const std::string missing = (tmp.path() / "missing.yaml").string();
+  expect_message(error_of([&] { load_train_config(missing, {}); }),
+                 {"cannot open '", "missing.yaml': No such file or directory"});
+  expect_message(error_of([&] { load_train_config(tmp.path().string(), {}); }), {"it is a directory"});
+}
+
+TEST(Config, ErrorsInAFileNameTheFile) {
+  TempDir tmp;
+  const std::string path = tmp.write("typo.yaml", "moe:\n  num_expert: 4\n");
+  expect_message(error_of([&] { load_train_config(path, {}); }),
+                 {"typo.yaml:2:3: unknown key moe.num_expert", "did you mean moe.num_experts?"});
+}
+
+// ---- Printing --------------------------------------------------------------------------------------
+
+TEST(Config, ToYamlRoundTripsEveryKey) {
+  // A config where every section differs from the defaults, with strings YAML would otherwise misread.
+  TrainConfig c = parse("", {"run.name=rt",
+                             "run.dir=my \"dir\": # not a comment\\",
+                             "run.seed=7",
+                             "run.watchdog_timeout_s=12.5",
+                             "model.d_model=96",
+                             "model.n_heads=6",
+                             "model.positions=learned",
+                             "model.tie_embeddings=false",
+                             "model.init_std=0.0123456789",
+                             "moe.num_experts=6",
+                             "moe.top_k=3",
+                             "moe.capacity_factor=0",
+                             "moe.jitter_eps=0.1",
+                             "moe.drop_policy=probs",
+                             "moe.aux_loss_scope=global",
+                             "moe.balancing=aux_free",
+                             "parallel.ep=3",
+                             "optim.name=sgd",
+                             "optim.lr=0.1",
+                             "optim.min_lr=1e-7",
+                             "optim.schedule=linear",
+                             "data.source=tokens",
+                             "data.train_path=true",
+                             "data.eval_path=123",
+                             "checkpoint.dir=",
+                             "checkpoint.resume=auto"});
+  const std::string yaml = to_yaml(c);
+  TrainConfig back = parse_train_config(yaml, "roundtrip.yaml");
+  EXPECT_EQ(back, c) << yaml;
+  EXPECT_EQ(back.run.dir, "my \"dir\": # not a comment\\");
+  EXPECT_EQ(back.data.train_path, "true");
+  EXPECT_DOUBLE_EQ(back.model.init_std, 0.0123456789);
+  EXPECT_EQ(to_yaml(back), yaml);
+
+  // Defaults, and every example, through a file.
+  TempDir tmp;
+  TrainConfig d = parse("");
+  EXPECT_EQ(load_train_config(tmp.write("d.yaml", to_yaml(d)), {}), d);
+  for (const char* name : {"tiny.yaml", "small.yaml", "gpu-example.yaml"}) {
+    TrainConfig e = load_train_config(std::string(MOE_SOURCE_DIR) + "/configs/" + name, {});
+    EXPECT_EQ(parse_train_config(to_yaml(e), name), e) << name;
+  }
+}
+
+TEST(Config, ToYamlListsEveryKeyInSchemaOrder) {
+  const std::string yaml = to_yaml(parse(""));
+  size_t run = yaml.find("\nrun:\n"), model = yaml.find("\nmodel:\n"), moe = yaml.find("\nmoe:\n");
+  size_t checkpoint = yaml.find("\ncheckpoint:\n");
+  ASSERT_NE(run, std::string::npos);
+  EXPECT_LT(run, model);
+  EXPECT_LT(model, moe);
+  EXPECT_LT(moe, checkpoint);
+  EXPECT_NE(yaml.find("  top_k: 2"), std::string::npos);
+  EXPECT_NE(yaml.find("  lr: 0.003"), std::string::npos);
+  EXPECT_NE(yaml.find("  name: \"run\""), std::string::npos);
+}
+
+TEST(Config, HelpHasOneLinePerKeyWithTypeDefaultAndAcceptedValues) {
+  const std::string help = config_keys_help();
+  std::istringstream lines(help);
+  std::string line;
+  int count = 0;
+  bool top_k = false, norm = false, eval_fraction = false;
+  while (std::getline(lines, line)) {
+    ++count;
+    if (line.find("moe.top_k ") != std::string::npos) {
+      top_k = line.find("int") != std::string::npos && line.find(" 2 ") != std::string::npos &&
+              line.find(">= 1") != std::string::npos && line.find("experts each token") != std::string::npos;
+    }
+    if (line.find("model.norm ") != std::string::npos)
+      norm = line.find("choice") != std::string::npos && line.find("rmsnorm, layernorm") != std::string::npos;
+    if (line.find("data.eval_fraction ") != std::string::npos)
+      eval_fraction = line.find("double") != std::string::npos && line.find("(0, 0.5]") != std::string::npos;
+  }
+  EXPECT_TRUE(top_k) << help;
+  EXPECT_TRUE(norm) << help;
+  EXPECT_TRUE(eval_fraction) << help;
+  // A header line, then one line per key: every key of the resolved YAML appears.
+  int keys = 0;
+  std::istringstream yaml(to_yaml(TrainConfig{}));
+  std::string section;
+  while (std::getline(yaml, line)) {
+    if (line.empty() || line[0] == '#') continue;
+    if (line[0] != ' ') {
+      section = line.substr(0, line.find(':'));
+      continue;
+    }
+    ++keys;
+    const std::string path = section + "." + line.substr(2, line.find(':') - 2);
+    EXPECT_NE(help.find("  " + path + " "), std::string::npos) << path;
+  }
+  EXPECT_EQ(count, keys + 1);
+  EXPECT_GE(keys, 60);
+}
+
+TEST(Config, MoELayerConfigMapsTheSections) {
+  TrainConfig c =
+      parse("", {"model.d_model=64", "model.init_std=0.05", "moe.expert_hidden=96", "moe.num_experts=4", "moe.top_k=1",
+                 "moe.activation=gelu", "moe.capacity_factor=1.5", "moe.eval_capacity_factor=-1", "moe.min_capacity=2",
+                 "moe.drop_policy=probs", "moe.renormalize=false", "moe.jitter_eps=0.25", "moe.aux_loss_coeff=0.5",
+                 "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125"});
+  MoEConfig m = c.moe_layer_config();
+  EXPECT_EQ(m.d_model, 64);
+  EXPECT_EQ(m.hidden, 96);
+  EXPECT_EQ(m.num_experts, 4);
+  EXPECT_EQ(m.top_k, 1);
+  EXPECT_EQ(m.activation, Activation::GELU);
+  EXPECT_DOUBLE_EQ(m.capacity_factor_train, 1.5);
+  EXPECT_DOUBLE_EQ(m.capacity_factor_eval, -1.0);
+  EXPECT_EQ(m.min_capacity, 2);
+  EXPECT_EQ(m.drop_policy, DropPolicy::Probs);
+  EXPECT_FALSE(m.renormalize);
+  EXPECT_FLOAT_EQ(m.jitter_eps, 0.25f);
+  EXPECT_FLOAT_EQ(m.aux_loss_coeff, 0.5f);
+  EXPECT_EQ(m.aux_loss_scope, AuxLossScope::Global);
+  EXPECT_FLOAT_EQ(m.z_loss_coeff, 0.125f);
+  EXPECT_FLOAT_EQ(m.init_std, 0.05f);
+  EXPECT_NO_THROW(m.validate());
+}
+
+TEST(Config, MoeLayersFollowMoeEvery) {
+  ModelConfig m;
+  m.n_layers = 4;
+  m.moe_every = 2;
+  EXPECT_FALSE(m.is_moe_layer(0));
+  EXPECT_TRUE(m.is_moe_layer(1));
+  EXPECT_FALSE(m.is_moe_layer(2));
+  EXPECT_TRUE(m.is_moe_layer(3));
+  m.moe_every = 1;
+  for (int64_t i = 0; i < 4; ++i) EXPECT_TRUE(m.is_moe_layer(i));
+}
+
+}  // namespace
+}  // namespace moe

@@ -1,0 +1,603 @@
+// Tests of the data pipeline: the token file format (round trips and every kind of damage), the
+// byte tokenizer, the sequence sources, the train/eval split and the data-parallel loader.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+#include <sys/stat.h>
+
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <set>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "data/byte_tokenizer.h"
+#include "data/data_loader.h"
+#include "data/synthetic_corpus.h"
+#include "data/token_file.h"
+
+namespace fs = std::filesystem;
+using moe::TokenFileStatus;
+
+namespace {
+
+// A fresh temporary directory per test, removed afterwards.
+class TempDir : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    std::string tmpl = (fs::temp_directory_path() / "moe_test_data_XXXXXX").string();
+    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
+    dir_ = tmpl;
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+std::vector<uint8_t> read_bytes(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  return std::vector<uint8_t>((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+}
+
+void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream out(path, std::ios::binary | std::ios::trunc);
+  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+void put_u32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
+  for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
+}
+
+// Tokens 0, vocab - 1 and a spread in between, so every byte of the width is exercised.
+std::vector<int32_t> sample_tokens(int64_t vocab, int64_t n) {
+  std::vector<int32_t> t(n);
+  for (int64_t i = 0; i < n; ++i) t[i] = static_cast<int32_t>((i * 7919 + i * i) % vocab);
+  t[0] = 0;
+  t[n - 1] = static_cast<int32_t>(vocab - 1);
+  return t;
+}
+
+// The failure's status code and that its message names the file and contains every `parts`; the
+// throwing reader gives the same message.
+void expect_read_fails(const std::string& path, TokenFileStatus::Code code, std::vector<std::string> parts) {
+  moe::TokenFile f;
+  f.vocab_size = -7;  // must stay untouched on failure
+  TokenFileStatus s = moe::read_token_file(path, &f);
+  ASSERT_FALSE(s.ok()) << path;
+  EXPECT_EQ(s.code, code) << s.message;
+  EXPECT_NE(s.message.find(path), std::string::npos) << s.message;
+  for (const std::string& p : parts) EXPECT_NE(s.message.find(p), std::string::npos) << "'" << p << "' not in: " << s.message;
+  EXPECT_EQ(f.vocab_size, -7);
+  try {
+    moe::load_token_file(path);
+    ADD_FAILURE() << "load_token_file did not throw for " << path;
+  } catch (const moe::InvalidArgument& e) {
+    EXPECT_EQ(std::string(e.what()), s.message);
+  }
+}
+
+template <typename F>
+std::string error_of(F&& f) {
+  try {
+    f();
+  } catch (const moe::InvalidArgument& e) {
+    return e.what();
+  }
+  return "(no InvalidArgument thrown)";
+}
+
+#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
+
+// ---------------------------------------------------------------------------------------------
+// Token file
+
+using TokenFileTest = TempDir;
+
+TEST_F(TokenFileTest, WidthIsTheSmallestHoldingVocabMinusOne) {
+  EXPECT_EQ(moe::token_width_for_vocab(1), 1u);
+  EXPECT_EQ(moe::token_width_for_vocab(256), 1u);
+  EXPECT_EQ(moe::token_width_for_vocab(257), 2u);
+  EXPECT_EQ(moe::token_width_for_vocab(65536), 2u);
+  EXPECT_EQ(moe::token_width_for_vocab(65537), 4u);
+  EXPECT_EQ(moe::token_width_for_vocab(moe::kTokenFileMaxVocab), 4u);
+  EXPECT_THROW(moe::token_width_for_vocab(0), moe::InvalidArgument);
+  EXPECT_THROW(moe::token_width_for_vocab(moe::kTokenFileMaxVocab + 1), moe::InvalidArgument);
+}
+
+TEST_F(TokenFileTest, RoundTripForEachWidth) {
+  struct Case {
+    int64_t vocab;
+    uint32_t width;
+  };
+  for (Case c : {Case{2, 1}, Case{256, 1}, Case{257, 2}, Case{65536, 2}, Case{65537, 4}, Case{1 << 30, 4}}) {
+    SCOPED_TRACE("vocab " + std::to_string(c.vocab));
+    const std::string p = path("v" + std::to_string(c.vocab) + ".tok");
+    std::vector<int32_t> tokens = sample_tokens(c.vocab, 1000);
+    moe::write_token_file(p, tokens, c.vocab);
+    EXPECT_EQ(fs::file_size(p), 32u + 1000u * c.width);
+    EXPECT_FALSE(fs::exists(p + ".tmp"));
+    moe::TokenFile f = moe::load_token_file(p);
+    EXPECT_EQ(f.tokens, tokens);
+    EXPECT_EQ(f.vocab_size, c.vocab);
+    EXPECT_EQ(f.token_width, c.width);
+    EXPECT_EQ(f.version, 1u);
+  }
+}
+
+// The bytes on disk are exactly what docs/token-file-format.md says, independent of the reader.
+TEST_F(TokenFileTest, HeaderAndTokensAreLittleEndianAsDocumented) {
+  const std::string p = path("a.tok");
+  moe::write_token_file(p, std::vector<int32_t>{1, 0x1234, 256}, 70000);
+  const std::vector<uint8_t> expected = {
+      'M', 'O', 'E', 'T', 'O', 'K', 'E', 'N',  // magic
+      1, 0, 0, 0,                              // version
+      4, 0, 0, 0,                              // width
+      3, 0, 0, 0, 0, 0, 0, 0,                  // count
+      0x70, 0x11, 0x01, 0,                     // vocab 70000 = 0x11170
+      0, 0, 0, 0,                              // reserved
+      1, 0, 0, 0, 0x34, 0x12, 0, 0, 0, 1, 0, 0};
+  EXPECT_EQ(read_bytes(p), expected);
+}
+
+TEST_F(TokenFileTest, EmptyTokenListRoundTrips) {
+  const std::string p = path("empty.tok");
+  moe::write_token_file(p, std::vector<int32_t>{}, 10);
+  EXPECT_EQ(fs::file_size(p), 32u);
+  moe::TokenFile f = moe::load_token_file(p);
+  EXPECT_TRUE(f.tokens.empty());
+  EXPECT_EQ(f.vocab_size, 10);
+}
+
+TEST_F(TokenFileTest, WriterReplacesAnExistingFileAndLeavesNoTemp) {
+  const std::string p = path("out.tok");
+  write_bytes(p, {'o', 'l', 'd'});
+  moe::write_token_file(p, std::vector<int32_t>{5, 6, 7}, 300);
+  EXPECT_EQ(moe::load_token_file(p).tokens, (std::vector<int32_t>{5, 6, 7}));
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  // A stale temp file from an earlier crash is overwritten, then renamed away.
+  write_bytes(p + ".tmp", {'x'});
+  moe::write_token_file(p, std::vector<int32_t>{1}, 2);
+  EXPECT_EQ(moe::load_token_file(p).tokens, (std::vector<int32_t>{1}));
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
+  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator{}), 1);
+}
+
+TEST_F(TokenFileTest, WriterRejectsBadInputWithoutTouchingTheFile) {
+  const std::string p = path("keep.tok");
+  moe::write_token_file(p, std::vector<int32_t>{1, 2}, 3);
+  const std::vector<uint8_t> before = read_bytes(p);
+  std::string e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{0, 1, 3}, 3); });
+  EXPECT_CONTAINS(e, p);
+  EXPECT_CONTAINS(e, "token 3 at position 2");
+  e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{-1}, 3); });
+  EXPECT_CONTAINS(e, "token -1 at position 0");
+  e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{}, 0); });
+  EXPECT_CONTAINS(e, "vocab_size = 0");
+  EXPECT_EQ(read_bytes(p), before);
+  EXPECT_FALSE(fs::exists(p + ".tmp"));
+}
+
+TEST_F(TokenFileTest, WriterNamesAnUnwritablePath) {
+  const std::string p = path("no_such_dir/out.tok");
+  std::string e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 2); });
+  EXPECT_CONTAINS(e, "cannot write token file '" + p + "'");
+  EXPECT_CONTAINS(e, "No such file or directory");
+}
+
+// Each test below damages a valid file in one way; the reader must name the file and the damage.
+class TokenFileCorruption : public TempDir {
+ protected:
+  void SetUp() override {
+    TempDir::SetUp();
+    good_ = path("good.tok");
+    moe::write_token_file(good_, std::vector<int32_t>{10, 20, 30, 40, 50}, 300);  // width 2: 42 bytes
+    bytes_ = read_bytes(good_);
+    ASSERT_EQ(bytes_.size(), 42u);
+    bad_ = path("bad.tok");
+  }
+  std::string good_, bad_;
+  std::vector<uint8_t> bytes_;
+};
+
+TEST_F(TokenFileCorruption, GoodFileReads) {
+  moe::TokenFile f;
+  ASSERT_TRUE(moe::read_token_file(good_, &f).ok());
+  EXPECT_EQ(f.tokens, (std::vector<int32_t>{10, 20, 30, 40, 50}));
+}
+
+TEST_F(TokenFileCorruption, MissingFile) {
+  expect_read_fails(path("missing.tok"), TokenFileStatus::Code::IOError, {"cannot open", "No such file"});
+}
+
+TEST_F(TokenFileCorruption, Directory) {
+  expect_read_fails(dir_.string(), TokenFileStatus::Code::IOError, {"not a regular file"});
+}
+
+TEST_F(TokenFileCorruption, ShorterThanAHeader) {
+  write_bytes(bad_, std::vector<uint8_t>(bytes_.begin(), bytes_.begin() + 10));
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"too short for a header", "10 bytes", "32"});
+  write_bytes(bad_, {});
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"too short for a header", "0 bytes"});
+}
+
+TEST_F(TokenFileCorruption, BadMagic) {
+  bytes_[0] = 'X';
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"not a token file"});
+}
+
+TEST_F(TokenFileCorruption, NewerVersionNamesBothVersions) {
+  put_u32(bytes_, 8, 2);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::NotSupported, {"format version 2", "versions up to 1"});
+}
+
+TEST_F(TokenFileCorruption, VersionZero) {
+  put_u32(bytes_, 8, 0);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::NotSupported, {"format version 0"});
+}
+
+TEST_F(TokenFileCorruption, BadWidth) {
+  put_u32(bytes_, 12, 3);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"token width 3", "accepted: 1, 2 or 4"});
+}
+
+TEST_F(TokenFileCorruption, BadVocab) {
+  put_u32(bytes_, 24, 0);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"vocab_size 0"});
+}
+
+TEST_F(TokenFileCorruption, ReservedNotZero) {
+  put_u32(bytes_, 28, 7);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"reserved header field 7"});
+}
+
+TEST_F(TokenFileCorruption, TruncatedSaysExpectedAndFoundBytes) {
+  bytes_.pop_back();
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption,
+                    {"is truncated", "5 tokens of 2 bytes", "42 bytes expected", "41 bytes found"});
+}
+
+TEST_F(TokenFileCorruption, HugeCountIsTruncationNotOverflow) {
+  for (int i = 16; i < 24; ++i) bytes_[i] = 0xFF;
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"is truncated", "more than 2^64", "42 bytes found"});
+}
+
+TEST_F(TokenFileCorruption, TrailingBytes) {
+  bytes_.push_back(0);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"trailing bytes", "42 bytes expected", "43 bytes found"});
+}
+
+TEST_F(TokenFileCorruption, TokenOutOfRangeNamesItsPosition) {
+  // Token 3 sits at bytes 32 + 3 * 2; 300 = vocab_size.
+  bytes_[38] = 300 & 0xFF;
+  bytes_[39] = 300 >> 8;
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"token 300 at position 3", ">= vocab_size 300"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// Byte tokenizer
+
+TEST(ByteTokenizer, EveryByteRoundTrips) {
+  std::string all;
+  for (int b = 0; b < 256; ++b) all.push_back(static_cast<char>(b));
+  std::vector<int32_t> tokens;
+  moe::encode_bytes(all, tokens);
+  ASSERT_EQ(tokens.size(), 256u);
+  for (int b = 0; b < 256; ++b) EXPECT_EQ(tokens[b], b);
+  EXPECT_EQ(moe::decode_bytes(tokens), all);
+}
+
+TEST(ByteTokenizer, DocumentsEndWithTheEndOfDocumentToken) {
+  std::vector<int32_t> tokens;
+  moe::encode_document("ab", tokens);
+  moe::encode_document("", tokens);
+  moe::encode_document("\xff", tokens);
+  EXPECT_EQ(tokens, (std::vector<int32_t>{'a', 'b', 256, 256, 255, 256}));
+  EXPECT_EQ(moe::decode_bytes(tokens, "|"), "ab||\xff|");
+  EXPECT_EQ(moe::decode_bytes(tokens), "ab<|endofdoc|><|endofdoc|>\xff<|endofdoc|>");
+  EXPECT_EQ(moe::kByteVocabSize, 257);
+}
+
+TEST(ByteTokenizer, DecodeRejectsNonByteTokens) {
+  std::string e = error_of([] { moe::decode_bytes(std::vector<int32_t>{65, 66, 300}); });
+  EXPECT_CONTAINS(e, "token 300 at position 2");
+  e = error_of([] { moe::decode_bytes(std::vector<int32_t>{-1}); });
+  EXPECT_CONTAINS(e, "token -1 at position 0");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sources and the split
+
+using TokenFileSourceTest = TempDir;
+
+TEST_F(TokenFileSourceTest, NonOverlappingWindowsAndTheTailDropped) {
+  const std::string p = path("c.tok");
+  std::vector<int32_t> tokens(23);
+  for (int i = 0; i < 23; ++i) tokens[i] = i;
+  moe::write_token_file(p, tokens, 100);
+  moe::TokenFileSource src(p, 4);  // windows of 5: 4 full windows, 3 tokens of tail dropped
+  EXPECT_EQ(src.num_sequences(), 4);
+  EXPECT_EQ(src.seq_tokens(), 5);
+  EXPECT_EQ(src.vocab_size(), 100);
+  EXPECT_EQ(src.num_tokens(), 23);
+  EXPECT_EQ(src.domain_of(2), -1);
+  std::vector<int32_t> seq(5);
+  for (int64_t i = 0; i < 4; ++i) {
+    src.sequence(i, seq.data());
+    for (int t = 0; t < 5; ++t) EXPECT_EQ(seq[t], i * 5 + t);
+  }
+}
+
+TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
+  const std::string p = path("short.tok");
+  moe::write_token_file(p, std::vector<int32_t>{1, 2, 3}, 10);
+  std::string e = error_of([&] { moe::TokenFileSource src(p, 3); });
+  EXPECT_CONTAINS(e, p);
+  EXPECT_CONTAINS(e, "has 3 tokens");
+  EXPECT_CONTAINS(e, "= 4 tokens");
+  moe::TokenFileSource ok(p, 2);  // exactly one window
+  EXPECT_EQ(ok.num_sequences(), 1);
+  // A damaged file surfaces the reader's message.
+  e = error_of([&] { moe::TokenFileSource src(path("missing.tok"), 3); });
+  EXPECT_CONTAINS(e, "missing.tok");
+}
+
+TEST(SyntheticSource, MatchesTheCorpus) {
+  moe::SyntheticCorpusConfig cfg;
+  moe::SyntheticSource src(cfg, 40, 16);
+  moe::SyntheticCorpus corpus(cfg);
+  EXPECT_EQ(src.num_sequences(), 40);
+  EXPECT_EQ(src.seq_tokens(), 17);
+  EXPECT_EQ(src.vocab_size(), cfg.vocab_size);
+  std::vector<int32_t> a(17), b(17);
+  for (int64_t i : {0, 7, 39}) {
+    src.sequence(i, a.data());
+    corpus.sequence(i, 17, b.data());
+    EXPECT_EQ(a, b);
+    EXPECT_EQ(src.domain_of(i), corpus.domain_of(i));
+  }
+  EXPECT_THROW(moe::SyntheticSource(cfg, 0, 16), moe::InvalidArgument);
+  EXPECT_THROW(moe::SyntheticSource(cfg, 10, 0), moe::InvalidArgument);
+}
+
+TEST(Split, EvalIsTheLastCeilFractionAndDisjoint) {
+  struct Case {
+    int64_t n;
+    double f;
+    int64_t eval;
+  };
+  for (Case c : {Case{10, 0.0, 0}, Case{10, 0.1, 1}, Case{10, 0.3, 3}, Case{10, 0.25, 3}, Case{1000, 0.001, 1},
+                 Case{1000, 1e-9, 1}, Case{7, 0.5, 4}, Case{2, 0.5, 1}}) {
+    SCOPED_TRACE(std::to_string(c.n) + " x " + std::to_string(c.f));
+    moe::DataSplit s = moe::make_split(c.n, c.f);
+    EXPECT_EQ(s.eval.size(), c.eval);
+    EXPECT_EQ(s.train.begin, 0);
+    EXPECT_EQ(s.train.end, s.eval.begin);  // disjoint, contiguous
+    EXPECT_EQ(s.eval.end, c.n);            // together they cover [0, n)
+  }
+  std::string e = error_of([] { moe::make_split(1, 0.5); });
+  EXPECT_CONTAINS(e, "leaves none for training");
+  EXPECT_CONTAINS(e, "1 sequences");
+  EXPECT_CONTAINS(error_of([] { moe::make_split(10, 1.0); }), "must be in [0, 1)");
+  EXPECT_CONTAINS(error_of([] { moe::make_split(10, -0.1); }), "must be in [0, 1)");
+}
+
+TEST(Split, RankShardsAreDisjointAndCover) {
+  for (int W : {1, 2, 3, 4, 7}) {
+    int64_t next = 5;
+    for (int r = 0; r < W; ++r) {
+      moe::IndexRange s = moe::rank_shard({5, 15}, r, W);
+      EXPECT_EQ(s.begin, next);
+      EXPECT_GE(s.size(), 10 / W);
+      EXPECT_LE(s.size(), 10 / W + 1);
+      next = s.end;
+    }
+    EXPECT_EQ(next, 15);
+  }
+  EXPECT_THROW(moe::rank_shard({0, 4}, 2, 2), moe::InvalidArgument);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The loader
+
+// Sequence i is (i, i + 1, ..., i + seq_len): the first input token names the sequence.
+class IndexSource : public moe::SequenceSource {
+ public:
+  IndexSource(int64_t n, int64_t seq_len) : n_(n), seq_len_(seq_len) {}
+  int64_t num_sequences() const override { return n_; }
+  int64_t seq_tokens() const override { return seq_len_ + 1; }
+  void sequence(int64_t index, int32_t* out) const override {
+    for (int64_t t = 0; t <= seq_len_; ++t) out[t] = static_cast<int32_t>(index + t);
+  }
+  int64_t vocab_size() const override { return n_ + seq_len_ + 1; }
+  int64_t domain_of(int64_t index) const override { return index % 3; }
+
+ private:
+  int64_t n_, seq_len_;
+};
+
+// The sequence indices of one batch, checking inputs, targets and domains along the way.
+std::vector<int64_t> draw(moe::DataLoader& loader) {
+  const int64_t B = loader.batch_size(), L = loader.seq_len();
+  std::vector<int32_t> in(B * L, -1), tgt(B * L, -1);
+  std::vector<int64_t> dom(B, -9), idx(B);
+  loader.next_batch(in.data(), tgt.data(), dom.data());
+  for (int64_t b = 0; b < B; ++b) {
+    idx[b] = in[b * L];
+    for (int64_t t = 0; t < L; ++t) {
+      EXPECT_EQ(in[b * L + t], idx[b] + t);
+      EXPECT_EQ(tgt[b * L + t], idx[b] + t + 1);
+    }
+    EXPECT_EQ(dom[b], idx[b] % 3);
+  }
+  return idx;
+}
+
+// One global step: the concatenation of every rank's batch in rank order.
+std::vector<int64_t> draw_global(std::vector<moe::DataLoader>& ranks) {
+  std::vector<int64_t> all;
+  for (moe::DataLoader& l : ranks) {
+    std::vector<int64_t> part = draw(l);
+    all.insert(all.end(), part.begin(), part.end());
+  }
+  return all;
+}
+
+std::vector<moe::DataLoader> make_ranks(const moe::SequenceSource& src, int64_t begin, int64_t end, int W,
+                                        int64_t B, uint64_t seed) {
+  std::vector<moe::DataLoader> ranks;
+  for (int r = 0; r < W; ++r) ranks.emplace_back(src, begin, end, r, W, B, seed);
+  return ranks;
+}
+
+TEST(DataLoader, EverySequenceOncePerEpochAcrossRanks) {
+  IndexSource src(60, 4);
+  const int64_t begin = 6, end = 54;  // 48 training sequences, divisible by every W * B below
+  for (int W : {1, 2, 4}) {
+    SCOPED_TRACE("W = " + std::to_string(W));
+    const int64_t B = 3;
+    std::vector<moe::DataLoader> ranks = make_ranks(src, begin, end, W, B, 11);
+    const int64_t steps = 48 / (W * B);
+    EXPECT_EQ(ranks[0].steps_per_epoch(), steps);
+    for (uint64_t epoch = 0; epoch < 3; ++epoch) {
+      std::multiset<int64_t> seen;
+      for (int64_t s = 0; s < steps; ++s) {
+        EXPECT_EQ(ranks[0].position(), (moe::LoaderPosition{epoch, static_cast<uint64_t>(s)}));
+        std::set<int64_t> in_step;
+        for (moe::DataLoader& l : ranks) {
+          for (int64_t i : draw(l)) {
+            EXPECT_TRUE(in_step.insert(i).second) << "sequence " << i << " twice in one global step";
+            seen.insert(i);
+          }
+        }
+      }
+      ASSERT_EQ(seen.size(), 48u);
+      for (int64_t i = begin; i < end; ++i) EXPECT_EQ(seen.count(i), 1u) << "sequence " << i << ", epoch " << epoch;
+    }
+  }
+}
+
+TEST(DataLoader, RemainderIsDroppedAndEpochsStillNeverRepeat) {
+  IndexSource src(50, 2);
+  std::vector<moe::DataLoader> ranks = make_ranks(src, 0, 50, 2, 4, 3);  // 50 = 6 steps x 8 + 2 dropped
+  EXPECT_EQ(ranks[0].steps_per_epoch(), 6);
+  std::set<int64_t> dropped_union;
+  for (int epoch = 0; epoch < 4; ++epoch) {
+    std::set<int64_t> seen;
+    for (int s = 0; s < 6; ++s)
+      for (int64_t i : draw_global(ranks)) EXPECT_TRUE(seen.insert(i).second);
+    EXPECT_EQ(seen.size(), 48u);
+    for (int64_t i = 0; i < 50; ++i)
+      if (!seen.count(i)) dropped_union.insert(i);
+  }
+  EXPECT_GT(dropped_union.size(), 2u) << "the same sequences were dropped in every epoch";
+}
+
+TEST(DataLoader, GlobalOrderDoesNotDependOnTheNumberOfRanks) {
+  IndexSource src(100, 3);
+  std::vector<moe::DataLoader> w1 = make_ranks(src, 10, 90, 1, 8, 5);
+  std::vector<moe::DataLoader> w2 = make_ranks(src, 10, 90, 2, 4, 5);
+  std::vector<moe::DataLoader> w4 = make_ranks(src, 10, 90, 4, 2, 5);
+  for (int s = 0; s < 25; ++s) {  // 10 steps per epoch: crosses two epoch boundaries
+    std::vector<int64_t> a = draw_global(w1);
+    EXPECT_EQ(draw_global(w2), a) << "step " << s;
+    EXPECT_EQ(draw_global(w4), a) << "step " << s;
+  }
+}
+
+TEST(DataLoader, OrderDependsOnSeedAndEpoch) {
+  IndexSource src(64, 2);
+  auto epoch_order = [&](uint64_t seed, int epoch) {
+    moe::DataLoader l(src, 0, 64, 0, 1, 64, seed);
+    std::vector<int64_t> order;
+    for (int e = 0; e <= epoch; ++e) order = draw(l);
+    return order;
+  };
+  std::vector<int64_t> identity(64);
+  for (int i = 0; i < 64; ++i) identity[i] = i;
+  const std::vector<int64_t> s1e0 = epoch_order(1, 0);
+  EXPECT_NE(s1e0, identity);
+  EXPECT_NE(epoch_order(1, 1), s1e0);
+  EXPECT_NE(epoch_order(2, 0), s1e0);
+  EXPECT_EQ(epoch_order(1, 0), s1e0);
+}
+
+TEST(DataLoader, SameArgumentsGiveTheSameBatchesBitForBit) {
+  moe::SyntheticCorpusConfig cfg;
+  moe::SyntheticSource src(cfg, 200, 16);
+  moe::DataLoader a(src, 0, 180, 1, 2, 4, 77), b(src, 0, 180, 1, 2, 4, 77);
+  std::vector<int32_t> ia(64), ta(64), ib(64), tb(64), seq(17);
+  std::vector<int64_t> da(4), db(4);
+  for (int s = 0; s < 30; ++s) {
+    a.next_batch(ia.data(), ta.data(), da.data());
+    b.next_batch(ib.data(), tb.data(), db.data());
+    ASSERT_EQ(ia, ib);
+    ASSERT_EQ(ta, tb);
+    ASSERT_EQ(da, db);
+  }
+  // Targets are the inputs shifted by one; domains may be left out.
+  a.next_batch(ia.data(), ta.data(), nullptr);
+  for (int64_t r = 0; r < 4; ++r)
+    for (int64_t t = 0; t + 1 < 16; ++t) EXPECT_EQ(ta[r * 16 + t], ia[r * 16 + t + 1]);
+}
+
+TEST(DataLoader, RestoredLoaderContinuesExactly) {
+  IndexSource src(40, 3);
+  for (int k : {0, 3, 9, 12}) {  // 9 steps per epoch: positions inside and at an epoch's start
+    SCOPED_TRACE("k = " + std::to_string(k));
+    moe::DataLoader first(src, 0, 36, 1, 2, 2, 9);
+    for (int s = 0; s < k; ++s) draw(first);
+    const moe::LoaderPosition saved = first.position();
+    EXPECT_EQ(saved, (moe::LoaderPosition{static_cast<uint64_t>(k / 9), static_cast<uint64_t>(k % 9)}));
+    std::vector<std::vector<int64_t>> expected;
+    for (int s = 0; s < 20; ++s) expected.push_back(draw(first));
+    moe::DataLoader fresh(src, 0, 36, 1, 2, 2, 9);
+    draw(fresh);  // a restored loader forgets where it was
+    fresh.restore(saved);
+    EXPECT_EQ(fresh.position(), saved);
+    for (int s = 0; s < 20; ++s) EXPECT_EQ(draw(fresh), expected[s]) << "batch " << s << " after restore";
+  }
+}
+
+TEST(DataLoader, RestoreRejectsAStepBeyondTheEpoch) {
+  IndexSource src(40, 3);
+  moe::DataLoader l(src, 0, 40, 0, 2, 5, 1);  // 4 steps per epoch
+  std::string e = error_of([&] { l.restore({2, 4}); });
+  EXPECT_CONTAINS(e, "step 4 of epoch 2");
+  EXPECT_CONTAINS(e, "has 4 steps");
+  l.restore({2, 3});
+  EXPECT_EQ(l.position(), (moe::LoaderPosition{2, 3}));
+}
+
+TEST(DataLoader, TooSmallSplitNamesBothNumbers) {
+  IndexSource src(40, 3);
+  std::string e = error_of([&] { moe::DataLoader l(src, 30, 35, 0, 2, 3, 1); });
+  EXPECT_CONTAINS(e, "has 5 sequences");
+  EXPECT_CONTAINS(e, "2 x 3 = 6");
+  moe::DataLoader exactly(src, 30, 36, 1, 2, 3, 1);  // one step per epoch
+  EXPECT_EQ(exactly.steps_per_epoch(), 1);
+}
+
+TEST(DataLoader, RejectsBadArguments) {
+  IndexSource src(40, 3);
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 41, 0, 1, 1, 1); }), "range [0, 41)");
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 5, 5, 0, 1, 1, 1); }), "non-empty");
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 2, 2, 1, 1); }), "rank = 2");
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 0, 0, 1, 1); }), "world_size = 0");
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 0, 1, 0, 1); }), "batch_size = 0");
+  IndexSource one_token(10, 0);
+  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(one_token, 0, 10, 0, 1, 1, 1); }), "at least 2");
+}
+
+}  // namespace

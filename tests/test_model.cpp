@@ -1,0 +1,1002 @@
+// Tests of the transformer model's pieces (core/model/*, and the attention ops of core/ops.h): forwards
+// against straightforward double-precision references, backwards against central finite differences,
+// causality, accumulation, argument checks, and the whole TransformerLM's gradients over every
+// parameter in each combination of positions, tying, shared experts and norm kind.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <numeric>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/check.h"
+#include "core/model/attention_layer.h"
+#include "core/model/dense_ffn.h"
+#include "core/model/norm_layer.h"
+#include "core/model/transformer.h"
+#include "core/moe/moe_layer.h"
+#include "core/ops.h"
+#include "core/parameters.h"
+#include "core/random.h"
+
+namespace moe {
+namespace {
+
+constexpr uint64_t kSeed = 4321;
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+Tensor normal_tensor(const Shape& shape, float std, const std::string& name) {
+  Tensor t = Tensor::empty(shape);
+  fill_normal(t, std, stream_id(kSeed, name));
+  return t;
+}
+
+// sum_i y_i r_i in double: a scalar loss whose gradient with respect to y is r.
+double weighted_sum(const Tensor& y, const Tensor& r) {
+  double sum = 0.0;
+  for (int64_t i = 0; i < y.numel(); ++i) sum += static_cast<double>(y.f32()[i]) * r.f32()[i];
+  return sum;
+}
+
+double max_abs(const Tensor& t) {
+  double m = 0.0;
+  for (int64_t i = 0; i < t.numel(); ++i) m = std::max(m, std::fabs(static_cast<double>(t.f32()[i])));
+  return m;
+}
+
+std::vector<int32_t> ints_of(const Tensor& t) { return std::vector<int32_t>(t.i32(), t.i32() + t.numel()); }
+
+void expect_invalid_argument(const std::function<void()>& call, const std::vector<std::string>& parts) {
+  try {
+    call();
+    ADD_FAILURE() << "expected InvalidArgument mentioning \"" << parts.front() << "\"";
+  } catch (const InvalidArgument& e) {
+    const std::string message = e.what();
+    for (const std::string& part : parts)
+      EXPECT_NE(message.find(part), std::string::npos) << "message \"" << message << "\" lacks \"" << part << "\"";
+  }
+}
+
+// ---- finite differences ----
+
+// One evaluation of a scalar loss, with what makes the loss piecewise (routing choices, ReLU signs):
+// elements whose +h or -h evaluation changes the signature are skipped, not compared.
+struct FdPoint {
+  double loss = 0.0;
+  std::vector<int32_t> signature;
+};
+
+struct FdTally {
+  int64_t checked = 0;
+  int64_t skipped = 0;
+  double worst = 0.0;       // largest |analytic - fd| / tolerance
+  double max_abs_fd = 0.0;  // largest |fd| seen: ~0 would mean the loss does not depend on the input
+};
+
+struct FdTolerance {
+  float h;
+  double atol, rtol;
+};
+
+std::vector<int64_t> all_elements(const Tensor& t) {
+  std::vector<int64_t> e(static_cast<size_t>(t.numel()));
+  std::iota(e.begin(), e.end(), 0);
+  return e;
+}
+
+// `count` distinct elements of t, spread by a random permutation seeded by `name` (all when fewer).
+std::vector<int64_t> sample_elements(const Tensor& t, int64_t count, const std::string& name) {
+  std::vector<int64_t> e = all_elements(t);
+  if (t.numel() <= count) return e;
+  std::mt19937_64 rng(stream_id(kSeed, name));
+  std::shuffle(e.begin(), e.end(), rng);
+  e.resize(static_cast<size_t>(count));
+  return e;
+}
+
+// Compares analytic[i] with (L(x_i + h) - L(x_i - h)) / (the step actually taken) for each i in
+// `elements`, perturbing `param` in place; eval() runs the forward on param's current contents.
+void fd_compare(const std::string& name, Tensor& param, const Tensor& analytic, const std::vector<int64_t>& elements,
+                const std::function<FdPoint()>& eval, const FdPoint& base, const FdTolerance& tol, FdTally& tally) {
+  ASSERT_EQ(param.shape(), analytic.shape()) << name;
+  float* p = param.f32();
+  for (int64_t i : elements) {
+    const float v = p[i];
+    p[i] = v + tol.h;
+    const float v_plus = p[i];
+    const FdPoint plus = eval();
+    p[i] = v - tol.h;
+    const float v_minus = p[i];
+    const FdPoint minus = eval();
+    p[i] = v;
+    if (plus.signature != base.signature || minus.signature != base.signature) {
+      ++tally.skipped;
+      continue;
+    }
+    ++tally.checked;
+    const double fd = (plus.loss - minus.loss) / (static_cast<double>(v_plus) - v_minus);
+    const double a = analytic.f32()[i];
+    const double allowed = tol.atol + tol.rtol * std::fabs(fd);
+    tally.worst = std::max(tally.worst, std::fabs(a - fd) / allowed);
+    tally.max_abs_fd = std::max(tally.max_abs_fd, std::fabs(fd));
+    EXPECT_NEAR(a, fd, allowed) << name << "[" << i << "]";
+  }
+}
+
+// fd_compare over every element, for smooth losses (no signature), and a check that it is not vacuous.
+void expect_gradient(const std::string& name, Tensor& param, const Tensor& analytic,
+                     const std::function<double()>& loss, const FdTolerance& tol,
+                     std::vector<int64_t> elements = {}) {
+  if (elements.empty()) elements = all_elements(param);
+  auto eval = [&] { return FdPoint{loss(), {}}; };
+  FdTally tally;
+  fd_compare(name, param, analytic, elements, eval, FdPoint{0.0, {}}, tol, tally);
+  EXPECT_GT(tally.max_abs_fd, 10 * tol.atol) << name << ": the loss barely depends on it; the check is vacuous";
+  if (::testing::Test::HasFailure() || std::getenv("MOE_TEST_VERBOSE"))
+    std::printf("  %-28s checked %4lld  worst err/tol %.3f  max|fd| %.3g\n", name.c_str(),
+                static_cast<long long>(tally.checked), tally.worst, tally.max_abs_fd);
+}
+
+// Op and layer checks: the forwards run in float32 on O(1) inputs and the loss L = sum(y r) is
+// summed in double. With h = 1e-2 the central difference's truncation error h^2 |f'''| / 6 stays
+// below ~1e-4 (|f'''| <~ 5 for softmax attention, norms and activations on O(1) inputs), and the
+// float32 rounding of the outputs that one input moves (~1e-7 relative each, up to a few hundred of
+// them) adds ~1e-6 to L, ~5e-5 after dividing by 2h. So 3e-4 absolute + 3e-3 relative holds a >3x
+// margin over the worst error measured (printed with MOE_TEST_VERBOSE=1), while a wrong term, sign
+// or factor moves O(0.1 .. 1) gradients by well over 1%.
+const FdTolerance kOpTol{std::getenv("MOE_OP_H") ? std::strtof(std::getenv("MOE_OP_H"), nullptr) : 1e-2f, 1e-3, 5e-3};
+
+// ---- references ----
+
+// Rotary in double: the pair (2i, 2i+1) of each head of row n rotated by (n % S) * theta^(-2i/Dh).
+std::vector<double> ref_rotary(const Tensor& x, int64_t H, int64_t S, double theta) {
+  const int64_t N = x.dim(0), C = x.dim(1), Dh = C / H;
+  std::vector<double> y(static_cast<size_t>(N * C));
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < Dh / 2; ++i) {
+        const double angle = static_cast<double>(n % S) * std::pow(theta, -2.0 * i / Dh);
+        const int64_t c = n * C + h * Dh + 2 * i;
+        const double x0 = x.f32()[c], x1 = x.f32()[c + 1];
+        y[c] = x0 * std::cos(angle) - x1 * std::sin(angle);
+        y[c + 1] = x0 * std::sin(angle) + x1 * std::cos(angle);
+      }
+  return y;
+}
+
+// Causal attention in double with an explicit -infinity mask: the triple loops of the definition.
+void ref_attention(std::vector<double>& out, std::vector<double>& probs, const Tensor& q, const Tensor& k,
+                   const Tensor& v, int64_t H, int64_t S) {
+  const int64_t N = q.dim(0), C = q.dim(1), Dh = C / H, B = N / S;
+  out.assign(static_cast<size_t>(N * C), 0.0);
+  probs.assign(static_cast<size_t>(B * H * S * S), 0.0);
+  const double scale = 1.0 / std::sqrt(static_cast<double>(Dh));
+  std::vector<double> score(static_cast<size_t>(S));
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t i = 0; i < S; ++i) {
+        const float* qi = q.f32() + (b * S + i) * C + h * Dh;
+        double m = -std::numeric_limits<double>::infinity();
+        for (int64_t j = 0; j < S; ++j) {
+          if (j > i) {
+            score[j] = -std::numeric_limits<double>::infinity();  // the causal mask
+            continue;
+          }
+          const float* kj = k.f32() + (b * S + j) * C + h * Dh;
+          double dot = 0.0;
+          for (int64_t c = 0; c < Dh; ++c) dot += static_cast<double>(qi[c]) * kj[c];
+          score[j] = dot * scale;
+          m = std::max(m, score[j]);
+        }
+        double sum = 0.0;
+        for (int64_t j = 0; j < S; ++j) sum += std::exp(score[j] - m);
+        double* p = probs.data() + ((b * H + h) * S + i) * S;
+        for (int64_t j = 0; j < S; ++j) p[j] = std::exp(score[j] - m) / sum;
+        for (int64_t j = 0; j < S; ++j)
+          for (int64_t c = 0; c < Dh; ++c)
+            out[(b * S + i) * C + h * Dh + c] += p[j] * v.f32()[(b * S + j) * C + h * Dh + c];
+      }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Rotary position embedding
+// ---------------------------------------------------------------------------------------------
+
+TEST(Rotary, MatchesTheDoublePrecisionDefinition) {
+  const int64_t B = 2, S = 7, H = 3, Dh = 6;
+  Tensor x = normal_tensor({B * S, H * Dh}, 1.f, "rope.x");
+  Tensor y = Tensor::empty(x.shape());
+  rotary_forward(y, x, H, S, 10000.f);
+  const std::vector<double> ref = ref_rotary(x, H, S, 10000.0);
+  // cos and sin rounded to float (~6e-8 relative) and two float products per output: < 3e-7 |x|.
+  const double tol = 1e-6 * max_abs(x);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y.f32()[i], ref[i], tol) << "element " << i;
+}
+
+TEST(Rotary, StaysAccurateAtLargePositions) {
+  // s * freq reaches thousands of radians: an angle formed in float32 would be off by ~1e-4 rad.
+  const int64_t S = 4096, H = 1, Dh = 8;
+  Tensor x = normal_tensor({S, H * Dh}, 1.f, "rope.long");
+  Tensor y = Tensor::empty(x.shape());
+  rotary_forward(y, x, H, S, 10000.f);
+  const std::vector<double> ref = ref_rotary(x, H, S, 10000.0);
+  const double tol = 1e-6 * max_abs(x);
+  for (int64_t i = (S - 8) * Dh; i < y.numel(); ++i) ASSERT_NEAR(y.f32()[i], ref[i], tol) << "element " << i;
+}
+
+TEST(Rotary, PositionZeroIsIdentityAndEveryPairKeepsItsNorm) {
+  const int64_t B = 3, S = 4, H = 2, Dh = 8, C = H * Dh;
+  Tensor x = normal_tensor({B * S, C}, 1.f, "rope.norm");
+  Tensor y = Tensor::empty(x.shape());
+  rotary_forward(y, x, H, S, 10000.f);
+  for (int64_t n = 0; n < B * S; ++n) {
+    for (int64_t c = 0; c < C; c += 2) {
+      const float x0 = x.f32()[n * C + c], x1 = x.f32()[n * C + c + 1];
+      const float y0 = y.f32()[n * C + c], y1 = y.f32()[n * C + c + 1];
+      if (n % S == 0) {  // angle 0: cos = 1, sin = 0 exactly
+        ASSERT_EQ(y0, x0) << "row " << n << " col " << c;
+        ASSERT_EQ(y1, x1) << "row " << n << " col " << c;
+      }
+      const double norm_x = std::hypot(x0, x1), norm_y = std::hypot(y0, y1);
+      ASSERT_NEAR(norm_y, norm_x, 1e-6 * (1.0 + norm_x)) << "row " << n << " col " << c;
+    }
+  }
+  // Position s > 0 really rotates (the first pair by s radians).
+  EXPECT_NE(y.f32()[1 * C], x.f32()[1 * C]);
+}
+
+TEST(Rotary, InPlaceMatchesOutOfPlaceAndBackwardIsTheInverseAccumulated) {
+  const int64_t B = 2, S = 6, H = 2, Dh = 4;
+  Tensor x = normal_tensor({B * S, H * Dh}, 1.f, "rope.inv");
+  Tensor y = Tensor::empty(x.shape());
+  rotary_forward(y, x, H, S, 500.f);
+  Tensor in_place = x.clone();
+  rotary_forward(in_place, in_place, H, S, 500.f);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(in_place.f32()[i], y.f32()[i]) << i;
+  // The backward applies R^T = R^-1: from y it recovers x, and a second call adds it again.
+  Tensor dx = Tensor::zeros(x.shape());
+  rotary_backward(dx, y, H, S, 500.f);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_NEAR(dx.f32()[i], x.f32()[i], 1e-6) << i;
+  rotary_backward(dx, y, H, S, 500.f);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_NEAR(dx.f32()[i], 2 * x.f32()[i], 2e-6) << i;
+}
+
+TEST(Rotary, BackwardMatchesFiniteDifferences) {
+  const int64_t B = 2, S = 5, H = 2, Dh = 4;
+  Tensor x = normal_tensor({B * S, H * Dh}, 1.f, "rope.fd.x");
+  Tensor r = normal_tensor({B * S, H * Dh}, 1.f, "rope.fd.r");
+  Tensor y = Tensor::empty(x.shape());
+  Tensor dx = Tensor::zeros(x.shape());
+  rotary_backward(dx, r, H, S, 10000.f);
+  expect_gradient("rotary dx", x, dx, [&] {
+    rotary_forward(y, x, H, S, 10000.f);
+    return weighted_sum(y, r);
+  }, kOpTol);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Causal attention
+// ---------------------------------------------------------------------------------------------
+
+struct AttentionShape {
+  int64_t B, H, S, Dh;
+};
+
+class CausalAttention : public ::testing::TestWithParam<AttentionShape> {};
+
+// Small: one row block, serial. Large: S = 150 spans three row blocks of 64 (the last partial) and
+// 8 (sequence, head) pairs run in parallel.
+INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
+                         ::testing::Values(AttentionShape{2, 2, 5, 4}, AttentionShape{2, 4, 150, 16}),
+                         [](const auto& param_info) {
+                           return param_info.param.S < 64 ? "Small" : "MultiBlockParallel";
+                         });
+
+TEST_P(CausalAttention, ForwardMatchesNaiveTripleLoopWithExplicitMask) {
+  const auto [B, H, S, Dh] = GetParam();
+  const int64_t N = B * S, C = H * Dh;
+  Tensor q = normal_tensor({N, C}, 1.f, "att.q"), k = normal_tensor({N, C}, 1.f, "att.k"),
+         v = normal_tensor({N, C}, 1.f, "att.v");
+  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  out.fill(std::numeric_limits<float>::quiet_NaN());  // a forward that reads its outputs shows NaN
+  probs.fill(std::numeric_limits<float>::quiet_NaN());
+  causal_attention_forward(out, probs, q, k, v, H, S);
+  std::vector<double> ref_out, ref_probs;
+  ref_attention(ref_out, ref_probs, q, k, v, H, S);
+  // Scores carry ~Dh u |q||k| ~ 1e-6 of rounding and exp ~2e-7 relative: probabilities within 1e-6
+  // (absolute, they are <= 1), outputs (sums of <= S probabilities times O(1) values) within 2e-5.
+  for (int64_t i = 0; i < probs.numel(); ++i) {
+    const int64_t row = (i / S) % S, col = i % S;
+    if (col > row)
+      ASSERT_EQ(probs.f32()[i], 0.f) << "masked probability " << i << " must be exactly 0";
+    else
+      ASSERT_NEAR(probs.f32()[i], ref_probs[i], 1e-6) << "probs element " << i;
+  }
+  for (int64_t i = 0; i < out.numel(); ++i) ASSERT_NEAR(out.f32()[i], ref_out[i], 2e-5) << "out element " << i;
+}
+
+TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {
+  const auto [B, H, S, Dh] = GetParam();
+  const int64_t N = B * S, C = H * Dh;
+  Tensor q = normal_tensor({N, C}, 1.f, "cau.q"), k = normal_tensor({N, C}, 1.f, "cau.k"),
+         v = normal_tensor({N, C}, 1.f, "cau.v");
+  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  causal_attention_forward(out, probs, q, k, v, H, S);
+  const Tensor before = out.clone();
+  const int64_t b = B - 1, future = S - S / 3;  // a position in the last sequence
+  for (Tensor* t : {&q, &k, &v})
+    for (int64_t c = 0; c < C; ++c) t->f32()[(b * S + future) * C + c] += 3.f;
+  causal_attention_forward(out, probs, q, k, v, H, S);
+  for (int64_t n = 0; n < N; ++n) {
+    const bool may_change = n >= b * S + future;
+    bool changed = false;
+    for (int64_t c = 0; c < C; ++c) {
+      if (!may_change) {  // rows before it use exactly the same arithmetic on exactly the same values
+        ASSERT_EQ(out.f32()[n * C + c], before.f32()[n * C + c]) << "row " << n << " col " << c;
+      }
+      changed = changed || out.f32()[n * C + c] != before.f32()[n * C + c];
+    }
+    if (n == b * S + future) {
+      EXPECT_TRUE(changed) << "the changed token's own output did not change";
+    }
+  }
+}
+
+TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
+  const auto [B, H, S, Dh] = GetParam();
+  const int64_t N = B * S, C = H * Dh;
+  Tensor q = normal_tensor({N, C}, 1.f, "afd.q"), k = normal_tensor({N, C}, 1.f, "afd.k"),
+         v = normal_tensor({N, C}, 1.f, "afd.v"), r = normal_tensor({N, C}, 1.f, "afd.r");
+  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  causal_attention_forward(out, probs, q, k, v, H, S);
+  Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
+  causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
+  auto loss = [&] {
+    causal_attention_forward(out, probs, q, k, v, H, S);
+    return weighted_sum(out, r);
+  };
+  // The large shape: 48 sampled elements per input, from every block, instead of all 4800.
+  const bool small = S < 64;
+  expect_gradient("attention dq", q, dq, loss, kOpTol, small ? all_elements(q) : sample_elements(q, 48, "s.q"));
+  expect_gradient("attention dk", k, dk, loss, kOpTol, small ? all_elements(k) : sample_elements(k, 48, "s.k"));
+  expect_gradient("attention dv", v, dv, loss, kOpTol, small ? all_elements(v) : sample_elements(v, 48, "s.v"));
+}
+
+TEST(CausalAttentionBackward, AccumulatesAndSkipsNullGradients) {
+  const int64_t B = 2, H = 2, S = 70, Dh = 4, N = B * S, C = H * Dh;
+  Tensor q = normal_tensor({N, C}, 1.f, "acc.q"), k = normal_tensor({N, C}, 1.f, "acc.k"),
+         v = normal_tensor({N, C}, 1.f, "acc.v"), r = normal_tensor({N, C}, 1.f, "acc.r");
+  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  causal_attention_forward(out, probs, q, k, v, H, S);
+  Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
+  causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
+  const Tensor dq1 = dq.clone(), dk1 = dk.clone(), dv1 = dv.clone();
+  causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
+  // Twice the same GEMMs with beta = 1: 2x up to a few ulps of the FMA chain.
+  for (int64_t i = 0; i < dq.numel(); ++i) {
+    ASSERT_NEAR(dq.f32()[i], 2 * dq1.f32()[i], 1e-6 * (1 + std::fabs(dq1.f32()[i]))) << "dq " << i;
+    ASSERT_NEAR(dk.f32()[i], 2 * dk1.f32()[i], 1e-6 * (1 + std::fabs(dk1.f32()[i]))) << "dk " << i;
+    ASSERT_NEAR(dv.f32()[i], 2 * dv1.f32()[i], 1e-6 * (1 + std::fabs(dv1.f32()[i]))) << "dv " << i;
+  }
+  // Each gradient alone equals its share of the full call.
+  for (int which = 0; which < 3; ++which) {
+    Tensor g = Tensor::zeros({N, C});
+    causal_attention_backward(which == 0 ? &g : nullptr, which == 1 ? &g : nullptr, which == 2 ? &g : nullptr, r,
+                              q, k, v, probs, H, S);
+    const Tensor& full = which == 0 ? dq1 : which == 1 ? dk1 : dv1;
+    for (int64_t i = 0; i < g.numel(); ++i) ASSERT_EQ(g.f32()[i], full.f32()[i]) << which << " " << i;
+  }
+}
+
+TEST(AttentionOps, BadArgumentsNameTheProblem) {
+  Tensor x = Tensor::zeros({10, 8}), y = Tensor::zeros({10, 8});
+  Tensor probs = Tensor::zeros({2, 2, 5, 5});
+  expect_invalid_argument([&] { rotary_forward(y, x, 2, 4, 10000.f); }, {"rotary_forward", "divisible by seq_len = 4"});
+  expect_invalid_argument([&] { rotary_forward(y, x, 8, 5, 10000.f); }, {"rotary_forward", "head_dim = 1", "even"});
+  expect_invalid_argument([&] { rotary_forward(y, x, 3, 5, 10000.f); }, {"n_heads = 3"});
+  expect_invalid_argument([&] { rotary_forward(y, x, 2, 5, 0.f); }, {"theta = 0"});
+  Tensor bad_probs = Tensor::zeros({2, 2, 5, 4});
+  expect_invalid_argument([&] { causal_attention_forward(y, bad_probs, x, x, x, 2, 5); },
+                          {"causal_attention_forward", "probs", "(2, 2, 5, 5)"});
+  Tensor short_v = Tensor::zeros({10, 6});
+  expect_invalid_argument([&] { causal_attention_forward(y, probs, x, x, short_v, 2, 5); }, {"v", "(10, 8)"});
+  expect_invalid_argument([&] { causal_attention_backward(&y, nullptr, nullptr, short_v, x, x, x, probs, 2, 5); },
+                          {"causal_attention_backward", "dout"});
+  Tensor w = Tensor::zeros({3, 7});
+  expect_invalid_argument([&] { linear_transposed_forward(y, x, w); }, {"linear_transposed_forward", "w", "(3, 8)"});
+}
+
+TEST(AttentionOps, CudaStubsThrowNamingTheOp) {
+  Tensor t = Tensor::zeros({1, 2});
+  const std::vector<std::pair<const char*, std::function<void()>>> stubs = {
+      {"rotary_forward", [&] { cuda::rotary_forward(t, t, 1, 1, 1.f); }},
+      {"rotary_backward", [&] { cuda::rotary_backward(t, t, 1, 1, 1.f); }},
+      {"causal_attention_forward", [&] { cuda::causal_attention_forward(t, t, t, t, t, 1, 1); }},
+      {"causal_attention_backward",
+       [&] { cuda::causal_attention_backward(nullptr, nullptr, nullptr, t, t, t, t, t, 1, 1); }},
+      {"linear_transposed_forward", [&] { cuda::linear_transposed_forward(t, t, t); }},
+      {"linear_transposed_backward", [&] { cuda::linear_transposed_backward(nullptr, nullptr, t, t, t); }},
+  };
+  for (const auto& [op, call] : stubs)
+    expect_invalid_argument(call, {std::string(op) + " has no CUDA implementation in this build"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// linear_transposed (the tied head)
+// ---------------------------------------------------------------------------------------------
+
+TEST(LinearTransposed, MatchesLinearWithTheTransposeAndFiniteDifferences) {
+  const int64_t N = 6, in = 5, out = 7;
+  Tensor x = normal_tensor({N, in}, 1.f, "lt.x"), w = normal_tensor({out, in}, 1.f, "lt.w");
+  Tensor r = normal_tensor({N, out}, 1.f, "lt.r");
+  Tensor wt = Tensor::empty({in, out});
+  for (int64_t i = 0; i < in; ++i)
+    for (int64_t o = 0; o < out; ++o) wt.f32()[i * out + o] = w.f32()[o * in + i];
+  Tensor y = Tensor::empty({N, out}), y_ref = Tensor::empty({N, out});
+  linear_transposed_forward(y, x, w);
+  linear_forward(y_ref, x, wt, nullptr);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y.f32()[i], y_ref.f32()[i], 1e-5) << i;
+  Tensor dx = Tensor::zeros(x.shape()), dw = Tensor::zeros(w.shape());
+  linear_transposed_backward(&dx, &dw, r, x, w);
+  auto loss = [&] {
+    linear_transposed_forward(y, x, w);
+    return weighted_sum(y, r);
+  };
+  expect_gradient("linear_transposed dx", x, dx, loss, kOpTol);
+  expect_gradient("linear_transposed dw", w, dw, loss, kOpTol);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Layers
+// ---------------------------------------------------------------------------------------------
+
+// Randomises a layer parameter in place (norm gains around 1, everything else around 0).
+void randomise(Tensor& t, float mean, float std, const std::string& name) {
+  Tensor noise = normal_tensor(t.shape(), std, name);
+  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = mean + noise.f32()[i];
+}
+
+TEST(NormLayer, BothKindsMatchFiniteDifferences) {
+  for (NormKind kind : {NormKind::RMSNorm, NormKind::LayerNorm}) {
+    SCOPED_TRACE(kind == NormKind::RMSNorm ? "rmsnorm" : "layernorm");
+    const int64_t N = 6, d = 8;
+    NormLayer norm(kind, d);
+    randomise(norm.weights.g, 1.f, 0.3f, "norm.g");
+    if (kind == NormKind::LayerNorm) randomise(norm.weights.b, 0.f, 0.3f, "norm.b");
+    Tensor x = normal_tensor({N, d}, 1.f, "norm.x"), r = normal_tensor({N, d}, 1.f, "norm.r");
+    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
+    norm.forward(y, x);
+    norm.backward(dx, r);
+    auto loss = [&] {
+      norm.forward(y, x);
+      return weighted_sum(y, r);
+    };
+    expect_gradient("norm dx", x, dx, loss, kOpTol);
+    expect_gradient("norm dg", norm.weights.g, norm.grads.g, loss, kOpTol);
+    if (kind == NormKind::LayerNorm) expect_gradient("norm db", norm.weights.b, norm.grads.b, loss, kOpTol);
+    // Parameters as the registry sees them: gains (and biases) without weight decay.
+    ParameterRegistry registry;
+    norm.register_parameters(registry, "n");
+    ASSERT_EQ(registry.all().size(), kind == NormKind::LayerNorm ? 2u : 1u);
+    for (const Parameter& p : registry.all()) {
+      EXPECT_FALSE(p.weight_decay) << p.name;
+      EXPECT_EQ(p.kind, ParamKind::Dense) << p.name;
+    }
+    EXPECT_EQ(registry.get("n.g").value.f32(), norm.weights.g.f32()) << "the registry shares the layer's storage";
+  }
+}
+
+TEST(DenseFFN, EveryActivationMatchesFiniteDifferences) {
+  for (Activation act : {Activation::ReLU, Activation::GELU, Activation::SwiGLU}) {
+    SCOPED_TRACE(to_string(act));
+    const int64_t N = 6, d = 5;
+    DenseFFNConfig cfg;
+    cfg.d_model = d;
+    cfg.hidden = 7;
+    cfg.activation = act;
+    cfg.init_std = 0.5f;
+    cfg.out_init_std = 0.5f;
+    DenseFFN ffn(cfg, kSeed, "ffn");
+    EXPECT_EQ(ffn.weights.w_in.shape(), (Shape{d, act == Activation::SwiGLU ? 14 : 7}));
+    Tensor x = normal_tensor({N, d}, 1.f, "ffn.x"), r = normal_tensor({N, d}, 1.f, "ffn.r");
+    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
+    ffn.forward(y, x);
+    ffn.backward(dx, r);
+    // ReLU is piecewise linear: an element whose +-h moves a pre-activation across 0 is skipped.
+    auto eval = [&] {
+      ffn.forward(y, x);
+      FdPoint point{weighted_sum(y, r), {}};
+      if (act == Activation::ReLU)
+        for (int64_t i = 0; i < ffn.pre_activation().numel(); ++i)
+          point.signature.push_back(ffn.pre_activation().f32()[i] > 0.f);
+      return point;
+    };
+    const FdPoint base = eval();
+    FdTally tally;
+    fd_compare("ffn dx", x, dx, all_elements(x), eval, base, kOpTol, tally);
+    fd_compare("ffn w_in", ffn.weights.w_in, ffn.grads.w_in, all_elements(ffn.weights.w_in), eval, base, kOpTol, tally);
+    fd_compare("ffn w_out", ffn.weights.w_out, ffn.grads.w_out, all_elements(ffn.weights.w_out), eval, base, kOpTol,
+               tally);
+    EXPECT_LT(tally.skipped, (tally.checked + tally.skipped) / 10) << "too many ReLU kinks crossed";
+    EXPECT_GT(tally.max_abs_fd, 0.1);
+  }
+}
+
+AttentionConfig small_attention(bool rotary) {
+  AttentionConfig cfg;
+  cfg.d_model = 8;
+  cfg.n_heads = 2;
+  cfg.seq_len = 5;
+  cfg.rotary = rotary;
+  cfg.rope_theta = 100.f;  // larger angles between the 5 positions than 10000 gives
+  cfg.init_std = 0.5f;
+  cfg.out_init_std = 0.5f;
+  return cfg;
+}
+
+TEST(AttentionLayer, MatchesFiniteDifferencesWithAndWithoutRotary) {
+  for (bool rotary : {false, true}) {
+    SCOPED_TRACE(rotary ? "rotary" : "no positions");
+    const AttentionConfig cfg = small_attention(rotary);
+    const int64_t N = 2 * cfg.seq_len, d = cfg.d_model;
+    AttentionLayer attn(cfg, kSeed, "attn");
+    Tensor x = normal_tensor({N, d}, 1.f, "al.x"), r = normal_tensor({N, d}, 1.f, "al.r");
+    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
+    attn.forward(y, x);
+    attn.backward(dx, r);
+    auto loss = [&] {
+      attn.forward(y, x);
+      return weighted_sum(y, r);
+    };
+    expect_gradient("attn dx", x, dx, loss, kOpTol);
+    expect_gradient("attn w_qkv", attn.weights.w_qkv, attn.grads.w_qkv, loss, kOpTol);
+    expect_gradient("attn w_out", attn.weights.w_out, attn.grads.w_out, loss, kOpTol);
+  }
+}
+
+TEST(AttentionLayer, ForwardIsTheComposedReference) {
+  // y = attention(rotary(x Wq), rotary(x Wk), x Wv) Wout, recomputed here from the ops and the
+  // double-precision references.
+  const AttentionConfig cfg = small_attention(true);
+  const int64_t S = cfg.seq_len, N = 3 * S, d = cfg.d_model, H = cfg.n_heads;
+  AttentionLayer attn(cfg, kSeed, "attn");
+  Tensor x = normal_tensor({N, d}, 1.f, "alr.x");
+  Tensor y = Tensor::empty({N, d});
+  attn.forward(y, x);
+  const float* w = attn.weights.w_qkv.f32();
+  Tensor q = Tensor::zeros({N, d}), k = Tensor::zeros({N, d}), v = Tensor::zeros({N, d});
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < d; ++c) {
+      double sq = 0, sk = 0, sv = 0;
+      for (int64_t i = 0; i < d; ++i) {
+        const double xi = x.f32()[n * d + i];
+        sq += xi * w[i * 3 * d + c];
+        sk += xi * w[i * 3 * d + d + c];
+        sv += xi * w[i * 3 * d + 2 * d + c];
+      }
+      q.f32()[n * d + c] = static_cast<float>(sq);
+      k.f32()[n * d + c] = static_cast<float>(sk);
+      v.f32()[n * d + c] = static_cast<float>(sv);
+    }
+  const std::vector<double> qr = ref_rotary(q, H, S, cfg.rope_theta), kr = ref_rotary(k, H, S, cfg.rope_theta);
+  for (int64_t i = 0; i < q.numel(); ++i) {
+    q.f32()[i] = static_cast<float>(qr[i]);
+    k.f32()[i] = static_cast<float>(kr[i]);
+  }
+  std::vector<double> out, probs;
+  ref_attention(out, probs, q, k, v, H, S);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t c = 0; c < d; ++c) {
+      double yc = 0;
+      for (int64_t i = 0; i < d; ++i) yc += out[n * d + i] * attn.weights.w_out.f32()[i * d + c];
+      ASSERT_NEAR(y.f32()[n * d + c], yc, 2e-5) << "row " << n << " col " << c;
+    }
+}
+
+TEST(AttentionLayer, BadConfigAndInputNameTheProblem) {
+  AttentionConfig cfg = small_attention(true);
+  cfg.n_heads = 3;
+  expect_invalid_argument([&] { AttentionLayer(cfg, kSeed, "a"); }, {"n_heads = 3", "d_model = 8"});
+  cfg.n_heads = 4;  // head_dim 2: fine; 8 heads would give an odd head_dim 1
+  cfg.n_heads = 8;
+  expect_invalid_argument([&] { AttentionLayer(cfg, kSeed, "a"); }, {"head_dim", "even"});
+  AttentionLayer attn(small_attention(true), kSeed, "a");
+  Tensor x = Tensor::zeros({7, 8}), y = Tensor::zeros({7, 8});
+  expect_invalid_argument([&] { attn.forward(y, x); }, {"AttentionLayer::forward", "seq_len = 5"});
+  Tensor dx = Tensor::zeros({10, 8});
+  expect_invalid_argument([&] { attn.backward(dx, dx); }, {"called before forward"});
+}
+
+// ---------------------------------------------------------------------------------------------
+// The whole model
+// ---------------------------------------------------------------------------------------------
+
+// The tiny model of the finite-difference tests: V = 11, d = 8, 2 layers of 2 heads, S = 5, layer 1
+// an MoE layer of E = 4 experts, top-2, dropless.
+TransformerConfig tiny_config(PositionKind positions, bool tied, int64_t shared_experts, NormKind norm) {
+  TransformerConfig cfg;
+  cfg.vocab_size = 11;
+  cfg.d_model = 8;
+  cfg.n_layers = 2;
+  cfg.n_heads = 2;
+  cfg.seq_len = 5;
+  cfg.norm = norm;
+  cfg.positions = positions;
+  cfg.rope_theta = 100.f;
+  cfg.tie_embeddings = tied;
+  cfg.moe_every = 2;
+  cfg.dense_hidden = 12;
+  cfg.dense_activation = tied ? Activation::GELU : Activation::SwiGLU;
+  // O(1) weights: activations, logits and gradients well above float32 noise (at 0.02 most
+  // gradients would be ~1e-3 and the comparison vacuous).
+  cfg.init_std = 0.5f;
+  cfg.moe.hidden = 6;
+  cfg.moe.num_experts = 4;
+  cfg.moe.top_k = 2;
+  cfg.moe.activation = shared_experts > 0 ? Activation::SwiGLU : Activation::GELU;
+  cfg.moe.capacity_factor_train = 0.0;  // dropless
+  cfg.moe.capacity_factor_eval = 0.0;
+  cfg.moe.init_std = 0.5f;
+  // Coefficients well above the usual 0.01 / 0.001 so the aux and z-loss gradients are visible.
+  cfg.moe.aux_loss_coeff = 0.1f;
+  cfg.moe.z_loss_coeff = 0.01f;
+  cfg.shared_experts = shared_experts;
+  cfg.shared_expert_hidden = 3;
+  return cfg;
+}
+
+std::string describe(const TransformerConfig& cfg) {
+  return detail::concat(cfg.positions == PositionKind::Rotary ? "rotary" : "learned",
+                        cfg.tie_embeddings ? " tied" : " untied", " shared=", cfg.shared_experts,
+                        cfg.norm == NormKind::RMSNorm ? " rmsnorm" : " layernorm");
+}
+
+// Tokens of B sequences; every 7th target is -1 (ignored).
+void make_batch(Tensor& inputs, Tensor& targets, int64_t B, int64_t S, int64_t V, const std::string& name) {
+  inputs = Tensor::empty({B * S}, DType::I32);
+  targets = Tensor::empty({B * S}, DType::I32);
+  const uint64_t stream = stream_id(kSeed, name);
+  for (int64_t n = 0; n < B * S; ++n) {
+    inputs.i32()[n] = static_cast<int32_t>(mix64(stream ^ (2 * n)) % V);
+    targets.i32()[n] = n % 7 == 3 ? -1 : static_cast<int32_t>(mix64(stream ^ (2 * n + 1)) % V);
+  }
+}
+
+// Mean cross-entropy of the model's logits in double (the float32 return value of forward rounds it).
+double cross_entropy_in_double(const Tensor& logits, const Tensor& targets) {
+  const int64_t N = logits.dim(0), V = logits.dim(1);
+  double sum = 0.0;
+  int64_t counted = 0;
+  for (int64_t n = 0; n < N; ++n) {
+    const int32_t t = targets.i32()[n];
+    if (t < 0) continue;
+    const float* row = logits.f32() + n * V;
+    double m = row[0];
+    for (int64_t c = 1; c < V; ++c) m = std::max(m, static_cast<double>(row[c]));
+    double s = 0.0;
+    for (int64_t c = 0; c < V; ++c) s += std::exp(row[c] - m);
+    sum += std::log(s) + m - row[t];
+    ++counted;
+  }
+  return sum / static_cast<double>(counted);
+}
+
+// The whole model in float32, loss CE + aux + z summed in double, |L| ~ 3, h = 1e-2 on O(0.5) weights.
+// Noise: the logits carry ~1e-6 relative float32 rounding after two layers of GEMMs, norms and
+// softmaxes; L moves by ~1e-6 of it, ~5e-5 after dividing by 2h. Truncation h^2 |f'''| / 6 with
+// |f'''| up to ~20 through the stacked norms and softmaxes: ~3e-4. Gradients are O(1e-2 .. 1); atol
+// 1e-3 + rtol 1e-2 is a ~3x margin over the worst error measured (MOE_TEST_VERBOSE=1 prints it) and
+// far below the O(gradient) error of a missing path (a residual, the tied head's share, an aux loss).
+const FdTolerance kModelTol{std::getenv("MOE_FD_H") ? std::strtof(std::getenv("MOE_FD_H"), nullptr) : 1e-3f, 5e-4, 5e-3};
+
+// Elements checked per parameter: all of a small one, else a sample from its whole range.
+constexpr int64_t kModelSample = 16;
+
+void run_model_fd(const TransformerConfig& cfg) {
+  SCOPED_TRACE(describe(cfg));
+  const int64_t B = 2, S = cfg.seq_len;
+  TransformerLM model(cfg, kSeed);
+  ParameterRegistry registry;
+  model.register_parameters(registry);
+  EXPECT_EQ(registry.numel(), model.total_params());
+  Tensor inputs, targets;
+  make_batch(inputs, targets, B, S, cfg.vocab_size, "fd.batch");
+
+  registry.zero_grads();
+  const float ce = model.forward(inputs, targets, /*training=*/true);
+  EXPECT_NEAR(ce, cross_entropy_in_double(model.logits(), targets), 1e-5 * ce);
+  EXPECT_GT(model.aux_loss(), 0.0);
+  EXPECT_GT(model.z_loss(), 0.0);
+  model.backward();
+
+  // The routing choices of every MoE layer make L piecewise: they are the signature.
+  auto eval = [&] {
+    FdPoint point;
+    model.forward(inputs, targets, /*training=*/true);
+    point.loss = cross_entropy_in_double(model.logits(), targets) + model.aux_loss() + model.z_loss();
+    for (MoELayer* layer : model.moe_layers()) {
+      const std::vector<int32_t> e = ints_of(layer->router_output().expert);
+      point.signature.insert(point.signature.end(), e.begin(), e.end());
+    }
+    return point;
+  };
+  const FdPoint base = eval();
+  FdTally total;
+  for (Parameter& p : registry.all()) {
+    FdTally tally;
+    fd_compare(p.name, p.value, p.grad, sample_elements(p.value, kModelSample, p.name), eval, base, kModelTol,
+               tally);
+    // Every parameter must matter, or its check proves nothing.
+    EXPECT_GT(tally.max_abs_fd, 10 * kModelTol.atol) << p.name << ": the loss barely depends on it";
+    if (::testing::Test::HasFailure() || std::getenv("MOE_TEST_VERBOSE"))
+      std::printf("  %-22s checked %3lld skipped %lld worst err/tol %.3f max|fd| %.3g\n", p.name.c_str(),
+                  static_cast<long long>(tally.checked), static_cast<long long>(tally.skipped), tally.worst,
+                  tally.max_abs_fd);
+    total.checked += tally.checked;
+    total.skipped += tally.skipped;
+  }
+  // A step of 1e-2 rarely flips a top-2 choice; many skips would mean the test checks little.
+  EXPECT_LT(total.skipped, (total.checked + total.skipped) / 20) << "skipped " << total.skipped;
+}
+
+TEST(TransformerLMGradient, RotaryUntiedRMSNormWithoutSharedExpert) {
+  run_model_fd(tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm));
+}
+TEST(TransformerLMGradient, LearnedTiedLayerNormWithSharedExpert) {
+  run_model_fd(tiny_config(PositionKind::Learned, true, 1, NormKind::LayerNorm));
+}
+TEST(TransformerLMGradient, RotaryTiedLayerNormWithTwoSharedExperts) {
+  run_model_fd(tiny_config(PositionKind::Rotary, true, 2, NormKind::LayerNorm));
+}
+TEST(TransformerLMGradient, LearnedUntiedRMSNormWithSharedExpert) {
+  run_model_fd(tiny_config(PositionKind::Learned, false, 1, NormKind::RMSNorm));
+}
+
+TEST(TransformerLM, RegistersEveryParameterByName) {
+  TransformerConfig cfg = tiny_config(PositionKind::Learned, false, 1, NormKind::LayerNorm);
+  TransformerLM model(cfg, kSeed);
+  ParameterRegistry registry;
+  model.register_parameters(registry);
+  const std::vector<std::string> expected = {
+      "embedding", "positions",
+      "layers.0.norm1.g", "layers.0.norm1.b", "layers.0.attn.w_qkv", "layers.0.attn.w_out",
+      "layers.0.norm2.g", "layers.0.norm2.b", "layers.0.ffn.w_in", "layers.0.ffn.w_out",
+      "layers.1.norm1.g", "layers.1.norm1.b", "layers.1.attn.w_qkv", "layers.1.attn.w_out",
+      "layers.1.norm2.g", "layers.1.norm2.b", "layers.1.moe.w_gate", "layers.1.moe.w_in", "layers.1.moe.w_out",
+      "layers.1.shared.w_in", "layers.1.shared.w_out", "final_norm.g", "final_norm.b", "head"};
+  std::vector<std::string> names;
+  for (const Parameter& p : registry.all()) names.push_back(p.name);
+  EXPECT_EQ(names, expected);
+  for (const Parameter& p : registry.all()) {
+    const bool is_norm = p.name.find("norm") != std::string::npos;
+    EXPECT_EQ(p.weight_decay, !is_norm) << p.name;
+    const bool is_expert = p.name == "layers.1.moe.w_in" || p.name == "layers.1.moe.w_out";
+    EXPECT_EQ(p.kind, is_expert ? ParamKind::Expert : ParamKind::Dense) << p.name;
+  }
+  EXPECT_EQ(model.moe_layer(0), nullptr);
+  ASSERT_NE(model.moe_layer(1), nullptr);
+  EXPECT_EQ(model.moe_layers().size(), 1u);
+  EXPECT_EQ(registry.get("layers.1.shared.w_in").value.shape(), (Shape{8, 2 * 3}));  // SwiGLU, hidden 3
+
+  // Tied: no head; rotary: no positions.
+  ParameterRegistry tied_registry;
+  TransformerLM tied(tiny_config(PositionKind::Rotary, true, 0, NormKind::RMSNorm), kSeed);
+  tied.register_parameters(tied_registry);
+  EXPECT_THROW(tied_registry.get("head"), InvalidArgument);
+  EXPECT_THROW(tied_registry.get("positions"), InvalidArgument);
+  EXPECT_THROW(tied_registry.get("layers.1.shared.w_in"), InvalidArgument);
+  EXPECT_EQ(tied_registry.numel(), tied.total_params());
+}
+
+TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
+  TransformerConfig cfg;
+  cfg.vocab_size = 100;
+  cfg.d_model = 16;
+  cfg.n_layers = 4;
+  cfg.n_heads = 2;
+  cfg.seq_len = 32;
+  cfg.moe_every = 2;
+  cfg.dense_hidden = 64;
+  cfg.dense_activation = Activation::GELU;
+  cfg.moe.hidden = 24;
+  cfg.moe.num_experts = 8;
+  cfg.moe.top_k = 2;
+  cfg.moe.activation = Activation::SwiGLU;
+  cfg.shared_experts = 1;
+  cfg.shared_expert_hidden = 10;
+  for (bool tied : {false, true})
+    for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
+      cfg.tie_embeddings = tied;
+      cfg.positions = pos;
+      TransformerLM model(cfg, kSeed);
+      ParameterRegistry registry;
+      model.register_parameters(registry);
+      const int64_t d = 16, V = 100, S = 32;
+      const int64_t expert = d * 48 + 24 * d, shared = d * 20 + 10 * d, dense = d * 64 + 64 * d;
+      const int64_t per_layer = 2 * d + 4 * d * d;
+      const int64_t tables = V * d + (pos == PositionKind::Learned ? S * d : 0) + (tied ? 0 : d * V);
+      const int64_t common = tables + 4 * per_layer + 2 * dense + 2 * (d * 8 + shared) + d;
+      EXPECT_EQ(model.total_params(), common + 2 * 8 * expert);
+      EXPECT_EQ(registry.numel(), model.total_params());
+      EXPECT_EQ(model.active_params_per_token(), common + 2 * 2 * expert);
+      // 6 N + 12 L d S, N without the tables read by lookup (the embedding counts once, as the head).
+      const int64_t matmul_params =
+          model.active_params_per_token() - (tied ? 0 : V * d) - (pos == PositionKind::Learned ? S * d : 0);
+      EXPECT_DOUBLE_EQ(model.flops_per_token(), 6.0 * matmul_params + 12.0 * 4 * d * S);
+    }
+}
+
+TEST(TransformerLM, SameSeedSameWeightsAndOutputProjectionsScaled) {
+  TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 1, NormKind::RMSNorm);
+  cfg.d_model = 64;
+  cfg.n_heads = 4;
+  cfg.n_layers = 8;
+  cfg.moe_every = 4;
+  cfg.moe.hidden = 64;
+  cfg.shared_expert_hidden = 64;
+  cfg.dense_hidden = 64;
+  cfg.init_std = 0.02f;
+  cfg.moe.init_std = 0.02f;
+  TransformerLM a(cfg, 7), b(cfg, 7), c(cfg, 8);
+  ParameterRegistry ra, rb, rc;
+  a.register_parameters(ra);
+  b.register_parameters(rb);
+  c.register_parameters(rc);
+  for (size_t i = 0; i < ra.all().size(); ++i) {
+    const Parameter& pa = ra.all()[i];
+    const Tensor& vb = rb.all()[i].value;
+    EXPECT_EQ(std::memcmp(pa.value.f32(), vb.f32(), pa.value.numel() * sizeof(float)), 0) << pa.name;
+    if (pa.name.find("norm") != std::string::npos) continue;  // gains are 1 whatever the seed
+    EXPECT_NE(std::memcmp(pa.value.f32(), rc.all()[i].value.f32(), pa.value.numel() * sizeof(float)), 0) << pa.name;
+    // Standard deviations: init_std, and init_std / sqrt(2 L) = init_std / 4 for output projections.
+    double sum_sq = 0.0;
+    for (int64_t j = 0; j < pa.value.numel(); ++j) sum_sq += static_cast<double>(pa.value.f32()[j]) * pa.value.f32()[j];
+    const double std = std::sqrt(sum_sq / pa.value.numel());
+    const bool output = pa.name.find("w_out") != std::string::npos;
+    const double expected = output ? 0.02 / 4 : 0.02;
+    // >= 4096 samples: the estimate is within ~3 / sqrt(2 * 4096) = 3.3% with overwhelming probability.
+    if (pa.value.numel() >= 4096) {
+      EXPECT_NEAR(std / expected, 1.0, 0.05) << pa.name;
+    }
+  }
+}
+
+TEST(TransformerLM, ChangingALaterTokenLeavesEarlierLogitsUnchanged) {
+  for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
+    const TransformerConfig cfg = tiny_config(pos, pos == PositionKind::Learned, 1, NormKind::RMSNorm);
+    SCOPED_TRACE(describe(cfg));
+    TransformerLM model(cfg, kSeed);
+    Tensor inputs, targets;
+    make_batch(inputs, targets, 2, cfg.seq_len, cfg.vocab_size, "causal.batch");
+    model.forward(inputs, targets, true);
+    const Tensor before = model.logits().clone();
+    const int64_t S = cfg.seq_len, V = cfg.vocab_size, changed = S + 3;  // sequence 1, position 3
+    inputs.i32()[changed] = (inputs.i32()[changed] + 5) % static_cast<int32_t>(V);
+    model.forward(inputs, targets, true);
+    // Dropless routing treats tokens independently; the experts' GEMMs may regroup rows, so allow
+    // float32 rounding rather than demanding identical bits.
+    for (int64_t n = 0; n < 2 * S; ++n) {
+      double diff = 0.0;
+      for (int64_t c = 0; c < V; ++c)
+        diff = std::max(diff, std::fabs(static_cast<double>(model.logits().f32()[n * V + c]) - before.f32()[n * V + c]));
+      if (n < changed) {
+        EXPECT_LT(diff, 1e-5) << "row " << n << " depends on the later token " << changed;
+      } else if (n == changed) {
+        EXPECT_GT(diff, 1e-3) << "the changed token's own logits did not change";
+      }
+    }
+  }
+}
+
+TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
+  const TransformerConfig cfg = tiny_config(PositionKind::Learned, true, 1, NormKind::LayerNorm);
+  TransformerLM reused(cfg, kSeed);
+  ParameterRegistry reused_registry;
+  reused.register_parameters(reused_registry);
+  int call = 0;
+  for (int64_t B : {3, 1, 2, 3}) {
+    SCOPED_TRACE(detail::concat("call ", call, " B=", B));
+    Tensor inputs, targets;
+    make_batch(inputs, targets, B, cfg.seq_len, cfg.vocab_size, detail::concat("reuse", call++));
+    TransformerLM fresh(cfg, kSeed);
+    ParameterRegistry fresh_registry;
+    fresh.register_parameters(fresh_registry);
+    const float loss_fresh = fresh.forward(inputs, targets, true);
+    fresh.backward();
+    reused_registry.zero_grads();
+    const float loss_reused = reused.forward(inputs, targets, true);
+    reused.backward();
+    EXPECT_NEAR(loss_reused, loss_fresh, 1e-6 * loss_fresh);
+    for (size_t i = 0; i < fresh_registry.all().size(); ++i) {
+      const Parameter& f = fresh_registry.all()[i];
+      const Tensor& g = reused_registry.all()[i].grad;
+      const double scale = max_abs(f.grad) + 1e-30;
+      for (int64_t j = 0; j < g.numel(); ++j)
+        ASSERT_NEAR(g.f32()[j], f.grad.f32()[j], 1e-5 * scale) << f.name << "[" << j << "]";
+    }
+  }
+}
+
+TEST(TransformerLM, EvaluationUsesTheEvalCapacity) {
+  TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm);
+  cfg.moe.capacity_factor_train = 0.5;
+  cfg.moe.capacity_factor_eval = 2.0;
+  cfg.moe.min_capacity = 1;
+  TransformerLM model(cfg, kSeed);
+  Tensor inputs, targets;
+  make_batch(inputs, targets, 4, cfg.seq_len, cfg.vocab_size, "eval.batch");
+  const int64_t T = inputs.dim(0);
+  model.forward(inputs, targets, /*training=*/true);
+  EXPECT_EQ(model.moe_layer(1)->stats().capacity, expert_capacity(0.5, T, 2, 4, 1));
+  EXPECT_GT(model.moe_layer(1)->stats().dropped_total, 0);
+  model.forward(inputs, targets, /*training=*/false);
+  EXPECT_EQ(model.moe_layer(1)->stats().capacity, expert_capacity(2.0, T, 2, 4, 1));
+}
+
+TEST(TransformerLM, GradientDescentLowersTheLossOnAFixedBatch) {
+  TransformerConfig cfg = tiny_config(PositionKind::Rotary, true, 1, NormKind::RMSNorm);
+  cfg.init_std = 0.1f;
+  cfg.moe.init_std = 0.1f;
+  TransformerLM model(cfg, kSeed);
+  ParameterRegistry registry;
+  model.register_parameters(registry);
+  Tensor inputs, targets;
+  make_batch(inputs, targets, 4, cfg.seq_len, cfg.vocab_size, "sgd.batch");
+  float first = 0.f, last = 0.f;
+  for (int step = 0; step < 60; ++step) {
+    registry.zero_grads();
+    last = model.forward(inputs, targets, true);
+    if (step == 0) first = last;
+    model.backward();
+    for (Parameter& p : registry.all()) add_scaled(p.value, p.grad, -0.3f);
+  }
+  EXPECT_LT(last, 0.5f * first) << "first " << first << ", last " << last;
+}
+
+TEST(TransformerLM, BadConfigAndInputsNameTheProblem) {
+  auto with = [](const std::function<void(TransformerConfig&)>& edit) {
+    TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm);
+    edit(cfg);
+    return cfg;
+  };
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.n_heads = 3; }), 1); }, {"n_heads = 3"});
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.n_heads = 8; }), 1); }, {"head_dim", "rotary"});
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.dense_hidden = 0; }), 1); }, {"dense_hidden = 0"});
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.moe.d_model = 6; }), 1); }, {"moe.d_model = 6"});
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.moe.top_k = 5; }), 1); }, {"top_k = 5"});
+  expect_invalid_argument([&] { TransformerLM(with([](auto& c) { c.vocab_size = 0; }), 1); }, {"vocab_size = 0"});
+  // Learned positions accept an odd head_dim; no MoE layers need no MoE settings.
+  TransformerLM(with([](auto& c) {
+                  c.n_heads = 8;
+                  c.positions = PositionKind::Learned;
+                }),
+                1);
+  TransformerLM(with([](auto& c) {
+                  c.moe_every = 0;
+                  c.moe.num_experts = 0;
+                }),
+                1);
+  TransformerLM model(tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm), 1);
+  Tensor inputs = Tensor::zeros({7}, DType::I32), targets = Tensor::zeros({7}, DType::I32);
+  expect_invalid_argument([&] { model.forward(inputs, targets, true); }, {"7 tokens", "seq_len = 5"});
+  Tensor ok_inputs = Tensor::zeros({10}, DType::I32), bad_targets = Tensor::zeros({10});
+  expect_invalid_argument([&] { model.forward(ok_inputs, bad_targets, true); }, {"targets", "int32"});
+  ok_inputs.i32()[4] = 11;
+  Tensor ok_targets = Tensor::zeros({10}, DType::I32);
+  expect_invalid_argument([&] { model.forward(ok_inputs, ok_targets, true); }, {"ids[4] = 11"});
+  expect_invalid_argument([&] { model.backward(); }, {"before forward"});
+}
+
+}  // namespace
+}  // namespace moe
