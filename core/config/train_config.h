@@ -15,13 +15,12 @@
 #include <string>
 #include <vector>
 
+#include "core/model/model_options.h"
 #include "core/moe/moe_config.h"
 #include "optim/lr_schedule.h"
 
 namespace moe {
 
-enum class NormKind { RMSNorm, LayerNorm };
-enum class PositionKind { Rotary, Learned };
 enum class Balancing {
   AuxLoss,  // the load-balancing loss (moe.aux_loss_coeff) pushes the router towards balance
   AuxFree,  // per-expert biases added to the routing scores, nudged by moe.bias_update_rate per step

@@ -48,6 +48,7 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, const ProcessGroups* gro
   grads.w_gate = Tensor::zeros(weights.w_gate.shape());
   grads.w_in = Tensor::zeros(weights.w_in.shape());
   grads.w_out = Tensor::zeros(weights.w_out.shape());
+  selection_bias = Tensor::zeros({E});
 }
 
 void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
@@ -71,7 +72,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   const int rank = groups_ ? groups_->layout.world_rank : 0;
   // Noise differs per call and per rank, and layers with nearby seeds never share it.
   const uint64_t jitter_stream = mix64(stream_id(seed_, "jitter") ^ mix64(calls_++) ^ mix64(~static_cast<uint64_t>(rank)));
-  router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0);
+  router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0, &selection_bias);
   timer.lap(&time.router);
 
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.

@@ -90,6 +90,9 @@ class MoELayer {
 
   MoEWeights weights;
   MoEWeights grads;
+  // (E) added to the router probabilities when choosing experts, never to the combine weights:
+  // the auxiliary-loss-free balancing state (zero unless a trainer nudges it). Not a parameter.
+  Tensor selection_bias;
 
  private:
   bool distributed() const { return groups_ != nullptr && groups_->layout.ep > 1; }

@@ -1,40 +1,47 @@
 // The router: gate projection, softmax, top-k and their backward passes.
 #include "core/moe/router.h"
 
+#include <vector>
+
 #include "core/check.h"
 #include "core/ops.h"
 #include "core/random.h"
 
 namespace moe {
 
-void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize) {
+void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
+                  const Tensor* selection_bias) {
   const int64_t T = probs.dim(0), E = probs.dim(1);
   const float* p = probs.f32();
+  const float* bias = selection_bias != nullptr ? selection_bias->f32() : nullptr;
   int32_t* idx = expert.i32();
   float* w = weight.f32();
+  std::vector<float> score(k);  // selection scores of the chosen experts, best first
   for (int64_t t = 0; t < T; ++t) {
     const float* row = p + t * E;
     int32_t* ti = idx + t * k;
-    float* tw = w + t * k;
     // Insertion into a sorted list of k: E and k are small (tens), so this beats a heap.
     int64_t n = 0;
     for (int64_t e = 0; e < E; ++e) {
-      float v = row[e];
-      if (n == k && !(v > tw[k - 1])) continue;  // strict: ties keep the lower expert id
+      const float v = bias != nullptr ? row[e] + bias[e] : row[e];
+      if (n == k && !(v > score[k - 1])) continue;  // strict: ties keep the lower expert id
       int64_t pos = n < k ? n++ : k - 1;
-      while (pos > 0 && v > tw[pos - 1]) {
-        tw[pos] = tw[pos - 1];
+      while (pos > 0 && v > score[pos - 1]) {
+        score[pos] = score[pos - 1];
         ti[pos] = ti[pos - 1];
         --pos;
       }
-      tw[pos] = v;
+      score[pos] = v;
       ti[pos] = static_cast<int32_t>(e);
     }
-    if (renormalize) {
-      float sum = 0.f;
-      for (int64_t j = 0; j < k; ++j) sum += tw[j];
-      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax probabilities are positive
+    float* tw = w + t * k;
+    float sum = 0.f;
+    for (int64_t j = 0; j < k; ++j) {
+      tw[j] = row[ti[j]];
+      sum += tw[j];
     }
+    if (renormalize)
+      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax probabilities are positive
   }
 }
 
@@ -63,7 +70,7 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
 }
 
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
-                    bool training, uint64_t jitter_stream, int64_t token_offset) {
+                    bool training, uint64_t jitter_stream, int64_t token_offset, const Tensor* selection_bias) {
   const int64_t T = x.dim(0), d = x.dim(1), E = cfg.num_experts, k = cfg.top_k;
   if (training && cfg.jitter_eps > 0.f) {
     out.jitter = Tensor::empty({T, d});
@@ -84,7 +91,7 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
   out.weight = Tensor::empty({T, k});
   linear_forward(out.logits, out.x_routed, w_gate, nullptr);
   softmax_forward(out.probs, out.logits);
-  topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize);
+  topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias);
 }
 
 void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,

@@ -20,8 +20,11 @@ struct RouterOutput {
 
 // x (T, d), w_gate (d, E). Jitter applies when training and cfg.jitter_eps > 0; its noise is value
 // (token_offset + t) * d + c of `jitter_stream`, so each token's noise is fixed by its global index.
+// selection_bias (E) or null: added to the probabilities for choosing the top k only, never to the
+// combine weights (auxiliary-loss-free balancing, DeepSeek-V3).
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
-                    bool training, uint64_t jitter_stream, int64_t token_offset);
+                    bool training, uint64_t jitter_stream, int64_t token_offset,
+                    const Tensor* selection_bias = nullptr);
 
 // Backward of the router. Inputs: dweight (T, k) from the combine, dprobs (T, E) holding any gradient
 // already flowing into the probabilities (the load-balancing loss), dlogits (T, E) holding any into
@@ -30,8 +33,10 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
 void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg);
 
-// Top-k selection. probs (T, E) -> expert (T, k) int32, weight (T, k).
-void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize);
+// Top-k selection. probs (T, E) -> expert (T, k) int32, weight (T, k): the k experts with the
+// highest probs + selection_bias (bias (E) or null), weighted by their unbiased probs.
+void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
+                  const Tensor* selection_bias = nullptr);
 // dprobs (T, E) += the gradient of the weights with respect to the probabilities.
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
                    const Tensor& probs, bool renormalize);

@@ -1,0 +1,79 @@
+// moe-train: trains an MoE transformer language model described by a YAML config, on every rank
+// of an MPI job: mpirun -np N moe-train CONFIG.yaml [key.path=value ...].
+#include <cstdio>
+#include <cstring>
+#include <exception>
+#include <string>
+#include <vector>
+
+#include "core/check.h"
+#include "core/config/train_config.h"
+#include "launch/trainer/trainer.h"
+#include "parallel/mpi_communicator.h"
+
+namespace {
+
+const char* kUsage = R"(usage: mpirun -np N moe-train CONFIG.yaml [key.path=value ...]
+
+Trains the MoE language model that CONFIG.yaml describes (see configs/ for examples); each
+key.path=value overrides one config key, e.g. run.steps=50 moe.top_k=1 parallel.ep=2.
+Rank 0 prints the resolved config and a progress line every run.log_every steps, and writes
+config.yaml, metrics.jsonl, tensorboard/ and routing_report.txt into run.dir.
+Exit status: 0 on success; 2 for a bad config, argument or data file; 3 when the run stopped
+itself (too many non-finite steps); 1 for any other error; a watchdog timeout aborts the job.
+
+Config keys (path, type, default, accepted values):
+)";
+
+// Called from the watchdog thread: report and take every rank down.
+void on_watchdog(const std::string& message) {
+  std::fprintf(stderr, "moe-train: %s; aborting all ranks\n", message.c_str());
+  std::fflush(stderr);
+  moe::mpi_abort(4);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  moe::MpiSession mpi(&argc, &argv);
+  std::unique_ptr<moe::Communicator> world = moe::make_mpi_world_communicator();
+  const int rank = world->rank();
+  auto fail = [&](int status, const std::string& message) {
+    // Every rank reaches this point with the same message (the checks below use only what every
+    // rank has), so rank 0 alone prints it and all ranks exit without a collective.
+    if (rank == 0) std::fprintf(stderr, "moe-train: %s\n", message.c_str());
+    return status;
+  };
+
+  std::vector<std::string> args(argv + 1, argv + argc);
+  if (!args.empty() && (args[0] == "--help" || args[0] == "-h")) {
+    if (rank == 0) std::printf("%s%s", kUsage, moe::config_keys_help().c_str());
+    return 0;
+  }
+  if (args.empty() || args[0].rfind("-", 0) == 0)
+    return fail(2, args.empty() ? "missing CONFIG.yaml; usage: moe-train CONFIG.yaml [key.path=value ...] (see --help)"
+                                : "unknown option '" + args[0] + "'; accepted: --help, or CONFIG.yaml first");
+
+  moe::TrainConfig cfg;
+  try {
+    cfg = moe::load_train_config(args[0], std::vector<std::string>(args.begin() + 1, args.end()));
+    moe::validate_for_world(cfg, world->size());
+  } catch (const moe::InvalidArgument& e) {
+    return fail(2, e.what());
+  }
+
+  try {
+    moe::run_training(cfg, *world, on_watchdog);
+    return 0;
+  } catch (const moe::InvalidArgument& e) {
+    return fail(2, e.what());  // data files: every rank opens them and fails alike
+  } catch (const moe::TrainingStopped& e) {
+    return fail(3, e.what());  // decided from all-reduced values: every rank stops together
+  } catch (const std::exception& e) {
+    // Possibly seen by this rank alone while the others wait in a collective: take them down.
+    std::fprintf(stderr, "moe-train: rank %d: error: %s\n", rank, e.what());
+    std::fflush(stderr);
+    if (world->size() > 1) moe::mpi_abort(1);
+    return 1;
+  }
+}

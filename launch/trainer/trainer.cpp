@@ -1,0 +1,469 @@
+// The training loop of moe-train (launch/trainer/trainer.h).
+#include "launch/trainer/trainer.h"
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <sstream>
+#include <vector>
+
+#include "core/check.h"
+#include "core/gemm.h"
+#include "core/timer.h"
+#include "data/data_loader.h"
+#include "launch/trainer/telemetry.h"
+#include "launch/trainer/watchdog.h"
+#include "optim/adamw.h"
+#include "optim/grad_norm.h"
+#include "optim/lr_schedule.h"
+#include "optim/sgd.h"
+#include "parallel/grad_sync.h"
+#include "parallel/process_groups.h"
+
+namespace moe {
+
+TransformerConfig transformer_config(const TrainConfig& c) {
+  TransformerConfig t;
+  t.vocab_size = c.model.vocab_size;
+  t.d_model = c.model.d_model;
+  t.n_layers = c.model.n_layers;
+  t.n_heads = c.model.n_heads;
+  t.seq_len = c.model.seq_len;
+  t.norm = c.model.norm;
+  t.positions = c.model.positions;
+  t.tie_embeddings = c.model.tie_embeddings;
+  t.moe_every = c.model.moe_every;
+  t.dense_hidden = c.model.dense_hidden;
+  t.dense_activation = c.model.dense_activation;
+  t.init_std = static_cast<float>(c.model.init_std);
+  t.moe = c.moe_layer_config();
+  t.shared_experts = c.moe.shared_experts;
+  t.shared_expert_hidden = c.moe.shared_expert_hidden;
+  return t;
+}
+
+namespace {
+
+// Test hooks, read from the environment, for the fault tests (tests/test_train_faults.sh):
+//   MOE_TEST_NAN_FROM_STEP=s   rank 0 writes NaN into a gradient at every step >= s (1-based)
+//   MOE_TEST_STALL=r:s         rank r sleeps in the gradient sync phase of step s
+struct FaultInjection {
+  int64_t nan_from_step = -1;
+  int stall_rank = -1;
+  int64_t stall_step = -1;
+
+  static FaultInjection from_environment() {
+    FaultInjection f;
+    if (const char* v = std::getenv("MOE_TEST_NAN_FROM_STEP")) f.nan_from_step = std::atoll(v);
+    if (const char* v = std::getenv("MOE_TEST_STALL")) {
+      long long r = -1, s = -1;
+      if (std::sscanf(v, "%lld:%lld", &r, &s) == 2) {
+        f.stall_rank = static_cast<int>(r);
+        f.stall_step = s;
+      }
+    }
+    return f;
+  }
+};
+
+struct DataSources {
+  std::unique_ptr<SequenceSource> train;
+  std::unique_ptr<SequenceSource> eval_file;  // null: evaluation uses the held-out split of train
+  IndexRange train_range, eval_range;
+  const SequenceSource& eval() const { return eval_file ? *eval_file : *train; }
+};
+
+std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const TrainConfig& cfg) {
+  auto src = std::make_unique<TokenFileSource>(path, cfg.model.seq_len);
+  MOE_REQUIRE(src->vocab_size() <= cfg.model.vocab_size, "data file '", path, "' has vocab_size ", src->vocab_size(),
+              " but model.vocab_size = ", cfg.model.vocab_size, "; set model.vocab_size >= ", src->vocab_size());
+  return src;
+}
+
+DataSources open_data(const TrainConfig& cfg, int world_size) {
+  DataSources d;
+  if (cfg.data.source == DataSource::Synthetic) {
+    SyntheticCorpusConfig corpus;
+    corpus.vocab_size = cfg.model.vocab_size;
+    corpus.num_domains = cfg.data.synthetic_domains;
+    corpus.branching = cfg.data.synthetic_branching;
+    corpus.seed = static_cast<uint64_t>(cfg.run.seed);
+    d.train = std::make_unique<SyntheticSource>(corpus, cfg.data.synthetic_sequences, cfg.model.seq_len);
+  } else {
+    d.train = open_token_source(cfg.data.train_path, cfg);
+  }
+  if (!cfg.data.eval_path.empty()) {
+    d.eval_file = open_token_source(cfg.data.eval_path, cfg);
+    d.train_range = {0, d.train->num_sequences()};
+    d.eval_range = {0, d.eval_file->num_sequences()};
+  } else {
+    DataSplit split = make_split(*d.train, cfg.data.eval_fraction);
+    d.train_range = split.train;
+    d.eval_range = split.eval;
+  }
+  MOE_REQUIRE(cfg.run.eval_every == 0 || d.eval_range.size() >= world_size, "the held-out split has ",
+              d.eval_range.size(), " sequences, fewer than the ", world_size,
+              " ranks; raise data.eval_fraction or give data.eval_path");
+  return d;
+}
+
+std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& cfg, ParameterRegistry& registry) {
+  if (cfg.optim.name == OptimizerKind::SGD) {
+    SgdConfig s;
+    s.momentum = static_cast<float>(cfg.optim.momentum);
+    s.weight_decay = static_cast<float>(cfg.optim.weight_decay);
+    return std::make_unique<Sgd>(registry, s);
+  }
+  AdamWConfig a;
+  a.beta1 = static_cast<float>(cfg.optim.beta1);
+  a.beta2 = static_cast<float>(cfg.optim.beta2);
+  a.eps = static_cast<float>(cfg.optim.eps);
+  a.weight_decay = static_cast<float>(cfg.optim.weight_decay);
+  return std::make_unique<AdamW>(registry, a);
+}
+
+// Routing counts of the MoE layers, accumulated between log lines and over the whole run.
+struct RoutingCounts {
+  int64_t num_experts = 0, num_domains = 0;
+  std::vector<std::vector<int64_t>> kept;        // [layer][expert], since the last log line
+  std::vector<std::vector<int64_t>> kept_total;  // [layer][expert], whole run
+  std::vector<std::vector<int64_t>> domain;      // [layer][domain * E + expert], whole run
+  int64_t dropped = 0, choices = 0;              // since the last log line
+
+  RoutingCounts(int64_t layers, int64_t experts, int64_t domains)
+      : num_experts(experts), num_domains(domains), kept(layers, std::vector<int64_t>(experts, 0)),
+        kept_total(kept), domain(layers, std::vector<int64_t>(std::max<int64_t>(domains, 0) * experts, 0)) {}
+
+  void add(const std::vector<MoELayer*>& layers, const std::vector<int64_t>& seq_domain, int64_t seq_len) {
+    for (size_t l = 0; l < layers.size(); ++l) {
+      const MoEStats& st = layers[l]->stats();
+      for (int64_t e = 0; e < num_experts; ++e) {
+        kept[l][e] += st.kept[e];
+        kept_total[l][e] += st.kept[e];
+      }
+      dropped += st.dropped_total;
+      choices += st.kept_total + st.dropped_total;
+      if (num_domains <= 0) continue;
+      const int32_t* expert = layers[l]->router_output().expert.i32();
+      const int32_t* slot = layers[l]->plan().slot.i32();
+      const int64_t k = layers[l]->config().top_k;
+      for (int64_t i = 0; i < st.tokens * k; ++i) {
+        const int64_t dom = seq_domain[(i / k) / seq_len];
+        if (slot[i] >= 0 && dom >= 0 && dom < num_domains) ++domain[l][dom * num_experts + expert[i]];
+      }
+    }
+  }
+};
+
+std::vector<int64_t> flatten(const std::vector<std::vector<int64_t>>& v) {
+  std::vector<int64_t> out;
+  for (const auto& row : v) out.insert(out.end(), row.begin(), row.end());
+  return out;
+}
+
+std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids) {
+  std::ostringstream os;
+  const int64_t E = counts.num_experts;
+  char buf[64];
+  for (size_t l = 0; l < counts.kept_total.size(); ++l) {
+    int64_t total = 0;
+    for (int64_t c : counts.kept_total[l]) total += c;
+    os << "layer " << moe_layer_ids[l] << " (MoE): share of kept tokens per expert\n  ";
+    for (int64_t e = 0; e < E; ++e) {
+      std::snprintf(buf, sizeof buf, " exp%-3lld", (long long)e);
+      os << buf;
+    }
+    os << "\n  ";
+    for (int64_t e = 0; e < E; ++e) {
+      std::snprintf(buf, sizeof buf, " %5.1f%%", total ? 100.0 * counts.kept_total[l][e] / total : 0.0);
+      os << buf;
+    }
+    os << "\n";
+    if (counts.num_domains <= 0) continue;
+    os << "  by domain of the synthetic corpus (each row: that domain's tokens over experts)\n";
+    for (int64_t dom = 0; dom < counts.num_domains; ++dom) {
+      int64_t row = 0;
+      for (int64_t e = 0; e < E; ++e) row += counts.domain[l][dom * E + e];
+      std::snprintf(buf, sizeof buf, "  domain %-3lld", (long long)dom);
+      os << buf;
+      for (int64_t e = 0; e < E; ++e) {
+        std::snprintf(buf, sizeof buf, " %5.1f%%", row ? 100.0 * counts.domain[l][dom * E + e] / row : 0.0);
+        os << buf;
+      }
+      os << "\n";
+    }
+  }
+  return os.str();
+}
+
+// Max over experts of the load divided by the mean load, worst over layers.
+double load_imbalance(const std::vector<std::vector<int64_t>>& kept) {
+  double worst = 0;
+  for (const auto& layer : kept) {
+    int64_t total = 0, most = 0;
+    for (int64_t c : layer) {
+      total += c;
+      most = std::max(most, c);
+    }
+    if (total > 0) worst = std::max(worst, static_cast<double>(most) * layer.size() / total);
+  }
+  return worst;
+}
+
+// Auxiliary-loss-free balancing (DeepSeek-V3): after each step every expert's selection bias moves by
+// `rate` towards the mean load: up when under-loaded, down when over-loaded. The loads are summed
+// over all ranks, so every rank applies the same update and the biases stay identical.
+void update_selection_bias(const std::vector<MoELayer*>& layers, Communicator& world, double rate) {
+  if (layers.empty()) return;
+  const int64_t E = layers[0]->config().num_experts;
+  std::vector<int64_t> load;
+  for (MoELayer* layer : layers) load.insert(load.end(), layer->stats().routed.begin(), layer->stats().routed.end());
+  all_reduce(world, load.data(), static_cast<int64_t>(load.size()));
+  for (size_t l = 0; l < layers.size(); ++l) {
+    double mean = 0;
+    for (int64_t e = 0; e < E; ++e) mean += static_cast<double>(load[l * E + e]) / E;
+    float* bias = layers[l]->selection_bias.f32();
+    for (int64_t e = 0; e < E; ++e) {
+      const double c = static_cast<double>(load[l * E + e]);
+      bias[e] += static_cast<float>(c < mean ? rate : (c > mean ? -rate : 0.0));
+    }
+  }
+}
+
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  MOE_REQUIRE(f.good(), "cannot write '", path, "'");
+  f << text;
+}
+
+}  // namespace
+
+TrainResult run_training(const TrainConfig& cfg, Communicator& world,
+                         void (*on_watchdog)(const std::string& message)) {
+  const int rank = world.rank(), W = world.size();
+  const bool leader = rank == 0;
+  set_num_threads(static_cast<int>(cfg.run.threads_per_rank));
+  const FaultInjection faults = FaultInjection::from_environment();
+
+  // Everything that can fail on bad input (data files) happens before the first collective, on
+  // every rank alike, so a bad input ends every rank with the same message.
+  DataSources data = open_data(cfg, W);
+  const int64_t B = cfg.data.batch_size, S = cfg.model.seq_len, N = B * S;
+  DataLoader loader(*data.train, data.train_range.begin, data.train_range.end, rank, W, B,
+                    static_cast<uint64_t>(cfg.run.seed));
+
+  ProcessGroups groups = make_process_groups(world, resolved_ep(cfg, W), cfg.moe.num_experts);
+  TransformerLM model(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed), &groups);
+  ParameterRegistry registry;
+  model.register_parameters(registry);
+  std::unique_ptr<Optimizer> optimizer = make_optimizer(cfg, registry);
+  GradientSync grad_sync;
+  LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.schedule};
+  std::vector<MoELayer*> moe_layers = model.moe_layers();
+  std::vector<int64_t> moe_layer_ids;
+  for (int64_t i = 0; i < cfg.model.n_layers; ++i)
+    if (model.moe_layer(i) != nullptr) moe_layer_ids.push_back(i);
+
+  std::unique_ptr<MetricsLog> metrics;
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (leader) {
+    std::filesystem::create_directories(cfg.run.dir);
+    write_text_file(cfg.run.dir + "/config.yaml", to_yaml(cfg));
+    metrics = std::make_unique<MetricsLog>(cfg.run.dir + "/metrics.jsonl");
+    tensorboard = std::make_unique<TensorBoardWriter>(cfg.run.dir + "/tensorboard");
+  }
+
+  // The peak MFU is measured against: every rank times a GEMM at once, as they will share the
+  // machine while training.
+  world.barrier();
+  const double peak_flops = all_reduce_value(world, measure_gemm_peak_gflops()) * 1e9;
+  const double flops_per_token = model.flops_per_token();
+  if (leader) {
+    std::printf("moe-train: %d rank(s), ep = %d, %lld experts (%lld per rank), %lld parameters (%lld active per "
+                "token), GEMM peak %.1f GFLOP/s over all ranks (%s)\n",
+                W, groups.layout.ep, (long long)cfg.moe.num_experts, (long long)groups.layout.experts_per_rank,
+                (long long)model.total_params(), (long long)model.active_params_per_token(), peak_flops / 1e9,
+                gemm_provider());
+    std::printf("resolved config:\n%s", to_yaml(cfg).c_str());
+    std::fflush(stdout);
+  }
+
+  const int64_t num_domains = cfg.data.source == DataSource::Synthetic ? cfg.data.synthetic_domains : 0;
+  RoutingCounts routing(static_cast<int64_t>(moe_layers.size()), cfg.moe.num_experts, num_domains);
+  std::vector<int32_t> inputs_v(N), targets_v(N);
+  std::vector<int64_t> domains(B);
+  Tensor inputs = Tensor::empty({N}, DType::I32), targets = Tensor::empty({N}, DType::I32);
+
+  auto evaluate = [&]() -> double {
+    // Rank r evaluates its contiguous share of the held-out split, in fixed batches; every rank runs
+    // the same number of batches because the MoE exchange is collective.
+    const int64_t per_rank = data.eval_range.size() / W;
+    const int64_t eval_b = std::min(B, per_rank);
+    const int64_t batches = std::min(cfg.run.eval_batches, per_rank / eval_b);
+    const IndexRange mine = rank_shard(data.eval_range, rank, W);
+    const int64_t n = eval_b * S;
+    std::vector<int32_t> seq(S + 1), in(n), tg(n);
+    double sum = 0;
+    for (int64_t b = 0; b < batches; ++b) {
+      for (int64_t i = 0; i < eval_b; ++i) {
+        data.eval().sequence(mine.begin + b * eval_b + i, seq.data());
+        std::copy(seq.begin(), seq.end() - 1, in.begin() + i * S);
+        std::copy(seq.begin() + 1, seq.end(), tg.begin() + i * S);
+      }
+      Tensor ti = Tensor::from_ints({n}, in), tt = Tensor::from_ints({n}, tg);
+      sum += model.forward(ti, tt, /*training=*/false);
+    }
+    return all_reduce_value(world, sum) / static_cast<double>(W * batches);
+  };
+
+  Watchdog watchdog(cfg.run.watchdog_timeout_s, rank, on_watchdog);
+  TrainResult result;
+  int64_t consecutive_nonfinite = 0;
+  double interval_start = now_seconds(), run_start = interval_start;
+  int64_t interval_steps = 0;
+  double interval_loss = 0, interval_aux = 0, interval_z = 0;
+
+  // From here on an error may be one rank's alone while the others wait in a collective: it must
+  // not look like a setup error that every rank shares (InvalidArgument), so that moe-train
+  // aborts the job instead of exiting quietly.
+  try {
+  for (int64_t step = 1; step <= cfg.run.steps; ++step) {
+    watchdog.begin_step(step);
+    watchdog.phase("data");
+    loader.next_batch(inputs_v.data(), targets_v.data(), domains.data());
+    std::copy(inputs_v.begin(), inputs_v.end(), inputs.i32());
+    std::copy(targets_v.begin(), targets_v.end(), targets.i32());
+
+    watchdog.phase("forward");
+    registry.zero_grads();
+    const double ce = model.forward(inputs, targets, /*training=*/true);
+    watchdog.phase("backward");
+    model.backward();
+    routing.add(moe_layers, domains, S);
+
+    watchdog.phase("gradient sync");
+    if (step == faults.stall_step && rank == faults.stall_rank) {
+      while (true) pause();  // the watchdog ends the job
+    }
+    if (rank == 0 && faults.nan_from_step >= 1 && step >= faults.nan_from_step)
+      registry.all()[0].grad.f32()[0] = std::nanf("");
+    grad_sync.sync(registry, groups);
+    double losses[3] = {ce, model.aux_loss(), model.z_loss()};
+    all_reduce(world, losses, 3);
+    for (double& v : losses) v /= W;
+    const double grad_norm = global_grad_norm(registry, &groups);
+
+    watchdog.phase("optimizer");
+    const double lr = schedule.at(step - 1);
+    if (!std::isfinite(losses[0] + losses[1] + losses[2]) || !std::isfinite(grad_norm)) {
+      ++result.skipped_steps;
+      ++consecutive_nonfinite;
+      if (leader)
+        std::printf("step %lld: non-finite loss or gradient (loss %g, grad norm %g): step skipped (%lld in a row, "
+                    "limit run.max_nonfinite_steps = %lld)\n",
+                    (long long)step, losses[0], grad_norm, (long long)consecutive_nonfinite,
+                    (long long)cfg.run.max_nonfinite_steps);
+      if (consecutive_nonfinite >= cfg.run.max_nonfinite_steps)
+        throw TrainingStopped("stopping at step " + std::to_string(step) + ": " +
+                              std::to_string(consecutive_nonfinite) +
+                              " consecutive steps had a non-finite loss or gradient (run.max_nonfinite_steps = " +
+                              std::to_string(cfg.run.max_nonfinite_steps) + ")");
+    } else {
+      consecutive_nonfinite = 0;
+      clip_gradients(registry, grad_norm, cfg.optim.grad_clip);
+      optimizer->step(static_cast<float>(lr));
+      if (cfg.moe.balancing == Balancing::AuxFree) update_selection_bias(moe_layers, world, cfg.moe.bias_update_rate);
+    }
+    result.final_loss = losses[0];
+    interval_loss += losses[0];
+    interval_aux += losses[1];
+    interval_z += losses[2];
+    ++interval_steps;
+
+    if (step % cfg.run.log_every == 0 || step == cfg.run.steps) {
+      watchdog.phase("logging");
+      std::vector<int64_t> counts = flatten(routing.kept);
+      counts.push_back(routing.dropped);
+      counts.push_back(routing.choices);
+      all_reduce(world, counts.data(), static_cast<int64_t>(counts.size()));
+      const double elapsed = now_seconds() - interval_start;
+      StepMetrics m;
+      m.step = step;
+      m.total_steps = cfg.run.steps;
+      m.loss = interval_loss / interval_steps;
+      m.aux_loss = interval_aux / interval_steps;
+      m.z_loss = interval_z / interval_steps;
+      m.lr = lr;
+      m.grad_norm = grad_norm;
+      m.tokens_per_s = static_cast<double>(interval_steps * N * W) / elapsed;
+      m.mfu = flops_per_token * m.tokens_per_s / peak_flops;
+      const int64_t choices = counts.back(), dropped = counts[counts.size() - 2];
+      m.dropped_frac = choices ? static_cast<double>(dropped) / choices : 0.0;
+      m.tokens_per_expert.resize(moe_layers.size());
+      for (size_t l = 0; l < moe_layers.size(); ++l)
+        m.tokens_per_expert[l].assign(counts.begin() + l * cfg.moe.num_experts,
+                                      counts.begin() + (l + 1) * cfg.moe.num_experts);
+      m.load_max_over_mean = load_imbalance(m.tokens_per_expert);
+      m.skipped_steps = result.skipped_steps;
+      m.eta_s = (now_seconds() - run_start) / step * (cfg.run.steps - step);
+      if (leader) {
+        std::printf("%s\n", progress_line(m).c_str());
+        std::fflush(stdout);
+        metrics->write(m);
+        write_tensorboard(*tensorboard, m);
+      }
+      for (auto& row : routing.kept) std::fill(row.begin(), row.end(), 0);
+      routing.dropped = routing.choices = 0;
+      interval_loss = interval_aux = interval_z = 0;
+      interval_steps = 0;
+      interval_start = now_seconds();
+    }
+
+    if (cfg.run.eval_every > 0 && (step % cfg.run.eval_every == 0 || step == cfg.run.steps)) {
+      watchdog.phase("evaluation");
+      result.final_eval_loss = evaluate();
+      if (leader) {
+        std::printf("step %lld/%lld | eval loss %.4f (held-out, evaluation capacity factor)\n", (long long)step,
+                    (long long)cfg.run.steps, result.final_eval_loss);
+        metrics->write_eval(step, result.final_eval_loss);
+        tensorboard->add_scalars(step, {{"eval/loss", static_cast<float>(result.final_eval_loss)}});
+        tensorboard->flush();
+      }
+      interval_start = now_seconds();  // evaluation time is not training throughput
+    }
+    watchdog.end_step();
+    result.steps_done = step;
+  }
+  } catch (const InvalidArgument& e) {
+    throw std::runtime_error(std::string("during training: ") + e.what());
+  }
+
+  // The routing report: counts of the whole run, summed over ranks.
+  std::vector<int64_t> totals = flatten(routing.kept_total);
+  std::vector<int64_t> by_domain = flatten(routing.domain);
+  totals.insert(totals.end(), by_domain.begin(), by_domain.end());
+  all_reduce(world, totals.data(), static_cast<int64_t>(totals.size()));
+  size_t at = 0;
+  for (auto& row : routing.kept_total)
+    for (int64_t& c : row) c = totals[at++];
+  for (auto& row : routing.domain)
+    for (int64_t& c : row) c = totals[at++];
+  if (leader) {
+    const std::string report = routing_report(routing, moe_layer_ids);
+    std::printf("\nrouting report (whole run, all ranks):\n%s", report.c_str());
+    write_text_file(cfg.run.dir + "/routing_report.txt", report);
+    std::printf("done: %lld steps, final loss %.4f%s, run directory %s\n", (long long)result.steps_done,
+                result.final_loss,
+                result.final_eval_loss >= 0 ? (", eval loss " + std::to_string(result.final_eval_loss)).c_str() : "",
+                cfg.run.dir.c_str());
+  }
+  return result;
+}
+
+}  // namespace moe

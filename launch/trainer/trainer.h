@@ -1,0 +1,40 @@
+// The training job behind moe-train: builds the model, optimizer, data loaders and telemetry from a
+// TrainConfig and runs the training loop on every rank of a world communicator.
+#pragma once
+
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "core/config/train_config.h"
+#include "core/model/transformer.h"
+#include "parallel/communicator.h"
+
+namespace moe {
+
+// Ends a run on every rank at once for a reason all ranks saw (too many non-finite steps).
+class TrainingStopped : public std::runtime_error {
+ public:
+  explicit TrainingStopped(const std::string& what) : std::runtime_error(what) {}
+};
+
+struct TrainResult {
+  int64_t steps_done = 0;
+  double final_loss = 0;       // cross-entropy of the last step, mean over ranks
+  double final_eval_loss = -1; // last evaluation, or -1 if none ran
+  int64_t skipped_steps = 0;
+};
+
+// The model settings of a run.
+TransformerConfig transformer_config(const TrainConfig& cfg);
+
+// Runs the job. Collective over `world`; cfg must have passed validate_for_world(cfg, world.size()).
+// Rank 0 writes the run directory (config.yaml, metrics.jsonl, tensorboard/, routing_report.txt) and
+// prints progress to stdout. Throws InvalidArgument for bad data files (on every rank alike) and
+// TrainingStopped when run.max_nonfinite_steps non-finite steps come in a row. `on_watchdog` is
+// called (from the watchdog thread) with a message when a step exceeds run.watchdog_timeout_s and
+// must not return.
+TrainResult run_training(const TrainConfig& cfg, Communicator& world,
+                         void (*on_watchdog)(const std::string& message));
+
+}  // namespace moe
