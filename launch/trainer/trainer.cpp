@@ -50,17 +50,25 @@ TransformerConfig transformer_config(const TrainConfig& c) {
 
 namespace {
 
-// Test hooks, read from the environment, for the fault tests (tests/test_train_faults.sh):
-//   MOE_TEST_NAN_FROM_STEP=s   rank 0 writes NaN into a gradient at every step >= s (1-based)
-//   MOE_TEST_STALL=r:s         rank r sleeps in the gradient sync phase of step s
+// Test hooks, read from the environment, for the fault tests (tests/train_faults.sh):
+//   MOE_TEST_NAN_STEPS=a:b   rank 0 writes NaN into a gradient at steps a..b (1-based, inclusive)
+//   MOE_TEST_STALL=r:s       rank r stops in the gradient sync phase of step s
 struct FaultInjection {
-  int64_t nan_from_step = -1;
+  int64_t nan_first = -1, nan_last = -1;
   int stall_rank = -1;
   int64_t stall_step = -1;
 
+  bool nan_at(int64_t step) const { return step >= nan_first && step <= nan_last; }
+
   static FaultInjection from_environment() {
     FaultInjection f;
-    if (const char* v = std::getenv("MOE_TEST_NAN_FROM_STEP")) f.nan_from_step = std::atoll(v);
+    if (const char* v = std::getenv("MOE_TEST_NAN_STEPS")) {
+      long long a = -1, b = -1;
+      if (std::sscanf(v, "%lld:%lld", &a, &b) == 2) {
+        f.nan_first = a;
+        f.nan_last = b;
+      }
+    }
     if (const char* v = std::getenv("MOE_TEST_STALL")) {
       long long r = -1, s = -1;
       if (std::sscanf(v, "%lld:%lld", &r, &s) == 2) {
@@ -351,7 +359,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     if (step == faults.stall_step && rank == faults.stall_rank) {
       while (true) pause();  // the watchdog ends the job
     }
-    if (rank == 0 && faults.nan_from_step >= 1 && step >= faults.nan_from_step)
+    if (rank == 0 && faults.nan_at(step))
       registry.all()[0].grad.f32()[0] = std::nanf("");
     grad_sync.sync(registry, groups);
     double losses[3] = {ce, model.aux_loss(), model.z_loss()};
