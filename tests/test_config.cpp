@@ -154,7 +154,7 @@ TEST(Config, TinyIsSmallEnoughForTheDefaultJob) {
   TrainConfig c = load_train_config(std::string(MOE_SOURCE_DIR) + "/configs/tiny.yaml", {});
   EXPECT_LE(c.model.d_model, 64);
   EXPECT_LE(c.model.n_layers, 2);
-  EXPECT_LE(c.run.steps, 300);
+  EXPECT_LE(c.run.steps, 1000);  // about a minute on 2 CPU ranks
   EXPECT_EQ(c.data.source, DataSource::Synthetic);
   EXPECT_EQ(resolved_ep(c, 2), 2);
 }

@@ -79,6 +79,10 @@ bad_config)
   grep -q "parallel.ep = 3" out.txt || { cat out.txt; fail "ep message"; }
   run 2 "$configs/tiny.yaml" model.d_model=abc && fail "a bad override was accepted"
   grep -q "model.d_model: expected an int, got 'abc'" out.txt || { cat out.txt; fail "override message"; }
+  run 2 --bogus && fail "an unknown option was accepted"
+  grep -q "unknown option '--bogus'; accepted: --help" out.txt || { cat out.txt; fail "option message"; }
+  run 1 --help >/dev/null || fail "--help failed"
+  grep -q "moe.top_k" out.txt || fail "--help does not list the config keys"
   run 2 && fail "no config file was accepted"
   grep -q "missing CONFIG.yaml" out.txt || { cat out.txt; fail "usage message"; }
   run 2 missing.yaml && fail "a missing config file was accepted"

@@ -244,6 +244,23 @@ void update_selection_bias(const std::vector<MoELayer*>& layers, Communicator& w
   }
 }
 
+// Entropy of the token frequencies over (up to) the first 2000 sequences of `range`: the loss of a
+// model that ignores context, which a trained model should beat by far.
+double unigram_entropy(const SequenceSource& src, IndexRange range) {
+  std::vector<double> count(src.vocab_size(), 0.0);
+  std::vector<int32_t> seq(src.seq_tokens());
+  double total = 0;
+  for (int64_t i = range.begin; i < std::min(range.end, range.begin + 2000); ++i) {
+    src.sequence(i, seq.data());
+    for (int32_t t : seq) count[t] += 1;
+    total += static_cast<double>(seq.size());
+  }
+  double h = 0;
+  for (double c : count)
+    if (c > 0) h -= c / total * std::log(c / total);
+  return h;
+}
+
 void write_text_file(const std::string& path, const std::string& text) {
   std::ofstream f(path);
   MOE_REQUIRE(f.good(), "cannot write '", path, "'");
@@ -299,6 +316,14 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
                 (long long)model.total_params(), (long long)model.active_params_per_token(), peak_flops / 1e9,
                 gemm_provider());
     std::printf("resolved config:\n%s", to_yaml(cfg).c_str());
+    std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",
+                (long long)data.train_range.size(), (long long)S, (long long)data.eval_range.size(),
+                unigram_entropy(*data.train, data.train_range),
+                cfg.data.source == DataSource::Synthetic
+                    ? (", best achievable loss " + std::to_string(static_cast<const SyntheticSource&>(*data.train)
+                                                                       .corpus()
+                                                                       .entropy_rate()) + " nats/token").c_str()
+                    : "");
     std::fflush(stdout);
   }
 
