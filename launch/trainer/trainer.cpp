@@ -15,6 +15,7 @@
 
 #include "core/check.h"
 #include "core/gemm.h"
+#include "core/moe/aux_free_balancing.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
 #include "launch/trainer/telemetry.h"
@@ -222,26 +223,6 @@ double load_imbalance(const std::vector<std::vector<int64_t>>& kept) {
     if (total > 0) worst = std::max(worst, static_cast<double>(most) * layer.size() / total);
   }
   return worst;
-}
-
-// Auxiliary-loss-free balancing (DeepSeek-V3): after each step every expert's selection bias moves by
-// `rate` towards the mean load: up when under-loaded, down when over-loaded. The loads are summed
-// over all ranks, so every rank applies the same update and the biases stay identical.
-void update_selection_bias(const std::vector<MoELayer*>& layers, Communicator& world, double rate) {
-  if (layers.empty()) return;
-  const int64_t E = layers[0]->config().num_experts;
-  std::vector<int64_t> load;
-  for (MoELayer* layer : layers) load.insert(load.end(), layer->stats().routed.begin(), layer->stats().routed.end());
-  all_reduce(world, load.data(), static_cast<int64_t>(load.size()));
-  for (size_t l = 0; l < layers.size(); ++l) {
-    double mean = 0;
-    for (int64_t e = 0; e < E; ++e) mean += static_cast<double>(load[l * E + e]) / E;
-    float* bias = layers[l]->selection_bias.f32();
-    for (int64_t e = 0; e < E; ++e) {
-      const double c = static_cast<double>(load[l * E + e]);
-      bias[e] += static_cast<float>(c < mean ? rate : (c > mean ? -rate : 0.0));
-    }
-  }
 }
 
 // Entropy of the token frequencies over (up to) the first 2000 sequences of `range`: the loss of a
