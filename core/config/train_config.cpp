@@ -354,6 +354,8 @@ std::vector<Key> build_schema() {
   optim.real("eps", &OptimConfig::eps, above(0), "adamw: epsilon of the denominator");
   optim.real("momentum", &OptimConfig::momentum, closed_open(0, 1), "sgd: momentum; 0 = plain SGD");
   optim.real("weight_decay", &OptimConfig::weight_decay, at_least(0), "decoupled weight decay of the weight matrices");
+  optim.boolean("decay_norms_and_biases", &OptimConfig::decay_norms_and_biases,
+                "also decay norm gains and biases (the no-decay group); false keeps them undecayed");
   optim.real("grad_clip", &OptimConfig::grad_clip, at_least(0), "clip the global gradient norm to this; 0 = off");
 
   SectionKeys<DataConfig> data(keys, "data", &TrainConfig::data);

@@ -98,7 +98,8 @@ struct OptimConfig {
   double beta2 = 0.95;                 // adamw
   double eps = 1e-8;                   // adamw
   double momentum = 0.9;               // sgd
-  double weight_decay = 0.1;
+  double weight_decay = 0.1;           // the decay group: weight matrices and embeddings
+  bool decay_norms_and_biases = false; // the no-decay group (norm gains, biases) decays too when true
   double grad_clip = 1.0;              // max global gradient norm; 0 = off
   bool operator==(const OptimConfig&) const = default;
 };

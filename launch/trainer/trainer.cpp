@@ -268,6 +268,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   TransformerLM model(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed), &groups);
   ParameterRegistry registry;
   model.register_parameters(registry);
+  if (cfg.optim.decay_norms_and_biases)
+    for (Parameter& p : registry.all()) p.weight_decay = true;
   std::unique_ptr<Optimizer> optimizer = make_optimizer(cfg, registry);
   GradientSync grad_sync;
   LrSchedule schedule{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.schedule};
