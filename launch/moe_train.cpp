@@ -1,5 +1,6 @@
 // moe-train: trains an MoE transformer language model described by a YAML config, on every rank
 // of an MPI job: mpirun -np N moe-train CONFIG.yaml [key.path=value ...].
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <exception>
@@ -19,11 +20,26 @@ Trains the MoE language model that CONFIG.yaml describes (see configs/ for examp
 key.path=value overrides one config key, e.g. run.steps=50 moe.top_k=1 parallel.ep=2.
 Rank 0 prints the resolved config and a progress line every run.log_every steps, and writes
 config.yaml, metrics.jsonl, tensorboard/ and routing_report.txt into run.dir.
+SIGTERM or SIGUSR1 makes every rank finish its step, save a checkpoint and exit 0; with
+checkpoint.resume=auto the next start continues from it.
 Exit status: 0 on success; 2 for a bad config, argument or data file; 3 when the run stopped
 itself (too many non-finite steps); 1 for any other error; a watchdog timeout aborts the job.
 
 Config keys (path, type, default, accepted values):
 )";
+
+// SIGTERM (what schedulers send before preemption) and SIGUSR1 (what mpirun forwards to every rank
+// without killing them, and what the generated Slurm script asks for before the time limit): finish
+// the step, save a checkpoint, exit 0.
+void on_stop_signal(int) { moe::request_stop(); }
+
+void install_stop_handlers() {
+  struct sigaction sa = {};
+  sa.sa_handler = on_stop_signal;
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, nullptr);
+  sigaction(SIGUSR1, &sa, nullptr);
+}
 
 // Called from the watchdog thread: report and take every rank down.
 void on_watchdog(const std::string& message) {
@@ -62,6 +78,7 @@ int main(int argc, char** argv) {
     return fail(2, e.what());
   }
 
+  install_stop_handlers();
   try {
     moe::run_training(cfg, *world, on_watchdog);
     return 0;

@@ -381,6 +381,8 @@ std::vector<Key> build_schema() {
   checkpoint.integer("keep", &CheckpointConfig::keep, at_least(1), "newest checkpoints kept; older ones are deleted");
   checkpoint.choice("resume", &CheckpointConfig::resume, {{"never", ResumeMode::Never}, {"auto", ResumeMode::Auto}},
                     "auto: continue from the newest complete checkpoint in dir, if there is one");
+  checkpoint.string("init_from", &CheckpointConfig::init_from, kAnyString,
+                    "a checkpoint directory to start from when there is none to resume (e.g. a moe-ckpt result)");
   return keys;
 }
 

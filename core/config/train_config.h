@@ -121,6 +121,7 @@ struct CheckpointConfig {
   int64_t every = 0;                   // 0 = never
   int64_t keep = 3;
   ResumeMode resume = ResumeMode::Never;
+  std::string init_from;               // checkpoint to start from when none is resumed; "" = fresh
   bool operator==(const CheckpointConfig&) const = default;
 };
 

@@ -84,6 +84,12 @@ class MoELayer {
   void register_parameters(ParameterRegistry& registry, const std::string& prefix);
 
   const MoEConfig& config() const { return cfg_; }
+  // Forward calls so far: the position of the jitter noise stream, saved and restored by checkpoints.
+  uint64_t calls() const { return calls_; }
+  void set_calls(uint64_t calls) { calls_ = calls; }
+  // Global id of this rank's first expert, and how many it holds.
+  int64_t first_expert() const { return first_expert_; }
+  int64_t local_experts() const { return local_experts_; }
   const MoEStats& stats() const { return stats_; }
   const DispatchPlan& plan() const { return plan_; }
   const RouterOutput& router_output() const { return router_; }

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -14,11 +15,14 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/checkpoint/checkpoint.h"
 #include "core/gemm.h"
 #include "core/moe/aux_free_balancing.h"
+#include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
 #include "launch/trainer/telemetry.h"
+#include "launch/trainer/train_checkpoint.h"
 #include "launch/trainer/watchdog.h"
 #include "optim/adamw.h"
 #include "optim/grad_norm.h"
@@ -28,6 +32,12 @@
 #include "parallel/process_groups.h"
 
 namespace moe {
+
+namespace {
+std::atomic<bool> g_stop_requested{false};
+}  // namespace
+
+void request_stop() { g_stop_requested.store(true); }
 
 TransformerConfig transformer_config(const TrainConfig& c) {
   TransformerConfig t;
@@ -149,6 +159,26 @@ struct RoutingCounts {
       : num_experts(experts), num_domains(domains), kept(layers, std::vector<int64_t>(experts, 0)),
         kept_total(kept), domain(layers, std::vector<int64_t>(std::max<int64_t>(domains, 0) * experts, 0)) {}
 
+  // All counts as one flat list (for checkpoints), and back.
+  std::vector<int64_t> to_counters() const {
+    std::vector<int64_t> out;
+    for (const auto* table : {&kept, &kept_total, &domain})
+      for (const auto& row : *table) out.insert(out.end(), row.begin(), row.end());
+    out.push_back(dropped);
+    out.push_back(choices);
+    return out;
+  }
+  bool from_counters(const std::vector<int64_t>& in) {
+    if (in.size() != to_counters().size()) return false;
+    size_t at = 0;
+    for (auto* table : {&kept, &kept_total, &domain})
+      for (auto& row : *table)
+        for (int64_t& c : row) c = in[at++];
+    dropped = in[at++];
+    choices = in[at++];
+    return true;
+  }
+
   void add(const std::vector<MoELayer*>& layers, const std::vector<int64_t>& seq_domain, int64_t seq_len) {
     for (size_t l = 0; l < layers.size(); ++l) {
       const MoEStats& st = layers[l]->stats();
@@ -169,6 +199,37 @@ struct RoutingCounts {
     }
   }
 };
+
+void write_text_file(const std::string& path, const std::string& text) {
+  std::ofstream f(path);
+  MOE_REQUIRE(f.good(), "cannot write '", path, "'");
+  f << text;
+}
+
+// A random id for a fresh run, agreed by all ranks: checkpoints carry it so that shards and a
+// manifest of different runs are never mixed.
+std::string new_run_id(Communicator& world) {
+  char id[24] = {};
+  if (world.rank() == 0)
+    std::snprintf(id, sizeof id, "%016llx",
+                  static_cast<unsigned long long>(mix64(static_cast<uint64_t>(now_seconds() * 1e9) ^
+                                                        mix64(static_cast<uint64_t>(getpid())))));
+  world.broadcast(id, sizeof id, 0);
+  return std::string(id);
+}
+
+// Keeps the lines of metrics.jsonl up to `step`: a resumed run rewrites what follows.
+void truncate_metrics(const std::string& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string line, kept;
+  while (std::getline(in, line)) {
+    long long s = -1;
+    if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s <= step) kept += line + "\n";
+  }
+  in.close();
+  write_text_file(path, kept);
+}
 
 std::vector<int64_t> flatten(const std::vector<std::vector<int64_t>>& v) {
   std::vector<int64_t> out;
@@ -211,6 +272,15 @@ std::string routing_report(const RoutingCounts& counts, const std::vector<int64_
   return os.str();
 }
 
+// Sums the per-rank [layer][expert] counts over all ranks.
+void all_reduce_usage(Communicator& world, std::vector<std::vector<int64_t>>& usage) {
+  std::vector<int64_t> flat = flatten(usage);
+  all_reduce(world, flat.data(), static_cast<int64_t>(flat.size()));
+  size_t at = 0;
+  for (auto& row : usage)
+    for (int64_t& c : row) c = flat[at++];
+}
+
 // Max over experts of the load divided by the mean load, worst over layers.
 double load_imbalance(const std::vector<std::vector<int64_t>>& kept) {
   double worst = 0;
@@ -242,11 +312,6 @@ double unigram_entropy(const SequenceSource& src, IndexRange range) {
   return h;
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  MOE_REQUIRE(f.good(), "cannot write '", path, "'");
-  f << text;
-}
 
 }  // namespace
 
@@ -283,7 +348,6 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   if (leader) {
     std::filesystem::create_directories(cfg.run.dir);
     write_text_file(cfg.run.dir + "/config.yaml", to_yaml(cfg));
-    metrics = std::make_unique<MetricsLog>(cfg.run.dir + "/metrics.jsonl");
     tensorboard = std::make_unique<TensorBoardWriter>(cfg.run.dir + "/tensorboard");
   }
 
@@ -341,15 +405,75 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   Watchdog watchdog(cfg.run.watchdog_timeout_s, rank, on_watchdog);
   TrainResult result;
   int64_t consecutive_nonfinite = 0;
-  double interval_start = now_seconds(), run_start = interval_start;
   int64_t interval_steps = 0;
   double interval_loss = 0, interval_aux = 0, interval_z = 0;
+
+  // Resume: the newest complete checkpoint (incomplete ones are reported and left alone), else
+  // checkpoint.init_from, else a fresh start.
+  std::string resume_from;
+  if (cfg.checkpoint.resume == ResumeMode::Auto) {
+    for (const CheckpointListing& c : list_checkpoints(cfg.checkpoint.dir)) {
+      if (c.complete) resume_from = c.dir;
+      else if (leader) std::printf("ignoring incomplete checkpoint %s (%s)\n", c.dir.c_str(), c.problem.c_str());
+    }
+  }
+  if (resume_from.empty()) resume_from = cfg.checkpoint.init_from;
+  int64_t first_step = 1;
+  std::string run_id;
+  if (!resume_from.empty()) {
+    LoopState loop;
+    run_id = load_training_checkpoint(resume_from, cfg, model, registry, *optimizer, groups, loader.steps_per_epoch(),
+                                      &loop);
+    loader.restore(loop.loader);
+    first_step = loop.step + 1;
+    result.steps_done = loop.step;
+    result.skipped_steps = loop.skipped_steps;
+    consecutive_nonfinite = loop.consecutive_nonfinite;
+    if (loop.shared_sums.size() == 3 && loop.shared_counters.size() == 1) {
+      interval_loss = loop.shared_sums[0];
+      interval_aux = loop.shared_sums[1];
+      interval_z = loop.shared_sums[2];
+      interval_steps = loop.shared_counters[0];
+    }
+    if (!routing.from_counters(loop.rank_counters)) {
+      // Another world size: the per-rank counts since the last log line cannot be split anew; the
+      // whole-run expert usage is kept as recorded.
+      for (size_t l = 0; l < routing.kept_total.size() && l < loop.expert_usage.size(); ++l)
+        if (world.rank() == 0) routing.kept_total[l] = loop.expert_usage[l];
+    }
+    if (leader) {
+      truncate_metrics(cfg.run.dir + "/metrics.jsonl", loop.step);
+      std::printf("resumed from %s at step %lld\n", resume_from.c_str(), (long long)loop.step);
+    }
+  } else {
+    run_id = new_run_id(world);
+  }
+  if (leader) metrics = std::make_unique<MetricsLog>(cfg.run.dir + "/metrics.jsonl");
+
+  // The checkpoint of the state after `step` steps.
+  auto save = [&](int64_t step) {
+    LoopState loop;
+    loop.step = step;
+    loop.loader = loader.position();
+    loop.skipped_steps = result.skipped_steps;
+    loop.consecutive_nonfinite = consecutive_nonfinite;
+    loop.shared_sums = {interval_loss, interval_aux, interval_z};
+    loop.shared_counters = {interval_steps};
+    loop.rank_counters = routing.to_counters();
+    loop.expert_usage = routing.kept_total;
+    all_reduce_usage(world, loop.expert_usage);
+    const std::string dir =
+        save_training_checkpoint(cfg, run_id, loop, model, registry, *optimizer, groups, world);
+    if (leader) std::printf("saved checkpoint %s\n", dir.c_str());
+  };
+  double interval_start = now_seconds(), run_start = interval_start;
+  const int64_t steps_at_start = first_step - 1;
 
   // From here on an error may be one rank's alone while the others wait in a collective: it must
   // not look like a setup error that every rank shares (InvalidArgument), so that moe-train
   // aborts the job instead of exiting quietly.
   try {
-  for (int64_t step = 1; step <= cfg.run.steps; ++step) {
+  for (int64_t step = first_step; step <= cfg.run.steps; ++step) {
     watchdog.begin_step(step);
     watchdog.phase("data");
     loader.next_batch(inputs_v.data(), targets_v.data(), domains.data());
@@ -370,9 +494,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     if (rank == 0 && faults.nan_at(step))
       registry.all()[0].grad.f32()[0] = std::nanf("");
     grad_sync.sync(registry, groups);
-    double losses[3] = {ce, model.aux_loss(), model.z_loss()};
-    all_reduce(world, losses, 3);
+    // One all-reduce for the losses and "did any rank get a stop signal".
+    double losses[4] = {ce, model.aux_loss(), model.z_loss(), g_stop_requested.load() ? 1.0 : 0.0};
+    all_reduce(world, losses, 4);
     for (double& v : losses) v /= W;
+    const bool stop = losses[3] > 0;
     const double grad_norm = global_grad_norm(registry, &groups);
 
     watchdog.phase("optimizer");
@@ -427,7 +553,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
                                       counts.begin() + (l + 1) * cfg.moe.num_experts);
       m.load_max_over_mean = load_imbalance(m.tokens_per_expert);
       m.skipped_steps = result.skipped_steps;
-      m.eta_s = (now_seconds() - run_start) / step * (cfg.run.steps - step);
+      m.eta_s = (now_seconds() - run_start) / (step - steps_at_start) * (cfg.run.steps - step);
       if (leader) {
         std::printf("%s\n", progress_line(m).c_str());
         std::fflush(stdout);
@@ -453,8 +579,18 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
       }
       interval_start = now_seconds();  // evaluation time is not training throughput
     }
-    watchdog.end_step();
     result.steps_done = step;
+    const bool periodic = cfg.checkpoint.every > 0 && (step % cfg.checkpoint.every == 0 || step == cfg.run.steps);
+    if (periodic || stop) {
+      watchdog.phase("checkpoint");
+      save(step);
+    }
+    watchdog.end_step();
+    if (stop) {
+      result.stopped_by_signal = true;
+      if (leader) std::printf("stopped by a signal after step %lld; the checkpoint above resumes it\n", (long long)step);
+      break;
+    }
   }
   } catch (const InvalidArgument& e) {
     throw std::runtime_error(std::string("during training: ") + e.what());

@@ -23,7 +23,12 @@ struct TrainResult {
   double final_loss = 0;       // cross-entropy of the last step, mean over ranks
   double final_eval_loss = -1; // last evaluation, or -1 if none ran
   int64_t skipped_steps = 0;
+  bool stopped_by_signal = false;  // request_stop() ended the run early, after saving a checkpoint
 };
+
+// Asks a running run_training to finish its current step, save a checkpoint and return (all ranks
+// agree on it at the step's end). Async-signal-safe: meant for a SIGTERM handler.
+void request_stop();
 
 // The model settings of a run.
 TransformerConfig transformer_config(const TrainConfig& cfg);

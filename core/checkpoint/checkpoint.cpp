@@ -1,0 +1,342 @@
+// Writing, listing, opening, reading and verifying checkpoints (core/checkpoint/checkpoint.h).
+#include "core/checkpoint/checkpoint.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+
+#include "core/check.h"
+#include "core/crc32c.h"
+
+namespace fs = std::filesystem;
+
+namespace moe {
+
+namespace {
+
+constexpr uint64_t kAlign = 64;
+constexpr const char* kManifest = "MANIFEST";
+
+std::string step_dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+std::string shard_name(int rank, const char* ext) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "shard_%05d.%s", rank, ext);
+  return buf;
+}
+
+std::string errno_text() { return std::strerror(errno); }
+
+// Writes all of [data, data + n) to fd; false on error (errno set).
+bool write_all(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
+    if (w < 0) {
+      if (errno == EINTR) continue;
+      return false;
+    }
+    p += w;
+    n -= static_cast<size_t>(w);
+  }
+  return true;
+}
+
+bool read_all_at(int fd, void* data, size_t n, uint64_t offset) {
+  char* p = static_cast<char*>(data);
+  while (n > 0) {
+    ssize_t r = ::pread(fd, p, std::min<size_t>(n, size_t{1} << 30), static_cast<off_t>(offset));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) return false;
+    p += r;
+    n -= static_cast<size_t>(r);
+    offset += static_cast<uint64_t>(r);
+  }
+  return true;
+}
+
+void fsync_dir(const std::string& dir) {
+  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd >= 0) {
+    ::fsync(fd);
+    ::close(fd);
+  }
+}
+
+// Writes `bytes` to path atomically: path.tmp, fsync, rename. Returns "" or an error message.
+std::string write_file_atomic(const std::string& path, const std::string& bytes) {
+  const std::string tmp = path + ".tmp";
+  int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return "cannot create '" + tmp + "': " + errno_text();
+  bool ok = write_all(fd, bytes.data(), bytes.size()) && ::fsync(fd) == 0;
+  std::string err = ok ? "" : "cannot write '" + tmp + "': " + errno_text();
+  ::close(fd);
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) err = "cannot rename '" + tmp + "': " + errno_text();
+  if (!err.empty()) ::unlink(tmp.c_str());
+  return err;
+}
+
+bool read_file(const std::string& path, std::string* out) {
+  std::ifstream f(path, std::ios::binary);
+  if (!f) return false;
+  std::ostringstream ss;
+  ss << f.rdbuf();
+  *out = ss.str();
+  return f.good() || f.eof();
+}
+
+// This rank's shard: the .bin file and its index. Returns "" or an error message.
+std::string write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
+                        const checkpoint::RankState& rank_state, int rank) {
+  const std::string bin = shard_name(rank, "bin");
+  const std::string tmp = dir + "/" + bin + ".tmp";
+  int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
+  if (fd < 0) return "cannot create '" + tmp + "': " + errno_text();
+  checkpoint::ShardIndex index;
+  index.set_run_id(req.header.run_id());
+  index.set_step(req.step);
+  index.set_rank(rank);
+  index.set_file(bin);
+  *index.mutable_state() = rank_state;
+  index.mutable_state()->set_rank(rank);
+  uint64_t offset = 0;
+  static const char zeros[kAlign] = {};
+  std::string err;
+  for (const CheckpointTensor& t : tensors) {
+    MOE_ASSERT(t.data.device() == Device::CPU, "checkpoint tensors are on the CPU");
+    const uint64_t pad = (kAlign - offset % kAlign) % kAlign;
+    const uint64_t length = static_cast<uint64_t>(t.data.numel()) * 4;
+    const void* bytes = t.data.dtype() == DType::F32 ? static_cast<const void*>(t.data.f32())
+                                                     : static_cast<const void*>(t.data.i32());
+    if (!write_all(fd, zeros, pad) || !write_all(fd, bytes, length)) {
+      err = "cannot write '" + tmp + "': " + errno_text();
+      break;
+    }
+    offset += pad;
+    checkpoint::TensorEntry* e = index.add_tensors();
+    e->set_name(t.name);
+    e->set_expert(t.expert);
+    for (int64_t d : t.data.shape()) e->add_shape(d);
+    e->set_dtype(to_string(t.data.dtype()));
+    e->set_file(bin);
+    e->set_offset(offset);
+    e->set_length(length);
+    e->set_crc32c(crc32c(bytes, length));
+    offset += length;
+  }
+  if (err.empty() && ::fsync(fd) != 0) err = "cannot fsync '" + tmp + "': " + errno_text();
+  ::close(fd);
+  if (err.empty() && ::rename(tmp.c_str(), (dir + "/" + bin).c_str()) != 0)
+    err = "cannot rename '" + tmp + "': " + errno_text();
+  if (!err.empty()) {
+    ::unlink(tmp.c_str());
+    return err;
+  }
+  index.set_file_bytes(offset);
+  return write_file_atomic(dir + "/" + shard_name(rank, "index"), index.SerializeAsString());
+}
+
+// Rank 0, after every shard is in place: merges the indexes into the manifest.
+std::string write_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
+  checkpoint::Manifest m = req.header;
+  m.set_format_version(kCheckpointFormatVersion);
+  m.set_step(req.step);
+  m.clear_tensors();
+  m.clear_shards();
+  m.clear_rank_states();
+  for (int r = 0; r < world_size; ++r) {
+    const std::string path = dir + "/" + shard_name(r, "index");
+    std::string bytes;
+    checkpoint::ShardIndex index;
+    if (!read_file(path, &bytes) || !index.ParseFromString(bytes)) return "cannot read '" + path + "'";
+    if (index.run_id() != m.run_id() || index.step() != req.step) return "'" + path + "' is from another save";
+    for (const auto& e : index.tensors()) *m.add_tensors() = e;
+    checkpoint::ShardInfo* s = m.add_shards();
+    s->set_rank(r);
+    s->set_file(index.file());
+    s->set_bytes(index.file_bytes());
+    *m.add_rank_states() = index.state();
+  }
+  std::string err = write_file_atomic(dir + "/" + kManifest, m.SerializeAsString());
+  if (err.empty()) fsync_dir(dir);
+  return err;
+}
+
+}  // namespace
+
+std::string to_string_shape(const checkpoint::TensorEntry& e) {
+  std::ostringstream os;
+  os << "(";
+  for (int i = 0; i < e.shape_size(); ++i) os << (i ? ", " : "") << e.shape(i);
+  os << ")";
+  return os.str();
+}
+
+std::string save_checkpoint(const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
+                            const checkpoint::RankState& rank_state, Communicator& world) {
+  const std::string dir = req.root + "/" + step_dir_name(req.step);
+  // Every rank reaches the same verdict from the shared file system before anything is written.
+  MOE_REQUIRE(!fs::exists(dir + "/" + kManifest), "a complete checkpoint for step ", req.step, " already exists in '",
+              dir, "'; it is left as it is");
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : "";
+  if (err.empty()) err = write_shard(dir, req, tensors, rank_state, world.rank());
+
+  // Nobody writes the manifest unless every shard made it.
+  int failed = err.empty() ? 0 : 1;
+  failed = all_reduce_value(world, failed, ReduceOp::Max);
+  if (failed) throw InvalidArgument(err.empty() ? "checkpoint save at step " + std::to_string(req.step) +
+                                                      " failed on another rank; see its message"
+                                                : "checkpoint save failed: " + err);
+  if (world.rank() == 0) {
+    err = write_manifest(dir, req, world.size());
+    if (err.empty()) {
+      fsync_dir(req.root);
+      err = write_file_atomic(req.root + "/latest", step_dir_name(req.step) + "\n");
+    }
+    if (err.empty() && req.keep > 0) {
+      std::vector<CheckpointListing> all = list_checkpoints(req.root);
+      std::vector<CheckpointListing> complete;
+      for (const auto& c : all)
+        if (c.complete) complete.push_back(c);
+      for (size_t i = 0; i + static_cast<size_t>(req.keep) < complete.size(); ++i) fs::remove_all(complete[i].dir, ec);
+    }
+  }
+  failed = err.empty() ? 0 : 1;
+  world.broadcast(&failed, sizeof failed, 0);
+  if (failed) throw InvalidArgument(world.rank() == 0 ? "checkpoint save failed: " + err
+                                                      : "checkpoint save failed on rank 0; see its message");
+  return dir;
+}
+
+std::vector<CheckpointListing> list_checkpoints(const std::string& root) {
+  std::vector<CheckpointListing> out;
+  std::error_code ec;
+  if (!fs::is_directory(root, ec)) return out;
+  for (const auto& entry : fs::directory_iterator(root, ec)) {
+    const std::string name = entry.path().filename().string();
+    if (!entry.is_directory() || name.rfind("step_", 0) != 0 || name.size() != 13 ||
+        name.find_first_not_of("0123456789", 5) != std::string::npos)
+      continue;
+    CheckpointListing c;
+    c.dir = entry.path().string();
+    c.step = std::stoll(name.substr(5));
+    for (const auto& f : fs::directory_iterator(entry.path(), ec))
+      if (f.is_regular_file()) c.bytes += f.file_size();
+    std::unique_ptr<CheckpointReader> reader;
+    Status s = CheckpointReader::open(c.dir, &reader);
+    c.complete = s.ok();
+    if (!s.ok()) c.problem = s.to_string();
+    out.push_back(c);
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
+  return out;
+}
+
+std::string newest_complete_checkpoint(const std::string& root) {
+  std::vector<CheckpointListing> all = list_checkpoints(root);
+  for (auto it = all.rbegin(); it != all.rend(); ++it)
+    if (it->complete) return it->dir;
+  return "";
+}
+
+Status CheckpointReader::open(const std::string& dir, std::unique_ptr<CheckpointReader>* out) {
+  auto reader = std::unique_ptr<CheckpointReader>(new CheckpointReader());
+  reader->dir_ = dir;
+  const std::string path = dir + "/" + kManifest;
+  std::string bytes;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) return Status::not_found("'" + path + "' is missing: the checkpoint is incomplete");
+  if (!read_file(path, &bytes)) return Status::io_error("cannot read '" + path + "'");
+  checkpoint::Manifest& m = reader->manifest_;
+  if (!m.ParseFromString(bytes)) return Status::corruption("'" + path + "' is not a checkpoint manifest");
+  if (m.format_version() == 0 || m.format_version() > kCheckpointFormatVersion)
+    return Status::not_supported("'" + path + "' has format version " + std::to_string(m.format_version()) +
+                                 "; this build reads versions 1 to " + std::to_string(kCheckpointFormatVersion));
+  for (const auto& s : m.shards()) {
+    const std::string f = dir + "/" + s.file();
+    const uintmax_t size = fs::file_size(f, ec);
+    if (ec) return Status::not_found("shard file '" + f + "' is missing");
+    if (size != s.bytes())
+      return Status::corruption("shard file '" + f + "' has " + std::to_string(size) + " bytes, the manifest says " +
+                                std::to_string(s.bytes()) + " (truncated or replaced)");
+    const std::string index_path = dir + "/" + shard_name(s.rank(), "index");
+    checkpoint::ShardIndex index;
+    if (!read_file(index_path, &bytes) || !index.ParseFromString(bytes))
+      return Status::corruption("shard index '" + index_path + "' is missing or unreadable");
+    if (index.run_id() != m.run_id() || index.step() != m.step())
+      return Status::corruption("'" + index_path + "' belongs to run " + index.run_id() + " step " +
+                                std::to_string(index.step()) + ", but '" + path + "' to run " + m.run_id() + " step " +
+                                std::to_string(m.step()) + ": the manifest is from another run or save");
+  }
+  for (const auto& e : m.tensors()) {
+    auto shard = std::find_if(m.shards().begin(), m.shards().end(), [&](const auto& s) { return s.file() == e.file(); });
+    int64_t numel = 1;
+    for (int64_t d : e.shape()) numel *= d;
+    if (shard == m.shards().end() || e.offset() + e.length() > shard->bytes() ||
+        e.length() != static_cast<uint64_t>(numel) * 4)
+      return Status::corruption("'" + path + "': tensor '" + e.name() + "' lies outside its file '" + e.file() + "'");
+  }
+  *out = std::move(reader);
+  return Status::ok_status();
+}
+
+const checkpoint::TensorEntry* CheckpointReader::find(const std::string& name, int64_t expert) const {
+  for (const auto& e : manifest_.tensors())
+    if (e.name() == name && e.expert() == expert) return &e;
+  return nullptr;
+}
+
+Status CheckpointReader::read(const checkpoint::TensorEntry& e, void* out) const {
+  const std::string path = dir_ + "/" + e.file();
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return Status::io_error("cannot open '" + path + "': " + errno_text());
+  const bool ok = read_all_at(fd, out, e.length(), e.offset());
+  ::close(fd);
+  const std::string what = "tensor '" + e.name() + (e.expert() >= 0 ? "' (expert " + std::to_string(e.expert()) + ")" : "'");
+  if (!ok) return Status::io_error("cannot read " + what + " from '" + path + "'");
+  const uint32_t crc = crc32c(out, e.length());
+  if (crc != e.crc32c()) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, ": CRC32C %08x, the manifest says %08x", crc, e.crc32c());
+    return Status::corruption(what + " in '" + path + "' is damaged" + buf);
+  }
+  return Status::ok_status();
+}
+
+Status CheckpointReader::read(const checkpoint::TensorEntry& e, Tensor& out) const {
+  Shape shape(e.shape().begin(), e.shape().end());
+  if (out.shape() != shape)
+    return Status::invalid_argument("tensor '" + e.name() + "' has shape " + to_string_shape(e) + " in checkpoint '" +
+                                    dir_ + "' but " + to_string(out.shape()) + " in this model");
+  if (e.dtype() != to_string(out.dtype()))
+    return Status::invalid_argument("tensor '" + e.name() + "' has dtype " + e.dtype() + " in the checkpoint but " +
+                                    to_string(out.dtype()) + " in this model");
+  return read(e, out.dtype() == DType::F32 ? static_cast<void*>(out.f32()) : static_cast<void*>(out.i32()));
+}
+
+std::vector<std::string> CheckpointReader::verify() const {
+  std::vector<std::string> problems;
+  std::vector<char> buf;
+  for (const auto& e : manifest_.tensors()) {
+    buf.resize(e.length());
+    Status s = read(e, buf.data());
+    if (!s.ok()) problems.push_back(s.to_string());
+  }
+  return problems;
+}
+
+}  // namespace moe

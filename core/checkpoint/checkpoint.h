@@ -1,0 +1,97 @@
+// Checkpoints: a directory per step holding one raw shard file per rank, a small protobuf index per
+// shard, and a manifest written last. The format, field by field, is in docs/checkpoint-format.md.
+//
+//   <root>/step_00000100/shard_00000.bin     raw tensor bytes of rank 0, each at a 64-byte aligned offset
+//   <root>/step_00000100/shard_00000.index   ShardIndex (checkpoint.proto): rank 0's entries and state
+//   <root>/step_00000100/MANIFEST            Manifest: layout, config, step, every tensor's file,
+//                                            offset, length and CRC32C; written last, by rank 0
+//   <root>/latest                            name of the newest complete checkpoint directory
+//
+// A checkpoint directory without MANIFEST is incomplete and is never loaded. Every file is written
+// under a temporary name, fsynced and renamed; the manifest only after every rank has finished its
+// shard; `latest` is replaced by rename. Version rule: format_version is bumped when a reader of the
+// previous version could misread a checkpoint; readers reject versions newer than their own.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/checkpoint/checkpoint.pb.h"
+#include "core/status.h"
+#include "core/tensor.h"
+#include "parallel/communicator.h"
+
+namespace moe {
+
+constexpr uint32_t kCheckpointFormatVersion = 1;
+
+// One tensor this rank writes: a whole tensor (expert = -1) or one expert's slice.
+struct CheckpointTensor {
+  std::string name;
+  int64_t expert = -1;
+  Tensor data;  // CPU, float32 or int32, contiguous; its bytes are written as they are
+};
+
+struct SaveRequest {
+  std::string root;            // checkpoint root directory, created if missing
+  int64_t step = 0;
+  checkpoint::Manifest header; // run_id, layout, config_yaml, state, expert_usage (tensors, shards and
+                               // rank_states are filled in by save_checkpoint)
+  int keep = 0;                // > 0: afterwards, delete complete checkpoints older than the newest `keep`
+};
+
+// Collective over `world`. Each rank writes its tensors and rank_state; rank 0 then writes the manifest
+// and the `latest` pointer, and prunes old checkpoints. Returns the checkpoint directory. Throws
+// InvalidArgument naming the path on an I/O failure (an existing complete checkpoint is never touched
+// by a failed save).
+std::string save_checkpoint(const SaveRequest& request, const std::vector<CheckpointTensor>& tensors,
+                            const checkpoint::RankState& rank_state, Communicator& world);
+
+// A checkpoint directory as found on disk.
+struct CheckpointListing {
+  std::string dir;      // full path
+  int64_t step = -1;
+  bool complete = false;  // has a readable MANIFEST
+  uint64_t bytes = 0;     // total size of its files
+  std::string problem;    // why it is incomplete or unreadable
+};
+
+// The step_* directories under root, oldest first. A missing root gives an empty list.
+std::vector<CheckpointListing> list_checkpoints(const std::string& root);
+
+// The newest complete checkpoint under root, or "" if none.
+std::string newest_complete_checkpoint(const std::string& root);
+
+// Read access to one checkpoint. Thread-compatible.
+class CheckpointReader {
+ public:
+  // Reads and checks MANIFEST: parseable, format version supported, every shard file present with the
+  // recorded size, every entry inside its file. Status names the file and the problem.
+  static Status open(const std::string& dir, std::unique_ptr<CheckpointReader>* out);
+
+  const checkpoint::Manifest& manifest() const { return manifest_; }
+  const std::string& dir() const { return dir_; }
+
+  // The entry for (name, expert), or null.
+  const checkpoint::TensorEntry* find(const std::string& name, int64_t expert = -1) const;
+
+  // Reads an entry's bytes into `out` (numel * 4 bytes, matching the entry's shape) and checks its
+  // CRC. Corruption names the file, the tensor and the expected and found CRC.
+  Status read(const checkpoint::TensorEntry& entry, void* out) const;
+  // Reads into a tensor, first checking that its shape equals the entry's.
+  Status read(const checkpoint::TensorEntry& entry, Tensor& out) const;
+
+  // Re-reads every entry and checks every CRC and the shard indexes against the manifest. Returns one
+  // line per problem (file and tensor named); empty when the checkpoint is sound.
+  std::vector<std::string> verify() const;
+
+ private:
+  std::string dir_;
+  checkpoint::Manifest manifest_;
+};
+
+std::string to_string_shape(const checkpoint::TensorEntry& e);  // "(4, 8)"
+
+}  // namespace moe

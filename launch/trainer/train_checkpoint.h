@@ -1,0 +1,45 @@
+// What moe-train puts into a checkpoint and takes back out: the model's parameters and the
+// optimizer's state (dense tensors once, split over the ranks; each expert once, by global id), the
+// aux-free balancing biases, and the loop's own state (step, data position, counters).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/config/train_config.h"
+#include "core/model/transformer.h"
+#include "core/parameters.h"
+#include "data/data_loader.h"
+#include "optim/optimizer.h"
+#include "parallel/process_groups.h"
+
+namespace moe {
+
+// The training loop's state beyond the tensors.
+struct LoopState {
+  int64_t step = 0;                   // steps done
+  LoaderPosition loader;              // where the next batch comes from
+  int64_t skipped_steps = 0;
+  int64_t consecutive_nonfinite = 0;
+  std::vector<double> shared_sums;        // identical on every rank (log-interval sums)
+  std::vector<int64_t> shared_counters;   // identical on every rank
+  std::vector<int64_t> rank_counters;     // this rank's own (routing counts); dropped when the world size changes
+  std::vector<std::vector<int64_t>> expert_usage;  // [MoE layer][expert] kept tokens so far, all ranks
+};
+
+// Collective over world. Writes <cfg.checkpoint.dir>/step_<step> and keeps the newest cfg.checkpoint.keep.
+// Returns the checkpoint directory.
+std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& run_id, const LoopState& loop,
+                                     TransformerLM& model, ParameterRegistry& registry, Optimizer& optimizer,
+                                     const ProcessGroups& groups, Communicator& world);
+
+// Loads checkpoint `dir` into the model, optimizer and loop state, whatever world size and ep it was
+// written with (experts are matched by global id). Every rank reads what it holds. Throws
+// InvalidArgument naming the file and the problem (missing or damaged files, another model shape,
+// a data position that does not map onto this run's batch). Returns the checkpoint's run id.
+std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
+                                     ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
+                                     int64_t steps_per_epoch, LoopState* loop);
+
+}  // namespace moe
