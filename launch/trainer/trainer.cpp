@@ -320,6 +320,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   const int rank = world.rank(), W = world.size();
   const bool leader = rank == 0;
   set_num_threads(static_cast<int>(cfg.run.threads_per_rank));
+  flush_denormals_to_zero();  // before the first OpenMP region creates the worker threads
   const FaultInjection faults = FaultInjection::from_environment();
 
   // Everything that can fail on bad input (data files) happens before the first collective, on
