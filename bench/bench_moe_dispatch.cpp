@@ -11,7 +11,8 @@
 //                        largest over ranks (it bounds the time)
 //   algbw              = S / t  (GB/s = 1e9 bytes/s),  busbw = algbw * (n - 1) / n,  n = ep
 //   exchange ratio     = t(dispatcher's forward token exchange) / t(bare MPI_Alltoallv with the same
-//                        per-peer counts in MPI_FLOAT, on the same MPI_Comm, after a barrier)
+//                        per-peer counts in MPI_FLOAT, on the same MPI_Comm, after a barrier; its send
+//                        buffer is rewritten, untimed, just before, as the permute writes the dispatcher's)
 //   tokens/s per rank  = T / layer forward+backward time
 //   throughput ratio   = distributed tokens/s / single-process tokens/s, where the single-process
 //                        layer (groups = nullptr, all E experts, the same T and inputs) runs on every
@@ -20,8 +21,8 @@
 //                        the kept pairs this rank's experts receive (from every rank of its group; the
 //                        single-process layer: its own kept pairs), m = 2 matrices (ReLU/GELU), 3 (SwiGLU)
 // Results are verified before timing: the distributed layer's y and dx must equal those of an ep = 1
-// layer (every rank holding all experts) on the same inputs, and the bare all-to-all must deliver
-// every peer's block.
+// layer (every rank holding all experts) on the same inputs; the bare all-to-all must deliver every
+// peer's block, before timing and after the last timed call.
 #include <mpi.h>
 
 #include <algorithm>
@@ -120,6 +121,7 @@ double relative_error(const moe::Tensor& a, const moe::Tensor& b) {
 // The bare all-to-all-v: the per-peer counts of the layer's forward token exchange, in MPI_FLOAT.
 struct BareAlltoallv {
   MPI_Comm comm = MPI_COMM_NULL;
+  int rank = 0;
   std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
   std::vector<float> send, recv;
 
@@ -129,6 +131,7 @@ struct BareAlltoallv {
   }
 
   BareAlltoallv(MPI_Comm c, const moe::ExchangePlan& xp, int64_t d) : comm(c) {
+    MPI_CHECK(MPI_Comm_rank(comm, &rank));
     const int n = static_cast<int>(xp.send_rows.size());
     send_counts.resize(n), send_displs.resize(n), recv_counts.resize(n), recv_displs.resize(n);
     int64_t st = 0, rt = 0;
@@ -146,8 +149,13 @@ struct BareAlltoallv {
     // +1: a non-null buffer even when nothing moves.
     send.resize(st + 1);
     recv.resize(rt + 1);
-    int rank = 0;
-    MPI_CHECK(MPI_Comm_rank(comm, &rank));
+    fill_send();
+  }
+
+  // Writes the send buffer, untimed, before each timed call: the layer's permute has just written the
+  // rows the dispatcher sends, so both calls start with their send buffer equally fresh in cache.
+  void fill_send() {
+    const int n = static_cast<int>(send_counts.size());
     for (int j = 0; j < n; ++j)
       for (int64_t i = 0; i < send_counts[j]; ++i) send[send_displs[j] + i] = value(rank, j, n, i);
   }
@@ -158,8 +166,6 @@ struct BareAlltoallv {
   }
 
   bool received_correctly() const {
-    int rank = 0;
-    MPI_CHECK(MPI_Comm_rank(comm, &rank));
     const int n = static_cast<int>(recv_counts.size());
     for (int j = 0; j < n; ++j)
       for (int64_t i = 0; i < recv_counts[j]; ++i)
@@ -179,7 +185,13 @@ const Row kRows[kPhases] = {{"route", &moe::MoEPhaseTimes::router},
                             {"return exchange", &moe::MoEPhaseTimes::return_exchange},
                             {"combine", &moe::MoEPhaseTimes::combine},
                             {"losses", &moe::MoEPhaseTimes::losses}};
-enum Figure { kForward = 0, kBackward = kPhases, kLayer = 2 * kPhases, kBare, kSingle, kNumFigures };
+enum Figure {
+  kForward = 0,                     // distributed layer, per phase
+  kBackward = kPhases,
+  kSingleForward = 2 * kPhases,     // single-process layer, per phase
+  kSingleBackward = 3 * kPhases,
+  kLayer = 4 * kPhases, kBare, kSingle, kNumFigures
+};
 
 int run(const Args& a, const moe::MoEConfig& cfg) {
   std::unique_ptr<moe::Communicator> world = moe::make_mpi_world_communicator();
@@ -276,6 +288,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
     const double my_dist_experts = st.forward_time.experts + st.backward_time.experts;
 
     if (ep > 1) {
+      bare.fill_send();
       MPI_CHECK(MPI_Barrier(bare.comm));
       t0 = moe::now_seconds();
       bare.run();
@@ -287,8 +300,13 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
     single->forward(ys, x, /*training=*/true);
     single->backward(dxs, dy);
     f[kSingle] = moe::now_seconds() - t0;
-    single_kept = single->stats().kept_total;
-    const double my_single_experts = single->stats().forward_time.experts + single->stats().backward_time.experts;
+    const moe::MoEStats& ss = single->stats();
+    single_kept = ss.kept_total;
+    for (int p = 0; p < kPhases; ++p) {
+      f[kSingleForward + p] = ss.forward_time.*kRows[p].field;
+      f[kSingleBackward + p] = ss.backward_time.*kRows[p].field;
+    }
+    const double my_single_experts = ss.forward_time.experts + ss.backward_time.experts;
 
     moe::all_reduce(*world, f.data(), kNumFigures, moe::ReduceOp::Max);
     if (it < a.warmup) continue;
@@ -296,6 +314,8 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
     dist_experts.push_back(my_dist_experts);
     single_experts.push_back(my_single_experts);
   }
+  const int bare_still_ok = moe::all_reduce_value(*world, bare.received_correctly() ? 1 : 0, moe::ReduceOp::Min);
+  MOE_ASSERT(bare_still_ok == 1, "the timed bare MPI_Alltoallv calls deliver every peer's block");
   auto med = [&](int figure) {
     std::vector<double> v;
     for (const auto& f : figures) v.push_back(f[figure]);
@@ -326,12 +346,14 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   for (int r = 0; r < W; ++r) std::printf(" rank %d %.0f", r, all[r * kPerRank + kKept]);
   std::printf("\n");
 
-  std::printf("\nphase (max over ranks, median of %d)   forward ms   backward ms\n", a.repeats);
+  std::printf("\n%-30s %21s %23s\n", "phase, ms", "distributed (ep)", "single-process (all E)");
+  std::printf("(max over ranks, median of %2d) %10s %10s %11s %11s\n", a.repeats, "forward", "backward", "forward",
+              "backward");
   for (int p = 0; p < kPhases; ++p)
-    std::printf("%-36s %12.2f %13.2f\n", kRows[p].name, 1e3 * med(kForward + p), 1e3 * med(kBackward + p));
+    std::printf("%-30s %10.3f %10.3f %11.3f %11.3f\n", kRows[p].name, 1e3 * med(kForward + p),
+                1e3 * med(kBackward + p), 1e3 * med(kSingleForward + p), 1e3 * med(kSingleBackward + p));
   const double t_dist = med(kLayer), t_single = med(kSingle);
-  std::printf("%-36s %26.2f ms\n", "layer fwd+bwd, distributed", 1e3 * t_dist);
-  std::printf("%-36s %26.2f ms\n", "layer fwd+bwd, single-process", 1e3 * t_single);
+  std::printf("%-30s %21.3f %23.3f\n", "layer fwd+bwd", 1e3 * t_dist, 1e3 * t_single);
 
   if (ep > 1) {
     double S = 0;

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/check.h"
@@ -31,14 +32,40 @@ Config keys (path, type, default, accepted values):
 // SIGTERM (what schedulers send before preemption) and SIGUSR1 (what mpirun forwards to every rank
 // without killing them, and what the generated Slurm script asks for before the time limit): finish
 // the step, save a checkpoint, exit 0.
+//
+// No handler may run on a compute thread: oneDNN's JIT GEMM kernels (Debian's 2.6 included) point rsp
+// into a heap buffer while they run, so the kernel would write the signal frame into the heap and
+// corrupt it (uxlfoundation/oneDNN#4845, fixed in oneDNN 3.11; measured here: a crash in about one
+// SIGTERM in four). So main() blocks both signals before any thread exists (MPI's, OpenMP's and the
+// watchdog inherit the mask) and one thread of their own takes them with sigwait. The handler stays
+// installed in case a library thread unblocks them, so that they never kill the rank.
+sigset_t stop_signals() {
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGTERM);
+  sigaddset(&set, SIGUSR1);
+  return set;
+}
+
+void block_stop_signals() {
+  const sigset_t set = stop_signals();
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+}
+
 void on_stop_signal(int) { moe::request_stop(); }
 
 void install_stop_handlers() {
   struct sigaction sa = {};
   sa.sa_handler = on_stop_signal;
+  sa.sa_flags = SA_RESTART;  // system calls interrupted by the signal (MPI's included) resume
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGUSR1, &sa, nullptr);
+  std::thread([] {
+    const sigset_t set = stop_signals();
+    int sig = 0;
+    while (sigwait(&set, &sig) == 0) moe::request_stop();
+  }).detach();  // blocked in sigwait until the process exits
 }
 
 // Called from the watchdog thread: report and take every rank down.
@@ -51,6 +78,7 @@ void on_watchdog(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  block_stop_signals();  // first: every thread started from here on inherits the mask
   moe::MpiSession mpi(&argc, &argv);
   std::unique_ptr<moe::Communicator> world = moe::make_mpi_world_communicator();
   const int rank = world->rank();

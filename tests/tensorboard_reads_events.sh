@@ -1,14 +1,11 @@
 #!/usr/bin/env bash
 # Checks that the real TensorBoard reads moe-train's event files: installs tensorboard from PyPI into
-# a virtual environment under the build folder (once), runs a short training job, and reads the
-# scalars back with TensorBoard's own EventAccumulator.
+# a virtual environment under the build folder (once, tests/test_venv.sh), runs a short training job,
+# and reads the scalars back with TensorBoard's own EventAccumulator.
 #   tensorboard_reads_events.sh MOE_TRAIN MPIRUN CONFIG VENV_DIR
 set -eu
 moe_train=$1 mpirun=$2 config=$3 venv=$4
-if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c "import tensorboard" 2>/dev/null; then
-  python3 -m venv "$venv"
-  "$venv/bin/pip" install --quiet --disable-pip-version-check tensorboard
-fi
+"$(dirname "$0")/test_venv.sh" "$venv"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 "$mpirun" --oversubscribe --timeout 200 -np 2 "$moe_train" "$config" run.steps=20 run.log_every=5 run.eval_every=10 \

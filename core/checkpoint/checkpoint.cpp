@@ -7,7 +7,9 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -97,6 +99,14 @@ bool read_file(const std::string& path, std::string* out) {
   return f.good() || f.eof();
 }
 
+// Test hook for tests/checkpoint_e2e.sh (listed with the trainer's hooks in launch/trainer/trainer.cpp):
+//   MOE_TEST_KILL_IN_SAVE=r:s   rank r kills itself (SIGKILL) halfway through writing its shard of step s
+bool kill_in_save(int rank, int64_t step) {
+  const char* v = std::getenv("MOE_TEST_KILL_IN_SAVE");
+  long long r = -1, s = -1;
+  return v != nullptr && std::sscanf(v, "%lld:%lld", &r, &s) == 2 && r == rank && s == step;
+}
+
 // This rank's shard: the .bin file and its index. Returns "" or an error message.
 std::string write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
                         const checkpoint::RankState& rank_state, int rank) {
@@ -114,7 +124,9 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
   uint64_t offset = 0;
   static const char zeros[kAlign] = {};
   std::string err;
+  const bool kill = kill_in_save(rank, req.step);
   for (const CheckpointTensor& t : tensors) {
+    if (kill && &t == &tensors[tensors.size() / 2]) std::raise(SIGKILL);
     MOE_ASSERT(t.data.device() == Device::CPU, "checkpoint tensors are on the CPU");
     const uint64_t pad = (kAlign - offset % kAlign) % kAlign;
     const uint64_t length = static_cast<uint64_t>(t.data.numel()) * 4;
@@ -222,6 +234,26 @@ std::string save_checkpoint(const SaveRequest& req, const std::vector<Checkpoint
   return dir;
 }
 
+Status write_checkpoint_directory(const std::string& dir, const SaveRequest& req,
+                                  const std::vector<std::vector<CheckpointTensor>>& per_rank,
+                                  const std::vector<checkpoint::RankState>& rank_states) {
+  MOE_ASSERT(per_rank.size() == rank_states.size() && !per_rank.empty(), "one tensor list and state per rank");
+  std::error_code ec;
+  if (fs::exists(dir + "/" + kManifest, ec))
+    return Status::invalid_argument("a complete checkpoint already exists in '" + dir + "'; it is left as it is");
+  fs::create_directories(dir, ec);
+  if (ec) return Status::io_error("cannot create '" + dir + "': " + ec.message());
+  // The same shard and manifest writers as save_checkpoint, one rank after another.
+  const int world_size = static_cast<int>(per_rank.size());
+  for (int r = 0; r < world_size; ++r) {
+    const std::string err = write_shard(dir, req, per_rank[r], rank_states[r], r);
+    if (!err.empty()) return Status::io_error(err);
+  }
+  const std::string err = write_manifest(dir, req, world_size);
+  if (!err.empty()) return Status::io_error(err);
+  return Status::ok_status();
+}
+
 std::vector<CheckpointListing> list_checkpoints(const std::string& root) {
   std::vector<CheckpointListing> out;
   std::error_code ec;
@@ -259,8 +291,10 @@ Status CheckpointReader::open(const std::string& dir, std::unique_ptr<Checkpoint
   const std::string path = dir + "/" + kManifest;
   std::string bytes;
   std::error_code ec;
+  if (!fs::is_directory(dir, ec)) return Status::not_found("checkpoint directory '" + dir + "' does not exist");
   if (!fs::exists(path, ec)) return Status::not_found("'" + path + "' is missing: the checkpoint is incomplete");
   if (!read_file(path, &bytes)) return Status::io_error("cannot read '" + path + "'");
+  if (bytes.empty()) return Status::corruption("'" + path + "' is empty");  // would parse as version 0
   checkpoint::Manifest& m = reader->manifest_;
   if (!m.ParseFromString(bytes)) return Status::corruption("'" + path + "' is not a checkpoint manifest");
   if (m.format_version() == 0 || m.format_version() > kCheckpointFormatVersion)
@@ -335,6 +369,36 @@ std::vector<std::string> CheckpointReader::verify() const {
     buf.resize(e.length());
     Status s = read(e, buf.data());
     if (!s.ok()) problems.push_back(s.to_string());
+  }
+  // Each shard index must list exactly the manifest's entries for its file (the manifest is their merge).
+  const std::string manifest_path = dir_ + "/" + kManifest;
+  for (const auto& shard : manifest_.shards()) {
+    const std::string index_path = dir_ + "/" + shard_name(shard.rank(), "index");
+    std::string bytes;
+    checkpoint::ShardIndex index;
+    if (!read_file(index_path, &bytes) || !index.ParseFromString(bytes)) {
+      problems.push_back("corruption: shard index '" + index_path + "' is missing or unreadable");
+      continue;
+    }
+    const std::string differs = "corruption: shard index '" + index_path + "' disagrees with '" + manifest_path + "': ";
+    if (index.run_id() != manifest_.run_id() || index.step() != manifest_.step() || index.rank() != shard.rank())
+      problems.push_back(differs + "it is rank " + std::to_string(index.rank()) + " of run " + index.run_id() +
+                         " step " + std::to_string(index.step()) + ", the manifest expects rank " +
+                         std::to_string(shard.rank()) + " of run " + manifest_.run_id() + " step " +
+                         std::to_string(manifest_.step()));
+    if (index.file() != shard.file() || index.file_bytes() != shard.bytes())
+      problems.push_back(differs + "it describes '" + index.file() + "' of " + std::to_string(index.file_bytes()) +
+                         " bytes, the manifest '" + shard.file() + "' of " + std::to_string(shard.bytes()));
+    std::vector<std::string> in_manifest, in_index;
+    for (const auto& e : manifest_.tensors())
+      if (e.file() == shard.file()) in_manifest.push_back(e.SerializeAsString());
+    for (const auto& e : index.tensors()) in_index.push_back(e.SerializeAsString());
+    std::sort(in_manifest.begin(), in_manifest.end());
+    std::sort(in_index.begin(), in_index.end());
+    if (in_manifest != in_index)
+      problems.push_back(differs + "their entries for '" + shard.file() + "' differ (" +
+                         std::to_string(in_index.size()) + " in the index, " + std::to_string(in_manifest.size()) +
+                         " in the manifest)");
   }
   return problems;
 }

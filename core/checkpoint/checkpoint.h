@@ -49,6 +49,16 @@ struct SaveRequest {
 std::string save_checkpoint(const SaveRequest& request, const std::vector<CheckpointTensor>& tensors,
                             const checkpoint::RankState& rank_state, Communicator& world);
 
+// Single-process writer (tools/moe_ckpt): writes the checkpoint directory `dir` itself (not a step_*
+// directory under a root) exactly as a world of per_rank.size() ranks would have saved it: rank r's
+// tensors into shard r with rank_states[r] in its index, then the manifest, with the same code as
+// save_checkpoint. Uses request.step and request.header; request.root and request.keep are ignored
+// and no `latest` pointer is written. `dir` is created if missing; a complete checkpoint there is
+// refused (InvalidArgument). Status names the file on an I/O failure.
+Status write_checkpoint_directory(const std::string& dir, const SaveRequest& request,
+                                  const std::vector<std::vector<CheckpointTensor>>& per_rank,
+                                  const std::vector<checkpoint::RankState>& rank_states);
+
 // A checkpoint directory as found on disk.
 struct CheckpointListing {
   std::string dir;      // full path

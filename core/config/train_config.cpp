@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "core/config/launch_values.h"
 
 namespace moe {
 namespace {
@@ -112,6 +113,22 @@ bool is_run_name(const std::string& s) {
 }
 const StringRule kAnyString{"any string", nullptr};
 const StringRule kRunName{"non-empty [A-Za-z0-9._-], not . or ..", is_run_name};
+
+bool is_host_list(const std::string& s) {
+  std::vector<HostSlots> hosts;
+  return parse_host_list(s, &hosts);
+}
+bool is_env_list(const std::string& s) {
+  std::vector<EnvSetting> env;
+  return parse_env_list(s, &env);
+}
+bool is_time_limit(const std::string& s) {
+  int64_t seconds = 0;
+  return parse_time_limit(s, &seconds);
+}
+const StringRule kHostList{"empty, or host[:slots] entries separated by commas, e.g. \"node1:4,node2:4\"", is_host_list};
+const StringRule kEnvList{"empty, or NAME=value / NAME entries separated by spaces", is_env_list};
+const StringRule kTimeLimit{"HH:MM:SS (hours may exceed 24), more than 0", is_time_limit};
 
 enum class Type { Int, Double, Bool, String, Choice };
 
@@ -383,6 +400,49 @@ std::vector<Key> build_schema() {
                     "auto: continue from the newest complete checkpoint in dir, if there is one");
   checkpoint.string("init_from", &CheckpointConfig::init_from, kAnyString,
                     "a checkpoint directory to start from when there is none to resume (e.g. a moe-ckpt result)");
+
+  // How moe-run and moe-submit start the job (docs/launch.md); moe-train ignores these two sections.
+  SectionKeys<LaunchConfig> launch(keys, "launch", &TrainConfig::launch);
+  launch.integer("ranks", &LaunchConfig::ranks, at_least(1), "moe-run: MPI ranks in all (the world size)");
+  launch.integer("ranks_per_node", &LaunchConfig::ranks_per_node, at_least(0),
+                 "moe-run: ranks on each node; 0 = all on this node (or as hosts' slots say)");
+  launch.string("hosts", &LaunchConfig::hosts, kHostList,
+                "moe-run: hosts and their slots, \"a:2,b:2\" (mpirun --host); empty = this machine or hostfile");
+  launch.string("hostfile", &LaunchConfig::hostfile, kAnyString,
+                "moe-run: an OpenMPI hostfile (lines 'host slots=N'); empty = none");
+  launch.choice("bind", &LaunchConfig::bind,
+                {{"none", BindMode::None}, {"core", BindMode::Core}, {"socket", BindMode::Socket}},
+                "pin each rank to its own run.threads_per_rank cores, to a socket, or not at all");
+  launch.boolean("oversubscribe", &LaunchConfig::oversubscribe,
+                 "allow more ranks x run.threads_per_rank on a node than it has cores (slow; tests, laptops)");
+  launch.string("env", &LaunchConfig::env, kEnvList,
+                "environment of every rank: NAME=value sets it, NAME alone passes the launching shell's value");
+  launch.choice("launcher", &LaunchConfig::launcher, {{"mpirun", LauncherKind::Mpirun}, {"srun", LauncherKind::Srun}},
+                "how ranks start: mpirun, or srun --mpi=pmix (inside a Slurm allocation)");
+  launch.string("extra_args", &LaunchConfig::extra_args, kAnyString,
+                "more arguments for mpirun (or srun), separated by spaces, put before moe-train");
+
+  SectionKeys<SchedulerConfig> scheduler(keys, "scheduler", &TrainConfig::scheduler);
+  scheduler.integer("nodes", &SchedulerConfig::nodes, at_least(0),
+                    "moe-submit: nodes; 0 = launch.ranks / launch.ranks_per_node (1 when that is 0)");
+  scheduler.integer("tasks_per_node", &SchedulerConfig::tasks_per_node, at_least(0),
+                    "ranks per node; 0 = launch.ranks_per_node, or launch.ranks when that is 0");
+  scheduler.integer("gpus_per_node", &SchedulerConfig::gpus_per_node, at_least(0),
+                    "GPUs to ask for on each node (Slurm --gres=gpu:N, PBS ngpus); 0 = none");
+  scheduler.integer("cpus_per_task", &SchedulerConfig::cpus_per_task, at_least(0),
+                    "cores per rank; 0 = run.threads_per_rank");
+  scheduler.string("time_limit", &SchedulerConfig::time_limit, kTimeLimit, "wall-clock limit of the job");
+  scheduler.string("partition", &SchedulerConfig::partition, kAnyString, "Slurm partition; empty = the default");
+  scheduler.string("queue", &SchedulerConfig::queue, kAnyString, "PBS queue; empty = the default");
+  scheduler.string("account", &SchedulerConfig::account, kAnyString, "account charged; empty = the default");
+  scheduler.string("job_name", &SchedulerConfig::job_name, kAnyString, "job name; empty = run.name");
+  scheduler.string("output", &SchedulerConfig::output, kAnyString,
+                   "job's stdout file; empty = <run.dir>/slurm-%j.out (Slurm) or <run.dir>/job.out (PBS)");
+  scheduler.string("error", &SchedulerConfig::error, kAnyString, "job's stderr file; empty = with the output");
+  scheduler.integer("signal_seconds_before_end", &SchedulerConfig::signal_seconds_before_end, at_least(0),
+                    "Slurm: USR1 this many seconds before the time limit, so the run checkpoints; 0 = none");
+  scheduler.boolean("requeue", &SchedulerConfig::requeue,
+                    "a job stopped early (signal, time limit) puts itself back in the queue and resumes");
   return keys;
 }
 

@@ -125,6 +125,42 @@ struct CheckpointConfig {
   bool operator==(const CheckpointConfig&) const = default;
 };
 
+// How moe-run starts the ranks (launch/moe_run.cpp). moe-train itself ignores this section; the
+// threads of each rank are run.threads_per_rank. Validated for a launch by launch/launcher/.
+enum class BindMode { None, Core, Socket };
+enum class LauncherKind { Mpirun, Srun };
+
+struct LaunchConfig {
+  int64_t ranks = 1;                   // the world size
+  int64_t ranks_per_node = 0;          // 0 = all ranks on one node (or as the hosts' slots say)
+  std::string hosts;                   // "a:2,b:2" (core/config/launch_values.h); "" = none
+  std::string hostfile;                // an OpenMPI hostfile; "" = none
+  BindMode bind = BindMode::Core;
+  bool oversubscribe = false;          // allow more ranks x threads on a node than it has cores
+  std::string env;                     // "NAME=value NAME ..." for every rank
+  LauncherKind launcher = LauncherKind::Mpirun;
+  std::string extra_args;              // more launcher arguments, whitespace-separated
+  bool operator==(const LaunchConfig&) const = default;
+};
+
+// The batch job moe-submit writes (launch/moe_submit.cpp). moe-train ignores this section.
+struct SchedulerConfig {
+  int64_t nodes = 0;                   // 0 = from launch.ranks and launch.ranks_per_node
+  int64_t tasks_per_node = 0;          // 0 = launch.ranks_per_node, or launch.ranks on one node
+  int64_t gpus_per_node = 0;
+  int64_t cpus_per_task = 0;           // 0 = run.threads_per_rank
+  std::string time_limit = "01:00:00"; // HH:MM:SS
+  std::string partition;               // Slurm
+  std::string queue;                   // PBS
+  std::string account;
+  std::string job_name;                // "" = run.name
+  std::string output;                  // "" = a file in run.dir
+  std::string error;                   // "" = together with output
+  int64_t signal_seconds_before_end = 120;  // 0 = no early signal
+  bool requeue = true;
+  bool operator==(const SchedulerConfig&) const = default;
+};
+
 struct TrainConfig {
   RunConfig run;
   ModelConfig model;
@@ -133,6 +169,8 @@ struct TrainConfig {
   OptimConfig optim;
   DataConfig data;
   CheckpointConfig checkpoint;
+  LaunchConfig launch;
+  SchedulerConfig scheduler;
   bool operator==(const TrainConfig&) const = default;
 
   // Every check that does not depend on the world size: each key's type range or choices, then the

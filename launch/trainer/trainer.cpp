@@ -29,6 +29,7 @@
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
 #include "parallel/grad_sync.h"
+#include "parallel/local_rank.h"
 #include "parallel/process_groups.h"
 
 namespace moe {
@@ -64,6 +65,8 @@ namespace {
 // Test hooks, read from the environment, for the fault tests (tests/train_faults.sh):
 //   MOE_TEST_NAN_STEPS=a:b   rank 0 writes NaN into a gradient at steps a..b (1-based, inclusive)
 //   MOE_TEST_STALL=r:s       rank r stops in the gradient sync phase of step s
+//   MOE_TEST_KILL_IN_SAVE=r:s  rank r kills itself halfway through writing its checkpoint shard of step s
+//                            (read in core/checkpoint/checkpoint.cpp; tests/checkpoint_e2e.sh)
 struct FaultInjection {
   int64_t nan_first = -1, nan_last = -1;
   int stall_rank = -1;
@@ -206,6 +209,20 @@ void write_text_file(const std::string& path, const std::string& text) {
   f << text;
 }
 
+// Collective. If any rank's `error` is non-empty, throws InvalidArgument on every rank with the lowest
+// such rank's message: a failure only some ranks see (a damaged tensor that only they read) then ends
+// every rank alike, with the message where rank 0 prints it, instead of leaving the others waiting.
+void throw_if_any_rank_failed(Communicator& world, const std::string& error) {
+  const int first = all_reduce_value(world, error.empty() ? world.size() : world.rank(), ReduceOp::Min);
+  if (first == world.size()) return;
+  int64_t length = world.rank() == first ? static_cast<int64_t>(error.size()) : 0;
+  world.broadcast(&length, sizeof length, first);
+  std::string message(static_cast<size_t>(length), '\0');
+  if (world.rank() == first) message = error;
+  world.broadcast(message.data(), length, first);
+  throw InvalidArgument(message);
+}
+
 // A random id for a fresh run, agreed by all ranks: checkpoints carry it so that shards and a
 // manifest of different runs are never mixed.
 std::string new_run_id(Communicator& world) {
@@ -330,6 +347,12 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   DataLoader loader(*data.train, data.train_range.begin, data.train_range.end, rank, W, B,
                     static_cast<uint64_t>(cfg.run.seed));
 
+  // Where this rank sits. A CUDA build selects its GPU here, before any device memory exists:
+  // gpu_for_local_rank(placement.local_rank, <the node's GPU count>). This build has no CUDA path,
+  // so there is no GPU to pick: with 0 GPUs the answer is -1, the CPU.
+  const LocalPlacement placement = local_placement(world);
+  const int gpu = gpu_for_local_rank(placement.local_rank, /*gpu_count=*/0);
+
   ProcessGroups groups = make_process_groups(world, resolved_ep(cfg, W), cfg.moe.num_experts);
   TransformerLM model(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed), &groups);
   ParameterRegistry registry;
@@ -348,6 +371,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   std::unique_ptr<TensorBoardWriter> tensorboard;
   if (leader) {
     std::filesystem::create_directories(cfg.run.dir);
+    std::filesystem::remove(cfg.run.dir + "/DONE");  // written again when this run completes
     write_text_file(cfg.run.dir + "/config.yaml", to_yaml(cfg));
     tensorboard = std::make_unique<TensorBoardWriter>(cfg.run.dir + "/tensorboard");
   }
@@ -363,6 +387,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
                 W, groups.layout.ep, (long long)cfg.moe.num_experts, (long long)groups.layout.experts_per_rank,
                 (long long)model.total_params(), (long long)model.active_params_per_token(), peak_flops / 1e9,
                 gemm_provider());
+    std::printf("rank 0: local rank %d of %d on node %d (from %s); %s\n", placement.local_rank,
+                placement.local_size, placement.node, placement.source.c_str(),
+                gpu < 0 ? "CPU (this build has no GPU path)" : ("GPU " + std::to_string(gpu)).c_str());
     std::printf("resolved config:\n%s", to_yaml(cfg).c_str());
     std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",
                 (long long)data.train_range.size(), (long long)S, (long long)data.eval_range.size(),
@@ -423,9 +450,15 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   std::string run_id;
   if (!resume_from.empty()) {
     LoopState loop;
-    run_id = load_training_checkpoint(resume_from, cfg, model, registry, *optimizer, groups, loader.steps_per_epoch(),
-                                      &loop);
-    loader.restore(loop.loader);
+    std::string error;
+    try {
+      run_id = load_training_checkpoint(resume_from, cfg, model, registry, *optimizer, groups,
+                                        loader.steps_per_epoch(), &loop);
+      loader.restore(loop.loader);
+    } catch (const InvalidArgument& e) {
+      error = e.what();
+    }
+    throw_if_any_rank_failed(world, error);
     first_step = loop.step + 1;
     result.steps_done = loop.step;
     result.skipped_steps = loop.skipped_steps;
@@ -611,6 +644,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     const std::string report = routing_report(routing, moe_layer_ids);
     std::printf("\nrouting report (whole run, all ranks):\n%s", report.c_str());
     write_text_file(cfg.run.dir + "/routing_report.txt", report);
+    // The completion marker job scripts look for (launch/launcher/job_script.h): no requeue after it.
+    if (!result.stopped_by_signal)
+      write_text_file(cfg.run.dir + "/DONE", "steps " + std::to_string(result.steps_done) + "\n");
     std::printf("done: %lld steps, final loss %.4f%s, run directory %s\n", (long long)result.steps_done,
                 result.final_loss,
                 result.final_eval_loss >= 0 ? (", eval loss " + std::to_string(result.final_eval_loss)).c_str() : "",

@@ -1,0 +1,350 @@
+// Reading a checkpoint as whole tensors and writing tensors back as a checkpoint (tools/ckpt/ckpt_data.h).
+#include "tools/ckpt/ckpt_data.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <filesystem>
+#include <map>
+
+#include "core/check.h"
+
+namespace fs = std::filesystem;
+
+namespace moe::ckpt {
+
+void check(const Status& status) {
+  if (!status.ok()) throw CheckpointError(status.to_string());
+}
+
+// ---- names ----
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+bool is_optimizer_state(const std::string& name) {
+  return name.rfind("adamw.m.", 0) == 0 || name.rfind("adamw.v.", 0) == 0 || name.rfind("sgd.momentum.", 0) == 0;
+}
+
+std::string parameter_of(const std::string& name) {
+  if (!is_optimizer_state(name)) return name;
+  const size_t first = name.find('.');
+  return name.substr(name.find('.', first + 1) + 1);
+}
+
+bool is_parameter(const std::string& name) { return !is_optimizer_state(name) && !ends_with(name, ".selection_bias"); }
+
+std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param) {
+  if (kind == OptimizerKind::SGD) return {"sgd.momentum." + param};
+  return {"adamw.m." + param, "adamw.v." + param};
+}
+
+bool natural_less(const std::string& a, const std::string& b) {
+  size_t i = 0, j = 0;
+  while (i < a.size() && j < b.size()) {
+    if (std::isdigit(static_cast<unsigned char>(a[i])) && std::isdigit(static_cast<unsigned char>(b[j]))) {
+      size_t ie = i, je = j;
+      while (ie < a.size() && std::isdigit(static_cast<unsigned char>(a[ie]))) ++ie;
+      while (je < b.size() && std::isdigit(static_cast<unsigned char>(b[je]))) ++je;
+      // Equal numbers may still differ in leading zeros: compare the values, then the text.
+      const std::string x = a.substr(i, ie - i), y = b.substr(j, je - j);
+      const size_t xs = x.find_first_not_of('0'), ys = y.find_first_not_of('0');
+      const std::string xv = xs == std::string::npos ? "" : x.substr(xs),
+                        yv = ys == std::string::npos ? "" : y.substr(ys);
+      if (xv.size() != yv.size()) return xv.size() < yv.size();
+      if (xv != yv) return xv < yv;
+      if (x != y) return x < y;
+      i = ie;
+      j = je;
+    } else {
+      if (a[i] != b[j]) return a[i] < b[j];
+      ++i;
+      ++j;
+    }
+  }
+  return a.size() - i < b.size() - j;
+}
+
+// ---- reading ----
+
+Status list_tensors(const CheckpointReader& reader, std::vector<TensorInfo>* out) {
+  const checkpoint::Manifest& m = reader.manifest();
+  const std::string manifest = "'" + reader.dir() + "/MANIFEST'";
+  const int64_t E = m.layout().num_experts();
+  std::map<std::string, TensorInfo> by_name;
+  for (const checkpoint::TensorEntry& e : m.tensors()) {
+    if (e.dtype() != "float32" && e.dtype() != "int32")
+      return Status::corruption(manifest + ": tensor '" + e.name() + "' has dtype '" + e.dtype() +
+                                "'; accepted: float32, int32");
+    TensorInfo& t = by_name[e.name()];
+    const bool first = t.parts.empty();
+    const bool slice = e.expert() >= 0;
+    const Shape shape(e.shape().begin(), e.shape().end());
+    if (first) {
+      t.name = e.name();
+      t.expert = slice;
+      t.dtype = e.dtype() == "float32" ? DType::F32 : DType::I32;
+      t.shape = shape;
+      if (slice) {
+        t.shape.insert(t.shape.begin(), E);
+        t.parts.assign(static_cast<size_t>(std::max<int64_t>(E, 0)), nullptr);
+      } else {
+        t.parts.push_back(&e);
+      }
+      if (!slice) continue;
+    } else if (!t.expert || !slice) {
+      return Status::corruption(manifest + ": tensor '" + e.name() + "' appears more than once" +
+                                (t.expert != slice ? " (whole and as expert slices)" : ""));
+    }
+    const Shape slice_shape(t.shape.begin() + 1, t.shape.end());
+    if (e.expert() >= E)
+      return Status::corruption(manifest + ": tensor '" + e.name() + "' has a slice for expert " +
+                                std::to_string(e.expert()) + " but the layout has " + std::to_string(E) + " experts");
+    if (shape != slice_shape || e.dtype() != to_string(t.dtype))
+      return Status::corruption(manifest + ": tensor '" + e.name() + "' (expert " + std::to_string(e.expert()) +
+                                ") is " + e.dtype() + " " + to_string(shape) + ", other experts' slices are " +
+                                to_string(t.dtype) + " " + to_string(slice_shape));
+    if (t.parts[e.expert()] != nullptr)
+      return Status::corruption(manifest + ": tensor '" + e.name() + "' has two slices for expert " +
+                                std::to_string(e.expert()));
+    t.parts[e.expert()] = &e;
+  }
+  out->clear();
+  for (auto& [name, t] : by_name) {
+    for (size_t e = 0; e < t.parts.size(); ++e)
+      if (t.parts[e] == nullptr)
+        return Status::corruption(manifest + ": tensor '" + name + "' has no slice for expert " + std::to_string(e) +
+                                  " of " + std::to_string(E));
+    out->push_back(std::move(t));
+  }
+  std::sort(out->begin(), out->end(),
+            [](const TensorInfo& a, const TensorInfo& b) { return natural_less(a.name, b.name); });
+  return Status::ok_status();
+}
+
+Status read_tensor(const CheckpointReader& reader, const TensorInfo& info, Tensor* out) {
+  Tensor t = Tensor::empty(info.shape, info.dtype);
+  char* base = info.dtype == DType::F32 ? reinterpret_cast<char*>(t.f32()) : reinterpret_cast<char*>(t.i32());
+  uint64_t at = 0;
+  for (const checkpoint::TensorEntry* e : info.parts) {
+    Status s = reader.read(*e, base + at);
+    if (!s.ok()) return s;
+    at += e->length();
+  }
+  MOE_ASSERT(at == static_cast<uint64_t>(t.numel()) * 4, "list_tensors checked every part's shape");
+  *out = t;
+  return Status::ok_status();
+}
+
+std::unique_ptr<CheckpointReader> open_checkpoint(const std::string& dir) {
+  std::unique_ptr<CheckpointReader> reader;
+  check(CheckpointReader::open(dir, &reader));
+  return reader;
+}
+
+// ---- a checkpoint in memory ----
+
+NamedTensor* CheckpointData::find(const std::string& name) {
+  for (NamedTensor& t : tensors)
+    if (t.name == name) return &t;
+  return nullptr;
+}
+
+void CheckpointData::remove(const std::string& name) {
+  std::erase_if(tensors, [&](const NamedTensor& t) { return t.name == name; });
+}
+
+void CheckpointData::sort() {
+  std::sort(tensors.begin(), tensors.end(),
+            [](const NamedTensor& a, const NamedTensor& b) { return natural_less(a.name, b.name); });
+}
+
+TrainConfig parse_manifest_config(const checkpoint::Manifest& manifest, const std::string& dir) {
+  try {
+    return parse_train_config(manifest.config_yaml(), "'" + dir + "/MANIFEST' (config_yaml)");
+  } catch (const InvalidArgument& e) {
+    throw CheckpointError(std::string("the config recorded in the checkpoint does not parse: ") + e.what());
+  }
+}
+
+CheckpointData load_checkpoint_data(const std::string& dir) {
+  std::unique_ptr<CheckpointReader> reader = open_checkpoint(dir);
+  CheckpointData data;
+  data.dir = dir;
+  data.header = reader->manifest();
+  data.header.clear_tensors();
+  data.header.clear_shards();
+  data.header.clear_rank_states();
+  data.config = parse_manifest_config(reader->manifest(), dir);
+  if (data.config.moe.num_experts != data.header.layout().num_experts())
+    throw CheckpointError("'" + dir +
+                          "/MANIFEST' has layout.num_experts = " + std::to_string(data.header.layout().num_experts()) +
+                          " but its config moe.num_experts = " + std::to_string(data.config.moe.num_experts));
+  std::vector<TensorInfo> infos;
+  check(list_tensors(*reader, &infos));
+  for (const TensorInfo& info : infos) {
+    NamedTensor t{info.name, Tensor(), info.expert};
+    check(read_tensor(*reader, info, &t.data));
+    data.tensors.push_back(std::move(t));
+  }
+  return data;
+}
+
+// ---- writing ----
+
+void require_new_output(const std::string& out) {
+  std::error_code ec;
+  MOE_REQUIRE(!fs::exists(fs::symlink_status(out, ec)), "'", out,
+              "' already exists; moe-ckpt does not overwrite: remove it or choose another output");
+}
+
+PendingOutput::PendingOutput(const std::string& out) : out_(out) {
+  require_new_output(out);
+  std::string trimmed = out;
+  while (trimmed.size() > 1 && trimmed.back() == '/') trimmed.pop_back();
+  out_ = trimmed;
+  tmp_ = trimmed + ".tmp-" + std::to_string(::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);  // a leftover of an earlier process with this pid: ours by name
+  if (!fs::create_directory(tmp_, ec) || ec)
+    throw CheckpointError("cannot create '" + tmp_ + "': " + (ec ? ec.message() : "it exists"));
+}
+
+PendingOutput::~PendingOutput() {
+  if (committed_) return;
+  std::error_code ec;
+  fs::remove_all(tmp_, ec);
+}
+
+namespace {
+
+// fsync: the output's bytes are on disk before it gets its name.
+void sync_path(const std::string& path, bool directory) {
+  const int fd = ::open(path.c_str(), (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC);
+  if (fd < 0) throw CheckpointError("cannot open '" + path + "': " + std::strerror(errno));
+  const bool ok = ::fsync(fd) == 0;
+  const int err = errno;
+  ::close(fd);
+  if (!ok) throw CheckpointError("cannot fsync '" + path + "': " + std::strerror(err));
+}
+
+}  // namespace
+
+void PendingOutput::commit() {
+  MOE_ASSERT(!committed_, "commit once");
+  for (const auto& f : fs::directory_iterator(tmp_))
+    if (f.is_regular_file()) sync_path(f.path().string(), false);
+  sync_path(tmp_, true);
+  // RENAME_NOREPLACE: never replace an output that appeared while this one was being written.
+  if (::renameat2(AT_FDCWD, tmp_.c_str(), AT_FDCWD, out_.c_str(), RENAME_NOREPLACE) != 0) {
+    const int err = errno;
+    MOE_REQUIRE(err != EEXIST, "'", out_,
+                "' appeared while moe-ckpt was writing; it is left as it is and the "
+                "output is discarded");
+    if (err == EINVAL || err == ENOSYS) {  // a file system without RENAME_NOREPLACE
+      require_new_output(out_);
+      if (::rename(tmp_.c_str(), out_.c_str()) != 0)
+        throw CheckpointError("cannot rename '" + tmp_ + "' to '" + out_ + "': " + std::strerror(errno));
+    } else {
+      throw CheckpointError("cannot rename '" + tmp_ + "' to '" + out_ + "': " + std::strerror(err));
+    }
+  }
+  committed_ = true;
+}
+
+void write_checkpoint_data(CheckpointData data, int world_size, int ep, const std::string& out) {
+  MOE_REQUIRE(world_size >= 1, "world size ", world_size, " must be >= 1");
+  MOE_REQUIRE(ep >= 1 && world_size % ep == 0, "ep = ", ep, " must divide the world size ", world_size);
+  const int64_t E = data.config.moe.num_experts;
+  MOE_REQUIRE(E % ep == 0, "num_experts = ", E, " is not divisible by ep = ", ep);
+  data.config.parallel.ep = ep;
+  // The source run's directories stay out of the new config: a run started from it writes under its
+  // own run.dir (never into the source run's checkpoints, where keep-K would delete).
+  data.config.run.dir.clear();
+  data.config.checkpoint.dir.clear();
+  data.config.checkpoint.init_from.clear();
+  validate_for_world(data.config, world_size);
+  const int64_t per_rank = E / ep;
+
+  std::vector<std::vector<CheckpointTensor>> shards(static_cast<size_t>(world_size));
+  std::vector<checkpoint::RankState> states(static_cast<size_t>(world_size));
+  for (int r = 0; r < world_size; ++r) states[r].set_rank(r);
+  int64_t whole_index = 0;
+  for (const NamedTensor& t : data.tensors) {
+    if (!t.expert) {
+      // Like moe-train: each whole tensor written once, by ranks in turn.
+      shards[whole_index++ % world_size].push_back({t.name, -1, t.data});
+      continue;
+    }
+    MOE_REQUIRE(t.data.rank() >= 1 && t.data.dim(0) == E, "expert tensor '", t.name, "' has shape ",
+                to_string(t.data.shape()), " but the config has num_experts = ", E);
+    const Shape slice(t.data.shape().begin() + 1, t.data.shape().end());
+    for (int64_t e = 0; e < E; ++e) shards[e / per_rank].push_back({t.name, e, t.data.rows(e, e + 1).reshape(slice)});
+  }
+
+  SaveRequest req;
+  req.step = data.header.step();
+  req.header = data.header;
+  req.header.set_config_yaml(to_yaml(data.config));
+  checkpoint::Layout* layout = req.header.mutable_layout();
+  layout->set_world_size(world_size);
+  layout->set_ep(ep);
+  layout->set_num_experts(E);
+  layout->set_experts_per_rank(per_rank);
+  layout->set_placement("rank r holds experts [(r % ep) * E/ep, (r % ep + 1) * E/ep)");
+
+  PendingOutput pending(out);
+  check(write_checkpoint_directory(pending.tmp(), req, shards, states));
+  open_checkpoint(pending.tmp());  // readable as a whole before it gets its name
+  pending.commit();
+}
+
+// ---- tensor helpers ----
+
+Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids) {
+  MOE_ASSERT(axis >= 0 && axis < t.rank(), "axis within the tensor's rank");
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < axis; ++i) outer *= t.dim(i);
+  for (int i = axis + 1; i < t.rank(); ++i) inner *= t.dim(i);
+  const int64_t n = t.dim(axis);
+  Shape shape = t.shape();
+  shape[axis] = static_cast<int64_t>(ids.size());
+  Tensor out = Tensor::zeros(shape, t.dtype());
+  // float32 and int32 are both 4 bytes: copy as raw words.
+  const char* src =
+      t.dtype() == DType::F32 ? reinterpret_cast<const char*>(t.f32()) : reinterpret_cast<const char*>(t.i32());
+  char* dst = t.dtype() == DType::F32 ? reinterpret_cast<char*>(out.f32()) : reinterpret_cast<char*>(out.i32());
+  const size_t row = static_cast<size_t>(inner) * 4;
+  for (int64_t o = 0; o < outer; ++o)
+    for (size_t j = 0; j < ids.size(); ++j) {
+      if (ids[j] < 0) continue;
+      MOE_ASSERT(ids[j] < n, "gathered index within the axis");
+      std::memcpy(dst + (o * static_cast<int64_t>(ids.size()) + static_cast<int64_t>(j)) * row,
+                  src + (o * n + ids[j]) * row, row);
+    }
+  return out;
+}
+
+std::string human_bytes(uint64_t bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  double v = static_cast<double>(bytes);
+  int u = 0;
+  while (v >= 1024 && u < 4) {
+    v /= 1024;
+    ++u;
+  }
+  char buf[32];
+  if (u == 0)
+    std::snprintf(buf, sizeof buf, "%llu B", static_cast<unsigned long long>(bytes));
+  else
+    std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
+  return buf;
+}
+
+}  // namespace moe::ckpt
