@@ -177,7 +177,7 @@ struct BareAlltoallv {
 // The figures each rank contributes per repeat; all-reduced with max over ranks.
 constexpr int kPhases = 8;
 struct Row { const char* name; double moe::MoEPhaseTimes::*field; };
-const Row kRows[kPhases] = {{"route", &moe::MoEPhaseTimes::router},
+constexpr Row kRows[kPhases] = {{"route", &moe::MoEPhaseTimes::router},
                             {"permute", &moe::MoEPhaseTimes::permute},
                             {"counts exchange", &moe::MoEPhaseTimes::counts_exchange},
                             {"token exchange", &moe::MoEPhaseTimes::token_exchange},
@@ -185,6 +185,8 @@ const Row kRows[kPhases] = {{"route", &moe::MoEPhaseTimes::router},
                             {"return exchange", &moe::MoEPhaseTimes::return_exchange},
                             {"combine", &moe::MoEPhaseTimes::combine},
                             {"losses", &moe::MoEPhaseTimes::losses}};
+constexpr int kTokenExchange = 3;
+static_assert(kRows[kTokenExchange].field == &moe::MoEPhaseTimes::token_exchange, "row of the token exchange");
 enum Figure {
   kForward = 0,                     // distributed layer, per phase
   kBackward = kPhases,
@@ -212,8 +214,8 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   moe::Tensor y = moe::Tensor::empty({T, d}), dx = moe::Tensor::zeros({T, d});
   moe::Tensor ys = moe::Tensor::empty({T, d}), dxs = moe::Tensor::zeros({T, d});
 
-  // Larger router weights than the training init, so routing is uneven enough to drop tokens, as in
-  // bench-moe-layer (same seed, same gate: the same routing of the same tokens).
+  // The gate of bench-moe-layer: larger router weights than the training init (std 0.5), so routing
+  // is as peaked as a trained router's; same seed and gate in every layer here, so the same routing.
   auto make_layer = [&](const moe::ProcessGroups* g) {
     auto layer = std::make_unique<moe::MoELayer>(cfg, 42, g);
     moe::fill_normal(layer->weights.w_gate, 0.5f, moe::stream_id(42, "bench.gate"));
@@ -358,7 +360,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   if (ep > 1) {
     double S = 0;
     for (int r = 0; r < W; ++r) S = std::max(S, all[r * kPerRank + kSendBytes]);
-    const double t_disp = med(kForward + 3), t_bare = med(kBare);
+    const double t_disp = med(kForward + kTokenExchange), t_bare = med(kBare);
     const double bus = (ep - 1.0) / ep;
     std::printf("\nforward token exchange (n=%d ranks per group; S = bytes a rank sends, its own block included,\n"
                 "as nccl-tests' all-to-all; largest over ranks: %.2f MiB; algbw = S/t, busbw = algbw*(n-1)/n)\n",

@@ -121,15 +121,20 @@ int main(int argc, char** argv) {
     }
     cfg = moe::load_train_config(cli.config, cli.overrides);
     std::optional<moe::NodeCores> cores;
-    if (cli.cpus) cores = moe::NodeCores{*cli.cpus, "--cpus"};
-    else if (scheduler == moe::Scheduler::Slurm) cores = slurm_node_cores(cfg.scheduler.partition);
+    if (cli.cpus)
+      cores = moe::NodeCores{*cli.cpus, "--cpus"};
+    else if (scheduler == moe::Scheduler::Slurm)
+      cores = slurm_node_cores(cfg.scheduler.partition);
     const std::string workdir = std::filesystem::current_path().string();
     plan = moe::plan_job(cfg, scheduler, cores, workdir);
     if (!cores)
-      std::fprintf(stderr, "moe-submit: note: the cores of a node are unknown (no --cpus%s): ranks per node not "
-                   "checked against them\n", scheduler == moe::Scheduler::Slurm ? ", no sinfo answer" : "");
+      std::fprintf(stderr,
+                   "moe-submit: note: the cores of a node are unknown (no --cpus%s): ranks per node not "
+                   "checked against them\n",
+                   scheduler == moe::Scheduler::Slurm ? ", no sinfo answer" : "");
     if (cfg.checkpoint.every == 0)
-      std::fprintf(stderr, "moe-submit: note: checkpoint.every = 0: only a stop signal saves a checkpoint; a job "
+      std::fprintf(stderr,
+                   "moe-submit: note: checkpoint.every = 0: only a stop signal saves a checkpoint; a job "
                    "that crashes or is killed starts over\n");
 
     moe::JobScriptInputs in;
@@ -168,9 +173,10 @@ int main(int argc, char** argv) {
     return 0;
   }
   if (!on_path(submit)) {
-    std::fprintf(stderr, "moe-submit: %s is not on PATH: is this a %s login node? (wrote %s; --dry-run only "
-                 "writes the script)\n", submit.c_str(), scheduler == moe::Scheduler::Slurm ? "Slurm" : "PBS",
-                 script_path.c_str());
+    std::fprintf(stderr,
+                 "moe-submit: %s is not on PATH: is this a %s login node? (wrote %s; --dry-run only "
+                 "writes the script)\n",
+                 submit.c_str(), scheduler == moe::Scheduler::Slurm ? "Slurm" : "PBS", script_path.c_str());
     return 1;
   }
   std::string out;
@@ -185,7 +191,8 @@ int main(int argc, char** argv) {
   std::string id = trim(out);
   if (id.find('\n') != std::string::npos) id = id.substr(id.rfind('\n') + 1);
   if (scheduler == moe::Scheduler::Slurm) id = id.substr(0, id.find(';'));
-  std::printf("moe-submit: submitted %s job %s: %s (output: %s)\n", scheduler == moe::Scheduler::Slurm ? "Slurm" : "PBS",
-              id.c_str(), script_path.c_str(), plan.output.c_str());
+  std::printf("moe-submit: submitted %s job %s: %s (output: %s)\n",
+              scheduler == moe::Scheduler::Slurm ? "Slurm" : "PBS", id.c_str(), script_path.c_str(),
+              plan.output.c_str());
   return 0;
 }

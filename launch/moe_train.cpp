@@ -20,7 +20,9 @@ const char* kUsage = R"(usage: mpirun -np N moe-train CONFIG.yaml [key.path=valu
 Trains the MoE language model that CONFIG.yaml describes (see configs/ for examples); each
 key.path=value overrides one config key, e.g. run.steps=50 moe.top_k=1 parallel.ep=2.
 Rank 0 prints the resolved config and a progress line every run.log_every steps, and writes
-config.yaml, metrics.jsonl, tensorboard/ and routing_report.txt into run.dir.
+config.yaml, metrics.jsonl, tensorboard/, routing_report.txt and, once the last step is done,
+DONE into run.dir. moe-run and moe-submit start it from the config's launch: and scheduler:
+sections (docs/launch.md), which moe-train itself ignores.
 SIGTERM or SIGUSR1 makes every rank finish its step, save a checkpoint and exit 0; with
 checkpoint.resume=auto the next start continues from it.
 Exit status: 0 on success; 2 for a bad config, argument or data file; 3 when the run stopped

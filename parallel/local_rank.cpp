@@ -54,11 +54,12 @@ std::vector<int> expand_tasks_per_node(const std::string& text) {
 
 }  // namespace
 
-std::optional<LocalPlacement> local_placement_from_environment(
-    int world_rank, int world_size, const std::function<const char*(const char*)>& getenv) {
+std::optional<LocalPlacement> local_placement_from_environment(int world_rank, int world_size,
+                                                               const std::function<const char*(const char*)>& getenv) {
   {
     auto rank = env_int(getenv, "OMPI_COMM_WORLD_RANK"), size = env_int(getenv, "OMPI_COMM_WORLD_SIZE");
-    auto local = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK"), local_size = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE");
+    auto local = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_RANK"),
+         local_size = env_int(getenv, "OMPI_COMM_WORLD_LOCAL_SIZE");
     if (rank == world_rank && size == world_size && local && local_size && *local < *local_size)
       return LocalPlacement{*local, *local_size, -1, "OMPI_COMM_WORLD_LOCAL_RANK"};
   }

@@ -29,8 +29,8 @@ struct LocalPlacement {
 // world rank `world_rank` of `world_size` from OpenMPI's variables, else Slurm's; nullopt when neither
 // is set, malformed or disagrees with world_rank / world_size. OpenMPI does not export the node
 // index: node is -1 then.
-std::optional<LocalPlacement> local_placement_from_environment(
-    int world_rank, int world_size, const std::function<const char*(const char*)>& getenv);
+std::optional<LocalPlacement> local_placement_from_environment(int world_rank, int world_size,
+                                                               const std::function<const char*(const char*)>& getenv);
 
 // Collective over `world` (call it on every rank at the same point): the environment as above (the
 // process's own), with the node index and anything the environment lacks from an MPI shared-memory

@@ -110,7 +110,7 @@ slurm_cluster_start() {
   host=$(hostname -s)
   cpus=$(nproc)
   ((cpus >= 2)) || cpus=2  # the tests' jobs take 2 ranks; SlurmdParameters=config_overrides trusts this
-  mem=$(free -m | awk '/^Mem:/ {print $2}')
+  mem=$(awk '/^MemTotal:/ {print int($2 / 1024)}' /proc/meminfo)
   ctld_port=$(_slurm_free_port 16817 "")
   slurmd_port=$(_slurm_free_port $((ctld_port + 1)) "$ctld_port")
   cat >"$dir/slurm.conf" <<EOF

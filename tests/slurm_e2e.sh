@@ -101,8 +101,8 @@ expect_state() {
 # The run's output file (the job id names it).
 output_of() { echo "$work/$1/slurm-$2.out"; }
 
-# A run that a signal stops once its first checkpoint exists (a few steps in), of 300 steps.
-long=(run.steps=300 run.log_every=10 run.eval_every=0 checkpoint.every=20 checkpoint.keep=2)
+# A run of 160 steps that a signal stops once its first checkpoint exists (about step 20).
+long=(run.steps=160 run.log_every=10 run.eval_every=0 checkpoint.every=20 checkpoint.keep=2)
 # The uninterrupted reference of such a run: moe-run on this machine, outside Slurm.
 reference() {
   "$moe_run" "$tiny" "${long[@]}" run.dir=ref >ref.txt 2>&1 || { cat ref.txt; fail "the reference moe-run run failed"; }
@@ -113,13 +113,13 @@ reference() {
 same_losses() {
   [ "$(losses "$1/metrics.jsonl")" = "$(losses ref/metrics.jsonl)" ] ||
     fail "losses of $1 differ from the uninterrupted run: $(diff <(losses "$1/metrics.jsonl") <(losses ref/metrics.jsonl) | head -5)"
-  [ "$(losses ref/metrics.jsonl | tail -n 1 | cut -d' ' -f1)" = 300 ] || fail "the reference run did not reach step 300"
+  [ "$(losses ref/metrics.jsonl | tail -n 1 | cut -d' ' -f1)" = 160 ] || fail "the reference run did not reach step 160"
   echo "final loss $(losses "$1/metrics.jsonl" | tail -n 1) equals the uninterrupted run's"
 }
 # stop_job ID DIR: once DIR has a checkpoint, USR1 to the job's batch script, as Slurm sends before
 # the time limit (scancel --batch: the batch shell alone; the script passes it on to the ranks).
 stop_job() {
-  wait_checkpoint "$2" 120
+  wait_checkpoint "$2" 200
   scancel --batch --signal=USR1 "$1" || fail "scancel --signal failed"
 }
 
@@ -128,7 +128,7 @@ submit_tiny)
   submit run.dir=a run.steps=60 run.log_every=10 run.eval_every=30 checkpoint.every=20
   id=$job_id
   [ -x a/job.sbatch ] || fail "no job script a/job.sbatch"
-  wait_end "$id" 150
+  wait_end "$id" 300
   expect_state "$id" COMPLETED 0
   out=$(output_of a "$id")
   grep -q "moe-submit job: the run is complete" "$out" || fail "no completion line in $out"
@@ -144,13 +144,13 @@ signal_requeue)
   submit run.dir=b "${long[@]}"
   id=$job_id
   stop_job "$id" b
-  wait_end "$id" 170
+  wait_end "$id" 300
   out=$(output_of b "$id")
   expect_state "$id" COMPLETED 1
   grep -q "moe-submit job: got USR1" "$out" || fail "the batch script did not get USR1"
   stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
   [ -n "$stopped" ] || fail "the ranks did not stop on the signal"
-  ((stopped < 300)) || fail "stopped only at step $stopped"
+  ((stopped < 160)) || fail "stopped only at step $stopped"
   grep -q "moe-submit job: stopped early with a checkpoint; requeueing" "$out" || fail "the job did not requeue itself"
   grep -q "^resumed from b/checkpoints/step_0*$stopped at step $stopped$" "$out" ||
     fail "the requeued job did not resume from the checkpoint of step $stopped"
@@ -163,17 +163,17 @@ signal_resubmit)
   id=$job_id
   grep -q "^#SBATCH --no-requeue" c/job.sbatch || fail "requeue=false did not give --no-requeue"
   stop_job "$id" c
-  wait_end "$id" 120
+  wait_end "$id" 300
   expect_state "$id" COMPLETED 0
   out=$(output_of c "$id")
   stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
-  [ -n "$stopped" ] && ((stopped < 300)) || fail "the ranks did not stop early on the signal"
+  [ -n "$stopped" ] && ((stopped < 160)) || fail "the ranks did not stop early on the signal"
   grep -q "stopped early with a checkpoint; submit again to resume" "$out" || fail "no 'submit again' line"
   [ ! -e c/DONE ] || fail "a DONE marker after a stopped run"
   [ -s "c/checkpoints/step_$(printf %08d "$stopped")/MANIFEST" ] || fail "no checkpoint of step $stopped"
   submit run.dir=c "${long[@]}" scheduler.requeue=false
   id2=$job_id
-  wait_end "$id2" 150
+  wait_end "$id2" 300
   expect_state "$id2" COMPLETED 0
   grep -q "^resumed from c/checkpoints/step_0*$stopped at step $stopped$" "$(output_of c "$id2")" ||
     fail "the resubmitted job did not resume from the checkpoint of step $stopped"
@@ -187,7 +187,7 @@ time_limit)
     scheduler.time_limit=00:01:00 scheduler.signal_seconds_before_end=50 scheduler.requeue=false
   id=$job_id
   grep -q "^#SBATCH --signal=B:USR1@50$" d/job.sbatch || fail "no --signal=B:USR1@50 in the script"
-  wait_end "$id" 150
+  wait_end "$id" 300
   out=$(output_of d "$id")
   expect_state "$id" COMPLETED 0
   grep -q "moe-submit job: got USR1" "$out" || fail "Slurm's early signal did not reach the batch script"
@@ -200,12 +200,12 @@ srun_launcher)
   id=$job_id
   grep -q "^srun --mpi=pmix --ntasks=2" e/job.sbatch || fail "the script does not start the ranks with srun"
   stop_job "$id" e
-  wait_end "$id" 120
+  wait_end "$id" 300
   out=$(output_of e "$id")
   expect_state "$id" COMPLETED 0
   grep -q "^rank 0: local rank 0 of 2 on node 0 (from SLURM_LOCALID)" "$out" || fail "no local rank from Slurm"
   stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
-  [ -n "$stopped" ] && ((stopped < 300)) || fail "srun did not pass the stop signal on to the ranks"
+  [ -n "$stopped" ] && ((stopped < 160)) || fail "srun did not pass the stop signal on to the ranks"
   [ -s "e/checkpoints/step_$(printf %08d "$stopped")/MANIFEST" ] || fail "no checkpoint of step $stopped"
   ;;
 *)

@@ -372,6 +372,7 @@ TEST(Checkpoint, KeepDeletesOnlyOlderCompleteCheckpointsAndLatestNamesTheNewest)
   }
   world.barrier();
   const auto incomplete_before = snapshot(root);
+  world.barrier();  // before any rank starts writing step 10 into what the others are still listing
 
   for (int64_t step : {10, 20, 30}) {
     const std::string dir = save_small(world, root, step, "run-keep", static_cast<uint64_t>(step), /*keep=*/2);
@@ -449,6 +450,7 @@ TEST(Checkpoint, ListingReportsIncompleteDirectoriesAndNewestCompleteSkipsThem) 
   const std::string root = tmp.path() + "/ckpt";
   EXPECT_TRUE(list_checkpoints(root).empty()) << "a missing root lists nothing";
   EXPECT_EQ(newest_complete_checkpoint(root), "");
+  world.barrier();  // every rank has looked before any creates root
 
   save_small(world, root, 3, "run-list", 1);
   if (world.rank() == 0) {

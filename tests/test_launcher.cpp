@@ -90,14 +90,18 @@ TEST(LaunchValues, TheConfigRejectsMalformedValuesNamingTheKey) {
 // ---- Checks before a launch ------------------------------------------------------------------------
 
 TEST(LaunchPlan, RanksPerNodeBeyondTheCoresNamesTheSetting) {
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=4", "launch.ranks_per_node=4"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=4", "launch.ranks_per_node=4"}), kTwoCores);
+                  }),
                   {"launch.ranks_per_node = 4 is more ranks per node than a node has cores (2, from --cpus)",
                    "launch.oversubscribe=true"});
   // All ranks on this node (ranks_per_node = 0): launch.ranks is the setting.
   expect_contains(error_of([] { plan_launch(config({"launch.ranks=4"}), kTwoCores); }),
                   {"launch.ranks = 4 (all on one node: launch.ranks_per_node = 0) is more ranks per node"});
   // Threads count too.
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=2", "run.threads_per_rank=2"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=2", "run.threads_per_rank=2"}), kTwoCores);
+                  }),
                   {"x run.threads_per_rank = 2 needs 4 cores per node, more than a node has (2, from --cpus)"});
   // Allowed with oversubscribe, and without a known core count.
   EXPECT_NO_THROW(plan_launch(config({"launch.ranks=4", "launch.oversubscribe=true"}), kTwoCores));
@@ -105,32 +109,47 @@ TEST(LaunchPlan, RanksPerNodeBeyondTheCoresNamesTheSetting) {
 }
 
 TEST(LaunchPlan, HostfileThatDoesNotExistNamesTheSetting) {
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=2", "launch.hostfile=/nonexistent/hosts"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=2", "launch.hostfile=/nonexistent/hosts"}), kTwoCores);
+                  }),
                   {"launch.hostfile = '/nonexistent/hosts' does not exist"});
-  expect_contains(error_of([] { plan_launch(config({"launch.hosts=a:2", "launch.hostfile=/etc/hostname"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.hosts=a:2", "launch.hostfile=/etc/hostname"}), kTwoCores);
+                  }),
                   {"launch.hosts = 'a:2' and launch.hostfile = '/etc/hostname' are both set"});
   const LaunchPlan p = plan_launch(config({"launch.ranks=2", "launch.hostfile=/etc/hostname"}), kTwoCores);
   EXPECT_EQ(p.hostfile, "/etc/hostname");
 }
 
 TEST(LaunchPlan, EpMustDivideTheRanks) {
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=2", "parallel.ep=3"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=2", "parallel.ep=3"}), kTwoCores);
+                  }),
                   {"parallel.ep = 3 does not divide launch.ranks = 2"});
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=3", "launch.oversubscribe=true"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=3", "launch.oversubscribe=true"}), kTwoCores);
+                  }),
                   {"moe.num_experts = 8 is not divisible by launch.ranks = 3"});
   EXPECT_NO_THROW(plan_launch(config({"launch.ranks=2", "parallel.ep=1"}), kTwoCores));
 }
 
 TEST(LaunchPlan, HostsAndRanksPerNodeMustAddUp) {
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=6", "launch.ranks_per_node=4", "moe.num_experts=12"}), std::nullopt); }),
-                  {"launch.ranks = 6 is not a multiple of launch.ranks_per_node = 4"});
+  expect_contains(
+      error_of([] {
+        plan_launch(config({"launch.ranks=6", "launch.ranks_per_node=4", "moe.num_experts=12"}), std::nullopt);
+      }),
+      {"launch.ranks = 6 is not a multiple of launch.ranks_per_node = 4"});
   expect_contains(error_of([] {
                     plan_launch(config({"launch.ranks=8", "launch.ranks_per_node=2", "launch.hosts=a,b"}), kTwoCores);
                   }),
                   {"needs 4 hosts, but launch.hosts names 2"});
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=8", "launch.hosts=a:2,b:2"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.ranks=8", "launch.hosts=a:2,b:2"}), kTwoCores);
+                  }),
                   {"has 4 slots, fewer than launch.ranks = 8"});
-  expect_contains(error_of([] { plan_launch(config({"launch.launcher=srun", "launch.hosts=a"}), kTwoCores); }),
+  expect_contains(error_of([] {
+                    plan_launch(config({"launch.launcher=srun", "launch.hosts=a"}), kTwoCores);
+                  }),
                   {"launch.launcher = srun runs on the nodes of the Slurm allocation"});
 }
 
@@ -148,9 +167,9 @@ TEST(Command, MpirunOnOneMachine) {
 }
 
 TEST(Command, MpirunOnHostsWithThreadsEnvironmentAndExtraArguments) {
-  const TrainConfig c = config({"launch.ranks=4", "launch.ranks_per_node=2", "launch.hosts=n1:2,n2:2",
-                                "run.threads_per_rank=4", "launch.env=A=1 B=x/y PATH",
-                                "launch.extra_args=--mca btl tcp,self"});
+  const TrainConfig c =
+      config({"launch.ranks=4", "launch.ranks_per_node=2", "launch.hosts=n1:2,n2:2", "run.threads_per_rank=4",
+              "launch.env=A=1 B=x/y PATH", "launch.extra_args=--mca btl tcp,self"});
   const LaunchPlan p = plan_launch(c, NodeCores{8, "--cpus"});
   EXPECT_EQ(shell_line(mpirun_command(c, p, train(), {})),
             "mpirun -np 4 --host n1:2,n2:2 --map-by ppr:2:node:PE=4 --bind-to core -x OMP_NUM_THREADS=4 -x A=1 "
@@ -229,14 +248,14 @@ TEST(JobPlan, NodesAndTasksComeFromLaunchOrMustAgreeWithIt) {
                              Scheduler::Slurm, std::nullopt, "/w");
                   }),
                   {"scheduler.cpus_per_task = 1 is less than run.threads_per_rank = 2"});
-  expect_contains(error_of([] {
-                    plan_job(config({"launch.ranks=4", "scheduler.gpus_per_node=2"}), Scheduler::Slurm, std::nullopt, "/w");
-                  }),
-                  {"more ranks per node than scheduler.gpus_per_node = 2"});
-  expect_contains(error_of([] {
-                    plan_job(config({"scheduler.time_limit=00:01:00"}), Scheduler::Slurm, std::nullopt, "/w");
-                  }),
-                  {"scheduler.signal_seconds_before_end = 120 is not less than scheduler.time_limit = 00:01:00 (60 s)"});
+  expect_contains(
+      error_of([] {
+        plan_job(config({"launch.ranks=4", "scheduler.gpus_per_node=2"}), Scheduler::Slurm, std::nullopt, "/w");
+      }),
+      {"more ranks per node than scheduler.gpus_per_node = 2"});
+  expect_contains(
+      error_of([] { plan_job(config({"scheduler.time_limit=00:01:00"}), Scheduler::Slurm, std::nullopt, "/w"); }),
+      {"scheduler.signal_seconds_before_end = 120 is not less than scheduler.time_limit = 00:01:00 (60 s)"});
   expect_contains(error_of([] { plan_job(config({"launch.hosts=a:2"}), Scheduler::Slurm, std::nullopt, "/w"); }),
                   {"the scheduler picks the nodes"});
   expect_contains(error_of([] { plan_job(config({"scheduler.queue=q"}), Scheduler::Slurm, std::nullopt, "/w"); }),
@@ -254,15 +273,26 @@ TEST(JobScript, SlurmScriptHasTheDirectivesTheSignalForwardingAndTheRequeue) {
   const JobPlan j = plan_job(c, Scheduler::Slurm, std::nullopt, "/work");
   const std::string s = job_script(c, j, Scheduler::Slurm, inputs(j, Scheduler::Slurm));
   EXPECT_EQ(s.rfind("#!/bin/bash\n", 0), 0u);
-  expect_contains(s, {"#SBATCH --job-name=exp\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=2\n",
-                      "#SBATCH --cpus-per-task=1\n", "#SBATCH --gres=gpu:2\n", "#SBATCH --time=02:30:00\n",
-                      "#SBATCH --partition=gpu\n", "#SBATCH --account=proj\n",
-                      "#SBATCH --output=/work/runs/exp/slurm-%j.out\n", "#SBATCH --error=/work/err.txt\n",
-                      "#SBATCH --open-mode=append\n", "#SBATCH --signal=B:USR1@120\n", "#SBATCH --requeue\n",
-                      "cd /work || exit 1\n", "trap 'stop USR1' USR1\n", "kill -USR1 \"$launcher_pid\"",
+  expect_contains(s, {"#SBATCH --job-name=exp\n",
+                      "#SBATCH --nodes=2\n",
+                      "#SBATCH --ntasks-per-node=2\n",
+                      "#SBATCH --cpus-per-task=1\n",
+                      "#SBATCH --gres=gpu:2\n",
+                      "#SBATCH --time=02:30:00\n",
+                      "#SBATCH --partition=gpu\n",
+                      "#SBATCH --account=proj\n",
+                      "#SBATCH --output=/work/runs/exp/slurm-%j.out\n",
+                      "#SBATCH --error=/work/err.txt\n",
+                      "#SBATCH --open-mode=append\n",
+                      "#SBATCH --signal=B:USR1@120\n",
+                      "#SBATCH --requeue\n",
+                      "cd /work || exit 1\n",
+                      "trap 'stop USR1' USR1\n",
+                      "kill -USR1 \"$launcher_pid\"",
                       "mpirun -np 4 \\\n    --map-by ppr:2:node \\\n",
                       "/b/moe-train /c/tiny.yaml run.steps=5 checkpoint.resume=auto &\n",
-                      "rm -f \"$run_dir/DONE\"", "scontrol requeue \"$SLURM_JOB_ID\"\n"});
+                      "rm -f \"$run_dir/DONE\"",
+                      "scontrol requeue \"$SLURM_JOB_ID\"\n"});
   // Inside the allocation mpirun takes Slurm's nodes: no host list.
   EXPECT_EQ(s.find("--host"), std::string::npos);
   EXPECT_EQ(s.find("--allow-run-as-root"), std::string::npos);
@@ -282,9 +312,8 @@ TEST(JobScript, PbsScriptSelectsNodesAndUsesTheNodefile) {
   const std::string s = job_script(c, j, Scheduler::Pbs, inputs(j, Scheduler::Pbs));
   expect_contains(s, {"#PBS -N exp\n", "#PBS -l select=2:ncpus=4:mpiprocs=2:ompthreads=2:ngpus=2\n",
                       "#PBS -l place=scatter\n", "#PBS -l walltime=01:00:00\n", "#PBS -q workq\n", "#PBS -A proj\n",
-                      "#PBS -o /work/runs/exp/job.out\n", "#PBS -j oe\n", "#PBS -r y\n",
-                      "--hostfile \"$PBS_NODEFILE\"", "--map-by ppr:2:node:PE=2",
-                      "qsub /work/runs/exp/job.pbs\n", "trap 'stop TERM' TERM\n"});
+                      "#PBS -o /work/runs/exp/job.out\n", "#PBS -j oe\n", "#PBS -r y\n", "--hostfile \"$PBS_NODEFILE\"",
+                      "--map-by ppr:2:node:PE=2", "qsub /work/runs/exp/job.pbs\n", "trap 'stop TERM' TERM\n"});
   EXPECT_EQ(s.find("#SBATCH"), std::string::npos);
 }
 
@@ -298,14 +327,20 @@ TEST(LauncherArgs, OptionsAnywhereAndMessagesNamingTheArgument) {
   EXPECT_EQ(a.scheduler, "pbs");
   EXPECT_EQ(a.overrides, (std::vector<std::string>{"a.b=1"}));
   EXPECT_TRUE(parse_launcher_args({"--bogus", "-h"}, false).help);
-  expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--bogus"}, false); }),
+  expect_contains(error_of([] {
+                    parse_launcher_args({"c.yaml", "--bogus"}, false);
+                  }),
                   {"unknown option '--bogus'; accepted: --help, --dry-run, --cpus N"});
-  expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--scheduler", "slurm"}, false); }),
+  expect_contains(error_of([] {
+                    parse_launcher_args({"c.yaml", "--scheduler", "slurm"}, false);
+                  }),
                   {"unknown option '--scheduler'"});
   expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--cpus", "0"}, false); }), {"--cpus 0: expected"});
   expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--cpus"}, false); }), {"--cpus needs a value"});
   expect_contains(error_of([] { parse_launcher_args({"--dry-run"}, false); }), {"missing CONFIG.yaml"});
-  expect_contains(error_of([] { parse_launcher_args({"c.yaml", "d.yaml"}, false); }),
+  expect_contains(error_of([] {
+                    parse_launcher_args({"c.yaml", "d.yaml"}, false);
+                  }),
                   {"'d.yaml' is not a config override"});
 }
 
@@ -319,7 +354,8 @@ std::function<const char*(const char*)> env(const std::map<std::string, std::str
 }
 
 TEST(LocalRank, OpenMpiFirstThenSlurm) {
-  const std::map<std::string, std::string> ompi = {{"OMPI_COMM_WORLD_RANK", "5"}, {"OMPI_COMM_WORLD_SIZE", "8"},
+  const std::map<std::string, std::string> ompi = {{"OMPI_COMM_WORLD_RANK", "5"},
+                                                   {"OMPI_COMM_WORLD_SIZE", "8"},
                                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
                                                    {"OMPI_COMM_WORLD_LOCAL_SIZE", "4"}};
   std::optional<LocalPlacement> p = local_placement_from_environment(5, 8, env(ompi));
@@ -329,8 +365,10 @@ TEST(LocalRank, OpenMpiFirstThenSlurm) {
   EXPECT_EQ(p->node, -1);  // OpenMPI does not say
   EXPECT_EQ(p->source, "OMPI_COMM_WORLD_LOCAL_RANK");
 
-  const std::map<std::string, std::string> slurm = {{"SLURM_PROCID", "4"}, {"SLURM_NTASKS", "5"},
-                                                    {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "2"},
+  const std::map<std::string, std::string> slurm = {{"SLURM_PROCID", "4"},
+                                                    {"SLURM_NTASKS", "5"},
+                                                    {"SLURM_LOCALID", "0"},
+                                                    {"SLURM_NODEID", "2"},
                                                     {"SLURM_STEP_TASKS_PER_NODE", "2(x2),1"}};
   p = local_placement_from_environment(4, 5, env(slurm));
   ASSERT_TRUE(p);
@@ -349,17 +387,24 @@ TEST(LocalRank, OpenMpiFirstThenSlurm) {
 
 TEST(LocalRank, AnEnvironmentOfAnotherJobIsIgnored) {
   // The batch step of a Slurm job run with mpirun: SLURM_PROCID 0 of 1 on every rank.
-  const std::map<std::string, std::string> batch = {{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "1"},
-                                                    {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "0"},
+  const std::map<std::string, std::string> batch = {{"SLURM_PROCID", "0"},
+                                                    {"SLURM_NTASKS", "1"},
+                                                    {"SLURM_LOCALID", "0"},
+                                                    {"SLURM_NODEID", "0"},
                                                     {"SLURM_TASKS_PER_NODE", "2"}};
   EXPECT_FALSE(local_placement_from_environment(1, 2, env(batch)));
   EXPECT_FALSE(local_placement_from_environment(0, 1, env({})));
-  EXPECT_FALSE(local_placement_from_environment(
-      0, 2, env({{"OMPI_COMM_WORLD_RANK", "0"}, {"OMPI_COMM_WORLD_SIZE", "2"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "x"},
-                 {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}})));
-  EXPECT_FALSE(local_placement_from_environment(
-      0, 2, env({{"SLURM_PROCID", "0"}, {"SLURM_NTASKS", "2"}, {"SLURM_LOCALID", "0"}, {"SLURM_NODEID", "0"},
-                 {"SLURM_TASKS_PER_NODE", "2(x"}})));
+  EXPECT_FALSE(local_placement_from_environment(0, 2,
+                                                env({{"OMPI_COMM_WORLD_RANK", "0"},
+                                                     {"OMPI_COMM_WORLD_SIZE", "2"},
+                                                     {"OMPI_COMM_WORLD_LOCAL_RANK", "x"},
+                                                     {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"}})));
+  EXPECT_FALSE(local_placement_from_environment(0, 2,
+                                                env({{"SLURM_PROCID", "0"},
+                                                     {"SLURM_NTASKS", "2"},
+                                                     {"SLURM_LOCALID", "0"},
+                                                     {"SLURM_NODEID", "0"},
+                                                     {"SLURM_TASKS_PER_NODE", "2(x"}})));
 }
 
 TEST(LocalRank, OneGpuPerLocalRank) {

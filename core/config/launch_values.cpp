@@ -7,9 +7,7 @@
 namespace moe {
 namespace {
 
-bool is_host_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-';
-}
+bool is_host_char(char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '_' || c == '-'; }
 
 std::string trimmed(const std::string& s) {
   size_t b = 0, e = s.size();
@@ -39,7 +37,8 @@ bool parse_host_list(const std::string& text, std::vector<HostSlots>* out) {
   size_t start = 0;
   while (true) {
     const size_t comma = text.find(',', start);
-    const std::string entry = trimmed(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+    const std::string entry =
+        trimmed(text.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
     HostSlots h;
     const size_t colon = entry.find(':');
     h.host = entry.substr(0, colon);

@@ -96,6 +96,7 @@ Range at_least(double lo) { return {lo, false, kInf, false}; }
 Range above(double lo) { return {lo, true, kInf, false}; }
 Range closed_open(double lo, double hi) { return {lo, false, hi, true}; }
 Range open_closed(double lo, double hi) { return {lo, true, hi, false}; }
+Range closed(double lo, double hi) { return {lo, false, hi, false}; }
 Range any_finite() { return {}; }
 
 // Which strings a string key accepts.
@@ -126,7 +127,7 @@ bool is_time_limit(const std::string& s) {
   int64_t seconds = 0;
   return parse_time_limit(s, &seconds);
 }
-const StringRule kHostList{"empty, or host[:slots] entries separated by commas, e.g. \"node1:4,node2:4\"", is_host_list};
+const StringRule kHostList{"empty, or host[:slots] entries separated by commas, e.g. \"n1:4,n2:4\"", is_host_list};
 const StringRule kEnvList{"empty, or NAME=value / NAME entries separated by spaces", is_env_list};
 const StringRule kTimeLimit{"HH:MM:SS (hours may exceed 24), more than 0", is_time_limit};
 
@@ -402,9 +403,11 @@ std::vector<Key> build_schema() {
                     "a checkpoint directory to start from when there is none to resume (e.g. a moe-ckpt result)");
 
   // How moe-run and moe-submit start the job (docs/launch.md); moe-train ignores these two sections.
+  // Counts of ranks, nodes, cores and GPUs are bounded so that any product of two fits an int64.
+  constexpr double kMaxCount = 1 << 20;
   SectionKeys<LaunchConfig> launch(keys, "launch", &TrainConfig::launch);
-  launch.integer("ranks", &LaunchConfig::ranks, at_least(1), "moe-run: MPI ranks in all (the world size)");
-  launch.integer("ranks_per_node", &LaunchConfig::ranks_per_node, at_least(0),
+  launch.integer("ranks", &LaunchConfig::ranks, closed(1, kMaxCount), "moe-run: MPI ranks in all (the world size)");
+  launch.integer("ranks_per_node", &LaunchConfig::ranks_per_node, closed(0, kMaxCount),
                  "moe-run: ranks on each node; 0 = all on this node (or as hosts' slots say)");
   launch.string("hosts", &LaunchConfig::hosts, kHostList,
                 "moe-run: hosts and their slots, \"a:2,b:2\" (mpirun --host); empty = this machine or hostfile");
@@ -423,13 +426,13 @@ std::vector<Key> build_schema() {
                 "more arguments for mpirun (or srun), separated by spaces, put before moe-train");
 
   SectionKeys<SchedulerConfig> scheduler(keys, "scheduler", &TrainConfig::scheduler);
-  scheduler.integer("nodes", &SchedulerConfig::nodes, at_least(0),
+  scheduler.integer("nodes", &SchedulerConfig::nodes, closed(0, kMaxCount),
                     "moe-submit: nodes; 0 = launch.ranks / launch.ranks_per_node (1 when that is 0)");
-  scheduler.integer("tasks_per_node", &SchedulerConfig::tasks_per_node, at_least(0),
+  scheduler.integer("tasks_per_node", &SchedulerConfig::tasks_per_node, closed(0, kMaxCount),
                     "ranks per node; 0 = launch.ranks_per_node, or launch.ranks when that is 0");
-  scheduler.integer("gpus_per_node", &SchedulerConfig::gpus_per_node, at_least(0),
+  scheduler.integer("gpus_per_node", &SchedulerConfig::gpus_per_node, closed(0, kMaxCount),
                     "GPUs to ask for on each node (Slurm --gres=gpu:N, PBS ngpus); 0 = none");
-  scheduler.integer("cpus_per_task", &SchedulerConfig::cpus_per_task, at_least(0),
+  scheduler.integer("cpus_per_task", &SchedulerConfig::cpus_per_task, closed(0, kMaxCount),
                     "cores per rank; 0 = run.threads_per_rank");
   scheduler.string("time_limit", &SchedulerConfig::time_limit, kTimeLimit, "wall-clock limit of the job");
   scheduler.string("partition", &SchedulerConfig::partition, kAnyString, "Slurm partition; empty = the default");

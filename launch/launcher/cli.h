@@ -10,10 +10,10 @@ namespace moe {
 struct LauncherArgs {
   bool help = false;
   bool dry_run = false;
-  std::optional<int> cpus;              // --cpus N: cores per node for the checks
-  std::string scheduler;                // --scheduler NAME (moe-submit only), as given
-  std::string config;                   // CONFIG.yaml, the first word that is not an option
-  std::vector<std::string> overrides;   // key.path=value words after it
+  std::optional<int> cpus;             // --cpus N: cores per node for the checks
+  std::string scheduler;               // --scheduler NAME (moe-submit only), as given
+  std::string config;                  // CONFIG.yaml, the first word that is not an option
+  std::vector<std::string> overrides;  // key.path=value words after it
 };
 
 // Parses `args` (argv without the program name). Options may come anywhere: --help/-h, --dry-run,

