@@ -87,6 +87,10 @@ bad_config)
   grep -q "missing CONFIG.yaml" out.txt || { cat out.txt; fail "usage message"; }
   run 2 missing.yaml && fail "a missing config file was accepted"
   grep -q "missing.yaml" out.txt || { cat out.txt; fail "missing-file message"; }
+  run 2 "$configs/tiny.yaml" run.steps=4 run.eval_every=0 checkpoint.every=2 run.dir=c || { cat out.txt; fail "setup run"; }
+  run 2 "$configs/tiny.yaml" run.steps=4 run.eval_every=0 checkpoint.every=2 run.dir=c && fail "a fresh run over checkpoints started"
+  grep -q "already holds checkpoints (newest: c/checkpoints/step_00000004); set checkpoint.resume=auto" out.txt ||
+    { cat out.txt; fail "existing-checkpoints message"; }
   run 2 "$configs/tiny.yaml" data.source=tokens data.train_path=nothere.tok && fail "a missing data file was accepted"
   grep -q "nothere.tok" out.txt || { cat out.txt; fail "data-file message"; }
   ;;

@@ -62,7 +62,7 @@ TransformerConfig transformer_config(const TrainConfig& c) {
 
 namespace {
 
-// Test hooks, read from the environment, for the fault tests (tests/train_faults.sh):
+// Test hooks, read from the environment, for the fault tests (tests/train_e2e.sh, tests/checkpoint_e2e.sh):
 //   MOE_TEST_NAN_STEPS=a:b   rank 0 writes NaN into a gradient at steps a..b (1-based, inclusive)
 //   MOE_TEST_STALL=r:s       rank r stops in the gradient sync phase of step s
 //   MOE_TEST_KILL_IN_SAVE=r:s  rank r kills itself halfway through writing its checkpoint shard of step s
@@ -343,6 +343,13 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   // Everything that can fail on bad input (data files) happens before the first collective, on
   // every rank alike, so a bad input ends every rank with the same message.
   DataSources data = open_data(cfg, W);
+  // A fresh run would fail at its first save on a step that already exists: say so now.
+  if (cfg.checkpoint.resume == ResumeMode::Never && cfg.checkpoint.every > 0) {
+    const std::string existing = newest_complete_checkpoint(cfg.checkpoint.dir);
+    MOE_REQUIRE(existing.empty(), "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ",
+                existing, "); set checkpoint.resume=auto to continue from it, or choose another run.dir or "
+                "checkpoint.dir for a fresh run");
+  }
   const int64_t B = cfg.data.batch_size, S = cfg.model.seq_len, N = B * S;
   DataLoader loader(*data.train, data.train_range.begin, data.train_range.end, rank, W, B,
                     static_cast<uint64_t>(cfg.run.seed));
