@@ -13,7 +13,9 @@
 #
 # The daemons run with MOE_SLURM_CLUSTER=DIR in their environment, and so do the slurmstepd
 # processes they start: slurm_cluster_stop finds leftovers of this cluster (and only of this one)
-# by it, and job processes by their SLURM_CONF=DIR/slurm.conf and SLURM_JOB_ID.
+# by it, and job processes by their SLURM_CONF=DIR/slurm.conf and SLURM_JOB_ID. DIR/owner.pid names
+# the shell that started the cluster; a later start stops clusters whose owner is gone (a test
+# killed by a timeout, which runs no EXIT trap).
 
 # Prints "slurm_cluster: ..." on stderr.
 _slurm_say() { echo "slurm_cluster: $*" >&2; }
@@ -89,8 +91,10 @@ _slurm_pids_with_env() {
 slurm_cluster_start() {
   local dir=$1
   _slurm_install || return $?
+  _slurm_reap_orphans
   mkdir -p "$dir" && dir=$(cd "$dir" && pwd) || return 1
   chmod 700 "$dir"
+  echo "${_slurm_owner:-$$}" >"$dir/owner.pid"  # by hand: the calling shell (below)
   mkdir -p "$dir/munge" "$dir/state" "$dir/spool"
   chmod 700 "$dir/munge"
 
@@ -98,7 +102,7 @@ slurm_cluster_start() {
   # munged refuses to run as root unless forced; the key must be readable by its owner alone.
   head -c 1024 /dev/urandom >"$dir/munge/munge.key"
   chmod 400 "$dir/munge/munge.key"
-  if ! munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
+  if ! MOE_SLURM_CLUSTER=$dir munged --force --key-file="$dir/munge/munge.key" --socket="$dir/munge/munge.socket" \
       --pid-file="$dir/munge/munged.pid" --log-file="$dir/munge/munged.log" \
       --seed-file="$dir/munge/munged.seed" 2>"$dir/munge/munged.stderr"; then
     _slurm_say "munged did not start:"
@@ -176,11 +180,11 @@ EOF
 }
 
 # Stops the cluster of directory $1: cancels its jobs (waiting up to 20 s for them to end), stops
-# slurmd, slurmctld and munged by their pid files, then kills anything of this cluster still left.
+# slurmd, slurmctld and munged by their pid files, then kills anything of this cluster still left
+# (also when the directory is gone).
 slurm_cluster_stop() {
   local dir=$1 i pids
-  [ -d "$dir" ] || return 0
-  dir=$(cd "$dir" && pwd)
+  [ ! -d "$dir" ] || dir=$(cd "$dir" && pwd)
   if [ -s "$dir/slurmctld.pid" ] && kill -0 "$(cat "$dir/slurmctld.pid")" 2>/dev/null; then
     SLURM_CONF=$dir/slurm.conf scancel --quiet --full --user="$(id -un)" 2>/dev/null
     for ((i = 0; i < 200; i++)); do
@@ -190,16 +194,29 @@ slurm_cluster_stop() {
   fi
   _slurm_stop_pidfile "$dir/slurmd.pid" 10
   _slurm_stop_pidfile "$dir/slurmctld.pid" 10
-  # Job steps and job processes a failed test may have left behind.
+  _slurm_stop_pidfile "$dir/munge/munged.pid" 10
+  # Job steps and job processes a failed test may have left behind, and daemons without pid files.
   pids=$( (_slurm_pids_with_env "MOE_SLURM_CLUSTER=$dir"; _slurm_pids_with_env "SLURM_CONF=$dir/slurm.conf" "SLURM_JOB_ID=") | sort -u)
   [ -z "$pids" ] || kill -KILL $pids 2>/dev/null
-  _slurm_stop_pidfile "$dir/munge/munged.pid" 10
+}
+
+# Stops the clusters of tests that were killed before their EXIT trap could run (a test runner's
+# timeout): every cluster whose owner (the shell that started it, DIR/owner.pid) is gone.
+_slurm_reap_orphans() {
+  local dirs dir owner
+  dirs=$(for f in /proc/[0-9]*/environ; do tr '\0' '\n' 2>/dev/null <"$f" | sed -n 's/^MOE_SLURM_CLUSTER=//p'; done | sort -u)
+  for dir in $dirs; do
+    owner=$(cat "$dir/owner.pid" 2>/dev/null)
+    [ -n "$owner" ] && kill -0 "$owner" 2>/dev/null && continue
+    _slurm_say "stopping the cluster of a test that was killed: $dir"
+    slurm_cluster_stop "$dir"
+  done
 }
 
 # By hand: tests/slurm_cluster.sh start|stop DIR.
 if [ "${BASH_SOURCE[0]}" = "$0" ]; then
   case ${1:-} in
-  start) slurm_cluster_start "${2:?usage: $0 start DIR}" ;;
+  start) _slurm_owner=$PPID slurm_cluster_start "${2:?usage: $0 start DIR}" ;;
   stop) slurm_cluster_stop "${2:?usage: $0 stop DIR}" ;;
   *)
     echo "usage: $0 start DIR | stop DIR" >&2
