@@ -60,17 +60,22 @@ submit() {
 # field ID NAME: a field of `scontrol show job` (JobState, Restarts, ExitCode, Reason, ...).
 field() { scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # wait_end ID SECONDS: waits until the job has ended (any final state). Slurm holds a requeued job for
-# about two minutes (its EligibleTime) before it may start again; the wait moves that to now, which
-# only shortens the test.
+# about two minutes (its EligibleTime) before it may start again; the wait moves that to 3 s from
+# the requeue, once per restart, which only shortens the test. (Not to "now": slurmd revokes the
+# previous instance's credential with one-second resolution, and an instance started within that
+# second is killed as "Job credential revoked".)
 wait_end() {
-  local id=$1 deadline=$(($(date +%s) + $2)) state reason
+  local id=$1 deadline=$(($(date +%s) + $2)) state reason restarts moved_for=-1
   while (($(date +%s) < deadline)); do
     state=$(field "$id" JobState)
     case $state in
     COMPLETED | FAILED | CANCELLED | TIMEOUT | NODE_FAIL | OUT_OF_MEMORY | BOOT_FAIL | DEADLINE | PREEMPTED) return 0 ;;
     PENDING)
       reason=$(field "$id" Reason)
-      [ "$reason" = BeginTime ] && scontrol update JobId="$id" StartTime=now 2>/dev/null
+      restarts=$(field "$id" Restarts)
+      if [ "$reason" = BeginTime ] && [ "$restarts" != "$moved_for" ]; then
+        scontrol update JobId="$id" StartTime=now+3 2>/dev/null && moved_for=$restarts
+      fi
       ;;
     esac
     sleep 0.5
