@@ -16,6 +16,8 @@ packages=(
   libyaml-cpp-dev                     # configs
   libgtest-dev libgmock-dev           # tests
   libdnnl-dev                         # GEMM provider (oneDNN), chosen in docs/gemm-provider.md
+  ocl-icd-opencl-dev                  # oneDNN's CMake package config calls find_package(OpenCL); only a
+                                      # "Recommends" of libdnnl-dev, so --no-install-recommends leaves it out
 )
 missing=()
 for p in "${packages[@]}"; do
