@@ -15,10 +15,13 @@
 
 namespace {
 
-const char* kUsage = R"(usage: mpirun -np N moe-train CONFIG.yaml [key.path=value ...]
+const char* kUsage = R"(usage: mpirun -np N moe-train CONFIG.yaml [--eval-only] [key.path=value ...]
 
 Trains the MoE language model that CONFIG.yaml describes (see configs/ for examples); each
 key.path=value overrides one config key, e.g. run.steps=50 moe.top_k=1 parallel.ep=2.
+--eval-only trains nothing: it loads the newest complete checkpoint in checkpoint.dir (or
+checkpoint.init_from), evaluates it on the held-out data, prints the loss and perplexity and
+appends them to run.dir/metrics.jsonl.
 Rank 0 prints the resolved config and a progress line every run.log_every steps, and writes
 config.yaml, metrics.jsonl, tensorboard/, routing_report.txt and, once the last step is done,
 DONE into run.dir. moe-run and moe-submit start it from the config's launch: and scheduler:
@@ -96,9 +99,19 @@ int main(int argc, char** argv) {
     if (rank == 0) std::printf("%s%s", kUsage, moe::config_keys_help().c_str());
     return 0;
   }
-  if (args.empty() || args[0].rfind("-", 0) == 0)
-    return fail(2, args.empty() ? "missing CONFIG.yaml; usage: moe-train CONFIG.yaml [key.path=value ...] (see --help)"
-                                : "unknown option '" + args[0] + "'; accepted: --help, or CONFIG.yaml first");
+  moe::RunMode mode = moe::RunMode::Train;
+  for (auto it = args.begin(); it != args.end();) {
+    if (*it == "--eval-only") {
+      mode = moe::RunMode::EvalOnly;
+      it = args.erase(it);
+    } else if (it->rfind("-", 0) == 0) {
+      return fail(2, "unknown option '" + *it + "'; accepted: --help, --eval-only, then CONFIG.yaml and key.path=value");
+    } else {
+      ++it;
+    }
+  }
+  if (args.empty())
+    return fail(2, "missing CONFIG.yaml; usage: moe-train CONFIG.yaml [--eval-only] [key.path=value ...] (see --help)");
 
   moe::TrainConfig cfg;
   try {
@@ -110,10 +123,10 @@ int main(int argc, char** argv) {
 
   install_stop_handlers();
   try {
-    moe::run_training(cfg, *world, on_watchdog);
+    moe::run_training(cfg, *world, on_watchdog, mode);
     return 0;
   } catch (const moe::InvalidArgument& e) {
-    return fail(2, e.what());  // data files: every rank opens them and fails alike
+    return fail(2, e.what());  // data files and checkpoints: every rank opens them and fails alike
   } catch (const moe::TrainingStopped& e) {
     return fail(3, e.what());  // decided from all-reduced values: every rank stops together
   } catch (const std::exception& e) {

@@ -29,12 +29,12 @@ void all_reduce_mean(std::vector<Parameter*>& params, std::vector<float>& buffer
 
 }  // namespace
 
-void GradientSync::sync(ParameterRegistry& registry, const ProcessGroups& groups) {
+void GradientSync::sync(ParameterRegistry& registry, const ProcessGroups& groups, int64_t micro_batches) {
   std::vector<Parameter*> dense, expert;
   for (Parameter& p : registry.all()) (p.kind == ParamKind::Dense ? dense : expert).push_back(&p);
-  const float inv_world = 1.0f / static_cast<float>(groups.layout.world_size);
-  all_reduce_mean(dense, dense_buffer_, *groups.world, inv_world);
-  all_reduce_mean(expert, expert_buffer_, *groups.expert_data_parallel, inv_world);
+  const float scale = 1.0f / static_cast<float>(groups.layout.world_size * micro_batches);
+  all_reduce_mean(dense, dense_buffer_, *groups.world, scale);
+  all_reduce_mean(expert, expert_buffer_, *groups.expert_data_parallel, scale);
 }
 
 }  // namespace moe

@@ -9,16 +9,17 @@
 namespace moe {
 
 // Makes every rank's gradients equal the gradient of the training objective
-// J = (1 / W) * sum over ranks r of L_r (each rank's loss on its own micro-batch):
-//  - dense parameters: summed over all W ranks, divided by W;
+// J = (1 / (W A)) * sum over ranks r and micro-batches a of L_ra (each rank's loss on each of its
+// A = micro_batches micro-batches, whose gradients the rank has summed):
+//  - dense parameters: summed over all W ranks, divided by W A;
 //  - expert parameters: summed over the expert-data-parallel group (the W / ep ranks holding the
 //    same experts; each already holds the contributions of all ep ranks of its expert-parallel
-//    group, which sent it their tokens), divided by W (not by the group size).
+//    group, which sent it their tokens), divided by W A (not by the group size).
 // One all-reduce per parameter kind, over flat buffers packed in registry order. Collective over
 // groups.world and groups.expert_data_parallel.
 class GradientSync {
  public:
-  void sync(ParameterRegistry& registry, const ProcessGroups& groups);
+  void sync(ParameterRegistry& registry, const ProcessGroups& groups, int64_t micro_batches = 1);
 
  private:
   std::vector<float> dense_buffer_, expert_buffer_;  // kept between steps

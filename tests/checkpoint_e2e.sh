@@ -57,12 +57,12 @@ listing() { (cd "$1" && find . -type f -printf '%p %s %T@ ' -exec md5sum {} \; |
 det_metrics() { python3 - "$1" <<'PY'
 import re, sys
 keys = ["loss", "aux_loss", "z_loss", "lr", "grad_norm", "dropped_frac", "load_max_over_mean", "skipped_steps",
-        "tokens_per_expert"]
+        "moe_layers"]
 for line in open(sys.argv[1]):
     if '"loss"' not in line:
         continue
     step = re.match(r'\{"step": (\d+)', line).group(1)
-    vals = [k + "=" + re.search(r'"%s": (\[\[.*?\]\]|[^,}]+)' % k, line).group(1) for k in keys]
+    vals = [k + "=" + re.search(r'"%s": (\[.*\](?=\}$)|[^,}]+)' % k, line.strip()).group(1) for k in keys]
     print(step, " ".join(vals))
 PY
 }

@@ -63,7 +63,7 @@ TEST(AuxFreeBalancing, BiasEvensOutASkewedRouterAndStaysIdenticalOnEveryRank) {
 
   // One update: over-loaded experts go down by rate, under-loaded up by rate.
   const double rate = 0.01;
-  update_selection_bias({&layer}, world, rate);
+  update_selection_bias({&layer}, {layer.stats().routed}, world, rate);
   const double mean = (64.0 * world.size()) / 4;
   for (int e = 0; e < 4; ++e) {
     const float expected = before[e] > mean ? -rate : (before[e] < mean ? rate : 0.0);
@@ -79,7 +79,7 @@ TEST(AuxFreeBalancing, BiasEvensOutASkewedRouterAndStaysIdenticalOnEveryRank) {
       const std::vector<int64_t> load = global_load();
       for (int e = 0; e < 4; ++e) late_load[e] += load[e];
     }
-    update_selection_bias({&layer}, world, rate);
+    update_selection_bias({&layer}, {layer.stats().routed}, world, rate);
   }
   const double imbalance_after = max_over_mean(late_load);
   EXPECT_LT(imbalance_after, 1.15) << "from " << imbalance_before;

@@ -115,6 +115,7 @@ TEST(Config, EmptyFileGivesTheDefaultsWithDerivedValuesFilled) {
   expected.run.dir = "runs/run";
   expected.checkpoint.dir = "runs/run/checkpoints";
   expected.moe.shared_expert_hidden = expected.moe.expert_hidden;
+  expected.moe.aux_loss_coeff = 0.01;
   EXPECT_EQ(parse(""), expected);
   EXPECT_EQ(parse("# only a comment\n"), expected);
   // A section with every key commented out is an empty section.
@@ -130,6 +131,17 @@ TEST(Config, DerivedDefaultsFollowTheOtherKeysAndExplicitValuesWin) {
   EXPECT_EQ(c.run.dir, "/scratch/x/");
   EXPECT_EQ(c.checkpoint.dir, "/scratch/x/checkpoints");
   EXPECT_EQ(c.moe.shared_expert_hidden, 32);
+}
+
+TEST(Config, AuxLossCoefficientDefaultsByBalancing) {
+  // aux_free balances by its biases: the loss is off unless asked for; aux_loss defaults to 0.01.
+  EXPECT_DOUBLE_EQ(parse("").moe.aux_loss_coeff, 0.01);
+  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n").moe.aux_loss_coeff, 0.0);
+  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n  aux_loss_coeff: 0.002\n").moe.aux_loss_coeff, 0.002);
+  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_loss\n  aux_loss_coeff: 0\n").moe.aux_loss_coeff, 0.0);
+  EXPECT_DOUBLE_EQ(parse("moe:\n  aux_loss_coeff: -1\n").moe.aux_loss_coeff, 0.01);
+  // The resolved config states the value in force.
+  EXPECT_NE(to_yaml(parse("moe:\n  balancing: aux_free\n")).find("aux_loss_coeff: 0 "), std::string::npos);
 }
 
 TEST(Config, EveryExampleConfigLoadsAndValidatesForTwoRanks) {
@@ -246,8 +258,8 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
                  {"run.watchdog_timeout_s = 0 is out of range; accepted: > 0"});
   expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: >= 2"});
   expect_message(parse_error("moe:\n  jitter_eps: 1\n"), {"moe.jitter_eps = 1 is out of range; accepted: [0, 1)"});
-  expect_message(parse_error("moe:\n  aux_loss_coeff: -0.5\n"),
-                 {"moe.aux_loss_coeff = -0.5 is out of range; accepted: >= 0"});
+  expect_message(parse_error("moe:\n  aux_loss_coeff: .inf\n"),
+                 {"moe.aux_loss_coeff: expected a finite double, got '.inf'"});
   expect_message(parse_error("optim:\n  lr: 0\n"), {"optim.lr = 0 is out of range; accepted: > 0"});
   expect_message(parse_error("optim:\n  beta2: 1.0\n"), {"optim.beta2 = 1 is out of range; accepted: [0, 1)"});
   expect_message(parse_error("data:\n  eval_fraction: 0\n"),

@@ -35,17 +35,27 @@ import json, math, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 train = [r for r in rows if "loss" in r]
 evals = [r for r in rows if r.get("split") == "eval"]
-need = ["step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "dropped_frac", "tokens_per_expert"]
+need = ["step", "loss", "aux_loss", "z_loss", "lr", "grad_norm", "tokens_per_s", "model_gflops_per_rank", "mfu",
+        "dropped_frac", "load_max_over_mean", "time_s", "moe_layers"]
 for r in train:
     missing = [k for k in need if k not in r]
     assert not missing, f"missing {missing} in {r}"
-    assert len(r["tokens_per_expert"]) == 2 and all(len(l) == 4 for l in r["tokens_per_expert"]), r
+    assert [l["layer"] for l in r["moe_layers"]] == [0, 1], r["moe_layers"]
+    for l in r["moe_layers"]:
+        # A step routes 2 ranks x 8 sequences x 64 tokens x top_k 2 choices per layer.
+        assert len(l["routed"]) == len(l["kept"]) == 4 and sum(l["routed"]) == 2048, l
+        assert all(k <= r for k, r in zip(l["kept"], l["routed"])), l
 assert [r["step"] for r in train] == list(range(1, 31)), [r["step"] for r in train]
 assert len(evals) == 2, evals
+assert all(abs(e["eval_perplexity"] - math.exp(e["eval_loss"])) < 1e-6 * e["eval_perplexity"] for e in evals), evals
 first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
 assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
 print(f"loss {first:.3f} -> {last:.3f}, eval {evals[-1]['eval_loss']:.3f}")
 PY
+  grep -q "^MFU peak .* GFLOP/s over all ranks: 2 rank(s) x 1 thread(s), float32 GEMM 2048^3" out.txt ||
+    { cat out.txt; fail "no line saying how the MFU peak was measured"; }
+  grep -q "GFLOP/s/rank | MFU" out.txt || fail "no model GFLOP/s per rank in the progress line"
+  grep -q "^step 30/30 | eval loss [0-9.]* | ppl [0-9.]*" out.txt || fail "no perplexity in the eval line"
   ;;
 deterministic)
   # Same seed and layout: bit-identical losses.
@@ -80,7 +90,7 @@ bad_config)
   run 2 "$configs/tiny.yaml" model.d_model=abc && fail "a bad override was accepted"
   grep -q "model.d_model: expected an int, got 'abc'" out.txt || { cat out.txt; fail "override message"; }
   run 2 --bogus && fail "an unknown option was accepted"
-  grep -q "unknown option '--bogus'; accepted: --help" out.txt || { cat out.txt; fail "option message"; }
+  grep -q "unknown option '--bogus'; accepted: --help, --eval-only" out.txt || { cat out.txt; fail "option message"; }
   run 1 --help >/dev/null || fail "--help failed"
   grep -q "moe.top_k" out.txt || fail "--help does not list the config keys"
   run 2 && fail "no config file was accepted"
@@ -112,6 +122,130 @@ watchdog)
   [ "$status" -ne 0 ] || fail "a stalled run exited 0"
   grep -q "step 3 did not finish within 3 s (run.watchdog_timeout_s), stuck in phase 'gradient sync'" out.txt ||
     { cat out.txt; fail "watchdog message"; }
+  ;;
+telemetry)
+  # Capacity factor 0.5 drops at least half the choices: the routed counts show the demand the kept
+  # ones hide, and the load imbalance is measured on the routed ones. MoE on layers 1 and 3 of 4:
+  # every per-layer figure carries the model's layer index. A given peak sets the MFU.
+  run 2 "$configs/tiny.yaml" run.steps=10 run.log_every=5 run.eval_every=0 moe.capacity_factor=0.5 \
+    model.n_layers=4 model.moe_every=2 run.peak_gflops=50 run.dir=r || { cat out.txt; fail "exit status $?"; }
+  grep -q "^MFU peak 100.0 GFLOP/s over all ranks: 2 rank(s) x 50.0 GFLOP/s from run.peak_gflops" out.txt ||
+    { cat out.txt; fail "the configured peak is not used"; }
+  grep -q "^layer 1 (MoE)" r/routing_report.txt && grep -q "^layer 3 (MoE)" r/routing_report.txt ||
+    { cat r/routing_report.txt; fail "the routing report does not name layers 1 and 3"; }
+  python3 - r/metrics.jsonl <<'PY' || fail "metrics.jsonl check failed"
+import json, math, sys
+train = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+assert [r["step"] for r in train] == [5, 10], train
+for r in train:
+    layers = r["moe_layers"]
+    assert [l["layer"] for l in layers] == [1, 3], layers
+    routed_all = kept_all = 0
+    for l in layers:
+        routed, kept = l["routed"], l["kept"]
+        assert sum(routed) == 5 * 2048, l  # 5 steps x 2 ranks x 8 x 64 tokens x top_k 2
+        assert all(k <= x for k, x in zip(kept, routed)), l
+        assert l["dropped_frac"] >= 0.5 - 1e-9, l  # slots for half the choices at most
+        assert abs(l["dropped_frac"] - (1 - sum(kept) / sum(routed))) < 1e-8, l  # 9 digits in the log
+        assert abs(l["load_max_over_mean"] - max(routed) * 4 / sum(routed)) < 1e-8, l
+        assert 0 < l["router_entropy"] <= math.log(4) + 1e-6, l
+        routed_all += sum(routed)
+        kept_all += sum(kept)
+    assert abs(r["dropped_frac"] - (1 - kept_all / routed_all)) < 1e-8, r
+    assert r["load_max_over_mean"] == max(l["load_max_over_mean"] for l in layers), r
+    assert abs(r["mfu"] - r["model_gflops_per_rank"] / 50) < 1e-6 * r["mfu"], r
+    t = r["time_s"]
+    assert sorted(t) == sorted(["data", "forward", "backward", "token_exchange", "grad_sync", "optimizer",
+                                "checkpoint"]), t
+    assert all(v >= 0 for v in t.values()) and t["forward"] > 0 and t["backward"] > 0, t
+    assert t["token_exchange"] > 0, t  # ep = 2: the all-to-alls run every step
+print("routed/kept, drop rate, entropy, load and phase times as expected:",
+      [(l["layer"], round(l["dropped_frac"], 3)) for l in train[-1]["moe_layers"]])
+PY
+  # aux_free: the aux loss is off unless asked for, and start-up says so.
+  run 2 "$configs/tiny.yaml" run.steps=4 run.log_every=2 run.eval_every=0 moe.balancing=aux_free \
+    moe.aux_loss_coeff=-1 run.dir=f || { cat out.txt; fail "aux_free run failed"; }
+  grep -q "aux_free, per-expert routing biases .*; no load-balancing loss (moe.aux_loss_coeff = 0, aux_free's default)" \
+    out.txt || { cat out.txt; fail "no start-up line on aux_free's aux loss"; }
+  grep -q "^  aux_loss_coeff: 0 " f/config.yaml || fail "the resolved config does not show aux_loss_coeff: 0"
+  grep -q '"aux_loss": 0,' f/metrics.jsonl || { cat f/metrics.jsonl; fail "aux_free logged a non-zero aux loss"; }
+  ;;
+grad_accum)
+  # 2 micro-batches of 4 sequences per rank and one batch of 8 see the same global tokens each step
+  # (data/data_loader.h: a step takes consecutive permutation positions), so dropless and without the
+  # load-balancing loss (computed per micro-batch, as in Megatron and DeepSpeed, and not additive) the
+  # two runs follow the same loss curve up to float32 summation order.
+  same=(run.steps=20 run.log_every=1 run.eval_every=0 moe.capacity_factor=0 moe.eval_capacity_factor=0
+        moe.aux_loss_coeff=0)
+  run 2 "$configs/tiny.yaml" "${same[@]}" data.batch_size=8 run.dir=one || { cat out.txt; fail "batch 8 run failed"; }
+  run 2 "$configs/tiny.yaml" "${same[@]}" data.batch_size=4 optim.grad_accum_steps=2 run.dir=acc ||
+    { cat out.txt; fail "accumulating run failed"; }
+  grep -q "gradient accumulation: 2 micro-batches of 4 sequences per rank per optimizer step" out.txt ||
+    { cat out.txt; fail "no start-up line on gradient accumulation"; }
+  python3 - one/metrics.jsonl acc/metrics.jsonl <<'PY' || fail "the accumulated run differs"
+import json, sys
+a, b = ([json.loads(l) for l in open(p) if '"loss"' in l] for p in sys.argv[1:3])
+assert len(a) == len(b) == 20, (len(a), len(b))
+for x, y in zip(a, b):
+    for key in ["loss", "z_loss", "grad_norm"]:
+        # As in ep_equivalence: rounding differences of ~1e-7 grow over 20 AdamW steps; a wrong
+        # gradient scale (a missing 1/2) or a lost micro-batch changes these at the 1e-2 level.
+        assert abs(x[key] - y[key]) <= 1e-4 * abs(x[key]), (x["step"], key, x[key], y[key])
+    for lx, ly in zip(x["moe_layers"], y["moe_layers"]):
+        # Every token of both micro-batches counted: 2 ranks x 8 x 64 tokens x top_k 2, none dropped.
+        assert sum(lx["routed"]) == sum(ly["routed"]) == sum(ly["kept"]) == 2048, (lx, ly)
+        assert abs(lx["router_entropy"] - ly["router_entropy"]) <= 1e-4 * lx["router_entropy"], (lx, ly)
+worst = max(abs(x["loss"] - y["loss"]) / x["loss"] for x, y in zip(a, b))
+print(f"2 x 4 vs 8 sequences per rank: worst relative loss difference over 20 steps {worst:.2e}")
+PY
+  # With the load-balancing loss on, the logged aux loss is the mean over micro-batches: about the
+  # same size as without accumulation.
+  run 2 "$configs/tiny.yaml" run.steps=4 run.log_every=1 run.eval_every=0 data.batch_size=4 optim.grad_accum_steps=3 \
+    run.dir=aux || { cat out.txt; fail "accumulating run with the aux loss failed"; }
+  python3 - aux/metrics.jsonl <<'PY' || fail "aux loss with accumulation"
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if '"loss"' in l]
+# Two layers, coefficient 0.01, each loss >= 1 (E * sum f_i P_i >= 1 at perfect balance): about 0.02.
+assert all(0.019 < r["aux_loss"] < 0.03 for r in rows), [r["aux_loss"] for r in rows]
+assert all(sum(l["routed"]) == 3 * 2 * 4 * 64 * 2 for r in rows for l in r["moe_layers"]), rows
+PY
+  ;;
+eval_only)
+  # --eval-only loads the newest checkpoint and evaluates exactly what training evaluated at that step.
+  cfg=(run.steps=20 run.log_every=10 run.eval_every=20 checkpoint.every=20 run.dir=r)
+  run 2 "$configs/tiny.yaml" "${cfg[@]}" || { cat out.txt; fail "training run failed"; }
+  trained=$(grep "^step 20/20 | eval loss" out.txt | sed 's/ (held-out.*//')
+  [ -n "$trained" ] || { cat out.txt; fail "no eval line in the training run"; }
+  cp r/metrics.jsonl before.jsonl
+  sum_before=$(md5sum r/config.yaml r/DONE r/routing_report.txt)
+  run 2 "$configs/tiny.yaml" "${cfg[@]}" --eval-only || { cat out.txt; fail "--eval-only failed"; }
+  grep -q "^loaded r/checkpoints/step_00000020 at step 20" out.txt || { cat out.txt; fail "no 'loaded' line"; }
+  grep -q "^$trained (held-out" out.txt || { cat out.txt; fail "eval-only gave another loss than training ($trained)"; }
+  [ "$(md5sum r/config.yaml r/DONE r/routing_report.txt)" = "$sum_before" ] || fail "--eval-only changed the run directory"
+  [ "$(head -n "$(wc -l <before.jsonl)" r/metrics.jsonl)" = "$(cat before.jsonl)" ] || fail "metrics.jsonl was rewritten"
+  [ "$(wc -l <r/metrics.jsonl)" = $(($(wc -l <before.jsonl) + 1)) ] || fail "expected one more line in metrics.jsonl"
+  python3 - before.jsonl r/metrics.jsonl <<'PY' || fail "the eval-only line in metrics.jsonl"
+import json, math, sys
+trained = [json.loads(l) for l in open(sys.argv[1]) if '"split": "eval"' in l][-1]
+added = json.loads(open(sys.argv[2]).readlines()[-1])
+assert added == trained, (added, trained)
+assert abs(added["eval_perplexity"] - math.exp(added["eval_loss"])) < 1e-6 * added["eval_perplexity"], added
+PY
+  # A finished run started again: nothing to train, nothing rewritten, exit 0.
+  run 2 "$configs/tiny.yaml" "${cfg[@]}" checkpoint.resume=auto || { cat out.txt; fail "resuming a finished run failed"; }
+  grep -q "^nothing to train: r/checkpoints/step_00000020 is at step 20 and run.steps = 20" out.txt ||
+    { cat out.txt; fail "no 'nothing to train' message"; }
+  grep -q "final loss" out.txt && fail "a finished run printed a final loss again"
+  [ "$(md5sum r/config.yaml r/DONE r/routing_report.txt)" = "$sum_before" ] || fail "resuming a finished run changed it"
+  # Bad input: no checkpoint to evaluate, on every rank, exit 2 with one message.
+  run 2 "$configs/tiny.yaml" run.dir=empty --eval-only && fail "--eval-only without a checkpoint succeeded"
+  [ $? = 2 ] || fail "expected exit status 2"
+  grep -q "^moe-train: --eval-only needs a checkpoint: checkpoint.dir 'empty/checkpoints' holds no complete one and checkpoint.init_from is empty" out.txt ||
+    { cat out.txt; fail "no-checkpoint message"; }
+  [ "$(grep -c 'needs a checkpoint' out.txt)" = 1 ] || fail "expected the message once (from rank 0)"
+  [ -e empty ] && fail "--eval-only without a checkpoint created the run directory"
+  run 2 "$configs/tiny.yaml" --eval-only --bogus && fail "an unknown option next to --eval-only was accepted"
+  grep -q "unknown option '--bogus'; accepted: --help, --eval-only" out.txt || { cat out.txt; fail "option message"; }
   ;;
 *)
   fail "unknown case"

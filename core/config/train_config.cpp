@@ -305,6 +305,8 @@ std::vector<Key> build_schema() {
            "seconds without progress before the watchdog aborts the job (a rank stuck in a collective)");
   run.integer("max_nonfinite_steps", &RunConfig::max_nonfinite_steps, at_least(1),
               "consecutive steps with a non-finite loss or gradient before the run stops");
+  run.real("peak_gflops", &RunConfig::peak_gflops, at_least(0),
+           "one rank's peak GFLOP/s that MFU divides by; 0 = measured at start-up (a large GEMM, all ranks at once)");
 
   SectionKeys<ModelConfig> model(keys, "model", &TrainConfig::model);
   model.integer("vocab_size", &ModelConfig::vocab_size, at_least(2), "vocabulary size (tokens 0 .. vocab_size - 1)");
@@ -342,7 +344,8 @@ std::vector<Key> build_schema() {
   moe.boolean("renormalize", &MoESection::renormalize, "rescale each token's top_k router weights to sum to 1");
   moe.real("jitter_eps", &MoESection::jitter_eps, closed_open(0, 1),
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
-  moe.real("aux_loss_coeff", &MoESection::aux_loss_coeff, at_least(0), "weight of the load-balancing loss");
+  moe.real("aux_loss_coeff", &MoESection::aux_loss_coeff, any_finite(),
+           "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free");
   moe.choice("aux_loss_scope", &MoESection::aux_loss_scope,
              {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}},
              "tokens the load-balancing loss counts: each rank's own (local) or all ranks' (global)");
@@ -352,7 +355,8 @@ std::vector<Key> build_schema() {
   moe.integer("shared_expert_hidden", &MoESection::shared_expert_hidden, at_least(0),
               "hidden size of each shared expert; 0 = expert_hidden");
   moe.choice("balancing", &MoESection::balancing, {{"aux_loss", Balancing::AuxLoss}, {"aux_free", Balancing::AuxFree}},
-             "load balancing by the aux loss, or aux_free (per-expert routing biases)");
+             "load balancing by the aux loss, or aux_free (per-expert routing biases; the aux loss off unless "
+             "aux_loss_coeff is set)");
   moe.real("bias_update_rate", &MoESection::bias_update_rate, at_least(0), "aux_free: step of the bias update");
 
   SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
@@ -375,6 +379,8 @@ std::vector<Key> build_schema() {
   optim.boolean("decay_norms_and_biases", &OptimConfig::decay_norms_and_biases,
                 "also decay norm gains and biases (the no-decay group); false keeps them undecayed");
   optim.real("grad_clip", &OptimConfig::grad_clip, at_least(0), "clip the global gradient norm to this; 0 = off");
+  optim.integer("grad_accum_steps", &OptimConfig::grad_accum_steps, at_least(1),
+                "micro-batches of data.batch_size sequences per rank whose gradients make one optimizer step");
 
   SectionKeys<DataConfig> data(keys, "data", &TrainConfig::data);
   data.choice("source", &DataConfig::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
@@ -615,6 +621,7 @@ void resolve_derived(TrainConfig& cfg) {
   if (cfg.run.dir.empty()) cfg.run.dir = "runs/" + cfg.run.name;
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (std::filesystem::path(cfg.run.dir) / "checkpoints").string();
   if (cfg.moe.shared_expert_hidden == 0) cfg.moe.shared_expert_hidden = cfg.moe.expert_hidden;
+  if (cfg.moe.aux_loss_coeff < 0) cfg.moe.aux_loss_coeff = cfg.moe.aux_loss_coeff_default();
 }
 
 std::string read_file(const std::string& path) {
@@ -684,7 +691,7 @@ MoEConfig TrainConfig::moe_layer_config() const {
   m.drop_policy = moe.drop_policy;
   m.renormalize = moe.renormalize;
   m.jitter_eps = static_cast<float>(moe.jitter_eps);
-  m.aux_loss_coeff = static_cast<float>(moe.aux_loss_coeff);
+  m.aux_loss_coeff = static_cast<float>(moe.aux_loss_coeff < 0 ? moe.aux_loss_coeff_default() : moe.aux_loss_coeff);
   m.aux_loss_scope = moe.aux_loss_scope;
   m.z_loss_coeff = static_cast<float>(moe.z_loss_coeff);
   m.init_std = static_cast<float>(model.init_std);

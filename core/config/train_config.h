@@ -40,6 +40,7 @@ struct RunConfig {
   int64_t threads_per_rank = 1;
   double watchdog_timeout_s = 300.0;
   int64_t max_nonfinite_steps = 5;     // consecutive non-finite steps before the run stops
+  double peak_gflops = 0;              // one rank's peak that MFU divides by; 0 = measured at start-up
   bool operator==(const RunConfig&) const = default;
 };
 
@@ -73,7 +74,8 @@ struct MoESection {
   DropPolicy drop_policy = DropPolicy::Position;
   bool renormalize = true;
   double jitter_eps = 0.0;
-  double aux_loss_coeff = 0.01;
+  double aux_loss_coeff = -1;          // after loading: never < 0 (< 0 means the balancing's default,
+                                       // aux_loss_coeff_default())
   AuxLossScope aux_loss_scope = AuxLossScope::Local;
   double z_loss_coeff = 0.001;
   int64_t shared_experts = 0;
@@ -81,6 +83,10 @@ struct MoESection {
   Balancing balancing = Balancing::AuxLoss;
   double bias_update_rate = 0.001;     // used with balancing = aux_free
   bool operator==(const MoESection&) const = default;
+
+  // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
+  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
+  double aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0 : 0.01; }
 };
 
 struct ParallelConfig {
@@ -101,6 +107,7 @@ struct OptimConfig {
   double weight_decay = 0.1;           // the decay group: weight matrices and embeddings
   bool decay_norms_and_biases = false; // the no-decay group (norm gains, biases) decays too when true
   double grad_clip = 1.0;              // max global gradient norm; 0 = off
+  int64_t grad_accum_steps = 1;        // micro-batches of data.batch_size per optimizer step
   bool operator==(const OptimConfig&) const = default;
 };
 
@@ -186,7 +193,8 @@ struct TrainConfig {
 };
 
 // Reads the YAML file at `yaml_path`, applies `overrides` (each "section.key=value", in order, later
-// ones winning), fills the derived defaults (run.dir, checkpoint.dir, moe.shared_expert_hidden) and
+// ones winning), fills the derived defaults (run.dir, checkpoint.dir, moe.shared_expert_hidden,
+// moe.aux_loss_coeff) and
 // validates (TrainConfig::validate). Keys missing from the file keep their defaults; an empty file is
 // the default config. Throws InvalidArgument, naming the file with line:column where known, for: an
 // unreadable file (with the OS error), a YAML syntax error, an unknown key (with its full path and

@@ -9,11 +9,13 @@
 
 namespace moe {
 
-// For each layer, sums the experts' routed counts of the last forward over all ranks of `world`,
-// then moves each expert's selection_bias by `rate` toward the mean load: +rate when the expert
+// routed[l][e]: this rank's (token, choice) pairs that picked expert e of layers[l] since the last
+// update, before dropping (the sum of MoEStats::routed over the step's micro-batches). Sums them
+// over all ranks of `world`, then moves each expert's selection_bias by `rate` toward the mean load: +rate when the expert
 // took fewer tokens than the mean, -rate when more, 0 when equal. Every rank sees the same summed
 // loads, so the biases stay identical on all ranks without further communication. Collective over
 // world (one all-reduce for all layers). Layers must share num_experts.
-void update_selection_bias(const std::vector<MoELayer*>& layers, Communicator& world, double rate);
+void update_selection_bias(const std::vector<MoELayer*>& layers, const std::vector<std::vector<int64_t>>& routed,
+                           Communicator& world, double rate);
 
 }  // namespace moe

@@ -41,6 +41,7 @@ struct MoEPhaseTimes {
   double total() const {
     return router + permute + counts_exchange + token_exchange + experts + return_exchange + combine + losses;
   }
+  double exchanges() const { return counts_exchange + token_exchange + return_exchange; }
 };
 
 // Per-call routing statistics.

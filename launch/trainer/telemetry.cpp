@@ -5,6 +5,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <numeric>
 #include <sstream>
 
 #include "core/check.h"
@@ -12,6 +13,40 @@
 #include "core/timer.h"
 
 namespace moe {
+
+namespace {
+const char* const kPhaseNames[PhaseTimes::kCount] = {"data",      "forward",   "backward",  "token_exchange",
+                                                     "grad_sync", "optimizer", "checkpoint"};
+
+int64_t sum(const std::vector<int64_t>& v) { return std::accumulate(v.begin(), v.end(), int64_t{0}); }
+
+// JSON has no NaN or Infinity: non-finite values are written as null.
+std::string json_number(double v) {
+  if (!std::isfinite(v)) return "null";
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.9g", v);
+  return buf;
+}
+
+void json_list(std::ostream& os, const std::vector<int64_t>& v) {
+  os << "[";
+  for (size_t i = 0; i < v.size(); ++i) os << (i ? ", " : "") << v[i];
+  os << "]";
+}
+}  // namespace
+
+double PhaseTimes::total() const { return std::accumulate(begin(), begin() + kCount, 0.0); }
+
+double MoELayerMetrics::dropped_frac() const {
+  const int64_t all = sum(routed);
+  return all ? 1.0 - static_cast<double>(sum(kept)) / all : 0.0;
+}
+
+double MoELayerMetrics::load_max_over_mean() const {
+  const int64_t all = sum(routed);
+  if (all == 0) return 0.0;
+  return static_cast<double>(*std::max_element(routed.begin(), routed.end())) * routed.size() / all;
+}
 
 std::string format_duration(double seconds) {
   if (!std::isfinite(seconds) || seconds < 0) return "?";
@@ -27,14 +62,21 @@ std::string progress_line(const StepMetrics& m) {
   char buf[512];
   const double tps = m.tokens_per_s;
   std::snprintf(buf, sizeof buf,
-                "step %lld/%lld | loss %.4f | aux %.4f | z %.5f | lr %.2e | gnorm %.3f | %.1f%s tok/s | MFU %.1f%% | "
-                "dropped %.1f%% | load max/mean %.2f | ETA %s",
+                "step %lld/%lld | loss %.4f | aux %.4f | z %.5f | lr %.2e | gnorm %.3f | %.1f%s tok/s | "
+                "%.1f GFLOP/s/rank | MFU %.1f%% | dropped %.1f%% | load max/mean %.2f | ETA %s",
                 (long long)m.step, (long long)m.total_steps, m.loss, m.aux_loss, m.z_loss, m.lr, m.grad_norm,
-                tps >= 1e3 ? tps / 1e3 : tps, tps >= 1e3 ? "k" : "", 100.0 * m.mfu, 100.0 * m.dropped_frac,
-                m.load_max_over_mean, format_duration(m.eta_s).c_str());
+                tps >= 1e3 ? tps / 1e3 : tps, tps >= 1e3 ? "k" : "", m.model_gflops_per_rank, 100.0 * m.mfu,
+                100.0 * m.dropped_frac, m.load_max_over_mean, format_duration(m.eta_s).c_str());
   std::string line = buf;
   if (m.skipped_steps > 0) line += " | skipped " + std::to_string(m.skipped_steps);
   return line;
+}
+
+std::string eval_line(int64_t step, int64_t total_steps, double eval_loss) {
+  char buf[160];
+  std::snprintf(buf, sizeof buf, "step %lld/%lld | eval loss %.4f | ppl %.3f (held-out, evaluation capacity factor)",
+                (long long)step, (long long)total_steps, eval_loss, std::exp(eval_loss));
+  return buf;
 }
 
 MetricsLog::MetricsLog(const std::string& path) {
@@ -46,28 +88,27 @@ MetricsLog::~MetricsLog() {
   if (file_ != nullptr) std::fclose(file_);
 }
 
-namespace {
-// JSON has no NaN or Infinity: non-finite values are written as null.
-std::string json_number(double v) {
-  if (!std::isfinite(v)) return "null";
-  char buf[40];
-  std::snprintf(buf, sizeof buf, "%.9g", v);
-  return buf;
-}
-}  // namespace
-
 void MetricsLog::write(const StepMetrics& m) {
   std::ostringstream os;
   os << "{\"step\": " << m.step << ", \"loss\": " << json_number(m.loss) << ", \"aux_loss\": " << json_number(m.aux_loss)
      << ", \"z_loss\": " << json_number(m.z_loss) << ", \"lr\": " << json_number(m.lr)
      << ", \"grad_norm\": " << json_number(m.grad_norm) << ", \"tokens_per_s\": " << json_number(m.tokens_per_s)
-     << ", \"mfu\": " << json_number(m.mfu) << ", \"dropped_frac\": " << json_number(m.dropped_frac)
+     << ", \"model_gflops_per_rank\": " << json_number(m.model_gflops_per_rank) << ", \"mfu\": " << json_number(m.mfu)
+     << ", \"dropped_frac\": " << json_number(m.dropped_frac)
      << ", \"load_max_over_mean\": " << json_number(m.load_max_over_mean) << ", \"skipped_steps\": " << m.skipped_steps
-     << ", \"tokens_per_expert\": [";
-  for (size_t l = 0; l < m.tokens_per_expert.size(); ++l) {
-    os << (l ? ", " : "") << "[";
-    for (size_t e = 0; e < m.tokens_per_expert[l].size(); ++e) os << (e ? ", " : "") << m.tokens_per_expert[l][e];
-    os << "]";
+     << ", \"time_s\": {";
+  for (int i = 0; i < PhaseTimes::kCount; ++i)
+    os << (i ? ", " : "") << "\"" << kPhaseNames[i] << "\": " << json_number(m.time.begin()[i]);
+  os << "}, \"moe_layers\": [";
+  for (size_t l = 0; l < m.moe_layers.size(); ++l) {
+    const MoELayerMetrics& ml = m.moe_layers[l];
+    os << (l ? ", " : "") << "{\"layer\": " << ml.layer << ", \"routed\": ";
+    json_list(os, ml.routed);
+    os << ", \"kept\": ";
+    json_list(os, ml.kept);
+    os << ", \"dropped_frac\": " << json_number(ml.dropped_frac())
+       << ", \"router_entropy\": " << json_number(ml.router_entropy)
+       << ", \"load_max_over_mean\": " << json_number(ml.load_max_over_mean()) << "}";
   }
   os << "]}\n";
   std::fputs(os.str().c_str(), file_);
@@ -75,8 +116,8 @@ void MetricsLog::write(const StepMetrics& m) {
 }
 
 void MetricsLog::write_eval(int64_t step, double eval_loss) {
-  std::fprintf(file_, "{\"step\": %lld, \"split\": \"eval\", \"eval_loss\": %s}\n", (long long)step,
-               json_number(eval_loss).c_str());
+  std::fprintf(file_, "{\"step\": %lld, \"split\": \"eval\", \"eval_loss\": %s, \"eval_perplexity\": %s}\n",
+               (long long)step, json_number(eval_loss).c_str(), json_number(std::exp(eval_loss)).c_str());
   std::fflush(file_);
 }
 
@@ -88,32 +129,58 @@ void write_tensorboard(TensorBoardWriter& tb, const StepMetrics& m) {
       {"train/lr", static_cast<float>(m.lr)},
       {"train/grad_norm", static_cast<float>(m.grad_norm)},
       {"perf/tokens_per_s", static_cast<float>(m.tokens_per_s)},
+      {"perf/model_gflops_per_rank", static_cast<float>(m.model_gflops_per_rank)},
       {"perf/mfu", static_cast<float>(m.mfu)},
       {"moe/dropped_frac", static_cast<float>(m.dropped_frac)},
       {"moe/load_max_over_mean", static_cast<float>(m.load_max_over_mean)},
   };
-  for (size_t l = 0; l < m.tokens_per_expert.size(); ++l) {
-    int64_t total = 0;
-    for (int64_t c : m.tokens_per_expert[l]) total += c;
-    for (size_t e = 0; e < m.tokens_per_expert[l].size(); ++e)
-      s.emplace_back("expert_load/moe_layer" + std::to_string(l) + "/expert" + std::to_string(e),
-                     total ? static_cast<float>(m.tokens_per_expert[l][e]) / total : 0.f);
+  for (int i = 0; i < PhaseTimes::kCount; ++i)
+    s.emplace_back(std::string("time/") + kPhaseNames[i] + "_ms", static_cast<float>(1e3 * m.time.begin()[i]));
+  for (const MoELayerMetrics& ml : m.moe_layers) {
+    const std::string layer = "layer" + std::to_string(ml.layer);
+    s.emplace_back("moe/" + layer + "/dropped_frac", static_cast<float>(ml.dropped_frac()));
+    s.emplace_back("moe/" + layer + "/router_entropy", static_cast<float>(ml.router_entropy));
+    s.emplace_back("moe/" + layer + "/load_max_over_mean", static_cast<float>(ml.load_max_over_mean()));
+    const int64_t total = sum(ml.routed);
+    for (size_t e = 0; e < ml.routed.size(); ++e)
+      s.emplace_back("expert_load/" + layer + "/expert" + std::to_string(e),
+                     total ? static_cast<float>(ml.routed[e]) / total : 0.f);
   }
   tb.add_scalars(m.step, s);
   tb.flush();
 }
 
-double measure_gemm_peak_gflops() {
-  const int64_t M = 2048, N = 1024, K = 1024;
-  std::vector<float> a(M * K, 0.5f), b(K * N, 0.25f), c(M * N);
-  std::vector<double> times;
-  for (int i = 0; i < 6; ++i) {
-    const double t0 = now_seconds();
-    gemm(false, false, M, N, K, 1.f, a.data(), K, b.data(), N, 0.f, c.data(), N);
-    if (i > 0) times.push_back(now_seconds() - t0);  // the first call warms up
+void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_loss) {
+  tb.add_scalars(step, {{"eval/loss", static_cast<float>(eval_loss)},
+                        {"eval/perplexity", static_cast<float>(std::exp(eval_loss))}});
+  tb.flush();
+}
+
+PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank) {
+  const int W = world.size();
+  char how[256];
+  if (gflops_per_rank > 0) {
+    std::snprintf(how, sizeof how, "%d rank(s) x %.1f GFLOP/s from run.peak_gflops", W, gflops_per_rank);
+    return {gflops_per_rank * W, how};
   }
-  std::sort(times.begin(), times.end());
-  return 2.0 * M * N * K / times[times.size() / 2] / 1e9;
+  const int64_t n = 2048;
+  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  double best = 1e30;
+  for (int i = 0; i < 6; ++i) {
+    world.barrier();  // every rank computes at once, as in training
+    const double t0 = now_seconds();
+    gemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    if (i > 0) best = std::min(best, now_seconds() - t0);  // the first call warms up
+  }
+  const double mine = 2.0 * n * n * n / best / 1e9;
+  double rates[2] = {mine, -mine};  // one all-reduce for the slowest and the fastest rank
+  all_reduce(world, rates, 2, ReduceOp::Min);
+  const double total = all_reduce_value(world, mine);
+  std::snprintf(how, sizeof how,
+                "%d rank(s) x %d thread(s), float32 GEMM 2048^3 on every rank at once, best of 5 after a warm-up: "
+                "%.1f to %.1f GFLOP/s per rank (%s); run.peak_gflops overrides",
+                W, num_threads(), rates[0], -rates[1], gemm_provider());
+  return {total, how};
 }
 
 }  // namespace moe

@@ -1,5 +1,5 @@
 // Training telemetry on rank 0: the progress line, metrics.jsonl and TensorBoard scalars, all fed
-// from one StepMetrics record per logged step; and the GEMM peak that MFU is measured against.
+// from one StepMetrics record per logged step; and the peak FLOP/s that MFU is measured against.
 #pragma once
 
 #include <cstdint>
@@ -9,33 +9,69 @@
 #include <vector>
 
 #include "launch/trainer/tensorboard_writer.h"
+#include "parallel/communicator.h"
 
 namespace moe {
 
+// Seconds per optimizer step spent in each phase, averaged over the steps since the last log line
+// and over the ranks. The phases do not overlap: forward and backward exclude the MoE layers'
+// all-to-alls, which are token_exchange. A checkpoint's time is spread over the steps of its interval.
+struct PhaseTimes {
+  double data = 0;            // the loader
+  double forward = 0;         // model forward, less token_exchange
+  double backward = 0;        // model backward, less token_exchange
+  double token_exchange = 0;  // the MoE layers' all-to-alls (counts, tokens there and back), both passes
+  double grad_sync = 0;       // gradient all-reduces and the step's loss all-reduce
+  double optimizer = 0;       // gradient norm, clipping, the update, aux-free biases
+  double checkpoint = 0;      // saving checkpoints
+
+  static constexpr int kCount = 7;
+  double* begin() { return &data; }  // the fields in order, for summing and all-reduces
+  const double* begin() const { return &data; }
+  double total() const;
+};
+
+// One MoE layer's routing over the steps since the last log line, all ranks.
+struct MoELayerMetrics {
+  int64_t layer = 0;               // the model's layer index (0-based), as in parameter names
+  std::vector<int64_t> routed;     // (E) (token, choice) pairs that picked each expert, before dropping
+  std::vector<int64_t> kept;       // (E) of those, the ones within the expert's capacity
+  double router_entropy = 0;       // mean over tokens of the entropy of the router's probabilities, nats
+  double dropped_frac() const;     // 1 - sum(kept) / sum(routed); 0 when nothing was routed
+  double load_max_over_mean() const;  // max over experts of routed / mean routed; 0 when nothing was routed
+};
+
 struct StepMetrics {
-  int64_t step = 0;             // 1-based count of steps done
+  int64_t step = 0;             // 1-based count of optimizer steps done
   int64_t total_steps = 0;
-  double loss = 0;              // cross-entropy, mean over ranks
-  double aux_loss = 0;          // sum over MoE layers, mean over ranks
-  double z_loss = 0;            // sum over MoE layers, mean over ranks
+  double loss = 0;              // cross-entropy, mean over ranks and micro-batches
+  double aux_loss = 0;          // sum over MoE layers, mean over ranks and micro-batches
+  double z_loss = 0;            // sum over MoE layers, mean over ranks and micro-batches
   double lr = 0;
   double grad_norm = 0;         // before clipping
   double tokens_per_s = 0;      // all ranks together
-  double mfu = 0;               // model FLOP/s over the measured GEMM peak of all ranks
+  double model_gflops_per_rank = 0;  // model FLOPs per token x tokens/s / ranks
+  double mfu = 0;               // model FLOP/s over the peak of all ranks
   double dropped_frac = 0;      // dropped (token, choice) pairs over all pairs, all MoE layers and ranks
-  double load_max_over_mean = 0;  // worst layer's max expert load over mean expert load
+  double load_max_over_mean = 0;  // worst layer's max expert load over mean, by routed (not kept) pairs
   int64_t skipped_steps = 0;    // non-finite steps skipped so far
   double eta_s = 0;
-  std::vector<std::vector<int64_t>> tokens_per_expert;  // [MoE layer][expert], kept, all ranks
+  PhaseTimes time;
+  std::vector<MoELayerMetrics> moe_layers;
 };
 
 // One line, e.g. "step 40/300 | loss 2.1345 | aux 0.0102 | z 0.00131 | lr 2.9e-03 | gnorm 0.82 |
-// 5.1k tok/s | MFU 41.2% | dropped 1.3% | load max/mean 1.21 | ETA 1m12s".
+// 5.1k tok/s | 31.2 GFLOP/s/rank | MFU 41.2% | dropped 1.3% | load max/mean 1.21 | ETA 1m12s".
 std::string progress_line(const StepMetrics& m);
 
-// One JSON object per line: step, loss, aux_loss, z_loss, lr, grad_norm, tokens_per_s, mfu,
-// dropped_frac, load_max_over_mean, skipped_steps, tokens_per_expert (list per MoE layer).
-// Evaluation lines carry step, eval_loss and "split": "eval".
+// The line of an evaluation: "step 50/400 | eval loss 1.2345 | ppl 3.44 (held-out, ...)".
+std::string eval_line(int64_t step, int64_t total_steps, double eval_loss);
+
+// One JSON object per line. Training lines: step, loss, aux_loss, z_loss, lr, grad_norm,
+// tokens_per_s, model_gflops_per_rank, mfu, dropped_frac, load_max_over_mean, skipped_steps,
+// time_s (seconds per step by phase), moe_layers (a list of {layer, routed, kept, dropped_frac,
+// router_entropy, load_max_over_mean}). Evaluation lines: step, "split": "eval", eval_loss,
+// eval_perplexity.
 class MetricsLog {
  public:
   explicit MetricsLog(const std::string& path);  // appends; InvalidArgument naming the path on failure
@@ -47,13 +83,25 @@ class MetricsLog {
   std::FILE* file_ = nullptr;
 };
 
-// The TensorBoard scalars of a step: train/loss, train/aux_loss, ..., and expert_load/layer<i>/
-// expert<e> as the share of the layer's kept tokens.
+// The TensorBoard scalars of a step: train/*, perf/*, time/<phase>_ms, moe/dropped_frac,
+// moe/load_max_over_mean, moe/layer<i>/{dropped_frac,router_entropy,load_max_over_mean} and
+// expert_load/layer<i>/expert<e> (the expert's share of the layer's routed pairs), with i the
+// model's layer index.
 void write_tensorboard(TensorBoardWriter& tb, const StepMetrics& m);
+void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_loss);
 
-// GFLOP/s of a plain float32 GEMM (2048 x 1024 x 1024) on this rank's threads: the peak MFU is
-// measured against. Median of a few repeats after a warm-up; about half a second.
-double measure_gemm_peak_gflops();
+// The peak MFU divides by: the sum over ranks of each rank's peak GFLOP/s, and how it was obtained.
+struct PeakFlops {
+  double total_gflops = 0;
+  std::string how;  // for the start-up line
+};
+
+// Collective over world. With gflops_per_rank > 0 (run.peak_gflops) the peak is that times the
+// world size. Otherwise every rank times a float32 GEMM of 2048^3 on its own threads, all ranks at
+// once (a barrier before each repeat, so ranks sharing a machine share it as they will in training):
+// one warm-up, then the best of 5. Best, not median: a peak must not be lowered by a noisy repeat,
+// which would flatter MFU. About a second on one Zen 4 core.
+PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank);
 
 std::string format_duration(double seconds);  // "1h02m", "3m12s", "45s"
 

@@ -108,7 +108,7 @@ std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const
   return src;
 }
 
-DataSources open_data(const TrainConfig& cfg, int world_size) {
+DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   DataSources d;
   if (cfg.data.source == DataSource::Synthetic) {
     SyntheticCorpusConfig corpus;
@@ -129,7 +129,7 @@ DataSources open_data(const TrainConfig& cfg, int world_size) {
     d.train_range = split.train;
     d.eval_range = split.eval;
   }
-  MOE_REQUIRE(cfg.run.eval_every == 0 || d.eval_range.size() >= world_size, "the held-out split has ",
+  MOE_REQUIRE((cfg.run.eval_every == 0 && !eval_only) || d.eval_range.size() >= world_size, "the held-out split has ",
               d.eval_range.size(), " sequences, fewer than the ", world_size,
               " ranks; raise data.eval_fraction or give data.eval_path");
   return d;
@@ -150,47 +150,50 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& cfg, ParameterRegis
   return std::make_unique<AdamW>(registry, a);
 }
 
-// Routing counts of the MoE layers, accumulated between log lines and over the whole run.
+// Routing counts of the MoE layers: this rank's, since the last log line, this step and over the
+// whole run.
 struct RoutingCounts {
   int64_t num_experts = 0, num_domains = 0;
-  std::vector<std::vector<int64_t>> kept;        // [layer][expert], since the last log line
-  std::vector<std::vector<int64_t>> kept_total;  // [layer][expert], whole run
-  std::vector<std::vector<int64_t>> domain;      // [layer][domain * E + expert], whole run
-  int64_t dropped = 0, choices = 0;              // since the last log line
+  std::vector<std::vector<int64_t>> routed;       // [layer][expert] before dropping, since the last log line
+  std::vector<std::vector<int64_t>> kept;         // [layer][expert] after dropping, since the last log line
+  std::vector<std::vector<int64_t>> kept_total;   // [layer][expert] after dropping, whole run
+  std::vector<std::vector<int64_t>> domain;       // [layer][domain * E + expert] kept, whole run
+  std::vector<std::vector<int64_t>> step_routed;  // [layer][expert] this optimizer step (aux-free balancing)
 
   RoutingCounts(int64_t layers, int64_t experts, int64_t domains)
-      : num_experts(experts), num_domains(domains), kept(layers, std::vector<int64_t>(experts, 0)),
-        kept_total(kept), domain(layers, std::vector<int64_t>(std::max<int64_t>(domains, 0) * experts, 0)) {}
+      : num_experts(experts), num_domains(domains), routed(layers, std::vector<int64_t>(experts, 0)), kept(routed),
+        kept_total(routed), domain(layers, std::vector<int64_t>(std::max<int64_t>(domains, 0) * experts, 0)),
+        step_routed(routed) {}
 
-  // All counts as one flat list (for checkpoints), and back.
+  // The counts a checkpoint keeps, as one flat list, and back (false: another layout).
   std::vector<int64_t> to_counters() const {
     std::vector<int64_t> out;
-    for (const auto* table : {&kept, &kept_total, &domain})
+    for (const auto* table : {&routed, &kept, &kept_total, &domain})
       for (const auto& row : *table) out.insert(out.end(), row.begin(), row.end());
-    out.push_back(dropped);
-    out.push_back(choices);
     return out;
   }
   bool from_counters(const std::vector<int64_t>& in) {
     if (in.size() != to_counters().size()) return false;
     size_t at = 0;
-    for (auto* table : {&kept, &kept_total, &domain})
+    for (auto* table : {&routed, &kept, &kept_total, &domain})
       for (auto& row : *table)
         for (int64_t& c : row) c = in[at++];
-    dropped = in[at++];
-    choices = in[at++];
     return true;
   }
 
-  void add(const std::vector<MoELayer*>& layers, const std::vector<int64_t>& seq_domain, int64_t seq_len) {
+  // Adds the last forward of every layer; entropy[l] += the mean over its tokens of the entropy of
+  // layer l's router probabilities.
+  void add(const std::vector<MoELayer*>& layers, const std::vector<int64_t>& seq_domain, int64_t seq_len,
+           std::vector<double>& entropy) {
     for (size_t l = 0; l < layers.size(); ++l) {
       const MoEStats& st = layers[l]->stats();
       for (int64_t e = 0; e < num_experts; ++e) {
+        routed[l][e] += st.routed[e];
+        step_routed[l][e] += st.routed[e];
         kept[l][e] += st.kept[e];
         kept_total[l][e] += st.kept[e];
       }
-      dropped += st.dropped_total;
-      choices += st.kept_total + st.dropped_total;
+      entropy[l] += mean_entropy(layers[l]->router_output().probs);
       if (num_domains <= 0) continue;
       const int32_t* expert = layers[l]->router_output().expert.i32();
       const int32_t* slot = layers[l]->plan().slot.i32();
@@ -200,6 +203,44 @@ struct RoutingCounts {
         if (slot[i] >= 0 && dom >= 0 && dom < num_domains) ++domain[l][dom * num_experts + expert[i]];
       }
     }
+  }
+
+  // probs (T, E): mean over rows of -sum p log p.
+  static double mean_entropy(const Tensor& probs) {
+    const int64_t T = probs.dim(0), E = probs.dim(1);
+    if (T == 0) return 0.0;
+    const float* p = probs.f32();
+    double sum = 0;
+    for (int64_t i = 0; i < T * E; ++i)
+      if (p[i] > 0) sum -= static_cast<double>(p[i]) * std::log(static_cast<double>(p[i]));
+    return sum / static_cast<double>(T);
+  }
+};
+
+// Sums since the last log line that every rank holds alike (from the per-step all-reduce): kept in
+// checkpoints, so a resumed run logs exactly what an uninterrupted one would.
+struct IntervalSums {
+  int64_t steps = 0;
+  double loss = 0, aux = 0, z = 0;
+  std::vector<double> entropy;  // [MoE layer] per-step mean router entropy
+
+  explicit IntervalSums(size_t layers) : entropy(layers, 0.0) {}
+  void clear() { *this = IntervalSums(entropy.size()); }
+  std::vector<double> to_sums() const {
+    std::vector<double> out = {loss, aux, z};
+    out.insert(out.end(), entropy.begin(), entropy.end());
+    return out;
+  }
+  // False (left cleared) when the checkpoint's sums have another layout.
+  bool from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters) {
+    clear();
+    if (sums.size() != 3 + entropy.size() || counters.size() != 1) return false;
+    loss = sums[0];
+    aux = sums[1];
+    z = sums[2];
+    std::copy(sums.begin() + 3, sums.end(), entropy.begin());
+    steps = counters[0];
+    return true;
   }
 };
 
@@ -298,20 +339,6 @@ void all_reduce_usage(Communicator& world, std::vector<std::vector<int64_t>>& us
     for (int64_t& c : row) c = flat[at++];
 }
 
-// Max over experts of the load divided by the mean load, worst over layers.
-double load_imbalance(const std::vector<std::vector<int64_t>>& kept) {
-  double worst = 0;
-  for (const auto& layer : kept) {
-    int64_t total = 0, most = 0;
-    for (int64_t c : layer) {
-      total += c;
-      most = std::max(most, c);
-    }
-    if (total > 0) worst = std::max(worst, static_cast<double>(most) * layer.size() / total);
-  }
-  return worst;
-}
-
 // Entropy of the token frequencies over (up to) the first 2000 sequences of `range`: the loss of a
 // model that ignores context, which a trained model should beat by far.
 double unigram_entropy(const SequenceSource& src, IndexRange range) {
@@ -329,28 +356,61 @@ double unigram_entropy(const SequenceSource& src, IndexRange range) {
   return h;
 }
 
+// The start-up line on load balancing: what moe.balancing does to the aux loss, in words.
+std::string balancing_summary(const TrainConfig& cfg) {
+  char buf[320];
+  const double coeff = cfg.moe.aux_loss_coeff;
+  if (cfg.moe.balancing == Balancing::AuxFree)
+    std::snprintf(buf, sizeof buf,
+                  "load balancing: aux_free, per-expert routing biases moved by %g per optimizer step; %s",
+                  cfg.moe.bias_update_rate,
+                  coeff > 0 ? ("plus the load-balancing loss with moe.aux_loss_coeff = " + std::to_string(coeff)).c_str()
+                            : "no load-balancing loss (moe.aux_loss_coeff = 0, aux_free's default)");
+  else
+    std::snprintf(buf, sizeof buf, "load balancing: aux_loss, the load-balancing loss with moe.aux_loss_coeff = %g%s",
+                  coeff, coeff > 0 ? "" : " (off)");
+  return buf;
+}
+
+// Where a run starts: the checkpoint to load ("" for a fresh start).
+std::string checkpoint_to_load(const TrainConfig& cfg, RunMode mode, bool leader) {
+  std::string dir;
+  if (cfg.checkpoint.resume == ResumeMode::Auto || mode == RunMode::EvalOnly) {
+    for (const CheckpointListing& c : list_checkpoints(cfg.checkpoint.dir)) {
+      if (c.complete) dir = c.dir;
+      else if (leader) std::printf("ignoring incomplete checkpoint %s (%s)\n", c.dir.c_str(), c.problem.c_str());
+    }
+  }
+  if (dir.empty()) dir = cfg.checkpoint.init_from;
+  MOE_REQUIRE(mode != RunMode::EvalOnly || !dir.empty(), "--eval-only needs a checkpoint: checkpoint.dir '",
+              cfg.checkpoint.dir, "' holds no complete one and checkpoint.init_from is empty");
+  return dir;
+}
 
 }  // namespace
 
-TrainResult run_training(const TrainConfig& cfg, Communicator& world,
-                         void (*on_watchdog)(const std::string& message)) {
+TrainResult run_training(const TrainConfig& cfg, Communicator& world, void (*on_watchdog)(const std::string& message),
+                         RunMode mode) {
   const int rank = world.rank(), W = world.size();
   const bool leader = rank == 0;
+  const bool eval_only = mode == RunMode::EvalOnly;
   set_num_threads(static_cast<int>(cfg.run.threads_per_rank));
   flush_denormals_to_zero();  // before the first OpenMP region creates the worker threads
   const FaultInjection faults = FaultInjection::from_environment();
 
-  // Everything that can fail on bad input (data files) happens before the first collective, on
-  // every rank alike, so a bad input ends every rank with the same message.
-  DataSources data = open_data(cfg, W);
+  // Everything that can fail on bad input (data files, a missing checkpoint) happens before the
+  // first collective, on every rank alike, so a bad input ends every rank with the same message.
+  DataSources data = open_data(cfg, W, eval_only);
   // A fresh run would fail at its first save on a step that already exists: say so now.
-  if (cfg.checkpoint.resume == ResumeMode::Never && cfg.checkpoint.every > 0) {
+  if (!eval_only && cfg.checkpoint.resume == ResumeMode::Never && cfg.checkpoint.every > 0) {
     const std::string existing = newest_complete_checkpoint(cfg.checkpoint.dir);
     MOE_REQUIRE(existing.empty(), "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ",
                 existing, "); set checkpoint.resume=auto to continue from it, or choose another run.dir or "
                 "checkpoint.dir for a fresh run");
   }
+  const std::string resume_from = checkpoint_to_load(cfg, mode, leader);
   const int64_t B = cfg.data.batch_size, S = cfg.model.seq_len, N = B * S;
+  const int64_t A = cfg.optim.grad_accum_steps;
   DataLoader loader(*data.train, data.train_range.begin, data.train_range.end, rank, W, B,
                     static_cast<uint64_t>(cfg.run.seed));
 
@@ -373,31 +433,19 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   std::vector<int64_t> moe_layer_ids;
   for (int64_t i = 0; i < cfg.model.n_layers; ++i)
     if (model.moe_layer(i) != nullptr) moe_layer_ids.push_back(i);
+  const size_t L = moe_layers.size();
 
-  std::unique_ptr<MetricsLog> metrics;
-  std::unique_ptr<TensorBoardWriter> tensorboard;
-  if (leader) {
-    std::filesystem::create_directories(cfg.run.dir);
-    std::filesystem::remove(cfg.run.dir + "/DONE");  // written again when this run completes
-    write_text_file(cfg.run.dir + "/config.yaml", to_yaml(cfg));
-    tensorboard = std::make_unique<TensorBoardWriter>(cfg.run.dir + "/tensorboard");
-  }
-
-  // The peak MFU is measured against: every rank times a GEMM at once, as they will share the
-  // machine while training.
-  world.barrier();
-  const double peak_flops = all_reduce_value(world, measure_gemm_peak_gflops()) * 1e9;
-  const double flops_per_token = model.flops_per_token();
   if (leader) {
     std::printf("moe-train: %d rank(s), ep = %d, %lld experts (%lld per rank), %lld parameters (%lld active per "
-                "token), GEMM peak %.1f GFLOP/s over all ranks (%s)\n",
+                "token)%s\n",
                 W, groups.layout.ep, (long long)cfg.moe.num_experts, (long long)groups.layout.experts_per_rank,
-                (long long)model.total_params(), (long long)model.active_params_per_token(), peak_flops / 1e9,
-                gemm_provider());
+                (long long)model.total_params(), (long long)model.active_params_per_token(),
+                eval_only ? "; evaluation only" : "");
     std::printf("rank 0: local rank %d of %d on node %d (from %s); %s\n", placement.local_rank,
                 placement.local_size, placement.node, placement.source.c_str(),
                 gpu < 0 ? "CPU (this build has no GPU path)" : ("GPU " + std::to_string(gpu)).c_str());
     std::printf("resolved config:\n%s", to_yaml(cfg).c_str());
+    std::printf("%s\n", balancing_summary(cfg).c_str());
     std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",
                 (long long)data.train_range.size(), (long long)S, (long long)data.eval_range.size(),
                 unigram_entropy(*data.train, data.train_range),
@@ -406,11 +454,15 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
                                                                        .corpus()
                                                                        .entropy_rate()) + " nats/token").c_str()
                     : "");
+    if (A > 1)
+      std::printf("gradient accumulation: %lld micro-batches of %lld sequences per rank per optimizer step\n",
+                  (long long)A, (long long)B);
     std::fflush(stdout);
   }
 
   const int64_t num_domains = cfg.data.source == DataSource::Synthetic ? cfg.data.synthetic_domains : 0;
-  RoutingCounts routing(static_cast<int64_t>(moe_layers.size()), cfg.moe.num_experts, num_domains);
+  RoutingCounts routing(static_cast<int64_t>(L), cfg.moe.num_experts, num_domains);
+  IntervalSums interval(L);
   std::vector<int32_t> inputs_v(N), targets_v(N);
   std::vector<int64_t> domains(B);
   Tensor inputs = Tensor::empty({N}, DType::I32), targets = Tensor::empty({N}, DType::I32);
@@ -437,22 +489,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     return all_reduce_value(world, sum) / static_cast<double>(W * batches);
   };
 
-  Watchdog watchdog(cfg.run.watchdog_timeout_s, rank, on_watchdog);
   TrainResult result;
   int64_t consecutive_nonfinite = 0;
-  int64_t interval_steps = 0;
-  double interval_loss = 0, interval_aux = 0, interval_z = 0;
-
-  // Resume: the newest complete checkpoint (incomplete ones are reported and left alone), else
-  // checkpoint.init_from, else a fresh start.
-  std::string resume_from;
-  if (cfg.checkpoint.resume == ResumeMode::Auto) {
-    for (const CheckpointListing& c : list_checkpoints(cfg.checkpoint.dir)) {
-      if (c.complete) resume_from = c.dir;
-      else if (leader) std::printf("ignoring incomplete checkpoint %s (%s)\n", c.dir.c_str(), c.problem.c_str());
-    }
-  }
-  if (resume_from.empty()) resume_from = cfg.checkpoint.init_from;
   int64_t first_step = 1;
   std::string run_id;
   if (!resume_from.empty()) {
@@ -470,26 +508,54 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     result.steps_done = loop.step;
     result.skipped_steps = loop.skipped_steps;
     consecutive_nonfinite = loop.consecutive_nonfinite;
-    if (loop.shared_sums.size() == 3 && loop.shared_counters.size() == 1) {
-      interval_loss = loop.shared_sums[0];
-      interval_aux = loop.shared_sums[1];
-      interval_z = loop.shared_sums[2];
-      interval_steps = loop.shared_counters[0];
-    }
+    interval.from_state(loop.shared_sums, loop.shared_counters);
     if (!routing.from_counters(loop.rank_counters)) {
       // Another world size: the per-rank counts since the last log line cannot be split anew; the
       // whole-run expert usage is kept as recorded.
       for (size_t l = 0; l < routing.kept_total.size() && l < loop.expert_usage.size(); ++l)
         if (world.rank() == 0) routing.kept_total[l] = loop.expert_usage[l];
     }
-    if (leader) {
-      truncate_metrics(cfg.run.dir + "/metrics.jsonl", loop.step);
-      std::printf("resumed from %s at step %lld\n", resume_from.c_str(), (long long)loop.step);
-    }
+    if (leader) std::printf("%s %s at step %lld\n", eval_only ? "loaded" : "resumed from", resume_from.c_str(),
+                            (long long)loop.step);
   } else {
     run_id = new_run_id(world);
   }
-  if (leader) metrics = std::make_unique<MetricsLog>(cfg.run.dir + "/metrics.jsonl");
+
+  if (eval_only) {
+    result.final_eval_loss = evaluate();
+    if (leader) {
+      std::printf("%s\n", eval_line(result.steps_done, cfg.run.steps, result.final_eval_loss).c_str());
+      std::filesystem::create_directories(cfg.run.dir);
+      MetricsLog(cfg.run.dir + "/metrics.jsonl").write_eval(result.steps_done, result.final_eval_loss);
+    }
+    return result;
+  }
+  if (first_step > cfg.run.steps) {
+    if (leader)
+      std::printf("nothing to train: %s is at step %lld and run.steps = %lld (raise run.steps to train on, or "
+                  "evaluate it with --eval-only)\n",
+                  resume_from.c_str(), (long long)result.steps_done, (long long)cfg.run.steps);
+    return result;
+  }
+
+  std::unique_ptr<MetricsLog> metrics;
+  std::unique_ptr<TensorBoardWriter> tensorboard;
+  if (leader) {
+    std::filesystem::create_directories(cfg.run.dir);
+    std::filesystem::remove(cfg.run.dir + "/DONE");  // written again when this run completes
+    write_text_file(cfg.run.dir + "/config.yaml", to_yaml(cfg));
+    tensorboard = std::make_unique<TensorBoardWriter>(cfg.run.dir + "/tensorboard");
+    truncate_metrics(cfg.run.dir + "/metrics.jsonl", first_step - 1);
+    metrics = std::make_unique<MetricsLog>(cfg.run.dir + "/metrics.jsonl");
+  }
+
+  // The peak MFU is measured against (every rank at once, as they will share the machine).
+  const PeakFlops peak = measure_peak_flops(world, cfg.run.peak_gflops);
+  const double flops_per_token = model.flops_per_token();
+  if (leader) {
+    std::printf("MFU peak %.1f GFLOP/s over all ranks: %s\n", peak.total_gflops, peak.how.c_str());
+    std::fflush(stdout);
+  }
 
   // The checkpoint of the state after `step` steps.
   auto save = [&](int64_t step) {
@@ -498,8 +564,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     loop.loader = loader.position();
     loop.skipped_steps = result.skipped_steps;
     loop.consecutive_nonfinite = consecutive_nonfinite;
-    loop.shared_sums = {interval_loss, interval_aux, interval_z};
-    loop.shared_counters = {interval_steps};
+    loop.shared_sums = interval.to_sums();
+    loop.shared_counters = {interval.steps};
     loop.rank_counters = routing.to_counters();
     loop.expert_usage = routing.kept_total;
     all_reduce_usage(world, loop.expert_usage);
@@ -507,6 +573,10 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
         save_training_checkpoint(cfg, run_id, loop, model, registry, *optimizer, groups, world);
     if (leader) std::printf("saved checkpoint %s\n", dir.c_str());
   };
+
+  Watchdog watchdog(cfg.run.watchdog_timeout_s, rank, on_watchdog);
+  PhaseTimes time;          // this rank's, summed since the last log line
+  int64_t timed_steps = 0;  // steps in `time` (a resumed run's first interval holds fewer than interval.steps)
   double interval_start = now_seconds(), run_start = interval_start;
   const int64_t steps_at_start = first_step - 1;
 
@@ -516,41 +586,62 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
   try {
   for (int64_t step = first_step; step <= cfg.run.steps; ++step) {
     watchdog.begin_step(step);
-    watchdog.phase("data");
-    loader.next_batch(inputs_v.data(), targets_v.data(), domains.data());
-    std::copy(inputs_v.begin(), inputs_v.end(), inputs.i32());
-    std::copy(targets_v.begin(), targets_v.end(), targets.i32());
-
-    watchdog.phase("forward");
     registry.zero_grads();
-    const double ce = model.forward(inputs, targets, /*training=*/true);
-    watchdog.phase("backward");
-    model.backward();
-    routing.add(moe_layers, domains, S);
+    for (auto& row : routing.step_routed) std::fill(row.begin(), row.end(), 0);
+    // This rank's sums over the micro-batches: cross-entropy, aux, z, then each layer's router entropy.
+    std::vector<double> sums(4 + L, 0.0);
+    std::vector<double> entropy(L, 0.0);
+    for (int64_t micro = 0; micro < A; ++micro) {
+      watchdog.phase("data");
+      LapTimer timer;
+      loader.next_batch(inputs_v.data(), targets_v.data(), domains.data());
+      std::copy(inputs_v.begin(), inputs_v.end(), inputs.i32());
+      std::copy(targets_v.begin(), targets_v.end(), targets.i32());
+      timer.lap(&time.data);
+
+      watchdog.phase("forward");
+      sums[0] += model.forward(inputs, targets, /*training=*/true);
+      sums[1] += model.aux_loss();
+      sums[2] += model.z_loss();
+      timer.lap(&time.forward);
+      watchdog.phase("backward");
+      model.backward();
+      timer.lap(&time.backward);
+      for (MoELayer* layer : moe_layers) {
+        time.forward -= layer->stats().forward_time.exchanges();
+        time.backward -= layer->stats().backward_time.exchanges();
+        time.token_exchange += layer->stats().forward_time.exchanges() + layer->stats().backward_time.exchanges();
+      }
+      routing.add(moe_layers, domains, S, entropy);
+    }
 
     watchdog.phase("gradient sync");
+    LapTimer timer;
     if (step == faults.stall_step && rank == faults.stall_rank) {
       while (true) pause();  // the watchdog ends the job
     }
     if (rank == 0 && faults.nan_at(step))
       registry.all()[0].grad.f32()[0] = std::nanf("");
-    grad_sync.sync(registry, groups);
-    // One all-reduce for the losses and "did any rank get a stop signal".
-    double losses[4] = {ce, model.aux_loss(), model.z_loss(), g_stop_requested.load() ? 1.0 : 0.0};
-    all_reduce(world, losses, 4);
-    for (double& v : losses) v /= W;
-    const bool stop = losses[3] > 0;
-    const double grad_norm = global_grad_norm(registry, &groups);
+    grad_sync.sync(registry, groups, A);
+    // One all-reduce for the losses, the router entropies and "did any rank get a stop signal",
+    // each a mean over micro-batches, then over ranks.
+    sums[3] = g_stop_requested.load() ? A : 0.0;
+    std::copy(entropy.begin(), entropy.end(), sums.begin() + 4);
+    all_reduce(world, sums.data(), static_cast<int64_t>(sums.size()));
+    for (double& v : sums) v /= static_cast<double>(W * A);
+    const bool stop = sums[3] > 0;
+    timer.lap(&time.grad_sync);
 
     watchdog.phase("optimizer");
+    const double grad_norm = global_grad_norm(registry, &groups);
     const double lr = schedule.at(step - 1);
-    if (!std::isfinite(losses[0] + losses[1] + losses[2]) || !std::isfinite(grad_norm)) {
+    if (!std::isfinite(sums[0] + sums[1] + sums[2]) || !std::isfinite(grad_norm)) {
       ++result.skipped_steps;
       ++consecutive_nonfinite;
       if (leader)
         std::printf("step %lld: non-finite loss or gradient (loss %g, grad norm %g): step skipped (%lld in a row, "
                     "limit run.max_nonfinite_steps = %lld)\n",
-                    (long long)step, losses[0], grad_norm, (long long)consecutive_nonfinite,
+                    (long long)step, sums[0], grad_norm, (long long)consecutive_nonfinite,
                     (long long)cfg.run.max_nonfinite_steps);
       if (consecutive_nonfinite >= cfg.run.max_nonfinite_steps)
         throw TrainingStopped("stopping at step " + std::to_string(step) + ": " +
@@ -561,38 +652,54 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
       consecutive_nonfinite = 0;
       clip_gradients(registry, grad_norm, cfg.optim.grad_clip);
       optimizer->step(static_cast<float>(lr));
-      if (cfg.moe.balancing == Balancing::AuxFree) update_selection_bias(moe_layers, world, cfg.moe.bias_update_rate);
+      if (cfg.moe.balancing == Balancing::AuxFree)
+        update_selection_bias(moe_layers, routing.step_routed, world, cfg.moe.bias_update_rate);
     }
-    result.final_loss = losses[0];
-    interval_loss += losses[0];
-    interval_aux += losses[1];
-    interval_z += losses[2];
-    ++interval_steps;
+    timer.lap(&time.optimizer);
+    result.final_loss = sums[0];
+    interval.loss += sums[0];
+    interval.aux += sums[1];
+    interval.z += sums[2];
+    for (size_t l = 0; l < L; ++l) interval.entropy[l] += sums[4 + l];
+    ++interval.steps;
+    ++timed_steps;
 
     if (step % cfg.run.log_every == 0 || step == cfg.run.steps) {
       watchdog.phase("logging");
-      std::vector<int64_t> counts = flatten(routing.kept);
-      counts.push_back(routing.dropped);
-      counts.push_back(routing.choices);
+      std::vector<int64_t> counts = flatten(routing.routed);
+      const std::vector<int64_t> kept = flatten(routing.kept);
+      counts.insert(counts.end(), kept.begin(), kept.end());
       all_reduce(world, counts.data(), static_cast<int64_t>(counts.size()));
+      all_reduce(world, time.begin(), PhaseTimes::kCount);
       const double elapsed = now_seconds() - interval_start;
       StepMetrics m;
       m.step = step;
       m.total_steps = cfg.run.steps;
-      m.loss = interval_loss / interval_steps;
-      m.aux_loss = interval_aux / interval_steps;
-      m.z_loss = interval_z / interval_steps;
+      m.loss = interval.loss / interval.steps;
+      m.aux_loss = interval.aux / interval.steps;
+      m.z_loss = interval.z / interval.steps;
       m.lr = lr;
       m.grad_norm = grad_norm;
-      m.tokens_per_s = static_cast<double>(interval_steps * N * W) / elapsed;
-      m.mfu = flops_per_token * m.tokens_per_s / peak_flops;
-      const int64_t choices = counts.back(), dropped = counts[counts.size() - 2];
-      m.dropped_frac = choices ? static_cast<double>(dropped) / choices : 0.0;
-      m.tokens_per_expert.resize(moe_layers.size());
-      for (size_t l = 0; l < moe_layers.size(); ++l)
-        m.tokens_per_expert[l].assign(counts.begin() + l * cfg.moe.num_experts,
-                                      counts.begin() + (l + 1) * cfg.moe.num_experts);
-      m.load_max_over_mean = load_imbalance(m.tokens_per_expert);
+      m.tokens_per_s = static_cast<double>(timed_steps * A * N * W) / elapsed;
+      m.model_gflops_per_rank = flops_per_token * m.tokens_per_s / W / 1e9;
+      m.mfu = flops_per_token * m.tokens_per_s / (peak.total_gflops * 1e9);
+      for (int i = 0; i < PhaseTimes::kCount; ++i) m.time.begin()[i] = time.begin()[i] / (W * timed_steps);
+      const int64_t E = cfg.moe.num_experts;
+      int64_t all_routed = 0, all_kept = 0;
+      for (size_t l = 0; l < L; ++l) {
+        MoELayerMetrics ml;
+        ml.layer = moe_layer_ids[l];
+        ml.routed.assign(counts.begin() + l * E, counts.begin() + (l + 1) * E);
+        ml.kept.assign(counts.begin() + (L + l) * E, counts.begin() + (L + l + 1) * E);
+        ml.router_entropy = interval.entropy[l] / interval.steps;
+        for (int64_t e = 0; e < E; ++e) {
+          all_routed += ml.routed[e];
+          all_kept += ml.kept[e];
+        }
+        m.load_max_over_mean = std::max(m.load_max_over_mean, ml.load_max_over_mean());
+        m.moe_layers.push_back(std::move(ml));
+      }
+      m.dropped_frac = all_routed ? 1.0 - static_cast<double>(all_kept) / all_routed : 0.0;
       m.skipped_steps = result.skipped_steps;
       m.eta_s = (now_seconds() - run_start) / (step - steps_at_start) * (cfg.run.steps - step);
       if (leader) {
@@ -601,10 +708,11 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
         metrics->write(m);
         write_tensorboard(*tensorboard, m);
       }
-      for (auto& row : routing.kept) std::fill(row.begin(), row.end(), 0);
-      routing.dropped = routing.choices = 0;
-      interval_loss = interval_aux = interval_z = 0;
-      interval_steps = 0;
+      for (auto* table : {&routing.routed, &routing.kept})
+        for (auto& row : *table) std::fill(row.begin(), row.end(), 0);
+      interval.clear();
+      time = PhaseTimes{};
+      timed_steps = 0;
       interval_start = now_seconds();
     }
 
@@ -612,11 +720,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
       watchdog.phase("evaluation");
       result.final_eval_loss = evaluate();
       if (leader) {
-        std::printf("step %lld/%lld | eval loss %.4f (held-out, evaluation capacity factor)\n", (long long)step,
-                    (long long)cfg.run.steps, result.final_eval_loss);
+        std::printf("%s\n", eval_line(step, cfg.run.steps, result.final_eval_loss).c_str());
         metrics->write_eval(step, result.final_eval_loss);
-        tensorboard->add_scalars(step, {{"eval/loss", static_cast<float>(result.final_eval_loss)}});
-        tensorboard->flush();
+        write_tensorboard_eval(*tensorboard, step, result.final_eval_loss);
       }
       interval_start = now_seconds();  // evaluation time is not training throughput
     }
@@ -624,7 +730,9 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world,
     const bool periodic = cfg.checkpoint.every > 0 && (step % cfg.checkpoint.every == 0 || step == cfg.run.steps);
     if (periodic || stop) {
       watchdog.phase("checkpoint");
+      LapTimer save_timer;
       save(step);
+      save_timer.lap(&time.checkpoint);
     }
     watchdog.end_step();
     if (stop) {

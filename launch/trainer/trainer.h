@@ -18,6 +18,9 @@ class TrainingStopped : public std::runtime_error {
   explicit TrainingStopped(const std::string& what) : std::runtime_error(what) {}
 };
 
+// What run_training does: train (resuming as configured), or only evaluate a checkpoint.
+enum class RunMode { Train, EvalOnly };
+
 struct TrainResult {
   int64_t steps_done = 0;
   double final_loss = 0;       // cross-entropy of the last step, mean over ranks
@@ -35,11 +38,17 @@ TransformerConfig transformer_config(const TrainConfig& cfg);
 
 // Runs the job. Collective over `world`; cfg must have passed validate_for_world(cfg, world.size()).
 // Rank 0 writes the run directory (config.yaml, metrics.jsonl, tensorboard/, routing_report.txt) and
-// prints progress to stdout. Throws InvalidArgument for bad data files (on every rank alike) and
-// TrainingStopped when run.max_nonfinite_steps non-finite steps come in a row. `on_watchdog` is
-// called (from the watchdog thread) with a message when a step exceeds run.watchdog_timeout_s and
-// must not return.
-TrainResult run_training(const TrainConfig& cfg, Communicator& world,
-                         void (*on_watchdog)(const std::string& message));
+// prints progress to stdout. A run resumed from a checkpoint that already reached run.steps says so
+// and returns without touching the run directory. Throws InvalidArgument for bad data files and
+// checkpoints (on every rank alike) and TrainingStopped when run.max_nonfinite_steps non-finite
+// steps come in a row. `on_watchdog` is called (from the watchdog thread) with a message when a
+// step exceeds run.watchdog_timeout_s and must not return.
+//
+// RunMode::EvalOnly loads the newest complete checkpoint in checkpoint.dir (else
+// checkpoint.init_from; InvalidArgument when there is neither), evaluates it on the held-out data,
+// prints the loss and perplexity and appends them to metrics.jsonl; nothing else in the run
+// directory changes.
+TrainResult run_training(const TrainConfig& cfg, Communicator& world, void (*on_watchdog)(const std::string& message),
+                         RunMode mode = RunMode::Train);
 
 }  // namespace moe
