@@ -625,7 +625,7 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world, void (*on_
     grad_sync.sync(registry, groups, A);
     // One all-reduce for the losses, the router entropies and "did any rank get a stop signal",
     // each a mean over micro-batches, then over ranks.
-    sums[3] = g_stop_requested.load() ? A : 0.0;
+    sums[3] = g_stop_requested.load() ? 1.0 : 0.0;
     std::copy(entropy.begin(), entropy.end(), sums.begin() + 4);
     all_reduce(world, sums.data(), static_cast<int64_t>(sums.size()));
     for (double& v : sums) v /= static_cast<double>(W * A);
