@@ -34,6 +34,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "parallel/checkpoint_save.h"
 #include "core/crc32c.h"
 #include "core/random.h"
 #include "core/timer.h"

@@ -12,7 +12,7 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 #include "launch/launcher/cli.h"
 #include "launch/launcher/command.h"
 #include "launch/launcher/job_script.h"

@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 #include "launch/trainer/trainer.h"
 #include "parallel/mpi_communicator.h"
 

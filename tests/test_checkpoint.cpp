@@ -22,6 +22,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "parallel/checkpoint_save.h"
 #include "core/crc32c.h"
 #include "core/random.h"
 #include "tests/mpi_test_util.h"

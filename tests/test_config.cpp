@@ -1,7 +1,7 @@
-// Tests of the moe-train configuration (core/config/train_config.h): defaults, the example configs,
+// Tests of the moe-train configuration (launch/config/train_config.h): defaults, the example configs,
 // every kind of bad input with the words its message must contain, overrides, the checks that need
 // the world size, and the to_yaml round trip.
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 
 #include <gtest/gtest.h>
 #include <unistd.h>

@@ -18,6 +18,7 @@
 #include "core/tensor.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
+#include "parallel/all_to_all_exchange.h"
 #include "parallel/process_groups.h"
 #include "tests/mpi_test_util.h"
 
@@ -148,7 +149,7 @@ struct LayerRun {
 // Collective over groups' communicators when groups != nullptr (in the same order on every rank).
 LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tensor& gate, const Tensor& x,
               const Tensor& dy) {
-  MoELayer layer(cfg, kSeed, groups);
+  MoELayer layer(cfg, kSeed, groups != nullptr ? make_all_to_all_exchange(*groups) : nullptr);
   std::memcpy(layer.weights.w_gate.f32(), gate.f32(), static_cast<size_t>(gate.numel()) * sizeof(float));
   LayerRun run;
   run.y = Tensor::zeros(x.shape());

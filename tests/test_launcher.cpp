@@ -14,8 +14,8 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/config/launch_values.h"
-#include "core/config/train_config.h"
+#include "launch/config/launch_values.h"
+#include "launch/config/train_config.h"
 #include "launch/launcher/cli.h"
 #include "launch/launcher/command.h"
 #include "launch/launcher/job_script.h"

@@ -14,6 +14,7 @@
 #include "core/tensor.h"
 #include "optim/adamw.h"
 #include "optim/grad_norm.h"
+#include "parallel/all_to_all_exchange.h"
 #include "parallel/communicator.h"
 #include "parallel/grad_sync.h"
 #include "parallel/process_groups.h"
@@ -103,7 +104,7 @@ LayoutRun run_layout(int ep) {
   const TransformerConfig cfg = model_config();
   const int64_t N = kBatch * cfg.seq_len;
   const ProcessGroups groups = make_process_groups(world, ep, kExperts);
-  TransformerLM model(cfg, kSeed, &groups);
+  TransformerLM model(cfg, kSeed, [&] { return make_all_to_all_exchange(groups); });
   ParameterRegistry registry;
   model.register_parameters(registry);
   AdamW opt(registry, AdamWConfig{});  // weight decay 0.1 on the matrices

@@ -196,62 +196,55 @@ std::string to_string_shape(const checkpoint::TensorEntry& e) {
   return os.str();
 }
 
-std::string save_checkpoint(const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
-                            const checkpoint::RankState& rank_state, Communicator& world) {
-  const std::string dir = req.root + "/" + step_dir_name(req.step);
-  // Every rank reaches the same verdict from the shared file system before anything is written.
-  MOE_REQUIRE(!fs::exists(dir + "/" + kManifest), "a complete checkpoint for step ", req.step, " already exists in '",
-              dir, "'; it is left as it is");
+std::string checkpoint_step_dir(const std::string& root, int64_t step) { return root + "/" + step_dir_name(step); }
+
+bool has_manifest(const std::string& dir) {
+  std::error_code ec;
+  return fs::exists(dir + "/" + kManifest, ec);
+}
+
+Status write_checkpoint_shard(const std::string& dir, const SaveRequest& req,
+                              const std::vector<CheckpointTensor>& tensors, const checkpoint::RankState& rank_state,
+                              int rank) {
   std::error_code ec;
   fs::create_directories(dir, ec);
-  std::string err = ec ? "cannot create '" + dir + "': " + ec.message() : "";
-  if (err.empty()) err = write_shard(dir, req, tensors, rank_state, world.rank());
+  if (ec) return Status::io_error("cannot create '" + dir + "': " + ec.message());
+  const std::string err = write_shard(dir, req, tensors, rank_state, rank);
+  return err.empty() ? Status::ok_status() : Status::io_error(err);
+}
 
-  // Nobody writes the manifest unless every shard made it.
-  int failed = err.empty() ? 0 : 1;
-  failed = all_reduce_value(world, failed, ReduceOp::Max);
-  if (failed) throw InvalidArgument(err.empty() ? "checkpoint save at step " + std::to_string(req.step) +
-                                                      " failed on another rank; see its message"
-                                                : "checkpoint save failed: " + err);
-  if (world.rank() == 0) {
-    err = write_manifest(dir, req, world.size());
-    if (err.empty()) {
-      fsync_dir(req.root);
-      err = write_file_atomic(req.root + "/latest", step_dir_name(req.step) + "\n");
-    }
-    if (err.empty() && req.keep > 0) {
-      std::vector<CheckpointListing> all = list_checkpoints(req.root);
-      std::vector<CheckpointListing> complete;
-      for (const auto& c : all)
-        if (c.complete) complete.push_back(c);
-      for (size_t i = 0; i + static_cast<size_t>(req.keep) < complete.size(); ++i) fs::remove_all(complete[i].dir, ec);
-    }
+Status write_checkpoint_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
+  const std::string err = write_manifest(dir, req, world_size);
+  return err.empty() ? Status::ok_status() : Status::io_error(err);
+}
+
+Status publish_checkpoint(const SaveRequest& req) {
+  fsync_dir(req.root);
+  const std::string err = write_file_atomic(req.root + "/latest", step_dir_name(req.step) + "\n");
+  if (!err.empty()) return Status::io_error(err);
+  if (req.keep > 0) {
+    std::vector<CheckpointListing> complete;
+    for (const auto& c : list_checkpoints(req.root))
+      if (c.complete) complete.push_back(c);
+    std::error_code ec;
+    for (size_t i = 0; i + static_cast<size_t>(req.keep) < complete.size(); ++i) fs::remove_all(complete[i].dir, ec);
   }
-  failed = err.empty() ? 0 : 1;
-  world.broadcast(&failed, sizeof failed, 0);
-  if (failed) throw InvalidArgument(world.rank() == 0 ? "checkpoint save failed: " + err
-                                                      : "checkpoint save failed on rank 0; see its message");
-  return dir;
+  return Status::ok_status();
 }
 
 Status write_checkpoint_directory(const std::string& dir, const SaveRequest& req,
                                   const std::vector<std::vector<CheckpointTensor>>& per_rank,
                                   const std::vector<checkpoint::RankState>& rank_states) {
   MOE_ASSERT(per_rank.size() == rank_states.size() && !per_rank.empty(), "one tensor list and state per rank");
-  std::error_code ec;
-  if (fs::exists(dir + "/" + kManifest, ec))
+  if (has_manifest(dir))
     return Status::invalid_argument("a complete checkpoint already exists in '" + dir + "'; it is left as it is");
-  fs::create_directories(dir, ec);
-  if (ec) return Status::io_error("cannot create '" + dir + "': " + ec.message());
-  // The same shard and manifest writers as save_checkpoint, one rank after another.
+  // The same shard and manifest writers as the collective save_checkpoint, one rank after another.
   const int world_size = static_cast<int>(per_rank.size());
   for (int r = 0; r < world_size; ++r) {
-    const std::string err = write_shard(dir, req, per_rank[r], rank_states[r], r);
-    if (!err.empty()) return Status::io_error(err);
+    Status s = write_checkpoint_shard(dir, req, per_rank[r], rank_states[r], r);
+    if (!s.ok()) return s;
   }
-  const std::string err = write_manifest(dir, req, world_size);
-  if (!err.empty()) return Status::io_error(err);
-  return Status::ok_status();
+  return write_checkpoint_manifest(dir, req, world_size);
 }
 
 std::vector<CheckpointListing> list_checkpoints(const std::string& root) {

@@ -21,7 +21,6 @@
 #include "core/checkpoint/checkpoint.pb.h"
 #include "core/status.h"
 #include "core/tensor.h"
-#include "parallel/communicator.h"
 
 namespace moe {
 
@@ -42,12 +41,21 @@ struct SaveRequest {
   int keep = 0;                // > 0: afterwards, delete complete checkpoints older than the newest `keep`
 };
 
-// Collective over `world`. Each rank writes its tensors and rank_state; rank 0 then writes the manifest
-// and the `latest` pointer, and prunes old checkpoints. Returns the checkpoint directory. Throws
-// InvalidArgument naming the path on an I/O failure (an existing complete checkpoint is never touched
-// by a failed save).
-std::string save_checkpoint(const SaveRequest& request, const std::vector<CheckpointTensor>& tensors,
-                            const checkpoint::RankState& rank_state, Communicator& world);
+// The steps of a save, one process each (the collective save that runs them on every rank and
+// agrees on the outcome is parallel/checkpoint_save.h):
+//   <root>/step_<step>: the directory of request.step under request.root.
+std::string checkpoint_step_dir(const std::string& root, int64_t step);
+//   True when `dir` holds a MANIFEST (a complete checkpoint, never overwritten).
+bool has_manifest(const std::string& dir);
+//   Creates `dir` if missing and writes rank `rank`'s shard file and index (temporary name, fsync, rename).
+Status write_checkpoint_shard(const std::string& dir, const SaveRequest& request,
+                              const std::vector<CheckpointTensor>& tensors, const checkpoint::RankState& rank_state,
+                              int rank);
+//   After every shard of the world_size ranks is in place: merges their indexes into the MANIFEST.
+Status write_checkpoint_manifest(const std::string& dir, const SaveRequest& request, int world_size);
+//   After the manifest: points <root>/latest at the checkpoint and deletes complete checkpoints older
+//   than the newest request.keep (when keep > 0).
+Status publish_checkpoint(const SaveRequest& request);
 
 // Single-process writer (tools/moe_ckpt): writes the checkpoint directory `dir` itself (not a step_*
 // directory under a root) exactly as a world of per_rank.size() ranks would have saved it: rank r's

@@ -97,7 +97,8 @@ int64_t TransformerConfig::shared_hidden() const {
 
 // ---- construction ----
 
-TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ProcessGroups* groups)
+TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed,
+                            const ExpertExchangeFactory& make_exchange)
     : norm1(cfg.norm, cfg.d_model, cfg.norm_eps),
       norm2(cfg.norm, cfg.d_model, cfg.norm_eps),
       attn(
@@ -124,7 +125,8 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     ffn = std::make_unique<DenseFFN>(f, seed, layer_name(layer, "ffn"));
     return;
   }
-  moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, layer_name(layer, "moe")), groups);
+  moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, layer_name(layer, "moe")),
+                                  make_exchange ? make_exchange() : nullptr);
   // The experts' output projections write into the residual stream like every w_out: same scaling.
   float* w = moe->weights.w_out.f32();
   for (int64_t i = 0; i < moe->weights.w_out.numel(); ++i) w[i] *= out_scale;
@@ -139,7 +141,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
   }
 }
 
-TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ProcessGroups* groups)
+TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange)
     : cfg_([&] {
         cfg.validate();
         return cfg;
@@ -155,7 +157,7 @@ TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const 
     fill_normal(weights.positions, cfg_.init_std, stream_id(seed, "positions"));
     grads.positions = Tensor::zeros({cfg_.seq_len, d});
   }
-  for (int64_t i = 0; i < cfg_.n_layers; ++i) blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, groups));
+  for (int64_t i = 0; i < cfg_.n_layers; ++i) blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange));
   if (!cfg_.tie_embeddings) {
     weights.head = Tensor::empty({d, V});
     fill_normal(weights.head, cfg_.init_std, stream_id(seed, "head"));

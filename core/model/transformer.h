@@ -17,7 +17,6 @@
 #include "core/moe/moe_layer.h"
 #include "core/parameters.h"
 #include "core/tensor.h"
-#include "parallel/process_groups.h"
 
 namespace moe {
 
@@ -62,9 +61,9 @@ class TransformerLM {
  public:
   // Validates cfg and initialises every weight from counter-based streams of (seed, parameter name)
   // (norm gains 1, biases 0), so every rank draws identical dense weights and expert e's weights
-  // wherever it lives. groups == nullptr: one process holding every expert; otherwise each MoE layer
-  // holds groups->layout's experts and exchanges tokens over its groups (which must outlive the model).
-  TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ProcessGroups* groups = nullptr);
+  // wherever it lives. Each MoE layer gets its own exchange from make_exchange (empty: one process
+  // holding every expert; parallel/all_to_all_exchange.h spreads them over an expert-parallel group).
+  TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange = {});
 
   // inputs, targets (B*S) int32, sequence-major (row b*S + s is position s of sequence b); inputs in
   // [0, V), targets in [0, V) or -1 (ignored). Returns the mean cross-entropy over non-ignored targets;
@@ -128,7 +127,7 @@ class TransformerLM {
 
  private:
   struct Block {
-    Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ProcessGroups* groups);
+    Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ExpertExchangeFactory& make_exchange);
     NormLayer norm1, norm2;
     AttentionLayer attn;
     std::unique_ptr<DenseFFN> ffn;     // dense layers

@@ -15,6 +15,7 @@ struct LoadBalanceTerms {
   std::vector<double> prob_sum;      // (E) sum over tokens of the router probability of expert i
   double num_choices = 0;            // T * k
   double num_tokens = 0;             // T
+  int ranks = 1;                     // processes whose terms these are (the world size once all-reduced)
 };
 
 // Local terms from probs (T, E) and the chosen experts (T, k).

@@ -26,25 +26,22 @@ void zeroed(Tensor& buffer, const Shape& shape) {
 }
 }  // namespace
 
-MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, const ProcessGroups* groups)
-    : cfg_(cfg), seed_(seed), groups_(groups) {
+MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange)
+    : cfg_(cfg), seed_(seed), exchange_(std::move(exchange)) {
   cfg_.validate();
   const int64_t d = cfg_.d_model, E = cfg_.num_experts, h = cfg_.hidden, in_cols = cfg_.expert_in_cols();
-  local_experts_ = E;
-  if (groups_ != nullptr) {
-    MOE_REQUIRE(groups_->layout.num_experts == E, "process groups were built for ", groups_->layout.num_experts,
-                " experts, but the MoE layer has num_experts = ", E);
-    first_expert_ = groups_->layout.first_expert;
-    local_experts_ = groups_->layout.experts_per_rank;
-  }
+  if (exchange_ == nullptr) exchange_ = std::make_unique<LocalExpertExchange>(E);
+  MOE_REQUIRE(exchange_->num_experts() == E, "the expert exchange was built for ", exchange_->num_experts(),
+              " experts, but the MoE layer has num_experts = ", E);
+  const int64_t first = first_expert(), local = local_experts();
   weights.w_gate = Tensor::empty({d, E});
-  weights.w_in = Tensor::empty({local_experts_, d, in_cols});
-  weights.w_out = Tensor::empty({local_experts_, h, d});
+  weights.w_in = Tensor::empty({local, d, in_cols});
+  weights.w_out = Tensor::empty({local, h, d});
   fill_normal(weights.w_gate, cfg_.init_std, stream_id(seed, "w_gate"));
   // Offsetting the stream by the first local expert's elements gives expert e the same values on
   // whichever rank holds it.
-  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, "w_in"), first_expert_ * d * in_cols);
-  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, "w_out"), first_expert_ * h * d);
+  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, "w_in"), first * d * in_cols);
+  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, "w_out"), first * h * d);
   grads.w_gate = Tensor::zeros(weights.w_gate.shape());
   grads.w_in = Tensor::zeros(weights.w_in.shape());
   grads.w_out = Tensor::zeros(weights.w_out.shape());
@@ -69,9 +66,9 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   time = MoEPhaseTimes{};
   LapTimer timer;
 
-  const int rank = groups_ ? groups_->layout.world_rank : 0;
   // Noise differs per call and per rank, and layers with nearby seeds never share it.
-  const uint64_t jitter_stream = mix64(stream_id(seed_, "jitter") ^ mix64(calls_++) ^ mix64(~static_cast<uint64_t>(rank)));
+  const uint64_t jitter_stream =
+      mix64(stream_id(seed_, "jitter") ^ mix64(calls_++) ^ mix64(~static_cast<uint64_t>(exchange_->rank())));
   router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0, &selection_bias);
   timer.lap(&time.router);
 
@@ -84,49 +81,22 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   gather_rows(x_perm_, x, plan_.source_token);
   timer.lap(&time.permute);
 
+  expert_offset_ = &exchange_->plan(plan_, time);
+  expert_in_ = &exchange_->to_experts(x_perm_, x_local_, time);
   expert_out_.resize({M, d});
-  if (!distributed()) {
-    experts_forward(expert_out_, activations_, x_perm_, plan_.offset, weights.w_in, weights.w_out,
-                    cfg_.activation);
-    timer.lap(&time.experts);
-  } else {
-    Communicator& ep_group = *groups_->expert_parallel;
-    exchange_ = make_exchange_plan(plan_, groups_->layout, ep_group);
-    timer.lap(&time.counts_exchange);
-    const int64_t R = exchange_.received_rows();
-    x_recv_.resize({R, d});
-    exchange_rows(ep_group, x_perm_, exchange_.send_rows, x_recv_, exchange_.recv_rows);
-    timer.lap(&time.token_exchange);
-    x_local_.resize({R, d});
-    gather_rows(x_local_, x_recv_, exchange_.to_expert_major);
-    timer.lap(&time.permute);
-    y_local_.resize({R, d});
-    experts_forward(y_local_, activations_, x_local_, exchange_.local_offset, weights.w_in, weights.w_out,
-                    cfg_.activation);
-    timer.lap(&time.experts);
-    y_recv_.resize({R, d});
-    gather_rows(y_recv_, y_local_, exchange_.to_source_major);
-    timer.lap(&time.permute);
-    exchange_rows(ep_group, y_recv_, exchange_.recv_rows, expert_out_, exchange_.send_rows);
-    timer.lap(&time.return_exchange);
-  }
+  Tensor& y_experts = exchange_->expert_output(expert_out_, y_local_);
+  timer.skip();  // the exchange timed itself
+  experts_forward(y_experts, activations_, *expert_in_, *expert_offset_, weights.w_in, weights.w_out,
+                  cfg_.activation);
+  timer.lap(&time.experts);
+  exchange_->from_experts(y_experts, expert_out_, time);
+  timer.skip();
 
   combine_forward(y, expert_out_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
   balance_ = load_balance_terms(router_.probs, router_.expert);
-  if (groups_ != nullptr && cfg_.aux_loss_scope == AuxLossScope::Global) {
-    // One all-reduce of [choice_count (E), prob_sum (E), num_choices, num_tokens].
-    std::vector<double> packed(balance_.choice_count);
-    packed.insert(packed.end(), balance_.prob_sum.begin(), balance_.prob_sum.end());
-    packed.push_back(balance_.num_choices);
-    packed.push_back(balance_.num_tokens);
-    all_reduce(*groups_->world, packed.data(), static_cast<int64_t>(packed.size()));
-    std::copy(packed.begin(), packed.begin() + E, balance_.choice_count.begin());
-    std::copy(packed.begin() + E, packed.begin() + 2 * E, balance_.prob_sum.begin());
-    balance_.num_choices = packed[2 * E];
-    balance_.num_tokens = packed[2 * E + 1];
-  }
+  if (cfg_.aux_loss_scope == AuxLossScope::Global) exchange_->all_reduce_balance_terms(balance_);
   stats_.tokens = T;
   stats_.capacity = capacity;
   stats_.routed = plan_.routed;
@@ -153,40 +123,26 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   combine_backward(&d_expert_out_, &dweight_, dy, expert_out_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
-  zeroed(dx_perm_, {M, d});
-  if (!distributed()) {
-    experts_backward(&dx_perm_, &grads.w_in, &grads.w_out, d_expert_out_, x_perm_, plan_.offset, weights.w_in,
-                     weights.w_out, activations_, cfg_.activation);
-    timer.lap(&time.experts);
-  } else {
-    // The forward's two exchanges swap roles: output gradients travel to the experts, input
-    // gradients travel back.
-    Communicator& ep_group = *groups_->expert_parallel;
-    const int64_t R = exchange_.received_rows();
-    d_recv_.resize({R, d});
-    exchange_rows(ep_group, d_expert_out_, exchange_.send_rows, d_recv_, exchange_.recv_rows);
-    timer.lap(&time.token_exchange);
-    d_local_.resize({R, d});
-    gather_rows(d_local_, d_recv_, exchange_.to_expert_major);
-    timer.lap(&time.permute);
-    zeroed(dx_local_, {R, d});
-    experts_backward(&dx_local_, &grads.w_in, &grads.w_out, d_local_, x_local_, exchange_.local_offset,
-                     weights.w_in, weights.w_out, activations_, cfg_.activation);
-    timer.lap(&time.experts);
-    dx_recv_.resize({R, d});
-    gather_rows(dx_recv_, dx_local_, exchange_.to_source_major);
-    timer.lap(&time.permute);
-    exchange_rows(ep_group, dx_recv_, exchange_.recv_rows, dx_perm_, exchange_.send_rows);
-    timer.lap(&time.return_exchange);
-  }
+  // The forward's two directions swap roles: output gradients travel to the experts, input
+  // gradients travel back.
+  const Tensor& d_experts = exchange_->to_experts(d_expert_out_, d_local_, time);
+  dx_perm_.resize({M, d});
+  Tensor& dx_experts = exchange_->expert_output(dx_perm_, dx_local_);
+  timer.skip();
+  dx_experts.zero();
+  experts_backward(&dx_experts, &grads.w_in, &grads.w_out, d_experts, *expert_in_, *expert_offset_, weights.w_in,
+                   weights.w_out, activations_, cfg_.activation);
+  timer.lap(&time.experts);
+  exchange_->from_experts(dx_experts, dx_perm_, time);
+  timer.skip();
   scatter_add_rows(dx, dx_perm_, plan_.source_token);
   timer.lap(&time.permute);
 
   // In the global scope every rank's loss includes the one global value, and the gradient sync
   // divides the sum over ranks by the world size: each rank contributes its tokens' share of the
   // global loss's gradient scaled by the world size.
-  const bool global_scope = groups_ != nullptr && cfg_.aux_loss_scope == AuxLossScope::Global;
-  const double aux_dloss = global_scope ? static_cast<double>(groups_->layout.world_size) : 1.0;
+  const bool global_scope = cfg_.aux_loss_scope == AuxLossScope::Global;
+  const double aux_dloss = global_scope ? static_cast<double>(balance_.ranks) : 1.0;
   zeroed(dprobs_, {T, E});
   zeroed(dlogits_, {T, E});
   load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_coeff, aux_dloss);

@@ -1,8 +1,9 @@
-// The MoE layer: router -> dispatch plan -> permute -> [all-to-all] -> experts -> [all-to-all] ->
-// combine, plus the load-balancing and z-losses. Each stage is its own function (router.h,
-// dispatch_plan.h, experts.h, ops.h combine, parallel/token_exchange.h). On one process, or with
-// expert-parallel size 1, the exchanges are skipped; with ep > 1 each rank runs only its own experts
-// on the tokens every rank of its expert-parallel group sent it.
+// The MoE layer: router -> dispatch plan -> permute -> exchange to the experts -> experts ->
+// exchange back -> combine, plus the load-balancing and z-losses. Each stage is its own function
+// (router.h, dispatch_plan.h, experts.h, ops.h combine) and the exchange an interface
+// (expert_exchange.h): on one process no row moves; over an expert-parallel group
+// (parallel/all_to_all_exchange.h) each rank runs only its own experts on the tokens every rank of
+// its group sent it.
 #pragma once
 
 #include <cstdint>
@@ -11,13 +12,12 @@
 
 #include "core/moe/aux_losses.h"
 #include "core/moe/dispatch_plan.h"
+#include "core/moe/expert_exchange.h"
 #include "core/moe/experts.h"
 #include "core/moe/moe_config.h"
 #include "core/moe/router.h"
 #include "core/parameters.h"
 #include "core/tensor.h"
-#include "parallel/process_groups.h"
-#include "parallel/token_exchange.h"
 
 namespace moe {
 
@@ -25,23 +25,6 @@ struct MoEWeights {
   Tensor w_gate;  // (d, E), replicated on every rank
   Tensor w_in;    // (E_local, d, in_cols), this rank's experts in global id order
   Tensor w_out;   // (E_local, h, d)
-};
-
-// Seconds spent in each phase of the last call (forward) and its backward.
-struct MoEPhaseTimes {
-  double router = 0;           // gate GEMM, softmax, top-k (and jitter)
-  double permute = 0;          // dispatch plan, gathering tokens into expert order and regrouping
-                               // received rows (scatters in backward)
-  double counts_exchange = 0;  // all-to-all of per-expert counts (forward only)
-  double token_exchange = 0;   // all-to-all-v towards the experts (tokens; output gradients in backward)
-  double experts = 0;          // the grouped expert FFN
-  double return_exchange = 0;  // all-to-all-v back to the source ranks
-  double combine = 0;          // weighted sum of expert outputs back into token order
-  double losses = 0;           // load-balancing and z-loss (and the global-scope all-reduce)
-  double total() const {
-    return router + permute + counts_exchange + token_exchange + experts + return_exchange + combine + losses;
-  }
-  double exchanges() const { return counts_exchange + token_exchange + return_exchange; }
 };
 
 // Per-call routing statistics.
@@ -63,10 +46,10 @@ class MoELayer {
  public:
   // Validates cfg (InvalidArgument naming the bad parameter) and initialises the weights with
   // N(0, cfg.init_std) from counter-based streams of `seed`, so expert e's weights depend only on
-  // (seed, e) whichever rank holds it. groups == nullptr: one process holding every expert;
-  // otherwise this rank holds groups->layout's experts and exchanges tokens over
-  // groups->expert_parallel. groups must outlive the layer; its layout must have cfg.num_experts.
-  MoELayer(const MoEConfig& cfg, uint64_t seed, const ProcessGroups* groups = nullptr);
+  // (seed, e) whichever rank holds it. exchange == nullptr: one process holding every expert
+  // (LocalExpertExchange); otherwise this rank holds the exchange's experts, and the exchange must
+  // be for cfg.num_experts experts.
+  MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange = nullptr);
 
   // x (T, d) -> y (T, d) = sum over kept choices of weight * expert output. The residual path is the
   // caller's. T may be 0. The layer keeps a reference to x (no copy): x must stay unchanged until
@@ -77,7 +60,7 @@ class MoELayer {
 
   // dy (T, d): accumulates dx (T, d) and the weight gradients, including the gradients of this
   // call's load-balancing and z-losses. Gradients are this rank's share of d(mean over ranks of the
-  // rank losses): summing them over ranks and dividing by the world size (sync_gradients) gives
+  // rank losses): summing them over ranks and dividing by the world size (GradientSync) gives
   // the gradient of the training objective, each loss entering it with weight 1.
   void backward(Tensor& dx, const Tensor& dy);
 
@@ -89,8 +72,8 @@ class MoELayer {
   uint64_t calls() const { return calls_; }
   void set_calls(uint64_t calls) { calls_ = calls; }
   // Global id of this rank's first expert, and how many it holds.
-  int64_t first_expert() const { return first_expert_; }
-  int64_t local_experts() const { return local_experts_; }
+  int64_t first_expert() const { return exchange_->first_expert(); }
+  int64_t local_experts() const { return exchange_->local_experts(); }
   const MoEStats& stats() const { return stats_; }
   const DispatchPlan& plan() const { return plan_; }
   const RouterOutput& router_output() const { return router_; }
@@ -102,13 +85,9 @@ class MoELayer {
   Tensor selection_bias;
 
  private:
-  bool distributed() const { return groups_ != nullptr && groups_->layout.ep > 1; }
-
   MoEConfig cfg_;
   uint64_t seed_;
-  const ProcessGroups* groups_;
-  int64_t first_expert_ = 0;
-  int64_t local_experts_ = 0;
+  std::unique_ptr<ExpertExchange> exchange_;
   uint64_t calls_ = 0;  // advances the jitter noise stream
 
   // Saved by forward for backward.
@@ -117,22 +96,19 @@ class MoELayer {
   DispatchPlan plan_;
   LoadBalanceTerms balance_;
   Tensor x_perm_;       // (M, d) kept tokens grouped by expert
-  ExchangePlan exchange_;  // distributed only
-  Tensor x_recv_;       // (R, d) distributed: received rows, source-major
-  Tensor x_local_;      // (R, d) distributed: received rows, expert-major (the experts' input)
+  const std::vector<int64_t>* expert_offset_ = nullptr;  // (E_local + 1) the exchange's segment starts
+  Tensor x_local_;      // (R, d) the experts' input rows, when the exchange moves rows
+  const Tensor* expert_in_ = nullptr;  // x_perm_ or x_local_: what the experts read
   ExpertActivations activations_;
-  Tensor y_local_;      // (R, d) distributed: expert outputs, expert-major
-  Tensor y_recv_;       // (R, d) distributed: expert outputs, source-major (to send back)
+  Tensor y_local_;      // (R, d) the experts' output rows, when the exchange moves rows
   Tensor expert_out_;   // (M, d)
   MoEStats stats_;
 
   // Backward scratch, kept between calls.
   Tensor d_expert_out_;  // (M, d)
   Tensor dx_perm_;       // (M, d)
-  Tensor d_recv_;        // (R, d) distributed
-  Tensor d_local_;       // (R, d) distributed
-  Tensor dx_local_;      // (R, d) distributed
-  Tensor dx_recv_;       // (R, d) distributed
+  Tensor d_local_;       // (R, d) when the exchange moves rows
+  Tensor dx_local_;      // (R, d) when the exchange moves rows
   Tensor dweight_;       // (T, k)
   Tensor dprobs_;        // (T, E)
   Tensor dlogits_;       // (T, E)

@@ -11,8 +11,8 @@
 #include <string>
 #include <vector>
 
-#include "core/config/launch_values.h"
-#include "core/config/train_config.h"
+#include "launch/config/launch_values.h"
+#include "launch/config/train_config.h"
 
 namespace moe {
 

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "parallel/checkpoint_save.h"
 
 namespace moe {
 

@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 #include "core/model/transformer.h"
 #include "core/parameters.h"
 #include "data/data_loader.h"

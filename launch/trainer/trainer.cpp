@@ -17,7 +17,7 @@
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/gemm.h"
-#include "core/moe/aux_free_balancing.h"
+#include "optim/aux_free_balancing.h"
 #include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
@@ -28,6 +28,7 @@
 #include "optim/grad_norm.h"
 #include "optim/lr_schedule.h"
 #include "optim/sgd.h"
+#include "parallel/all_to_all_exchange.h"
 #include "parallel/grad_sync.h"
 #include "parallel/local_rank.h"
 #include "parallel/process_groups.h"
@@ -421,7 +422,8 @@ TrainResult run_training(const TrainConfig& cfg, Communicator& world, void (*on_
   const int gpu = gpu_for_local_rank(placement.local_rank, /*gpu_count=*/0);
 
   ProcessGroups groups = make_process_groups(world, resolved_ep(cfg, W), cfg.moe.num_experts);
-  TransformerLM model(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed), &groups);
+  TransformerLM model(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
+                      [&groups] { return make_all_to_all_exchange(groups); });
   ParameterRegistry registry;
   model.register_parameters(registry);
   if (cfg.optim.decay_norms_and_biases)

@@ -6,7 +6,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 #include "core/model/transformer.h"
 #include "parallel/communicator.h"
 

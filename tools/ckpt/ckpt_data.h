@@ -9,7 +9,7 @@
 #include <vector>
 
 #include "core/checkpoint/checkpoint.h"
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 #include "core/status.h"
 #include "core/tensor.h"
 

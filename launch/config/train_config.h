@@ -140,7 +140,7 @@ enum class LauncherKind { Mpirun, Srun };
 struct LaunchConfig {
   int64_t ranks = 1;                   // the world size
   int64_t ranks_per_node = 0;          // 0 = all ranks on one node (or as the hosts' slots say)
-  std::string hosts;                   // "a:2,b:2" (core/config/launch_values.h); "" = none
+  std::string hosts;                   // "a:2,b:2" (launch/config/launch_values.h); "" = none
   std::string hostfile;                // an OpenMPI hostfile; "" = none
   BindMode bind = BindMode::Core;
   bool oversubscribe = false;          // allow more ranks x threads on a node than it has cores

@@ -1,6 +1,6 @@
 // The moe-train configuration: the schema (every key declared once) and the loops over it that load
 // YAML, apply overrides, validate, print the resolved config and list the keys.
-#include "core/config/train_config.h"
+#include "launch/config/train_config.h"
 
 #include <yaml-cpp/yaml.h>
 
@@ -18,7 +18,7 @@
 #include <utility>
 
 #include "core/check.h"
-#include "core/config/launch_values.h"
+#include "launch/config/launch_values.h"
 
 namespace moe {
 namespace {

@@ -1,5 +1,5 @@
-// Parsers of the launch settings' text values (core/config/launch_values.h).
-#include "core/config/launch_values.h"
+// Parsers of the launch settings' text values (launch/config/launch_values.h).
+#include "launch/config/launch_values.h"
 
 #include <cctype>
 #include <charconv>

@@ -1,5 +1,5 @@
-// Auxiliary-loss-free balancing (core/moe/aux_free_balancing.h).
-#include "core/moe/aux_free_balancing.h"
+// Auxiliary-loss-free balancing (optim/aux_free_balancing.h).
+#include "optim/aux_free_balancing.h"
 
 #include "core/check.h"
 

@@ -1,0 +1,95 @@
+// The expert exchange over an expert-parallel group (parallel/all_to_all_exchange.h).
+#include "parallel/all_to_all_exchange.h"
+
+#include <algorithm>
+
+#include "core/ops.h"
+#include "core/timer.h"
+#include "parallel/token_exchange.h"
+
+namespace moe {
+
+namespace {
+
+class AllToAllExchange final : public ExpertExchange {
+ public:
+  explicit AllToAllExchange(const ProcessGroups& groups) : groups_(groups) {}
+
+  int64_t num_experts() const override { return groups_.layout.num_experts; }
+  int64_t first_expert() const override { return groups_.layout.first_expert; }
+  int64_t local_experts() const override { return groups_.layout.experts_per_rank; }
+  int rank() const override { return groups_.layout.world_rank; }
+
+  const std::vector<int64_t>& plan(const DispatchPlan& plan, MoEPhaseTimes& time) override {
+    if (!moves_rows()) {
+      offset_ = plan.offset;
+      return offset_;
+    }
+    LapTimer timer;
+    plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel);
+    timer.lap(&time.counts_exchange);
+    return plan_.local_offset;
+  }
+
+  // Rows arrive source-major (grouped by sending rank) and are regrouped expert-major, so the
+  // local experts run as one grouped pass.
+  const Tensor& to_experts(const Tensor& rows, Tensor& expert_rows, MoEPhaseTimes& time) override {
+    if (!moves_rows()) return rows;
+    LapTimer timer;
+    const int64_t R = plan_.received_rows(), C = rows.dim(1);
+    source_major_.resize({R, C});
+    exchange_rows(*groups_.expert_parallel, rows, plan_.send_rows, source_major_, plan_.recv_rows);
+    timer.lap(&time.token_exchange);
+    expert_rows.resize({R, C});
+    gather_rows(expert_rows, source_major_, plan_.to_expert_major);
+    timer.lap(&time.permute);
+    return expert_rows;
+  }
+
+  Tensor& expert_output(Tensor& rows, Tensor& expert_rows) override {
+    if (!moves_rows()) return rows;
+    expert_rows.resize({plan_.received_rows(), rows.dim(1)});
+    return expert_rows;
+  }
+
+  void from_experts(const Tensor& expert_rows, Tensor& rows, MoEPhaseTimes& time) override {
+    if (!moves_rows()) return;
+    LapTimer timer;
+    source_major_.resize(expert_rows.shape());
+    gather_rows(source_major_, expert_rows, plan_.to_source_major);
+    timer.lap(&time.permute);
+    exchange_rows(*groups_.expert_parallel, source_major_, plan_.recv_rows, rows, plan_.send_rows);
+    timer.lap(&time.return_exchange);
+  }
+
+  void all_reduce_balance_terms(LoadBalanceTerms& terms) override {
+    // One all-reduce of [choice_count (E), prob_sum (E), num_choices, num_tokens].
+    const size_t E = terms.choice_count.size();
+    std::vector<double> packed(terms.choice_count);
+    packed.insert(packed.end(), terms.prob_sum.begin(), terms.prob_sum.end());
+    packed.push_back(terms.num_choices);
+    packed.push_back(terms.num_tokens);
+    all_reduce(*groups_.world, packed.data(), static_cast<int64_t>(packed.size()));
+    std::copy(packed.begin(), packed.begin() + E, terms.choice_count.begin());
+    std::copy(packed.begin() + E, packed.begin() + 2 * E, terms.prob_sum.begin());
+    terms.num_choices = packed[2 * E];
+    terms.num_tokens = packed[2 * E + 1];
+    terms.ranks = groups_.layout.world_size;
+  }
+
+ private:
+  bool moves_rows() const { return groups_.layout.ep > 1; }
+
+  const ProcessGroups& groups_;
+  ExchangePlan plan_;             // of the last forward, reused by its backward
+  std::vector<int64_t> offset_;   // ep = 1: the dispatch plan's own segments
+  Tensor source_major_;           // (R, C) rows as they cross the network, kept between calls
+};
+
+}  // namespace
+
+std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups) {
+  return std::make_unique<AllToAllExchange>(groups);
+}
+
+}  // namespace moe

@@ -1,0 +1,18 @@
+// The expert exchange over an expert-parallel group (core/moe/expert_exchange.h): kept rows travel to
+// the ranks owning their experts by all-to-all-v and come back the same way (parallel/token_exchange.h
+// has the counts exchange, the row exchange and the regrouping indices it uses).
+#pragma once
+
+#include <memory>
+
+#include "core/moe/expert_exchange.h"
+#include "parallel/process_groups.h"
+
+namespace moe {
+
+// An exchange for one MoE layer of groups.layout.num_experts experts, this rank holding
+// groups.layout's experts. With ep = 1 no row moves (every rank holds every expert), but the
+// global load-balancing scope still sums over the world. `groups` must outlive the exchange.
+std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups);
+
+}  // namespace moe
