@@ -38,8 +38,8 @@ Options:
   --help      this text
 
 Exit status: 2 for a bad config, setting or argument (nothing started); otherwise the launcher's
-(mpirun exits with moe-train's status: 0 when the run completes or stops on a signal after saving
-a checkpoint).
+(mpirun exits with moe-train's status: 0 when the run completes, or stops on SIGUSR1 after saving a
+checkpoint; SIGTERM or SIGINT to mpirun aborts the job and mpirun exits 1, see docs/launch.md).
 
 Launch keys (run.threads_per_rank sets the threads of each rank; moe-train --help lists all keys):
 )";

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # End-to-end tests of moe-train's checkpoints under mpirun: exact resume after SIGTERM, a rank killed
-# in the middle of a save, resuming on other layouts, bad checkpoints, and save-and-exit on a signal.
+# in the middle of a save, resuming on other layouts, bad checkpoints, save-and-exit on a signal, and
+# SIGTERM to mpirun itself.
 #   checkpoint_e2e.sh CASE MOE_TRAIN MPIRUN SOURCE_DIR PROTOC
 # Each case runs in a fresh temporary directory, removed afterwards. Manifests are read with
 # `protoc --decode` (protoc builds the project, so it is always there).
@@ -267,6 +268,52 @@ PY
   m=$(stopped_step run2.txt)
   [ -n "$m" ] && [ "$m" -gt "$n" ] || { cat run2.txt; fail "no stop after SIGUSR1"; }
   [ -f "$(step_dir r/checkpoints "$m")/MANIFEST" ] || fail "no complete checkpoint for step $m"
+  ;;
+mpirun_sigterm)
+  # SIGTERM to mpirun itself (docs/launch.md, "Stopping a run by hand"): OpenMPI's mpirun takes it as
+  # an abort and exits 1 whatever the ranks do (CONT, 1 s, TERM, 1 s, KILL to the ranks), so whether
+  # they save a checkpoint is luck and not checked here; what they did save must resume, and USR1
+  # to mpirun, the signal to send instead, saves one and gives exit status 0.
+  cfg=("${short[@]}" run.steps=100000 checkpoint.every=0 checkpoint.resume=auto run.dir=r)
+  start 2 run1.txt "$tiny" "${cfg[@]}"
+  wait_for_step r/metrics.jsonl 5
+  ranks=$(rank_pids)
+  kill -TERM "$job"
+  wait "$job"
+  status=$?
+  [ $status = 1 ] || { cat run1.txt; fail "mpirun's exit status $status after SIGTERM (expected 1, as docs/launch.md says)"; }
+  # The ranks are gone too (KILLed, or exited; zombies until reaped count as gone).
+  for pid in $ranks; do
+    deadline=$((SECONDS + 30))
+    while [ -e /proc/"$pid" ] && [ "$(awk '{print $3}' /proc/"$pid"/stat 2>/dev/null)" != Z ]; do
+      [ $SECONDS -lt $deadline ] || fail "rank process $pid still runs 30 s after mpirun exited"
+      sleep 0.1
+    done
+  done
+  n=$(stopped_step run1.txt)
+  if [ -n "$n" ]; then echo "after SIGTERM to mpirun: a checkpoint of step $n"; else echo "after SIGTERM to mpirun: no checkpoint"; fi
+  # USR1 to mpirun: resumes from the checkpoint above if there is one (one cut short is skipped).
+  # Its progress is read from its own output: without a checkpoint, metrics.jsonl still holds the
+  # first run's steps until the second one logs over them.
+  start 2 run2.txt "$tiny" "${cfg[@]}"
+  deadline=$((SECONDS + 120))
+  until grep -q "^step $((${n:-0} + 5))/" run2.txt; do
+    kill -0 "$job" 2>/dev/null || { cat run2.txt; fail "the second run ended before step $((${n:-0} + 5))"; }
+    [ $SECONDS -lt $deadline ] || { cat run2.txt; fail "no step $((${n:-0} + 5)) of the second run within 120 s"; }
+    sleep 0.1
+  done
+  kill -USR1 "$job"
+  wait "$job"
+  status=$?
+  [ $status = 0 ] || { cat run2.txt; fail "mpirun's exit status $status after SIGUSR1 (expected 0)"; }
+  if [ -n "$n" ]; then
+    grep -q "resumed from $(step_dir r/checkpoints "$n") at step $n" run2.txt || { cat run2.txt; fail "no resume"; }
+  fi
+  m=$(stopped_step run2.txt)
+  [ -n "$m" ] && [ "$m" -gt "${n:-0}" ] || { cat run2.txt; fail "no stop after SIGUSR1"; }
+  grep -q "saved checkpoint $(step_dir r/checkpoints "$m")$" run2.txt || { cat run2.txt; fail "no 'saved checkpoint' line"; }
+  [ -f "$(step_dir r/checkpoints "$m")/MANIFEST" ] || fail "no complete checkpoint for step $m"
+  [ "$(cat r/checkpoints/latest)" = "$(basename "$(step_dir . "$m")")" ] || fail "latest does not name step $m"
   ;;
 *)
   fail "unknown case"
