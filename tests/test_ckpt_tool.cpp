@@ -15,6 +15,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "tests/test_util.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/safetensors.h"
 #include "tools/ckpt/surgery.h"
@@ -22,26 +23,9 @@
 namespace moe::ckpt {
 namespace {
 
+using namespace moe::test;  // NOLINT(google-build-using-namespace): the shared test helpers
+
 namespace fs = std::filesystem;
-
-#define EXPECT_CONTAINS(haystack, needle) \
-  EXPECT_NE(std::string(haystack).find(needle), std::string::npos) << "expected '" << (needle) << "' in: " << (haystack)
-
-class TempDir {
- public:
-  TempDir() {
-    std::string pattern = (fs::temp_directory_path() / "moe_test_ckpt_tool_XXXXXX").string();
-    if (::mkdtemp(pattern.data()) != nullptr) path_ = pattern;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    if (!path_.empty()) fs::remove_all(path_, ec);
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-};
 
 // A tensor whose element i is base + i (distinct values, so a misplaced row is seen).
 Tensor iota(const Shape& shape, float base) {
@@ -116,7 +100,7 @@ TEST(CkptTensors, GatherAxisCopiesAndZeroFills) {
 // Written for 4 ranks with ep 2: experts 0-1 in shard 0, 2-3 in shard 1, nothing expert-indexed in
 // shards 2 and 3; read back as the same whole tensors; rewritten for one rank, still the same.
 TEST(CkptWrite, LayoutRoundTripPlacesExpertsByGlobalId) {
-  TempDir tmp;
+  TempDir tmp("moe_test_ckpt_tool");
   CheckpointData data = small_checkpoint();
   const std::string out = tmp.path() + "/w4";
   write_checkpoint_data(data, 4, 2, out);
@@ -162,15 +146,11 @@ TEST(CkptWrite, LayoutRoundTripPlacesExpertsByGlobalId) {
 }
 
 TEST(CkptWrite, RefusesAnExistingOutputAndBadLayouts) {
-  TempDir tmp;
+  TempDir tmp("moe_test_ckpt_tool");
   CheckpointData data = small_checkpoint();
   fs::create_directory(tmp.path() + "/exists");
-  try {
-    write_checkpoint_data(data, 2, 2, tmp.path() + "/exists");
-    FAIL() << "overwrote an existing output";
-  } catch (const InvalidArgument& e) {
-    EXPECT_CONTAINS(e.what(), "already exists; moe-ckpt does not overwrite");
-  }
+  EXPECT_CONTAINS(error_message([&] { write_checkpoint_data(data, 2, 2, tmp.path() + "/exists"); }),
+                  "already exists; moe-ckpt does not overwrite");
   EXPECT_TRUE(fs::is_empty(tmp.path() + "/exists"));
   EXPECT_THROW(write_checkpoint_data(data, 4, 3, tmp.path() + "/a"), InvalidArgument);  // 3 does not divide 4
   EXPECT_THROW(write_checkpoint_data(data, 3, 3, tmp.path() + "/b"), InvalidArgument);  // 4 experts over 3
@@ -181,7 +161,7 @@ TEST(CkptWrite, RefusesAnExistingOutputAndBadLayouts) {
 // verify() compares each shard index with the manifest: an index rewritten with one CRC changed is
 // reported, naming the index and the manifest.
 TEST(CkptVerify, ShardIndexDisagreeingWithTheManifestIsReported) {
-  TempDir tmp;
+  TempDir tmp("moe_test_ckpt_tool");
   const std::string out = tmp.path() + "/c";
   write_checkpoint_data(small_checkpoint(), 2, 2, out);
   const std::string index_path = out + "/shard_00001.index";

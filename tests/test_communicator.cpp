@@ -13,9 +13,12 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi_communicator.h"
 #include "tests/mpi_test_util.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
+
+using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
 int world_rank() { return test_world().rank(); }
 int world_size() { return test_world().size(); }
@@ -173,12 +176,8 @@ TEST(MpiCommunicator, AllToAllVRejectsCountsLargerThanInt) {
   Communicator& world = test_world();
   // The same counts on every rank, so every rank throws before any MPI call.
   const std::vector<int64_t> huge(world.size(), int64_t(INT_MAX) + 1);
-  try {
-    world.all_to_all_v(nullptr, huge.data(), nullptr, huge.data(), 4);
-    FAIL() << "expected CommError";
-  } catch (const CommError& e) {
-    EXPECT_NE(std::string(e.what()).find("send_rows[0] = 2147483648"), std::string::npos) << e.what();
-  }
+  EXPECT_CONTAINS(error_message<CommError>([&] { world.all_to_all_v(nullptr, huge.data(), nullptr, huge.data(), 4); }),
+                  "send_rows[0] = 2147483648");
 }
 
 // --- all_gather, broadcast, barrier ---
@@ -283,17 +282,11 @@ TEST(MpiCheck, FailingCallThrowsCommErrorNamingCallRankAndMpiMessage) {
   char expected_message[MPI_MAX_ERROR_STRING] = {};
   int length = 0;
   MPI_Error_string(MPI_ERR_ROOT, expected_message, &length);
-  try {
-    MPI_CHECK(MPI_Bcast(&value, 1, MPI_INT, invalid_root, world->handle()));
-    FAIL() << "MPI_Bcast with root " << invalid_root << " should have failed";
-  } catch (const CommError& e) {
-    const std::string what = e.what();
-    EXPECT_NE(what.find("test_communicator.cpp:"), std::string::npos) << what;
-    EXPECT_NE(what.find("MPI_Bcast(&value, 1, MPI_INT, invalid_root, world->handle()) failed"), std::string::npos)
-        << what;
-    EXPECT_NE(what.find("on rank " + std::to_string(world_rank()) + ":"), std::string::npos) << what;
-    EXPECT_NE(what.find(std::string(expected_message, length)), std::string::npos) << what;
-  }
+  SCOPED_TRACE("MPI_Bcast with root " + std::to_string(invalid_root));
+  const std::string what =
+      error_message<CommError>([&] { MPI_CHECK(MPI_Bcast(&value, 1, MPI_INT, invalid_root, world->handle())); });
+  EXPECT_CONTAINS(what, "test_communicator.cpp:", "MPI_Bcast(&value, 1, MPI_INT, invalid_root, world->handle()) failed",
+                  "on rank " + std::to_string(world_rank()) + ":", std::string(expected_message, length));
 }
 
 TEST(MpiCheck, SuccessfulCallDoesNothing) {
@@ -349,13 +342,9 @@ TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
   std::unique_ptr<Communicator> local = make_local_communicator();
   float send[4] = {}, recv[4] = {};
   const int64_t send_rows = 2, recv_rows = 1;
-  try {
-    local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float));
-    FAIL() << "expected CommError";
-  } catch (const CommError& e) {
-    EXPECT_NE(std::string(e.what()).find("send_rows[0] = 2 must equal recv_rows[0] = 1"), std::string::npos)
-        << e.what();
-  }
+  EXPECT_CONTAINS(
+      error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float)); }),
+      "send_rows[0] = 2 must equal recv_rows[0] = 1");
 }
 
 }  // namespace

@@ -4,75 +4,37 @@
 #include "launch/config/train_config.h"
 
 #include <gtest/gtest.h>
-#include <unistd.h>
 
 #include <algorithm>
 #include <filesystem>
-#include <fstream>
-#include <functional>
-#include <initializer_list>
 #include <limits>
 #include <sstream>
 #include <string>
 #include <vector>
 
 #include "core/check.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
 
+using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
+
 namespace fs = std::filesystem;
 
-// The message of the InvalidArgument that `f` throws; fails the test when it throws nothing.
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an InvalidArgument, nothing was thrown";
-  return "";
-}
-
-// Every part must occur in the message, and it must start with "config: ".
-void expect_message(const std::string& message, std::initializer_list<const char*> parts) {
+// A config error: it starts with "config: " and contains every one of `parts`.
+void expect_message(const std::string& message, const std::vector<std::string>& parts) {
   EXPECT_EQ(message.rfind("config: ", 0), 0u) << message;
-  for (const char* part : parts)
-    EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
+  EXPECT_TRUE(contains_all(message, parts));
 }
 
 std::string parse_error(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
-  return error_of([&] { parse_train_config(yaml, "test.yaml", overrides); });
+  return error_message([&] { parse_train_config(yaml, "test.yaml", overrides); });
 }
 
 TrainConfig parse(const std::string& yaml, const std::vector<std::string>& overrides = {}) {
   return parse_train_config(yaml, "test.yaml", overrides);
 }
-
-// A fresh directory under the system temp dir, removed with everything in it at the end of the test.
-class TempDir {
- public:
-  TempDir() {
-    static int counter = 0;
-    path_ =
-        fs::temp_directory_path() / ("moe_test_config_" + std::to_string(::getpid()) + "_" + std::to_string(counter++));
-    fs::remove_all(path_);
-    fs::create_directories(path_);
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  std::string write(const std::string& name, const std::string& text) const {
-    fs::path p = path_ / name;
-    std::ofstream(p) << text;
-    return p.string();
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // ---- Defaults and the example configs --------------------------------------------------------------
 
@@ -276,13 +238,13 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
 TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
   TrainConfig c;
   c.moe.min_capacity = -3;
-  expect_message(error_of([&] { c.validate(); }), {"moe.min_capacity = -3 is out of range; accepted: >= 0"});
+  expect_message(error_message([&] { c.validate(); }), {"moe.min_capacity = -3 is out of range; accepted: >= 0"});
   c = TrainConfig{};
   c.model.init_std = std::numeric_limits<double>::quiet_NaN();
-  expect_message(error_of([&] { c.validate(); }), {"model.init_std = nan is out of range; accepted: > 0"});
+  expect_message(error_message([&] { c.validate(); }), {"model.init_std = nan is out of range; accepted: > 0"});
   c = TrainConfig{};
   c.moe.capacity_factor = std::numeric_limits<double>::infinity();
-  expect_message(error_of([&] { c.validate(); }),
+  expect_message(error_message([&] { c.validate(); }),
                  {"moe.capacity_factor = inf is out of range; accepted: any finite value"});
 }
 
@@ -309,22 +271,24 @@ TEST(Config, WorldSizeChecks) {
   TrainConfig c;  // 8 experts, ep = 0
   EXPECT_EQ(resolved_ep(c, 4), 4);
   EXPECT_NO_THROW(validate_for_world(c, 4));
-  expect_message(error_of([&] { validate_for_world(c, 3); }),
+  expect_message(error_message([&] { validate_for_world(c, 3); }),
                  {"moe.num_experts = 8 is not divisible by parallel.ep = 3 (0 = the world size)"});
   c.parallel.ep = 2;
   EXPECT_EQ(resolved_ep(c, 4), 2);
   EXPECT_NO_THROW(validate_for_world(c, 4));  // 2 expert-parallel groups of 2 ranks
-  expect_message(error_of([&] { validate_for_world(c, 3); }), {"parallel.ep = 2 does not divide the world size 3"});
+  expect_message(error_message([&] { validate_for_world(c, 3); }),
+                 {"parallel.ep = 2 does not divide the world size 3"});
   c.parallel.ep = 8;
-  expect_message(error_of([&] { validate_for_world(c, 4); }), {"parallel.ep = 8 does not divide the world size 4"});
+  expect_message(error_message([&] { validate_for_world(c, 4); }),
+                 {"parallel.ep = 8 does not divide the world size 4"});
   c.parallel.ep = 3;
-  expect_message(error_of([&] { validate_for_world(c, 6); }),
+  expect_message(error_message([&] { validate_for_world(c, 6); }),
                  {"moe.num_experts = 8 is not divisible by parallel.ep = 3"});
-  expect_message(error_of([&] { validate_for_world(TrainConfig{}, 0); }), {"the world size 0 must be >= 1"});
+  expect_message(error_message([&] { validate_for_world(TrainConfig{}, 0); }), {"the world size 0 must be >= 1"});
   // The world-independent checks run too.
   c = TrainConfig{};
   c.moe.top_k = 9;
-  expect_message(error_of([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+  expect_message(error_message([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
 }
 
 // ---- Overrides -------------------------------------------------------------------------------------
@@ -363,9 +327,9 @@ TEST(Config, BadOverridesNameTheArgument) {
 // ---- Files -----------------------------------------------------------------------------------------
 
 TEST(Config, YamlSyntaxErrorNamesTheFileLineAndColumn) {
-  TempDir tmp;
+  TempDir tmp("moe_test_config");
   const std::string path = tmp.write("bad.yaml", "run:\n  name: a\n  steps: [1, 2\nmodel:\n  d_model: 64\n");
-  const std::string message = error_of([&] { load_train_config(path, {}); });
+  const std::string message = error_message([&] { load_train_config(path, {}); });
   expect_message(message, {"YAML syntax error"});
   EXPECT_NE(message.find(path + ":"), std::string::npos) << message;
   // yaml-cpp reports where it noticed the missing ']': at line 4 ("model:"), or 3 in other versions.
@@ -373,21 +337,21 @@ TEST(Config, YamlSyntaxErrorNamesTheFileLineAndColumn) {
       << message;
 
   const std::string tab = tmp.write("tab.yaml", "run:\n  steps: 1\n   seed: 2\n");
-  expect_message(error_of([&] { load_train_config(tab, {}); }), {"tab.yaml:3:", "YAML syntax error"});
+  expect_message(error_message([&] { load_train_config(tab, {}); }), {"tab.yaml:3:", "YAML syntax error"});
 }
 
 TEST(Config, UnreadableFileNamesThePathAndTheOsError) {
-  TempDir tmp;
-  const std::string missing = (tmp.path() / "missing.yaml").string();
-  expect_message(error_of([&] { load_train_config(missing, {}); }),
+  TempDir tmp("moe_test_config");
+  const std::string missing = tmp.file("missing.yaml");
+  expect_message(error_message([&] { load_train_config(missing, {}); }),
                  {"cannot open '", "missing.yaml': No such file or directory"});
-  expect_message(error_of([&] { load_train_config(tmp.path().string(), {}); }), {"it is a directory"});
+  expect_message(error_message([&] { load_train_config(tmp.path(), {}); }), {"it is a directory"});
 }
 
 TEST(Config, ErrorsInAFileNameTheFile) {
-  TempDir tmp;
+  TempDir tmp("moe_test_config");
   const std::string path = tmp.write("typo.yaml", "moe:\n  num_expert: 4\n");
-  expect_message(error_of([&] { load_train_config(path, {}); }),
+  expect_message(error_message([&] { load_train_config(path, {}); }),
                  {"typo.yaml:2:3: unknown key moe.num_expert", "did you mean moe.num_experts?"});
 }
 
@@ -430,7 +394,7 @@ TEST(Config, ToYamlRoundTripsEveryKey) {
   EXPECT_EQ(to_yaml(back), yaml);
 
   // Defaults, and every example, through a file.
-  TempDir tmp;
+  TempDir tmp("moe_test_config");
   TrainConfig d = parse("");
   EXPECT_EQ(load_train_config(tmp.write("d.yaml", to_yaml(d)), {}), d);
   for (const char* name : {"tiny.yaml", "small.yaml", "gpu-example.yaml"}) {

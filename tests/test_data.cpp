@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <memory>
 #include <set>
 #include <string>
 #include <vector>
@@ -16,24 +17,23 @@
 #include "data/data_loader.h"
 #include "data/synthetic_corpus.h"
 #include "data/token_file.h"
+#include "tests/test_util.h"
 
 namespace fs = std::filesystem;
 using moe::TokenFileStatus;
 
 namespace {
 
-// A fresh temporary directory per test, removed afterwards.
-class TempDir : public ::testing::Test {
- protected:
-  void SetUp() override {
-    std::string tmpl = (fs::temp_directory_path() / "moe_test_data_XXXXXX").string();
-    ASSERT_NE(mkdtemp(tmpl.data()), nullptr);
-    dir_ = tmpl;
-  }
-  void TearDown() override { fs::remove_all(dir_); }
-  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+using moe::test::contains_all;
+using moe::test::error_message;
 
-  fs::path dir_;
+// A fixture with a fresh temporary directory per test, removed afterwards.
+class TempDirTest : public ::testing::Test {
+ protected:
+  void SetUp() override { tmp_ = std::make_unique<moe::test::TempDir>("moe_test_data"); }
+  std::string path(const std::string& name) const { return tmp_->file(name); }
+
+  std::unique_ptr<moe::test::TempDir> tmp_;
 };
 
 std::vector<uint8_t> read_bytes(const std::string& path) {
@@ -67,33 +67,16 @@ void expect_read_fails(const std::string& path, TokenFileStatus::Code code, std:
   TokenFileStatus s = moe::read_token_file(path, &f);
   ASSERT_FALSE(s.ok()) << path;
   EXPECT_EQ(s.code, code) << s.message;
-  EXPECT_NE(s.message.find(path), std::string::npos) << s.message;
-  for (const std::string& p : parts) EXPECT_NE(s.message.find(p), std::string::npos) << "'" << p << "' not in: " << s.message;
+  EXPECT_CONTAINS(s.message, path);
+  EXPECT_TRUE(contains_all(s.message, parts));
   EXPECT_EQ(f.vocab_size, -7);
-  try {
-    moe::load_token_file(path);
-    ADD_FAILURE() << "load_token_file did not throw for " << path;
-  } catch (const moe::InvalidArgument& e) {
-    EXPECT_EQ(std::string(e.what()), s.message);
-  }
+  EXPECT_EQ(error_message([&] { moe::load_token_file(path); }), s.message) << "load_token_file";
 }
-
-template <typename F>
-std::string error_of(F&& f) {
-  try {
-    f();
-  } catch (const moe::InvalidArgument& e) {
-    return e.what();
-  }
-  return "(no InvalidArgument thrown)";
-}
-
-#define EXPECT_CONTAINS(text, part) EXPECT_NE(std::string(text).find(part), std::string::npos) << (text)
 
 // ---------------------------------------------------------------------------------------------
 // Token file
 
-using TokenFileTest = TempDir;
+using TokenFileTest = TempDirTest;
 
 TEST_F(TokenFileTest, WidthIsTheSmallestHoldingVocabMinusOne) {
   EXPECT_EQ(moe::token_width_for_vocab(1), 1u);
@@ -161,19 +144,19 @@ TEST_F(TokenFileTest, WriterReplacesAnExistingFileAndLeavesNoTemp) {
   moe::write_token_file(p, std::vector<int32_t>{1}, 2);
   EXPECT_EQ(moe::load_token_file(p).tokens, (std::vector<int32_t>{1}));
   EXPECT_FALSE(fs::exists(p + ".tmp"));
-  EXPECT_EQ(std::distance(fs::directory_iterator(dir_), fs::directory_iterator{}), 1);
+  EXPECT_EQ(std::distance(fs::directory_iterator(tmp_->path()), fs::directory_iterator{}), 1);
 }
 
 TEST_F(TokenFileTest, WriterRejectsBadInputWithoutTouchingTheFile) {
   const std::string p = path("keep.tok");
   moe::write_token_file(p, std::vector<int32_t>{1, 2}, 3);
   const std::vector<uint8_t> before = read_bytes(p);
-  std::string e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{0, 1, 3}, 3); });
+  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{0, 1, 3}, 3); });
   EXPECT_CONTAINS(e, p);
   EXPECT_CONTAINS(e, "token 3 at position 2");
-  e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{-1}, 3); });
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{-1}, 3); });
   EXPECT_CONTAINS(e, "token -1 at position 0");
-  e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{}, 0); });
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{}, 0); });
   EXPECT_CONTAINS(e, "vocab_size = 0");
   EXPECT_EQ(read_bytes(p), before);
   EXPECT_FALSE(fs::exists(p + ".tmp"));
@@ -181,16 +164,16 @@ TEST_F(TokenFileTest, WriterRejectsBadInputWithoutTouchingTheFile) {
 
 TEST_F(TokenFileTest, WriterNamesAnUnwritablePath) {
   const std::string p = path("no_such_dir/out.tok");
-  std::string e = error_of([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 2); });
+  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 2); });
   EXPECT_CONTAINS(e, "cannot write token file '" + p + "'");
   EXPECT_CONTAINS(e, "No such file or directory");
 }
 
 // Each test below damages a valid file in one way; the reader must name the file and the damage.
-class TokenFileCorruption : public TempDir {
+class TokenFileCorruption : public TempDirTest {
  protected:
   void SetUp() override {
-    TempDir::SetUp();
+    TempDirTest::SetUp();
     good_ = path("good.tok");
     moe::write_token_file(good_, std::vector<int32_t>{10, 20, 30, 40, 50}, 300);  // width 2: 42 bytes
     bytes_ = read_bytes(good_);
@@ -212,7 +195,7 @@ TEST_F(TokenFileCorruption, MissingFile) {
 }
 
 TEST_F(TokenFileCorruption, Directory) {
-  expect_read_fails(dir_.string(), TokenFileStatus::Code::IOError, {"not a regular file"});
+  expect_read_fails(tmp_->path(), TokenFileStatus::Code::IOError, {"not a regular file"});
 }
 
 TEST_F(TokenFileCorruption, ShorterThanAHeader) {
@@ -310,16 +293,16 @@ TEST(ByteTokenizer, DocumentsEndWithTheEndOfDocumentToken) {
 }
 
 TEST(ByteTokenizer, DecodeRejectsNonByteTokens) {
-  std::string e = error_of([] { moe::decode_bytes(std::vector<int32_t>{65, 66, 300}); });
+  std::string e = error_message([] { moe::decode_bytes(std::vector<int32_t>{65, 66, 300}); });
   EXPECT_CONTAINS(e, "token 300 at position 2");
-  e = error_of([] { moe::decode_bytes(std::vector<int32_t>{-1}); });
+  e = error_message([] { moe::decode_bytes(std::vector<int32_t>{-1}); });
   EXPECT_CONTAINS(e, "token -1 at position 0");
 }
 
 // ---------------------------------------------------------------------------------------------
 // Sources and the split
 
-using TokenFileSourceTest = TempDir;
+using TokenFileSourceTest = TempDirTest;
 
 TEST_F(TokenFileSourceTest, NonOverlappingWindowsAndTheTailDropped) {
   const std::string p = path("c.tok");
@@ -342,14 +325,14 @@ TEST_F(TokenFileSourceTest, NonOverlappingWindowsAndTheTailDropped) {
 TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
   const std::string p = path("short.tok");
   moe::write_token_file(p, std::vector<int32_t>{1, 2, 3}, 10);
-  std::string e = error_of([&] { moe::TokenFileSource src(p, 3); });
+  std::string e = error_message([&] { moe::TokenFileSource src(p, 3); });
   EXPECT_CONTAINS(e, p);
   EXPECT_CONTAINS(e, "has 3 tokens");
   EXPECT_CONTAINS(e, "= 4 tokens");
   moe::TokenFileSource ok(p, 2);  // exactly one window
   EXPECT_EQ(ok.num_sequences(), 1);
   // A damaged file surfaces the reader's message.
-  e = error_of([&] { moe::TokenFileSource src(path("missing.tok"), 3); });
+  e = error_message([&] { moe::TokenFileSource src(path("missing.tok"), 3); });
   EXPECT_CONTAINS(e, "missing.tok");
 }
 
@@ -386,11 +369,11 @@ TEST(Split, EvalIsTheLastCeilFractionAndDisjoint) {
     EXPECT_EQ(s.train.end, s.eval.begin);  // disjoint, contiguous
     EXPECT_EQ(s.eval.end, c.n);            // together they cover [0, n)
   }
-  std::string e = error_of([] { moe::make_split(1, 0.5); });
+  std::string e = error_message([] { moe::make_split(1, 0.5); });
   EXPECT_CONTAINS(e, "leaves none for training");
   EXPECT_CONTAINS(e, "1 sequences");
-  EXPECT_CONTAINS(error_of([] { moe::make_split(10, 1.0); }), "must be in [0, 1)");
-  EXPECT_CONTAINS(error_of([] { moe::make_split(10, -0.1); }), "must be in [0, 1)");
+  EXPECT_CONTAINS(error_message([] { moe::make_split(10, 1.0); }), "must be in [0, 1)");
+  EXPECT_CONTAINS(error_message([] { moe::make_split(10, -0.1); }), "must be in [0, 1)");
 }
 
 TEST(Split, RankShardsAreDisjointAndCover) {
@@ -573,7 +556,7 @@ TEST(DataLoader, RestoredLoaderContinuesExactly) {
 TEST(DataLoader, RestoreRejectsAStepBeyondTheEpoch) {
   IndexSource src(40, 3);
   moe::DataLoader l(src, 0, 40, 0, 2, 5, 1);  // 4 steps per epoch
-  std::string e = error_of([&] { l.restore({2, 4}); });
+  std::string e = error_message([&] { l.restore({2, 4}); });
   EXPECT_CONTAINS(e, "step 4 of epoch 2");
   EXPECT_CONTAINS(e, "has 4 steps");
   l.restore({2, 3});
@@ -582,7 +565,7 @@ TEST(DataLoader, RestoreRejectsAStepBeyondTheEpoch) {
 
 TEST(DataLoader, TooSmallSplitNamesBothNumbers) {
   IndexSource src(40, 3);
-  std::string e = error_of([&] { moe::DataLoader l(src, 30, 35, 0, 2, 3, 1); });
+  std::string e = error_message([&] { moe::DataLoader l(src, 30, 35, 0, 2, 3, 1); });
   EXPECT_CONTAINS(e, "has 5 sequences");
   EXPECT_CONTAINS(e, "2 x 3 = 6");
   moe::DataLoader exactly(src, 30, 36, 1, 2, 3, 1);  // one step per epoch
@@ -591,13 +574,13 @@ TEST(DataLoader, TooSmallSplitNamesBothNumbers) {
 
 TEST(DataLoader, RejectsBadArguments) {
   IndexSource src(40, 3);
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 41, 0, 1, 1, 1); }), "range [0, 41)");
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 5, 5, 0, 1, 1, 1); }), "non-empty");
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 2, 2, 1, 1); }), "rank = 2");
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 0, 0, 1, 1); }), "world_size = 0");
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(src, 0, 40, 0, 1, 0, 1); }), "batch_size = 0");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 0, 41, 0, 1, 1, 1); }), "range [0, 41)");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 5, 5, 0, 1, 1, 1); }), "non-empty");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 0, 40, 2, 2, 1, 1); }), "rank = 2");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 0, 40, 0, 0, 1, 1); }), "world_size = 0");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 0, 40, 0, 1, 0, 1); }), "batch_size = 0");
   IndexSource one_token(10, 0);
-  EXPECT_CONTAINS(error_of([&] { moe::DataLoader l(one_token, 0, 10, 0, 1, 1, 1); }), "at least 2");
+  EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(one_token, 0, 10, 0, 1, 1, 1); }), "at least 2");
 }
 
 }  // namespace

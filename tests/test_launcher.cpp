@@ -8,7 +8,6 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
-#include <initializer_list>
 #include <map>
 #include <string>
 #include <vector>
@@ -21,25 +20,14 @@
 #include "launch/launcher/job_script.h"
 #include "launch/launcher/launch_plan.h"
 #include "parallel/local_rank.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
 
+using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
+
 namespace fs = std::filesystem;
-
-std::string error_of(const std::function<void()>& f) {
-  try {
-    f();
-  } catch (const InvalidArgument& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an InvalidArgument, nothing was thrown";
-  return "";
-}
-
-void expect_contains(const std::string& text, std::initializer_list<const char*> parts) {
-  for (const char* part : parts) EXPECT_NE(text.find(part), std::string::npos) << "'" << part << "' not in:\n" << text;
-}
 
 TrainConfig config(const std::vector<std::string>& overrides) { return parse_train_config("", "test.yaml", overrides); }
 
@@ -78,79 +66,79 @@ TEST(LaunchValues, TimeLimits) {
 }
 
 TEST(LaunchValues, TheConfigRejectsMalformedValuesNamingTheKey) {
-  auto message = [](const std::string& override_arg) { return error_of([&] { config({override_arg}); }); };
-  expect_contains(message("scheduler.time_limit=90min"), {"scheduler.time_limit = \"90min\" is not valid", "HH:MM:SS"});
-  expect_contains(message("launch.hosts=a:0"), {"launch.hosts = \"a:0\" is not valid", "host[:slots]"});
-  expect_contains(message("launch.env=1X=2"), {"launch.env = \"1X=2\" is not valid", "NAME=value"});
-  expect_contains(message("launch.bind=numa"), {"launch.bind: expected one of none, core, socket"});
-  expect_contains(message("launch.ranks=0"), {"launch.ranks = 0 is out of range"});
-  expect_contains(message("launch.launcher=ssh"), {"launch.launcher: expected one of mpirun, srun"});
+  auto message = [](const std::string& override_arg) { return error_message([&] { config({override_arg}); }); };
+  EXPECT_CONTAINS(message("scheduler.time_limit=90min"), "scheduler.time_limit = \"90min\" is not valid", "HH:MM:SS");
+  EXPECT_CONTAINS(message("launch.hosts=a:0"), "launch.hosts = \"a:0\" is not valid", "host[:slots]");
+  EXPECT_CONTAINS(message("launch.env=1X=2"), "launch.env = \"1X=2\" is not valid", "NAME=value");
+  EXPECT_CONTAINS(message("launch.bind=numa"), "launch.bind: expected one of none, core, socket");
+  EXPECT_CONTAINS(message("launch.ranks=0"), "launch.ranks = 0 is out of range");
+  EXPECT_CONTAINS(message("launch.launcher=ssh"), "launch.launcher: expected one of mpirun, srun");
 }
 
 // ---- Checks before a launch ------------------------------------------------------------------------
 
 TEST(LaunchPlan, RanksPerNodeBeyondTheCoresNamesTheSetting) {
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=4", "launch.ranks_per_node=4"}), kTwoCores);
                   }),
-                  {"launch.ranks_per_node = 4 is more ranks per node than a node has cores (2, from --cpus)",
-                   "launch.oversubscribe=true"});
+                  "launch.ranks_per_node = 4 is more ranks per node than a node has cores (2, from --cpus)",
+                  "launch.oversubscribe=true");
   // All ranks on this node (ranks_per_node = 0): launch.ranks is the setting.
-  expect_contains(error_of([] { plan_launch(config({"launch.ranks=4"}), kTwoCores); }),
-                  {"launch.ranks = 4 (all on one node: launch.ranks_per_node = 0) is more ranks per node"});
+  EXPECT_CONTAINS(error_message([] { plan_launch(config({"launch.ranks=4"}), kTwoCores); }),
+                  "launch.ranks = 4 (all on one node: launch.ranks_per_node = 0) is more ranks per node");
   // Threads count too.
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=2", "run.threads_per_rank=2"}), kTwoCores);
                   }),
-                  {"x run.threads_per_rank = 2 needs 4 cores per node, more than a node has (2, from --cpus)"});
+                  "x run.threads_per_rank = 2 needs 4 cores per node, more than a node has (2, from --cpus)");
   // Allowed with oversubscribe, and without a known core count.
   EXPECT_NO_THROW(plan_launch(config({"launch.ranks=4", "launch.oversubscribe=true"}), kTwoCores));
   EXPECT_NO_THROW(plan_launch(config({"launch.ranks=4"}), std::nullopt));
 }
 
 TEST(LaunchPlan, HostfileThatDoesNotExistNamesTheSetting) {
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=2", "launch.hostfile=/nonexistent/hosts"}), kTwoCores);
                   }),
-                  {"launch.hostfile = '/nonexistent/hosts' does not exist"});
-  expect_contains(error_of([] {
+                  "launch.hostfile = '/nonexistent/hosts' does not exist");
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.hosts=a:2", "launch.hostfile=/etc/hostname"}), kTwoCores);
                   }),
-                  {"launch.hosts = 'a:2' and launch.hostfile = '/etc/hostname' are both set"});
+                  "launch.hosts = 'a:2' and launch.hostfile = '/etc/hostname' are both set");
   const LaunchPlan p = plan_launch(config({"launch.ranks=2", "launch.hostfile=/etc/hostname"}), kTwoCores);
   EXPECT_EQ(p.hostfile, "/etc/hostname");
 }
 
 TEST(LaunchPlan, EpMustDivideTheRanks) {
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=2", "parallel.ep=3"}), kTwoCores);
                   }),
-                  {"parallel.ep = 3 does not divide launch.ranks = 2"});
-  expect_contains(error_of([] {
+                  "parallel.ep = 3 does not divide launch.ranks = 2");
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=3", "launch.oversubscribe=true"}), kTwoCores);
                   }),
-                  {"moe.num_experts = 8 is not divisible by launch.ranks = 3"});
+                  "moe.num_experts = 8 is not divisible by launch.ranks = 3");
   EXPECT_NO_THROW(plan_launch(config({"launch.ranks=2", "parallel.ep=1"}), kTwoCores));
 }
 
 TEST(LaunchPlan, HostsAndRanksPerNodeMustAddUp) {
-  expect_contains(
-      error_of([] {
+  EXPECT_CONTAINS(
+      error_message([] {
         plan_launch(config({"launch.ranks=6", "launch.ranks_per_node=4", "moe.num_experts=12"}), std::nullopt);
       }),
-      {"launch.ranks = 6 is not a multiple of launch.ranks_per_node = 4"});
-  expect_contains(error_of([] {
+      "launch.ranks = 6 is not a multiple of launch.ranks_per_node = 4");
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=8", "launch.ranks_per_node=2", "launch.hosts=a,b"}), kTwoCores);
                   }),
-                  {"needs 4 hosts, but launch.hosts names 2"});
-  expect_contains(error_of([] {
+                  "needs 4 hosts, but launch.hosts names 2");
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.ranks=8", "launch.hosts=a:2,b:2"}), kTwoCores);
                   }),
-                  {"has 4 slots, fewer than launch.ranks = 8"});
-  expect_contains(error_of([] {
+                  "has 4 slots, fewer than launch.ranks = 8");
+  EXPECT_CONTAINS(error_message([] {
                     plan_launch(config({"launch.launcher=srun", "launch.hosts=a"}), kTwoCores);
                   }),
-                  {"launch.launcher = srun runs on the nodes of the Slurm allocation"});
+                  "launch.launcher = srun runs on the nodes of the Slurm allocation");
 }
 
 // ---- Commands --------------------------------------------------------------------------------------
@@ -178,8 +166,8 @@ TEST(Command, MpirunOnHostsWithThreadsEnvironmentAndExtraArguments) {
 
 TEST(Command, OversubscribedRanksAreNotBound) {
   const TrainConfig c = config({"launch.ranks=4", "launch.oversubscribe=true"});
-  expect_contains(shell_line(mpirun_command(c, plan_launch(c, kTwoCores), train(), {})),
-                  {"mpirun -np 4 --oversubscribe --map-by slot --bind-to none"});
+  EXPECT_CONTAINS(shell_line(mpirun_command(c, plan_launch(c, kTwoCores), train(), {})),
+                  "mpirun -np 4 --oversubscribe --map-by slot --bind-to none");
 }
 
 TEST(Command, SrunInsideAnAllocation) {
@@ -234,36 +222,37 @@ TEST(JobPlan, NodesAndTasksComeFromLaunchOrMustAgreeWithIt) {
   j = plan_job(config({"launch.ranks=8", "scheduler.nodes=4"}), Scheduler::Pbs, std::nullopt, "/w");
   EXPECT_EQ(j.tasks_per_node, 2);
   EXPECT_EQ(j.output, "/w/runs/run/job.out");
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     plan_job(config({"launch.ranks=2", "scheduler.nodes=2", "scheduler.tasks_per_node=2"}),
                              Scheduler::Slurm, std::nullopt, "/w");
                   }),
-                  {"scheduler.nodes = 2 x scheduler.tasks_per_node = 2 gives 4 ranks, but launch.ranks = 2"});
-  expect_contains(error_of([] {
+                  "scheduler.nodes = 2 x scheduler.tasks_per_node = 2 gives 4 ranks, but launch.ranks = 2");
+  EXPECT_CONTAINS(error_message([] {
                     plan_job(config({"launch.ranks=4", "launch.ranks_per_node=4"}), Scheduler::Slurm, kTwoCores, "/w");
                   }),
-                  {"launch.ranks_per_node = 4 is more ranks per node than a node has cores (2, from --cpus)"});
-  expect_contains(error_of([] {
+                  "launch.ranks_per_node = 4 is more ranks per node than a node has cores (2, from --cpus)");
+  EXPECT_CONTAINS(error_message([] {
                     plan_job(config({"launch.ranks=2", "run.threads_per_rank=2", "scheduler.cpus_per_task=1"}),
                              Scheduler::Slurm, std::nullopt, "/w");
                   }),
-                  {"scheduler.cpus_per_task = 1 is less than run.threads_per_rank = 2"});
-  expect_contains(
-      error_of([] {
+                  "scheduler.cpus_per_task = 1 is less than run.threads_per_rank = 2");
+  EXPECT_CONTAINS(
+      error_message([] {
         plan_job(config({"launch.ranks=4", "scheduler.gpus_per_node=2"}), Scheduler::Slurm, std::nullopt, "/w");
       }),
-      {"more ranks per node than scheduler.gpus_per_node = 2"});
-  expect_contains(
-      error_of([] { plan_job(config({"scheduler.time_limit=00:01:00"}), Scheduler::Slurm, std::nullopt, "/w"); }),
-      {"scheduler.signal_seconds_before_end = 120 is not less than scheduler.time_limit = 00:01:00 (60 s)"});
-  expect_contains(error_of([] { plan_job(config({"launch.hosts=a:2"}), Scheduler::Slurm, std::nullopt, "/w"); }),
-                  {"the scheduler picks the nodes"});
-  expect_contains(error_of([] { plan_job(config({"scheduler.queue=q"}), Scheduler::Slurm, std::nullopt, "/w"); }),
-                  {"scheduler.queue = 'q' is for PBS"});
-  expect_contains(error_of([] { plan_job(config({"scheduler.partition=p"}), Scheduler::Pbs, std::nullopt, "/w"); }),
-                  {"scheduler.partition = 'p' is for Slurm"});
-  expect_contains(error_of([] { plan_job(config({"launch.launcher=srun"}), Scheduler::Pbs, std::nullopt, "/w"); }),
-                  {"launch.launcher = srun needs Slurm"});
+      "more ranks per node than scheduler.gpus_per_node = 2");
+  EXPECT_CONTAINS(
+      error_message([] { plan_job(config({"scheduler.time_limit=00:01:00"}), Scheduler::Slurm, std::nullopt, "/w"); }),
+      "scheduler.signal_seconds_before_end = 120 is not less than scheduler.time_limit = 00:01:00 (60 s)");
+  EXPECT_CONTAINS(error_message([] { plan_job(config({"launch.hosts=a:2"}), Scheduler::Slurm, std::nullopt, "/w"); }),
+                  "the scheduler picks the nodes");
+  EXPECT_CONTAINS(error_message([] { plan_job(config({"scheduler.queue=q"}), Scheduler::Slurm, std::nullopt, "/w"); }),
+                  "scheduler.queue = 'q' is for PBS");
+  EXPECT_CONTAINS(
+      error_message([] { plan_job(config({"scheduler.partition=p"}), Scheduler::Pbs, std::nullopt, "/w"); }),
+      "scheduler.partition = 'p' is for Slurm");
+  EXPECT_CONTAINS(error_message([] { plan_job(config({"launch.launcher=srun"}), Scheduler::Pbs, std::nullopt, "/w"); }),
+                  "launch.launcher = srun needs Slurm");
 }
 
 TEST(JobScript, SlurmScriptHasTheDirectivesTheSignalForwardingAndTheRequeue) {
@@ -273,26 +262,14 @@ TEST(JobScript, SlurmScriptHasTheDirectivesTheSignalForwardingAndTheRequeue) {
   const JobPlan j = plan_job(c, Scheduler::Slurm, std::nullopt, "/work");
   const std::string s = job_script(c, j, Scheduler::Slurm, inputs(j, Scheduler::Slurm));
   EXPECT_EQ(s.rfind("#!/bin/bash\n", 0), 0u);
-  expect_contains(s, {"#SBATCH --job-name=exp\n",
-                      "#SBATCH --nodes=2\n",
-                      "#SBATCH --ntasks-per-node=2\n",
-                      "#SBATCH --cpus-per-task=1\n",
-                      "#SBATCH --gres=gpu:2\n",
-                      "#SBATCH --time=02:30:00\n",
-                      "#SBATCH --partition=gpu\n",
-                      "#SBATCH --account=proj\n",
-                      "#SBATCH --output=/work/runs/exp/slurm-%j.out\n",
-                      "#SBATCH --error=/work/err.txt\n",
-                      "#SBATCH --open-mode=append\n",
-                      "#SBATCH --signal=B:USR1@120\n",
-                      "#SBATCH --requeue\n",
-                      "cd /work || exit 1\n",
-                      "trap 'stop USR1' USR1\n",
-                      "kill -USR1 \"$launcher_pid\"",
-                      "mpirun -np 4 \\\n    --map-by ppr:2:node \\\n",
-                      "/b/moe-train /c/tiny.yaml run.steps=5 checkpoint.resume=auto &\n",
-                      "rm -f \"$run_dir/DONE\"",
-                      "scontrol requeue \"$SLURM_JOB_ID\"\n"});
+  EXPECT_CONTAINS(
+      s, "#SBATCH --job-name=exp\n", "#SBATCH --nodes=2\n", "#SBATCH --ntasks-per-node=2\n",
+      "#SBATCH --cpus-per-task=1\n", "#SBATCH --gres=gpu:2\n", "#SBATCH --time=02:30:00\n", "#SBATCH --partition=gpu\n",
+      "#SBATCH --account=proj\n", "#SBATCH --output=/work/runs/exp/slurm-%j.out\n", "#SBATCH --error=/work/err.txt\n",
+      "#SBATCH --open-mode=append\n", "#SBATCH --signal=B:USR1@120\n", "#SBATCH --requeue\n", "cd /work || exit 1\n",
+      "trap 'stop USR1' USR1\n", "kill -USR1 \"$launcher_pid\"", "mpirun -np 4 \\\n    --map-by ppr:2:node \\\n",
+      "/b/moe-train /c/tiny.yaml run.steps=5 checkpoint.resume=auto &\n", "rm -f \"$run_dir/DONE\"",
+      "scontrol requeue \"$SLURM_JOB_ID\"\n");
   // Inside the allocation mpirun takes Slurm's nodes: no host list.
   EXPECT_EQ(s.find("--host"), std::string::npos);
   EXPECT_EQ(s.find("--allow-run-as-root"), std::string::npos);
@@ -300,7 +277,7 @@ TEST(JobScript, SlurmScriptHasTheDirectivesTheSignalForwardingAndTheRequeue) {
   const TrainConfig c2 = config({"scheduler.requeue=false", "scheduler.signal_seconds_before_end=0"});
   const JobPlan j2 = plan_job(c2, Scheduler::Slurm, std::nullopt, "/work");
   const std::string s2 = job_script(c2, j2, Scheduler::Slurm, inputs(j2, Scheduler::Slurm));
-  expect_contains(s2, {"#SBATCH --no-requeue\n", "submit again to resume"});
+  EXPECT_CONTAINS(s2, "#SBATCH --no-requeue\n", "submit again to resume");
   EXPECT_EQ(s2.find("--signal"), std::string::npos);
   EXPECT_EQ(s2.find("scontrol requeue"), std::string::npos);
 }
@@ -310,10 +287,10 @@ TEST(JobScript, PbsScriptSelectsNodesAndUsesTheNodefile) {
                                 "scheduler.gpus_per_node=2", "scheduler.queue=workq", "scheduler.account=proj"});
   const JobPlan j = plan_job(c, Scheduler::Pbs, std::nullopt, "/work");
   const std::string s = job_script(c, j, Scheduler::Pbs, inputs(j, Scheduler::Pbs));
-  expect_contains(s, {"#PBS -N exp\n", "#PBS -l select=2:ncpus=4:mpiprocs=2:ompthreads=2:ngpus=2\n",
-                      "#PBS -l place=scatter\n", "#PBS -l walltime=01:00:00\n", "#PBS -q workq\n", "#PBS -A proj\n",
-                      "#PBS -o /work/runs/exp/job.out\n", "#PBS -j oe\n", "#PBS -r y\n", "--hostfile \"$PBS_NODEFILE\"",
-                      "--map-by ppr:2:node:PE=2", "qsub /work/runs/exp/job.pbs\n", "trap 'stop TERM' TERM\n"});
+  EXPECT_CONTAINS(s, "#PBS -N exp\n", "#PBS -l select=2:ncpus=4:mpiprocs=2:ompthreads=2:ngpus=2\n",
+                  "#PBS -l place=scatter\n", "#PBS -l walltime=01:00:00\n", "#PBS -q workq\n", "#PBS -A proj\n",
+                  "#PBS -o /work/runs/exp/job.out\n", "#PBS -j oe\n", "#PBS -r y\n", "--hostfile \"$PBS_NODEFILE\"",
+                  "--map-by ppr:2:node:PE=2", "qsub /work/runs/exp/job.pbs\n", "trap 'stop TERM' TERM\n");
   EXPECT_EQ(s.find("#SBATCH"), std::string::npos);
 }
 
@@ -327,21 +304,21 @@ TEST(LauncherArgs, OptionsAnywhereAndMessagesNamingTheArgument) {
   EXPECT_EQ(a.scheduler, "pbs");
   EXPECT_EQ(a.overrides, (std::vector<std::string>{"a.b=1"}));
   EXPECT_TRUE(parse_launcher_args({"--bogus", "-h"}, false).help);
-  expect_contains(error_of([] {
+  EXPECT_CONTAINS(error_message([] {
                     parse_launcher_args({"c.yaml", "--bogus"}, false);
                   }),
-                  {"unknown option '--bogus'; accepted: --help, --dry-run, --cpus N"});
-  expect_contains(error_of([] {
+                  "unknown option '--bogus'; accepted: --help, --dry-run, --cpus N");
+  EXPECT_CONTAINS(error_message([] {
                     parse_launcher_args({"c.yaml", "--scheduler", "slurm"}, false);
                   }),
-                  {"unknown option '--scheduler'"});
-  expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--cpus", "0"}, false); }), {"--cpus 0: expected"});
-  expect_contains(error_of([] { parse_launcher_args({"c.yaml", "--cpus"}, false); }), {"--cpus needs a value"});
-  expect_contains(error_of([] { parse_launcher_args({"--dry-run"}, false); }), {"missing CONFIG.yaml"});
-  expect_contains(error_of([] {
+                  "unknown option '--scheduler'");
+  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus", "0"}, false); }), "--cpus 0: expected");
+  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus"}, false); }), "--cpus needs a value");
+  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"--dry-run"}, false); }), "missing CONFIG.yaml");
+  EXPECT_CONTAINS(error_message([] {
                     parse_launcher_args({"c.yaml", "d.yaml"}, false);
                   }),
-                  {"'d.yaml' is not a config override"});
+                  "'d.yaml' is not a config override");
 }
 
 // ---- Local rank from the environment ---------------------------------------------------------------
@@ -412,7 +389,7 @@ TEST(LocalRank, OneGpuPerLocalRank) {
   EXPECT_EQ(gpu_for_local_rank(3, 0), -1);
   EXPECT_EQ(gpu_for_local_rank(0, 4), 0);
   EXPECT_EQ(gpu_for_local_rank(3, 4), 3);
-  expect_contains(error_of([] { gpu_for_local_rank(4, 4); }), {"local rank 4 has no GPU of its own", "4 GPU(s)"});
+  EXPECT_CONTAINS(error_message([] { gpu_for_local_rank(4, 4); }), "local rank 4 has no GPU of its own", "4 GPU(s)");
 }
 
 }  // namespace

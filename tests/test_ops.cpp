@@ -1,6 +1,7 @@
 // Unit tests of core/ops.h on CPU: every forward against a straightforward reference written here,
 // every backward against central finite differences, accumulation (+=), argument checks, the
 // no-CUDA stubs; and moe::gemm in all transpose combinations against a naive loop.
+#include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include <cfloat>
@@ -9,7 +10,6 @@
 #include <limits>
 #include <numbers>
 #include <random>
-#include <sstream>
 #include <string>
 #include <vector>
 
@@ -18,9 +18,12 @@
 #include "core/cpu/parallel.h"
 #include "core/gemm.h"
 #include "core/ops.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
+
+using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -52,19 +55,12 @@ Tensor nan_tensor(const Shape& shape) {
   return t;
 }
 
-// sum_i y_i r_i in double: the scalar loss L = sum(y * r) whose gradient w.r.t. y is r.
-double weighted_sum(const Tensor& y, const Tensor& r) {
-  double sum = 0.0;
-  for (int64_t i = 0; i < y.numel(); ++i) sum += static_cast<double>(y.f32()[i]) * r.f32()[i];
-  return sum;
-}
-
 float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim(1) + col]; }
 
 // ---- finite differences ----
 //
-// Step and tolerance for checking float32 backward passes against central differences of a loss
-// computed in double from float32 forward outputs (inputs, weights and r all O(1)):
+// Step and tolerance for checking float32 backward passes against central differences (test_util.h)
+// of a loss computed in double from float32 forward outputs (inputs, weights and r all O(1)):
 //  - truncation error of the central difference is h^2/6 |f'''|; |f'''| stays below ~10 for these
 //    ops on O(1) inputs (the norms' rstd^3 / C terms are the largest), so with h = 1e-2: <= 1.7e-4;
 //  - rounding: each perturbed output carries ~4 u |y| ~ 2.5e-7 of float32 error, over up to ~20
@@ -72,52 +68,9 @@ float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim
 //  - the float32 analytic gradient itself is off by ~1e-6 relative.
 // So the allowed error is 3e-4 absolute + 3e-3 relative (measured worst: ~1e-5, 3% of the allowance),
 // while a real bug (a missing term, a wrong sign or factor) moves O(0.1..1) gradients by >= 1%.
-constexpr double kStep = 1e-2;
-constexpr double kGradAbsTol = 3e-4;
-constexpr double kGradRelTol = 3e-3;
-
-struct GradientCheck {
-  double worst_ratio = 0.0;    // max over elements of |analytic - numeric| / allowed error
-  double max_abs_numeric = 0;  // largest |numeric derivative|: 0 means L does not depend on input
-  std::string worst;           // the element with the worst ratio, for the failure message
-};
-
-// Perturbs each element of `input` by +-kStep, re-evaluates `loss` (which runs the forward on the
-// current contents of `input`), and compares (L+ - L-) / (x+ - x-) with `analytic`.
-GradientCheck check_gradient(Tensor& input, const Tensor& analytic, const std::function<double()>& loss) {
-  GradientCheck check;
-  float* p = input.f32();
-  for (int64_t i = 0; i < input.numel(); ++i) {
-    const float original = p[i];
-    const float plus = original + static_cast<float>(kStep);
-    const float minus = original - static_cast<float>(kStep);
-    p[i] = plus;
-    const double loss_plus = loss();
-    p[i] = minus;
-    const double loss_minus = loss();
-    p[i] = original;
-    // Divide by the step actually taken: x +- h rounds in float32.
-    const double numeric = (loss_plus - loss_minus) / (static_cast<double>(plus) - minus);
-    const double error = std::fabs(analytic.f32()[i] - numeric);
-    const double ratio = error / (kGradAbsTol + kGradRelTol * std::fabs(numeric));
-    check.max_abs_numeric = std::max(check.max_abs_numeric, std::fabs(numeric));
-    if (ratio > check.worst_ratio) {
-      check.worst_ratio = ratio;
-      std::ostringstream os;
-      os << "element " << i << ": analytic " << analytic.f32()[i] << ", finite difference " << numeric;
-      check.worst = os.str();
-    }
-  }
-  return check;
-}
-
-void expect_gradient(const char* name, Tensor& input, const Tensor& analytic,
-                     const std::function<double()>& loss) {
-  ASSERT_EQ(input.shape(), analytic.shape()) << name;
-  const GradientCheck check = check_gradient(input, analytic, loss);
-  EXPECT_LE(check.worst_ratio, 1.0) << name << ": " << check.worst;
-  EXPECT_GT(check.max_abs_numeric, 1e-2) << name << ": the loss barely depends on it; the check is vacuous";
-}
+constexpr FdTolerance kGradTol{1e-2f, 3e-4, 3e-3};
+// The largest |finite difference| of a check must exceed this, or L barely depends on the input.
+constexpr double kNotVacuous = 1e-2;
 
 // Zeroes `grads`, runs `backward` twice and checks the second run doubled every gradient: backward
 // must add (+=) into its outputs. GEMM with beta = 1 may fold the old value into its FMA chain, so
@@ -140,21 +93,8 @@ void expect_backward_accumulates(const std::vector<Tensor*>& grads, const std::f
   }
 }
 
-// Runs `call` and checks it throws InvalidArgument whose message contains every one of `parts`.
-void expect_invalid_argument(const std::function<void()>& call, const std::vector<std::string>& parts) {
-  try {
-    call();
-    ADD_FAILURE() << "expected InvalidArgument mentioning \"" << parts.front() << "\"";
-  } catch (const InvalidArgument& e) {
-    const std::string message = e.what();
-    for (const std::string& part : parts)
-      EXPECT_NE(message.find(part), std::string::npos)
-          << "message \"" << message << "\" lacks \"" << part << "\"";
-  }
-}
-
 // ---------------------------------------------------------------------------------------------
-// The checker itself must be able to fail
+// The shared checks of test_util.h must be able to fail
 // ---------------------------------------------------------------------------------------------
 
 TEST(GradientChecker, RejectsAGradientOffByOnePercent) {
@@ -168,9 +108,44 @@ TEST(GradientChecker, RejectsAGradientOffByOnePercent) {
     gelu_forward(y, x);
     return weighted_sum(y, r);
   };
-  EXPECT_LE(check_gradient(x, dx, loss).worst_ratio, 1.0);
+  EXPECT_TRUE(gradient_matches(check_gradient("dx", x, dx, loss, kGradTol)));
   add_scaled(dx, dx, 0.01f);  // dx *= 1.01
-  EXPECT_GT(check_gradient(x, dx, loss).worst_ratio, 1.0);
+  EXPECT_FALSE(gradient_matches(check_gradient("dx", x, dx, loss, kGradTol)));
+  dx.f32()[4] = kNaN;
+  const FdTally nan = check_gradient("dx", x, dx, loss, kGradTol);
+  EXPECT_GE(nan.failed, 1) << "a NaN gradient must fail";
+  EXPECT_CONTAINS(nan.worst_element, "dx[4]: analytic nan");
+}
+
+TEST(GradientChecker, SkipsOnlyElementsWhosePerturbationChangesTheSignature) {
+  // L = sum |x_i| with the signs as signature: x_1 sits within one step of the kink, so it is
+  // skipped; the others are compared against the gradient sign(x_i) (x_3's entry is wrong).
+  Tensor x = Tensor::from({4}, {0.5f, 0.004f, -0.7f, 0.3f});
+  Tensor grad = Tensor::from({4}, {1.f, 1.f, -1.f, 2.f});
+  auto eval = [&] {
+    FdPoint point;
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      point.loss += std::fabs(static_cast<double>(x.f32()[i]));
+      point.signature.push_back(x.f32()[i] > 0.f);
+    }
+    return point;
+  };
+  const FdTally tally = check_gradient("x", x, grad, eval, eval(), kGradTol);
+  EXPECT_EQ(tally.checked, 3);
+  EXPECT_EQ(tally.skipped, 1);
+  EXPECT_EQ(tally.failed, 1);
+  EXPECT_CONTAINS(tally.worst_element, "x[3]: analytic 2");
+  EXPECT_EQ(x.f32()[1], 0.004f) << "the checker must restore every element exactly";
+}
+
+TEST(ErrorHelpers, FailWhenNothingIsThrownOrAPartIsMissing) {
+  EXPECT_NONFATAL_FAILURE(error_message([] {}), "expected moe::InvalidArgument, nothing was thrown");
+  EXPECT_EQ(error_message([] { throw InvalidArgument("op: x = 3 is bad"); }), "op: x = 3 is bad");
+  EXPECT_THROW(error_message([] { throw std::runtime_error("other"); }), std::runtime_error);
+  EXPECT_TRUE(contains_all("op: x = 3 is bad", {"x = 3", "bad"}));
+  EXPECT_FALSE(contains_all("op: x = 3 is bad", {"x = 3", "y = 4"}));
+  EXPECT_FALSE(contains_all("anything", {})) << "a check with nothing to look for cannot fail";
+  EXPECT_NONFATAL_FAILURE(EXPECT_CONTAINS("op: x = 3", "x = 4"), "'x = 4' not in: \"op: x = 3\"");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -293,9 +268,9 @@ TEST(Linear, BackwardMatchesFiniteDifferences) {
     linear_forward(y, x, w, &b);
     return weighted_sum(y, r);
   };
-  expect_gradient("dx", x, dx, loss);
-  expect_gradient("dw", w, dw, loss);
-  expect_gradient("db", b, db, loss);
+  expect_gradient("dx", x, dx, loss, kGradTol, kNotVacuous);
+  expect_gradient("dw", w, dw, loss, kGradTol, kNotVacuous);
+  expect_gradient("db", b, db, loss, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx, &dw, &db}, [&] { linear_backward(&dx, &dw, &db, r, x, w); });
 }
 
@@ -345,7 +320,7 @@ TEST(Relu, BackwardMatchesFiniteDifferences) {
   expect_gradient("dx", x, dx, [&] {
     relu_forward(y, x);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { relu_backward(dx, r, x); });
 }
 
@@ -390,7 +365,7 @@ TEST(Gelu, BackwardMatchesFiniteDifferences) {
   expect_gradient("dx", x, dx, [&] {
     gelu_forward(y, x);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { gelu_backward(dx, r, x); });
 }
 
@@ -418,7 +393,7 @@ TEST(Swiglu, BackwardMatchesFiniteDifferences) {
   expect_gradient("dx", x, dx, [&] {
     swiglu_forward(y, x);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { swiglu_backward(dx, r, x); });
 }
 
@@ -469,7 +444,7 @@ TEST(Softmax, BackwardMatchesFiniteDifferences) {
   expect_gradient("dx", x, dx, [&] {
     softmax_forward(y, x);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { softmax_backward(dx, r, y_saved); });
 }
 
@@ -523,8 +498,8 @@ TEST(Rmsnorm, BackwardMatchesFiniteDifferences) {
     rmsnorm_forward(y, rstd, x, g, kEps);
     return weighted_sum(y, r);
   };
-  expect_gradient("dx", x, dx, loss);
-  expect_gradient("dg", g, dg, loss);
+  expect_gradient("dx", x, dx, loss, kGradTol, kNotVacuous);
+  expect_gradient("dg", g, dg, loss, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx, &dg}, [&] { rmsnorm_backward(&dx, &dg, r, x, g, rstd_saved); });
 }
 
@@ -575,9 +550,9 @@ TEST(Layernorm, BackwardMatchesFiniteDifferences) {
     layernorm_forward(y, mean, rstd, x, g, b, kEps);
     return weighted_sum(y, r);
   };
-  expect_gradient("dx", x, dx, loss);
-  expect_gradient("dg", g, dg, loss);
-  expect_gradient("db", b, db, loss);
+  expect_gradient("dx", x, dx, loss, kGradTol, kNotVacuous);
+  expect_gradient("dg", g, dg, loss, kGradTol, kNotVacuous);
+  expect_gradient("db", b, db, loss, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx, &dg, &db},
                               [&] { layernorm_backward(&dx, &dg, &db, r, x, g, mean_saved, rstd_saved); });
 }
@@ -647,8 +622,10 @@ TEST(CrossEntropy, BackwardMatchesFiniteDifferences) {
   cross_entropy_backward(dlogits, probs_saved, targets, dloss);
   for (int64_t c = 0; c < V; ++c) EXPECT_EQ(at(dlogits, 1, c), 0.f) << "ignored row 1 got a gradient";
   // Here L = dloss * loss: the scalar the backward's dloss stands for.
-  expect_gradient("dlogits", logits, dlogits,
-                  [&] { return dloss * static_cast<double>(cross_entropy_forward(probs, logits, targets)); });
+  expect_gradient(
+      "dlogits", logits, dlogits,
+      [&] { return dloss * static_cast<double>(cross_entropy_forward(probs, logits, targets)); }, kGradTol,
+      kNotVacuous);
   expect_backward_accumulates({&dlogits},
                               [&] { cross_entropy_backward(dlogits, probs_saved, targets, dloss); });
 }
@@ -680,7 +657,7 @@ TEST(Embedding, BackwardMatchesFiniteDifferences) {
   expect_gradient("dtable", table, dtable, [&] {
     embedding_forward(y, ids, table);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dtable}, [&] { embedding_backward(dtable, r, ids); });
 }
 
@@ -709,7 +686,7 @@ TEST(GatherRows, ScatterAddIsItsBackward) {
   expect_gradient("dx", x, dx, [&] {
     gather_rows(y, x, index);
     return weighted_sum(y, r);
-  });
+  }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { scatter_add_rows(dx, r, index); });
 }
 
@@ -747,8 +724,8 @@ TEST(Combine, BackwardMatchesFiniteDifferences) {
     combine_forward(y, rows, slot, weights);
     return weighted_sum(y, r);
   };
-  expect_gradient("drows", rows, drows, loss);
-  expect_gradient("dweights", weights, dweights, loss);
+  expect_gradient("drows", rows, drows, loss, kGradTol, kNotVacuous);
+  expect_gradient("dweights", weights, dweights, loss, kGradTol, kNotVacuous);
   expect_backward_accumulates({&drows, &dweights},
                               [&] { combine_backward(&drows, &dweights, r, rows, slot, weights); });
 }
@@ -903,82 +880,79 @@ TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
   Tensor ids2 = Tensor::from_ints({2}, {0, 1}), slot22 = Tensor::from_ints({2, 2}, {0, 1, 1, 0});
 
   // linear
-  expect_invalid_argument([&] { linear_forward(m22, m23, m32, &v3); },
-                          {"linear_forward: b has shape (3)", "expected (2)"});
-  expect_invalid_argument([&] { linear_forward(m23, m23, m32, nullptr); },
-                          {"linear_forward: y has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { linear_forward(m22, v3, m32, nullptr); },
-                          {"linear_forward: x has shape (3)", "rank 2"});
-  expect_invalid_argument([&] { linear_backward(&m23, &m23, nullptr, m22, m23, m32); },
-                          {"linear_backward: dw has shape (2, 3), expected (3, 2)"});
-  expect_invalid_argument([&] { linear_backward(&m22, nullptr, nullptr, m22, m23, m32); },
-                          {"linear_backward: dx has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { linear_backward(nullptr, nullptr, nullptr, m23, m23, m32); },
-                          {"linear_backward: dy has shape (2, 3), expected (2, 2)"});
+  EXPECT_CONTAINS(error_message([&] { linear_forward(m22, m23, m32, &v3); }), "linear_forward: b has shape (3)",
+                  "expected (2)");
+  EXPECT_CONTAINS(error_message([&] { linear_forward(m23, m23, m32, nullptr); }),
+                  "linear_forward: y has shape (2, 3), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { linear_forward(m22, v3, m32, nullptr); }), "linear_forward: x has shape (3)",
+                  "rank 2");
+  EXPECT_CONTAINS(error_message([&] { linear_backward(&m23, &m23, nullptr, m22, m23, m32); }),
+                  "linear_backward: dw has shape (2, 3), expected (3, 2)");
+  EXPECT_CONTAINS(error_message([&] { linear_backward(&m22, nullptr, nullptr, m22, m23, m32); }),
+                  "linear_backward: dx has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { linear_backward(nullptr, nullptr, nullptr, m23, m23, m32); }),
+                  "linear_backward: dy has shape (2, 3), expected (2, 2)");
   // activations
-  expect_invalid_argument([&] { relu_forward(m32, m23); },
-                          {"relu_forward: y has shape (3, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { relu_backward(m23, m32, m23); }, {"relu_backward: dy has shape (3, 2)"});
-  expect_invalid_argument([&] { gelu_forward(m23, Tensor()); }, {"gelu_forward: x", "undefined"});
-  expect_invalid_argument([&] { gelu_backward(m32, m23, m23); }, {"gelu_backward: dx has shape (3, 2)"});
-  expect_invalid_argument([&] { swiglu_forward(m22, m25); }, {"swiglu_forward: x has shape (2, 5)", "even"});
-  expect_invalid_argument([&] { swiglu_forward(m24, m24); },
-                          {"swiglu_forward: y has shape (2, 4), expected (2, 2)"});
-  expect_invalid_argument([&] { swiglu_backward(m22, m22, m24); },
-                          {"swiglu_backward: dx has shape (2, 2), expected (2, 4)"});
+  EXPECT_CONTAINS(error_message([&] { relu_forward(m32, m23); }), "relu_forward: y has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { relu_backward(m23, m32, m23); }), "relu_backward: dy has shape (3, 2)");
+  EXPECT_CONTAINS(error_message([&] { gelu_forward(m23, Tensor()); }), "gelu_forward: x", "undefined");
+  EXPECT_CONTAINS(error_message([&] { gelu_backward(m32, m23, m23); }), "gelu_backward: dx has shape (3, 2)");
+  EXPECT_CONTAINS(error_message([&] { swiglu_forward(m22, m25); }), "swiglu_forward: x has shape (2, 5)", "even");
+  EXPECT_CONTAINS(error_message([&] { swiglu_forward(m24, m24); }),
+                  "swiglu_forward: y has shape (2, 4), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { swiglu_backward(m22, m22, m24); }),
+                  "swiglu_backward: dx has shape (2, 2), expected (2, 4)");
   // softmax
-  expect_invalid_argument([&] { softmax_forward(m32, m23); }, {"softmax_forward: y has shape (3, 2)"});
-  expect_invalid_argument([&] { softmax_backward(m23, m23, m32); },
-                          {"softmax_backward: dy has shape (2, 3), expected (3, 2)"});
+  EXPECT_CONTAINS(error_message([&] { softmax_forward(m32, m23); }), "softmax_forward: y has shape (3, 2)");
+  EXPECT_CONTAINS(error_message([&] { softmax_backward(m23, m23, m32); }),
+                  "softmax_backward: dy has shape (2, 3), expected (3, 2)");
   // norms
-  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v2, kEps); },
-                          {"rmsnorm_forward: g has shape (2), expected (3)"});
-  expect_invalid_argument([&] { rmsnorm_forward(m23, v3, m23, v3, kEps); },
-                          {"rmsnorm_forward: rstd has shape (3), expected (2)"});
-  expect_invalid_argument([&] { rmsnorm_forward(m23, v2, m23, v3, -1.f); }, {"rmsnorm_forward: eps = -1"});
-  expect_invalid_argument([&] { rmsnorm_backward(&m23, &v2, m23, m23, v3, v2); },
-                          {"rmsnorm_backward: dg has shape (2), expected (3)"});
+  EXPECT_CONTAINS(error_message([&] { rmsnorm_forward(m23, v2, m23, v2, kEps); }),
+                  "rmsnorm_forward: g has shape (2), expected (3)");
+  EXPECT_CONTAINS(error_message([&] { rmsnorm_forward(m23, v3, m23, v3, kEps); }),
+                  "rmsnorm_forward: rstd has shape (3), expected (2)");
+  EXPECT_CONTAINS(error_message([&] { rmsnorm_forward(m23, v2, m23, v3, -1.f); }), "rmsnorm_forward: eps = -1");
+  EXPECT_CONTAINS(error_message([&] { rmsnorm_backward(&m23, &v2, m23, m23, v3, v2); }),
+                  "rmsnorm_backward: dg has shape (2), expected (3)");
   Tensor no_features = Tensor::zeros({2, 0}), empty_g = Tensor::zeros({0});
-  expect_invalid_argument([&] { rmsnorm_forward(no_features, v2, no_features, empty_g, kEps); },
-                          {"rmsnorm_forward: x has shape (2, 0)", "at least one feature"});
-  expect_invalid_argument([&] { layernorm_forward(m23, v2, v2, m23, v3, v2, kEps); },
-                          {"layernorm_forward: b has shape (2), expected (3)"});
-  expect_invalid_argument([&] { layernorm_forward(m23, v3, v2, m23, v3, v3, kEps); },
-                          {"layernorm_forward: mean has shape (3), expected (2)"});
-  expect_invalid_argument([&] { layernorm_backward(&m23, &v3, &v2, m23, m23, v3, v2, v2); },
-                          {"layernorm_backward: db has shape (2), expected (3)"});
+  EXPECT_CONTAINS(error_message([&] { rmsnorm_forward(no_features, v2, no_features, empty_g, kEps); }),
+                  "rmsnorm_forward: x has shape (2, 0)", "at least one feature");
+  EXPECT_CONTAINS(error_message([&] { layernorm_forward(m23, v2, v2, m23, v3, v2, kEps); }),
+                  "layernorm_forward: b has shape (2), expected (3)");
+  EXPECT_CONTAINS(error_message([&] { layernorm_forward(m23, v3, v2, m23, v3, v3, kEps); }),
+                  "layernorm_forward: mean has shape (3), expected (2)");
+  EXPECT_CONTAINS(error_message([&] { layernorm_backward(&m23, &v3, &v2, m23, m23, v3, v2, v2); }),
+                  "layernorm_backward: db has shape (2), expected (3)");
   // cross-entropy
-  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, v2); },
-                          {"cross_entropy_forward: targets has dtype float32, expected int32"});
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_forward(m23, m23, v2); }),
+                  "cross_entropy_forward: targets has dtype float32, expected int32");
   const Tensor three_targets = Tensor::from_ints({3}, {0, 0, 0});
-  expect_invalid_argument([&] { cross_entropy_forward(m23, m23, three_targets); },
-                          {"cross_entropy_forward: targets has shape (3), expected (2)"});
-  expect_invalid_argument([&] { cross_entropy_backward(m32, m23, ids2, 1.f); },
-                          {"cross_entropy_backward: dlogits has shape (3, 2)"});
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_forward(m23, m23, three_targets); }),
+                  "cross_entropy_forward: targets has shape (3), expected (2)");
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_backward(m32, m23, ids2, 1.f); }),
+                  "cross_entropy_backward: dlogits has shape (3, 2)");
   // embedding
-  expect_invalid_argument([&] { embedding_forward(m22, ids2, m23); },
-                          {"embedding_forward: y has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { embedding_forward(m23, slot22, m23); },
-                          {"embedding_forward: ids has shape (2, 2)", "rank 1"});
-  expect_invalid_argument([&] { embedding_forward(m23, v2, m23); },
-                          {"embedding_forward: ids has dtype float32"});
-  expect_invalid_argument([&] { embedding_backward(m23, m22, ids2); },
-                          {"embedding_backward: dy has shape (2, 2), expected (2, 3)"});
+  EXPECT_CONTAINS(error_message([&] { embedding_forward(m22, ids2, m23); }),
+                  "embedding_forward: y has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { embedding_forward(m23, slot22, m23); }),
+                  "embedding_forward: ids has shape (2, 2)", "rank 1");
+  EXPECT_CONTAINS(error_message([&] { embedding_forward(m23, v2, m23); }), "embedding_forward: ids has dtype float32");
+  EXPECT_CONTAINS(error_message([&] { embedding_backward(m23, m22, ids2); }),
+                  "embedding_backward: dy has shape (2, 2), expected (2, 3)");
   // row movement
-  expect_invalid_argument([&] { gather_rows(m22, m23, ids2); },
-                          {"gather_rows: y has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { scatter_add_rows(m23, m22, ids2); },
-                          {"scatter_add_rows: dy has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { combine_forward(m23, m23, slot22, m23); },
-                          {"combine_forward: weights has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { combine_forward(m22, m23, slot22, m22); },
-                          {"combine_forward: y has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { combine_backward(&m22, nullptr, m23, m23, slot22, m22); },
-                          {"combine_backward: drows has shape (2, 2), expected (2, 3)"});
-  expect_invalid_argument([&] { combine_backward(nullptr, &m23, m23, m23, slot22, m22); },
-                          {"combine_backward: dweights has shape (2, 3), expected (2, 2)"});
-  expect_invalid_argument([&] { add_scaled(m23, m32, 1.f); },
-                          {"add_scaled: x has shape (3, 2), expected (2, 3)"});
+  EXPECT_CONTAINS(error_message([&] { gather_rows(m22, m23, ids2); }),
+                  "gather_rows: y has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { scatter_add_rows(m23, m22, ids2); }),
+                  "scatter_add_rows: dy has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { combine_forward(m23, m23, slot22, m23); }),
+                  "combine_forward: weights has shape (2, 3), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { combine_forward(m22, m23, slot22, m22); }),
+                  "combine_forward: y has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { combine_backward(&m22, nullptr, m23, m23, slot22, m22); }),
+                  "combine_backward: drows has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { combine_backward(nullptr, &m23, m23, m23, slot22, m22); }),
+                  "combine_backward: dweights has shape (2, 3), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { add_scaled(m23, m32, 1.f); }), "add_scaled: x has shape (3, 2), expected (2, 3)");
 }
 
 TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
@@ -991,36 +965,36 @@ TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
   }
   const Tensor negative_id = Tensor::from_ints({3}, {0, 1, -1});
   const Tensor id_past_end = Tensor::from_ints({3}, {4, 0, 0});
-  expect_invalid_argument([&] { embedding_forward(y, negative_id, table); },
-                          {"embedding_forward: ids[2] = -1", "[0, 4)"});
-  expect_invalid_argument([&] { embedding_backward(table, y, id_past_end); },
-                          {"embedding_backward: ids[0] = 4", "[0, 4)"});
+  EXPECT_CONTAINS(error_message([&] { embedding_forward(y, negative_id, table); }), "embedding_forward: ids[2] = -1",
+                  "[0, 4)");
+  EXPECT_CONTAINS(error_message([&] { embedding_backward(table, y, id_past_end); }), "embedding_backward: ids[0] = 4",
+                  "[0, 4)");
 
   Tensor logits = Tensor::zeros({3, 5}), probs = Tensor::zeros({3, 5});
   const Tensor target_past_end = Tensor::from_ints({3}, {0, -1, 7});
   const Tensor target_below_ignore = Tensor::from_ints({3}, {-2, 0, 0});
   const Tensor target_equal_to_classes = Tensor::from_ints({3}, {0, 5, 0});
-  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, target_past_end); },
-                          {"cross_entropy_forward: targets[2] = 7", "[-1, 5)", "ignored"});
-  expect_invalid_argument([&] { cross_entropy_forward(probs, logits, target_below_ignore); },
-                          {"cross_entropy_forward: targets[0] = -2"});
-  expect_invalid_argument([&] { cross_entropy_backward(probs, probs, target_equal_to_classes, 1.f); },
-                          {"cross_entropy_backward: targets[1] = 5", "[-1, 5)"});
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_forward(probs, logits, target_past_end); }),
+                  "cross_entropy_forward: targets[2] = 7", "[-1, 5)", "ignored");
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_forward(probs, logits, target_below_ignore); }),
+                  "cross_entropy_forward: targets[0] = -2");
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_backward(probs, probs, target_equal_to_classes, 1.f); }),
+                  "cross_entropy_backward: targets[1] = 5", "[-1, 5)");
 
   Tensor x = Tensor::zeros({4, 2}), gathered = Tensor::zeros({2, 2});
   const Tensor index_past_end = Tensor::from_ints({2}, {3, 4});
   const Tensor negative_index = Tensor::from_ints({2}, {-1, 0});
-  expect_invalid_argument([&] { gather_rows(gathered, x, index_past_end); },
-                          {"gather_rows: index[1] = 4", "[0, 4)"});
-  expect_invalid_argument([&] { scatter_add_rows(x, gathered, negative_index); },
-                          {"scatter_add_rows: index[0] = -1", "[0, 4)"});
+  EXPECT_CONTAINS(error_message([&] { gather_rows(gathered, x, index_past_end); }), "gather_rows: index[1] = 4",
+                  "[0, 4)");
+  EXPECT_CONTAINS(error_message([&] { scatter_add_rows(x, gathered, negative_index); }),
+                  "scatter_add_rows: index[0] = -1", "[0, 4)");
 
   Tensor rows = Tensor::zeros({4, 2}), combined = Tensor::zeros({2, 2}), weights = Tensor::zeros({2, 2});
   const Tensor bad_slot = Tensor::from_ints({2, 2}, {0, -1, 9, 1});
-  expect_invalid_argument([&] { combine_forward(combined, rows, bad_slot, weights); },
-                          {"combine_forward: slot[1, 0] = 9", "[-1, 4)"});
-  expect_invalid_argument([&] { combine_backward(&rows, nullptr, combined, rows, bad_slot, weights); },
-                          {"combine_backward: slot[1, 0] = 9", "[-1, 4)"});
+  EXPECT_CONTAINS(error_message([&] { combine_forward(combined, rows, bad_slot, weights); }),
+                  "combine_forward: slot[1, 0] = 9", "[-1, 4)");
+  EXPECT_CONTAINS(error_message([&] { combine_backward(&rows, nullptr, combined, rows, bad_slot, weights); }),
+                  "combine_backward: slot[1, 0] = 9", "[-1, 4)");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1064,7 +1038,7 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"add_scaled", [&] { cuda::add_scaled(t, t, 1.f); }},
   };
   for (const Stub& stub : stubs)
-    expect_invalid_argument(stub.call, {std::string(stub.op) + " has no CUDA implementation in this build"});
+    EXPECT_CONTAINS(error_message(stub.call), std::string(stub.op) + " has no CUDA implementation in this build");
 }
 
 }  // namespace

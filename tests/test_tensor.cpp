@@ -6,9 +6,12 @@
 
 #include "core/check.h"
 #include "core/tensor.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
+
+using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
 TEST(Tensor, ZerosHasShapeDtypeDeviceAndZeroValues) {
   Tensor t = Tensor::zeros({3, 4});
@@ -52,12 +55,7 @@ TEST(Tensor, FromCopiesValuesRowMajor) {
 }
 
 TEST(Tensor, FromWithWrongCountThrowsNamingTheShape) {
-  try {
-    Tensor::from({2, 3}, {1, 2, 3});
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    EXPECT_NE(std::string(e.what()).find("(2, 3)"), std::string::npos) << e.what();
-  }
+  EXPECT_CONTAINS(error_message([] { Tensor::from({2, 3}, {1, 2, 3}); }), "(2, 3)");
   EXPECT_THROW(Tensor::from_ints({4}, {1, 2}), InvalidArgument);
 }
 
@@ -138,12 +136,8 @@ TEST(Tensor, ShapeToString) {
 
 TEST(Tensor, RequireShapeNamesOpArgumentAndShapes) {
   Tensor t = Tensor::zeros({3, 4});
-  try {
-    require_shape("my_op", "weight", t, {5, 4});
-    FAIL() << "expected InvalidArgument";
-  } catch (const InvalidArgument& e) {
-    EXPECT_EQ(std::string(e.what()), "my_op: weight has shape (3, 4), expected (5, 4)");
-  }
+  EXPECT_EQ(error_message([&] { require_shape("my_op", "weight", t, {5, 4}); }),
+            "my_op: weight has shape (3, 4), expected (5, 4)");
   EXPECT_NO_THROW(require_shape("my_op", "weight", t, {3, 4}));
   EXPECT_THROW(require_shape("my_op", "weight", Tensor(), {}), InvalidArgument);  // undefined
   EXPECT_THROW(require_dtype("my_op", "ids", t, DType::I32), InvalidArgument);
