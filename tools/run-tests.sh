@@ -4,10 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-tools/setup.sh build
+tools/setup.sh --with-test-tools build
 echo "== tests: release build =="
 ctest --test-dir build --output-on-failure -j "$(nproc)"
 
-tools/setup.sh build-sanitize -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE='address;undefined'
+tools/setup.sh --with-test-tools build-sanitize -DCMAKE_BUILD_TYPE=Debug -DMOE_SANITIZE='address;undefined'
 echo "== tests: address + undefined-behaviour sanitizer build =="
 ctest --test-dir build-sanitize --output-on-failure -j "$(nproc)"

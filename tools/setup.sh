@@ -1,10 +1,16 @@
 #!/usr/bin/env bash
 # Installs any missing build dependency from the distribution's packages, then configures and
-# builds the project. Usage: tools/setup.sh [BUILD_DIR [extra cmake arguments...]]
+# builds the project. Usage: tools/setup.sh [--with-test-tools] [BUILD_DIR [extra cmake arguments...]]
+#   --with-test-tools also installs what the end-to-end tests run besides our binaries.
 #   BUILD_DIR defaults to build/. Safe to run again: it installs and rebuilds only what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+with_test_tools=0
+if [ "${1:-}" = --with-test-tools ]; then
+  with_test_tools=1
+  shift
+fi
 build_dir=${1:-build}
 shift || true
 
@@ -19,6 +25,13 @@ packages=(
   ocl-icd-opencl-dev                  # oneDNN's CMake package config calls find_package(OpenCL); only a
                                       # "Recommends" of libdnnl-dev, so --no-install-recommends leaves it out
 )
+if ((with_test_tools)); then
+  packages+=(
+    python3 python3-venv              # the tests read metrics.jsonl, manifests and exports with Python;
+                                      # tensorboard and safetensors come from PyPI into a venv
+    procps                            # pgrep: the signal tests find the ranks
+  )
+fi
 missing=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
