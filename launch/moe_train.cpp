@@ -123,7 +123,11 @@ int main(int argc, char** argv) {
 
   install_stop_handlers();
   try {
-    moe::run_training(cfg, *world, on_watchdog, mode);
+    moe::TrainOptions options;
+    options.mode = mode;
+    options.on_watchdog = on_watchdog;
+    options.hooks = moe::TestHooks::from_environment();
+    moe::run_training(cfg, *world, options);
     return 0;
   } catch (const moe::InvalidArgument& e) {
     return fail(2, e.what());  // data files and checkpoints: every rank opens them and fails alike

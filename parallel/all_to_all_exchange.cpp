@@ -1,8 +1,6 @@
 // The expert exchange over an expert-parallel group (parallel/all_to_all_exchange.h).
 #include "parallel/all_to_all_exchange.h"
 
-#include <algorithm>
-
 #include "core/ops.h"
 #include "core/timer.h"
 #include "parallel/token_exchange.h"
@@ -63,17 +61,8 @@ class AllToAllExchange final : public ExpertExchange {
   }
 
   void all_reduce_balance_terms(LoadBalanceTerms& terms) override {
-    // One all-reduce of [choice_count (E), prob_sum (E), num_choices, num_tokens].
-    const size_t E = terms.choice_count.size();
-    std::vector<double> packed(terms.choice_count);
-    packed.insert(packed.end(), terms.prob_sum.begin(), terms.prob_sum.end());
-    packed.push_back(terms.num_choices);
-    packed.push_back(terms.num_tokens);
-    all_reduce(*groups_.world, packed.data(), static_cast<int64_t>(packed.size()));
-    std::copy(packed.begin(), packed.begin() + E, terms.choice_count.begin());
-    std::copy(packed.begin() + E, packed.begin() + 2 * E, terms.prob_sum.begin());
-    terms.num_choices = packed[2 * E];
-    terms.num_tokens = packed[2 * E + 1];
+    all_reduce_packed<double>(*groups_.world, {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1},
+                                               {&terms.num_tokens, 1}});
     terms.ranks = groups_.layout.world_size;
   }
 

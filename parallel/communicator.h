@@ -6,10 +6,13 @@
 // naming file:line, the rank and the library's message. Not thread-safe: one thread per rank calls.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace moe {
 
@@ -77,6 +80,26 @@ template <typename T>
 T all_reduce_value(Communicator& comm, T value, ReduceOp op = ReduceOp::Sum) {
   comm.all_reduce(&value, 1, scalar_type_of<T>(), op);
   return value;
+}
+
+// Reduces several arrays with one all-reduce: packs `parts` (each a span of the caller's memory) into
+// one buffer, reduces it, and writes each part back in place. Collective over comm.
+template <typename T>
+void all_reduce_packed(Communicator& comm, const std::vector<std::span<T>>& parts, ReduceOp op = ReduceOp::Sum) {
+  std::vector<T> packed;
+  for (std::span<T> part : parts) packed.insert(packed.end(), part.begin(), part.end());
+  all_reduce(comm, packed.data(), static_cast<int64_t>(packed.size()), op);
+  auto from = packed.begin();
+  for (std::span<T> part : parts) {
+    std::copy(from, from + static_cast<std::ptrdiff_t>(part.size()), part.begin());
+    from += static_cast<std::ptrdiff_t>(part.size());
+  }
+}
+
+// Appends each row of `table` to `parts`, for all_reduce_packed.
+template <typename T>
+void add_rows(std::vector<std::span<T>>& parts, std::vector<std::vector<T>>& table) {
+  for (std::vector<T>& row : table) parts.emplace_back(row);
 }
 
 // The single-process communicator: size 1, every collective is a copy or nothing.

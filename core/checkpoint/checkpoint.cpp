@@ -99,14 +99,6 @@ bool read_file(const std::string& path, std::string* out) {
   return f.good() || f.eof();
 }
 
-// Test hook for tests/checkpoint_e2e.sh (listed with the trainer's hooks in launch/trainer/trainer.cpp):
-//   MOE_TEST_KILL_IN_SAVE=r:s   rank r kills itself (SIGKILL) halfway through writing its shard of step s
-bool kill_in_save(int rank, int64_t step) {
-  const char* v = std::getenv("MOE_TEST_KILL_IN_SAVE");
-  long long r = -1, s = -1;
-  return v != nullptr && std::sscanf(v, "%lld:%lld", &r, &s) == 2 && r == rank && s == step;
-}
-
 // This rank's shard: the .bin file and its index. Returns "" or an error message.
 std::string write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
                         const checkpoint::RankState& rank_state, int rank) {
@@ -124,9 +116,8 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
   uint64_t offset = 0;
   static const char zeros[kAlign] = {};
   std::string err;
-  const bool kill = kill_in_save(rank, req.step);
   for (const CheckpointTensor& t : tensors) {
-    if (kill && &t == &tensors[tensors.size() / 2]) std::raise(SIGKILL);
+    if (req.test_kill_midway && &t == &tensors[tensors.size() / 2]) std::raise(SIGKILL);
     MOE_ASSERT(t.data.device() == Device::CPU, "checkpoint tensors are on the CPU");
     const uint64_t pad = (kAlign - offset % kAlign) % kAlign;
     const uint64_t length = static_cast<uint64_t>(t.data.numel()) * 4;

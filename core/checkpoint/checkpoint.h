@@ -39,6 +39,7 @@ struct SaveRequest {
   checkpoint::Manifest header; // run_id, layout, config_yaml, state, expert_usage (tensors, shards and
                                // rank_states are filled in by save_checkpoint)
   int keep = 0;                // > 0: afterwards, delete complete checkpoints older than the newest `keep`
+  bool test_kill_midway = false;  // test hook: the writing rank kills itself (SIGKILL) halfway through its shard
 };
 
 // The steps of a save, one process each (the collective save that runs them on every rank and

@@ -52,7 +52,7 @@ std::vector<NamedTensor> state_tensors(TransformerLM& model, ParameterRegistry& 
 
 std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& run_id, const LoopState& loop,
                                      TransformerLM& model, ParameterRegistry& registry, Optimizer& optimizer,
-                                     const ProcessGroups& groups, Communicator& world) {
+                                     const ProcessGroups& groups, Communicator& world, bool test_kill_midway) {
   const ExpertLayout& L = groups.layout;
   std::vector<CheckpointTensor> mine;
   int64_t dense_index = 0;
@@ -71,6 +71,7 @@ std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& 
   req.root = cfg.checkpoint.dir;
   req.step = loop.step;
   req.keep = static_cast<int>(cfg.checkpoint.keep);
+  req.test_kill_midway = test_kill_midway;
   checkpoint::Manifest& h = req.header;
   h.set_run_id(run_id);
   h.set_config_yaml(to_yaml(cfg));

@@ -29,10 +29,11 @@ struct LoopState {
 };
 
 // Collective over world. Writes <cfg.checkpoint.dir>/step_<step> and keeps the newest cfg.checkpoint.keep.
-// Returns the checkpoint directory.
+// Returns the checkpoint directory. test_kill_midway: this rank dies halfway through its shard
+// (TestHooks).
 std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& run_id, const LoopState& loop,
                                      TransformerLM& model, ParameterRegistry& registry, Optimizer& optimizer,
-                                     const ProcessGroups& groups, Communicator& world);
+                                     const ProcessGroups& groups, Communicator& world, bool test_kill_midway = false);
 
 // Loads checkpoint `dir` into the model, optimizer and loop state, whatever world size and ep it was
 // written with (experts are matched by global id). Every rank reads what it holds. Throws

@@ -6,8 +6,9 @@
 #include <stdexcept>
 #include <string>
 
-#include "launch/config/train_config.h"
 #include "core/model/transformer.h"
+#include "launch/config/train_config.h"
+#include "launch/trainer/test_hooks.h"
 #include "parallel/communicator.h"
 
 namespace moe {
@@ -20,6 +21,14 @@ class TrainingStopped : public std::runtime_error {
 
 // What run_training does: train (resuming as configured), or only evaluate a checkpoint.
 enum class RunMode { Train, EvalOnly };
+
+struct TrainOptions {
+  RunMode mode = RunMode::Train;
+  // Called (from the watchdog thread) with a message when a step exceeds run.watchdog_timeout_s;
+  // must not return.
+  void (*on_watchdog)(const std::string& message) = nullptr;
+  TestHooks hooks;  // none unless a test sets them
+};
 
 struct TrainResult {
   int64_t steps_done = 0;
@@ -41,14 +50,12 @@ TransformerConfig transformer_config(const TrainConfig& cfg);
 // prints progress to stdout. A run resumed from a checkpoint that already reached run.steps says so
 // and returns without touching the run directory. Throws InvalidArgument for bad data files and
 // checkpoints (on every rank alike) and TrainingStopped when run.max_nonfinite_steps non-finite
-// steps come in a row. `on_watchdog` is called (from the watchdog thread) with a message when a
-// step exceeds run.watchdog_timeout_s and must not return.
+// steps come in a row.
 //
 // RunMode::EvalOnly loads the newest complete checkpoint in checkpoint.dir (else
 // checkpoint.init_from; InvalidArgument when there is neither), evaluates it on the held-out data,
 // prints the loss and perplexity and appends them to metrics.jsonl; nothing else in the run
 // directory changes.
-TrainResult run_training(const TrainConfig& cfg, Communicator& world, void (*on_watchdog)(const std::string& message),
-                         RunMode mode = RunMode::Train);
+TrainResult run_training(const TrainConfig& cfg, Communicator& world, const TrainOptions& options);
 
 }  // namespace moe
