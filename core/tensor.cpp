@@ -1,10 +1,11 @@
 // Tensor storage, views and shape checks.
 #include "core/tensor.h"
 
-#include <cstdlib>
 #include <cstring>
 #include <sstream>
+#include <utility>
 
+#include "core/backend.h"
 #include "core/check.h"
 
 namespace moe {
@@ -18,7 +19,16 @@ std::string to_string(const Shape& shape) {
 }
 
 const char* to_string(Device device) { return device == Device::CPU ? "cpu" : "cuda"; }
-const char* to_string(DType dtype) { return dtype == DType::F32 ? "float32" : "int32"; }
+const char* to_string(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "float32";
+    case DType::BF16: return "bfloat16";
+    case DType::I32: return "int32";
+  }
+  return "?";
+}
+
+int64_t dtype_size(DType dtype) { return dtype == DType::BF16 ? 2 : 4; }
 
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
@@ -30,25 +40,19 @@ int64_t numel_of(const Shape& shape) {
 }
 
 namespace {
-constexpr size_t kAlignment = 64;  // one cache line, and what AVX-512 loads prefer
-
-std::shared_ptr<void> allocate(int64_t numel, Device device) {
-  MOE_REQUIRE(device == Device::CPU,
-              "tensor allocation on ", to_string(device), " has no implementation in this build");
-  size_t bytes = static_cast<size_t>(numel) * 4;
-  bytes = (bytes + kAlignment - 1) / kAlignment * kAlignment;
-  if (bytes == 0) bytes = kAlignment;  // keep every defined tensor's pointer non-null
-  void* p = std::aligned_alloc(kAlignment, bytes);
-  if (p == nullptr) throw std::bad_alloc();
-  return std::shared_ptr<void>(p, std::free);
+// The backend of each device; every memory operation of a tensor goes through it.
+void* allocate_on(Device device, int64_t bytes) {
+  return device == Device::CPU ? cpu::allocate_bytes(bytes) : cuda::allocate_bytes(bytes);
 }
+void free_on(Device device, void* p) { device == Device::CPU ? cpu::free_bytes(p) : cuda::free_bytes(p); }
 }  // namespace
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   Tensor t;
   t.numel_ = numel_of(shape);
   t.storage_numel_ = t.numel_;
-  t.storage_ = allocate(t.numel_, device);
+  t.storage_ = std::shared_ptr<void>(allocate_on(device, t.numel_ * dtype_size(dtype)),
+                                     [device](void* p) { free_on(device, p); });
   t.data_ = t.storage_.get();
   t.shape_ = shape;
   t.dtype_ = dtype;
@@ -85,20 +89,19 @@ int64_t Tensor::dim(int i) const {
   return shape_[j];
 }
 
-float* Tensor::f32() {
-  MOE_ASSERT(dtype_ == DType::F32, "f32() on a non-float32 tensor");
-  return static_cast<float*>(data_);
-}
+float* Tensor::f32() { return const_cast<float*>(std::as_const(*this).f32()); }
 const float* Tensor::f32() const {
-  MOE_ASSERT(dtype_ == DType::F32, "f32() on a non-float32 tensor");
+  MOE_ASSERT(dtype_ == DType::F32 && device_ == Device::CPU, "f32() on a host float32 tensor");
   return static_cast<const float*>(data_);
 }
-int32_t* Tensor::i32() {
-  MOE_ASSERT(dtype_ == DType::I32, "i32() on a non-int32 tensor");
-  return static_cast<int32_t*>(data_);
+uint16_t* Tensor::bf16() { return const_cast<uint16_t*>(std::as_const(*this).bf16()); }
+const uint16_t* Tensor::bf16() const {
+  MOE_ASSERT(dtype_ == DType::BF16 && device_ == Device::CPU, "bf16() on a host bfloat16 tensor");
+  return static_cast<const uint16_t*>(data_);
 }
+int32_t* Tensor::i32() { return const_cast<int32_t*>(std::as_const(*this).i32()); }
 const int32_t* Tensor::i32() const {
-  MOE_ASSERT(dtype_ == DType::I32, "i32() on a non-int32 tensor");
+  MOE_ASSERT(dtype_ == DType::I32 && device_ == Device::CPU, "i32() on a host int32 tensor");
   return static_cast<const int32_t*>(data_);
 }
 
@@ -106,7 +109,7 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   MOE_ASSERT(rank() >= 1 && 0 <= begin && begin <= end && end <= shape_[0], "row range within dim 0");
   Tensor t = *this;
   int64_t row_elems = shape_[0] == 0 ? 0 : numel_ / shape_[0];
-  t.data_ = static_cast<char*>(data_) + begin * row_elems * 4;
+  t.data_ = static_cast<char*>(data_) + begin * row_elems * dtype_size(dtype_);
   t.shape_[0] = end - begin;
   t.numel_ = (end - begin) * row_elems;
   return t;
@@ -133,18 +136,27 @@ void Tensor::resize(const Shape& shape) {
 Tensor Tensor::clone() const {
   if (!defined()) return Tensor();
   Tensor t = empty(shape_, dtype_, device_);
-  std::memcpy(t.data_, data_, static_cast<size_t>(numel_) * 4);
+  device_ == Device::CPU ? cpu::copy_bytes(t.data_, data_, nbytes()) : cuda::copy_bytes(t.data_, data_, nbytes());
+  return t;
+}
+
+Tensor Tensor::to(Device device) const {
+  if (!defined() || device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  // One side is the host: the other device's backend copies across.
+  if (device == Device::CPU) cuda::copy_to_host(t.data_, data_, nbytes());
+  else cuda::copy_from_host(t.data_, data_, nbytes());
   return t;
 }
 
 void Tensor::zero() {
-  MOE_ASSERT(device_ == Device::CPU, "zero() of device memory goes through the device backend");
-  std::memset(data_, 0, static_cast<size_t>(numel_) * 4);
+  device_ == Device::CPU ? cpu::zero_bytes(data_, nbytes()) : cuda::zero_bytes(data_, nbytes());
 }
 
 void Tensor::fill(float value) {
-  float* p = f32();
-  for (int64_t i = 0; i < numel_; ++i) p[i] = value;
+  MOE_ASSERT(dtype_ == DType::F32, "fill() of a float32 tensor");
+  float* p = static_cast<float*>(data_);
+  device_ == Device::CPU ? cpu::fill_f32(p, numel_, value) : cuda::fill_f32(p, numel_, value);
 }
 
 void require_shape(const char* op, const char* arg, const Tensor& t, const Shape& expected) {

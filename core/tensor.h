@@ -1,4 +1,6 @@
-// Tensor: a dense, row-major, contiguous n-dimensional array of float32 or int32 on one device.
+// Tensor: a dense, row-major, contiguous n-dimensional array of float32, bfloat16 or int32 on one
+// device. Its memory is the device backend's (allocation, copies, zero and fill go through
+// core/backend_ops.inc); the typed accessors give host pointers and check both dtype and device.
 #pragma once
 
 #include <cstdint>
@@ -10,7 +12,9 @@
 namespace moe {
 
 enum class Device { CPU, CUDA };
-enum class DType { F32, I32 };
+enum class DType { F32, BF16, I32 };
+
+int64_t dtype_size(DType dtype);  // bytes per element: 4, 2, 4
 
 using Shape = std::vector<int64_t>;
 
@@ -24,7 +28,9 @@ class Tensor {
  public:
   Tensor() = default;
 
-  // Allocates numel(shape) elements, zero-filled (zeros) or left uninitialised (empty).
+  // Allocates numel(shape) elements on `device`, zero-filled (zeros) or left uninitialised (empty).
+  // A device this build has no backend for throws InvalidArgument ("... has no CUDA implementation
+  // in this build").
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   // Copies `values` into a new CPU tensor of the given shape; numel must match.
@@ -38,18 +44,27 @@ class Tensor {
   DType dtype() const { return dtype_; }
   Device device() const { return device_; }
   bool defined() const { return storage_ != nullptr; }
+  int64_t nbytes() const { return numel_ * dtype_size(dtype_); }
 
+  // Host pointers to the elements: assert a CPU tensor of that dtype (bf16 as its raw 16 bits).
   float* f32();
   const float* f32() const;
+  uint16_t* bf16();
+  const uint16_t* bf16() const;
   int32_t* i32();
   const int32_t* i32() const;
+  // The elements' address on the tensor's device, any dtype: for backends.
+  void* data() { return data_; }
+  const void* data() const { return data_; }
 
   // View of rows [begin, end) along dimension 0; shares storage.
   Tensor rows(int64_t begin, int64_t end) const;
   // View with a new shape of the same numel; shares storage.
   Tensor reshape(const Shape& shape) const;
-  // Deep copy.
+  // Deep copy, on the same device.
   Tensor clone() const;
+  // This tensor on `device`: itself (sharing storage) when it is there already, else a copy.
+  Tensor to(Device device) const;
 
   // Makes this tensor hold `shape` (same dtype and device), reusing its storage when the storage is
   // its own (not a view) and large enough, so per-call buffers are allocated once and then stay
@@ -58,7 +73,7 @@ class Tensor {
   void resize(const Shape& shape);
 
   void zero();
-  void fill(float value);
+  void fill(float value);  // float32 only
 
  private:
   std::shared_ptr<void> storage_;

@@ -1036,6 +1036,12 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"combine_forward", [&] { cuda::combine_forward(t, t, t, t); }},
       {"combine_backward", [&] { cuda::combine_backward(nullptr, nullptr, t, t, t, t); }},
       {"add_scaled", [&] { cuda::add_scaled(t, t, 1.f); }},
+      {"allocate_bytes", [&] { cuda::allocate_bytes(8); }},
+      {"copy_bytes", [&] { cuda::copy_bytes(t.data(), t.data(), 8); }},
+      {"zero_bytes", [&] { cuda::zero_bytes(t.data(), 8); }},
+      {"fill_f32", [&] { cuda::fill_f32(t.f32(), 2, 1.f); }},
+      {"copy_to_host", [&] { cuda::copy_to_host(t.data(), t.data(), 8); }},
+      {"copy_from_host", [&] { cuda::copy_from_host(t.data(), t.data(), 8); }},
   };
   for (const Stub& stub : stubs)
     EXPECT_CONTAINS(error_message(stub.call), std::string(stub.op) + " has no CUDA implementation in this build");

@@ -126,7 +126,41 @@ TEST(Tensor, WrongDtypeAccessIsAnInternalError) {
 }
 
 TEST(Tensor, AllocationOnCudaThrowsInThisBuild) {
-  EXPECT_THROW(Tensor::zeros({2, 2}, DType::F32, Device::CUDA), InvalidArgument);
+  EXPECT_CONTAINS(error_message([] { Tensor::zeros({2, 2}, DType::F32, Device::CUDA); }),
+                  "allocate_bytes has no CUDA implementation in this build");
+  EXPECT_CONTAINS(error_message([] { Tensor::zeros({2, 2}).to(Device::CUDA); }),
+                  "allocate_bytes has no CUDA implementation in this build");
+}
+
+TEST(Tensor, ElementSizeComesFromTheDtype) {
+  EXPECT_EQ(dtype_size(DType::F32), 4);
+  EXPECT_EQ(dtype_size(DType::BF16), 2);
+  EXPECT_EQ(dtype_size(DType::I32), 4);
+  Tensor h = Tensor::empty({3, 5}, DType::BF16);
+  EXPECT_EQ(h.nbytes(), 30);
+  for (int i = 0; i < 15; ++i) h.bf16()[i] = static_cast<uint16_t>(0x3f80 + i);  // 1.0 and up, as bf16 bits
+  // Views and copies step over 2-byte elements.
+  EXPECT_EQ(h.rows(1, 3).bf16()[0], 0x3f80 + 5);
+  Tensor c = h.clone();
+  EXPECT_EQ(c.bf16()[14], 0x3f80 + 14);
+  c.zero();
+  EXPECT_EQ(c.bf16()[14], 0);
+  EXPECT_EQ(h.bf16()[14], 0x3f80 + 14);  // the clone owns its storage
+  EXPECT_EQ(to_string(DType::BF16), std::string("bfloat16"));
+}
+
+TEST(Tensor, AccessorsCheckTheDtype) {
+  Tensor h = Tensor::zeros({2}, DType::BF16);
+  EXPECT_THROW(h.f32(), InternalError);
+  EXPECT_THROW(Tensor::zeros({2}).bf16(), InternalError);
+  EXPECT_THROW(h.fill(1.f), InternalError);  // fill is for float32
+}
+
+TEST(Tensor, ToTheSameDeviceSharesStorage) {
+  Tensor t = Tensor::from({2}, {1.f, 2.f});
+  Tensor same = t.to(Device::CPU);
+  same.f32()[0] = 7.f;
+  EXPECT_EQ(t.f32()[0], 7.f);
 }
 
 TEST(Tensor, ShapeToString) {

@@ -120,7 +120,7 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
     if (req.test_kill_midway && &t == &tensors[tensors.size() / 2]) std::raise(SIGKILL);
     MOE_ASSERT(t.data.device() == Device::CPU, "checkpoint tensors are on the CPU");
     const uint64_t pad = (kAlign - offset % kAlign) % kAlign;
-    const uint64_t length = static_cast<uint64_t>(t.data.numel()) * 4;
+    const uint64_t length = static_cast<uint64_t>(t.data.nbytes());
     const void* bytes = t.data.dtype() == DType::F32 ? static_cast<const void*>(t.data.f32())
                                                      : static_cast<const void*>(t.data.i32());
     if (!write_all(fd, zeros, pad) || !write_all(fd, bytes, length)) {

@@ -6,6 +6,14 @@
 
 namespace moe::cuda {
 
+void* allocate_bytes(int64_t) { MOE_NO_CUDA(allocate_bytes); }
+void free_bytes(void*) {}  // nothing was ever allocated (and a deleter must not throw)
+void copy_bytes(void*, const void*, int64_t) { MOE_NO_CUDA(copy_bytes); }
+void zero_bytes(void*, int64_t) { MOE_NO_CUDA(zero_bytes); }
+void fill_f32(float*, int64_t, float) { MOE_NO_CUDA(fill_f32); }
+void copy_to_host(void*, const void*, int64_t) { MOE_NO_CUDA(copy_to_host); }
+void copy_from_host(void*, const void*, int64_t) { MOE_NO_CUDA(copy_from_host); }
+
 void linear_forward(Tensor&, const Tensor&, const Tensor&, const Tensor*) { MOE_NO_CUDA(linear_forward); }
 void linear_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&) {
   MOE_NO_CUDA(linear_backward);
