@@ -16,7 +16,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
 #include "optim/aux_free_balancing.h"
 #include "core/random.h"
 #include "core/timer.h"
