@@ -347,4 +347,9 @@ std::string human_bytes(uint64_t bytes) {
   return buf;
 }
 
+std::string layout_text(const checkpoint::Layout& l) {
+  return "world size " + std::to_string(l.world_size()) + ", ep " + std::to_string(l.ep()) + ", " +
+         std::to_string(l.num_experts()) + " experts, " + std::to_string(l.experts_per_rank()) + " per rank";
+}
+
 }  // namespace moe::ckpt

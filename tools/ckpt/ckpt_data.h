@@ -140,4 +140,7 @@ Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids);
 // "2.7 MiB"
 std::string human_bytes(uint64_t bytes);
 
+// "world size 2, ep 2, 4 experts, 2 per rank"
+std::string layout_text(const checkpoint::Layout& layout);
+
 }  // namespace moe::ckpt
