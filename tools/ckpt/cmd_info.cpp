@@ -1,15 +1,16 @@
 // moe-ckpt info: a checkpoint's step, layout, config summary, parameter counts and expert usage.
 #include <yaml-cpp/yaml.h>
 
-#include <algorithm>
-#include <cctype>
 #include <cstdio>
 #include <exception>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/checkpoint/checkpoint.h"
+#include "core/model/transformer.h"
+#include "launch/trainer/trainer.h"
 #include "tools/ckpt/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/commands.h"
@@ -49,10 +50,14 @@ int cmd_info(const Args& args) {
   }
   std::vector<TensorInfo> tensors;
   check(list_tensors(*reader, &tensors));
+  // The summary shows the config's values as written; the MoE layers and the parameter counts are
+  // those of the model moe-train builds from it.
   YAML::Node c;
+  std::optional<TransformerConfig> model;
   std::string config_problem;
   try {
     c = YAML::Load(m.config_yaml());
+    model = transformer_config(parse_manifest_config(m, dir));
   } catch (const std::exception& e) {
     config_problem = e.what();
   }
@@ -67,10 +72,9 @@ int cmd_info(const Args& args) {
   std::printf("placement    %s; experts are stored by the first %d ranks\n", l.placement().c_str(), l.ep());
 
   std::vector<int64_t> moe_layers;
-  for (const TensorInfo& t : tensors)
-    if (is_parameter(t.name) && ends_with(t.name, ".moe.w_gate") && t.name.rfind("layers.", 0) == 0 &&
-        std::isdigit(static_cast<unsigned char>(t.name[7])))
-      moe_layers.push_back(std::stoll(t.name.substr(7)));  // "layers.<i>.moe.w_gate": stoll stops at the dot
+  if (model)
+    for (int64_t i = 0; i < model->n_layers; ++i)
+      if (model->is_moe_layer(i)) moe_layers.push_back(i);
   std::string moe_list;
   for (int64_t i : moe_layers) {
     if (!moe_list.empty()) moe_list += ' ';
@@ -102,28 +106,11 @@ int cmd_info(const Args& args) {
   std::printf("training     optimizer steps %lld, data epoch %llu after %llu sequences, skipped steps %lld\n",
               static_cast<long long>(s.optimizer_steps()), static_cast<unsigned long long>(s.loader_epoch()),
               static_cast<unsigned long long>(s.loader_sequences_done()), static_cast<long long>(s.skipped_steps()));
-
-  // Parameter counts from the tensors themselves: every expert of every MoE layer is stored.
-  int64_t total = 0, experts_total = 0;
-  for (const TensorInfo& t : tensors) {
-    if (!is_parameter(t.name)) continue;
-    total += t.numel();
-    if (t.expert) experts_total += t.numel();
-  }
-  const int64_t E = l.num_experts();
-  int64_t top_k = -1;
-  try {
-    top_k = std::stoll(v("moe", "top_k"));
-  } catch (const std::exception&) {
-  }
-  if (top_k >= 0 && E > 0) {
-    const int64_t active = total - experts_total + experts_total / E * std::min(top_k, E);
+  if (model)
     std::printf("parameters   %lld total, %lld active per token (top_k %lld of %lld experts in %zu MoE layers)\n",
-                static_cast<long long>(total), static_cast<long long>(active), static_cast<long long>(top_k),
-                static_cast<long long>(E), moe_layers.size());
-  } else {
-    std::printf("parameters   %lld total\n", static_cast<long long>(total));
-  }
+                static_cast<long long>(model->total_params()), static_cast<long long>(model->active_params_per_token()),
+                static_cast<long long>(model->moe.top_k), static_cast<long long>(model->moe.num_experts),
+                moe_layers.size());
   uint64_t bytes = 0;
   for (const auto& e : m.tensors()) bytes += e.length();
   std::printf("stored       %d entries in %zu logical tensors, %s of tensor data in %d shard files\n", m.tensors_size(),
