@@ -33,6 +33,21 @@ void choose_layout(const Args& args, const CheckpointData& data, int* world_size
               args.has("--ep") ? "" : "; pass --ep N (and --world-size W) for the result's layout");
 }
 
+// Writes the edited checkpoint `data` to `out` in the layout choose_layout picks and reports it.
+int write_result(const Args& args, const CheckpointData& data, const std::string& out,
+                 const std::vector<std::string>& notes) {
+  int world = 0, ep = 0;
+  choose_layout(args, data, &world, &ep);
+  write_checkpoint_data(data, world, ep, out);
+  report_written(out, data, world, ep, notes);
+  return 0;
+}
+
+// --seed S, else the config's run.seed.
+uint64_t seed_option(const Args& args, const CheckpointData& data) {
+  return static_cast<uint64_t>(args.has("--seed") ? parse_int("--seed", args.get("--seed")) : data.config.run.seed);
+}
+
 }  // namespace
 
 const char* const kPruneHelp =
@@ -82,11 +97,7 @@ int cmd_prune(const Args& args) {
   const int64_t before = data.config.moe.num_experts;
   prune_experts(data, keep, &notes);
   notes.push_back("kept " + std::to_string(keep.size()) + " of " + std::to_string(before) + " experts");
-  int world = 0, ep = 0;
-  choose_layout(args, data, &world, &ep);
-  write_checkpoint_data(data, world, ep, out);
-  report_written(out, data, world, ep, notes);
-  return 0;
+  return write_result(args, data, out, notes);
 }
 
 const char* const kAddHelp =
@@ -117,15 +128,10 @@ int cmd_add(const Args& args) {
   MOE_REQUIRE(from >= 0, "--from ", from, " must be an expert id >= 0");
   if (args.has("--fresh")) from = -1;
   CheckpointData data = load_checkpoint_data(resolve_checkpoint(args.positional[0]));
-  const uint64_t seed =
-      static_cast<uint64_t>(args.has("--seed") ? parse_int("--seed", args.get("--seed")) : data.config.run.seed);
+  const uint64_t seed = seed_option(args, data);
   std::vector<std::string> notes;
   add_experts(data, count, from, seed, &notes);
-  int world = 0, ep = 0;
-  choose_layout(args, data, &world, &ep);
-  write_checkpoint_data(data, world, ep, out);
-  report_written(out, data, world, ep, notes);
-  return 0;
+  return write_result(args, data, out, notes);
 }
 
 const char* const kUpcycleHelp =
@@ -154,15 +160,10 @@ int cmd_upcycle(const Args& args) {
   MOE_REQUIRE(experts >= 1, "--experts ", experts, " must be >= 1");
   MOE_REQUIRE(every >= 1, "--moe-every ", every, " must be >= 1");
   CheckpointData data = load_checkpoint_data(resolve_checkpoint(args.positional[0]));
-  const uint64_t seed =
-      static_cast<uint64_t>(args.has("--seed") ? parse_int("--seed", args.get("--seed")) : data.config.run.seed);
+  const uint64_t seed = seed_option(args, data);
   std::vector<std::string> notes;
   upcycle(data, experts, every, seed, &notes);
-  int world = 0, ep = 0;
-  choose_layout(args, data, &world, &ep);
-  write_checkpoint_data(data, world, ep, out);
-  report_written(out, data, world, ep, notes);
-  return 0;
+  return write_result(args, data, out, notes);
 }
 
 }  // namespace moe::ckpt
