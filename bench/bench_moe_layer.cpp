@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "core/check.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
 #include "core/moe/moe_layer.h"
 #include "core/random.h"
 #include "core/timer.h"

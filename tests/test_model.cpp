@@ -22,6 +22,7 @@
 #include "core/model/transformer.h"
 #include "core/moe/moe_layer.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 #include "core/parameters.h"
 #include "core/random.h"
 #include "tests/test_util.h"
@@ -705,6 +706,23 @@ TEST(TransformerLM, RegistersEveryParameterByName) {
   EXPECT_EQ(tied_registry.numel(), tied.total_params());
 }
 
+// The names are the checkpoint format: these literals must never change.
+TEST(ParameterNames, BuildAndTakeApartLayerTensorNames) {
+  EXPECT_EQ(names::layer_part(12, names::kMoE), "layers.12.moe");
+  EXPECT_EQ(names::tensor_name(names::kFinalNorm, names::kGain), "final_norm.g");
+  EXPECT_EQ(names::layer_tensor(3, names::kMoE, names::kSelectionBias), "layers.3.moe.selection_bias");
+  EXPECT_EQ(names::layer_tensor(0, names::kFfn, names::kWIn), "layers.0.ffn.w_in");
+
+  names::LayerTensorName n;
+  ASSERT_TRUE(names::parse_layer_tensor("layers.10.moe.w_gate", &n));
+  EXPECT_EQ(n.layer, 10);
+  EXPECT_EQ(n.part, "moe");
+  EXPECT_EQ(n.leaf, "w_gate");
+  for (const char* other : {"embedding", "final_norm.g", "adamw.m.layers.0.moe.w_in", "layers.x.moe.w_in",
+                            "layers.-1.moe.w_in", "layers.1.moe", "layers.1.moe.", "layers.1..w_in", "layers.1"})
+    EXPECT_FALSE(names::parse_layer_tensor(other, &n)) << other;
+}
+
 TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
   TransformerConfig cfg;
   cfg.vocab_size = 100;
@@ -736,6 +754,9 @@ TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
       EXPECT_EQ(model.total_params(), common + 2 * 8 * expert);
       EXPECT_EQ(registry.numel(), model.total_params());
       EXPECT_EQ(model.active_params_per_token(), common + 2 * 2 * expert);
+      // The same from the config alone (moe.d_model left 0), as moe-ckpt counts without building a model.
+      EXPECT_EQ(cfg.total_params(), model.total_params());
+      EXPECT_EQ(cfg.active_params_per_token(), model.active_params_per_token());
       // 6 N + 12 L d S, N without the tables read by lookup (the embedding counts once, as the head).
       const int64_t matmul_params =
           model.active_params_per_token() - (tied ? 0 : V * d) - (pos == PositionKind::Learned ? S * d : 0);

@@ -15,8 +15,8 @@
 
 #include "core/backend.h"
 #include "core/check.h"
-#include "core/cpu/parallel.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/omp_threshold.h"
 #include "core/ops.h"
 #include "tests/test_util.h"
 
@@ -742,7 +742,7 @@ TEST(AddScaled, AddsAlphaTimesX) {
 // OpenMP path
 // ---------------------------------------------------------------------------------------------
 
-// The tests above use small tensors, which the kernels run on one thread (core/cpu/parallel.h).
+// The tests above use small tensors, which the kernels run on one thread (core/cpu/omp_threshold.h).
 // Here each op runs once over N x C = 65536 elements (the OpenMP path) and once per block of 8 rows
 // (the one-thread path). Every row is computed independently with the same arithmetic, so the
 // results must agree bit for bit; a race or a wrong row offset in a parallel loop would not.

@@ -6,8 +6,8 @@
 
 #include "core/backend.h"
 #include "core/cpu/fast_math.h"
-#include "core/cpu/parallel.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
 

@@ -3,7 +3,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/index_check.h"
-#include "core/cpu/parallel.h"
+#include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
 

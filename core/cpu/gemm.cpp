@@ -1,5 +1,5 @@
 // CPU GEMM through oneDNN's dnnl_sgemm: measured fastest on this project's CPUs (docs/gemm-provider.md).
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
 
 #include <dnnl.h>
 #include <omp.h>

@@ -1,8 +1,8 @@
 // CPU linear layers through moe::gemm (row-major float32): y = x w + b, and y = x w^T for a weight
 // stored (out, in) such as a tied output head; forward and backward.
 #include "core/backend.h"
-#include "core/cpu/parallel.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
+#include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
 

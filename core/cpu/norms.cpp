@@ -2,7 +2,7 @@
 #include <cmath>
 
 #include "core/backend.h"
-#include "core/cpu/parallel.h"
+#include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
 

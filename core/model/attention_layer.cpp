@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 #include "core/random.h"
 
 namespace moe {
@@ -37,15 +38,15 @@ AttentionLayer::AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const 
   const int64_t d = cfg_.d_model;
   weights.w_qkv = Tensor::empty({d, 3 * d});
   weights.w_out = Tensor::empty({d, d});
-  fill_normal(weights.w_qkv, cfg_.init_std, stream_id(seed, name + ".w_qkv"));
-  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, name + ".w_out"));
+  fill_normal(weights.w_qkv, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWQkv)));
+  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)));
   grads.w_qkv = Tensor::zeros(weights.w_qkv.shape());
   grads.w_out = Tensor::zeros(weights.w_out.shape());
 }
 
 void AttentionLayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
-  registry.add(prefix + ".w_qkv", weights.w_qkv, grads.w_qkv, ParamKind::Dense);
-  registry.add(prefix + ".w_out", weights.w_out, grads.w_out, ParamKind::Dense);
+  registry.add(names::tensor_name(prefix, names::kWQkv), weights.w_qkv, grads.w_qkv, ParamKind::Dense);
+  registry.add(names::tensor_name(prefix, names::kWOut), weights.w_out, grads.w_out, ParamKind::Dense);
 }
 
 void AttentionLayer::make_split_indices(int64_t N) {

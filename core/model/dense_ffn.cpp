@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 #include "core/random.h"
 
 namespace moe {
@@ -22,15 +23,15 @@ DenseFFN::DenseFFN(const DenseFFNConfig& cfg, uint64_t seed, const std::string& 
   cfg_.validate();
   weights.w_in = Tensor::empty({cfg_.d_model, cfg_.in_cols()});
   weights.w_out = Tensor::empty({cfg_.hidden, cfg_.d_model});
-  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, name + ".w_in"));
-  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, name + ".w_out"));
+  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWIn)));
+  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)));
   grads.w_in = Tensor::zeros(weights.w_in.shape());
   grads.w_out = Tensor::zeros(weights.w_out.shape());
 }
 
 void DenseFFN::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
-  registry.add(prefix + ".w_in", weights.w_in, grads.w_in, ParamKind::Dense);
-  registry.add(prefix + ".w_out", weights.w_out, grads.w_out, ParamKind::Dense);
+  registry.add(names::tensor_name(prefix, names::kWIn), weights.w_in, grads.w_in, ParamKind::Dense);
+  registry.add(names::tensor_name(prefix, names::kWOut), weights.w_out, grads.w_out, ParamKind::Dense);
 }
 
 // x, y (N, d); pre_ (N, in_cols); act_ (N, h).

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 
 namespace moe {
 
@@ -21,9 +22,10 @@ NormLayer::NormLayer(NormKind kind, int64_t d_model, float eps) : kind_(kind), e
 }
 
 void NormLayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
-  registry.add(prefix + ".g", weights.g, grads.g, ParamKind::Dense, /*weight_decay=*/false);
+  registry.add(names::tensor_name(prefix, names::kGain), weights.g, grads.g, ParamKind::Dense, /*weight_decay=*/false);
   if (kind_ == NormKind::LayerNorm)
-    registry.add(prefix + ".b", weights.b, grads.b, ParamKind::Dense, /*weight_decay=*/false);
+    registry.add(names::tensor_name(prefix, names::kBias), weights.b, grads.b, ParamKind::Dense,
+                 /*weight_decay=*/false);
 }
 
 // x, y (N, d); rstd_, mean_ (N).

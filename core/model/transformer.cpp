@@ -8,13 +8,12 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 #include "core/random.h"
 
 namespace moe {
 
 namespace {
-
-std::string layer_name(int64_t layer, const char* part) { return detail::concat("layers.", layer, ".", part); }
 
 void zeroed(Tensor& buffer, const Shape& shape) {
   buffer.resize(shape);
@@ -95,6 +94,10 @@ int64_t TransformerConfig::shared_hidden() const {
   return shared_experts * (shared_expert_hidden > 0 ? shared_expert_hidden : moe.hidden);
 }
 
+int64_t TransformerConfig::total_params() const { return count_params(*this, moe.num_experts); }
+
+int64_t TransformerConfig::active_params_per_token() const { return count_params(*this, moe.top_k); }
+
 // ---- construction ----
 
 TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed,
@@ -113,7 +116,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
             ac.out_init_std = cfg.init_std / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
             return ac;
           }(),
-          seed, layer_name(layer, "attn")) {
+          seed, names::layer_part(layer, names::kAttn)) {
   const float out_scale = 1.f / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
   if (!cfg.is_moe_layer(layer)) {
     DenseFFNConfig f;
@@ -122,10 +125,10 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.dense_activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
-    ffn = std::make_unique<DenseFFN>(f, seed, layer_name(layer, "ffn"));
+    ffn = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kFfn));
     return;
   }
-  moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, layer_name(layer, "moe")),
+  moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, names::layer_part(layer, names::kMoE)),
                                   make_exchange ? make_exchange() : nullptr);
   // The experts' output projections write into the residual stream like every w_out: same scaling.
   float* w = moe->weights.w_out.f32();
@@ -137,7 +140,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.moe.activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
-    shared = std::make_unique<DenseFFN>(f, seed, layer_name(layer, "shared"));
+    shared = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kShared));
   }
 }
 
@@ -150,37 +153,37 @@ TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const 
   cfg_.moe = cfg_.moe_layer_config();
   const int64_t V = cfg_.vocab_size, d = cfg_.d_model;
   weights.embedding = Tensor::empty({V, d});
-  fill_normal(weights.embedding, cfg_.init_std, stream_id(seed, "embedding"));
+  fill_normal(weights.embedding, cfg_.init_std, stream_id(seed, names::kEmbedding));
   grads.embedding = Tensor::zeros({V, d});
   if (cfg_.positions == PositionKind::Learned) {
     weights.positions = Tensor::empty({cfg_.seq_len, d});
-    fill_normal(weights.positions, cfg_.init_std, stream_id(seed, "positions"));
+    fill_normal(weights.positions, cfg_.init_std, stream_id(seed, names::kPositions));
     grads.positions = Tensor::zeros({cfg_.seq_len, d});
   }
   for (int64_t i = 0; i < cfg_.n_layers; ++i) blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange));
   if (!cfg_.tie_embeddings) {
     weights.head = Tensor::empty({d, V});
-    fill_normal(weights.head, cfg_.init_std, stream_id(seed, "head"));
+    fill_normal(weights.head, cfg_.init_std, stream_id(seed, names::kHead));
     grads.head = Tensor::zeros({d, V});
   }
 }
 
 void TransformerLM::register_parameters(ParameterRegistry& registry) {
-  registry.add("embedding", weights.embedding, grads.embedding, ParamKind::Dense);
+  registry.add(names::kEmbedding, weights.embedding, grads.embedding, ParamKind::Dense);
   if (cfg_.positions == PositionKind::Learned)
-    registry.add("positions", weights.positions, grads.positions, ParamKind::Dense);
+    registry.add(names::kPositions, weights.positions, grads.positions, ParamKind::Dense);
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& blk = *blocks_[i];
     const int64_t layer = static_cast<int64_t>(i);
-    blk.norm1.register_parameters(registry, layer_name(layer, "norm1"));
-    blk.attn.register_parameters(registry, layer_name(layer, "attn"));
-    blk.norm2.register_parameters(registry, layer_name(layer, "norm2"));
-    if (blk.ffn) blk.ffn->register_parameters(registry, layer_name(layer, "ffn"));
-    if (blk.moe) blk.moe->register_parameters(registry, layer_name(layer, "moe"));
-    if (blk.shared) blk.shared->register_parameters(registry, layer_name(layer, "shared"));
+    blk.norm1.register_parameters(registry, names::layer_part(layer, names::kNorm1));
+    blk.attn.register_parameters(registry, names::layer_part(layer, names::kAttn));
+    blk.norm2.register_parameters(registry, names::layer_part(layer, names::kNorm2));
+    if (blk.ffn) blk.ffn->register_parameters(registry, names::layer_part(layer, names::kFfn));
+    if (blk.moe) blk.moe->register_parameters(registry, names::layer_part(layer, names::kMoE));
+    if (blk.shared) blk.shared->register_parameters(registry, names::layer_part(layer, names::kShared));
   }
-  final_norm_.register_parameters(registry, "final_norm");
-  if (!cfg_.tie_embeddings) registry.add("head", weights.head, grads.head, ParamKind::Dense);
+  final_norm_.register_parameters(registry, names::kFinalNorm);
+  if (!cfg_.tie_embeddings) registry.add(names::kHead, weights.head, grads.head, ParamKind::Dense);
 }
 
 // ---- forward and backward ----
@@ -310,10 +313,6 @@ std::vector<MoELayer*> TransformerLM::moe_layers() {
     if (blk->moe) layers.push_back(blk->moe.get());
   return layers;
 }
-
-int64_t TransformerLM::total_params() const { return count_params(cfg_, cfg_.moe.num_experts); }
-
-int64_t TransformerLM::active_params_per_token() const { return count_params(cfg_, cfg_.moe.top_k); }
 
 double TransformerLM::flops_per_token() const {
   int64_t n = active_params_per_token();

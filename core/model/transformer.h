@@ -52,6 +52,14 @@ struct TransformerConfig {
   MoEConfig moe_layer_config() const;
   // Hidden size of the shared-expert FFN (0 without shared experts).
   int64_t shared_hidden() const;
+
+  // Parameter counts of the model this config describes, without building it: every expert of
+  // every MoE layer, whichever rank holds it (what TransformerLM::register_parameters registers).
+  int64_t total_params() const;
+  // Parameters one token's forward touches: everything except the (E - top_k) unchosen experts of
+  // each MoE layer (router, top_k experts, shared expert, attention, norms, dense FFNs, embedding
+  // tables and head all count).
+  int64_t active_params_per_token() const;
 };
 
 // One process's replica of the model (with expert parallelism, its shard of each MoE layer's experts).
@@ -79,12 +87,9 @@ class TransformerLM {
   // embedding gradient receives both the head's and the lookup's contribution. Overwrites logits().
   void backward();
 
-  // Registers every parameter under its name: "embedding", "positions" (learned positions),
-  // "layers.<i>.norm1.g" (".b" for LayerNorm), "layers.<i>.attn.w_qkv", "layers.<i>.attn.w_out",
-  // "layers.<i>.norm2.g", then for a dense layer "layers.<i>.ffn.w_in", "layers.<i>.ffn.w_out", for
-  // an MoE layer "layers.<i>.moe.w_gate" (Dense), "layers.<i>.moe.w_in", "layers.<i>.moe.w_out"
-  // (Expert) and "layers.<i>.shared.w_in", "layers.<i>.shared.w_out"; "final_norm.g" (".b"), and
-  // "head" when untied. Norm gains and biases have weight_decay = false.
+  // Registers every parameter under its name (core/parameter_names.h), in the order listed there:
+  // the MoE layers' w_in and w_out are Expert, everything else Dense; norm gains and biases have
+  // weight_decay = false. The MoE layers' selection_bias is state, not a parameter.
   void register_parameters(ParameterRegistry& registry);
 
   const TransformerConfig& config() const { return cfg_; }
@@ -102,12 +107,9 @@ class TransformerLM {
   // (B*S, V) logits of the last forward; valid until backward(), which reuses the buffer.
   const Tensor& logits() const { return logits_; }
 
-  // Parameter counts of the whole model (every expert, whichever rank holds it), from the config.
-  int64_t total_params() const;
-  // Parameters one token's forward touches: everything except the (E - top_k) unchosen experts of
-  // each MoE layer (router, top_k experts, shared expert, attention, norms, dense FFNs, embedding
-  // tables and head all count).
-  int64_t active_params_per_token() const;
+  // config().total_params() and config().active_params_per_token().
+  int64_t total_params() const { return cfg_.total_params(); }
+  int64_t active_params_per_token() const { return cfg_.active_params_per_token(); }
   // Model FLOPs per token of one training step (forward + backward), as in the PaLM paper's appendix B:
   //   6 * N + 12 * n_layers * d_model * seq_len,
   // N = active_params_per_token() less the tables read by lookup rather than matmul (the token

@@ -6,6 +6,7 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/parameter_names.h"
 #include "core/random.h"
 #include "core/timer.h"
 
@@ -37,11 +38,11 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
   weights.w_gate = Tensor::empty({d, E});
   weights.w_in = Tensor::empty({local, d, in_cols});
   weights.w_out = Tensor::empty({local, h, d});
-  fill_normal(weights.w_gate, cfg_.init_std, stream_id(seed, "w_gate"));
+  fill_normal(weights.w_gate, cfg_.init_std, stream_id(seed, names::kWGate));
   // Offsetting the stream by the first local expert's elements gives expert e the same values on
   // whichever rank holds it.
-  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, "w_in"), first * d * in_cols);
-  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, "w_out"), first * h * d);
+  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, names::kWIn), first * d * in_cols);
+  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, names::kWOut), first * h * d);
   grads.w_gate = Tensor::zeros(weights.w_gate.shape());
   grads.w_in = Tensor::zeros(weights.w_in.shape());
   grads.w_out = Tensor::zeros(weights.w_out.shape());
@@ -49,9 +50,9 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
 }
 
 void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
-  registry.add(prefix + ".w_gate", weights.w_gate, grads.w_gate, ParamKind::Dense);
-  registry.add(prefix + ".w_in", weights.w_in, grads.w_in, ParamKind::Expert);
-  registry.add(prefix + ".w_out", weights.w_out, grads.w_out, ParamKind::Expert);
+  registry.add(names::tensor_name(prefix, names::kWGate), weights.w_gate, grads.w_gate, ParamKind::Dense);
+  registry.add(names::tensor_name(prefix, names::kWIn), weights.w_in, grads.w_in, ParamKind::Expert);
+  registry.add(names::tensor_name(prefix, names::kWOut), weights.w_out, grads.w_out, ParamKind::Expert);
 }
 
 void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {

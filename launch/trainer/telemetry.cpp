@@ -9,7 +9,7 @@
 #include <sstream>
 
 #include "core/check.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
 #include "core/timer.h"
 
 namespace moe {

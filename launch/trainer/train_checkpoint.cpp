@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/parameter_names.h"
 #include "parallel/checkpoint_save.h"
 
 namespace moe {
@@ -44,7 +45,7 @@ std::vector<NamedTensor> state_tensors(TransformerLM& model, ParameterRegistry& 
   for (auto& [name, t] : optimizer.state()) out.push_back({name, t, state_kind(name, kinds)});
   for (int64_t i = 0; i < model.config().n_layers; ++i)
     if (MoELayer* m = model.moe_layer(i))
-      out.push_back({"layers." + std::to_string(i) + ".moe.selection_bias", m->selection_bias, ParamKind::Dense});
+      out.push_back({names::layer_tensor(i, names::kMoE, names::kSelectionBias), m->selection_bias, ParamKind::Dense});
   return out;
 }
 

@@ -16,7 +16,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
-#include "core/gemm.h"
+#include "core/cpu/gemm.h"
 #include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"

@@ -13,6 +13,7 @@
 #include <map>
 
 #include "core/check.h"
+#include "core/parameter_names.h"
 
 namespace fs = std::filesystem;
 
@@ -24,10 +25,6 @@ void check(const Status& status) {
 
 // ---- names ----
 
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-}
-
 bool is_optimizer_state(const std::string& name) {
   return name.rfind("adamw.m.", 0) == 0 || name.rfind("adamw.v.", 0) == 0 || name.rfind("sgd.momentum.", 0) == 0;
 }
@@ -38,7 +35,10 @@ std::string parameter_of(const std::string& name) {
   return name.substr(name.find('.', first + 1) + 1);
 }
 
-bool is_parameter(const std::string& name) { return !is_optimizer_state(name) && !ends_with(name, ".selection_bias"); }
+bool is_parameter(const std::string& name) {
+  names::LayerTensorName n;
+  return !is_optimizer_state(name) && !(names::parse_layer_tensor(name, &n) && n.leaf == names::kSelectionBias);
+}
 
 std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param) {
   if (kind == OptimizerKind::SGD) return {"sgd.momentum." + param};
@@ -345,6 +345,11 @@ std::string human_bytes(uint64_t bytes) {
   else
     std::snprintf(buf, sizeof buf, "%.1f %s", v, units[u]);
   return buf;
+}
+
+std::string layout_text(const checkpoint::Layout& l) {
+  return "world size " + std::to_string(l.world_size()) + ", ep " + std::to_string(l.ep()) + ", " +
+         std::to_string(l.num_experts()) + " experts, " + std::to_string(l.experts_per_rank()) + " per rank";
 }
 
 }  // namespace moe::ckpt

@@ -38,7 +38,6 @@ bool is_parameter(const std::string& name);
 std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param);
 // Orders names with their digit runs compared as numbers: "layers.2.x" before "layers.10.x".
 bool natural_less(const std::string& a, const std::string& b);
-bool ends_with(const std::string& s, const std::string& suffix);
 
 // ---- reading ----
 
@@ -139,5 +138,8 @@ Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids);
 
 // "2.7 MiB"
 std::string human_bytes(uint64_t bytes);
+
+// "world size 2, ep 2, 4 experts, 2 per rank"
+std::string layout_text(const checkpoint::Layout& layout);
 
 }  // namespace moe::ckpt

@@ -5,18 +5,28 @@
 #include <map>
 
 #include "core/check.h"
+#include "core/model/transformer.h"
+#include "core/parameter_names.h"
 #include "core/random.h"
+#include "launch/trainer/trainer.h"
 
 namespace moe::ckpt {
 
 namespace {
 
+// The leaf of an MoE layer tensor's name ("w_gate" for "layers.1.moe.w_gate"), else "".
+std::string moe_leaf(const std::string& name) {
+  names::LayerTensorName n;
+  return names::parse_layer_tensor(name, &n) && n.part == names::kMoE ? n.leaf : std::string();
+}
+
 // The axis along which tensor t is indexed by expert, or -1: rows of the expert tensors, columns
 // of w_gate (d, E), entries of selection_bias (E); optimizer state like its parameter.
 int expert_axis(const NamedTensor& t) {
   if (t.expert) return 0;
-  if (ends_with(parameter_of(t.name), ".moe.w_gate")) return 1;
-  if (ends_with(t.name, ".moe.selection_bias")) return 0;
+  const std::string leaf = moe_leaf(parameter_of(t.name));
+  if (leaf == names::kWGate) return 1;
+  if (leaf == names::kSelectionBias) return 0;
   return -1;
 }
 
@@ -34,15 +44,6 @@ void clamp_top_k(TrainConfig& cfg, std::vector<std::string>* notes) {
                    std::to_string(cfg.moe.num_experts));
   cfg.moe.top_k = cfg.moe.num_experts;
 }
-
-int64_t count_moe_layers(const CheckpointData& data) {
-  int64_t n = 0;
-  for (const NamedTensor& t : data.tensors)
-    if (is_parameter(t.name) && ends_with(t.name, ".moe.w_gate")) ++n;
-  return n;
-}
-
-std::string layer_part(int64_t layer, const char* part) { return "layers." + std::to_string(layer) + "." + part; }
 
 NamedTensor& need(CheckpointData& data, const std::string& name, const std::string& why) {
   NamedTensor* t = data.find(name);
@@ -75,7 +76,8 @@ std::vector<int64_t> experts_with_usage(const CheckpointData& data, double min_s
 
 void prune_experts(CheckpointData& data, const std::vector<int64_t>& keep, std::vector<std::string>* notes) {
   const int64_t E = data.config.moe.num_experts;
-  MOE_REQUIRE(count_moe_layers(data) > 0, "checkpoint '", data.dir, "' has no MoE layers: nothing to prune");
+  MOE_REQUIRE(transformer_config(data.config).num_moe_layers() > 0, "checkpoint '", data.dir,
+              "' has no MoE layers: nothing to prune");
   MOE_REQUIRE(!keep.empty(), "no expert would be kept; at least one must be");
   for (size_t i = 0; i < keep.size(); ++i) {
     MOE_REQUIRE(keep[i] >= 0 && keep[i] < E, "expert id ", keep[i], " is out of range: the checkpoint has experts 0..",
@@ -101,7 +103,8 @@ void prune_experts(CheckpointData& data, const std::vector<int64_t>& keep, std::
 
 void add_experts(CheckpointData& data, int64_t count, int64_t from, uint64_t seed, std::vector<std::string>* notes) {
   const int64_t E = data.config.moe.num_experts;
-  MOE_REQUIRE(count_moe_layers(data) > 0, "checkpoint '", data.dir, "' has no MoE layers to add experts to");
+  MOE_REQUIRE(transformer_config(data.config).num_moe_layers() > 0, "checkpoint '", data.dir,
+              "' has no MoE layers to add experts to");
   MOE_REQUIRE(count >= 1, "--count ", count, " must be >= 1");
   MOE_REQUIRE(from < E, "--from ", from, " is out of range: the checkpoint has experts 0..", E - 1);
   std::vector<int64_t> copy_ids, zero_ids;  // old experts, then the new ones: copies of `from`, or zeros
@@ -122,7 +125,8 @@ void add_experts(CheckpointData& data, int64_t count, int64_t from, uint64_t see
     t.data = gather_axis(t.data, axis, is_optimizer_state(t.name) || fresh ? zero_ids : copy_ids);
     if (!fresh || !t.expert || is_optimizer_state(t.name)) continue;
     // Fresh expert weights, as moe-train initialises them (w_out scaled like every output projection).
-    const float std = static_cast<float>(data.config.model.init_std) * (ends_with(t.name, ".w_out") ? out_scale : 1.f);
+    const float std =
+        static_cast<float>(data.config.model.init_std) * (moe_leaf(t.name) == names::kWOut ? out_scale : 1.f);
     const int64_t per_expert = t.data.numel() / t.data.dim(0);
     Tensor added = t.data.rows(E, E + count);
     fill_normal(added, std, stream_id(seed, t.name), static_cast<uint64_t>(E * per_expert));
@@ -141,16 +145,18 @@ void upcycle(CheckpointData& data, int64_t experts, int64_t moe_every, uint64_t 
   const int64_t L = cfg.model.n_layers, d = cfg.model.d_model;
   MOE_REQUIRE(experts >= 1, "--experts ", experts, " must be >= 1");
   MOE_REQUIRE(moe_every >= 1, "--moe-every ", moe_every, " must be >= 1");
-  auto target_moe = [&](int64_t i) { return (i + 1) % moe_every == 0; };
+  const TransformerConfig source = transformer_config(cfg);
+  TransformerConfig target = source;
+  target.moe_every = moe_every;
   std::vector<int64_t> upcycled;
   bool any_source_moe = false;
   for (int64_t i = 0; i < L; ++i) {
-    const bool source_moe = data.find(layer_part(i, "moe.w_gate")) != nullptr;
+    const bool source_moe = source.is_moe_layer(i);
     any_source_moe = any_source_moe || source_moe;
-    MOE_REQUIRE(!source_moe || target_moe(i), "layer ", i, " is an MoE layer in checkpoint '", data.dir,
+    MOE_REQUIRE(!source_moe || target.is_moe_layer(i), "layer ", i, " is an MoE layer in checkpoint '", data.dir,
                 "' but --moe-every ", moe_every, " would make it dense; choose a --moe-every that divides ",
                 cfg.model.moe_every);
-    if (target_moe(i) && !source_moe) upcycled.push_back(i);
+    if (target.is_moe_layer(i) && !source_moe) upcycled.push_back(i);
   }
   MOE_REQUIRE(!upcycled.empty(), "--moe-every ", moe_every, " makes no dense layer of checkpoint '", data.dir,
               "' an MoE layer: nothing to upcycle");
@@ -172,8 +178,8 @@ void upcycle(CheckpointData& data, int64_t experts, int64_t moe_every, uint64_t 
   int64_t source_index = 0;
   const checkpoint::TrainingState& state = data.header.state();
   for (int64_t i = 0; i < L; ++i) {
-    if (!target_moe(i)) continue;
-    const bool existing = data.find(layer_part(i, "moe.w_gate")) != nullptr;
+    if (!target.is_moe_layer(i)) continue;
+    const bool existing = source.is_moe_layer(i);
     calls.push_back(existing && source_index < state.moe_layer_calls_size() ? state.moe_layer_calls(source_index) : 0);
     if (existing) ++source_index;
     if (!existing || usage.count(i) == 0) {
@@ -188,28 +194,31 @@ void upcycle(CheckpointData& data, int64_t experts, int64_t moe_every, uint64_t 
   s->set_optimizer_steps(0);
   data.header.clear_expert_usage();
   for (auto& [layer, u] : usage)
-    if (target_moe(layer)) *data.header.add_expert_usage() = u;
+    if (target.is_moe_layer(layer)) *data.header.add_expert_usage() = u;
 
   for (int64_t i : upcycled) {
     const std::string why = "layer " + std::to_string(i) + " is dense and is to be upcycled";
-    const Tensor w_in = need(data, layer_part(i, "ffn.w_in"), why).data;
-    const Tensor w_out = need(data, layer_part(i, "ffn.w_out"), why).data;
+    const std::string ffn_in = names::layer_tensor(i, names::kFfn, names::kWIn);
+    const std::string ffn_out = names::layer_tensor(i, names::kFfn, names::kWOut);
+    const Tensor w_in = need(data, ffn_in, why).data;
+    const Tensor w_out = need(data, ffn_out, why).data;
     MOE_ASSERT(w_in.rank() == 2 && w_out.rank() == 2, "dense FFN weights are matrices");
     std::vector<int64_t> copies(static_cast<size_t>(experts), 0);
-    NamedTensor moe_in{layer_part(i, "moe.w_in"), gather_axis(w_in.reshape({1, w_in.dim(0), w_in.dim(1)}), 0, copies),
-                       true};
-    NamedTensor moe_out{layer_part(i, "moe.w_out"),
+    NamedTensor moe_in{names::layer_tensor(i, names::kMoE, names::kWIn),
+                       gather_axis(w_in.reshape({1, w_in.dim(0), w_in.dim(1)}), 0, copies), true};
+    NamedTensor moe_out{names::layer_tensor(i, names::kMoE, names::kWOut),
                         gather_axis(w_out.reshape({1, w_out.dim(0), w_out.dim(1)}), 0, copies), true};
     // The stream moe-train's MoE layer i draws its router from (core/model/transformer.cpp, moe_layer.cpp).
     Tensor gate = Tensor::empty({d, experts});
     fill_normal(gate, static_cast<float>(cfg.model.init_std),
-                stream_id(stream_id(seed, layer_part(i, "moe")), "w_gate"));
-    data.remove(layer_part(i, "ffn.w_in"));
-    data.remove(layer_part(i, "ffn.w_out"));
+                stream_id(stream_id(seed, names::layer_part(i, names::kMoE)), names::kWGate));
+    data.remove(ffn_in);
+    data.remove(ffn_out);
     data.tensors.push_back(std::move(moe_in));
     data.tensors.push_back(std::move(moe_out));
-    data.tensors.push_back({layer_part(i, "moe.w_gate"), gate, false});
-    data.tensors.push_back({layer_part(i, "moe.selection_bias"), Tensor::zeros({experts}), false});
+    data.tensors.push_back({names::layer_tensor(i, names::kMoE, names::kWGate), gate, false});
+    data.tensors.push_back(
+        {names::layer_tensor(i, names::kMoE, names::kSelectionBias), Tensor::zeros({experts}), false});
   }
 
   // A fresh optimizer: zero state for every parameter.

@@ -1,5 +1,5 @@
-// Matrix multiply on row-major float32 matrices through the build's GEMM provider (oneDNN on CPU),
-// and the thread count that provider uses.
+// Matrix multiply on row-major float32 matrices through the CPU GEMM provider (oneDNN), and the
+// process settings that go with it: the thread count and flushing denormals to zero.
 #pragma once
 
 #include <cstdint>
