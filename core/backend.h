@@ -4,6 +4,10 @@
 // they still check index values (ids, targets, slots), which only the backend can read.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
+#include "core/optim_ops.h"  // AdamWScalars
 #include "core/tensor.h"
 
 namespace moe::cpu {

@@ -1,10 +1,16 @@
 // Public op front-ends: validate shapes, dtypes and devices, then run the op on the tensors' device.
 #include "core/ops.h"
 
+#include <algorithm>
 #include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <limits>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/optim_ops.h"
 
 // Runs moe::cpu::op or moe::cuda::op with the same arguments, by `device`; returns what the op returns.
 #define MOE_DISPATCH(device, op, ...) ((device) == Device::CPU ? cpu::op(__VA_ARGS__) : cuda::op(__VA_ARGS__))
@@ -416,6 +422,201 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
   if (dv != nullptr) require_f32(op, "dv", *dv, q.shape());
   require_same_device(op, {&dout, &q, &k, &v, &probs, dq, dk, dv});
   MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, probs, n_heads, seq_len);
+}
+
+// ---- router: top-k, jitter, auxiliary losses ----
+
+namespace {
+// An int32 (T, k) tensor of chosen expert ids for the T rows of a (T, E) tensor; returns k.
+int64_t require_expert_ids(const char* op, const Tensor& expert, int64_t T) {
+  require_rank(op, "expert", expert, 2);
+  require_dtype(op, "expert", expert, DType::I32);
+  require_shape(op, "expert", expert, {T, expert.dim(1)});
+  return expert.dim(1);
+}
+
+void require_finite(const char* op, const char* name, double value) {
+  MOE_REQUIRE(std::isfinite(value), op, ": ", name, " = ", value, " must be finite");
+}
+}  // namespace
+
+void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
+                  const Tensor* selection_bias) {
+  const char* op = "topk_forward";
+  require_f32_matrix(op, "probs", probs);
+  const int64_t T = probs.dim(0), E = probs.dim(1);
+  MOE_REQUIRE(k >= 1 && k <= E, op, ": k = ", k, " must be in [1, E = ", E, "] (probs has shape ",
+              to_string(probs.shape()), ")");
+  if (selection_bias != nullptr) require_f32(op, "selection_bias", *selection_bias, {E});
+  require_i32(op, "expert", expert, {T, k});
+  require_f32(op, "weight", weight, {T, k});
+  require_same_device(op, {&expert, &weight, &probs, selection_bias});
+  MOE_DISPATCH(probs.device(), topk_forward, expert, weight, probs, k, renormalize, selection_bias);
+}
+
+void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
+                   const Tensor& probs, bool renormalize) {
+  const char* op = "topk_backward";
+  require_f32_matrix(op, "probs", probs);
+  const int64_t T = probs.dim(0);
+  const int64_t k = require_expert_ids(op, expert, T);
+  require_f32(op, "weight", weight, {T, k});
+  require_f32(op, "dweight", dweight, {T, k});
+  require_f32(op, "dprobs", dprobs, probs.shape());
+  require_same_device(op, {&dprobs, &dweight, &expert, &weight, &probs});
+  MOE_DISPATCH(probs.device(), topk_backward, dprobs, dweight, expert, weight, probs, renormalize);
+}
+
+void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64_t stream, uint64_t offset) {
+  const char* op = "jitter_forward";
+  require_f32_matrix(op, "x", x);
+  MOE_REQUIRE(std::isfinite(eps) && eps >= 0.f && eps < 1.f, op, ": eps = ", eps, " must be in [0, 1)");
+  require_f32(op, "noise", noise, x.shape());
+  require_f32(op, "y", y, x.shape());
+  require_same_device(op, {&y, &noise, &x});
+  MOE_DISPATCH(x.device(), jitter_forward, y, noise, x, eps, stream, offset);
+}
+
+void jitter_backward(Tensor& dx, const Tensor& dy, const Tensor& noise) {
+  const char* op = "jitter_backward";
+  require_f32_matrix(op, "noise", noise);
+  require_f32(op, "dy", dy, noise.shape());
+  require_f32(op, "dx", dx, noise.shape());
+  require_same_device(op, {&dx, &dy, &noise});
+  MOE_DISPATCH(noise.device(), jitter_backward, dx, dy, noise);
+}
+
+void load_balance_sums(std::vector<double>& prob_sum, std::vector<double>& choice_count, const Tensor& probs,
+                       const Tensor& expert) {
+  const char* op = "load_balance_sums";
+  require_f32_matrix(op, "probs", probs);
+  require_expert_ids(op, expert, probs.dim(0));
+  require_same_device(op, {&probs, &expert});
+  MOE_DISPATCH(probs.device(), load_balance_sums, prob_sum, choice_count, probs, expert);
+}
+
+void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_count, double num_choices,
+                           double num_tokens, double coeff, double dloss) {
+  const char* op = "load_balance_backward";
+  require_f32_matrix(op, "dprobs", dprobs);
+  const int64_t E = dprobs.dim(1);
+  MOE_REQUIRE(static_cast<int64_t>(choice_count.size()) == E, op, ": choice_count has ", choice_count.size(),
+              " entries, expected E = ", E, " (dprobs has shape ", to_string(dprobs.shape()), ")");
+  MOE_REQUIRE(std::isfinite(num_choices) && num_choices > 0, op, ": num_choices = ", num_choices,
+              " must be finite and > 0");
+  MOE_REQUIRE(std::isfinite(num_tokens) && num_tokens > 0, op, ": num_tokens = ", num_tokens,
+              " must be finite and > 0");
+  require_finite(op, "coeff", coeff);
+  require_finite(op, "dloss", dloss);
+  MOE_DISPATCH(dprobs.device(), load_balance_backward, dprobs, choice_count, num_choices, num_tokens, coeff, dloss);
+}
+
+namespace {
+void require_z_loss(const char* op, const Tensor& logits, double coeff, double mean_over) {
+  require_f32_matrix(op, "logits", logits);
+  MOE_REQUIRE(logits.dim(1) >= 1, op, ": logits has shape ", to_string(logits.shape()),
+              ", expected at least one expert (column)");
+  require_finite(op, "coeff", coeff);
+  MOE_REQUIRE(std::isfinite(mean_over) && mean_over >= 0, op, ": mean_over = ", mean_over,
+              " must be finite and >= 0");
+}
+}  // namespace
+
+double z_loss_forward(const Tensor& logits, double coeff, double mean_over) {
+  const char* op = "z_loss_forward";
+  require_z_loss(op, logits, coeff, mean_over);
+  return MOE_DISPATCH(logits.device(), z_loss_forward, logits, coeff, mean_over);
+}
+
+void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs, double coeff,
+                     double mean_over, double dloss) {
+  const char* op = "z_loss_backward";
+  require_z_loss(op, logits, coeff, mean_over);
+  require_finite(op, "dloss", dloss);
+  require_f32(op, "probs", probs, logits.shape());
+  require_f32(op, "dlogits", dlogits, logits.shape());
+  require_same_device(op, {&dlogits, &logits, &probs});
+  MOE_DISPATCH(logits.device(), z_loss_backward, dlogits, logits, probs, coeff, mean_over, dloss);
+}
+
+// ---- index tensors ----
+
+void index_ramp(Tensor& index, int64_t start, int64_t step, int64_t period) {
+  const char* op = "index_ramp";
+  require_rank(op, "index", index, 1);
+  require_dtype(op, "index", index, DType::I32);
+  MOE_REQUIRE(period >= 1, op, ": period = ", period, " must be >= 1");
+  const int64_t N = index.dim(0);
+  if (N > 0) {
+    // The values run from start to start + step * last; check both ends without overflowing int64.
+    constexpr int64_t lo = std::numeric_limits<int32_t>::min(), hi = std::numeric_limits<int32_t>::max();
+    const int64_t last = std::min(N, period) - 1;
+    const bool start_fits = start >= lo && start <= hi;
+    const bool step_fits = step >= lo && step <= hi && (last == 0 || step == 0 || last <= (hi - lo) / std::abs(step));
+    const int64_t end = start_fits && step_fits ? start + step * last : 0;
+    MOE_REQUIRE(start_fits && step_fits && end >= lo && end <= hi, op, ": start + step * (n mod period) with start = ",
+                start, ", step = ", step, ", period = ", period, " over ", N, " elements leaves the int32 range");
+  }
+  MOE_DISPATCH(index.device(), index_ramp, index, start, step, period);
+}
+
+// ---- optimizer step (core/optim_ops.h) ----
+
+namespace {
+// x: a defined float32 tensor; every other tensor of the call must have its shape.
+void require_f32_tensor(const char* op, const char* arg, const Tensor& x) {
+  require_defined(op, arg, x);
+  require_dtype(op, arg, x, DType::F32);
+}
+
+void require_rate(const char* op, const char* name, float value) {
+  MOE_REQUIRE(value >= 0.f && value < 1.f, op, ": ", name, " = ", value, " must be in [0, 1)");
+}
+}  // namespace
+
+void adamw_update(Tensor& w, Tensor& m, Tensor& v, const Tensor& g, const AdamWScalars& s) {
+  const char* op = "adamw_update";
+  require_f32_tensor(op, "w", w);
+  require_f32(op, "m", m, w.shape());
+  require_f32(op, "v", v, w.shape());
+  require_f32(op, "g", g, w.shape());
+  require_finite(op, "lr", s.lr);
+  require_rate(op, "beta1", s.beta1);
+  require_rate(op, "beta2", s.beta2);
+  MOE_REQUIRE(s.bias_correction1 > 0.f && s.bias_correction1 <= 1.f, op, ": bias_correction1 = ",
+              s.bias_correction1, " must be in (0, 1] (1 - beta1^step)");
+  MOE_REQUIRE(s.bias_correction2 > 0.f && s.bias_correction2 <= 1.f, op, ": bias_correction2 = ",
+              s.bias_correction2, " must be in (0, 1] (1 - beta2^step)");
+  MOE_REQUIRE(std::isfinite(s.eps) && s.eps > 0.f, op, ": eps = ", s.eps, " must be finite and > 0");
+  MOE_REQUIRE(std::isfinite(s.weight_decay) && s.weight_decay >= 0.f, op, ": weight_decay = ", s.weight_decay,
+              " must be finite and >= 0");
+  require_same_device(op, {&w, &m, &v, &g});
+  MOE_DISPATCH(w.device(), adamw_update, w, m, v, g, s);
+}
+
+void sgd_update(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float weight_decay) {
+  const char* op = "sgd_update";
+  require_f32_tensor(op, "w", w);
+  require_f32(op, "buf", buf, w.shape());
+  require_f32(op, "g", g, w.shape());
+  require_finite(op, "lr", lr);
+  require_rate(op, "momentum", momentum);
+  MOE_REQUIRE(std::isfinite(weight_decay) && weight_decay >= 0.f, op, ": weight_decay = ", weight_decay,
+              " must be finite and >= 0");
+  require_same_device(op, {&w, &buf, &g});
+  MOE_DISPATCH(w.device(), sgd_update, w, buf, g, lr, momentum, weight_decay);
+}
+
+double sum_of_squares(const Tensor& x) {
+  require_f32_tensor("sum_of_squares", "x", x);
+  return MOE_DISPATCH(x.device(), sum_of_squares, x);
+}
+
+void scale_in_place(Tensor& x, double factor) {
+  const char* op = "scale_in_place";
+  require_f32_tensor(op, "x", x);
+  require_finite(op, "factor", factor);
+  MOE_DISPATCH(x.device(), scale_in_place, x, factor);
 }
 
 }  // namespace moe

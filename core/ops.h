@@ -10,6 +10,9 @@
 //  - shape comments use N for rows (tokens), C for columns (features or classes).
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace moe {
@@ -106,5 +109,55 @@ void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
                                int64_t seq_len);
+
+// ---- router (MoE gating): top-k, jitter, auxiliary losses ----
+// T tokens, E experts, k experts chosen per token, d features.
+
+// topk_forward: the k experts with the highest probs + selection_bias of each row, best first (ties:
+// the lower expert id), weighted by their unbiased probs, renormalised to sum to 1 when `renormalize`.
+// probs (T, E); selection_bias (E) or null (auxiliary-loss-free balancing: it steers the choice, never
+// the weights); expert (T, k) int32; weight (T, k); 1 <= k <= E.
+void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
+                  const Tensor* selection_bias = nullptr);
+// dprobs (T, E) += the gradient of the weights (T, k) given dweight (T, k): dweight scattered to the
+// chosen experts, through the renormalisation when `renormalize`. expert (T, k) int32 in [0, E).
+void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
+                   const Tensor& probs, bool renormalize);
+
+// jitter_forward: multiplicative noise for the router input. noise[i] = lo + (hi - lo) U_i with
+// lo = 1 - eps, hi = 1 + eps and U_i = uniform01(stream, offset + i) (core/random.h), so a token's
+// noise depends only on its global position; y = x * noise. x, y, noise (T, d); eps in [0, 1).
+void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64_t stream, uint64_t offset);
+// dx (T, d) += dy * noise.
+void jitter_backward(Tensor& dx, const Tensor& dy, const Tensor& noise);
+
+// load_balance_sums: the ingredients of the load-balancing loss (core/moe/aux_losses.h), returned on
+// the host in double because ranks all-reduce them before forming the loss:
+//   prob_sum[e] = sum_t probs[t, e];  choice_count[e] = number of (t, j) with expert[t, j] = e.
+// probs (T, E); expert (T, k) int32 in [0, E); both vectors are resized to E.
+void load_balance_sums(std::vector<double>& prob_sum, std::vector<double>& choice_count, const Tensor& probs,
+                       const Tensor& expert);
+// dprobs (T, E) += dloss * coeff * E * (choice_count[e] / num_choices) / num_tokens, for every row t:
+// the gradient of coeff * E * sum_e f_e P_e through P_e = prob_sum[e] / num_tokens (f, a count, is
+// held fixed). choice_count (E) and the counts num_choices, num_tokens (> 0) as load_balance_sums
+// gives them, all-reduced or not.
+void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_count, double num_choices,
+                           double num_tokens, double coeff, double dloss);
+
+// z-loss (ST-MoE): returns coeff * sum_t logsumexp(logits[t])^2 / mean_over, summed in double;
+// 0 when mean_over is 0. logits (T, E), E >= 1; mean_over >= 0 is the token count of the mean (T
+// locally, the global count when ranks average together).
+double z_loss_forward(const Tensor& logits, double coeff, double mean_over);
+// dlogits (T, E) += dloss * coeff * 2 * logsumexp(logits[t]) / mean_over * probs[t, e], with
+// probs (T, E) = softmax(logits) from the forward. Adds nothing when mean_over is 0.
+void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs, double coeff,
+                     double mean_over, double dloss);
+
+// ---- index tensors ----
+
+// index_ramp: index (N) int32, index[n] = start + step * (n mod period), period >= 1; every value must
+// fit int32. The row indices of regular layouts: token positions n mod seq_len (start 0, step 1,
+// period seq_len), the q, k, v rows 3n + c of a packed QKV projection (start c, step 3, period N).
+void index_ramp(Tensor& index, int64_t start, int64_t step, int64_t period);
 
 }  // namespace moe

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "core/check.h"
+#include "core/optim_ops.h"
 
 namespace moe {
 
@@ -29,17 +30,10 @@ void AdamW::step(float lr) {
   const float b1 = cfg_.beta1, b2 = cfg_.beta2;
   const float c1 = 1.f - std::pow(b1, static_cast<float>(step_));
   const float c2 = 1.f - std::pow(b2, static_cast<float>(step_));
+  AdamWScalars s{lr, b1, b2, c1, c2, cfg_.eps, 0.f};
   for (size_t i = 0; i < params.size(); ++i) {
-    float* w = params[i].value.f32();
-    const float* g = params[i].grad.f32();
-    float* m = m_[i].f32();
-    float* v = v_[i].f32();
-    const float wd = params[i].weight_decay ? cfg_.weight_decay : 0.f;
-    for (int64_t j = 0; j < params[i].value.numel(); ++j) {
-      m[j] = b1 * m[j] + (1.f - b1) * g[j];
-      v[j] = b2 * v[j] + (1.f - b2) * g[j] * g[j];
-      w[j] -= lr * ((m[j] / c1) / (std::sqrt(v[j] / c2) + cfg_.eps) + wd * w[j]);
-    }
+    s.weight_decay = params[i].weight_decay ? cfg_.weight_decay : 0.f;
+    adamw_update(params[i].value, m_[i], v_[i], params[i].grad, s);
   }
 }
 

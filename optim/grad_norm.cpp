@@ -3,16 +3,13 @@
 
 #include <cmath>
 
+#include "core/optim_ops.h"
+
 namespace moe {
 
 double global_grad_norm(const ParameterRegistry& registry, const ProcessGroups* groups) {
   double dense = 0.0, expert = 0.0;
-  for (const Parameter& p : registry.all()) {
-    const float* g = p.grad.f32();
-    double s = 0.0;
-    for (int64_t i = 0; i < p.grad.numel(); ++i) s += static_cast<double>(g[i]) * g[i];
-    (p.kind == ParamKind::Dense ? dense : expert) += s;
-  }
+  for (const Parameter& p : registry.all()) (p.kind == ParamKind::Dense ? dense : expert) += sum_of_squares(p.grad);
   if (groups != nullptr) expert = all_reduce_value(*groups->expert_parallel, expert);
   return std::sqrt(dense + expert);
 }
@@ -20,10 +17,7 @@ double global_grad_norm(const ParameterRegistry& registry, const ProcessGroups* 
 double clip_gradients(ParameterRegistry& registry, double norm, double max_norm) {
   if (!(max_norm > 0.0) || !(norm > max_norm)) return 1.0;
   const double scale = max_norm / norm;
-  for (Parameter& p : registry.all()) {
-    float* g = p.grad.f32();
-    for (int64_t i = 0; i < p.grad.numel(); ++i) g[i] = static_cast<float>(g[i] * scale);
-  }
+  for (Parameter& p : registry.all()) scale_in_place(p.grad, scale);
   return scale;
 }
 

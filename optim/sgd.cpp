@@ -2,6 +2,7 @@
 #include "optim/sgd.h"
 
 #include "core/check.h"
+#include "core/optim_ops.h"
 
 namespace moe {
 
@@ -20,14 +21,8 @@ void Sgd::step(float lr) {
   MOE_ASSERT(params.size() == momentum_.size(), "registry changed after the optimizer was built");
   ++step_;
   for (size_t i = 0; i < params.size(); ++i) {
-    float* w = params[i].value.f32();
-    const float* g = params[i].grad.f32();
-    float* buf = momentum_[i].f32();
     const float wd = params[i].weight_decay ? cfg_.weight_decay : 0.f;
-    for (int64_t j = 0; j < params[i].value.numel(); ++j) {
-      buf[j] = cfg_.momentum * buf[j] + g[j];
-      w[j] -= lr * (buf[j] + wd * w[j]);
-    }
+    sgd_update(params[i].value, momentum_[i], params[i].grad, lr, cfg_.momentum, wd);
   }
 }
 

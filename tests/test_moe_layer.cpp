@@ -20,6 +20,7 @@
 #include "core/moe/dispatch_plan.h"
 #include "core/moe/moe_config.h"
 #include "core/moe/router.h"
+#include "core/ops.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "tests/test_util.h"
@@ -467,7 +468,7 @@ TEST(RouterPieces, ZLossBackwardMatchesFiniteDifferences) {
   Tensor dlogits = Tensor::empty({T, E});
   dlogits.fill(0.125f);  // accumulation check
   z_loss_backward(dlogits, logits, probs, coeff, mean_over, dloss);
-  auto loss = [&] { return dloss * z_loss(logits, coeff, mean_over); };
+  auto loss = [&] { return dloss * z_loss_forward(logits, coeff, mean_over); };
   for (int64_t i = 0; i < T * E; ++i) {
     const double fd = central_difference(logits, i, kPieceStep, loss);
     EXPECT_NEAR(dlogits.f32()[i] - 0.125, fd, kPieceTol * (1.0 + std::abs(fd))) << "logits[" << i << "]";
@@ -528,9 +529,9 @@ TEST(AuxLosses, ZLossIsCoeffTimesMeanSquaredLogSumExp) {
   // Relative 1e-6: the library subtracts the row max in float32 before exp (measured ~2e-10 off);
   // a wrong mean, a missing square or a missing coeff is off by O(1) relative.
   const double want = coeff * sum / T;
-  EXPECT_NEAR(z_loss(logits, coeff, T), want, 1e-6 * want);
-  EXPECT_NEAR(z_loss(logits, coeff, 3.0 * T), want / 3.0, 1e-6 * want / 3.0);
-  EXPECT_EQ(z_loss(logits, coeff, 0.0), 0.0);
+  EXPECT_NEAR(z_loss_forward(logits, coeff, T), want, 1e-6 * want);
+  EXPECT_NEAR(z_loss_forward(logits, coeff, 3.0 * T), want / 3.0, 1e-6 * want / 3.0);
+  EXPECT_EQ(z_loss_forward(logits, coeff, 0.0), 0.0);
 }
 
 // ---------------------------------------------------------------------------------------------

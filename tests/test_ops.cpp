@@ -1,4 +1,4 @@
-// Unit tests of core/ops.h on CPU: every forward against a straightforward reference written here,
+// Unit tests of core/ops.h and core/optim_ops.h on CPU: every forward against a straightforward reference written here,
 // every backward against central finite differences, accumulation (+=), argument checks, the
 // no-CUDA stubs; and moe::gemm in all transpose combinations against a naive loop.
 #include <gtest/gtest-spi.h>
@@ -6,6 +6,8 @@
 
 #include <cfloat>
 #include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <functional>
 #include <limits>
 #include <numbers>
@@ -18,6 +20,7 @@
 #include "core/cpu/gemm.h"
 #include "core/cpu/omp_threshold.h"
 #include "core/ops.h"
+#include "core/optim_ops.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -739,6 +742,330 @@ TEST(AddScaled, AddsAlphaTimesX) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// router: top-k, jitter
+// ---------------------------------------------------------------------------------------------
+
+// The k experts of a row by a full stable sort of (score descending, id ascending): a different
+// algorithm from the kernel's insertion into a list of k.
+std::vector<int32_t> topk_reference(const Tensor& probs, const Tensor* bias, int64_t row, int64_t k) {
+  const int64_t E = probs.dim(1);
+  std::vector<int32_t> ids(E);
+  std::iota(ids.begin(), ids.end(), 0);
+  auto score = [&](int32_t e) { return at(probs, row, e) + (bias != nullptr ? bias->f32()[e] : 0.f); };
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return score(a) > score(b); });
+  ids.resize(k);
+  return ids;
+}
+
+TEST(Topk, ForwardMatchesSortedReferenceWithAndWithoutBias) {
+  std::mt19937 rng(101);
+  const int64_t T = 40, E = 9, k = 3;
+  Tensor probs = random_tensor({T, E}, rng, 0.01f, 1.f);
+  for (int64_t e = 0; e < E; ++e) probs.f32()[5 * E + e] = 0.25f;    // a row of ties: the lowest ids win
+  probs.f32()[7 * E + 4] = probs.f32()[7 * E + 6] = 2.f;             // a tie for first place
+  Tensor bias = random_tensor({E}, rng, -0.3f, 0.3f);
+  for (bool with_bias : {false, true})
+    for (bool renormalize : {false, true}) {
+      SCOPED_TRACE(::testing::Message() << "bias " << with_bias << ", renormalize " << renormalize);
+      Tensor expert = Tensor::zeros({T, k}, DType::I32), weight = nan_tensor({T, k});
+      topk_forward(expert, weight, probs, k, renormalize, with_bias ? &bias : nullptr);
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<int32_t> want = topk_reference(probs, with_bias ? &bias : nullptr, t, k);
+        double sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) sum += at(probs, t, want[j]);
+        for (int64_t j = 0; j < k; ++j) {
+          ASSERT_EQ(expert.i32()[t * k + j], want[j]) << "row " << t << ", choice " << j;
+          const double p = at(probs, t, want[j]);  // the unbiased probability, whatever the bias
+          const double expected = renormalize ? p / sum : p;
+          // A float32 sum of k terms and one division: (k + 1) u relative; raw weights are copies.
+          EXPECT_NEAR(weight.f32()[t * k + j], expected, (k + 1) * kUnitRoundoff * expected) << t << ", " << j;
+        }
+      }
+    }
+  Tensor expert = Tensor::zeros({T, k}, DType::I32), weight = Tensor::zeros({T, k});
+  topk_forward(expert, weight, probs, k, false);
+  EXPECT_EQ(std::vector<int32_t>(expert.i32() + 5 * k, expert.i32() + 6 * k), (std::vector<int32_t>{0, 1, 2}));
+  EXPECT_EQ(std::vector<int32_t>(expert.i32() + 7 * k, expert.i32() + 7 * k + 2), (std::vector<int32_t>{4, 6}));
+}
+
+TEST(Topk, BackwardMatchesDoublePrecisionJacobian) {
+  std::mt19937 rng(102);
+  const int64_t T = 12, E = 7, k = 3;
+  Tensor probs = random_tensor({T, E}, rng, 0.05f, 1.f);
+  Tensor dweight = random_tensor({T, k}, rng);
+  Tensor expert = Tensor::zeros({T, k}, DType::I32), weight = Tensor::zeros({T, k});
+  for (bool renormalize : {false, true}) {
+    SCOPED_TRACE(renormalize ? "renormalize" : "raw probabilities");
+    topk_forward(expert, weight, probs, k, renormalize);
+    Tensor dprobs = Tensor::zeros({T, E});
+    dprobs.fill(0.25f);  // backward accumulates: the 0.25 must stay underneath
+    topk_backward(dprobs, dweight, expert, weight, probs, renormalize);
+    for (int64_t t = 0; t < T; ++t) {
+      // w_j = p_j / S (S = sum over the chosen p): dw_j / dp_i = [i = j] / S - p_j / S^2, so
+      // dL/dp_i = dweight_i / S - sum_j dweight_j p_j / S^2 (in double, from p rather than w).
+      double S = 0.0, dot = 0.0, dot_abs = 0.0;
+      for (int64_t j = 0; j < k; ++j) {
+        const double p = at(probs, t, expert.i32()[t * k + j]), dw = dweight.f32()[t * k + j];
+        S += p;
+        dot += dw * p;
+        dot_abs += std::fabs(dw * p);
+      }
+      std::vector<double> expected(E, 0.25);
+      for (int64_t j = 0; j < k; ++j) {
+        const double dw = dweight.f32()[t * k + j];
+        expected[expert.i32()[t * k + j]] += renormalize ? dw / S - dot / (S * S) : dw;
+      }
+      // float32: k-term sums, a division and the += : about (2k + 4) u of |dweight| / S + |dot| / S^2.
+      const double tol = (2 * k + 4) * kUnitRoundoff * (1.0 / S + dot_abs / (S * S) + 0.25);
+      for (int64_t e = 0; e < E; ++e) EXPECT_NEAR(at(dprobs, t, e), expected[e], tol) << t << ", " << e;
+    }
+  }
+}
+
+TEST(Jitter, ForwardNoiseIsUniformOfTheGlobalCounterAndScalesX) {
+  std::mt19937 rng(103);
+  const int64_t T = 16, d = 10;
+  const float eps = 0.125f;
+  const uint64_t stream = stream_id(5, "jitter.test"), offset = 1000;
+  Tensor x = random_tensor({T, d}, rng, -2.f, 2.f);
+  Tensor y = nan_tensor({T, d}), noise = nan_tensor({T, d});
+  jitter_forward(y, noise, x, eps, stream, offset);
+  double noise_sum = 0.0;
+  for (int64_t i = 0; i < T * d; ++i) {
+    const double expected = (1.0 - eps) + 2.0 * eps * uniform01(stream, offset + i);  // in double
+    // 1 - eps and 1 + eps are exact in float32; (hi - lo) * U and the add round once each: 2u.
+    EXPECT_NEAR(noise.f32()[i], expected, 2 * kUnitRoundoff * expected) << i;
+    EXPECT_GE(noise.f32()[i], 1.f - eps);
+    EXPECT_LT(noise.f32()[i], 1.f + eps);
+    EXPECT_NEAR(y.f32()[i], static_cast<double>(x.f32()[i]) * expected,
+                4 * kUnitRoundoff * std::fabs(x.f32()[i] * expected)) << i;  // the noise's 2u, and one product
+    noise_sum += noise.f32()[i];
+  }
+  // 160 U(0.875, 1.125) values: mean 1, standard deviation of the mean 0.072 / sqrt(160) = 0.0057.
+  EXPECT_NEAR(noise_sum / (T * d), 1.0, 0.03);
+  // Rows [4, 9) with the offset of their first element get the same noise: a token's noise is fixed
+  // by its global index. And the values are fill_uniform's, bit for bit (the router's noise before).
+  Tensor part_y = Tensor::zeros({5, d}), part_noise = Tensor::zeros({5, d});
+  jitter_forward(part_y, part_noise, x.rows(4, 9), eps, stream, offset + 4 * d);
+  Tensor filled = Tensor::zeros({T, d});
+  fill_uniform(filled, 1.f - eps, 1.f + eps, stream, offset);
+  for (int64_t i = 0; i < 5 * d; ++i) EXPECT_EQ(part_noise.f32()[i], noise.f32()[4 * d + i]) << i;
+  for (int64_t i = 0; i < T * d; ++i) EXPECT_EQ(noise.f32()[i], filled.f32()[i]) << i;
+}
+
+TEST(Jitter, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(104);
+  const int64_t T = 4, d = 9;
+  const uint64_t stream = stream_id(6, "jitter.fd");
+  Tensor x = random_tensor({T, d}, rng), r = random_tensor({T, d}, rng);
+  Tensor y = Tensor::zeros({T, d}), noise = Tensor::zeros({T, d}), dx = Tensor::zeros({T, d});
+  jitter_forward(y, noise, x, 0.3f, stream, 0);
+  const Tensor noise_saved = noise.clone();
+  jitter_backward(dx, r, noise_saved);
+  expect_gradient("dx", x, dx, [&] {
+    jitter_forward(y, noise, x, 0.3f, stream, 0);  // the same noise: it depends only on the counters
+    return weighted_sum(y, r);
+  }, kGradTol, kNotVacuous);
+  expect_backward_accumulates({&dx}, [&] { jitter_backward(dx, r, noise_saved); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// router: auxiliary losses
+// ---------------------------------------------------------------------------------------------
+
+TEST(LoadBalance, SumsMatchReferenceCounts) {
+  std::mt19937 rng(105);
+  const int64_t T = 33, E = 6, k = 2;
+  Tensor probs = random_tensor({T, E}, rng, 0.f, 1.f);
+  std::uniform_int_distribution<int32_t> any_expert(0, E - 1);
+  std::vector<int32_t> ids(T * k);
+  for (int32_t& id : ids) id = any_expert(rng);
+  const Tensor expert = Tensor::from_ints({T, k}, ids);
+  std::vector<double> prob_sum = {7.0}, choice_count;  // stale contents must be replaced
+  load_balance_sums(prob_sum, choice_count, probs, expert);
+  ASSERT_EQ(prob_sum.size(), static_cast<size_t>(E));
+  ASSERT_EQ(choice_count.size(), static_cast<size_t>(E));
+  for (int64_t e = 0; e < E; ++e) {
+    double column = 0.0;
+    for (int64_t t = T - 1; t >= 0; --t) column += at(probs, t, e);  // the other order
+    // Two double sums of T float32 values in [0, 1]: each within T 2^-53 |sum| of the exact value.
+    EXPECT_NEAR(prob_sum[e], column, 2 * T * DBL_EPSILON * column) << e;
+    EXPECT_EQ(choice_count[e], static_cast<double>(std::count(ids.begin(), ids.end(), e))) << e;  // exact counts
+  }
+}
+
+TEST(LoadBalance, BackwardAddsTheGradientOfTheLoss) {
+  std::mt19937 rng(106);
+  const int64_t T = 5, E = 4;
+  const std::vector<double> counts = {3, 0, 5, 2};
+  const double num_choices = 10, num_tokens = 5, coeff = 0.3, dloss = 1.7;
+  // L = dloss coeff E sum_e f_e (sum_t p_te) / num_tokens, f_e = counts_e / num_choices: linear in p.
+  Tensor probs = random_tensor({T, E}, rng, 0.f, 1.f);
+  auto loss = [&] {
+    double sum = 0.0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) sum += counts[e] / num_choices * at(probs, t, e);
+    return dloss * coeff * E * sum / num_tokens;
+  };
+  Tensor dprobs = Tensor::zeros({T, E});
+  dprobs.fill(-0.5f);  // backward accumulates: the -0.5 must stay underneath
+  load_balance_backward(dprobs, counts, num_choices, num_tokens, coeff, dloss);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t e = 0; e < E; ++e) {
+      const double expected = dloss * coeff * E * counts[e] / num_choices / num_tokens;
+      // The gradient is rounded to float32 once, then added to -0.5: 2u of |the sum| + |expected|.
+      EXPECT_NEAR(at(dprobs, t, e), expected - 0.5, 2 * kUnitRoundoff * (0.5 + expected)) << t << ", " << e;
+    }
+  // And against finite differences of L, which is linear in p: only float32 rounding of p +- h
+  // (the step taken is measured) and the 2u above remain.
+  Tensor grad = Tensor::zeros({T, E});
+  load_balance_backward(grad, counts, num_choices, num_tokens, coeff, dloss);
+  expect_gradient("dprobs", probs, grad, loss, kGradTol, kNotVacuous);
+}
+
+// log(sum_e exp(x_e)) of one row, in double without subtracting the max (|x| <= ~8 here).
+double logsumexp_reference(const Tensor& x, int64_t row) {
+  double sum = 0.0;
+  for (int64_t c = 0; c < x.dim(1); ++c) sum += std::exp(static_cast<double>(at(x, row, c)));
+  return std::log(sum);
+}
+
+TEST(ZLoss, ForwardIsCoeffTimesMeanSquaredLogSumExp) {
+  std::mt19937 rng(107);
+  const int64_t T = 11, E = 8;
+  const double coeff = 0.002;
+  Tensor logits = random_tensor({T, E}, rng, -4.f, 4.f);
+  double sum = 0.0;
+  for (int64_t t = 0; t < T; ++t) sum += logsumexp_reference(logits, t) * logsumexp_reference(logits, t);
+  // The kernel subtracts the float32 row max first: each exponent x - max (|.| <= 8) is rounded to
+  // float32, 8u = 5e-7 absolute, so each lse is within ~5e-7 of the reference and lse^2 within
+  // 2 * 5e-7 / |lse| relative (|lse| ~ 2..5 for these rows): 1e-6, while a wrong mean, square or
+  // coefficient is off by O(1).
+  EXPECT_NEAR(z_loss_forward(logits, coeff, T), coeff * sum / T, 1e-6 * coeff * sum / T);
+  EXPECT_NEAR(z_loss_forward(logits, coeff, 4.0 * T), coeff * sum / (4.0 * T), 1e-6 * coeff * sum / (4.0 * T));
+  EXPECT_EQ(z_loss_forward(logits, coeff, 0.0), 0.0) << "no tokens to average over";
+}
+
+TEST(ZLoss, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(108);
+  const int64_t T = 4, E = 6;
+  const double coeff = 0.5, mean_over = 2.0, dloss = 1.3;  // gradients O(0.1..1)
+  Tensor logits = random_tensor({T, E}, rng, -2.f, 2.f);
+  Tensor probs = Tensor::zeros({T, E}), dlogits = Tensor::zeros({T, E});
+  softmax_forward(probs, logits);
+  z_loss_backward(dlogits, logits, probs, coeff, mean_over, dloss);
+  expect_gradient("dlogits", logits, dlogits, [&] { return dloss * z_loss_forward(logits, coeff, mean_over); },
+                  kGradTol, kNotVacuous);
+  expect_backward_accumulates({&dlogits}, [&] { z_loss_backward(dlogits, logits, probs, coeff, mean_over, dloss); });
+  Tensor untouched = Tensor::zeros({T, E});
+  z_loss_backward(untouched, logits, probs, coeff, 0.0, dloss);
+  EXPECT_EQ(max_abs(untouched), 0.0) << "mean_over = 0 adds nothing";
+}
+
+// ---------------------------------------------------------------------------------------------
+// index tensors
+// ---------------------------------------------------------------------------------------------
+
+TEST(IndexRamp, FillsStartPlusStepTimesNModPeriod) {
+  Tensor positions = Tensor::zeros({7}, DType::I32);
+  index_ramp(positions, 0, 1, 3);
+  EXPECT_EQ(ints_of(positions), (std::vector<int32_t>{0, 1, 2, 0, 1, 2, 0}));
+  Tensor rows = Tensor::zeros({4}, DType::I32);
+  index_ramp(rows, 2, 3, 4);
+  EXPECT_EQ(ints_of(rows), (std::vector<int32_t>{2, 5, 8, 11}));
+  Tensor down = Tensor::zeros({3}, DType::I32);
+  index_ramp(down, 10, -4, 100);
+  EXPECT_EQ(ints_of(down), (std::vector<int32_t>{10, 6, 2}));
+  Tensor none = Tensor::zeros({0}, DType::I32);
+  index_ramp(none, 0, 1, 1);  // nothing to write, nothing to check
+  // The largest int32 values are fine; one past them is not.
+  Tensor top = Tensor::zeros({2}, DType::I32);
+  index_ramp(top, INT32_MAX - 1, 1, 2);
+  EXPECT_EQ(ints_of(top), (std::vector<int32_t>{INT32_MAX - 1, INT32_MAX}));
+  EXPECT_CONTAINS(error_message([&] { index_ramp(top, INT32_MAX, 1, 2); }), "index_ramp", "int32 range");
+  EXPECT_CONTAINS(error_message([&] { index_ramp(top, 0, int64_t{1} << 40, 2); }), "index_ramp", "int32 range");
+  EXPECT_CONTAINS(error_message([&] { index_ramp(top, 0, 1, 0); }), "index_ramp: period = 0 must be >= 1");
+}
+
+// ---------------------------------------------------------------------------------------------
+// optimizer step (core/optim_ops.h)
+// ---------------------------------------------------------------------------------------------
+
+// Weights and moments in double alongside the float32 op, over a few steps. Each step rounds every
+// w, m, v, buf (all |.| < 3) to float32, <= 1.8e-7 each, and momentum carries earlier roundings on
+// (x 0.9 per step); over 3 steps the drift stays below ~7e-7. A wrong formula (a missing bias
+// correction, decay or momentum term) moves a weight by lr wd |w| = 1e-3 |w| or more.
+constexpr double kUpdateTol = 1e-6;
+
+TEST(AdamwUpdate, MatchesDoublePrecisionReferenceOverSteps) {
+  std::mt19937 rng(109);
+  const Shape shape = {5, 7};
+  Tensor w = random_tensor(shape, rng, -2.f, 2.f), m = Tensor::zeros(shape), v = Tensor::zeros(shape);
+  std::vector<double> rw(w.f32(), w.f32() + w.numel()), rm(w.numel(), 0.0), rv(w.numel(), 0.0);
+  const float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f;
+  for (int step = 1; step <= 3; ++step) {
+    const Tensor g = random_tensor(shape, rng);
+    const double c1 = 1.0 - std::pow(static_cast<double>(b1), step);
+    const double c2 = 1.0 - std::pow(static_cast<double>(b2), step);
+    adamw_update(w, m, v, g, AdamWScalars{lr, b1, b2, static_cast<float>(c1), static_cast<float>(c2), eps, wd});
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      const double gi = g.f32()[i];
+      rm[i] = b1 * rm[i] + (1.0 - b1) * gi;
+      rv[i] = b2 * rv[i] + (1.0 - b2) * gi * gi;
+      rw[i] -= lr * (rm[i] / c1 / (std::sqrt(rv[i] / c2) + eps) + wd * rw[i]);
+      ASSERT_NEAR(m.f32()[i], rm[i], kUpdateTol) << "step " << step << ", m[" << i << "]";
+      ASSERT_NEAR(v.f32()[i], rv[i], kUpdateTol) << "step " << step << ", v[" << i << "]";
+      ASSERT_NEAR(w.f32()[i], rw[i], kUpdateTol) << "step " << step << ", w[" << i << "]";
+    }
+  }
+}
+
+TEST(SgdUpdate, MatchesDoublePrecisionReferenceOverSteps) {
+  std::mt19937 rng(110);
+  const Shape shape = {3, 2, 4};
+  Tensor w = random_tensor(shape, rng, -2.f, 2.f), buf = Tensor::zeros(shape);
+  std::vector<double> rw(w.f32(), w.f32() + w.numel()), rbuf(w.numel(), 0.0);
+  const float lr = 1e-2f, momentum = 0.9f, wd = 0.1f;
+  for (int step = 1; step <= 3; ++step) {
+    const Tensor g = random_tensor(shape, rng);
+    sgd_update(w, buf, g, lr, momentum, wd);
+    for (int64_t i = 0; i < w.numel(); ++i) {
+      rbuf[i] = momentum * rbuf[i] + g.f32()[i];
+      rw[i] -= lr * (rbuf[i] + wd * rw[i]);
+      ASSERT_NEAR(buf.f32()[i], rbuf[i], kUpdateTol) << "step " << step << ", buf[" << i << "]";
+      ASSERT_NEAR(w.f32()[i], rw[i], kUpdateTol) << "step " << step << ", w[" << i << "]";
+    }
+  }
+}
+
+TEST(SumOfSquares, MatchesExactAndReversedSums) {
+  EXPECT_EQ(sum_of_squares(Tensor::from({3}, {3.f, -4.f, 12.f})), 169.0) << "exact: 9 + 16 + 144";
+  EXPECT_EQ(sum_of_squares(Tensor::zeros({0, 4})), 0.0);
+  std::mt19937 rng(111);
+  const Tensor x = random_tensor({50, 40}, rng, -3.f, 3.f);
+  double reversed = 0.0;
+  for (int64_t i = x.numel() - 1; i >= 0; --i) reversed += static_cast<double>(x.f32()[i]) * x.f32()[i];
+  // Squares of float32 values are exact in double; two orders of a 2000-term double sum of positive
+  // terms differ by at most 2 * 2000 * 2^-53 relative.
+  EXPECT_NEAR(sum_of_squares(x), reversed, 2 * x.numel() * DBL_EPSILON * reversed);
+}
+
+TEST(ScaleInPlace, MultipliesInDoubleAndRoundsOnce) {
+  std::mt19937 rng(112);
+  Tensor x = random_tensor({6, 9}, rng, -5.f, 5.f);
+  const Tensor before = x.clone();
+  const double factor = 0.3713;
+  scale_in_place(x, factor);
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const double exact = static_cast<double>(before.f32()[i]) * factor;
+    EXPECT_NEAR(x.f32()[i], exact, kUnitRoundoff * std::fabs(exact)) << i;  // one rounding to float32
+  }
+  Tensor halves = Tensor::from({2}, {3.f, -1.f});
+  scale_in_place(halves, 0.5);
+  EXPECT_EQ(floats_of(halves), (std::vector<float>{1.5f, -0.5f}));
+}
+
+// ---------------------------------------------------------------------------------------------
 // OpenMP path
 // ---------------------------------------------------------------------------------------------
 
@@ -844,6 +1171,36 @@ TEST(ParallelPath, MatchesBlockwiseOneThreadResults) {
   });
   expect_same("add_scaled", {N, C},
               [&](Tensor& out, int64_t s, int64_t e) { add_scaled(out, x.rows(s, e), 0.375f); });
+  const uint64_t stream = stream_id(91, "parallel.jitter");
+  expect_same("jitter_forward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    Tensor noise = Tensor::zeros({e - s, C});
+    jitter_forward(out, noise, x.rows(s, e), 0.1f, stream, static_cast<uint64_t>(s * C));
+  });
+  expect_same("jitter_backward", {N, C},
+              [&](Tensor& out, int64_t s, int64_t e) { jitter_backward(out, dy.rows(s, e), probs.rows(s, e)); });
+  std::vector<double> counts(C);
+  for (int64_t c = 0; c < C; ++c) counts[c] = static_cast<double>(c % 7);
+  expect_same("load_balance_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    load_balance_backward(out, counts, 3.0 * N, N, 0.01, 1.0);
+  });
+  expect_same("z_loss_backward", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    z_loss_backward(out, x.rows(s, e), probs.rows(s, e), 0.001, N, 1.0);
+  });
+  // The updates modify `out` in place, starting from the same copy of x both ways.
+  expect_same("adamw_update", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    std::memcpy(out.f32(), x.rows(s, e).f32(), static_cast<size_t>(out.numel()) * sizeof(float));
+    Tensor m = dy.rows(s, e).clone(), v = probs.rows(s, e).clone();
+    adamw_update(out, m, v, dy.rows(s, e), AdamWScalars{1e-2f, 0.9f, 0.95f, 0.1f, 0.05f, 1e-8f, 0.1f});
+  });
+  expect_same("sgd_update", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    std::memcpy(out.f32(), x.rows(s, e).f32(), static_cast<size_t>(out.numel()) * sizeof(float));
+    Tensor buf = dy.rows(s, e).clone();
+    sgd_update(out, buf, dy.rows(s, e), 1e-2f, 0.9f, 0.1f);
+  });
+  expect_same("scale_in_place", {N, C}, [&](Tensor& out, int64_t s, int64_t e) {
+    std::memcpy(out.f32(), x.rows(s, e).f32(), static_cast<size_t>(out.numel()) * sizeof(float));
+    scale_in_place(out, 0.3713);
+  });
 
   // The loss is a parallel double reduction: compare with the blocks' losses, weighted by their counts.
   const double full_loss = cross_entropy_forward(scratch, x, targets);
@@ -955,6 +1312,98 @@ TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
   EXPECT_CONTAINS(error_message([&] { add_scaled(m23, m32, 1.f); }), "add_scaled: x has shape (3, 2), expected (2, 3)");
 }
 
+TEST(OpsArguments, RouterAndOptimizerOpsNameTheOpAndArgument) {
+  Tensor m23 = Tensor::zeros({2, 3}), m32 = Tensor::zeros({3, 2}), m22 = Tensor::zeros({2, 2});
+  Tensor v2 = Tensor::zeros({2}), v3 = Tensor::zeros({3}), no_experts = Tensor::zeros({2, 0});
+  Tensor ids22 = Tensor::from_ints({2, 2}, {0, 1, 2, 0}), ids32 = Tensor::from_ints({3, 2}, {0, 1, 2, 0, 1, 2});
+  Tensor ints2 = Tensor::from_ints({2}, {0, 1});
+  const std::vector<double> counts3 = {1, 2, 1}, counts2 = {1, 1};
+
+  // top-k: probs (2, 3), k = 2
+  EXPECT_CONTAINS(error_message([&] { topk_forward(ids22, m23, m23, 2, true); }),
+                  "topk_forward: weight has shape (2, 3), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { topk_forward(ids32, m22, m23, 2, true); }),
+                  "topk_forward: expert has shape (3, 2), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { topk_forward(m22, m22, m23, 2, true); }),
+                  "topk_forward: expert has dtype float32, expected int32");
+  EXPECT_CONTAINS(error_message([&] { topk_forward(ids22, m22, m23, 2, true, &v2); }),
+                  "topk_forward: selection_bias has shape (2), expected (3)");
+  EXPECT_CONTAINS(error_message([&] { topk_forward(ids22, m22, m23, 4, true); }), "topk_forward: k = 4",
+                  "[1, E = 3]");
+  EXPECT_CONTAINS(error_message([&] { topk_backward(m32, m22, ids22, m22, m23, true); }),
+                  "topk_backward: dprobs has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { topk_backward(m23, m23, ids22, m22, m23, true); }),
+                  "topk_backward: dweight has shape (2, 3), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { topk_backward(m23, m22, ids32, m22, m23, true); }),
+                  "topk_backward: expert has shape (3, 2), expected (2, 2)");
+  const Tensor expert_past_end = Tensor::from_ints({2, 2}, {0, 1, 3, 0});
+  EXPECT_CONTAINS(error_message([&] { topk_backward(m23, m22, expert_past_end, m22, m23, true); }),
+                  "topk_backward: expert[1, 0] = 3", "[0, 3)");
+  // jitter
+  EXPECT_CONTAINS(error_message([&] { jitter_forward(m23, m32, m23, 0.1f, 1, 0); }),
+                  "jitter_forward: noise has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { jitter_forward(m32, m23, m23, 0.1f, 1, 0); }),
+                  "jitter_forward: y has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { jitter_forward(m23, m23, m23, 1.f, 1, 0); }), "jitter_forward: eps = 1",
+                  "[0, 1)");
+  EXPECT_CONTAINS(error_message([&] { jitter_backward(m23, m32, m23); }),
+                  "jitter_backward: dy has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { jitter_backward(m32, m23, m23); }),
+                  "jitter_backward: dx has shape (3, 2), expected (2, 3)");
+  // auxiliary losses
+  std::vector<double> prob_sum, choice_count;
+  EXPECT_CONTAINS(error_message([&] { load_balance_sums(prob_sum, choice_count, m23, ids32); }),
+                  "load_balance_sums: expert has shape (3, 2), expected (2, 2)");
+  EXPECT_CONTAINS(error_message([&] { load_balance_sums(prob_sum, choice_count, m23, ints2); }),
+                  "load_balance_sums: expert has shape (2)", "rank 2");
+  EXPECT_CONTAINS(error_message([&] { load_balance_sums(prob_sum, choice_count, m23, expert_past_end); }),
+                  "load_balance_sums: expert[1, 0] = 3", "[0, 3)");
+  EXPECT_CONTAINS(error_message([&] { load_balance_backward(m23, counts2, 4, 2, 0.01, 1); }),
+                  "load_balance_backward: choice_count has 2 entries, expected E = 3");
+  EXPECT_CONTAINS(error_message([&] { load_balance_backward(m23, counts3, 4, 0, 0.01, 1); }),
+                  "load_balance_backward: num_tokens = 0");
+  EXPECT_CONTAINS(error_message([&] { z_loss_forward(no_experts, 0.01, 2); }),
+                  "z_loss_forward: logits has shape (2, 0)", "at least one expert");
+  EXPECT_CONTAINS(error_message([&] { z_loss_forward(v3, 0.01, 2); }), "z_loss_forward: logits has shape (3)",
+                  "rank 2");
+  EXPECT_CONTAINS(error_message([&] { z_loss_forward(m23, 0.01, -1); }), "z_loss_forward: mean_over = -1");
+  EXPECT_CONTAINS(error_message([&] { z_loss_backward(m23, m23, m32, 0.01, 2, 1); }),
+                  "z_loss_backward: probs has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { z_loss_backward(m32, m23, m23, 0.01, 2, 1); }),
+                  "z_loss_backward: dlogits has shape (3, 2), expected (2, 3)");
+  // index tensors
+  EXPECT_CONTAINS(error_message([&] { index_ramp(ids22, 0, 1, 2); }), "index_ramp: index has shape (2, 2)",
+                  "rank 1");
+  EXPECT_CONTAINS(error_message([&] { index_ramp(v2, 0, 1, 2); }), "index_ramp: index has dtype float32");
+  // optimizer step
+  const AdamWScalars adamw{1e-3f, 0.9f, 0.95f, 0.1f, 0.05f, 1e-8f, 0.1f};
+  EXPECT_CONTAINS(error_message([&] { adamw_update(m23, m32, m23, m23, adamw); }),
+                  "adamw_update: m has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { adamw_update(m23, m23, m32, m23, adamw); }),
+                  "adamw_update: v has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { adamw_update(m23, m23, m23, v3, adamw); }),
+                  "adamw_update: g has shape (3), expected (2, 3)");
+  AdamWScalars bad_beta = adamw;
+  bad_beta.beta2 = 1.f;
+  EXPECT_CONTAINS(error_message([&] { adamw_update(m23, m23, m23, m23, bad_beta); }), "adamw_update: beta2 = 1",
+                  "[0, 1)");
+  AdamWScalars bad_correction = adamw;
+  bad_correction.bias_correction1 = 0.f;
+  EXPECT_CONTAINS(error_message([&] { adamw_update(m23, m23, m23, m23, bad_correction); }),
+                  "adamw_update: bias_correction1 = 0");
+  EXPECT_CONTAINS(error_message([&] { sgd_update(m23, m32, m23, 1e-3f, 0.9f, 0.f); }),
+                  "sgd_update: buf has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { sgd_update(m23, m23, m22, 1e-3f, 0.9f, 0.f); }),
+                  "sgd_update: g has shape (2, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { sgd_update(m23, m23, m23, 1e-3f, 1.5f, 0.f); }), "sgd_update: momentum = 1.5");
+  // Any shape is accepted by these two: the dtype and the factor are what can be wrong.
+  EXPECT_CONTAINS(error_message([&] { sum_of_squares(ints2); }), "sum_of_squares: x has dtype int32, expected float32");
+  EXPECT_CONTAINS(error_message([&] { sum_of_squares(Tensor()); }), "sum_of_squares: x", "undefined");
+  EXPECT_CONTAINS(error_message([&] { scale_in_place(ints2, 0.5); }), "scale_in_place: x has dtype int32");
+  EXPECT_CONTAINS(error_message([&] { scale_in_place(m23, std::numeric_limits<double>::infinity()); }),
+                  "scale_in_place: factor = inf must be finite");
+}
+
 TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
   Tensor table = Tensor::zeros({4, 3}), y = Tensor::zeros({3, 3});
   try {
@@ -1008,6 +1457,7 @@ TEST(NoCuda, AllocationOnCudaThrows) {
 // Device tensors cannot be made here, so call the cuda:: backend directly (it ignores its arguments).
 TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
   Tensor t = Tensor::zeros({1, 2});
+  std::vector<double> sums;
   struct Stub {
     const char* op;
     std::function<void()> call;
@@ -1042,6 +1492,19 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"fill_f32", [&] { cuda::fill_f32(t.f32(), 2, 1.f); }},
       {"copy_to_host", [&] { cuda::copy_to_host(t.data(), t.data(), 8); }},
       {"copy_from_host", [&] { cuda::copy_from_host(t.data(), t.data(), 8); }},
+      {"topk_forward", [&] { cuda::topk_forward(t, t, t, 1, true, nullptr); }},
+      {"topk_backward", [&] { cuda::topk_backward(t, t, t, t, t, true); }},
+      {"jitter_forward", [&] { cuda::jitter_forward(t, t, t, 0.1f, 1, 0); }},
+      {"jitter_backward", [&] { cuda::jitter_backward(t, t, t); }},
+      {"load_balance_sums", [&] { cuda::load_balance_sums(sums, sums, t, t); }},
+      {"load_balance_backward", [&] { cuda::load_balance_backward(t, sums, 1.0, 1.0, 1.0, 1.0); }},
+      {"z_loss_forward", [&] { cuda::z_loss_forward(t, 1.0, 1.0); }},
+      {"z_loss_backward", [&] { cuda::z_loss_backward(t, t, t, 1.0, 1.0, 1.0); }},
+      {"index_ramp", [&] { cuda::index_ramp(t, 0, 1, 1); }},
+      {"adamw_update", [&] { cuda::adamw_update(t, t, t, t, AdamWScalars{1, 0, 0, 1, 1, 1, 0}); }},
+      {"sgd_update", [&] { cuda::sgd_update(t, t, t, 1.f, 0.f, 0.f); }},
+      {"sum_of_squares", [&] { cuda::sum_of_squares(t); }},
+      {"scale_in_place", [&] { cuda::scale_in_place(t, 1.0); }},
   };
   for (const Stub& stub : stubs)
     EXPECT_CONTAINS(error_message(stub.call), std::string(stub.op) + " has no CUDA implementation in this build");

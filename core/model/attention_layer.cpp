@@ -54,11 +54,9 @@ void AttentionLayer::make_split_indices(int64_t N) {
   index_q_ = Tensor::empty({N}, DType::I32);
   index_k_ = Tensor::empty({N}, DType::I32);
   index_v_ = Tensor::empty({N}, DType::I32);
-  for (int64_t n = 0; n < N; ++n) {
-    index_q_.i32()[n] = static_cast<int32_t>(3 * n);
-    index_k_.i32()[n] = static_cast<int32_t>(3 * n + 1);
-    index_v_.i32()[n] = static_cast<int32_t>(3 * n + 2);
-  }
+  index_ramp(index_q_, 0, 3, N);  // 3n, 3n + 1, 3n + 2: see forward
+  index_ramp(index_k_, 1, 3, N);
+  index_ramp(index_v_, 2, 3, N);
 }
 
 // x, y (N, d) with N = B * S.

@@ -206,7 +206,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   if (cfg_.positions == PositionKind::Learned) {
     if (!position_ids_.defined() || position_ids_.dim(0) != N) {
       position_ids_ = Tensor::empty({N}, DType::I32);
-      for (int64_t n = 0; n < N; ++n) position_ids_.i32()[n] = static_cast<int32_t>(n % S);
+      index_ramp(position_ids_, 0, 1, S);  // position of token n: n mod seq_len
     }
     position_rows_.resize({N, d});
     embedding_forward(position_rows_, position_ids_, weights.positions);

@@ -1,4 +1,4 @@
-// The router's auxiliary losses: load balancing (Switch/GShard) and router z-loss (ST-MoE).
+// The router's load-balancing loss (Switch/GShard); the router z-loss (ST-MoE) is an op of core/ops.h.
 #pragma once
 
 #include <cstdint>
@@ -18,7 +18,7 @@ struct LoadBalanceTerms {
   int ranks = 1;                     // processes whose terms these are (the world size once all-reduced)
 };
 
-// Local terms from probs (T, E) and the chosen experts (T, k).
+// Local terms from probs (T, E) and the chosen experts (T, k) (the op load_balance_sums, core/ops.h).
 LoadBalanceTerms load_balance_terms(const Tensor& probs, const Tensor& expert);
 
 // coeff * E * sum_i f_i * P_i with f_i = choice_count_i / num_choices, P_i = prob_sum_i / num_tokens.
@@ -31,11 +31,7 @@ double load_balancing_loss(const LoadBalanceTerms& terms, double coeff);
 void load_balancing_loss_backward(Tensor& dprobs, const LoadBalanceTerms& terms, double coeff,
                                   double dloss);
 
-// coeff * sum_t logsumexp(logits_t)^2 / mean_over. logits (T, E). mean_over is the token count the
-// mean is taken over (T locally; the global count when ranks average together).
-double z_loss(const Tensor& logits, double coeff, double mean_over);
-// dlogits (T, E) += dloss * coeff * 2 * lse_t / mean_over * probs_tj, with probs = softmax(logits).
-void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs, double coeff,
-                     double mean_over, double dloss);
+// The router z-loss (ST-MoE) and its gradient are the ops z_loss_forward and z_loss_backward of
+// core/ops.h.
 
 }  // namespace moe

@@ -105,7 +105,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   stats_.kept_total = M;
   stats_.dropped_total = plan_.num_dropped();
   stats_.aux_loss = load_balancing_loss(balance_, cfg_.aux_loss_coeff);
-  stats_.z_loss = z_loss(router_.logits, cfg_.z_loss_coeff, static_cast<double>(T));
+  stats_.z_loss = z_loss_forward(router_.logits, cfg_.z_loss_coeff, static_cast<double>(T));
   timer.lap(&time.losses);
 }
 

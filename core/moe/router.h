@@ -33,12 +33,6 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
 void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg);
 
-// Top-k selection. probs (T, E) -> expert (T, k) int32, weight (T, k): the k experts with the
-// highest probs + selection_bias (bias (E) or null), weighted by their unbiased probs.
-void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
-                  const Tensor* selection_bias = nullptr);
-// dprobs (T, E) += the gradient of the weights with respect to the probabilities.
-void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
-                   const Tensor& probs, bool renormalize);
+// Top-k selection and its backward are the ops topk_forward and topk_backward of core/ops.h.
 
 }  // namespace moe

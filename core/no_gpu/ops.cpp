@@ -72,4 +72,25 @@ void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const T
   MOE_NO_CUDA(causal_attention_backward);
 }
 
+void topk_forward(Tensor&, Tensor&, const Tensor&, int64_t, bool, const Tensor*) { MOE_NO_CUDA(topk_forward); }
+void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+  MOE_NO_CUDA(topk_backward);
+}
+void jitter_forward(Tensor&, Tensor&, const Tensor&, float, uint64_t, uint64_t) { MOE_NO_CUDA(jitter_forward); }
+void jitter_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(jitter_backward); }
+void load_balance_sums(std::vector<double>&, std::vector<double>&, const Tensor&, const Tensor&) {
+  MOE_NO_CUDA(load_balance_sums);
+}
+void load_balance_backward(Tensor&, const std::vector<double>&, double, double, double, double) {
+  MOE_NO_CUDA(load_balance_backward);
+}
+double z_loss_forward(const Tensor&, double, double) { MOE_NO_CUDA(z_loss_forward); }
+void z_loss_backward(Tensor&, const Tensor&, const Tensor&, double, double, double) { MOE_NO_CUDA(z_loss_backward); }
+void index_ramp(Tensor&, int64_t, int64_t, int64_t) { MOE_NO_CUDA(index_ramp); }
+
+void adamw_update(Tensor&, Tensor&, Tensor&, const Tensor&, const AdamWScalars&) { MOE_NO_CUDA(adamw_update); }
+void sgd_update(Tensor&, Tensor&, const Tensor&, float, float, float) { MOE_NO_CUDA(sgd_update); }
+double sum_of_squares(const Tensor&) { MOE_NO_CUDA(sum_of_squares); }
+void scale_in_place(Tensor&, double) { MOE_NO_CUDA(scale_in_place); }
+
 }  // namespace moe::cuda
