@@ -1,5 +1,6 @@
 // Status: the result of an I/O operation (checkpoint and data readers), turned into a message by the
-// caller. Ok, or a code with a message naming the file and what is wrong.
+// caller. Ok, or a code with a message naming the file and what is wrong. [[nodiscard]]: a Status
+// that is dropped is a compiler warning; where ignoring one is deliberate, cast it to (void) and say why.
 #pragma once
 
 #include <string>
@@ -7,7 +8,7 @@
 
 namespace moe {
 
-class Status {
+class [[nodiscard]] Status {
  public:
   enum class Code { Ok, NotFound, IOError, Corruption, InvalidArgument, NotSupported };
 

@@ -66,10 +66,6 @@ struct FdCloser {
   }
 };
 
-TokenFileStatus fail(TokenFileStatus::Code code, std::string message) {
-  return TokenFileStatus{code, std::move(message)};
-}
-
 // The directory holding `path`, for the fsync that makes a rename durable.
 std::string parent_dir(const std::string& path) {
   size_t slash = path.find_last_of('/');
@@ -140,52 +136,51 @@ void write_token_file(const std::string& path, std::span<const int32_t> tokens, 
   }
 }
 
-TokenFileStatus read_token_file(const std::string& path, TokenFile* out) {
-  using Code = TokenFileStatus::Code;
+Status read_token_file(const std::string& path, TokenFile* out) {
   const std::string name = "token file '" + path + "'";
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return fail(Code::IOError, "cannot open " + name + ": " + errno_text());
+  if (fd < 0) return Status::io_error("cannot open " + name + ": " + errno_text());
   FdCloser closer{fd};
   struct stat st {};
-  if (::fstat(fd, &st) != 0) return fail(Code::IOError, "cannot stat " + name + ": " + errno_text());
-  if (!S_ISREG(st.st_mode)) return fail(Code::IOError, "cannot read " + name + ": it is not a regular file");
+  if (::fstat(fd, &st) != 0) return Status::io_error("cannot stat " + name + ": " + errno_text());
+  if (!S_ISREG(st.st_mode)) return Status::io_error("cannot read " + name + ": it is not a regular file");
   const uint64_t file_bytes = static_cast<uint64_t>(st.st_size);
 
   uint8_t header[kTokenFileHeaderBytes];
   if (file_bytes < static_cast<uint64_t>(kTokenFileHeaderBytes)) {
-    return fail(Code::Corruption, name + " is too short for a header: " + std::to_string(file_bytes) +
-                                      " bytes, a header needs " + std::to_string(kTokenFileHeaderBytes));
+    return Status::corruption(name + " is too short for a header: " + std::to_string(file_bytes) +
+                                  " bytes, a header needs " + std::to_string(kTokenFileHeaderBytes));
   }
   if (read_all(fd, header, sizeof(header)) != sizeof(header))
-    return fail(Code::IOError, "cannot read the header of " + name + ": " + errno_text());
+    return Status::io_error("cannot read the header of " + name + ": " + errno_text());
 
   if (std::memcmp(header, kTokenFileMagic, 8) != 0)
-    return fail(Code::Corruption, "'" + path + "' is not a token file: it does not start with \"MOETOKEN\"");
+    return Status::corruption("'" + path + "' is not a token file: it does not start with \"MOETOKEN\"");
   const uint32_t version = static_cast<uint32_t>(get_le(header + 8, 4));
   const uint32_t width = static_cast<uint32_t>(get_le(header + 12, 4));
   const uint64_t count = get_le(header + 16, 8);
   const uint64_t vocab = get_le(header + 24, 4);
   const uint32_t reserved = static_cast<uint32_t>(get_le(header + 28, 4));
   if (version > kTokenFileVersion) {
-    return fail(Code::NotSupported, name + " has format version " + std::to_string(version) +
-                                        ", but this reader supports versions up to " +
-                                        std::to_string(kTokenFileVersion) + "; it needs a newer build");
+    return Status::not_supported(name + " has format version " + std::to_string(version) +
+                                     ", but this reader supports versions up to " +
+                                     std::to_string(kTokenFileVersion) + "; it needs a newer build");
   }
   if (version == 0) {
-    return fail(Code::NotSupported, name + " has format version 0, which does not exist (supported: 1 to " +
-                                        std::to_string(kTokenFileVersion) + ")");
+    return Status::not_supported(name + " has format version 0, which does not exist (supported: 1 to " +
+                                     std::to_string(kTokenFileVersion) + ")");
   }
   if (width != 1 && width != 2 && width != 4) {
-    return fail(Code::Corruption, name + " has token width " + std::to_string(width) +
-                                      " bytes; accepted: 1, 2 or 4");
+    return Status::corruption(name + " has token width " + std::to_string(width) +
+                                  " bytes; accepted: 1, 2 or 4");
   }
   if (vocab < 1 || vocab > static_cast<uint64_t>(kTokenFileMaxVocab)) {
-    return fail(Code::Corruption, name + " has vocab_size " + std::to_string(vocab) + "; accepted: 1 to " +
-                                      std::to_string(kTokenFileMaxVocab));
+    return Status::corruption(name + " has vocab_size " + std::to_string(vocab) + "; accepted: 1 to " +
+                                  std::to_string(kTokenFileMaxVocab));
   }
   if (reserved != 0) {
-    return fail(Code::Corruption, name + " has reserved header field " + std::to_string(reserved) +
-                                      "; version 1 requires 0");
+    return Status::corruption(name + " has reserved header field " + std::to_string(reserved) +
+                                  "; version 1 requires 0");
   }
   // Compare sizes without overflowing on a corrupt count: count <= data_bytes / width implies
   // count * width <= data_bytes.
@@ -195,10 +190,10 @@ TokenFileStatus read_token_file(const std::string& path, TokenFile* out) {
     const std::string expected = count > (UINT64_MAX - kTokenFileHeaderBytes) / width
                                      ? std::string("more than 2^64")
                                      : std::to_string(kTokenFileHeaderBytes + count * width);
-    return fail(Code::Corruption, name + (truncated ? " is truncated" : " has trailing bytes") +
-                                      ": the header says " + std::to_string(count) + " tokens of " +
-                                      std::to_string(width) + " bytes, so " + expected +
-                                      " bytes expected, but " + std::to_string(file_bytes) + " bytes found");
+    return Status::corruption(name + (truncated ? " is truncated" : " has trailing bytes") +
+                                  ": the header says " + std::to_string(count) + " tokens of " +
+                                  std::to_string(width) + " bytes, so " + expected +
+                                  " bytes expected, but " + std::to_string(file_bytes) + " bytes found");
   }
 
   TokenFile result;
@@ -212,27 +207,27 @@ TokenFileStatus read_token_file(const std::string& path, TokenFile* out) {
     const uint64_t n = std::min(per_chunk, count - start);
     errno = 0;
     if (read_all(fd, buf.data(), n * width) != n * width) {
-      return fail(Code::IOError, "cannot read the tokens of " + name + " (at token " + std::to_string(start) +
-                                     "): " + (errno ? errno_text() : std::string("unexpected end of file")));
+      return Status::io_error("cannot read the tokens of " + name + " (at token " + std::to_string(start) +
+                                  "): " + (errno ? errno_text() : std::string("unexpected end of file")));
     }
     for (uint64_t i = 0; i < n; ++i) {
       const uint64_t t = get_le(buf.data() + i * width, static_cast<int>(width));
       if (t >= vocab) {
-        return fail(Code::Corruption, name + ": token " + std::to_string(t) + " at position " +
-                                          std::to_string(start + i) + " is >= vocab_size " +
-                                          std::to_string(vocab));
+        return Status::corruption(name + ": token " + std::to_string(t) + " at position " +
+                                      std::to_string(start + i) + " is >= vocab_size " +
+                                      std::to_string(vocab));
       }
       result.tokens[start + i] = static_cast<int32_t>(t);
     }
   }
   *out = std::move(result);
-  return TokenFileStatus{};
+  return Status::ok_status();
 }
 
 TokenFile load_token_file(const std::string& path) {
   TokenFile file;
-  TokenFileStatus s = read_token_file(path, &file);
-  if (!s.ok()) throw InvalidArgument(s.message);
+  const Status s = read_token_file(path, &file);
+  if (!s.ok()) throw InvalidArgument(s.message());
   return file;
 }
 

@@ -25,21 +25,14 @@
 #include <string>
 #include <vector>
 
+#include "core/status.h"
+
 namespace moe {
 
 inline constexpr char kTokenFileMagic[8] = {'M', 'O', 'E', 'T', 'O', 'K', 'E', 'N'};
 inline constexpr uint32_t kTokenFileVersion = 1;  // the newest version this code reads and writes
 inline constexpr int64_t kTokenFileHeaderBytes = 32;
 inline constexpr int64_t kTokenFileMaxVocab = int64_t{1} << 31;  // tokens are held as int32_t
-
-// The outcome of reading a token file; the message names the file and what is wrong.
-struct TokenFileStatus {
-  enum class Code { Ok, IOError, Corruption, NotSupported };
-  Code code = Code::Ok;
-  std::string message;  // empty when ok
-
-  bool ok() const { return code == Code::Ok; }
-};
 
 // A token file loaded into memory.
 struct TokenFile {
@@ -61,13 +54,14 @@ uint32_t token_width_for_vocab(int64_t vocab_size);
 // failure. Not safe to call concurrently for the same path.
 void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size);
 
-// Reads a whole token file into *out (left unchanged on failure). Returns:
+// Reads a whole token file into *out (left unchanged on failure). The status message names the file
+// and what is wrong. Returns:
 //   IOError       the file cannot be opened or read (missing, a directory, no permission);
 //   Corruption    shorter than a header, bad magic ("not a token file"), bad width, vocab_size out
 //                 of range, reserved != 0, size not matching token_count (truncated: expected and
 //                 found bytes), a token >= vocab_size (its position);
 //   NotSupported  a version newer than kTokenFileVersion (naming both), or version 0.
-TokenFileStatus read_token_file(const std::string& path, TokenFile* out);
+Status read_token_file(const std::string& path, TokenFile* out);
 
 // read_token_file, throwing InvalidArgument with the status message on failure.
 TokenFile load_token_file(const std::string& path);

@@ -20,7 +20,7 @@
 #include "tests/test_util.h"
 
 namespace fs = std::filesystem;
-using moe::TokenFileStatus;
+using moe::Status;
 
 namespace {
 
@@ -61,16 +61,16 @@ std::vector<int32_t> sample_tokens(int64_t vocab, int64_t n) {
 
 // The failure's status code and that its message names the file and contains every `parts`; the
 // throwing reader gives the same message.
-void expect_read_fails(const std::string& path, TokenFileStatus::Code code, std::vector<std::string> parts) {
+void expect_read_fails(const std::string& path, Status::Code code, std::vector<std::string> parts) {
   moe::TokenFile f;
   f.vocab_size = -7;  // must stay untouched on failure
-  TokenFileStatus s = moe::read_token_file(path, &f);
+  const Status s = moe::read_token_file(path, &f);
   ASSERT_FALSE(s.ok()) << path;
-  EXPECT_EQ(s.code, code) << s.message;
-  EXPECT_CONTAINS(s.message, path);
-  EXPECT_TRUE(contains_all(s.message, parts));
+  EXPECT_EQ(s.code(), code) << s.message();
+  EXPECT_CONTAINS(s.message(), path);
+  EXPECT_TRUE(contains_all(s.message(), parts));
   EXPECT_EQ(f.vocab_size, -7);
-  EXPECT_EQ(error_message([&] { moe::load_token_file(path); }), s.message) << "load_token_file";
+  EXPECT_EQ(error_message([&] { moe::load_token_file(path); }), s.message()) << "load_token_file";
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -191,73 +191,73 @@ TEST_F(TokenFileCorruption, GoodFileReads) {
 }
 
 TEST_F(TokenFileCorruption, MissingFile) {
-  expect_read_fails(path("missing.tok"), TokenFileStatus::Code::IOError, {"cannot open", "No such file"});
+  expect_read_fails(path("missing.tok"), Status::Code::IOError, {"cannot open", "No such file"});
 }
 
 TEST_F(TokenFileCorruption, Directory) {
-  expect_read_fails(tmp_->path(), TokenFileStatus::Code::IOError, {"not a regular file"});
+  expect_read_fails(tmp_->path(), Status::Code::IOError, {"not a regular file"});
 }
 
 TEST_F(TokenFileCorruption, ShorterThanAHeader) {
   write_bytes(bad_, std::vector<uint8_t>(bytes_.begin(), bytes_.begin() + 10));
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"too short for a header", "10 bytes", "32"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"too short for a header", "10 bytes", "32"});
   write_bytes(bad_, {});
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"too short for a header", "0 bytes"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"too short for a header", "0 bytes"});
 }
 
 TEST_F(TokenFileCorruption, BadMagic) {
   bytes_[0] = 'X';
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"not a token file"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"not a token file"});
 }
 
 TEST_F(TokenFileCorruption, NewerVersionNamesBothVersions) {
   put_u32(bytes_, 8, 2);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::NotSupported, {"format version 2", "versions up to 1"});
+  expect_read_fails(bad_, Status::Code::NotSupported, {"format version 2", "versions up to 1"});
 }
 
 TEST_F(TokenFileCorruption, VersionZero) {
   put_u32(bytes_, 8, 0);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::NotSupported, {"format version 0"});
+  expect_read_fails(bad_, Status::Code::NotSupported, {"format version 0"});
 }
 
 TEST_F(TokenFileCorruption, BadWidth) {
   put_u32(bytes_, 12, 3);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"token width 3", "accepted: 1, 2 or 4"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"token width 3", "accepted: 1, 2 or 4"});
 }
 
 TEST_F(TokenFileCorruption, BadVocab) {
   put_u32(bytes_, 24, 0);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"vocab_size 0"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"vocab_size 0"});
 }
 
 TEST_F(TokenFileCorruption, ReservedNotZero) {
   put_u32(bytes_, 28, 7);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"reserved header field 7"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"reserved header field 7"});
 }
 
 TEST_F(TokenFileCorruption, TruncatedSaysExpectedAndFoundBytes) {
   bytes_.pop_back();
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption,
+  expect_read_fails(bad_, Status::Code::Corruption,
                     {"is truncated", "5 tokens of 2 bytes", "42 bytes expected", "41 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, HugeCountIsTruncationNotOverflow) {
   for (int i = 16; i < 24; ++i) bytes_[i] = 0xFF;
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"is truncated", "more than 2^64", "42 bytes found"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"is truncated", "more than 2^64", "42 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, TrailingBytes) {
   bytes_.push_back(0);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"trailing bytes", "42 bytes expected", "43 bytes found"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"trailing bytes", "42 bytes expected", "43 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, TokenOutOfRangeNamesItsPosition) {
@@ -265,7 +265,7 @@ TEST_F(TokenFileCorruption, TokenOutOfRangeNamesItsPosition) {
   bytes_[38] = 300 & 0xFF;
   bytes_[39] = 300 >> 8;
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, TokenFileStatus::Code::Corruption, {"token 300 at position 3", ">= vocab_size 300"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"token 300 at position 3", ">= vocab_size 300"});
 }
 
 // ---------------------------------------------------------------------------------------------

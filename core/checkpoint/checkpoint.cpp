@@ -77,16 +77,17 @@ void fsync_dir(const std::string& dir) {
   }
 }
 
-// Writes `bytes` to path atomically: path.tmp, fsync, rename. Returns "" or an error message.
-std::string write_file_atomic(const std::string& path, const std::string& bytes) {
+// Writes `bytes` to path atomically: path.tmp, fsync, rename. Ok or IOError.
+Status write_file_atomic(const std::string& path, const std::string& bytes) {
   const std::string tmp = path + ".tmp";
   int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-  if (fd < 0) return "cannot create '" + tmp + "': " + errno_text();
+  if (fd < 0) return Status::io_error("cannot create '" + tmp + "': " + errno_text());
   bool ok = write_all(fd, bytes.data(), bytes.size()) && ::fsync(fd) == 0;
-  std::string err = ok ? "" : "cannot write '" + tmp + "': " + errno_text();
+  Status err = ok ? Status::ok_status() : Status::io_error("cannot write '" + tmp + "': " + errno_text());
   ::close(fd);
-  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0) err = "cannot rename '" + tmp + "': " + errno_text();
-  if (!err.empty()) ::unlink(tmp.c_str());
+  if (ok && ::rename(tmp.c_str(), path.c_str()) != 0)
+    err = Status::io_error("cannot rename '" + tmp + "': " + errno_text());
+  if (!err.ok()) ::unlink(tmp.c_str());
   return err;
 }
 
@@ -99,13 +100,13 @@ bool read_file(const std::string& path, std::string* out) {
   return f.good() || f.eof();
 }
 
-// This rank's shard: the .bin file and its index. Returns "" or an error message.
-std::string write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
-                        const checkpoint::RankState& rank_state, int rank) {
+// This rank's shard: the .bin file and its index. Ok or IOError.
+Status write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
+                   const checkpoint::RankState& rank_state, int rank) {
   const std::string bin = shard_name(rank, "bin");
   const std::string tmp = dir + "/" + bin + ".tmp";
   int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
-  if (fd < 0) return "cannot create '" + tmp + "': " + errno_text();
+  if (fd < 0) return Status::io_error("cannot create '" + tmp + "': " + errno_text());
   checkpoint::ShardIndex index;
   index.set_run_id(req.header.run_id());
   index.set_step(req.step);
@@ -115,7 +116,7 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
   index.mutable_state()->set_rank(rank);
   uint64_t offset = 0;
   static const char zeros[kAlign] = {};
-  std::string err;
+  Status err;
   for (const CheckpointTensor& t : tensors) {
     if (req.test_kill_midway && &t == &tensors[tensors.size() / 2]) std::raise(SIGKILL);
     MOE_ASSERT(t.data.device() == Device::CPU, "checkpoint tensors are on the CPU");
@@ -124,7 +125,7 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
     const void* bytes = t.data.dtype() == DType::F32 ? static_cast<const void*>(t.data.f32())
                                                      : static_cast<const void*>(t.data.i32());
     if (!write_all(fd, zeros, pad) || !write_all(fd, bytes, length)) {
-      err = "cannot write '" + tmp + "': " + errno_text();
+      err = Status::io_error("cannot write '" + tmp + "': " + errno_text());
       break;
     }
     offset += pad;
@@ -139,11 +140,11 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
     e->set_crc32c(crc32c(bytes, length));
     offset += length;
   }
-  if (err.empty() && ::fsync(fd) != 0) err = "cannot fsync '" + tmp + "': " + errno_text();
+  if (err.ok() && ::fsync(fd) != 0) err = Status::io_error("cannot fsync '" + tmp + "': " + errno_text());
   ::close(fd);
-  if (err.empty() && ::rename(tmp.c_str(), (dir + "/" + bin).c_str()) != 0)
-    err = "cannot rename '" + tmp + "': " + errno_text();
-  if (!err.empty()) {
+  if (err.ok() && ::rename(tmp.c_str(), (dir + "/" + bin).c_str()) != 0)
+    err = Status::io_error("cannot rename '" + tmp + "': " + errno_text());
+  if (!err.ok()) {
     ::unlink(tmp.c_str());
     return err;
   }
@@ -151,8 +152,8 @@ std::string write_shard(const std::string& dir, const SaveRequest& req, const st
   return write_file_atomic(dir + "/" + shard_name(rank, "index"), index.SerializeAsString());
 }
 
-// Rank 0, after every shard is in place: merges the indexes into the manifest.
-std::string write_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
+// Rank 0, after every shard is in place: merges the indexes into the manifest. Ok or IOError.
+Status write_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
   checkpoint::Manifest m = req.header;
   m.set_format_version(kCheckpointFormatVersion);
   m.set_step(req.step);
@@ -163,8 +164,10 @@ std::string write_manifest(const std::string& dir, const SaveRequest& req, int w
     const std::string path = dir + "/" + shard_name(r, "index");
     std::string bytes;
     checkpoint::ShardIndex index;
-    if (!read_file(path, &bytes) || !index.ParseFromString(bytes)) return "cannot read '" + path + "'";
-    if (index.run_id() != m.run_id() || index.step() != req.step) return "'" + path + "' is from another save";
+    if (!read_file(path, &bytes) || !index.ParseFromString(bytes))
+      return Status::io_error("cannot read '" + path + "'");
+    if (index.run_id() != m.run_id() || index.step() != req.step)
+      return Status::io_error("'" + path + "' is from another save");
     for (const auto& e : index.tensors()) *m.add_tensors() = e;
     checkpoint::ShardInfo* s = m.add_shards();
     s->set_rank(r);
@@ -172,8 +175,8 @@ std::string write_manifest(const std::string& dir, const SaveRequest& req, int w
     s->set_bytes(index.file_bytes());
     *m.add_rank_states() = index.state();
   }
-  std::string err = write_file_atomic(dir + "/" + kManifest, m.SerializeAsString());
-  if (err.empty()) fsync_dir(dir);
+  Status err = write_file_atomic(dir + "/" + kManifest, m.SerializeAsString());
+  if (err.ok()) fsync_dir(dir);
   return err;
 }
 
@@ -200,19 +203,17 @@ Status write_checkpoint_shard(const std::string& dir, const SaveRequest& req,
   std::error_code ec;
   fs::create_directories(dir, ec);
   if (ec) return Status::io_error("cannot create '" + dir + "': " + ec.message());
-  const std::string err = write_shard(dir, req, tensors, rank_state, rank);
-  return err.empty() ? Status::ok_status() : Status::io_error(err);
+  return write_shard(dir, req, tensors, rank_state, rank);
 }
 
 Status write_checkpoint_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
-  const std::string err = write_manifest(dir, req, world_size);
-  return err.empty() ? Status::ok_status() : Status::io_error(err);
+  return write_manifest(dir, req, world_size);
 }
 
 Status publish_checkpoint(const SaveRequest& req) {
   fsync_dir(req.root);
-  const std::string err = write_file_atomic(req.root + "/latest", step_dir_name(req.step) + "\n");
-  if (!err.empty()) return Status::io_error(err);
+  Status s = write_file_atomic(req.root + "/latest", step_dir_name(req.step) + "\n");
+  if (!s.ok()) return s;
   if (req.keep > 0) {
     std::vector<CheckpointListing> complete;
     for (const auto& c : list_checkpoints(req.root))
