@@ -165,9 +165,11 @@ EOF
     cat "$dir/slurmd.stderr" "$dir/slurmd.log" >&2 2>/dev/null
     return 1
   fi
-  local i state=""
-  for ((i = 0; i < 300; i++)); do
-    state=$(SLURM_CONF=$dir/slurm.conf sinfo -h -o %T 2>/dev/null)
+  # A deadline in wall-clock time, and each query bounded: an unresponsive slurmctld makes sinfo wait
+  # for its message timeout on every call.
+  local state="" deadline=$(($(date +%s) + 30))
+  while (($(date +%s) < deadline)); do
+    state=$(SLURM_CONF=$dir/slurm.conf timeout 5 sinfo -h -o %T 2>/dev/null)
     [ "$state" = idle ] && break
     sleep 0.1
   done

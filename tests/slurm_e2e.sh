@@ -53,12 +53,13 @@ elapsed() { echo $(($(date +%s) - started)); }
 # submit ARGS...: moe-submit --scheduler slurm with ARGS; sets job_id.
 submit() {
   local out
-  out=$("$moe_submit" "$tiny" --scheduler slurm "$@" 2>&1) || fail "moe-submit failed: $out"
+  # Bounded, so that an unresponsive controller ends the test with its logs, not a CTest timeout.
+  out=$(timeout 120 "$moe_submit" "$tiny" --scheduler slurm "$@" 2>&1) || fail "moe-submit failed: $out"
   job_id=$(sed -n 's/^moe-submit: submitted Slurm job \([0-9]*\):.*/\1/p' <<<"$out")
   [ -n "$job_id" ] || fail "no job id in moe-submit's output: $out"
 }
 # field ID NAME: a field of `scontrol show job` (JobState, Restarts, ExitCode, Reason, ...).
-field() { scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+field() { timeout 10 scontrol -o show job "$1" 2>/dev/null | tr ' ' '\n' | sed -n "s/^$2=//p"; }
 # wait_end ID SECONDS: waits until the job has ended (any final state). Slurm holds a requeued job for
 # about two minutes (its EligibleTime) before it may start again; the wait moves that to 3 s from
 # the requeue, once per restart, which only shortens the test. (Not to "now": slurmd revokes the
