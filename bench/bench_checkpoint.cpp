@@ -39,7 +39,7 @@
 #include "core/random.h"
 #include "core/timer.h"
 #include "parallel/communicator.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace {
 

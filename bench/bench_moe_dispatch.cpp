@@ -40,7 +40,7 @@
 #include "core/moe/moe_layer.h"
 #include "core/random.h"
 #include "core/timer.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 #include "parallel/all_to_all_exchange.h"
 #include "parallel/process_groups.h"
 #include "parallel/token_exchange.h"

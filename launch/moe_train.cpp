@@ -11,7 +11,7 @@
 #include "core/check.h"
 #include "launch/config/train_config.h"
 #include "launch/trainer/trainer.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace {
 

@@ -36,7 +36,7 @@ class AllToAllExchange final : public ExpertExchange {
     LapTimer timer;
     const int64_t R = plan_.received_rows(), C = rows.dim(1);
     source_major_.resize({R, C});
-    exchange_rows(*groups_.expert_parallel, rows, plan_.send_rows, source_major_, plan_.recv_rows);
+    all_to_all_v(*groups_.expert_parallel, rows, plan_.send_rows, source_major_, plan_.recv_rows);
     timer.lap(&time.token_exchange);
     expert_rows.resize({R, C});
     gather_rows(expert_rows, source_major_, plan_.to_expert_major);
@@ -56,7 +56,7 @@ class AllToAllExchange final : public ExpertExchange {
     source_major_.resize(expert_rows.shape());
     gather_rows(source_major_, expert_rows, plan_.to_source_major);
     timer.lap(&time.permute);
-    exchange_rows(*groups_.expert_parallel, source_major_, plan_.recv_rows, rows, plan_.send_rows);
+    all_to_all_v(*groups_.expert_parallel, source_major_, plan_.recv_rows, rows, plan_.send_rows);
     timer.lap(&time.return_exchange);
   }
 

@@ -14,6 +14,8 @@
 #include <string>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace moe {
 
 class CommError : public std::runtime_error {
@@ -23,6 +25,15 @@ class CommError : public std::runtime_error {
 
 enum class ScalarType { F32, F64, I32, I64 };
 enum class ReduceOp { Sum, Max, Min };
+
+// A collective started by a start_* call and not yet finished. Until wait() returns, its buffers must
+// be neither read nor written (the row counts are copied at the start). Destroying a pending request
+// waits for it first. wait() throws CommError as the blocking call would.
+class CommRequest {
+ public:
+  virtual ~CommRequest() = default;
+  virtual void wait() = 0;
+};
 
 class Communicator {
  public:
@@ -49,6 +60,13 @@ class Communicator {
   // across ranks (recv_rows[j] on rank i == send_rows[i] on rank j).
   virtual void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
                             int64_t row_bytes) = 0;
+
+  // Non-blocking forms of all_reduce and all_to_all_v (MPI_Iallreduce, MPI_Ialltoallv), for overlapping
+  // communication with compute: same contracts; the result is there once the request's wait() returns.
+  // Every rank starts the same collectives in the same order.
+  virtual std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) = 0;
+  virtual std::unique_ptr<CommRequest> start_all_to_all_v(const void* send, const int64_t* send_rows, void* recv,
+                                                          const int64_t* recv_rows, int64_t row_bytes) = 0;
 
   // recv (size() * bytes) gets every rank's send (bytes), in rank order.
   virtual void all_gather(const void* send, void* recv, int64_t bytes) = 0;
@@ -81,6 +99,14 @@ T all_reduce_value(Communicator& comm, T value, ReduceOp op = ReduceOp::Sum) {
   comm.all_reduce(&value, 1, scalar_type_of<T>(), op);
   return value;
 }
+
+// Tensor forms. The tensors are host tensors (what MPI and the local communicator move; a device
+// communicator will take its own device's tensors), checked before the collective starts.
+//   all_reduce: in place over all ranks, float32 or int32.
+void all_reduce(Communicator& comm, Tensor& data, ReduceOp op = ReduceOp::Sum);
+//   all_to_all_v of dim-0 rows (any dtype): send (sum(send_rows), ...) -> recv (sum(recv_rows), ...).
+void all_to_all_v(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                  const std::vector<int64_t>& recv_rows);
 
 // Reduces several arrays with one all-reduce: packs `parts` (each a span of the caller's memory) into
 // one buffer, reduces it, and writes each part back in place. Collective over comm.

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "core/check.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace moe {
 namespace {

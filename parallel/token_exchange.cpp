@@ -52,14 +52,4 @@ ExchangePlan make_exchange_plan(const DispatchPlan& plan, const ExpertLayout& la
   return x;
 }
 
-void exchange_rows(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
-                   const std::vector<int64_t>& recv_rows) {
-  MOE_ASSERT(send.rank() == 2 && recv.rank() == 2 && send.dim(1) == recv.dim(1), "row buffers of equal width");
-  MOE_ASSERT(std::accumulate(send_rows.begin(), send_rows.end(), int64_t{0}) == send.dim(0) &&
-                 std::accumulate(recv_rows.begin(), recv_rows.end(), int64_t{0}) == recv.dim(0),
-             "row counts cover the buffers");
-  comm.all_to_all_v(send.f32(), send_rows.data(), recv.f32(), recv_rows.data(),
-                    send.dim(1) * static_cast<int64_t>(sizeof(float)));
-}
-
 }  // namespace moe

@@ -30,9 +30,4 @@ struct ExchangePlan {
 // plan.kept is indexed by global expert id; the rows of expert e go to group rank e / E_local.
 ExchangePlan make_exchange_plan(const DispatchPlan& plan, const ExpertLayout& layout, Communicator& ep_group);
 
-// The rows all-to-all-v: send (sum(send_rows), C) -> recv (sum(recv_rows), C), float32 rows.
-// Collective over comm.
-void exchange_rows(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
-                   const std::vector<int64_t>& recv_rows);
-
 }  // namespace moe

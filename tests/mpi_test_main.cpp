@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 #include "tests/mpi_test_util.h"
 
 namespace moe {

@@ -11,7 +11,8 @@
 #include <vector>
 
 #include "parallel/communicator.h"
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
+#include "parallel/nccl/nccl_communicator.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
@@ -124,7 +125,7 @@ uint8_t byte_value(int src, int dst, int64_t row, int b) {
 // Builds the send buffer and counts of rows of `width` elements of T, exchanges them, and checks every
 // received element against value(src, dst, row, col).
 template <typename T, typename Value>
-void check_all_to_all_v(Communicator& comm, int width, Value value) {
+void check_all_to_all_v(Communicator& comm, int width, Value value, bool non_blocking = false) {
   const int n = comm.size(), me = comm.rank();
   std::vector<int64_t> send_rows(n), recv_rows(n);
   std::vector<T> send;
@@ -138,7 +139,15 @@ void check_all_to_all_v(Communicator& comm, int width, Value value) {
   }
   // Exactly sized (so AddressSanitizer catches any overrun); empty vectors give null data().
   std::vector<T> recv(recv_total * width, T(0xEE));
-  comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), width * int64_t(sizeof(T)));
+  if (non_blocking) {
+    std::unique_ptr<CommRequest> request = comm.start_all_to_all_v(send.data(), send_rows.data(), recv.data(),
+                                                                   recv_rows.data(), width * int64_t(sizeof(T)));
+    send_rows.assign(n, -1);  // the counts were copied at the start
+    request->wait();
+    for (int j = 0; j < n; ++j) recv_rows[j] = rows_between(j, me, n);
+  } else {
+    comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), width * int64_t(sizeof(T)));
+  }
   int64_t offset = 0;
   for (int j = 0; j < n; ++j) {
     for (int64_t r = 0; r < recv_rows[j]; ++r)
@@ -164,6 +173,63 @@ TEST(MpiCommunicator, AllToAllVAlternatingRowSizesReuseCachedTypes) {
     check_all_to_all_v<uint8_t>(test_world(), 6, byte_value);
     check_all_to_all_v<uint8_t>(test_world(), 1, byte_value);
   }
+}
+
+TEST(MpiCommunicator, NonBlockingAllToAllVDeliversTheSameRows) {
+  check_all_to_all_v<float>(test_world(), 5, float_value, /*non_blocking=*/true);
+  check_all_to_all_v<uint8_t>(test_world(), 6, byte_value, /*non_blocking=*/true);
+}
+
+TEST(MpiCommunicator, NonBlockingAllReducesInFlightTogether) {
+  Communicator& world = test_world();
+  const int n = world.size();
+  std::vector<float> a(1001);
+  std::vector<int64_t> b(17);
+  for (size_t e = 0; e < a.size(); ++e) a[e] = contribution<float>(world.rank(), static_cast<int64_t>(e));
+  for (size_t e = 0; e < b.size(); ++e) b[e] = contribution<int64_t>(world.rank(), static_cast<int64_t>(e));
+  std::unique_ptr<CommRequest> ra = world.start_all_reduce(a.data(), 1001, ScalarType::F32, ReduceOp::Sum);
+  {
+    // Destroying a pending request waits for it.
+    std::unique_ptr<CommRequest> rb = world.start_all_reduce(b.data(), 17, ScalarType::I64, ReduceOp::Max);
+  }
+  ra->wait();
+  ra->wait();  // a second wait is a no-op
+  for (size_t e = 0; e < a.size(); ++e)
+    ASSERT_EQ(a[e], contribution<float>(0, static_cast<int64_t>(e)) * float(n * (n + 1) / 2)) << e;
+  for (size_t e = 0; e < b.size(); ++e) {
+    const int64_t base = contribution<int64_t>(0, static_cast<int64_t>(e));
+    ASSERT_EQ(b[e], e % 2 == 0 ? base * n : base) << e;
+  }
+}
+
+TEST(MpiCommunicator, TensorFormsCheckDtypeAndRows) {
+  Communicator& world = test_world();
+  const int n = world.size(), me = world.rank();
+  Tensor f = Tensor::from({2}, {1.f, float(me)});
+  all_reduce(world, f);
+  EXPECT_EQ(f.f32()[0], float(n));
+  EXPECT_EQ(f.f32()[1], float(n * (n - 1) / 2));
+  Tensor i = Tensor::from_ints({1}, {me});
+  all_reduce(world, i, ReduceOp::Max);
+  EXPECT_EQ(i.i32()[0], n - 1);
+  Tensor h = Tensor::zeros({2}, DType::BF16);
+  EXPECT_CONTAINS(error_message([&] { all_reduce(world, h); }), "all_reduce: data has dtype bfloat16");
+
+  // Two rows of 3 floats to every rank, tagged with (source, destination).
+  std::vector<int64_t> rows(n, 2);
+  Tensor send = Tensor::empty({2 * n, 3}), recv = Tensor::empty({2 * n, 3});
+  for (int64_t r = 0; r < 2 * n; ++r)
+    for (int c = 0; c < 3; ++c) send.f32()[r * 3 + c] = float(me * 100 + (r / 2) * 10 + c);
+  all_to_all_v(world, send, rows, recv, rows);
+  for (int64_t r = 0; r < 2 * n; ++r)
+    for (int c = 0; c < 3; ++c) ASSERT_EQ(recv.f32()[r * 3 + c], float((r / 2) * 100 + me * 10 + c)) << r << " " << c;
+  // The same verdict on every rank before any MPI call.
+  std::vector<int64_t> wrong(n, 1);
+  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, wrong, recv, rows); }),
+                  "all_to_all_v: the row counts do not add up");
+  Tensor narrow = Tensor::empty({2 * n, 2});
+  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, rows, narrow, rows); }),
+                  "must be rows of the same width and dtype");
 }
 
 TEST(MpiCommunicator, AllToAllVNothingAnywhereWithNullBuffers) {
@@ -333,6 +399,10 @@ TEST(LocalCommunicator, CollectivesAreCopiesOrNothing) {
 TEST(LocalCommunicator, AllToAllVCopiesRows) {
   std::unique_ptr<Communicator> local = make_local_communicator();
   check_all_to_all_v<float>(*local, 5, float_value);  // 3 rows of 5 floats to itself
+  check_all_to_all_v<float>(*local, 5, float_value, /*non_blocking=*/true);
+  double v = 2.5;
+  local->start_all_reduce(&v, 1, ScalarType::F64, ReduceOp::Sum)->wait();
+  EXPECT_EQ(v, 2.5);
   check_all_to_all_v<uint8_t>(*local, 6, byte_value);
   const int64_t zero = 0;
   local->all_to_all_v(nullptr, &zero, nullptr, &zero, 8);  // nothing, with null buffers
@@ -345,6 +415,10 @@ TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
   EXPECT_CONTAINS(
       error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float)); }),
       "send_rows[0] = 2 must equal recv_rows[0] = 1");
+}
+
+TEST(NcclCommunicator, ThisBuildSaysItHasNoNccl) {
+  EXPECT_CONTAINS(error_message([] { make_nccl_communicator(test_world(), 0); }), "not built with NCCL");
 }
 
 }  // namespace

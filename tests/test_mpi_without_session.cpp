@@ -3,7 +3,7 @@
 
 #include <string>
 
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 namespace moe {
 namespace {

@@ -63,6 +63,9 @@ class MpiCommunicator final : public Communicator {
   void all_to_all(const void* send, void* recv, int64_t block_bytes) override;
   void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
                     int64_t row_bytes) override;
+  std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) override;
+  std::unique_ptr<CommRequest> start_all_to_all_v(const void* send, const int64_t* send_rows, void* recv,
+                                                  const int64_t* recv_rows, int64_t row_bytes) override;
   void all_gather(const void* send, void* recv, int64_t bytes) override;
   void broadcast(void* data, int64_t bytes, int root) override;
   void barrier() override;
@@ -70,6 +73,9 @@ class MpiCommunicator final : public Communicator {
  private:
   // A committed contiguous datatype of row_bytes bytes, created on first use and kept.
   MPI_Datatype row_type(int64_t row_bytes);
+  struct RowCounts;
+  RowCounts row_counts(const void* send, const int64_t* send_rows, const void* recv, const int64_t* recv_rows,
+                       int64_t row_bytes) const;
 
   MPI_Comm comm_ = MPI_COMM_NULL;
   int rank_ = 0;

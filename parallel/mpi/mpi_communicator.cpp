@@ -1,6 +1,6 @@
 // The MPI communicator: each collective maps to one MPI call (chunked where a byte count can exceed
 // MPI's int), with every return code checked by MPI_CHECK.
-#include "parallel/mpi_communicator.h"
+#include "parallel/mpi/mpi_communicator.h"
 
 #include <algorithm>
 #include <climits>
@@ -172,30 +172,92 @@ MPI_Datatype MpiCommunicator::row_type(int64_t row_bytes) {
   return type;
 }
 
-void MpiCommunicator::all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
-                                   int64_t row_bytes) {
+// The row counts and displacements of an all-to-all-v, in rows (units of the row datatype);
+// displacements are prefix sums. Checked before any MPI call.
+struct MpiCommunicator::RowCounts {
+  std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
+};
+
+MpiCommunicator::RowCounts MpiCommunicator::row_counts(const void* send, const int64_t* send_rows, const void* recv,
+                                                       const int64_t* recv_rows, int64_t row_bytes) const {
   if (send_rows == nullptr || recv_rows == nullptr)
     throw CommError("mpi all_to_all_v: send_rows and recv_rows must not be null");
   if (row_bytes < 0) throw CommError(detail::concat("mpi all_to_all_v: row_bytes = ", row_bytes, " must be >= 0"));
-  if (row_bytes == 0) return;  // rows of nothing: row_bytes is the same on every rank, so all return
-
-  // Counts and displacements in rows (units of the row datatype); displacements are prefix sums.
-  std::vector<int> send_counts(size_), send_displs(size_), recv_counts(size_), recv_displs(size_);
+  RowCounts c{std::vector<int>(size_), std::vector<int>(size_), std::vector<int>(size_), std::vector<int>(size_)};
   int64_t send_total = 0, recv_total = 0;
   for (int j = 0; j < size_; ++j) {
-    send_counts[j] = to_int_count(send_rows[j], "all_to_all_v", "send_rows", j);
-    recv_counts[j] = to_int_count(recv_rows[j], "all_to_all_v", "recv_rows", j);
-    send_displs[j] = to_int_count(send_total, "all_to_all_v", "send row offset of peer", j);
-    recv_displs[j] = to_int_count(recv_total, "all_to_all_v", "recv row offset of peer", j);
+    c.send_counts[j] = to_int_count(send_rows[j], "all_to_all_v", "send_rows", j);
+    c.recv_counts[j] = to_int_count(recv_rows[j], "all_to_all_v", "recv_rows", j);
+    c.send_displs[j] = to_int_count(send_total, "all_to_all_v", "send row offset of peer", j);
+    c.recv_displs[j] = to_int_count(recv_total, "all_to_all_v", "recv row offset of peer", j);
     send_total += send_rows[j];
     recv_total += recv_rows[j];
   }
   if ((send == nullptr && send_total > 0) || (recv == nullptr && recv_total > 0))
     throw CommError(detail::concat("mpi all_to_all_v: null buffer with ", send_total, " rows to send and ",
                                    recv_total, " rows to receive"));
+  return c;
+}
+
+void MpiCommunicator::all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
+                                   int64_t row_bytes) {
+  const RowCounts c = row_counts(send, send_rows, recv, recv_rows, row_bytes);
+  if (row_bytes == 0) return;  // rows of nothing: row_bytes is the same on every rank, so all return
   const MPI_Datatype type = row_type(row_bytes);
-  MPI_CHECK(MPI_Alltoallv(or_dummy(send), send_counts.data(), send_displs.data(), type, or_dummy(recv),
-                          recv_counts.data(), recv_displs.data(), type, comm_));
+  MPI_CHECK(MPI_Alltoallv(or_dummy(send), c.send_counts.data(), c.send_displs.data(), type, or_dummy(recv),
+                          c.recv_counts.data(), c.recv_displs.data(), type, comm_));
+}
+
+namespace {
+// Pending MPI requests, with the count arrays MPI reads until they complete.
+class MpiRequest final : public CommRequest {
+ public:
+  std::vector<MPI_Request> requests;
+  std::vector<std::vector<int>> counts;  // kept alive for MPI_Ialltoallv
+
+  ~MpiRequest() override {
+    // A destructor cannot throw: a failure here was (or will be) reported by the blocking calls around it.
+    if (!requests.empty()) MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE);
+  }
+  void wait() override {
+    if (requests.empty()) return;
+    std::vector<MPI_Request> pending;
+    pending.swap(requests);
+    MPI_CHECK(MPI_Waitall(static_cast<int>(pending.size()), pending.data(), MPI_STATUSES_IGNORE));
+  }
+};
+}  // namespace
+
+std::unique_ptr<CommRequest> MpiCommunicator::start_all_reduce(void* data, int64_t count, ScalarType type,
+                                                               ReduceOp op) {
+  if (count < 0) throw CommError(detail::concat("mpi all_reduce: count = ", count, " must be >= 0"));
+  const MPI_Datatype dt = mpi_type(type);
+  const MPI_Op mop = mpi_op(op);
+  const int64_t elem_bytes = scalar_bytes(type);
+  auto request = std::make_unique<MpiRequest>();
+  for (int64_t offset = 0; offset < count; offset += INT_MAX) {
+    const int n = static_cast<int>(std::min<int64_t>(INT_MAX, count - offset));
+    char* chunk = static_cast<char*>(data) + offset * elem_bytes;
+    request->requests.emplace_back();
+    MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, chunk, n, dt, mop, comm_, &request->requests.back()));
+  }
+  return request;
+}
+
+std::unique_ptr<CommRequest> MpiCommunicator::start_all_to_all_v(const void* send, const int64_t* send_rows,
+                                                                 void* recv, const int64_t* recv_rows,
+                                                                 int64_t row_bytes) {
+  RowCounts c = row_counts(send, send_rows, recv, recv_rows, row_bytes);
+  auto request = std::make_unique<MpiRequest>();
+  if (row_bytes == 0) return request;
+  const MPI_Datatype type = row_type(row_bytes);
+  request->counts = {std::move(c.send_counts), std::move(c.send_displs), std::move(c.recv_counts),
+                     std::move(c.recv_displs)};
+  const auto& k = request->counts;
+  request->requests.emplace_back();
+  MPI_CHECK(MPI_Ialltoallv(or_dummy(send), k[0].data(), k[1].data(), type, or_dummy(recv), k[2].data(), k[3].data(),
+                           type, comm_, &request->requests.back()));
+  return request;
 }
 
 void MpiCommunicator::all_gather(const void* send, void* recv, int64_t bytes) {
