@@ -30,6 +30,10 @@ const char* to_string(DType dtype) {
 
 int64_t dtype_size(DType dtype) { return dtype == DType::BF16 ? 2 : 4; }
 
+bool device_available(Device device) {
+  return (device == Device::CPU ? cpu::device_count() : cuda::device_count()) > 0;
+}
+
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
   for (int64_t d : shape) {

@@ -16,6 +16,9 @@ enum class DType { F32, BF16, I32 };
 
 int64_t dtype_size(DType dtype);  // bytes per element: 4, 2, 4
 
+// Whether this build and machine have a device of that kind for tensors (the CPU always).
+bool device_available(Device device);
+
 using Shape = std::vector<int64_t>;
 
 std::string to_string(const Shape& shape);  // "(4, 512)"
