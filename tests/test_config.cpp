@@ -223,6 +223,9 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
   expect_message(parse_error("moe:\n  aux_loss_coeff: .inf\n"),
                  {"moe.aux_loss_coeff: expected a finite double, got '.inf'"});
   expect_message(parse_error("optim:\n  lr: 0\n"), {"optim.lr = 0 is out of range; accepted: > 0"});
+  expect_message(parse_error("optim:\n  grad_accum_steps: 0\n"),
+                 {"optim.grad_accum_steps = 0 is out of range; accepted: >= 1"});
+  expect_message(parse_error("run:\n  peak_gflops: -5\n"), {"run.peak_gflops = -5 is out of range; accepted: >= 0"});
   expect_message(parse_error("optim:\n  beta2: 1.0\n"), {"optim.beta2 = 1 is out of range; accepted: [0, 1)"});
   expect_message(parse_error("data:\n  eval_fraction: 0\n"),
                  {"data.eval_fraction = 0 is out of range; accepted: (0, 0.5]"});

@@ -169,6 +169,10 @@ PY
     out.txt || { cat out.txt; fail "no start-up line on aux_free's aux loss"; }
   grep -q "^  aux_loss_coeff: 0 " f/config.yaml || fail "the resolved config does not show aux_loss_coeff: 0"
   grep -q '"aux_loss": 0,' f/metrics.jsonl || { cat f/metrics.jsonl; fail "aux_free logged a non-zero aux loss"; }
+  run 2 "$configs/tiny.yaml" run.steps=2 run.log_every=2 run.eval_every=0 moe.balancing=aux_free \
+    moe.aux_loss_coeff=0.002 run.dir=g || { cat out.txt; fail "aux_free run with an aux loss failed"; }
+  grep -q "aux_free, per-expert routing biases .*; plus the load-balancing loss with moe.aux_loss_coeff = 0.002$" \
+    out.txt || { cat out.txt; fail "no start-up line on aux_free with an aux loss"; }
   ;;
 grad_accum)
   # 2 micro-batches of 4 sequences per rank and one batch of 8 see the same global tokens each step

@@ -81,15 +81,14 @@ std::vector<double> IntervalSums::to_sums() const {
   return out;
 }
 
-bool IntervalSums::from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters) {
+void IntervalSums::from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters) {
   clear();
-  if (sums.size() != 3 + entropy.size() || counters.size() != 1) return false;
+  if (sums.size() != 3 + entropy.size() || counters.size() != 1) return;
   loss = sums[0];
   aux = sums[1];
   z = sums[2];
   std::copy(sums.begin() + 3, sums.end(), entropy.begin());
   steps = counters[0];
-  return true;
 }
 
 std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids) {

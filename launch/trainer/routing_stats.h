@@ -45,8 +45,8 @@ struct IntervalSums {
   explicit IntervalSums(size_t layers) : entropy(layers, 0.0) {}
   void clear() { *this = IntervalSums(entropy.size()); }
   std::vector<double> to_sums() const;
-  // False (left cleared) when the checkpoint's sums have another layout.
-  bool from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters);
+  // Takes a checkpoint's sums; left cleared when they have another layout (an older checkpoint).
+  void from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters);
 };
 
 // Per MoE layer (named by the model's layer index), each expert's share of the kept pairs of the

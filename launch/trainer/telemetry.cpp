@@ -35,8 +35,6 @@ void json_list(std::ostream& os, const std::vector<int64_t>& v) {
 }
 }  // namespace
 
-double PhaseTimes::total() const { return std::accumulate(begin(), begin() + kCount, 0.0); }
-
 double MoELayerMetrics::dropped_frac() const {
   const int64_t all = sum(routed);
   return all ? 1.0 - static_cast<double>(sum(kept)) / all : 0.0;

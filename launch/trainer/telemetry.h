@@ -28,7 +28,6 @@ struct PhaseTimes {
   static constexpr int kCount = 7;
   double* begin() { return &data; }  // the fields in order, for summing and all-reduces
   const double* begin() const { return &data; }
-  double total() const;
 };
 
 // One MoE layer's routing over the steps since the last log line, all ranks.

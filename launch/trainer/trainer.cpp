@@ -186,15 +186,19 @@ double unigram_entropy(const SequenceSource& src, IndexRange range) {
 std::string balancing_summary(const TrainConfig& cfg) {
   char buf[320];
   const double coeff = cfg.moe.aux_loss_coeff;
-  if (cfg.moe.balancing == Balancing::AuxFree)
-    std::snprintf(buf, sizeof buf,
-                  "load balancing: aux_free, per-expert routing biases moved by %g per optimizer step; %s",
-                  cfg.moe.bias_update_rate,
-                  coeff > 0 ? ("plus the load-balancing loss with moe.aux_loss_coeff = " + std::to_string(coeff)).c_str()
-                            : "no load-balancing loss (moe.aux_loss_coeff = 0, aux_free's default)");
-  else
+  if (cfg.moe.balancing == Balancing::AuxLoss)
     std::snprintf(buf, sizeof buf, "load balancing: aux_loss, the load-balancing loss with moe.aux_loss_coeff = %g%s",
                   coeff, coeff > 0 ? "" : " (off)");
+  else if (coeff > 0)
+    std::snprintf(buf, sizeof buf,
+                  "load balancing: aux_free, per-expert routing biases moved by %g per optimizer step; plus the "
+                  "load-balancing loss with moe.aux_loss_coeff = %g",
+                  cfg.moe.bias_update_rate, coeff);
+  else
+    std::snprintf(buf, sizeof buf,
+                  "load balancing: aux_free, per-expert routing biases moved by %g per optimizer step; no "
+                  "load-balancing loss (moe.aux_loss_coeff = 0, aux_free's default)",
+                  cfg.moe.bias_update_rate);
   return buf;
 }
 
