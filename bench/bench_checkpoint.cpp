@@ -234,7 +234,11 @@ int run(const Args& a, moe::Communicator& world) {
     req.root = root;
     req.step = it + 1;
     req.header.set_run_id("bench");
-    req.header.mutable_layout()->set_world_size(W);
+    moe::checkpoint::Layout* layout = req.header.mutable_layout();  // W ranks, no experts of their own
+    layout->set_world_size(W);
+    layout->set_ep(1);
+    layout->set_num_experts(1);
+    layout->set_experts_per_rank(1);
     std::string dir;
     const double ts = timed(world, [&] { dir = moe::save_checkpoint(req, tensors, moe::checkpoint::RankState(), world); });
     for (const auto& f : fs::directory_iterator(dir)) drop_from_page_cache(f.path().string());

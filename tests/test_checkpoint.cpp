@@ -25,6 +25,7 @@
 #include "parallel/checkpoint_save.h"
 #include "core/crc32c.h"
 #include "core/random.h"
+#include "tests/checkpoint_test_util.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
@@ -183,9 +184,11 @@ SaveRequest make_request(const std::string& root, int64_t step, const std::strin
   s->add_sums(0.5);
   s->add_sums(-1.25);
   s->add_counters(7);
-  checkpoint::ExpertUsage* u = h.add_expert_usage();
-  u->set_layer(0);
-  for (int e = 0; e < 2 * world_size; ++e) u->add_tokens(10 * e + 1);
+  for (int layer = 0; layer < 2; ++layer) {  // one per MoE layer, like moe_layer_calls
+    checkpoint::ExpertUsage* u = h.add_expert_usage();
+    u->set_layer(layer);
+    for (int e = 0; e < 2 * world_size; ++e) u->add_tokens(10 * e + 1 + layer);
+  }
   return req;
 }
 
@@ -215,18 +218,6 @@ std::string save_small(Communicator& world, const std::string& root, int64_t ste
 }
 
 // --- files ---
-
-std::string read_whole(const std::string& path) {
-  std::ifstream f(path, std::ios::binary);
-  std::ostringstream ss;
-  ss << f.rdbuf();
-  return ss.str();
-}
-
-void write_whole(const std::string& path, const std::string& bytes) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f << bytes;
-}
 
 std::string read_range(const std::string& path, uint64_t offset, uint64_t length) {
   std::string out(length, '\0');
@@ -301,8 +292,8 @@ TEST(Checkpoint, RoundTripOfEveryRanksTensors) {
   EXPECT_EQ(m.config_yaml(), req.header.config_yaml());
   EXPECT_EQ(m.layout().SerializeAsString(), req.header.layout().SerializeAsString());
   EXPECT_EQ(m.state().SerializeAsString(), req.header.state().SerializeAsString());
-  ASSERT_EQ(m.expert_usage_size(), 1);
-  EXPECT_EQ(m.expert_usage(0).SerializeAsString(), req.header.expert_usage(0).SerializeAsString());
+  ASSERT_EQ(m.expert_usage_size(), 2);
+  EXPECT_EQ(m.expert_usage(1).SerializeAsString(), req.header.expert_usage(1).SerializeAsString());
 
   // Shards and rank states: one per rank, in rank order, with the files' real sizes.
   ASSERT_EQ(m.shards_size(), W);
@@ -316,7 +307,7 @@ TEST(Checkpoint, RoundTripOfEveryRanksTensors) {
     want.set_rank(r);
     EXPECT_EQ(m.rank_states(r).SerializeAsString(), want.SerializeAsString()) << "rank " << r;
     checkpoint::ShardIndex index;
-    ASSERT_TRUE(index.ParseFromString(read_whole(dir + "/" + shard_file(r, "index"))));
+    ASSERT_TRUE(read_metadata_message(dir + "/" + shard_file(r, "index"), &index));
     EXPECT_EQ(index.run_id(), "run-roundtrip");
     EXPECT_EQ(index.step(), 7);
     EXPECT_EQ(index.rank(), r);
@@ -584,23 +575,67 @@ TEST(CheckpointDamage, MissingShardIndex) {
                           });
 }
 
-TEST(CheckpointDamage, ShardIndexDisagreeingWithTheManifestIsFoundByVerify) {
+TEST(CheckpointDamage, ShardIndexDisagreeingWithTheManifestIsRefusedByOpen) {
+  // Sealed again with a correct CRC: the comparison with the manifest, not the checksum, finds it.
   const std::string victim = shard_file(test_world().size() - 1, "index");
   with_damaged_checkpoint(
       [&](const std::string& dir) {
         checkpoint::ShardIndex index;
-        ASSERT_TRUE(index.ParseFromString(read_whole(dir + "/" + victim)));
+        ASSERT_TRUE(read_metadata_message(dir + "/" + victim, &index));
         ASSERT_GT(index.tensors_size(), 0);
         index.mutable_tensors(0)->set_crc32c(index.tensors(0).crc32c() ^ 1);
-        write_whole(dir + "/" + victim, index.SerializeAsString());
+        write_metadata_message(dir + "/" + victim, index);
+      },
+      [&](const std::string& dir) {
+        Status s = open_status(dir);
+        EXPECT_EQ(s.code(), Status::Code::Corruption) << s.to_string();
+        EXPECT_CONTAINS(s.message(), "'" + dir + "/" + victim + "' disagrees with '" + dir + "/MANIFEST': tensors[0]");
+      });
+}
+
+// Every byte of the metadata is under a checksum: one flipped bit anywhere in MANIFEST or an index
+// (the stored config, the training state, a rank's state) is refused by open, naming the file.
+TEST(CheckpointDamage, FlippedMetadataBytesAreRefusedByOpen) {
+  const std::string index = shard_file(test_world().size() - 1, "index");
+  for (const std::string& victim : {std::string("MANIFEST"), index}) {
+    for (int part = 0; part < 8; ++part) {
+      SCOPED_TRACE(victim + " byte " + std::to_string(part) + "/8");
+      with_damaged_checkpoint(
+          [&](const std::string& dir) {
+            std::string bytes = read_whole(dir + "/" + victim);
+            bytes[bytes.size() * part / 8] ^= 0x04;
+            write_whole(dir + "/" + victim, bytes);
+          },
+          [&](const std::string& dir) {
+            Status s = open_status(dir);
+            EXPECT_FALSE(s.ok());
+            EXPECT_CONTAINS(s.message(), "'" + dir + "/" + victim + "'");
+          });
+    }
+  }
+}
+
+// Format version 1 (no seals) is still read: a version-2 checkpoint unsealed into version-1 files.
+TEST(CheckpointDamage, VersionOneCheckpointsAreStillRead) {
+  with_damaged_checkpoint(
+      [&](const std::string& dir) {
+        checkpoint::Manifest m;
+        ASSERT_TRUE(read_metadata_message(dir + "/MANIFEST", &m));
+        m.set_format_version(1);
+        write_whole(dir + "/MANIFEST", m.SerializeAsString());
+        for (const auto& shard : m.shards()) {
+          checkpoint::ShardIndex index;
+          const std::string path = dir + "/" + shard_file(shard.rank(), "index");
+          ASSERT_TRUE(read_metadata_message(path, &index));
+          write_whole(path, index.SerializeAsString());
+        }
       },
       [&](const std::string& dir) {
         std::unique_ptr<CheckpointReader> reader;
         Status s = CheckpointReader::open(dir, &reader);
-        ASSERT_TRUE(s.ok()) << "the run id and step still agree, so open succeeds: " << s.to_string();
-        const std::vector<std::string> problems = reader->verify();
-        ASSERT_EQ(problems.size(), 1u);
-        EXPECT_CONTAINS(problems[0], "'" + dir + "/" + victim + "'");
+        ASSERT_TRUE(s.ok()) << s.to_string();
+        EXPECT_EQ(reader->manifest().format_version(), 1u);
+        EXPECT_TRUE(reader->verify().empty());
       });
 }
 
@@ -659,9 +694,9 @@ TEST(CheckpointDamage, NewerFormatVersion) {
   with_damaged_checkpoint(
       [&](const std::string& dir) {
         checkpoint::Manifest m;
-        ASSERT_TRUE(m.ParseFromString(read_whole(dir + "/MANIFEST")));
+        ASSERT_TRUE(read_metadata_message(dir + "/MANIFEST", &m));
         m.set_format_version(newer);
-        write_whole(dir + "/MANIFEST", m.SerializeAsString());
+        write_metadata_message(dir + "/MANIFEST", m, newer);
       },
       [&](const std::string& dir) {
         Status s = open_status(dir);

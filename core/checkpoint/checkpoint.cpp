@@ -13,9 +13,12 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <sstream>
 
 #include "core/check.h"
+#include "core/checkpoint/manifest_check.h"
+#include "core/checkpoint/metadata_file.h"
 #include "core/crc32c.h"
 
 namespace fs = std::filesystem;
@@ -30,12 +33,6 @@ constexpr const char* kManifest = "MANIFEST";
 std::string step_dir_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
-  return buf;
-}
-
-std::string shard_name(int rank, const char* ext) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, "shard_%05d.%s", rank, ext);
   return buf;
 }
 
@@ -103,7 +100,7 @@ bool read_file(const std::string& path, std::string* out) {
 // This rank's shard: the .bin file and its index. Ok or IOError.
 Status write_shard(const std::string& dir, const SaveRequest& req, const std::vector<CheckpointTensor>& tensors,
                    const checkpoint::RankState& rank_state, int rank) {
-  const std::string bin = shard_name(rank, "bin");
+  const std::string bin = checkpoint_shard_file(rank, "bin");
   const std::string tmp = dir + "/" + bin + ".tmp";
   int fd = ::open(tmp.c_str(), O_CREAT | O_TRUNC | O_WRONLY | O_CLOEXEC, 0644);
   if (fd < 0) return Status::io_error("cannot create '" + tmp + "': " + errno_text());
@@ -149,10 +146,12 @@ Status write_shard(const std::string& dir, const SaveRequest& req, const std::ve
     return err;
   }
   index.set_file_bytes(offset);
-  return write_file_atomic(dir + "/" + shard_name(rank, "index"), index.SerializeAsString());
+  return write_file_atomic(dir + "/" + checkpoint_shard_file(rank, "index"),
+                           seal_metadata(index, kCheckpointFormatVersion));
 }
 
-// Rank 0, after every shard is in place: merges the indexes into the manifest. Ok or IOError.
+// Rank 0, after every shard is in place: merges the indexes into the manifest. Ok, IOError, or the
+// Corruption of check_manifest (nothing is written that a reader would refuse).
 Status write_manifest(const std::string& dir, const SaveRequest& req, int world_size) {
   checkpoint::Manifest m = req.header;
   m.set_format_version(kCheckpointFormatVersion);
@@ -161,11 +160,13 @@ Status write_manifest(const std::string& dir, const SaveRequest& req, int world_
   m.clear_shards();
   m.clear_rank_states();
   for (int r = 0; r < world_size; ++r) {
-    const std::string path = dir + "/" + shard_name(r, "index");
+    const std::string path = dir + "/" + checkpoint_shard_file(r, "index");
     std::string bytes;
     checkpoint::ShardIndex index;
-    if (!read_file(path, &bytes) || !index.ParseFromString(bytes))
-      return Status::io_error("cannot read '" + path + "'");
+    uint32_t version = kCheckpointFormatVersion;
+    if (!read_file(path, &bytes)) return Status::io_error("cannot read '" + path + "'");
+    Status parsed = parse_metadata(path, bytes, "shard index", &version, &index);
+    if (!parsed.ok()) return parsed;
     if (index.run_id() != m.run_id() || index.step() != req.step)
       return Status::io_error("'" + path + "' is from another save");
     for (const auto& e : index.tensors()) *m.add_tensors() = e;
@@ -175,7 +176,9 @@ Status write_manifest(const std::string& dir, const SaveRequest& req, int world_
     s->set_bytes(index.file_bytes());
     *m.add_rank_states() = index.state();
   }
-  Status err = write_file_atomic(dir + "/" + kManifest, m.SerializeAsString());
+  const std::string path = dir + "/" + kManifest;
+  Status err = check_manifest(m, kCheckpointFormatVersion, path);
+  if (err.ok()) err = write_file_atomic(path, seal_metadata(m, kCheckpointFormatVersion));
   if (err.ok()) fsync_dir(dir);
   return err;
 }
@@ -188,6 +191,12 @@ std::string to_string_shape(const checkpoint::TensorEntry& e) {
   for (int i = 0; i < e.shape_size(); ++i) os << (i ? ", " : "") << e.shape(i);
   os << ")";
   return os.str();
+}
+
+std::string checkpoint_shard_file(int rank, const char* ext) {
+  char buf[48];
+  std::snprintf(buf, sizeof buf, "shard_%05d.%s", rank, ext);
+  return buf;
 }
 
 std::string checkpoint_step_dir(const std::string& root, int64_t step) { return root + "/" + step_dir_name(step); }
@@ -278,36 +287,29 @@ Status CheckpointReader::open(const std::string& dir, std::unique_ptr<Checkpoint
   std::error_code ec;
   if (!fs::is_directory(dir, ec)) return Status::not_found("checkpoint directory '" + dir + "' does not exist");
   if (!fs::exists(path, ec)) return Status::not_found("'" + path + "' is missing: the checkpoint is incomplete");
-  if (!read_file(path, &bytes)) return Status::io_error("cannot read '" + path + "'");
-  if (bytes.empty()) return Status::corruption("'" + path + "' is empty");  // would parse as version 0
+  if (!fs::is_regular_file(path, ec) || !read_file(path, &bytes)) return Status::io_error("cannot read '" + path + "'");
   checkpoint::Manifest& m = reader->manifest_;
-  if (!m.ParseFromString(bytes)) return Status::corruption("'" + path + "' is not a checkpoint manifest");
-  if (m.format_version() == 0 || m.format_version() > kCheckpointFormatVersion)
-    return Status::not_supported("'" + path + "' has format version " + std::to_string(m.format_version()) +
-                                 "; this build reads versions 1 to " + std::to_string(kCheckpointFormatVersion));
+  uint32_t version = 0;  // the manifest's decides
+  Status st = parse_metadata(path, bytes, "checkpoint manifest", &version, &m);
+  if (st.ok()) st = check_manifest(m, version, path);
+  if (!st.ok()) return st;
+  // The files against the checked manifest, before anything is allocated from it.
   for (const auto& s : m.shards()) {
     const std::string f = dir + "/" + s.file();
+    if (!fs::is_regular_file(f, ec)) return Status::not_found("shard file '" + f + "' is missing");
     const uintmax_t size = fs::file_size(f, ec);
-    if (ec) return Status::not_found("shard file '" + f + "' is missing");
+    if (ec) return Status::io_error("cannot read the size of '" + f + "': " + ec.message());
     if (size != s.bytes())
       return Status::corruption("shard file '" + f + "' has " + std::to_string(size) + " bytes, the manifest says " +
                                 std::to_string(s.bytes()) + " (truncated or replaced)");
-    const std::string index_path = dir + "/" + shard_name(s.rank(), "index");
+    const std::string index_path = dir + "/" + checkpoint_shard_file(s.rank(), "index");
     checkpoint::ShardIndex index;
-    if (!read_file(index_path, &bytes) || !index.ParseFromString(bytes))
+    if (!fs::is_regular_file(index_path, ec) || !read_file(index_path, &bytes))
       return Status::corruption("shard index '" + index_path + "' is missing or unreadable");
-    if (index.run_id() != m.run_id() || index.step() != m.step())
-      return Status::corruption("'" + index_path + "' belongs to run " + index.run_id() + " step " +
-                                std::to_string(index.step()) + ", but '" + path + "' to run " + m.run_id() + " step " +
-                                std::to_string(m.step()) + ": the manifest is from another run or save");
-  }
-  for (const auto& e : m.tensors()) {
-    auto shard = std::find_if(m.shards().begin(), m.shards().end(), [&](const auto& s) { return s.file() == e.file(); });
-    int64_t numel = 1;
-    for (int64_t d : e.shape()) numel *= d;
-    if (shard == m.shards().end() || e.offset() + e.length() > shard->bytes() ||
-        e.length() != static_cast<uint64_t>(numel) * 4)
-      return Status::corruption("'" + path + "': tensor '" + e.name() + "' lies outside its file '" + e.file() + "'");
+    uint32_t index_version = version;
+    st = parse_metadata(index_path, bytes, "shard index", &index_version, &index);
+    if (st.ok()) st = check_shard_index(index, index_path, m, path, s.rank());
+    if (!st.ok()) return st;
   }
   *out = std::move(reader);
   return Status::ok_status();
@@ -350,40 +352,26 @@ Status CheckpointReader::read(const checkpoint::TensorEntry& e, Tensor& out) con
 std::vector<std::string> CheckpointReader::verify() const {
   std::vector<std::string> problems;
   std::vector<char> buf;
+  // open() checked that each file is its entries in order, each at the first 64-byte boundary after
+  // the previous one: the bytes between them are the padding, which must be zeros.
+  std::map<std::string, uint64_t> end;
   for (const auto& e : manifest_.tensors()) {
+    const uint64_t gap = e.offset() - end[e.file()];  // < 64
+    if (gap > 0) {
+      char pad[64] = {};
+      const std::string path = dir_ + "/" + e.file();
+      const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+      const bool read = fd >= 0 && read_all_at(fd, pad, gap, end[e.file()]);
+      if (fd >= 0) ::close(fd);
+      if (!read || std::count(pad, pad + gap, 0) != static_cast<std::ptrdiff_t>(gap))
+        problems.push_back("corruption: the padding before tensor '" + e.name() + "' in '" + path + "' (bytes " +
+                           std::to_string(end[e.file()]) + " to " + std::to_string(e.offset()) + ") is " +
+                           (read ? "not all zeros" : "unreadable"));
+    }
+    end[e.file()] = e.offset() + e.length();
     buf.resize(e.length());
     Status s = read(e, buf.data());
     if (!s.ok()) problems.push_back(s.to_string());
-  }
-  // Each shard index must list exactly the manifest's entries for its file (the manifest is their merge).
-  const std::string manifest_path = dir_ + "/" + kManifest;
-  for (const auto& shard : manifest_.shards()) {
-    const std::string index_path = dir_ + "/" + shard_name(shard.rank(), "index");
-    std::string bytes;
-    checkpoint::ShardIndex index;
-    if (!read_file(index_path, &bytes) || !index.ParseFromString(bytes)) {
-      problems.push_back("corruption: shard index '" + index_path + "' is missing or unreadable");
-      continue;
-    }
-    const std::string differs = "corruption: shard index '" + index_path + "' disagrees with '" + manifest_path + "': ";
-    if (index.run_id() != manifest_.run_id() || index.step() != manifest_.step() || index.rank() != shard.rank())
-      problems.push_back(differs + "it is rank " + std::to_string(index.rank()) + " of run " + index.run_id() +
-                         " step " + std::to_string(index.step()) + ", the manifest expects rank " +
-                         std::to_string(shard.rank()) + " of run " + manifest_.run_id() + " step " +
-                         std::to_string(manifest_.step()));
-    if (index.file() != shard.file() || index.file_bytes() != shard.bytes())
-      problems.push_back(differs + "it describes '" + index.file() + "' of " + std::to_string(index.file_bytes()) +
-                         " bytes, the manifest '" + shard.file() + "' of " + std::to_string(shard.bytes()));
-    std::vector<std::string> in_manifest, in_index;
-    for (const auto& e : manifest_.tensors())
-      if (e.file() == shard.file()) in_manifest.push_back(e.SerializeAsString());
-    for (const auto& e : index.tensors()) in_index.push_back(e.SerializeAsString());
-    std::sort(in_manifest.begin(), in_manifest.end());
-    std::sort(in_index.begin(), in_index.end());
-    if (in_manifest != in_index)
-      problems.push_back(differs + "their entries for '" + shard.file() + "' differ (" +
-                         std::to_string(in_index.size()) + " in the index, " + std::to_string(in_manifest.size()) +
-                         " in the manifest)");
   }
   return problems;
 }

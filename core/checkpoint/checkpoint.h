@@ -24,7 +24,8 @@
 
 namespace moe {
 
-constexpr uint32_t kCheckpointFormatVersion = 1;
+// 2: MANIFEST and shard indexes sealed with their CRC32C (MetadataFile). Version 1 is still read.
+constexpr uint32_t kCheckpointFormatVersion = 2;
 
 // One tensor this rank writes: a whole tensor (expert = -1) or one expert's slice.
 struct CheckpointTensor {
@@ -46,6 +47,8 @@ struct SaveRequest {
 // agrees on the outcome is parallel/checkpoint_save.h):
 //   <root>/step_<step>: the directory of request.step under request.root.
 std::string checkpoint_step_dir(const std::string& root, int64_t step);
+//   "shard_<rank, 5 digits>.<ext>": rank's shard file ("bin") or index ("index") in a checkpoint directory.
+std::string checkpoint_shard_file(int rank, const char* ext);
 //   True when `dir` holds a MANIFEST (a complete checkpoint, never overwritten).
 bool has_manifest(const std::string& dir);
 //   Creates `dir` if missing and writes rank `rank`'s shard file and index (temporary name, fsync, rename).
@@ -86,8 +89,12 @@ std::string newest_complete_checkpoint(const std::string& root);
 // Read access to one checkpoint. Thread-compatible.
 class CheckpointReader {
  public:
-  // Reads and checks MANIFEST: parseable, format version supported, every shard file present with the
-  // recorded size, every entry inside its file. Status names the file and the problem.
+  // Reads and checks MANIFEST and every shard index before anything is allocated from them: each
+  // parses, is of a supported format version and (from version 2) matches its CRC32C; the manifest
+  // passes check_manifest (core/checkpoint/manifest_check.h: every field in range, every size
+  // overflow-checked, every entry in its place); every shard file is present with the recorded size;
+  // every index is exactly its shard's part of the manifest (check_shard_index). Status names the file
+  // and the field or problem. list_checkpoints and everything that loads a checkpoint go through it.
   static Status open(const std::string& dir, std::unique_ptr<CheckpointReader>* out);
 
   const checkpoint::Manifest& manifest() const { return manifest_; }
@@ -102,8 +109,9 @@ class CheckpointReader {
   // Reads into a tensor, first checking that its shape equals the entry's.
   Status read(const checkpoint::TensorEntry& entry, Tensor& out) const;
 
-  // Re-reads every entry and checks every CRC and the shard indexes against the manifest. Returns one
-  // line per problem (file and tensor named); empty when the checkpoint is sound.
+  // Re-reads every entry checking its CRC, and the padding between entries (zeros): with open()'s
+  // checks, every byte of the checkpoint. Returns one line per problem (file and tensor named); empty
+  // when the checkpoint is sound.
   std::vector<std::string> verify() const;
 
  private:

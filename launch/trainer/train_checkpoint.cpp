@@ -162,8 +162,15 @@ std::string load_training_checkpoint(const std::string& dir, const TrainConfig& 
   if (m.layout().world_size() == L.world_size)
     for (const auto& rs : m.rank_states())
       if (rs.rank() == L.world_rank) loop->rank_counters.assign(rs.counters().begin(), rs.counters().end());
+  // check_manifest: one usage row per MoE layer (as many as moe_layer_calls), num_experts counts each.
   loop->expert_usage.clear();
-  for (const auto& u : m.expert_usage()) loop->expert_usage.emplace_back(u.tokens().begin(), u.tokens().end());
+  for (int64_t i = 0; i < model.config().n_layers; ++i) {
+    if (model.moe_layer(i) == nullptr) continue;
+    const checkpoint::ExpertUsage& u = m.expert_usage(static_cast<int>(loop->expert_usage.size()));
+    MOE_REQUIRE(u.layer() == i, "checkpoint '", dir, "' records the expert usage (expert_usage.layer) of layer ",
+                u.layer(), " where this model's next MoE layer is ", i);
+    loop->expert_usage.emplace_back(u.tokens().begin(), u.tokens().end());
+  }
   return m.run_id();
 }
 

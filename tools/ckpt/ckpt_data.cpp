@@ -73,59 +73,29 @@ bool natural_less(const std::string& a, const std::string& b) {
 
 // ---- reading ----
 
-Status list_tensors(const CheckpointReader& reader, std::vector<TensorInfo>* out) {
+std::vector<TensorInfo> list_tensors(const CheckpointReader& reader) {
   const checkpoint::Manifest& m = reader.manifest();
-  const std::string manifest = "'" + reader.dir() + "/MANIFEST'";
   const int64_t E = m.layout().num_experts();
   std::map<std::string, TensorInfo> by_name;
   for (const checkpoint::TensorEntry& e : m.tensors()) {
-    if (e.dtype() != "float32" && e.dtype() != "int32")
-      return Status::corruption(manifest + ": tensor '" + e.name() + "' has dtype '" + e.dtype() +
-                                "'; accepted: float32, int32");
     TensorInfo& t = by_name[e.name()];
-    const bool first = t.parts.empty();
-    const bool slice = e.expert() >= 0;
-    const Shape shape(e.shape().begin(), e.shape().end());
-    if (first) {
+    if (t.parts.empty()) {
       t.name = e.name();
-      t.expert = slice;
+      t.expert = e.expert() >= 0;
       t.dtype = e.dtype() == "float32" ? DType::F32 : DType::I32;
-      t.shape = shape;
-      if (slice) {
+      t.shape.assign(e.shape().begin(), e.shape().end());
+      if (t.expert) {
         t.shape.insert(t.shape.begin(), E);
-        t.parts.assign(static_cast<size_t>(std::max<int64_t>(E, 0)), nullptr);
-      } else {
-        t.parts.push_back(&e);
+        t.parts.assign(static_cast<size_t>(E), nullptr);
       }
-      if (!slice) continue;
-    } else if (!t.expert || !slice) {
-      return Status::corruption(manifest + ": tensor '" + e.name() + "' appears more than once" +
-                                (t.expert != slice ? " (whole and as expert slices)" : ""));
     }
-    const Shape slice_shape(t.shape.begin() + 1, t.shape.end());
-    if (e.expert() >= E)
-      return Status::corruption(manifest + ": tensor '" + e.name() + "' has a slice for expert " +
-                                std::to_string(e.expert()) + " but the layout has " + std::to_string(E) + " experts");
-    if (shape != slice_shape || e.dtype() != to_string(t.dtype))
-      return Status::corruption(manifest + ": tensor '" + e.name() + "' (expert " + std::to_string(e.expert()) +
-                                ") is " + e.dtype() + " " + to_string(shape) + ", other experts' slices are " +
-                                to_string(t.dtype) + " " + to_string(slice_shape));
-    if (t.parts[e.expert()] != nullptr)
-      return Status::corruption(manifest + ": tensor '" + e.name() + "' has two slices for expert " +
-                                std::to_string(e.expert()));
-    t.parts[e.expert()] = &e;
+    if (t.expert) t.parts[static_cast<size_t>(e.expert())] = &e;
+    else t.parts.push_back(&e);
   }
-  out->clear();
-  for (auto& [name, t] : by_name) {
-    for (size_t e = 0; e < t.parts.size(); ++e)
-      if (t.parts[e] == nullptr)
-        return Status::corruption(manifest + ": tensor '" + name + "' has no slice for expert " + std::to_string(e) +
-                                  " of " + std::to_string(E));
-    out->push_back(std::move(t));
-  }
-  std::sort(out->begin(), out->end(),
-            [](const TensorInfo& a, const TensorInfo& b) { return natural_less(a.name, b.name); });
-  return Status::ok_status();
+  std::vector<TensorInfo> out;
+  for (auto& [name, t] : by_name) out.push_back(std::move(t));
+  std::sort(out.begin(), out.end(), [](const TensorInfo& a, const TensorInfo& b) { return natural_less(a.name, b.name); });
+  return out;
 }
 
 Status read_tensor(const CheckpointReader& reader, const TensorInfo& info, Tensor* out) {
@@ -186,9 +156,7 @@ CheckpointData load_checkpoint_data(const std::string& dir) {
     throw CheckpointError("'" + dir +
                           "/MANIFEST' has layout.num_experts = " + std::to_string(data.header.layout().num_experts()) +
                           " but its config moe.num_experts = " + std::to_string(data.config.moe.num_experts));
-  std::vector<TensorInfo> infos;
-  check(list_tensors(*reader, &infos));
-  for (const TensorInfo& info : infos) {
+  for (const TensorInfo& info : list_tensors(*reader)) {
     NamedTensor t{info.name, Tensor(), info.expert};
     check(read_tensor(*reader, info, &t.data));
     data.tensors.push_back(std::move(t));

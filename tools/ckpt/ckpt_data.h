@@ -52,11 +52,11 @@ struct TensorInfo {
   int64_t numel() const { return numel_of(shape); }
 };
 
-// Every logical tensor of the checkpoint, in natural_less order of names. Corruption (naming the
-// manifest and the tensor) unless each expert tensor has exactly one slice for every expert id
-// 0..E-1 (E = layout.num_experts), all of one shape and dtype, no whole tensor is repeated or also
-// sliced, and every dtype is float32 or int32.
-Status list_tensors(const CheckpointReader& reader, std::vector<TensorInfo>* out);
+// Every logical tensor of the checkpoint, in natural_less order of names. The reader's open() checked
+// the structure (check_manifest): each expert tensor has exactly one slice for every expert id
+// 0..E-1 (E = layout.num_experts), all of one shape and dtype; no whole tensor is repeated or also
+// sliced; every dtype is float32 or int32; the parts' bytes add up to at most the shard files' sizes.
+std::vector<TensorInfo> list_tensors(const CheckpointReader& reader);
 
 // Reads one logical tensor into a new CPU tensor of info.shape, checking every part's CRC.
 Status read_tensor(const CheckpointReader& reader, const TensorInfo& info, Tensor* out);

@@ -28,9 +28,7 @@ Exit status like diff(1): 0 when every tensor is identical, 1 when they differ, 
 int cmd_diff(const Args& args) {
   const std::string a_dir = resolve_checkpoint(args.positional[0]), b_dir = resolve_checkpoint(args.positional[1]);
   std::unique_ptr<CheckpointReader> a = open_checkpoint(a_dir), b = open_checkpoint(b_dir);
-  std::vector<TensorInfo> at, bt;
-  check(list_tensors(*a, &at));
-  check(list_tensors(*b, &bt));
+  const std::vector<TensorInfo> at = list_tensors(*a), bt = list_tensors(*b);
   std::map<std::string, const TensorInfo*> in_b;
   for (const TensorInfo& t : bt) in_b[t.name] = &t;
   std::set<std::string> in_a;

@@ -39,9 +39,8 @@ int cmd_export(const Args& args) {
   require_new_output(out);
   const std::string dir = resolve_checkpoint(args.positional[0]);
   std::unique_ptr<CheckpointReader> reader = open_checkpoint(dir);
-  std::vector<TensorInfo> all, chosen;
-  check(list_tensors(*reader, &all));
-  for (const TensorInfo& t : all)
+  std::vector<TensorInfo> chosen;
+  for (const TensorInfo& t : list_tensors(*reader))
     if (args.has("--with-optimizer") || !is_optimizer_state(t.name)) chosen.push_back(t);
   const checkpoint::Manifest& m = reader->manifest();
   const std::map<std::string, std::string> metadata = {{"step", std::to_string(m.step())},

@@ -48,8 +48,7 @@ int cmd_info(const Args& args) {
     std::fputs(m.config_yaml().c_str(), stdout);
     return 0;
   }
-  std::vector<TensorInfo> tensors;
-  check(list_tensors(*reader, &tensors));
+  const std::vector<TensorInfo> tensors = list_tensors(*reader);
   // The summary shows the config's values as written; the MoE layers and the parameter counts are
   // those of the model moe-train builds from it.
   YAML::Node c;

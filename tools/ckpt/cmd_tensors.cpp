@@ -69,8 +69,7 @@ int cmd_tensors(const Args& args) {
   }
   const std::string dir = resolve_checkpoint(args.positional[0]);
   std::unique_ptr<CheckpointReader> reader = open_checkpoint(dir);
-  std::vector<TensorInfo> tensors;
-  check(list_tensors(*reader, &tensors));
+  const std::vector<TensorInfo> tensors = list_tensors(*reader);
   std::vector<std::vector<std::string>> rows;
   int damaged = 0;
   std::vector<char> buf;
