@@ -45,8 +45,12 @@ wait_for_step() {
 # The rank processes of the background job: mpirun's children (never matched by name, so that other
 # tests running beside this one are left alone).
 rank_pids() { pgrep -P "$job"; }
-# The manifest of checkpoint directory $1 as protobuf text.
-manifest() { "$protoc" -I "$src" --decode=moe.checkpoint.Manifest core/checkpoint/checkpoint.proto <"$1/MANIFEST"; }
+# The manifest of checkpoint directory $1 as protobuf text (unsealed: tests/checkpoint_metadata.py).
+metadata=$src/tests/checkpoint_metadata.py
+manifest() {
+  python3 "$metadata" unseal "$1/MANIFEST" |
+    "$protoc" -I "$src" --decode=moe.checkpoint.Manifest core/checkpoint/checkpoint.proto
+}
 # The step after "stopped by a signal after step" in file $1.
 stopped_step() { sed -n 's/.*stopped by a signal after step \([0-9]*\).*/\1/p' "$1" | head -1; }
 step_dir() { printf '%s/step_%08d' "$1" "$2"; }
@@ -191,11 +195,10 @@ bad_checkpoint_for_trainer)
   [ "$(listing trunc)" = "$trunc_before" ] || fail "loading modified the truncated checkpoint"
   # (c) a flipped byte in a tensor only rank 1 reads (an expert it holds): the message still shows.
   cp -a "$ck" flipped
-  python3 - flipped "$protoc" "$src" <<'PY' || fail "cannot damage the copy"
-import subprocess, sys
-d, protoc, src = sys.argv[1:4]
-text = subprocess.run([protoc, "-I", src, "--decode=moe.checkpoint.Manifest", "core/checkpoint/checkpoint.proto"],
-                      stdin=open(d + "/MANIFEST", "rb"), capture_output=True, check=True).stdout.decode()
+  manifest flipped >flipped.txt || fail "cannot decode the manifest"
+  python3 - flipped flipped.txt <<'PY' || fail "cannot damage the copy"
+import sys
+d, text = sys.argv[1], open(sys.argv[2]).read()
 entries, cur = [], None
 for line in text.splitlines():
     if line == "tensors {": cur = {"expert": "0", "offset": "0"}
@@ -215,7 +218,24 @@ PY
   grep -q "tensor 'layers.0.moe.w_in' (expert 3) in '$work/flipped/shard_00001.bin' is damaged: CRC32C [0-9a-f]*, the manifest says [0-9a-f]*" out.txt ||
     { cat out.txt; fail "damage message"; }
   [ "$(listing flipped)" = "$flipped_before" ] || fail "loading modified the damaged checkpoint"
-  # (d) a directory that does not exist.
+  # (d) a manifest without per-rank state and with an empty expert_usage, sealed again with a correct
+  # CRC (it once ended training in MPI_ERR_TRUNCATE): refused naming the file and the field.
+  cp -a "$ck" crafted
+  manifest crafted >crafted.txt || fail "cannot decode the manifest"
+  python3 - crafted.txt <<'PY' || fail "cannot edit the manifest"
+import re, sys
+text = open(sys.argv[1]).read()
+text, n = re.subn(r"(?m)^(rank_states|expert_usage) \{\n(  .*\n)*\}\n", "", text)
+assert n == 4, n  # 2 ranks, 2 MoE layers
+open(sys.argv[1], "w").write(text)
+PY
+  "$protoc" -I "$src" --encode=moe.checkpoint.Manifest core/checkpoint/checkpoint.proto <crafted.txt |
+    python3 "$metadata" seal crafted/MANIFEST || fail "cannot seal the crafted manifest"
+  run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=4 checkpoint.every=0 run.dir=c checkpoint.init_from="$work/crafted" &&
+    fail "a checkpoint without per-rank state or expert usage was loaded"
+  grep -q "'$work/crafted/MANIFEST': has 0 rank_states (per-rank state) but layout.world_size = 2" out.txt ||
+    { cat out.txt; fail "crafted-manifest message"; }
+  # (e) a directory that does not exist.
   run 2 "${load[@]}" checkpoint.init_from="$work/nothere" && fail "a missing checkpoint directory was accepted"
   grep -q "checkpoint directory '$work/nothere' does not exist" out.txt || { cat out.txt; fail "missing-directory message"; }
   [ "$(listing "$ck")" = "$before" ] || fail "the checkpoint directory was modified"
