@@ -132,7 +132,7 @@ single, sharded, listing = sys.argv[1:4]
 t = load_file(f"{single}/model.safetensors")
 with safe_open(f"{single}/model.safetensors", "np") as f:
     meta = f.metadata()
-assert meta["step"] == "20" and meta["format_version"] == "1" and re.fullmatch("[0-9a-f]+", meta["run_id"]), meta
+assert meta["step"] == "20" and meta["format_version"] == "2" and re.fullmatch("[0-9a-f]+", meta["run_id"]), meta
 assert "num_experts: 4" in meta["config_yaml"], meta["config_yaml"][:200]
 assert not any(k.startswith("adamw.") for k in t), "optimizer state exported without --with-optimizer"
 assert t["layers.1.moe.w_in"].shape == (4, 64, 256) and t["layers.1.moe.w_in"].dtype == np.float32

@@ -5,6 +5,8 @@
 //   <root>/step_00000100/shard_00000.index   ShardIndex (checkpoint.proto): rank 0's entries and state
 //   <root>/step_00000100/MANIFEST            Manifest: layout, config, step, every tensor's file,
 //                                            offset, length and CRC32C; written last, by rank 0
+// MANIFEST and the indexes are sealed with their CRC32C (core/checkpoint/metadata_file.h), so every
+// byte is under a checksum; every reader checks them with core/checkpoint/manifest_check.h.
 //   <root>/latest                            name of the newest complete checkpoint directory
 //
 // A checkpoint directory without MANIFEST is incomplete and is never loaded. Every file is written
