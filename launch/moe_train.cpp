@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "launch/config/memory_estimate.h"
 #include "launch/config/train_config.h"
 #include "launch/trainer/trainer.h"
 #include "parallel/mpi/mpi_communicator.h"
@@ -119,6 +120,8 @@ int main(int argc, char** argv) {
   try {
     cfg = moe::load_train_config(args[0], std::vector<std::string>(args.begin() + 1, args.end()));
     moe::validate_for_world(cfg, world->size());
+    // Before anything is allocated; the figure is agreed by all ranks (every rank gets here).
+    moe::require_fits_in_memory(cfg, world->size(), moe::available_memory_per_rank(*world));
   } catch (const moe::InvalidArgument& e) {
     return fail(2, e.what());
   }
