@@ -84,7 +84,8 @@ Args parse(int argc, char** argv, int world_size) {
     else if (s == "--experts") a.E = moe::parse_integer_argument(s, v, 1, INT64_MAX);
     else if (s == "--topk") a.k = moe::parse_integer_argument(s, v, 1, INT64_MAX);
     else if (s == "--tokens") a.T = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--capacity-factor") a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
+    else if (s == "--capacity-factor")
+      a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
     else if (s == "--activation") a.activation = v;
     else if (s == "--threads") a.threads = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
     else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));

@@ -20,7 +20,8 @@ const char* kUsage = R"(usage: moe-tokenize OUT.tok INPUT.txt [INPUT2.txt ...]
 Tokenises the input files byte by byte into one token file for moe-train: every byte becomes a
 token 0..255 and an end-of-document token 256 follows each input (vocabulary 257, 2 bytes per
 token). OUT.tok is written to OUT.tok.tmp and renamed at the end, so an existing OUT.tok is
-replaced only by a complete file; it must not be one of the inputs. The format is described in docs/token-file-format.md.
+replaced only by a complete file; it must not be one of the inputs. The format is described in
+docs/token-file-format.md.
   --help   this text
 )";
 

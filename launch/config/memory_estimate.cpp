@@ -33,14 +33,16 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
   const double ep = static_cast<double>(cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep);
   const double E_local = E / ep;
   const double expert_h = static_cast<double>(moe.expert_hidden);
-  const double shared_h = static_cast<double>(moe.shared_experts) *
-                          static_cast<double>(moe.shared_expert_hidden > 0 ? moe.shared_expert_hidden : moe.expert_hidden);
+  const double shared_h =
+      static_cast<double>(moe.shared_experts) *
+      static_cast<double>(moe.shared_expert_hidden > 0 ? moe.shared_expert_hidden : moe.expert_hidden);
   const double norm_params = m.norm == NormKind::LayerNorm ? 2 * d : d;
   const double norm_row_floats = m.norm == NormKind::LayerNorm ? 2 : 1;  // mean (LayerNorm), rstd
   const double domains = cfg.data.source == DataSource::Synthetic ? static_cast<double>(cfg.data.synthetic_domains) : 0;
 
   // Parameters (embedding, positions, head, and per layer: norms, attention, FFN or router + experts).
-  double params = V * d + (m.positions == PositionKind::Learned ? S * d : 0) + norm_params + (m.tie_embeddings ? 0 : d * V);
+  double params =
+      V * d + (m.positions == PositionKind::Learned ? S * d : 0) + norm_params + (m.tie_embeddings ? 0 : d * V);
   // Activations, in floats: embedding output, final norm, logits and probabilities, their gradients;
   // token ids, targets and positions (int32).
   double act = T * d * (m.positions == PositionKind::Learned ? 5 : 4) + 2 * T * V + 3 * T + norm_row_floats * T;

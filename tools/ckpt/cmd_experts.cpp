@@ -45,7 +45,8 @@ int write_result(const Args& args, const CheckpointData& data, const std::string
 
 // --seed S, else the config's run.seed.
 uint64_t seed_option(const Args& args, const CheckpointData& data) {
-  return static_cast<uint64_t>(args.has("--seed") ? parse_integer_argument("--seed", args.get("--seed"), 0, INT64_MAX) : data.config.run.seed);
+  return static_cast<uint64_t>(args.has("--seed") ? parse_integer_argument("--seed", args.get("--seed"), 0, INT64_MAX)
+                                                  : data.config.run.seed);
 }
 
 }  // namespace
