@@ -33,6 +33,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "core/checkpoint/checkpoint.h"
 #include "parallel/checkpoint_save.h"
 #include "core/crc32c.h"
@@ -70,15 +71,13 @@ Args parse(int argc, char** argv) {
     }
     MOE_REQUIRE(i + 1 < argc, s, " needs a value; see --help");
     const char* v = argv[++i];
-    if (s == "--mb") a.mb = std::atof(v);
-    else if (s == "--tensor-mb") a.tensor_mb = std::atof(v);
+    if (s == "--mb") a.mb = moe::parse_number_argument(s, v, 1e-6, HUGE_VAL);
+    else if (s == "--tensor-mb") a.tensor_mb = moe::parse_number_argument(s, v, 1e-6, HUGE_VAL);
     else if (s == "--dir") a.dir = v;
-    else if (s == "--repeats") a.repeats = std::atoi(v);
-    else if (s == "--warmup") a.warmup = std::atoi(v);
+    else if (s == "--repeats") a.repeats = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
+    else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));
     else throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
-  MOE_REQUIRE(a.mb > 0 && a.tensor_mb > 0, "--mb and --tensor-mb must be > 0 (got ", a.mb, " and ", a.tensor_mb, ")");
-  MOE_REQUIRE(a.repeats >= 1 && a.warmup >= 0, "--repeats must be >= 1 and --warmup >= 0");
   return a;
 }
 

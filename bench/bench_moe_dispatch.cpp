@@ -26,7 +26,6 @@
 #include <mpi.h>
 
 #include <algorithm>
-#include <charconv>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -36,6 +35,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "core/cpu/gemm.h"
 #include "core/moe/moe_layer.h"
 #include "core/random.h"
@@ -67,14 +67,6 @@ const char* kUsage =
     "         [--threads 1 (per rank)] [--warmup 2] [--repeats 7]\n"
     "  --ep defaults to the world size; it must divide the world size, and --experts must be divisible by it.\n";
 
-int64_t parse_int(const std::string& flag, const char* v, int64_t min) {
-  int64_t x = 0;
-  const char* end = v + std::char_traits<char>::length(v);
-  auto [p, ec] = std::from_chars(v, end, x);
-  MOE_REQUIRE(ec == std::errc() && p == end && *v != '\0' && x >= min, flag, " '", v, "' is not an integer >= ", min);
-  return x;
-}
-
 // Pure: every rank sees the same argv and reaches the same verdict.
 Args parse(int argc, char** argv, int world_size) {
   Args a;
@@ -86,21 +78,18 @@ Args parse(int argc, char** argv, int world_size) {
     }
     MOE_REQUIRE(i + 1 < argc, s, " needs a value; see --help");
     const char* v = argv[++i];
-    if (s == "--ep") a.ep = static_cast<int>(parse_int(s, v, 1));
-    else if (s == "--d") a.d = parse_int(s, v, 1);
-    else if (s == "--h") a.h = parse_int(s, v, 1);
-    else if (s == "--experts") a.E = parse_int(s, v, 1);
-    else if (s == "--topk") a.k = parse_int(s, v, 1);
-    else if (s == "--tokens") a.T = parse_int(s, v, 1);
-    else if (s == "--capacity-factor") {
-      char* end = nullptr;
-      a.cf = std::strtod(v, &end);
-      MOE_REQUIRE(*v != '\0' && *end == '\0' && std::isfinite(a.cf), s, " '", v,
-                  "' is not a finite number (<= 0 means dropless)");
-    } else if (s == "--activation") a.activation = v;
-    else if (s == "--threads") a.threads = static_cast<int>(parse_int(s, v, 1));
-    else if (s == "--warmup") a.warmup = static_cast<int>(parse_int(s, v, 0));
-    else if (s == "--repeats") a.repeats = static_cast<int>(parse_int(s, v, 1));
+    if (s == "--ep") a.ep = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
+    else if (s == "--d") a.d = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--h") a.h = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--experts") a.E = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--topk") a.k = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--tokens") a.T = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--capacity-factor")
+      a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
+    else if (s == "--activation") a.activation = v;
+    else if (s == "--threads") a.threads = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
+    else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));
+    else if (s == "--repeats") a.repeats = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
     else throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
   if (a.ep == 0) a.ep = world_size;

@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "core/cpu/gemm.h"
 #include "core/moe/moe_layer.h"
 #include "core/random.h"
@@ -50,19 +51,19 @@ Args parse(int argc, char** argv) {
       std::exit(0);
     }
     const char* v = argv[++i];
-    if (s == "--d") a.d = std::atoll(v);
-    else if (s == "--h") a.h = std::atoll(v);
-    else if (s == "--experts") a.E = std::atoll(v);
-    else if (s == "--topk") a.k = std::atoll(v);
-    else if (s == "--tokens") a.T = std::atoll(v);
-    else if (s == "--capacity-factor") a.cf = std::atof(v);
+    if (s == "--d") a.d = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--h") a.h = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--experts") a.E = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--topk") a.k = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--tokens") a.T = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--capacity-factor")
+      a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
     else if (s == "--activation") a.activation = v;
-    else if (s == "--threads") a.threads = std::atoi(v);
-    else if (s == "--warmup") a.warmup = std::atoi(v);
-    else if (s == "--repeats") a.repeats = std::atoi(v);
+    else if (s == "--threads") a.threads = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
+    else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));
+    else if (s == "--repeats") a.repeats = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
     else throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
-  MOE_REQUIRE(a.repeats >= 1 && a.warmup >= 0 && a.threads >= 1, "repeats >= 1, warmup >= 0, threads >= 1");
   return a;
 }
 

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "launch/config/train_config.h"
 #include "launch/launcher/cli.h"
 #include "launch/launcher/command.h"
@@ -141,6 +142,7 @@ int main(int argc, char** argv) {
     in.config_source = cli.config;
     in.workdir = workdir;
     script_path = moe::job_script_path(plan, scheduler);
+    moe::require_output_not_input(script_path, {cli.config});
     in.script_path = script_path;
     in.train.moe_train = moe::sibling_executable("moe-train");
     in.train.config = std::filesystem::absolute(cli.config).lexically_normal().string();

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "data/byte_tokenizer.h"
 #include "data/token_file.h"
 
@@ -19,7 +20,8 @@ const char* kUsage = R"(usage: moe-tokenize OUT.tok INPUT.txt [INPUT2.txt ...]
 Tokenises the input files byte by byte into one token file for moe-train: every byte becomes a
 token 0..255 and an end-of-document token 256 follows each input (vocabulary 257, 2 bytes per
 token). OUT.tok is written to OUT.tok.tmp and renamed at the end, so an existing OUT.tok is
-replaced only by a complete file. The format is described in docs/token-file-format.md.
+replaced only by a complete file; it must not be one of the inputs. The format is described in
+docs/token-file-format.md.
   --help   this text
 )";
 
@@ -57,6 +59,7 @@ int run(int argc, char** argv) {
   MOE_REQUIRE(paths.size() >= 2, "no input files given after the output '", paths[0],
               "'; usage: moe-tokenize OUT.tok INPUT.txt [INPUT2.txt ...]");
   const std::string& out = paths[0];
+  moe::require_output_not_input(out, std::vector<std::string>(paths.begin() + 1, paths.end()));
   std::vector<int32_t> tokens;
   for (size_t i = 1; i < paths.size(); ++i) moe::encode_document(read_input(paths[i]), tokens);
   moe::write_token_file(out, tokens, moe::kByteVocabSize);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "launch/config/memory_estimate.h"
 #include "launch/config/train_config.h"
 #include "launch/trainer/trainer.h"
 #include "parallel/mpi/mpi_communicator.h"
@@ -29,7 +30,8 @@ sections (docs/launch.md), which moe-train itself ignores.
 SIGTERM or SIGUSR1 makes every rank finish its step, save a checkpoint and exit 0; with
 checkpoint.resume=auto the next start continues from it.
 Exit status: 0 on success; 2 for a bad config, argument or data file; 3 when the run stopped
-itself (too many non-finite steps); 1 for any other error; a watchdog timeout aborts the job.
+itself (too many non-finite steps); 5 when the launcher (mpirun) died: each rank stops by itself,
+without starting another checkpoint; 1 for any other error; a watchdog timeout aborts the job.
 
 Config keys (path, type, default, accepted values):
 )";
@@ -83,6 +85,7 @@ void on_watchdog(const std::string& message) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  const moe::LauncherWatch launcher = moe::LauncherWatch::of_this_process();  // before the launcher can die
   block_stop_signals();  // first: every thread started from here on inherits the mask
   moe::MpiSession mpi(&argc, &argv);
   std::unique_ptr<moe::Communicator> world = moe::make_mpi_world_communicator();
@@ -117,6 +120,8 @@ int main(int argc, char** argv) {
   try {
     cfg = moe::load_train_config(args[0], std::vector<std::string>(args.begin() + 1, args.end()));
     moe::validate_for_world(cfg, world->size());
+    // Before anything is allocated; the figure is agreed by all ranks (every rank gets here).
+    moe::require_fits_in_memory(cfg, world->size(), moe::available_memory_per_rank(*world));
   } catch (const moe::InvalidArgument& e) {
     return fail(2, e.what());
   }
@@ -126,6 +131,7 @@ int main(int argc, char** argv) {
     moe::TrainOptions options;
     options.mode = mode;
     options.on_watchdog = on_watchdog;
+    options.launcher = launcher;
     options.hooks = moe::TestHooks::from_environment();
     moe::run_training(cfg, *world, options);
     return 0;

@@ -215,6 +215,12 @@ surgery)
   resume 2 fresh t_fresh
   expect_fail "--from 9 is out of range" "$ckpt" add-experts "$c" --count 1 --from 9 x
   expect_fail "add-experts needs --count N" "$ckpt" add-experts "$c" x
+  # A count whose experts cannot fit in memory is refused before anything is allocated for them.
+  expect_fail "--count 100000000 does not fit in memory: the result holds .* per expert.* is available \(MemAvailable in /proc/meminfo\); at most [0-9]+ experts fit" \
+    "$ckpt" add-experts "$c" --count 100000000 x
+  # The input as the output: refused (an output must be new).
+  expect_fail "'$c' already exists; moe-ckpt does not overwrite" "$ckpt" add-experts "$c" --count 1 "$c"
+  [ ! -e x ] || fail "a refused edit left its output"
   ;;
 upcycle)
   # A dense model (model.moe_every = 3 > n_layers = 2: no MoE layer) and a mixed one (layer 0 dense,
@@ -246,6 +252,8 @@ PY
   expect_fail "layer 1 is an MoE layer in checkpoint '$m' but --moe-every 3 would make it dense" \
     "$ckpt" upcycle "$m" --experts 4 --moe-every 3 x
   expect_fail "--experts 2 differs from the 4 experts of the checkpoint's MoE layers" "$ckpt" upcycle "$m" --experts 2 x
+  expect_fail "--experts 100000000 does not fit in memory: .* at most [0-9]+ experts fit" \
+    "$ckpt" upcycle "$d" --experts 100000000 x
   ;;
 usage)
   "$ckpt" --help | grep -q "^  reshard CKPT --ep N" || fail "--help"
@@ -258,7 +266,12 @@ usage)
   expect_fail "'diff' needs 2 arguments, got 1" "$ckpt" diff a
   expect_fail "unknown option '--bogus' for 'info'; accepted: --config, --help" "$ckpt" info x --bogus
   expect_fail "option --ep needs a value" "$ckpt" reshard a b --ep
-  expect_fail "--ep: expected an integer, got 'two'" "$ckpt" reshard a b --ep two
+  expect_fail "--ep: expected an integer in \[1, 2147483647\], got 'two'" "$ckpt" reshard a b --ep two
+  # Numbers are range-checked whole, never cut to a narrower type (4294967298 is 2 mod 2^32).
+  expect_fail "--ep 4294967298: out of range; expected an integer in \[1, 2147483647\]" "$ckpt" reshard a b --ep 4294967298
+  expect_fail "--count 99999999999999999999: too large; expected an integer >= 1" "$ckpt" add-experts a b --count 99999999999999999999
+  expect_fail "--min-usage 1.5: out of range; expected a finite number in \[0, 1\]" "$ckpt" prune-experts a b --min-usage 1.5
+  expect_fail "--max-shard-bytes 0: out of range" "$ckpt" export a b --max-shard-bytes 0
   expect_fail "reshard needs --ep N" "$ckpt" reshard a b
   expect_fail "--filter: '\(' is not a regular expression" "$ckpt" tensors . --filter '('
   expect_fail "--format 'gguf' is not supported; accepted: safetensors" "$ckpt" export a b --format gguf

@@ -312,7 +312,10 @@ TEST(LauncherArgs, OptionsAnywhereAndMessagesNamingTheArgument) {
                     parse_launcher_args({"c.yaml", "--scheduler", "slurm"}, false);
                   }),
                   "unknown option '--scheduler'");
-  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus", "0"}, false); }), "--cpus 0: expected");
+  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus", "0"}, false); }),
+                  "--cpus 0: out of range; expected an integer in [1, 2147483647]");
+  EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus=4294967298"}, false); }),
+                  "--cpus 4294967298: out of range; expected an integer in [1, 2147483647]");
   EXPECT_CONTAINS(error_message([] { parse_launcher_args({"c.yaml", "--cpus"}, false); }), "--cpus needs a value");
   EXPECT_CONTAINS(error_message([] { parse_launcher_args({"--dry-run"}, false); }), "missing CONFIG.yaml");
   EXPECT_CONTAINS(error_message([] {

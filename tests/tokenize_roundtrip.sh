@@ -29,5 +29,14 @@ if "$tokenize" "$dir/two.tok" "$dir/a.txt" "$dir/missing.txt" 2>/dev/null; then 
 [ "$(cksum <"$dir/two.tok")" = "$before" ] || fail "a failed run changed the existing output"
 ls "$dir" | grep -q '\.tmp$' && fail "a temp file was left behind: $(ls "$dir")"
 
+# An output that is also an input (by any name: a link, another spelling) is refused and left as it is.
+before=$(cksum <"$dir/a.txt")
+ln -s a.txt "$dir/link.txt"
+for out in "$dir/a.txt" "$dir/./a.txt" "$dir/link.txt"; do
+  if msg=$("$tokenize" "$out" "$dir/b.txt" "$dir/a.txt" 2>&1); then fail "output $out = an input succeeded"; fi
+  echo "$msg" | grep -q "the output '$out' is the input '$dir/a.txt' (the same file)" || fail "message: $msg"
+done
+[ "$(cksum <"$dir/a.txt")" = "$before" ] || fail "a refused run changed its input"
+
 "$tokenize" --help | grep -q "usage: moe-tokenize" || fail "--help does not print the usage"
 echo "moe-tokenize round trip ok"

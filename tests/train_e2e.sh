@@ -104,6 +104,18 @@ bad_config)
   run 2 "$configs/tiny.yaml" data.source=tokens data.train_path=nothere.tok && fail "a missing data file was accepted"
   grep -q "nothere.tok" out.txt || { cat out.txt; fail "data-file message"; }
   ;;
+too_big)
+  # A model that cannot fit in memory: one message with the estimate from rank 0, exit 2 on every
+  # rank, before anything is allocated (no std::bad_alloc, no MPI_ABORT) or written.
+  run 2 "$configs/tiny.yaml" moe.num_experts=1048576 run.dir=big
+  status=$?
+  [ "$status" = 2 ] || { cat out.txt; fail "exit status $status, expected 2"; }
+  grep -Eq "config: the model does not fit in memory: each rank needs about [0-9.]+ GiB \(parameters with gradients and optimizer state [0-9.]+ GiB, activations of a step [0-9.]+ GiB\), and [0-9.]+ [GM]iB is available per rank \(MemAvailable in /proc/meminfo divided among the ranks of each node" out.txt ||
+    { cat out.txt; fail "message"; }
+  [ "$(grep -c 'does not fit in memory' out.txt)" = 1 ] || { cat out.txt; fail "expected exactly one message (from rank 0)"; }
+  grep -Eq "MPI_ABORT|bad_alloc" out.txt && { cat out.txt; fail "an abort instead of a refusal"; }
+  [ ! -e big ] || fail "the refused run wrote its run directory"
+  ;;
 nonfinite_skip)
   MOE_TEST_NAN_STEPS=5:6 run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r || { cat out.txt; fail "exit $?"; }
   grep -q "step 5: non-finite loss or gradient .*step skipped (1 in a row" out.txt || { cat out.txt; fail "no skip message"; }

@@ -3,10 +3,10 @@
 
 #include <unistd.h>
 
-#include <charconv>
 #include <filesystem>
 
 #include "core/check.h"
+#include "core/command_line.h"
 
 namespace moe {
 
@@ -36,11 +36,7 @@ LauncherArgs parse_launcher_args(const std::vector<std::string>& args, bool with
     if (a == "--dry-run") {
       out.dry_run = true;
     } else if (value_of("--cpus", &value)) {
-      int n = 0;
-      auto res = std::from_chars(value.data(), value.data() + value.size(), n);
-      MOE_REQUIRE(!value.empty() && res.ec == std::errc() && res.ptr == value.data() + value.size() && n >= 1,
-                  "--cpus ", value, ": expected an int >= 1 (the cores of a node)");
-      out.cpus = n;
+      out.cpus = static_cast<int>(parse_integer_argument("--cpus", value, 1, INT_MAX));
     } else if (with_scheduler && value_of("--scheduler", &value)) {
       out.scheduler = value;
     } else if (a.rfind("-", 0) == 0) {

@@ -314,7 +314,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       domains_(B_),
       inputs_(Tensor::empty({N_}, DType::I32)),
       targets_(Tensor::empty({N_}, DType::I32)),
-      watchdog_(cfg.run.watchdog_timeout_s, rank_, options.on_watchdog) {
+      watchdog_(cfg.run.watchdog_timeout_s, rank_, options.launcher, options.on_watchdog) {
   model_.register_parameters(registry_);
   if (cfg.optim.decay_norms_and_biases)
     for (Parameter& p : registry_.all()) p.weight_decay = true;
@@ -622,6 +622,7 @@ double Trainer::evaluate() {
 
 // The checkpoint of the state after `step` steps.
 void Trainer::save(int64_t step) {
+  options_.launcher.stop_if_gone(rank_);  // no new checkpoint once the launcher is gone
   LoopState loop;
   loop.step = step;
   loop.loader = loader_.position();

@@ -8,6 +8,7 @@
 
 #include "core/model/transformer.h"
 #include "launch/config/train_config.h"
+#include "launch/trainer/launcher_watch.h"
 #include "launch/trainer/test_hooks.h"
 #include "parallel/communicator.h"
 
@@ -27,6 +28,9 @@ struct TrainOptions {
   // Called (from the watchdog thread) with a message when a step exceeds run.watchdog_timeout_s;
   // must not return.
   void (*on_watchdog)(const std::string& message) = nullptr;
+  // The rank stops itself (exit status 5) when this launcher dies: checked by the watchdog thread and
+  // before each checkpoint is started.
+  LauncherWatch launcher;
   TestHooks hooks;  // none unless a test sets them
 };
 

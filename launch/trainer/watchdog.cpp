@@ -9,8 +9,9 @@
 
 namespace moe {
 
-Watchdog::Watchdog(double timeout_s, int rank, std::function<void(const std::string&)> on_timeout)
-    : timeout_s_(timeout_s), rank_(rank), on_timeout_(std::move(on_timeout)) {
+Watchdog::Watchdog(double timeout_s, int rank, LauncherWatch launcher,
+                   std::function<void(const std::string&)> on_timeout)
+    : timeout_s_(timeout_s), rank_(rank), launcher_(launcher), on_timeout_(std::move(on_timeout)) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -34,10 +35,12 @@ void Watchdog::phase(const char* name) { phase_.store(name); }
 void Watchdog::end_step() { step_.store(-1); }
 
 void Watchdog::run() {
-  // Checking a few times per timeout keeps the overshoot small without waking often.
-  const auto poll = std::chrono::duration<double>(std::clamp(timeout_s_ / 4.0, 0.01, 1.0));
+  // Checking a few times per timeout keeps the overshoot small without waking often; a dead
+  // launcher is noticed within 0.1 s (a tiny model trains tens of steps in a second).
+  const auto poll = std::chrono::duration<double>(std::clamp(timeout_s_ / 4.0, 0.01, 0.1));
   std::unique_lock<std::mutex> lock(mutex_);
   while (!wake_.wait_for(lock, poll, [this] { return stop_; })) {
+    launcher_.stop_if_gone(rank_);
     const int64_t step = step_.load();
     if (step < 0) continue;
     const double elapsed = now_seconds() - step_started_.load();

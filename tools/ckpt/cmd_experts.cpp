@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/command_line.h"
 #include "tools/ckpt/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/command_line.h"
@@ -19,12 +20,11 @@ namespace {
 // The layout of a rewritten checkpoint: --ep / --world-size, else the source's when it still fits.
 void choose_layout(const Args& args, const CheckpointData& data, int* world_size, int* ep) {
   const checkpoint::Layout& src = data.header.layout();
-  *ep = args.has("--ep") ? static_cast<int>(parse_int("--ep", args.get("--ep"))) : src.ep();
-  *world_size = args.has("--world-size") ? static_cast<int>(parse_int("--world-size", args.get("--world-size")))
-                : args.has("--ep")       ? *ep
-                                         : src.world_size();
-  MOE_REQUIRE(*ep >= 1, "--ep ", *ep, " must be >= 1");
-  MOE_REQUIRE(*world_size >= 1, "--world-size ", *world_size, " must be >= 1");
+  *ep = args.has("--ep") ? static_cast<int>(parse_integer_argument("--ep", args.get("--ep"), 1, INT_MAX)) : src.ep();
+  *world_size = args.has("--world-size")
+                    ? static_cast<int>(parse_integer_argument("--world-size", args.get("--world-size"), 1, INT_MAX))
+                : args.has("--ep") ? *ep
+                                   : src.world_size();
   MOE_REQUIRE(*world_size % *ep == 0, "--ep ", *ep, " must divide the world size ", *world_size,
               args.has("--world-size") ? " (--world-size)" : " (the checkpoint's)");
   const int64_t E = data.config.moe.num_experts;
@@ -45,7 +45,8 @@ int write_result(const Args& args, const CheckpointData& data, const std::string
 
 // --seed S, else the config's run.seed.
 uint64_t seed_option(const Args& args, const CheckpointData& data) {
-  return static_cast<uint64_t>(args.has("--seed") ? parse_int("--seed", args.get("--seed")) : data.config.run.seed);
+  return static_cast<uint64_t>(args.has("--seed") ? parse_integer_argument("--seed", args.get("--seed"), 0, INT64_MAX)
+                                                  : data.config.run.seed);
 }
 
 }  // namespace
@@ -75,13 +76,13 @@ int cmd_prune(const Args& args) {
     size_t start = 0;
     while (start <= list.size()) {
       const size_t comma = std::min(list.find(',', start), list.size());
-      keep.push_back(parse_int("--keep", list.substr(start, comma - start)));
+      keep.push_back(parse_integer_argument("--keep", list.substr(start, comma - start), 0, INT64_MAX));
       start = comma + 1;
     }
     std::sort(keep.begin(), keep.end());
   }
-  const double min_usage = args.has("--min-usage") ? parse_double("--min-usage", args.get("--min-usage")) : 0;
-  MOE_REQUIRE(min_usage >= 0 && min_usage <= 1, "--min-usage ", min_usage, " must be a share in [0, 1]");
+  const double min_usage =
+      args.has("--min-usage") ? parse_number_argument("--min-usage", args.get("--min-usage"), 0, 1) : 0;
   CheckpointData data = load_checkpoint_data(resolve_checkpoint(args.positional[0]));
   std::vector<std::string> notes;
   if (args.has("--min-usage")) {
@@ -122,10 +123,8 @@ int cmd_add(const Args& args) {
   MOE_REQUIRE(!(args.has("--from") && args.has("--fresh")), "--from and --fresh exclude each other");
   const std::string out = args.positional[1];
   require_new_output(out);
-  const int64_t count = parse_int("--count", args.get("--count"));
-  MOE_REQUIRE(count >= 1, "--count ", count, " must be >= 1");
-  int64_t from = args.has("--from") ? parse_int("--from", args.get("--from")) : 0;
-  MOE_REQUIRE(from >= 0, "--from ", from, " must be an expert id >= 0");
+  const int64_t count = parse_integer_argument("--count", args.get("--count"), 1, INT64_MAX);
+  int64_t from = args.has("--from") ? parse_integer_argument("--from", args.get("--from"), 0, INT64_MAX) : 0;
   if (args.has("--fresh")) from = -1;
   CheckpointData data = load_checkpoint_data(resolve_checkpoint(args.positional[0]));
   const uint64_t seed = seed_option(args, data);
@@ -155,10 +154,9 @@ int cmd_upcycle(const Args& args) {
   MOE_REQUIRE(args.has("--experts"), "upcycle needs --experts N");
   const std::string out = args.positional[1];
   require_new_output(out);
-  const int64_t experts = parse_int("--experts", args.get("--experts"));
-  const int64_t every = args.has("--moe-every") ? parse_int("--moe-every", args.get("--moe-every")) : 1;
-  MOE_REQUIRE(experts >= 1, "--experts ", experts, " must be >= 1");
-  MOE_REQUIRE(every >= 1, "--moe-every ", every, " must be >= 1");
+  const int64_t experts = parse_integer_argument("--experts", args.get("--experts"), 1, INT64_MAX);
+  const int64_t every =
+      args.has("--moe-every") ? parse_integer_argument("--moe-every", args.get("--moe-every"), 1, INT64_MAX) : 1;
   CheckpointData data = load_checkpoint_data(resolve_checkpoint(args.positional[0]));
   const uint64_t seed = seed_option(args, data);
   std::vector<std::string> notes;

@@ -4,6 +4,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/command_line.h"
 #include "tools/ckpt/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/command_line.h"
@@ -27,11 +28,11 @@ int cmd_reshard(const Args& args) {
   MOE_REQUIRE(args.has("--ep"), "reshard needs --ep N (the expert-parallel size of the result)");
   const std::string out = args.positional[1];
   require_new_output(out);
-  const int ep = static_cast<int>(parse_int("--ep", args.get("--ep")));
-  const int world =
-      args.has("--world-size") ? static_cast<int>(parse_int("--world-size", args.get("--world-size"))) : ep;
-  MOE_REQUIRE(ep >= 1, "--ep ", ep, " must be >= 1");
-  MOE_REQUIRE(world >= 1 && world % ep == 0, "--ep ", ep, " must divide the world size ", world,
+  const int ep = static_cast<int>(parse_integer_argument("--ep", args.get("--ep"), 1, INT_MAX));
+  const int world = args.has("--world-size")
+                        ? static_cast<int>(parse_integer_argument("--world-size", args.get("--world-size"), 1, INT_MAX))
+                        : ep;
+  MOE_REQUIRE(world % ep == 0, "--ep ", ep, " must divide the world size ", world,
               args.has("--world-size") ? " (--world-size)" : "");
   const std::string dir = resolve_checkpoint(args.positional[0]);
   {

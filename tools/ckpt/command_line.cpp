@@ -2,11 +2,10 @@
 #include "tools/ckpt/command_line.h"
 
 #include <algorithm>
-#include <cmath>
 #include <cstdio>
-#include <exception>
 
 #include "core/check.h"
+#include "core/command_line.h"
 
 namespace moe::ckpt {
 
@@ -58,31 +57,6 @@ bool parse_args(const CommandSpec& spec, const std::vector<std::string>& argv, A
   return true;
 }
 
-int64_t parse_int(const std::string& option, const std::string& value) {
-  size_t used = 0;
-  long long v = 0;
-  try {
-    v = std::stoll(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  MOE_REQUIRE(used == value.size() && !value.empty(), option, ": expected an integer, got '", value, "'");
-  return v;
-}
-
-double parse_double(const std::string& option, const std::string& value) {
-  size_t used = 0;
-  double v = 0;
-  try {
-    v = std::stod(value, &used);
-  } catch (const std::exception&) {
-    used = 0;
-  }
-  MOE_REQUIRE(used == value.size() && !value.empty() && std::isfinite(v), option, ": expected a number, got '", value,
-              "'");
-  return v;
-}
-
 uint64_t parse_bytes(const std::string& option, const std::string& value) {
   std::string digits = value, unit;
   const size_t cut = value.find_first_not_of("0123456789");
@@ -100,8 +74,7 @@ uint64_t parse_bytes(const std::string& option, const std::string& value) {
   else
     MOE_REQUIRE(unit.empty() || unit == "B", option, ": expected bytes such as 4096, 64K, 512M or 4G, got '", value,
                 "'");
-  const int64_t n = parse_int(option, digits);
-  MOE_REQUIRE(n >= 1, option, " must be at least 1 byte, got '", value, "'");
+  const int64_t n = parse_integer_argument(option, digits, 1, static_cast<int64_t>(INT64_MAX / scale));
   return static_cast<uint64_t>(n) * scale;
 }
 

@@ -1,5 +1,5 @@
 // moe-ckpt's command lines: what each command accepts, its arguments parsed against that, and the
-// parsers of option values. Every problem is an InvalidArgument naming the option or argument (moe-ckpt
+// parser of byte counts. Every problem is an InvalidArgument naming the option or argument (moe-ckpt
 // exits 2).
 #pragma once
 
@@ -33,10 +33,7 @@ struct Args {
 // value, an option without one, or a number of positional arguments other than spec.positionals.
 bool parse_args(const CommandSpec& spec, const std::vector<std::string>& argv, Args* args);
 
-// The whole of value as an integer; InvalidArgument naming option otherwise.
-int64_t parse_int(const std::string& option, const std::string& value);
-// The whole of value as a finite number; InvalidArgument naming option otherwise.
-double parse_double(const std::string& option, const std::string& value);
+// Numbers: parse_integer_argument and parse_number_argument (core/command_line.h).
 // A byte count of at least 1: "4096", "64K", "512M", "4G" (binary units, an optional trailing "iB" or
 // "B"); InvalidArgument naming option otherwise.
 uint64_t parse_bytes(const std::string& option, const std::string& value);

@@ -1,9 +1,11 @@
 // Pruning, adding and upcycling experts in a checkpoint (tools/ckpt/surgery.h).
 #include "tools/ckpt/surgery.h"
 
+#include <algorithm>
 #include <cmath>
 #include <map>
 
+#include "core/available_memory.h"
 #include "core/check.h"
 #include "core/model/transformer.h"
 #include "core/parameter_names.h"
@@ -43,6 +45,25 @@ void clamp_top_k(TrainConfig& cfg, std::vector<std::string>* notes) {
                    std::to_string(cfg.moe.num_experts) + " experts left; set to " +
                    std::to_string(cfg.moe.num_experts));
   cfg.moe.top_k = cfg.moe.num_experts;
+}
+
+// InvalidArgument naming `option` unless the edited checkpoint, data's tensors + experts x
+// per_expert_bytes, fits twice in the available memory: the edited tensors and the copy that
+// write_checkpoint_data takes are held at once. Checked before allocating anything for the experts.
+void require_room_for_experts(const CheckpointData& data, const std::string& option, int64_t experts,
+                              double per_expert_bytes) {
+  double base_bytes = 0;
+  for (const NamedTensor& t : data.tensors) base_bytes += static_cast<double>(t.data.nbytes());
+  const AvailableMemory available = available_memory();
+  const double need = 2 * (base_bytes + static_cast<double>(experts) * per_expert_bytes);
+  if (need <= static_cast<double>(available.bytes)) return;
+  const double most = std::floor((static_cast<double>(available.bytes) / 2 - base_bytes) / per_expert_bytes);
+  throw InvalidArgument(option + " " + std::to_string(experts) + " does not fit in memory: the result holds " +
+                        memory_size_text(need / 2) + " of tensors (" + memory_size_text(per_expert_bytes) +
+                        " per expert) and writing it needs twice that, " + memory_size_text(need) + ", but only " +
+                        memory_size_text(static_cast<double>(available.bytes)) + " is available (" +
+                        available.source + "); at most " + std::to_string(static_cast<int64_t>(std::max(0.0, most))) +
+                        " experts fit");
 }
 
 NamedTensor& need(CheckpointData& data, const std::string& name, const std::string& why) {
@@ -107,6 +128,10 @@ void add_experts(CheckpointData& data, int64_t count, int64_t from, uint64_t see
               "' has no MoE layers to add experts to");
   MOE_REQUIRE(count >= 1, "--count ", count, " must be >= 1");
   MOE_REQUIRE(from < E, "--from ", from, " is out of range: the checkpoint has experts 0..", E - 1);
+  double per_expert_bytes = 0;
+  for (const NamedTensor& t : data.tensors)
+    if (expert_axis(t) >= 0) per_expert_bytes += static_cast<double>(t.data.nbytes()) / static_cast<double>(E);
+  require_room_for_experts(data, "--count", count, per_expert_bytes);
   std::vector<int64_t> copy_ids, zero_ids;  // old experts, then the new ones: copies of `from`, or zeros
   for (int64_t e = 0; e < E; ++e) {
     copy_ids.push_back(e);
@@ -170,6 +195,16 @@ void upcycle(CheckpointData& data, int64_t experts, int64_t moe_every, uint64_t 
   }
   MOE_REQUIRE(cfg.moe.shared_experts == 0, "the config has moe.shared_experts = ", cfg.moe.shared_experts,
               "; upcycle does not create shared experts");
+
+  {
+    // Per new expert: its slice of each upcycled layer's w_in, w_out, w_gate and selection_bias, with
+    // the optimizer state of each (one tensor per state slot).
+    const double h = static_cast<double>(cfg.model.dense_hidden);
+    const double ffn_floats = static_cast<double>(d) * (cfg.model.dense_activation == Activation::SwiGLU ? 3 : 2) * h;
+    const double slots = static_cast<double>(optimizer_state_names(cfg.optim.name, "x").size());
+    const double per_expert_bytes = static_cast<double>(upcycled.size()) * (ffn_floats + d + 1) * 4 * (1 + slots);
+    require_room_for_experts(data, "--experts", experts, per_expert_bytes);
+  }
 
   // moe_layer_calls and expert usage are listed per MoE layer in layer order: rebuild them.
   std::vector<uint64_t> calls;
