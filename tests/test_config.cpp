@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/model/transformer.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -97,11 +98,11 @@ TEST(Config, DerivedDefaultsFollowTheOtherKeysAndExplicitValuesWin) {
 
 TEST(Config, AuxLossCoefficientDefaultsByBalancing) {
   // aux_free balances by its biases: the loss is off unless asked for; aux_loss defaults to 0.01.
-  EXPECT_DOUBLE_EQ(parse("").moe.aux_loss_coeff, 0.01);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n").moe.aux_loss_coeff, 0.0);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n  aux_loss_coeff: 0.002\n").moe.aux_loss_coeff, 0.002);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_loss\n  aux_loss_coeff: 0\n").moe.aux_loss_coeff, 0.0);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  aux_loss_coeff: -1\n").moe.aux_loss_coeff, 0.01);
+  EXPECT_EQ(parse("").moe.aux_loss_coeff, 0.01f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_free\n").moe.aux_loss_coeff, 0.0f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_free\n  aux_loss_coeff: 0.002\n").moe.aux_loss_coeff, 0.002f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_loss\n  aux_loss_coeff: 0\n").moe.aux_loss_coeff, 0.0f);
+  EXPECT_EQ(parse("moe:\n  aux_loss_coeff: -1\n").moe.aux_loss_coeff, 0.01f);
   // The resolved config states the value in force.
   EXPECT_NE(to_yaml(parse("moe:\n  balancing: aux_free\n")).find("aux_loss_coeff: 0 "), std::string::npos);
 }
@@ -116,7 +117,7 @@ TEST(Config, EveryExampleConfigLoadsAndValidatesForTwoRanks) {
     TrainConfig c;
     ASSERT_NO_THROW(c = load_train_config(entry.path().string(), {}));
     EXPECT_NO_THROW(validate_for_world(c, 2));
-    EXPECT_NO_THROW(c.moe_layer_config().validate());
+    EXPECT_NO_THROW(TransformerConfig(c.model, c.moe).validate());
     // Every example sets its own name, so runs of different examples do not share a directory.
     EXPECT_EQ(c.run.name + ".yaml", entry.path().filename().string());
   }
@@ -204,7 +205,7 @@ TEST(Config, ValuesOfTheRightTypeAreAccepted) {
   EXPECT_FALSE(c.model.tie_embeddings);
   EXPECT_TRUE(c.moe.renormalize);
   EXPECT_DOUBLE_EQ(c.moe.capacity_factor, -1.0);  // dropless
-  EXPECT_DOUBLE_EQ(c.moe.jitter_eps, 0.01);
+  EXPECT_EQ(c.moe.jitter_eps, 0.01f);  // held as the float the router uses
   EXPECT_EQ(c.moe.drop_policy, DropPolicy::Probs);
   EXPECT_DOUBLE_EQ(c.optim.lr, 3e-3);
   EXPECT_EQ(c.optim.name, OptimizerKind::SGD);
@@ -218,7 +219,7 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
   expect_message(parse_error("run:\n  seed: -1\n"), {"run.seed = -1 is out of range; accepted: >= 0"});
   expect_message(parse_error("run:\n  watchdog_timeout_s: 0\n"),
                  {"run.watchdog_timeout_s = 0 is out of range; accepted: > 0"});
-  expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: >= 2"});
+  expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: [2, 2147483647]"});
   expect_message(parse_error("moe:\n  jitter_eps: 1\n"), {"moe.jitter_eps = 1 is out of range; accepted: [0, 1)"});
   expect_message(parse_error("moe:\n  aux_loss_coeff: .inf\n"),
                  {"moe.aux_loss_coeff: expected a finite double, got '.inf'"});
@@ -243,7 +244,7 @@ TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
   c.moe.min_capacity = -3;
   expect_message(error_message([&] { c.validate(); }), {"moe.min_capacity = -3 is out of range; accepted: >= 0"});
   c = TrainConfig{};
-  c.model.init_std = std::numeric_limits<double>::quiet_NaN();
+  c.model.init_std = std::numeric_limits<float>::quiet_NaN();
   expect_message(error_message([&] { c.validate(); }), {"model.init_std = nan is out of range; accepted: > 0"});
   c = TrainConfig{};
   c.moe.capacity_factor = std::numeric_limits<double>::infinity();
@@ -255,11 +256,11 @@ TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
 
 TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
   expect_message(parse_error("model:\n  d_model: 100\n  n_heads: 3\n"),
-                 {"model.d_model = 100 is not divisible by model.n_heads = 3"});
+                 {"config: model.d_model = 100 is not divisible by n_heads = 3"});
   expect_message(parse_error("model:\n  d_model: 12\n  n_heads: 4\n"),
-                 {"model.positions = rotary needs an even head dim", "model.d_model / model.n_heads = 12 / 4 = 3"});
+                 {"config: model.positions = rotary needs an even head dim", "d_model / n_heads = 12 / 4 = 3"});
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
-  expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"moe.top_k = 5 must be <= moe.num_experts = 4"});
+  expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
   expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
                  {"optim.min_lr = 0.01 must be <= optim.lr = 0.001"});
   expect_message(parse_error("data:\n  source: tokens\n"), {"data.source = tokens needs data.train_path"});
@@ -291,7 +292,7 @@ TEST(Config, WorldSizeChecks) {
   // The world-independent checks run too.
   c = TrainConfig{};
   c.moe.top_k = 9;
-  expect_message(error_message([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+  expect_message(error_message([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= num_experts = 8"});
 }
 
 // ---- Overrides -------------------------------------------------------------------------------------
@@ -324,7 +325,7 @@ TEST(Config, BadOverridesNameTheArgument) {
   expect_message(parse_error("", {"moe.renormalize=1"}), {"override 'moe.renormalize=1'", "expected a bool"});
   expect_message(parse_error("", {"run.steps=0"}),
                  {"override 'run.steps=0': run.steps = 0 is out of range; accepted: >= 1"});
-  expect_message(parse_error("", {"moe.top_k=9"}), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+  expect_message(parse_error("", {"moe.top_k=9"}), {"moe.top_k = 9 must be <= num_experts = 8"});
 }
 
 // ---- Files -----------------------------------------------------------------------------------------
@@ -393,7 +394,7 @@ TEST(Config, ToYamlRoundTripsEveryKey) {
   EXPECT_EQ(back, c) << yaml;
   EXPECT_EQ(back.run.dir, "my \"dir\": # not a comment\\");
   EXPECT_EQ(back.data.train_path, "true");
-  EXPECT_DOUBLE_EQ(back.model.init_std, 0.0123456789);
+  EXPECT_EQ(back.model.init_std, 0.0123456789f);  // held as the float the model uses
   EXPECT_EQ(to_yaml(back), yaml);
 
   // Defaults, and every example, through a file.
@@ -457,20 +458,22 @@ TEST(Config, HelpHasOneLinePerKeyWithTypeDefaultAndAcceptedValues) {
   EXPECT_GE(keys, 60);
 }
 
-TEST(Config, MoELayerConfigMapsTheSections) {
+TEST(Config, MoEKeysAreTheMoELayersSettings) {
   TrainConfig c =
       parse("", {"model.d_model=64", "model.init_std=0.05", "moe.expert_hidden=96", "moe.num_experts=4", "moe.top_k=1",
                  "moe.activation=gelu", "moe.capacity_factor=1.5", "moe.eval_capacity_factor=-1", "moe.min_capacity=2",
                  "moe.drop_policy=probs", "moe.renormalize=false", "moe.jitter_eps=0.25", "moe.aux_loss_coeff=0.5",
                  "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125"});
-  MoEConfig m = c.moe_layer_config();
+  // The layers' settings are the moe section itself, with d_model and init_std from the model section.
+  MoEConfig m = TransformerConfig{c.model, c.moe}.moe_layer_config();
   EXPECT_EQ(m.d_model, 64);
-  EXPECT_EQ(m.hidden, 96);
+  EXPECT_FLOAT_EQ(m.init_std, 0.05f);
+  EXPECT_EQ(m.expert_hidden, 96);
   EXPECT_EQ(m.num_experts, 4);
   EXPECT_EQ(m.top_k, 1);
   EXPECT_EQ(m.activation, Activation::GELU);
-  EXPECT_DOUBLE_EQ(m.capacity_factor_train, 1.5);
-  EXPECT_DOUBLE_EQ(m.capacity_factor_eval, -1.0);
+  EXPECT_DOUBLE_EQ(m.capacity_factor, 1.5);
+  EXPECT_DOUBLE_EQ(m.eval_capacity_factor, -1.0);
   EXPECT_EQ(m.min_capacity, 2);
   EXPECT_EQ(m.drop_policy, DropPolicy::Probs);
   EXPECT_FALSE(m.renormalize);

@@ -21,10 +21,6 @@
 
 namespace moe {
 
-enum class Balancing {
-  AuxLoss,  // the load-balancing loss (moe.aux_loss_coeff) pushes the router towards balance
-  AuxFree,  // per-expert biases added to the routing scores, nudged by moe.bias_update_rate per step
-};
 enum class OptimizerKind { AdamW, SGD };
 enum class DataSource { Synthetic, Tokens };
 enum class ResumeMode { Never, Auto };
@@ -42,51 +38,6 @@ struct RunConfig {
   int64_t max_nonfinite_steps = 5;     // consecutive non-finite steps before the run stops
   double peak_gflops = 0;              // one rank's peak that MFU divides by; 0 = measured at start-up
   bool operator==(const RunConfig&) const = default;
-};
-
-struct ModelConfig {
-  int64_t vocab_size = 256;
-  int64_t d_model = 128;
-  int64_t n_layers = 4;
-  int64_t n_heads = 4;
-  int64_t seq_len = 128;
-  NormKind norm = NormKind::RMSNorm;
-  PositionKind positions = PositionKind::Rotary;
-  bool tie_embeddings = true;
-  int64_t moe_every = 2;               // layer i (0-based) is MoE when (i + 1) % moe_every == 0
-  int64_t dense_hidden = 512;
-  Activation dense_activation = Activation::SwiGLU;
-  double init_std = 0.02;
-  bool operator==(const ModelConfig&) const = default;
-
-  int64_t head_dim() const { return d_model / n_heads; }
-  bool is_moe_layer(int64_t layer) const { return (layer + 1) % moe_every == 0; }
-};
-
-struct MoESection {
-  int64_t num_experts = 8;
-  int64_t top_k = 2;
-  int64_t expert_hidden = 256;
-  Activation activation = Activation::SwiGLU;
-  double capacity_factor = 1.25;       // <= 0: dropless
-  double eval_capacity_factor = 2.0;   // <= 0: dropless
-  int64_t min_capacity = 4;
-  DropPolicy drop_policy = DropPolicy::Position;
-  bool renormalize = true;
-  double jitter_eps = 0.0;
-  double aux_loss_coeff = -1;          // after loading: never < 0 (< 0 means the balancing's default,
-                                       // aux_loss_coeff_default())
-  AuxLossScope aux_loss_scope = AuxLossScope::Local;
-  double z_loss_coeff = 0.001;
-  int64_t shared_experts = 0;
-  int64_t shared_expert_hidden = 0;    // after loading: never 0 ("0" means expert_hidden)
-  Balancing balancing = Balancing::AuxLoss;
-  double bias_update_rate = 0.001;     // used with balancing = aux_free
-  bool operator==(const MoESection&) const = default;
-
-  // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
-  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
-  double aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0 : 0.01; }
 };
 
 struct ParallelConfig {
@@ -170,8 +121,8 @@ struct SchedulerConfig {
 
 struct TrainConfig {
   RunConfig run;
-  ModelConfig model;
-  MoESection moe;
+  ModelConfig model;                   // core/model/model_options.h
+  MoEConfig moe;                       // core/moe/moe_config.h; d_model and init_std come from model
   ParallelConfig parallel;
   OptimConfig optim;
   DataConfig data;
@@ -185,11 +136,6 @@ struct TrainConfig {
   // num_experts, min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits the
   // vocabulary). Throws InvalidArgument naming the keys and values involved.
   void validate() const;
-
-  // The settings of every MoE layer: d_model and init_std from `model`, hidden = expert_hidden, the
-  // rest from `moe` (capacity_factor -> capacity_factor_train, eval_capacity_factor ->
-  // capacity_factor_eval). Shared experts and balancing are not part of MoEConfig.
-  MoEConfig moe_layer_config() const;
 };
 
 // Reads the YAML file at `yaml_path`, applies `overrides` (each "section.key=value", in order, later
