@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <limits>
 #include <sstream>
@@ -350,6 +354,52 @@ TEST(Config, UnreadableFileNamesThePathAndTheOsError) {
   expect_message(error_message([&] { load_train_config(missing, {}); }),
                  {"cannot open '", "missing.yaml': No such file or directory"});
   expect_message(error_message([&] { load_train_config(tmp.path(), {}); }), {"it is a directory"});
+}
+
+TEST(Config, PathsThatAreNotRegularFilesOrTooBigAreRefusedBeforeReading) {
+  TempDir tmp("moe_test_config");
+  // /dev/zero never ends, and a FIFO without a writer would block: both refused without being opened.
+  expect_message(error_message([&] { load_train_config("/dev/zero", {}); }),
+                 {"cannot read '/dev/zero': it is a character device; a config is a regular file"});
+  const std::string fifo = tmp.file("fifo.yaml");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_message(error_message([&] { load_train_config(fifo, {}); }), {"fifo.yaml': it is a FIFO"});
+  expect_message(error_message([&] { load_train_config(tmp.path(), {}); }), {"it is a directory"});
+  // One byte over the limit (a sparse file: nothing is written to disk).
+  const std::string big = tmp.file("big.yaml");
+  std::ofstream(big).close();
+  fs::resize_file(big, (16 << 20) + 1);
+  expect_message(error_message([&] { load_train_config(big, {}); }),
+                 {"big.yaml': it holds 16777217 bytes, more than the 16 MiB (16777216 bytes) a config may have"});
+}
+
+// A 1 MB key and a 10 MB value, in the file or in an override: the message quotes 80 characters and
+// the size, and the "did you mean" search skips a key no valid key is close to (the edit distance of
+// a 1 MB key with every key took half a minute and 350 MB).
+TEST(Config, HugeKeysAndValuesGiveShortMessagesQuickly) {
+  const std::string key(1 << 20, 'k'), value(10 << 20, '7');
+  const std::string key_shown = std::string(80, 'k') + "... (", value_shown = std::string(80, '7') + "... (10485760 bytes)";
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::string> messages = {
+      parse_error("run:\n  ? " + key + "\n  : 1\n"),  // explicit keys: yaml-cpp limits implicit ones to 1024
+      parse_error("? " + key + "\n: {steps: 1}\n"),
+      parse_error("", {"run." + key + "=1"}),
+      parse_error("", {key}),
+      parse_error("run:\n  steps: 1" + value + "\n"),
+      parse_error("", {"run.steps=" + value}),
+      parse_error("", {"run.name=" + value + " x"}),
+  };
+  // Seconds would mean the edit distance ran over the whole key; a bounded search takes milliseconds
+  // (parsing the 10 MB of YAML included).
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  expect_message(messages[0], {"unknown key run." + key_shown.substr(0, 76), "(1048580 bytes); the keys of run are: name"});
+  expect_message(messages[1], {"unknown section '" + key_shown, "1048576 bytes)'; the sections are: run"});
+  expect_message(messages[2], {"override 'run.kkk", "(1048582 bytes)': unknown key 'run.kkk", "(1048580 bytes)'"});
+  expect_message(messages[3], {"override '" + key_shown + "1048576 bytes)' is not of the form section.key=value"});
+  expect_message(messages[4], {"run.steps: expected an int, got '1" + value_shown.substr(0, 79) + "... (10485761 bytes)'"});
+  expect_message(messages[5], {"run.steps: expected an int, got '" + value_shown + "'"});
+  expect_message(messages[6], {"run.name = \"" + value_shown.substr(0, 79) + "... (10485764 bytes) is not valid"});
+  for (const std::string& m : messages) EXPECT_LT(m.size(), 600u) << m.substr(0, 600);
 }
 
 TEST(Config, ErrorsInAFileNameTheFile) {

@@ -31,6 +31,23 @@ template <typename... Args>
 
 // ---- Values as text --------------------------------------------------------------------------------
 
+// ---- Bounds on what a config may hold and what a message quotes ------------------------------------
+
+// The most bytes a config file may have: real ones are a few KiB; this keeps a wrong path (a log, a
+// data file) from being read into memory on every rank.
+constexpr uintmax_t kMaxConfigBytes = uintmax_t{16} << 20;
+constexpr const char* kMaxConfigBytesText = "16 MiB";
+
+// The most characters of user input a message quotes.
+constexpr size_t kMaxQuoted = 80;
+
+// User input (a key, a value, an argument, a path) as every message quotes it: whole when short,
+// else its first kMaxQuoted characters and its size, so a message stays short whatever the input.
+std::string clipped(const std::string& text) {
+  if (text.size() <= kMaxQuoted) return text;
+  return text.substr(0, kMaxQuoted) + "... (" + std::to_string(text.size()) + " bytes)";
+}
+
 // A YAML double-quoted scalar: safe for any text (empty, "true", "1e3", quotes, backslashes).
 std::string quoted(const std::string& s) {
   YAML::Emitter e;
@@ -142,7 +159,7 @@ std::string shown(const Key& k, const TrainConfig& cfg) {
 
 // "<path> = <value> is out of range; accepted: <range>" for a value of the right type that is not accepted.
 std::string not_accepted(const Key& k, const TrainConfig& cfg) {
-  return k.path + " = " + shown(k, cfg) + (k.type == Type::String ? " is not valid" : " is out of range") +
+  return k.path + " = " + clipped(shown(k, cfg)) + (k.type == Type::String ? " is not valid" : " is out of range") +
          "; accepted: " + k.accepted;
 }
 
@@ -457,6 +474,12 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 // "; did you mean X?" for the closest candidate, or "" when none is within half the word's length.
 std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+  // The distance is at least the difference of the lengths, so a word more than twice as long as
+  // every candidate is within half its length of none: skipped, which also bounds the work (the
+  // distance takes time and memory of the product of the lengths) whatever the word.
+  size_t longest = 0;
+  for (const std::string& c : candidates) longest = std::max(longest, c.size());
+  if (word.size() > 2 * longest) return "";
   const std::string* best = nullptr;
   size_t best_distance = 0;
   for (const std::string& c : candidates) {
@@ -485,11 +508,11 @@ std::string join(const std::vector<std::string>& items) {
 // The message for an unknown key `section.name` of a known section.
 std::string unknown_key(const std::string& section, const std::string& path) {
   std::string hint = suggestion(path, all_paths());
-  if (!hint.empty()) return "unknown key " + path + hint;
+  if (!hint.empty()) return "unknown key " + clipped(path) + hint;
   std::vector<std::string> names;
   for (const Key& k : schema())
     if (k.section == section) names.push_back(k.name);
-  return "unknown key " + path + "; the keys of " + section + " are: " + join(names);
+  return "unknown key " + clipped(path) + "; the keys of " + section + " are: " + join(names);
 }
 
 // The message for an unknown name at the top level of the file.
@@ -501,17 +524,17 @@ std::string unknown_section(const std::string& name) {
   }
   for (const Key& k : schema())
     if (k.name == name)
-      return "unknown section '" + name + "'; did you mean " + k.path + " (inside " + k.section + ":)?";
+      return "unknown section '" + clipped(name) + "'; did you mean " + k.path + " (inside " + k.section + ":)?";
   std::vector<std::string> sections = section_names();
   std::string hint = suggestion(name, sections);
-  return "unknown section '" + name + "'" + (hint.empty() ? "; the sections are: " + join(sections) : hint);
+  return "unknown section '" + clipped(name) + "'" + (hint.empty() ? "; the sections are: " + join(sections) : hint);
 }
 
 // ---- Applying values -------------------------------------------------------------------------------
 
 // Parses `text` with the key's type, stores it and checks its range; `where` locates it in messages.
 void assign(const Key& k, TrainConfig& cfg, const std::string& text, const std::string& where) {
-  if (!k.set(cfg, text)) fail(where, k.path, ": expected ", expected(k), ", got '", text, "'");
+  if (!k.set(cfg, text)) fail(where, k.path, ": expected ", expected(k), ", got '", clipped(text), "'");
   if (!k.valid(cfg)) fail(where, not_accepted(k, cfg));
 }
 
@@ -573,11 +596,11 @@ void apply_yaml(const YAML::Node& root, const std::string& source, TrainConfig& 
 
 void apply_override(const std::string& arg, TrainConfig& cfg) {
   size_t eq = arg.find('=');
-  if (eq == std::string::npos) fail("override '", arg, "' is not of the form section.key=value");
+  if (eq == std::string::npos) fail("override '", clipped(arg), "' is not of the form section.key=value");
   const std::string path = arg.substr(0, eq);
   const Key* k = find_key(path);
-  if (k == nullptr) fail("override '", arg, "': unknown key '", path, "'", suggestion(path, all_paths()));
-  assign(*k, cfg, arg.substr(eq + 1), "override '" + arg + "': ");
+  if (k == nullptr) fail("override '", clipped(arg), "': unknown key '", clipped(path), "'", suggestion(path, all_paths()));
+  assign(*k, cfg, arg.substr(eq + 1), "override '" + clipped(arg) + "': ");
 }
 
 // Runs a section struct's validate(), whose messages name its keys ("top_k = 9 ..."), with the section
@@ -598,19 +621,45 @@ void resolve_derived(TrainConfig& cfg) {
   cfg.moe.aux_loss_coeff = cfg.moe.aux_loss_weight();
 }
 
+// What a path that is not a regular file is, for the message that refuses it.
+const char* file_kind(std::filesystem::file_type type) {
+  using T = std::filesystem::file_type;
+  switch (type) {
+    case T::directory: return "a directory";
+    case T::fifo: return "a FIFO";
+    case T::character: return "a character device";
+    case T::block: return "a block device";
+    case T::socket: return "a socket";
+    default: return "of another kind";
+  }
+}
+
+// The whole file, after checking what it is: a FIFO or a device would block or never end, and a huge
+// file would be read into memory on every rank. The read stops past the limit, should the file grow.
 std::string read_file(const std::string& path) {
+  const std::string name = clipped(path);
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail("cannot read '", path, "': it is a directory");
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (ec) fail("cannot open '", name, "': ", ec.message());
+  if (status.type() != std::filesystem::file_type::regular)
+    fail("cannot read '", name, "': it is ", file_kind(status.type()), "; a config is a regular file");
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  auto too_big = [&](uintmax_t bytes) {
+    fail("cannot read '", name, "': it holds ", bytes, " bytes, more than the ", kMaxConfigBytesText, " (",
+         kMaxConfigBytes, " bytes) a config may have");
+  };
+  if (!ec && size > kMaxConfigBytes) too_big(size);
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) fail("cannot open '", path, "': ", std::generic_category().message(errno));
+  if (f == nullptr) fail("cannot open '", name, "': ", std::generic_category().message(errno));
   std::string text;
   char buf[1 << 16];
   size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  while (text.size() <= kMaxConfigBytes && (n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
   const bool failed = std::ferror(f) != 0;
   const int err = errno;
   std::fclose(f);
-  if (failed) fail("cannot read '", path, "': ", std::generic_category().message(err));
+  if (failed) fail("cannot read '", name, "': ", std::generic_category().message(err));
+  if (text.size() > kMaxConfigBytes) too_big(text.size());
   return text;
 }
 
@@ -669,7 +718,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
 }
 
 TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
-  return parse_train_config(read_file(yaml_path), yaml_path, overrides);
+  return parse_train_config(read_file(yaml_path), clipped(yaml_path), overrides);
 }
 
 int resolved_ep(const TrainConfig& cfg, int world_size) {
