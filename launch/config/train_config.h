@@ -2,7 +2,8 @@
 // strict validation with messages that name the key, the value and what is accepted.
 //
 // Every key is declared once, in the schema in train_config.cpp (path, field, type, accepted range or
-// choices, one-line doc); its default is the field's initializer below. Loading, unknown-key
+// choices, one-line doc); its default is the field's initializer: below, or in the struct the code
+// itself uses (ModelConfig, MoEConfig), whose validate() is the one check of its keys. Loading, unknown-key
 // detection, overrides, validation, to_yaml and config_keys_help are all loops over that schema, so
 // a new key is a new field here plus one schema line there. `config_keys_help()` lists every key.
 //
@@ -131,22 +132,25 @@ struct TrainConfig {
   SchedulerConfig scheduler;
   bool operator==(const TrainConfig&) const = default;
 
-  // Every check that does not depend on the world size: each key's type range or choices, then the
-  // cross-field rules (d_model divisible by n_heads, rotary needs an even head dim, top_k <=
-  // num_experts, min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits the
-  // vocabulary). Throws InvalidArgument naming the keys and values involved.
+  // Every check that does not depend on the world size: each key's range or choices, then
+  // ModelConfig::validate and MoEConfig::validate (d_model divisible by n_heads, rotary needs an even
+  // head dim, top_k <= num_experts; their messages get "config: model." / "config: moe."), then the
+  // cross-section rules (min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits
+  // the vocabulary). Throws InvalidArgument naming the keys and values involved.
   void validate() const;
 };
 
 // Reads the YAML file at `yaml_path`, applies `overrides` (each "section.key=value", in order, later
 // ones winning), fills the derived defaults (run.dir, checkpoint.dir, moe.shared_expert_hidden,
-// moe.aux_loss_coeff) and
-// validates (TrainConfig::validate). Keys missing from the file keep their defaults; an empty file is
-// the default config. Throws InvalidArgument, naming the file with line:column where known, for: an
-// unreadable file (with the OS error), a YAML syntax error, an unknown key (with its full path and
-// the closest valid key), a non-map where a section is expected or a map/sequence where a value is
-// expected, a key given twice, a value of the wrong type, a value out of range, and a malformed
-// override (no '=', unknown path, wrong type; the message quotes the argument).
+// moe.aux_loss_coeff) and validates (TrainConfig::validate). Keys missing from the file keep their
+// defaults; an empty file is the default config. Throws InvalidArgument, naming the file with
+// line:column where known, for: a path that is not a regular file (a directory, a FIFO, a device;
+// refused before it is opened) or a file over 16 MiB, an unreadable file (with the OS error), a YAML
+// syntax error, an unknown key (with its full path and the closest valid key), a non-map where a
+// section is expected or a map/sequence where a value is expected, a key given twice, a value of
+// the wrong type, a value out of range, and a malformed override (no '=', unknown path, wrong type;
+// the message quotes the argument). A message quotes at most 80 characters of any user input (key,
+// value, argument, path), then its size, and takes bounded time whatever the input.
 TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
 
 // As load_train_config, with the YAML given as text; `source_name` stands for the file in messages.
