@@ -11,7 +11,6 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <system_error>
@@ -29,8 +28,6 @@ template <typename... Args>
   throw InvalidArgument(detail::concat("config: ", args...));
 }
 
-// ---- Values as text --------------------------------------------------------------------------------
-
 // ---- Bounds on what a config may hold and what a message quotes ------------------------------------
 
 // The most bytes a config file may have: real ones are a few KiB; this keeps a wrong path (a log, a
@@ -47,6 +44,8 @@ std::string clipped(const std::string& text) {
   if (text.size() <= kMaxQuoted) return text;
   return text.substr(0, kMaxQuoted) + "... (" + std::to_string(text.size()) + " bytes)";
 }
+
+// ---- Values as text --------------------------------------------------------------------------------
 
 // A YAML double-quoted scalar: safe for any text (empty, "true", "1e3", quotes, backslashes).
 std::string quoted(const std::string& s) {
