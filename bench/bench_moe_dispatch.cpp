@@ -403,10 +403,10 @@ int main(int argc, char** argv) {
       return 0;
     }
     cfg.d_model = a.d;
-    cfg.hidden = a.h;
+    cfg.expert_hidden = a.h;
     cfg.num_experts = a.E;
     cfg.top_k = a.k;
-    cfg.capacity_factor_train = a.cf;
+    cfg.capacity_factor = a.cf;
     cfg.activation = moe::parse_activation(a.activation);
     cfg.validate();
     moe::make_expert_layout(world_size, rank, a.ep, a.E);

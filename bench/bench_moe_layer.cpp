@@ -106,10 +106,10 @@ int main(int argc, char** argv) {
     moe::set_num_threads(a.threads);
     moe::MoEConfig cfg;
     cfg.d_model = a.d;
-    cfg.hidden = a.h;
+    cfg.expert_hidden = a.h;
     cfg.num_experts = a.E;
     cfg.top_k = a.k;
-    cfg.capacity_factor_train = a.cf;
+    cfg.capacity_factor = a.cf;
     cfg.activation = moe::parse_activation(a.activation);
     moe::MoELayer layer(cfg, 42);
     // Larger router weights than the training init give confident routing. On random tokens it is

@@ -18,10 +18,11 @@ namespace {
 MoEConfig skewed_config() {
   MoEConfig c;
   c.d_model = 8;
-  c.hidden = 8;
+  c.expert_hidden = 8;
   c.num_experts = 4;
   c.top_k = 1;
-  c.capacity_factor_train = 0;  // dropless: load is what the router chose
+  c.activation = Activation::GELU;
+  c.capacity_factor = 0;  // dropless: load is what the router chose
   c.aux_loss_coeff = 0;
   return c;
 }

@@ -5,7 +5,11 @@
 
 #include <gtest/gtest.h>
 
+#include <sys/stat.h>
+
 #include <algorithm>
+#include <chrono>
+#include <fstream>
 #include <filesystem>
 #include <limits>
 #include <sstream>
@@ -13,6 +17,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/model/transformer.h"
 #include "tests/test_util.h"
 
 namespace moe {
@@ -97,11 +102,11 @@ TEST(Config, DerivedDefaultsFollowTheOtherKeysAndExplicitValuesWin) {
 
 TEST(Config, AuxLossCoefficientDefaultsByBalancing) {
   // aux_free balances by its biases: the loss is off unless asked for; aux_loss defaults to 0.01.
-  EXPECT_DOUBLE_EQ(parse("").moe.aux_loss_coeff, 0.01);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n").moe.aux_loss_coeff, 0.0);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_free\n  aux_loss_coeff: 0.002\n").moe.aux_loss_coeff, 0.002);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  balancing: aux_loss\n  aux_loss_coeff: 0\n").moe.aux_loss_coeff, 0.0);
-  EXPECT_DOUBLE_EQ(parse("moe:\n  aux_loss_coeff: -1\n").moe.aux_loss_coeff, 0.01);
+  EXPECT_EQ(parse("").moe.aux_loss_coeff, 0.01f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_free\n").moe.aux_loss_coeff, 0.0f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_free\n  aux_loss_coeff: 0.002\n").moe.aux_loss_coeff, 0.002f);
+  EXPECT_EQ(parse("moe:\n  balancing: aux_loss\n  aux_loss_coeff: 0\n").moe.aux_loss_coeff, 0.0f);
+  EXPECT_EQ(parse("moe:\n  aux_loss_coeff: -1\n").moe.aux_loss_coeff, 0.01f);
   // The resolved config states the value in force.
   EXPECT_NE(to_yaml(parse("moe:\n  balancing: aux_free\n")).find("aux_loss_coeff: 0 "), std::string::npos);
 }
@@ -116,7 +121,7 @@ TEST(Config, EveryExampleConfigLoadsAndValidatesForTwoRanks) {
     TrainConfig c;
     ASSERT_NO_THROW(c = load_train_config(entry.path().string(), {}));
     EXPECT_NO_THROW(validate_for_world(c, 2));
-    EXPECT_NO_THROW(c.moe_layer_config().validate());
+    EXPECT_NO_THROW(TransformerConfig(c.model, c.moe).validate());
     // Every example sets its own name, so runs of different examples do not share a directory.
     EXPECT_EQ(c.run.name + ".yaml", entry.path().filename().string());
   }
@@ -204,7 +209,7 @@ TEST(Config, ValuesOfTheRightTypeAreAccepted) {
   EXPECT_FALSE(c.model.tie_embeddings);
   EXPECT_TRUE(c.moe.renormalize);
   EXPECT_DOUBLE_EQ(c.moe.capacity_factor, -1.0);  // dropless
-  EXPECT_DOUBLE_EQ(c.moe.jitter_eps, 0.01);
+  EXPECT_EQ(c.moe.jitter_eps, 0.01f);  // held as the float the router uses
   EXPECT_EQ(c.moe.drop_policy, DropPolicy::Probs);
   EXPECT_DOUBLE_EQ(c.optim.lr, 3e-3);
   EXPECT_EQ(c.optim.name, OptimizerKind::SGD);
@@ -218,7 +223,7 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
   expect_message(parse_error("run:\n  seed: -1\n"), {"run.seed = -1 is out of range; accepted: >= 0"});
   expect_message(parse_error("run:\n  watchdog_timeout_s: 0\n"),
                  {"run.watchdog_timeout_s = 0 is out of range; accepted: > 0"});
-  expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: >= 2"});
+  expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: [2, 2147483647]"});
   expect_message(parse_error("moe:\n  jitter_eps: 1\n"), {"moe.jitter_eps = 1 is out of range; accepted: [0, 1)"});
   expect_message(parse_error("moe:\n  aux_loss_coeff: .inf\n"),
                  {"moe.aux_loss_coeff: expected a finite double, got '.inf'"});
@@ -243,7 +248,7 @@ TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
   c.moe.min_capacity = -3;
   expect_message(error_message([&] { c.validate(); }), {"moe.min_capacity = -3 is out of range; accepted: >= 0"});
   c = TrainConfig{};
-  c.model.init_std = std::numeric_limits<double>::quiet_NaN();
+  c.model.init_std = std::numeric_limits<float>::quiet_NaN();
   expect_message(error_message([&] { c.validate(); }), {"model.init_std = nan is out of range; accepted: > 0"});
   c = TrainConfig{};
   c.moe.capacity_factor = std::numeric_limits<double>::infinity();
@@ -255,11 +260,11 @@ TEST(Config, ValidateChecksEveryKeyOfAConfigBuiltInCode) {
 
 TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
   expect_message(parse_error("model:\n  d_model: 100\n  n_heads: 3\n"),
-                 {"model.d_model = 100 is not divisible by model.n_heads = 3"});
+                 {"config: model.d_model = 100 is not divisible by n_heads = 3"});
   expect_message(parse_error("model:\n  d_model: 12\n  n_heads: 4\n"),
-                 {"model.positions = rotary needs an even head dim", "model.d_model / model.n_heads = 12 / 4 = 3"});
+                 {"config: model.positions = rotary needs an even head dim", "d_model / n_heads = 12 / 4 = 3"});
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
-  expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"moe.top_k = 5 must be <= moe.num_experts = 4"});
+  expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
   expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
                  {"optim.min_lr = 0.01 must be <= optim.lr = 0.001"});
   expect_message(parse_error("data:\n  source: tokens\n"), {"data.source = tokens needs data.train_path"});
@@ -291,7 +296,7 @@ TEST(Config, WorldSizeChecks) {
   // The world-independent checks run too.
   c = TrainConfig{};
   c.moe.top_k = 9;
-  expect_message(error_message([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+  expect_message(error_message([&] { validate_for_world(c, 2); }), {"moe.top_k = 9 must be <= num_experts = 8"});
 }
 
 // ---- Overrides -------------------------------------------------------------------------------------
@@ -324,7 +329,7 @@ TEST(Config, BadOverridesNameTheArgument) {
   expect_message(parse_error("", {"moe.renormalize=1"}), {"override 'moe.renormalize=1'", "expected a bool"});
   expect_message(parse_error("", {"run.steps=0"}),
                  {"override 'run.steps=0': run.steps = 0 is out of range; accepted: >= 1"});
-  expect_message(parse_error("", {"moe.top_k=9"}), {"moe.top_k = 9 must be <= moe.num_experts = 8"});
+  expect_message(parse_error("", {"moe.top_k=9"}), {"moe.top_k = 9 must be <= num_experts = 8"});
 }
 
 // ---- Files -----------------------------------------------------------------------------------------
@@ -349,6 +354,52 @@ TEST(Config, UnreadableFileNamesThePathAndTheOsError) {
   expect_message(error_message([&] { load_train_config(missing, {}); }),
                  {"cannot open '", "missing.yaml': No such file or directory"});
   expect_message(error_message([&] { load_train_config(tmp.path(), {}); }), {"it is a directory"});
+}
+
+TEST(Config, PathsThatAreNotRegularFilesOrTooBigAreRefusedBeforeReading) {
+  TempDir tmp("moe_test_config");
+  // /dev/zero never ends, and a FIFO without a writer would block: both refused without being opened.
+  expect_message(error_message([&] { load_train_config("/dev/zero", {}); }),
+                 {"cannot read '/dev/zero': it is a character device; a config is a regular file"});
+  const std::string fifo = tmp.file("fifo.yaml");
+  ASSERT_EQ(::mkfifo(fifo.c_str(), 0600), 0);
+  expect_message(error_message([&] { load_train_config(fifo, {}); }), {"fifo.yaml': it is a FIFO"});
+  expect_message(error_message([&] { load_train_config(tmp.path(), {}); }), {"it is a directory"});
+  // One byte over the limit (a sparse file: nothing is written to disk).
+  const std::string big = tmp.file("big.yaml");
+  std::ofstream(big).close();
+  fs::resize_file(big, (16 << 20) + 1);
+  expect_message(error_message([&] { load_train_config(big, {}); }),
+                 {"big.yaml': it holds 16777217 bytes, more than the 16 MiB (16777216 bytes) a config may have"});
+}
+
+// A 1 MB key and a 10 MB value, in the file or in an override: the message quotes 80 characters and
+// the size, and the "did you mean" search skips a key no valid key is close to (the edit distance of
+// a 1 MB key with every key took half a minute and 350 MB).
+TEST(Config, HugeKeysAndValuesGiveShortMessagesQuickly) {
+  const std::string key(1 << 20, 'k'), value(10 << 20, '7');
+  const std::string key_shown = std::string(80, 'k') + "... (", value_shown = std::string(80, '7') + "... (10485760 bytes)";
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<std::string> messages = {
+      parse_error("run:\n  ? " + key + "\n  : 1\n"),  // explicit keys: yaml-cpp limits implicit ones to 1024
+      parse_error("? " + key + "\n: {steps: 1}\n"),
+      parse_error("", {"run." + key + "=1"}),
+      parse_error("", {key}),
+      parse_error("run:\n  steps: 1" + value + "\n"),
+      parse_error("", {"run.steps=" + value}),
+      parse_error("", {"run.name=" + value + " x"}),
+  };
+  // Seconds would mean the edit distance ran over the whole key; a bounded search takes milliseconds
+  // (parsing the 10 MB of YAML included).
+  EXPECT_LT(std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count(), 5.0);
+  expect_message(messages[0], {"unknown key run." + key_shown.substr(0, 76), "(1048580 bytes); the keys of run are: name"});
+  expect_message(messages[1], {"unknown section '" + key_shown, "1048576 bytes)'; the sections are: run"});
+  expect_message(messages[2], {"override 'run.kkk", "(1048582 bytes)': unknown key 'run.kkk", "(1048580 bytes)'"});
+  expect_message(messages[3], {"override '" + key_shown + "1048576 bytes)' is not of the form section.key=value"});
+  expect_message(messages[4], {"run.steps: expected an int, got '1" + value_shown.substr(0, 79) + "... (10485761 bytes)'"});
+  expect_message(messages[5], {"run.steps: expected an int, got '" + value_shown + "'"});
+  expect_message(messages[6], {"run.name = \"" + value_shown.substr(0, 79) + "... (10485764 bytes) is not valid"});
+  for (const std::string& m : messages) EXPECT_LT(m.size(), 600u) << m.substr(0, 600);
 }
 
 TEST(Config, ErrorsInAFileNameTheFile) {
@@ -393,7 +444,7 @@ TEST(Config, ToYamlRoundTripsEveryKey) {
   EXPECT_EQ(back, c) << yaml;
   EXPECT_EQ(back.run.dir, "my \"dir\": # not a comment\\");
   EXPECT_EQ(back.data.train_path, "true");
-  EXPECT_DOUBLE_EQ(back.model.init_std, 0.0123456789);
+  EXPECT_EQ(back.model.init_std, 0.0123456789f);  // held as the float the model uses
   EXPECT_EQ(to_yaml(back), yaml);
 
   // Defaults, and every example, through a file.
@@ -457,20 +508,22 @@ TEST(Config, HelpHasOneLinePerKeyWithTypeDefaultAndAcceptedValues) {
   EXPECT_GE(keys, 60);
 }
 
-TEST(Config, MoELayerConfigMapsTheSections) {
+TEST(Config, MoEKeysAreTheMoELayersSettings) {
   TrainConfig c =
       parse("", {"model.d_model=64", "model.init_std=0.05", "moe.expert_hidden=96", "moe.num_experts=4", "moe.top_k=1",
                  "moe.activation=gelu", "moe.capacity_factor=1.5", "moe.eval_capacity_factor=-1", "moe.min_capacity=2",
                  "moe.drop_policy=probs", "moe.renormalize=false", "moe.jitter_eps=0.25", "moe.aux_loss_coeff=0.5",
                  "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125"});
-  MoEConfig m = c.moe_layer_config();
+  // The layers' settings are the moe section itself, with d_model and init_std from the model section.
+  MoEConfig m = TransformerConfig{c.model, c.moe}.moe_layer_config();
   EXPECT_EQ(m.d_model, 64);
-  EXPECT_EQ(m.hidden, 96);
+  EXPECT_FLOAT_EQ(m.init_std, 0.05f);
+  EXPECT_EQ(m.expert_hidden, 96);
   EXPECT_EQ(m.num_experts, 4);
   EXPECT_EQ(m.top_k, 1);
   EXPECT_EQ(m.activation, Activation::GELU);
-  EXPECT_DOUBLE_EQ(m.capacity_factor_train, 1.5);
-  EXPECT_DOUBLE_EQ(m.capacity_factor_eval, -1.0);
+  EXPECT_DOUBLE_EQ(m.capacity_factor, 1.5);
+  EXPECT_DOUBLE_EQ(m.eval_capacity_factor, -1.0);
   EXPECT_EQ(m.min_capacity, 2);
   EXPECT_EQ(m.drop_policy, DropPolicy::Probs);
   EXPECT_FALSE(m.renormalize);

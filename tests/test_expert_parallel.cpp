@@ -109,13 +109,13 @@ MoEConfig make_config(Activation activation, int64_t E, int64_t top_k, bool reno
                       DropPolicy policy, AuxLossScope scope) {
   MoEConfig cfg;
   cfg.d_model = 8;
-  cfg.hidden = 12;
+  cfg.expert_hidden = 12;
   cfg.num_experts = E;
   cfg.top_k = top_k;
   cfg.activation = activation;
   cfg.renormalize = renormalize;
-  cfg.capacity_factor_train = capacity_factor;
-  cfg.capacity_factor_eval = capacity_factor;
+  cfg.capacity_factor = capacity_factor;
+  cfg.eval_capacity_factor = capacity_factor;
   cfg.min_capacity = 1;  // C = ceil(factor * k * T / E) exactly, so a factor of 1 drops under uneven routing
   cfg.drop_policy = policy;
   cfg.aux_loss_scope = scope;
@@ -131,7 +131,7 @@ MoEConfig make_config(Activation activation, int64_t E, int64_t top_k, bool reno
 std::string describe(const MoEConfig& cfg) {
   std::ostringstream os;
   os << to_string(cfg.activation) << " E=" << cfg.num_experts << " k=" << cfg.top_k
-     << " renormalize=" << cfg.renormalize << " capacity_factor=" << cfg.capacity_factor_train
+     << " renormalize=" << cfg.renormalize << " capacity_factor=" << cfg.capacity_factor
      << " policy=" << to_string(cfg.drop_policy) << " scope=" << to_string(cfg.aux_loss_scope);
   return os.str();
 }
@@ -263,7 +263,7 @@ LayerRun expect_sharding_invisible(const Scenario& s) {
   const ProcessGroups replicated = make_process_groups(world, 1, E);
   const LayerRun ref = run_layer(cfg, &replicated, gate, x, dy);
   const int64_t dropped = all_reduce_value(world, ref.stats.dropped_total);
-  if (cfg.capacity_factor_train <= 0.0) {
+  if (cfg.capacity_factor <= 0.0) {
     EXPECT_EQ(dropped, 0) << "dropless mode dropped tokens";
   }
   if (s.expect_drops) {

@@ -552,24 +552,23 @@ TransformerConfig tiny_config(PositionKind positions, bool tied, int64_t shared_
   // O(1) weights: activations, logits and gradients well above float32 noise (at 0.02 most
   // gradients would be ~1e-3 and the comparison vacuous).
   cfg.init_std = 0.5f;
-  cfg.moe.hidden = 6;
+  cfg.moe.expert_hidden = 6;
   cfg.moe.num_experts = 4;
   cfg.moe.top_k = 2;
   cfg.moe.activation = shared_experts > 0 ? Activation::SwiGLU : Activation::GELU;
-  cfg.moe.capacity_factor_train = 0.0;  // dropless
-  cfg.moe.capacity_factor_eval = 0.0;
-  cfg.moe.init_std = 0.5f;
+  cfg.moe.capacity_factor = 0.0;  // dropless
+  cfg.moe.eval_capacity_factor = 0.0;
   // Coefficients well above the usual 0.01 / 0.001 so the aux and z-loss gradients are visible.
   cfg.moe.aux_loss_coeff = 0.1f;
   cfg.moe.z_loss_coeff = 0.01f;
-  cfg.shared_experts = shared_experts;
-  cfg.shared_expert_hidden = 3;
+  cfg.moe.shared_experts = shared_experts;
+  cfg.moe.shared_expert_hidden = 3;
   return cfg;
 }
 
 std::string describe(const TransformerConfig& cfg) {
   return detail::concat(cfg.positions == PositionKind::Rotary ? "rotary" : "learned",
-                        cfg.tie_embeddings ? " tied" : " untied", " shared=", cfg.shared_experts,
+                        cfg.tie_embeddings ? " tied" : " untied", " shared=", cfg.moe.shared_experts,
                         cfg.norm == NormKind::RMSNorm ? " rmsnorm" : " layernorm");
 }
 
@@ -733,12 +732,12 @@ TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
   cfg.moe_every = 2;
   cfg.dense_hidden = 64;
   cfg.dense_activation = Activation::GELU;
-  cfg.moe.hidden = 24;
+  cfg.moe.expert_hidden = 24;
   cfg.moe.num_experts = 8;
   cfg.moe.top_k = 2;
   cfg.moe.activation = Activation::SwiGLU;
-  cfg.shared_experts = 1;
-  cfg.shared_expert_hidden = 10;
+  cfg.moe.shared_experts = 1;
+  cfg.moe.shared_expert_hidden = 10;
   for (bool tied : {false, true})
     for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
       cfg.tie_embeddings = tied;
@@ -770,11 +769,10 @@ TEST(TransformerLM, SameSeedSameWeightsAndOutputProjectionsScaled) {
   cfg.n_heads = 4;
   cfg.n_layers = 8;
   cfg.moe_every = 4;
-  cfg.moe.hidden = 64;
-  cfg.shared_expert_hidden = 64;
+  cfg.moe.expert_hidden = 64;
+  cfg.moe.shared_expert_hidden = 64;
   cfg.dense_hidden = 64;
   cfg.init_std = 0.02f;
-  cfg.moe.init_std = 0.02f;
   TransformerLM a(cfg, 7), b(cfg, 7), c(cfg, 8);
   ParameterRegistry ra, rb, rc;
   a.register_parameters(ra);
@@ -857,8 +855,8 @@ TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
 
 TEST(TransformerLM, EvaluationUsesTheEvalCapacity) {
   TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm);
-  cfg.moe.capacity_factor_train = 0.5;
-  cfg.moe.capacity_factor_eval = 2.0;
+  cfg.moe.capacity_factor = 0.5;
+  cfg.moe.eval_capacity_factor = 2.0;
   cfg.moe.min_capacity = 1;
   TransformerLM model(cfg, kSeed);
   Tensor inputs, targets;
@@ -874,7 +872,6 @@ TEST(TransformerLM, EvaluationUsesTheEvalCapacity) {
 TEST(TransformerLM, GradientDescentLowersTheLossOnAFixedBatch) {
   TransformerConfig cfg = tiny_config(PositionKind::Rotary, true, 1, NormKind::RMSNorm);
   cfg.init_std = 0.1f;
-  cfg.moe.init_std = 0.1f;
   TransformerLM model(cfg, kSeed);
   ParameterRegistry registry;
   model.register_parameters(registry);
@@ -898,11 +895,9 @@ TEST(TransformerLM, BadConfigAndInputsNameTheProblem) {
     return cfg;
   };
   EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.n_heads = 3; }), 1); }), "n_heads = 3");
-  EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.n_heads = 8; }), 1); }), "head_dim", "rotary");
+  EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.n_heads = 8; }), 1); }), "even head dim", "rotary");
   EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.dense_hidden = 0; }), 1); }),
                   "dense_hidden = 0");
-  EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.moe.d_model = 6; }), 1); }),
-                  "moe.d_model = 6");
   EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.moe.top_k = 5; }), 1); }), "top_k = 5");
   EXPECT_CONTAINS(error_message([&] { TransformerLM(with([](auto& c) { c.vocab_size = 0; }), 1); }), "vocab_size = 0");
   // Learned positions accept an odd head_dim; no MoE layers need no MoE settings.
@@ -912,7 +907,7 @@ TEST(TransformerLM, BadConfigAndInputsNameTheProblem) {
                 }),
                 1);
   TransformerLM(with([](auto& c) {
-                  c.moe_every = 0;
+                  c.moe_every = 3;  // of 2 layers: none is MoE
                   c.moe.num_experts = 0;
                 }),
                 1);

@@ -46,13 +46,13 @@ MoEWeights clone_weights(const MoEWeights& w) { return {w.w_gate.clone(), w.w_in
 MoEConfig small_config(Activation activation, bool renormalize, double capacity_factor) {
   MoEConfig cfg;
   cfg.d_model = 6;
-  cfg.hidden = 8;
+  cfg.expert_hidden = 8;
   cfg.num_experts = 4;
   cfg.top_k = 2;
   cfg.activation = activation;
   cfg.renormalize = renormalize;
-  cfg.capacity_factor_train = capacity_factor;
-  cfg.capacity_factor_eval = capacity_factor;
+  cfg.capacity_factor = capacity_factor;
+  cfg.eval_capacity_factor = capacity_factor;
   cfg.min_capacity = 0;
   // O(1) logits and expert outputs: routing margins and gradients sit far above float32 noise.
   cfg.init_std = 0.5f;
@@ -75,7 +75,7 @@ std::vector<double> ref_pre(const MoEConfig& cfg, const Tensor& w_in, int64_t e,
 
 // Expert e's FFN of one token, in double: act(x W_in_e) W_out_e, SwiGLU columns laid out [gate | up].
 std::vector<double> ref_expert(const MoEConfig& cfg, const MoEWeights& w, int64_t e, const float* x) {
-  const int64_t d = cfg.d_model, h = cfg.hidden;
+  const int64_t d = cfg.d_model, h = cfg.expert_hidden;
   const std::vector<double> pre = ref_pre(cfg, w.w_in, e, x);
   std::vector<double> act(h);
   for (int64_t j = 0; j < h; ++j) {
@@ -554,8 +554,8 @@ TEST(Capacity, ExpertCapacityFormula) {
 
 TEST(Capacity, TrainAndEvalUseTheirOwnCapacityFactor) {
   MoEConfig cfg = small_config(Activation::GELU, true, 1.0);
-  cfg.capacity_factor_train = 1.0;  // C = ceil(1.0 * 2 * 12 / 4) = 6
-  cfg.capacity_factor_eval = 2.0;   // C = 12
+  cfg.capacity_factor = 1.0;  // C = ceil(1.0 * 2 * 12 / 4) = 6
+  cfg.eval_capacity_factor = 2.0;   // C = 12
   const int64_t T = 12;
   Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "cap.x");
   Tensor y = Tensor::zeros({T, cfg.d_model});
@@ -567,7 +567,7 @@ TEST(Capacity, TrainAndEvalUseTheirOwnCapacityFactor) {
   EXPECT_EQ(layer.stats().capacity, 12);
   EXPECT_EQ(layer.plan().capacity, 12);
   EXPECT_EQ(layer.stats().dropped_total, 0) << "C = 12 = T cannot drop with distinct experts per token";
-  cfg.capacity_factor_eval = 0.0;
+  cfg.eval_capacity_factor = 0.0;
   MoELayer dropless(cfg, kSeed);
   dropless.forward(y, x, false);
   EXPECT_EQ(dropless.stats().capacity, -1);
@@ -699,7 +699,7 @@ TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
       }
       // Relative 1e-5: float32 logits and probabilities (~1e-7 relative) against double; counting
       // kept instead of routed choices, or a wrong mean, is off by O(10%) or more.
-      const double aux = cfg.aux_loss_coeff * E * balance, z = cfg.z_loss_coeff * lse_sq / T;
+      const double aux = cfg.aux_loss_weight() * E * balance, z = cfg.z_loss_coeff * lse_sq / T;
       EXPECT_NEAR(s.aux_loss, aux, 1e-5 * aux);
       EXPECT_NEAR(s.z_loss, z, 1e-5 * z);
       if (cf == 0.5) {
@@ -808,11 +808,11 @@ TEST(MoELayerForward, DroppedChoiceContributesNothing) {
     SCOPED_TRACE(to_string(policy));
     MoEConfig cfg;
     cfg.d_model = 3;
-    cfg.hidden = 4;
+    cfg.expert_hidden = 4;
     cfg.num_experts = 3;
     cfg.top_k = 2;
     cfg.activation = Activation::GELU;
-    cfg.capacity_factor_train = 1.0;  // C = ceil(1.0 * 2 * 3 / 3) = 2
+    cfg.capacity_factor = 1.0;  // C = ceil(1.0 * 2 * 3 / 3) = 2
     cfg.min_capacity = 0;
     cfg.drop_policy = policy;
     cfg.init_std = 0.5f;
@@ -928,13 +928,13 @@ TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
   };
   const std::vector<Case> cases = {
       {[](MoEConfig& c) { c.num_experts = 0; }, {"num_experts = 0", ">= 1"}},
-      {[](MoEConfig& c) { c.top_k = 0; }, {"top_k = 0", "[1, num_experts = 4]"}},
-      {[](MoEConfig& c) { c.top_k = 5; }, {"top_k = 5", "[1, num_experts = 4]"}},
+      {[](MoEConfig& c) { c.top_k = 0; }, {"top_k = 0", ">= 1"}},
+      {[](MoEConfig& c) { c.top_k = 5; }, {"top_k = 5", "<= num_experts = 4"}},
       {[](MoEConfig& c) { c.min_capacity = -1; }, {"min_capacity = -1", ">= 0"}},
       {[](MoEConfig& c) { c.d_model = 0; }, {"d_model = 0", ">= 1"}},
-      {[](MoEConfig& c) { c.hidden = 0; }, {"hidden = 0", ">= 1"}},
+      {[](MoEConfig& c) { c.expert_hidden = 0; }, {"expert_hidden = 0", ">= 1"}},
       {[](MoEConfig& c) { c.jitter_eps = 1.0f; }, {"jitter_eps", "[0, 1)"}},
-      {[](MoEConfig& c) { c.capacity_factor_train = std::nan(""); }, {"capacity_factor_train", "finite"}},
+      {[](MoEConfig& c) { c.capacity_factor = std::nan(""); }, {"capacity_factor = nan", "any finite value"}},
   };
   for (const Case& c : cases) {
     MoEConfig cfg = good;

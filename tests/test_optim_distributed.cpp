@@ -52,17 +52,20 @@ TransformerConfig model_config() {
   c.n_layers = 2;
   c.n_heads = 2;
   c.seq_len = 6;
+  c.tie_embeddings = false;
   c.moe_every = 1;
   c.dense_hidden = 8;
+  c.dense_activation = Activation::GELU;
+  c.moe.activation = Activation::GELU;
   c.moe.num_experts = kExperts;
   c.moe.top_k = 2;
-  c.moe.hidden = 8;
+  c.moe.expert_hidden = 8;
   // Dropless: every token reaches its experts whatever the layout, so routing cannot depend on it.
-  c.moe.capacity_factor_train = 0.0;
-  c.moe.capacity_factor_eval = 0.0;
-  c.moe.init_std = 0.5f;  // O(1) router logits and expert outputs: uneven routing
-  // Large dense weights too (the head above all): the gradient reaching the experts through the
-  // residual stream is not scaled down by a tiny head, so the experts hold a sizeable share of the norm.
+  c.moe.capacity_factor = 0.0;
+  c.moe.eval_capacity_factor = 0.0;
+  // O(1) weights: uneven routing (router logits and expert outputs), and a head large enough that the
+  // gradient reaching the experts through the residual stream is not scaled down by it, so the
+  // experts hold a sizeable share of the norm.
   c.init_std = 0.5f;
   return c;
 }

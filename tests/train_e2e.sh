@@ -116,6 +116,20 @@ too_big)
   grep -Eq "MPI_ABORT|bad_alloc" out.txt && { cat out.txt; fail "an abort instead of a refusal"; }
   [ ! -e big ] || fail "the refused run wrote its run directory"
   ;;
+config_not_a_file)
+  # /dev/zero, a FIFO nothing writes to and a file past the size limit: refused on every rank before
+  # reading (no hang, no allocation of an endless file), one message, nothing written.
+  mkfifo fifo.yaml
+  truncate -s 17M big.yaml
+  for config in /dev/zero fifo.yaml big.yaml; do
+    run 2 "$config" run.dir=r && fail "$config was accepted as a config"
+    grep -q "config: cannot read '$config': it \(is a character device\|is a FIFO\|holds 17825792 bytes, more than the 16 MiB\)" out.txt ||
+      { cat out.txt; fail "message for $config"; }
+    [ "$(grep -c 'cannot read' out.txt)" = 1 ] || { cat out.txt; fail "expected exactly one message (from rank 0)"; }
+    ! grep -q "bad_alloc\|terminate called\|MPI_ABORT" out.txt || { cat out.txt; fail "raw abort for $config"; }
+    [ ! -e r ] && [ ! -e runs ] || fail "$config: something was written"
+  done
+  ;;
 nonfinite_skip)
   MOE_TEST_NAN_STEPS=5:6 run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r || { cat out.txt; fail "exit $?"; }
   grep -q "step 5: non-finite loss or gradient .*step skipped (1 in a row" out.txt || { cat out.txt; fail "no skip message"; }

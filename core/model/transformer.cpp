@@ -37,10 +37,10 @@ int64_t count_params(const TransformerConfig& cfg, int64_t experts_per_moe_layer
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
     n += 2 * norm_params(cfg) + 4 * d * d;                  // norms, w_qkv, w_out
     if (cfg.is_moe_layer(i)) {
-      const MoEConfig m = cfg.moe_layer_config();
+      const MoEConfig& m = cfg.moe;
       n += d * m.num_experts;                               // router
-      n += experts_per_moe_layer * ffn_params(d, m.hidden, m.activation);
-      if (cfg.shared_experts > 0) n += ffn_params(d, cfg.shared_hidden(), m.activation);
+      n += experts_per_moe_layer * ffn_params(d, m.expert_hidden, m.activation);
+      if (m.shared_experts > 0) n += ffn_params(d, m.shared_hidden(), m.activation);
     } else {
       n += ffn_params(d, cfg.dense_hidden, cfg.dense_activation);
     }
@@ -55,43 +55,15 @@ int64_t count_params(const TransformerConfig& cfg, int64_t experts_per_moe_layer
 // ---- config ----
 
 void TransformerConfig::validate() const {
-  MOE_REQUIRE(vocab_size >= 1, "model: vocab_size = ", vocab_size, " must be >= 1");
-  MOE_REQUIRE(vocab_size <= INT32_MAX, "model: vocab_size = ", vocab_size, " must fit int32 token ids");
-  MOE_REQUIRE(d_model >= 1, "model: d_model = ", d_model, " must be >= 1");
-  MOE_REQUIRE(n_layers >= 1, "model: n_layers = ", n_layers, " must be >= 1");
-  MOE_REQUIRE(n_heads >= 1 && d_model % n_heads == 0, "model: n_heads = ", n_heads,
-              " must be >= 1 and divide d_model = ", d_model);
-  MOE_REQUIRE(seq_len >= 1, "model: seq_len = ", seq_len, " must be >= 1");
-  MOE_REQUIRE(std::isfinite(norm_eps) && norm_eps >= 0.f, "model: norm_eps = ", norm_eps,
-              " must be finite and >= 0");
-  MOE_REQUIRE(positions != PositionKind::Rotary || head_dim() % 2 == 0, "model: head_dim = d_model / n_heads = ",
-              head_dim(), " must be even for rotary positions (or use learned positions)");
-  MOE_REQUIRE(std::isfinite(rope_theta) && rope_theta > 0.f, "model: rope_theta = ", rope_theta,
-              " must be finite and > 0");
-  MOE_REQUIRE(moe_every >= 0, "model: moe_every = ", moe_every, " must be >= 0 (0: no MoE layers)");
-  MOE_REQUIRE(std::isfinite(init_std) && init_std > 0.f, "model: init_std = ", init_std,
-              " must be finite and > 0");
-  const bool any_dense = moe_every != 1;
-  MOE_REQUIRE(!any_dense || dense_hidden >= 1, "model: dense_hidden = ", dense_hidden,
-              " must be >= 1 (moe_every = ", moe_every, " leaves dense layers)");
-  if (num_moe_layers() == 0) return;
-  MOE_REQUIRE(moe.d_model == 0 || moe.d_model == d_model, "model: moe.d_model = ", moe.d_model,
-              " must be 0 or d_model = ", d_model);
-  moe_layer_config().validate();
-  MOE_REQUIRE(shared_experts >= 0, "model: shared_experts = ", shared_experts, " must be >= 0");
-  MOE_REQUIRE(shared_expert_hidden >= 0, "model: shared_expert_hidden = ", shared_expert_hidden,
-              " must be >= 0 (0: moe.hidden)");
+  ModelConfig::validate();
+  if (num_moe_layers() > 0) moe_layer_config().validate();
 }
 
 MoEConfig TransformerConfig::moe_layer_config() const {
   MoEConfig m = moe;
   m.d_model = d_model;
+  m.init_std = init_std;
   return m;
-}
-
-int64_t TransformerConfig::shared_hidden() const {
-  if (shared_experts <= 0) return 0;
-  return shared_experts * (shared_expert_hidden > 0 ? shared_expert_hidden : moe.hidden);
 }
 
 int64_t TransformerConfig::total_params() const { return count_params(*this, moe.num_experts); }
@@ -133,10 +105,10 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
   // The experts' output projections write into the residual stream like every w_out: same scaling.
   float* w = moe->weights.w_out.f32();
   for (int64_t i = 0; i < moe->weights.w_out.numel(); ++i) w[i] *= out_scale;
-  if (cfg.shared_experts > 0) {
+  if (cfg.moe.shared_experts > 0) {
     DenseFFNConfig f;
     f.d_model = cfg.d_model;
-    f.hidden = cfg.shared_hidden();
+    f.hidden = cfg.moe.shared_hidden();
     f.activation = cfg.moe.activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;

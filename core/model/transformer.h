@@ -20,38 +20,17 @@
 
 namespace moe {
 
-struct TransformerConfig {
-  int64_t vocab_size = 0;       // V
-  int64_t d_model = 0;          // d
-  int64_t n_layers = 0;         // L
-  int64_t n_heads = 0;          // H, dividing d
-  int64_t seq_len = 0;          // S: every batch is B whole sequences of S tokens
-  NormKind norm = NormKind::RMSNorm;
-  float norm_eps = 1e-5f;
-  PositionKind positions = PositionKind::Rotary;
-  float rope_theta = 10000.f;
-  bool tie_embeddings = false;  // logits = x E^T with the token embedding E instead of a head
-  int64_t moe_every = 2;        // layer i (0-based) is MoE when (i + 1) % moe_every == 0; 0: no MoE
-  int64_t dense_hidden = 0;     // hidden size of the dense layers' FFN (>= 1 when any layer is dense)
-  Activation dense_activation = Activation::GELU;
-  float init_std = 0.02f;       // N(0, init_std) for every dense matrix; output projections (w_out of
-                                // attention, FFNs and experts) get init_std / sqrt(2 n_layers) (GPT-2)
-  MoEConfig moe;                // the MoE layers; moe.d_model is 0 (taken from d_model) or d_model;
-                                // the experts use moe.init_std (before the output scaling)
-  int64_t shared_experts = 0;   // > 0: each MoE layer adds a dense FFN of hidden
-  int64_t shared_expert_hidden = 0;  // shared_experts * shared_expert_hidden (0: moe.hidden), with
-                                     // moe.activation, that every token passes through
+// The model's settings: the dense parts (ModelConfig, the run configuration's `model:` section) and
+// the MoE layers (MoEConfig, its `moe:` section). The MoE layers take d_model and init_std from the
+// model: moe.d_model and moe.init_std are not read (moe_layer_config fills them).
+struct TransformerConfig : ModelConfig {
+  MoEConfig moe;
 
-  // Throws InvalidArgument naming the first bad field, its value and what is accepted; includes
-  // moe.validate() when the model has MoE layers.
+  // Throws InvalidArgument naming the first bad field, its value and what is accepted:
+  // ModelConfig::validate(), then moe_layer_config().validate() when the model has MoE layers.
   void validate() const;
-  bool is_moe_layer(int64_t layer) const { return moe_every >= 1 && (layer + 1) % moe_every == 0; }
-  int64_t num_moe_layers() const { return moe_every >= 1 ? n_layers / moe_every : 0; }
-  int64_t head_dim() const { return d_model / n_heads; }
-  // The MoE layers' settings: moe with d_model filled in.
+  // The MoE layers' settings: moe with d_model and init_std from the model.
   MoEConfig moe_layer_config() const;
-  // Hidden size of the shared-expert FFN (0 without shared experts).
-  int64_t shared_hidden() const;
 
   // Parameter counts of the model this config describes, without building it: every expert of
   // every MoE layer, whichever rank holds it (what TransformerLM::register_parameters registers).

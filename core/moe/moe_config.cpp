@@ -40,24 +40,21 @@ AuxLossScope parse_aux_loss_scope(const std::string& name) {
 const char* to_string(AuxLossScope s) { return s == AuxLossScope::Local ? "local" : "global"; }
 
 void MoEConfig::validate() const {
-  MOE_REQUIRE(d_model >= 1, "d_model = ", d_model, " must be >= 1");
-  MOE_REQUIRE(hidden >= 1, "hidden = ", hidden, " must be >= 1");
-  MOE_REQUIRE(num_experts >= 1, "num_experts = ", num_experts, " must be >= 1");
-  MOE_REQUIRE(top_k >= 1 && top_k <= num_experts, "top_k = ", top_k, " must be in [1, num_experts = ",
-              num_experts, "]");
-  MOE_REQUIRE(std::isfinite(capacity_factor_train), "capacity_factor_train = ", capacity_factor_train,
-              " must be finite (<= 0 means dropless)");
-  MOE_REQUIRE(std::isfinite(capacity_factor_eval), "capacity_factor_eval = ", capacity_factor_eval,
-              " must be finite (<= 0 means dropless)");
-  MOE_REQUIRE(min_capacity >= 0, "min_capacity = ", min_capacity, " must be >= 0");
-  MOE_REQUIRE(std::isfinite(jitter_eps) && jitter_eps >= 0.0f && jitter_eps < 1.0f, "jitter_eps = ",
-              jitter_eps, " must be in [0, 1)");
-  MOE_REQUIRE(std::isfinite(aux_loss_coeff) && aux_loss_coeff >= 0.0f, "aux_loss_coeff = ",
-              aux_loss_coeff, " must be finite and >= 0");
-  MOE_REQUIRE(std::isfinite(z_loss_coeff) && z_loss_coeff >= 0.0f, "z_loss_coeff = ", z_loss_coeff,
-              " must be finite and >= 0");
-  MOE_REQUIRE(std::isfinite(init_std) && init_std > 0.0f, "init_std = ", init_std,
-              " must be finite and > 0");
+  require_in_range("num_experts", num_experts, kNumExpertsRange);
+  require_in_range("top_k", top_k, kTopKRange);
+  MOE_REQUIRE(top_k <= num_experts, "top_k = ", top_k, " must be <= num_experts = ", num_experts);
+  require_in_range("expert_hidden", expert_hidden, kExpertHiddenRange);
+  require_in_range("capacity_factor", capacity_factor, kCapacityFactorRange);
+  require_in_range("eval_capacity_factor", eval_capacity_factor, kCapacityFactorRange);
+  require_in_range("min_capacity", min_capacity, kMinCapacityRange);
+  require_in_range("jitter_eps", jitter_eps, kJitterEpsRange);
+  require_in_range("aux_loss_coeff", aux_loss_coeff, kAuxLossCoeffRange);
+  require_in_range("z_loss_coeff", z_loss_coeff, kZLossCoeffRange);
+  require_in_range("shared_experts", shared_experts, kSharedExpertsRange);
+  require_in_range("shared_expert_hidden", shared_expert_hidden, kSharedExpertHiddenRange);
+  require_in_range("bias_update_rate", bias_update_rate, kBiasUpdateRateRange);
+  require_in_range("d_model", d_model, at_least(1));
+  require_in_range("init_std", init_std, above(0));
 }
 
 int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int64_t top_k, int64_t num_experts,

@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <string>
 
+#include "core/value_range.h"
+
 namespace moe {
 
 enum class Activation { ReLU, GELU, SwiGLU };
@@ -25,29 +27,69 @@ enum class AuxLossScope {
 AuxLossScope parse_aux_loss_scope(const std::string& name);  // "local" | "global"
 const char* to_string(AuxLossScope s);
 
+// How the experts' load is balanced.
+enum class Balancing {
+  AuxLoss,  // the load-balancing loss (aux_loss_coeff) pushes the router towards balance
+  AuxFree,  // per-expert biases added to the routing scores, nudged by bias_update_rate per step
+};
+
+// The settings of the MoE layers: the keys of the run configuration's `moe:` section, named as it
+// spells them, with their defaults (launch/config/train_config.cpp binds each key to its field here),
+// plus d_model and init_std, which the model fills in (TransformerConfig::moe_layer_config).
 struct MoEConfig {
-  int64_t d_model = 0;
-  int64_t hidden = 0;        // expert FFN hidden size (per matrix; SwiGLU has two input matrices)
-  int64_t num_experts = 0;   // E
-  int64_t top_k = 0;         // k, 1 <= k <= E
-  Activation activation = Activation::GELU;
+  int64_t num_experts = 8;            // E
+  int64_t top_k = 2;                  // k, 1 <= k <= E
+  int64_t expert_hidden = 256;        // hidden size of each expert (per matrix; SwiGLU has two input matrices)
+  Activation activation = Activation::SwiGLU;
   // Capacity per expert C = max(ceil(capacity_factor * k * T / E), min_capacity).
   // A factor <= 0 means dropless: nothing is dropped and buffers size themselves.
-  double capacity_factor_train = 1.25;
-  double capacity_factor_eval = 2.0;
+  double capacity_factor = 1.25;      // training
+  double eval_capacity_factor = 2.0;  // evaluation
   int64_t min_capacity = 4;
   DropPolicy drop_policy = DropPolicy::Position;
-  bool renormalize = true;    // rescale the k chosen probabilities to sum to 1
-  float jitter_eps = 0.0f;    // training only: router input multiplied by U(1 - eps, 1 + eps)
-  float aux_loss_coeff = 0.01f;
+  bool renormalize = true;            // rescale the k chosen probabilities to sum to 1
+  float jitter_eps = 0.0f;            // training only: router input multiplied by U(1 - eps, 1 + eps)
+  float aux_loss_coeff = -1.0f;       // < 0: the balancing's default, aux_loss_coeff_default()
   AuxLossScope aux_loss_scope = AuxLossScope::Local;
   float z_loss_coeff = 0.001f;
-  float init_std = 0.02f;     // normal init of the router and expert weights
+  int64_t shared_experts = 0;         // > 0: each MoE layer adds a dense FFN every token passes through
+  int64_t shared_expert_hidden = 0;   // hidden size of each shared expert; 0 = expert_hidden
+  Balancing balancing = Balancing::AuxLoss;
+  double bias_update_rate = 0.001;    // balancing = aux_free: the step of the selection-bias update
 
-  // Throws InvalidArgument naming the first bad parameter, its value and the accepted range.
+  int64_t d_model = 0;                // from the model
+  float init_std = 0.02f;             // from the model: normal init of the router and expert weights
+
+  // The accepted range of each number above: validate() checks them, the run configuration's schema
+  // quotes them.
+  static constexpr Range kNumExpertsRange = at_least(1);
+  static constexpr Range kTopKRange = at_least(1);  // and <= num_experts
+  static constexpr Range kExpertHiddenRange = at_least(1);
+  static constexpr Range kCapacityFactorRange = any_finite();  // <= 0: dropless
+  static constexpr Range kMinCapacityRange = at_least(0);
+  static constexpr Range kJitterEpsRange = closed_open(0, 1);
+  static constexpr Range kAuxLossCoeffRange = any_finite();  // < 0: the balancing's default
+  static constexpr Range kZLossCoeffRange = at_least(0);
+  static constexpr Range kSharedExpertsRange = at_least(0);
+  static constexpr Range kSharedExpertHiddenRange = at_least(0);  // 0: expert_hidden
+  static constexpr Range kBiasUpdateRateRange = at_least(0);
+
+  // Throws InvalidArgument naming the first bad field as the run configuration spells its key
+  // ("top_k = 9 ..."), its value and what is accepted.
   void validate() const;
-  // Number of columns of the first expert matrix: hidden, or 2 * hidden for SwiGLU ([gate | up]).
-  int64_t expert_in_cols() const { return activation == Activation::SwiGLU ? 2 * hidden : hidden; }
+  // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
+  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
+  float aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0f : 0.01f; }
+  // The weight of the load-balancing loss: aux_loss_coeff, or its default when negative.
+  float aux_loss_weight() const { return aux_loss_coeff < 0 ? aux_loss_coeff_default() : aux_loss_coeff; }
+  // Number of columns of the first expert matrix: expert_hidden, or 2 * expert_hidden for SwiGLU ([gate | up]).
+  int64_t expert_in_cols() const { return activation == Activation::SwiGLU ? 2 * expert_hidden : expert_hidden; }
+  // Hidden size of the shared-expert FFN: shared_experts * shared_expert_hidden (0: expert_hidden); 0
+  // without shared experts.
+  int64_t shared_hidden() const {
+    return shared_experts * (shared_expert_hidden > 0 ? shared_expert_hidden : expert_hidden);
+  }
+  bool operator==(const MoEConfig&) const = default;
 };
 
 // C for T tokens, or -1 when capacity_factor <= 0 (dropless).

@@ -30,7 +30,7 @@ void zeroed(Tensor& buffer, const Shape& shape) {
 MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange)
     : cfg_(cfg), seed_(seed), exchange_(std::move(exchange)) {
   cfg_.validate();
-  const int64_t d = cfg_.d_model, E = cfg_.num_experts, h = cfg_.hidden, in_cols = cfg_.expert_in_cols();
+  const int64_t d = cfg_.d_model, E = cfg_.num_experts, h = cfg_.expert_hidden, in_cols = cfg_.expert_in_cols();
   if (exchange_ == nullptr) exchange_ = std::make_unique<LocalExpertExchange>(E);
   MOE_REQUIRE(exchange_->num_experts() == E, "the expert exchange was built for ", exchange_->num_experts(),
               " experts, but the MoE layer has num_experts = ", E);
@@ -74,7 +74,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   timer.lap(&time.router);
 
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.
-  const double factor = training ? cfg_.capacity_factor_train : cfg_.capacity_factor_eval;
+  const double factor = training ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
   plan_ = make_dispatch_plan(router_.expert, router_.probs, E, capacity, cfg_.drop_policy);
   const int64_t M = plan_.num_kept();
@@ -104,7 +104,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   stats_.kept = plan_.kept;
   stats_.kept_total = M;
   stats_.dropped_total = plan_.num_dropped();
-  stats_.aux_loss = load_balancing_loss(balance_, cfg_.aux_loss_coeff);
+  stats_.aux_loss = load_balancing_loss(balance_, cfg_.aux_loss_weight());
   stats_.z_loss = z_loss_forward(router_.logits, cfg_.z_loss_coeff, static_cast<double>(T));
   timer.lap(&time.losses);
 }
@@ -146,7 +146,7 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   const double aux_dloss = global_scope ? static_cast<double>(balance_.ranks) : 1.0;
   zeroed(dprobs_, {T, E});
   zeroed(dlogits_, {T, E});
-  load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_coeff, aux_dloss);
+  load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_weight(), aux_dloss);
   z_loss_backward(dlogits_, router_.logits, router_.probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
   timer.lap(&time.losses);
   router_backward(&dx, &grads.w_gate, dprobs_, dlogits_, dweight_, weights.w_gate, router_, cfg_);

@@ -11,13 +11,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <functional>
-#include <limits>
 #include <set>
 #include <sstream>
 #include <system_error>
 #include <utility>
 
 #include "core/check.h"
+#include "core/model/transformer.h"
 #include "launch/config/launch_values.h"
 
 namespace moe {
@@ -28,14 +28,24 @@ template <typename... Args>
   throw InvalidArgument(detail::concat("config: ", args...));
 }
 
-// ---- Values as text --------------------------------------------------------------------------------
+// ---- Bounds on what a config may hold and what a message quotes ------------------------------------
 
-// The shortest text that reads back to exactly `v` ("0.003", "1e-08", "300").
-std::string format_double(double v) {
-  char buf[64];
-  auto res = std::to_chars(buf, buf + sizeof(buf), v);
-  return std::string(buf, res.ptr);
+// The most bytes a config file may have: real ones are a few KiB; this keeps a wrong path (a log, a
+// data file) from being read into memory on every rank.
+constexpr uintmax_t kMaxConfigBytes = uintmax_t{16} << 20;
+constexpr const char* kMaxConfigBytesText = "16 MiB";
+
+// The most characters of user input a message quotes.
+constexpr size_t kMaxQuoted = 80;
+
+// User input (a key, a value, an argument, a path) as every message quotes it: whole when short,
+// else its first kMaxQuoted characters and its size, so a message stays short whatever the input.
+std::string clipped(const std::string& text) {
+  if (text.size() <= kMaxQuoted) return text;
+  return text.substr(0, kMaxQuoted) + "... (" + std::to_string(text.size()) + " bytes)";
 }
+
+// ---- Values as text --------------------------------------------------------------------------------
 
 // A YAML double-quoted scalar: safe for any text (empty, "true", "1e3", quotes, backslashes).
 std::string quoted(const std::string& s) {
@@ -70,34 +80,6 @@ bool parse_bool(const std::string& text, bool& out) {
 }
 
 // ---- The schema's building blocks -----------------------------------------------------------------
-
-constexpr double kInf = std::numeric_limits<double>::infinity();
-
-// The accepted interval of a number (also used for ints); a bound is inclusive unless marked open.
-// Non-finite values are never accepted.
-struct Range {
-  double lo = -kInf;
-  bool lo_open = false;
-  double hi = kInf;
-  bool hi_open = false;
-
-  bool contains(double v) const {
-    return std::isfinite(v) && (lo_open ? v > lo : v >= lo) && (hi_open ? v < hi : v <= hi);
-  }
-  std::string text() const {
-    bool has_lo = std::isfinite(lo), has_hi = std::isfinite(hi);
-    if (!has_lo && !has_hi) return "any finite value";
-    if (!has_hi) return (lo_open ? "> " : ">= ") + format_double(lo);
-    if (!has_lo) return (hi_open ? "< " : "<= ") + format_double(hi);
-    return (lo_open ? "(" : "[") + format_double(lo) + ", " + format_double(hi) + (hi_open ? ")" : "]");
-  }
-};
-Range at_least(double lo) { return {lo, false, kInf, false}; }
-Range above(double lo) { return {lo, true, kInf, false}; }
-Range closed_open(double lo, double hi) { return {lo, false, hi, true}; }
-Range open_closed(double lo, double hi) { return {lo, true, hi, false}; }
-Range closed(double lo, double hi) { return {lo, false, hi, false}; }
-Range any_finite() { return {}; }
 
 // Which strings a string key accepts.
 struct StringRule {
@@ -176,7 +158,7 @@ std::string shown(const Key& k, const TrainConfig& cfg) {
 
 // "<path> = <value> is out of range; accepted: <range>" for a value of the right type that is not accepted.
 std::string not_accepted(const Key& k, const TrainConfig& cfg) {
-  return k.path + " = " + shown(k, cfg) + (k.type == Type::String ? " is not valid" : " is out of range") +
+  return k.path + " = " + clipped(shown(k, cfg)) + (k.type == Type::String ? " is not valid" : " is out of range") +
          "; accepted: " + k.accepted;
 }
 
@@ -190,7 +172,7 @@ class SectionKeys {
   void integer(const char* name, int64_t S::*field, Range range, const char* doc) {
     S TrainConfig::*m = member_;
     Key k = make(name, Type::Int, range.text(), doc);
-    k.get = [m, field](const TrainConfig& c) { return std::to_string(c.*m.*field); };
+    k.get = [m, field](const TrainConfig& c) { return format_number(c.*m.*field); };
     k.set = [m, field](TrainConfig& c, const std::string& text) {
       int64_t v = 0;
       if (!parse_int(text, v)) return false;
@@ -201,14 +183,15 @@ class SectionKeys {
     keys_.push_back(std::move(k));
   }
 
-  void real(const char* name, double S::*field, Range range, const char* doc) {
+  template <typename T>  // double or float
+  void real(const char* name, T S::*field, Range range, const char* doc) {
     S TrainConfig::*m = member_;
     Key k = make(name, Type::Double, range.text(), doc);
-    k.get = [m, field](const TrainConfig& c) { return format_double(c.*m.*field); };
+    k.get = [m, field](const TrainConfig& c) { return format_number(c.*m.*field); };
     k.set = [m, field](TrainConfig& c, const std::string& text) {
       double v = 0.0;
       if (!parse_double(text, v)) return false;
-      c.*m.*field = v;
+      c.*m.*field = static_cast<T>(v);
       return true;
     };
     k.valid = [m, field, range](const TrainConfig& c) { return range.contains(c.*m.*field); };
@@ -308,56 +291,53 @@ std::vector<Key> build_schema() {
   run.real("peak_gflops", &RunConfig::peak_gflops, at_least(0),
            "one rank's peak GFLOP/s that MFU divides by; 0 = measured at start-up (a large GEMM, all ranks at once)");
 
-  SectionKeys<ModelConfig> model(keys, "model", &TrainConfig::model);
-  model.integer("vocab_size", &ModelConfig::vocab_size, at_least(2), "vocabulary size (tokens 0 .. vocab_size - 1)");
-  model.integer("d_model", &ModelConfig::d_model, at_least(1), "model width; divisible by n_heads");
-  model.integer("n_layers", &ModelConfig::n_layers, at_least(1), "transformer blocks");
-  model.integer("n_heads", &ModelConfig::n_heads, at_least(1), "attention heads per block");
-  model.integer("seq_len", &ModelConfig::seq_len, at_least(2), "tokens per training sequence");
-  model.choice("norm", &ModelConfig::norm, {{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}},
+  using M = ModelConfig;
+  SectionKeys<M> model(keys, "model", &TrainConfig::model);
+  model.integer("vocab_size", &M::vocab_size, M::kVocabSizeRange, "vocabulary size (tokens 0 .. vocab_size - 1)");
+  model.integer("d_model", &M::d_model, M::kDModelRange, "model width; divisible by n_heads");
+  model.integer("n_layers", &M::n_layers, M::kNLayersRange, "transformer blocks");
+  model.integer("n_heads", &M::n_heads, M::kNHeadsRange, "attention heads per block");
+  model.integer("seq_len", &M::seq_len, M::kSeqLenRange, "tokens per training sequence");
+  model.choice("norm", &M::norm, {{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}},
                "normalisation before attention and feed-forward");
-  model.choice("positions", &ModelConfig::positions,
-               {{"rotary", PositionKind::Rotary}, {"learned", PositionKind::Learned}},
+  model.choice("positions", &M::positions, {{"rotary", PositionKind::Rotary}, {"learned", PositionKind::Learned}},
                "position encoding; rotary needs an even head dim d_model / n_heads");
-  model.boolean("tie_embeddings", &ModelConfig::tie_embeddings, "the output head shares the input embedding");
-  model.integer("moe_every", &ModelConfig::moe_every, at_least(1),
+  model.boolean("tie_embeddings", &M::tie_embeddings, "the output head shares the input embedding");
+  model.integer("moe_every", &M::moe_every, M::kMoeEveryRange,
                 "layer i (0-based) is MoE when (i + 1) % moe_every == 0; 1 = every layer");
-  model.integer("dense_hidden", &ModelConfig::dense_hidden, at_least(1),
-                "hidden size of the dense feed-forward layers");
-  model.choice("dense_activation", &ModelConfig::dense_activation, activations,
-               "activation of the dense feed-forward layers");
-  model.real("init_std", &ModelConfig::init_std, above(0), "standard deviation of the normal weight initialisation");
+  model.integer("dense_hidden", &M::dense_hidden, M::kDenseHiddenRange, "hidden size of the dense feed-forward layers");
+  model.choice("dense_activation", &M::dense_activation, activations, "activation of the dense feed-forward layers");
+  model.real("init_std", &M::init_std, M::kInitStdRange, "standard deviation of the normal weight initialisation");
 
-  SectionKeys<MoESection> moe(keys, "moe", &TrainConfig::moe);
-  moe.integer("num_experts", &MoESection::num_experts, at_least(1), "routed experts per MoE layer, over all ranks");
-  moe.integer("top_k", &MoESection::top_k, at_least(1), "experts each token is routed to; at most num_experts");
-  moe.integer("expert_hidden", &MoESection::expert_hidden, at_least(1), "hidden size of each expert (per matrix)");
-  moe.choice("activation", &MoESection::activation, activations, "expert activation (swiglu: gate and up matrices)");
-  moe.real("capacity_factor", &MoESection::capacity_factor, any_finite(),
+  using E = MoEConfig;
+  SectionKeys<E> moe(keys, "moe", &TrainConfig::moe);
+  moe.integer("num_experts", &E::num_experts, E::kNumExpertsRange, "routed experts per MoE layer, over all ranks");
+  moe.integer("top_k", &E::top_k, E::kTopKRange, "experts each token is routed to; at most num_experts");
+  moe.integer("expert_hidden", &E::expert_hidden, E::kExpertHiddenRange, "hidden size of each expert (per matrix)");
+  moe.choice("activation", &E::activation, activations, "expert activation (swiglu: gate and up matrices)");
+  moe.real("capacity_factor", &E::capacity_factor, E::kCapacityFactorRange,
            "training capacity per expert = factor * top_k * tokens / num_experts; <= 0 = dropless");
-  moe.real("eval_capacity_factor", &MoESection::eval_capacity_factor, any_finite(),
+  moe.real("eval_capacity_factor", &E::eval_capacity_factor, E::kCapacityFactorRange,
            "the same at evaluation; <= 0 = dropless");
-  moe.integer("min_capacity", &MoESection::min_capacity, at_least(0), "lower bound of the capacity per expert");
-  moe.choice("drop_policy", &MoESection::drop_policy,
-             {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
+  moe.integer("min_capacity", &E::min_capacity, E::kMinCapacityRange, "lower bound of the capacity per expert");
+  moe.choice("drop_policy", &E::drop_policy, {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
              "over capacity, earlier tokens (position) or higher router probabilities (probs) keep their slot");
-  moe.boolean("renormalize", &MoESection::renormalize, "rescale each token's top_k router weights to sum to 1");
-  moe.real("jitter_eps", &MoESection::jitter_eps, closed_open(0, 1),
+  moe.boolean("renormalize", &E::renormalize, "rescale each token's top_k router weights to sum to 1");
+  moe.real("jitter_eps", &E::jitter_eps, E::kJitterEpsRange,
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
-  moe.real("aux_loss_coeff", &MoESection::aux_loss_coeff, any_finite(),
+  moe.real("aux_loss_coeff", &E::aux_loss_coeff, E::kAuxLossCoeffRange,
            "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free");
-  moe.choice("aux_loss_scope", &MoESection::aux_loss_scope,
-             {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}},
+  moe.choice("aux_loss_scope", &E::aux_loss_scope, {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}},
              "tokens the load-balancing loss counts: each rank's own (local) or all ranks' (global)");
-  moe.real("z_loss_coeff", &MoESection::z_loss_coeff, at_least(0), "weight of the router z-loss");
-  moe.integer("shared_experts", &MoESection::shared_experts, at_least(0),
+  moe.real("z_loss_coeff", &E::z_loss_coeff, E::kZLossCoeffRange, "weight of the router z-loss");
+  moe.integer("shared_experts", &E::shared_experts, E::kSharedExpertsRange,
               "shared experts every token passes through, besides its routed ones");
-  moe.integer("shared_expert_hidden", &MoESection::shared_expert_hidden, at_least(0),
+  moe.integer("shared_expert_hidden", &E::shared_expert_hidden, E::kSharedExpertHiddenRange,
               "hidden size of each shared expert; 0 = expert_hidden");
-  moe.choice("balancing", &MoESection::balancing, {{"aux_loss", Balancing::AuxLoss}, {"aux_free", Balancing::AuxFree}},
+  moe.choice("balancing", &E::balancing, {{"aux_loss", Balancing::AuxLoss}, {"aux_free", Balancing::AuxFree}},
              "load balancing by the aux loss, or aux_free (per-expert routing biases; the aux loss off unless "
              "aux_loss_coeff is set)");
-  moe.real("bias_update_rate", &MoESection::bias_update_rate, at_least(0), "aux_free: step of the bias update");
+  moe.real("bias_update_rate", &E::bias_update_rate, E::kBiasUpdateRateRange, "aux_free: step of the bias update");
 
   SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
   parallel.integer("ep", &ParallelConfig::ep, at_least(0),
@@ -493,6 +473,12 @@ size_t edit_distance(const std::string& a, const std::string& b) {
 
 // "; did you mean X?" for the closest candidate, or "" when none is within half the word's length.
 std::string suggestion(const std::string& word, const std::vector<std::string>& candidates) {
+  // The distance is at least the difference of the lengths, so a word more than twice as long as
+  // every candidate is within half its length of none: skipped, which also bounds the work (the
+  // distance takes time and memory of the product of the lengths) whatever the word.
+  size_t longest = 0;
+  for (const std::string& c : candidates) longest = std::max(longest, c.size());
+  if (word.size() > 2 * longest) return "";
   const std::string* best = nullptr;
   size_t best_distance = 0;
   for (const std::string& c : candidates) {
@@ -521,11 +507,11 @@ std::string join(const std::vector<std::string>& items) {
 // The message for an unknown key `section.name` of a known section.
 std::string unknown_key(const std::string& section, const std::string& path) {
   std::string hint = suggestion(path, all_paths());
-  if (!hint.empty()) return "unknown key " + path + hint;
+  if (!hint.empty()) return "unknown key " + clipped(path) + hint;
   std::vector<std::string> names;
   for (const Key& k : schema())
     if (k.section == section) names.push_back(k.name);
-  return "unknown key " + path + "; the keys of " + section + " are: " + join(names);
+  return "unknown key " + clipped(path) + "; the keys of " + section + " are: " + join(names);
 }
 
 // The message for an unknown name at the top level of the file.
@@ -537,17 +523,17 @@ std::string unknown_section(const std::string& name) {
   }
   for (const Key& k : schema())
     if (k.name == name)
-      return "unknown section '" + name + "'; did you mean " + k.path + " (inside " + k.section + ":)?";
+      return "unknown section '" + clipped(name) + "'; did you mean " + k.path + " (inside " + k.section + ":)?";
   std::vector<std::string> sections = section_names();
   std::string hint = suggestion(name, sections);
-  return "unknown section '" + name + "'" + (hint.empty() ? "; the sections are: " + join(sections) : hint);
+  return "unknown section '" + clipped(name) + "'" + (hint.empty() ? "; the sections are: " + join(sections) : hint);
 }
 
 // ---- Applying values -------------------------------------------------------------------------------
 
 // Parses `text` with the key's type, stores it and checks its range; `where` locates it in messages.
 void assign(const Key& k, TrainConfig& cfg, const std::string& text, const std::string& where) {
-  if (!k.set(cfg, text)) fail(where, k.path, ": expected ", expected(k), ", got '", text, "'");
+  if (!k.set(cfg, text)) fail(where, k.path, ": expected ", expected(k), ", got '", clipped(text), "'");
   if (!k.valid(cfg)) fail(where, not_accepted(k, cfg));
 }
 
@@ -609,11 +595,21 @@ void apply_yaml(const YAML::Node& root, const std::string& source, TrainConfig& 
 
 void apply_override(const std::string& arg, TrainConfig& cfg) {
   size_t eq = arg.find('=');
-  if (eq == std::string::npos) fail("override '", arg, "' is not of the form section.key=value");
+  if (eq == std::string::npos) fail("override '", clipped(arg), "' is not of the form section.key=value");
   const std::string path = arg.substr(0, eq);
   const Key* k = find_key(path);
-  if (k == nullptr) fail("override '", arg, "': unknown key '", path, "'", suggestion(path, all_paths()));
-  assign(*k, cfg, arg.substr(eq + 1), "override '" + arg + "': ");
+  if (k == nullptr) fail("override '", clipped(arg), "': unknown key '", clipped(path), "'", suggestion(path, all_paths()));
+  assign(*k, cfg, arg.substr(eq + 1), "override '" + clipped(arg) + "': ");
+}
+
+// Runs a section struct's validate(), whose messages name its keys ("top_k = 9 ..."), with the section
+// added ("config: moe.top_k = 9 ...").
+void in_section(const char* section, const std::function<void()>& validate) {
+  try {
+    validate();
+  } catch (const InvalidArgument& e) {
+    fail(section, ".", e.what());
+  }
 }
 
 // The defaults that depend on other keys, filled once every value is known.
@@ -621,22 +617,48 @@ void resolve_derived(TrainConfig& cfg) {
   if (cfg.run.dir.empty()) cfg.run.dir = "runs/" + cfg.run.name;
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (std::filesystem::path(cfg.run.dir) / "checkpoints").string();
   if (cfg.moe.shared_expert_hidden == 0) cfg.moe.shared_expert_hidden = cfg.moe.expert_hidden;
-  if (cfg.moe.aux_loss_coeff < 0) cfg.moe.aux_loss_coeff = cfg.moe.aux_loss_coeff_default();
+  cfg.moe.aux_loss_coeff = cfg.moe.aux_loss_weight();
 }
 
+// What a path that is not a regular file is, for the message that refuses it.
+const char* file_kind(std::filesystem::file_type type) {
+  using T = std::filesystem::file_type;
+  switch (type) {
+    case T::directory: return "a directory";
+    case T::fifo: return "a FIFO";
+    case T::character: return "a character device";
+    case T::block: return "a block device";
+    case T::socket: return "a socket";
+    default: return "of another kind";
+  }
+}
+
+// The whole file, after checking what it is: a FIFO or a device would block or never end, and a huge
+// file would be read into memory on every rank. The read stops past the limit, should the file grow.
 std::string read_file(const std::string& path) {
+  const std::string name = clipped(path);
   std::error_code ec;
-  if (std::filesystem::is_directory(path, ec)) fail("cannot read '", path, "': it is a directory");
+  const std::filesystem::file_status status = std::filesystem::status(path, ec);
+  if (ec) fail("cannot open '", name, "': ", ec.message());
+  if (status.type() != std::filesystem::file_type::regular)
+    fail("cannot read '", name, "': it is ", file_kind(status.type()), "; a config is a regular file");
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  auto too_big = [&](uintmax_t bytes) {
+    fail("cannot read '", name, "': it holds ", bytes, " bytes, more than the ", kMaxConfigBytesText, " (",
+         kMaxConfigBytes, " bytes) a config may have");
+  };
+  if (!ec && size > kMaxConfigBytes) too_big(size);
   std::FILE* f = std::fopen(path.c_str(), "rb");
-  if (f == nullptr) fail("cannot open '", path, "': ", std::generic_category().message(errno));
+  if (f == nullptr) fail("cannot open '", name, "': ", std::generic_category().message(errno));
   std::string text;
   char buf[1 << 16];
   size_t n = 0;
-  while ((n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
+  while (text.size() <= kMaxConfigBytes && (n = std::fread(buf, 1, sizeof(buf), f)) > 0) text.append(buf, n);
   const bool failed = std::ferror(f) != 0;
   const int err = errno;
   std::fclose(f);
-  if (failed) fail("cannot read '", path, "': ", std::generic_category().message(err));
+  if (failed) fail("cannot read '", name, "': ", std::generic_category().message(err));
+  if (text.size() > kMaxConfigBytes) too_big(text.size());
   return text;
 }
 
@@ -652,16 +674,11 @@ std::string padded(const std::string& s, size_t width) {
 void TrainConfig::validate() const {
   for (const Key& k : schema())
     if (!k.valid(*this)) fail(not_accepted(k, *this));
-
-  MOE_REQUIRE(model.d_model % model.n_heads == 0, "config: model.d_model = ", model.d_model,
-              " is not divisible by model.n_heads = ", model.n_heads);
-  MOE_REQUIRE(model.positions != PositionKind::Rotary || model.head_dim() % 2 == 0,
-              "config: model.positions = rotary needs an even head dim, but model.d_model / model.n_heads = ",
-              model.d_model, " / ", model.n_heads, " = ", model.head_dim(), " (use learned, or change either)");
-  MOE_REQUIRE(moe.top_k <= moe.num_experts, "config: moe.top_k = ", moe.top_k,
-              " must be <= moe.num_experts = ", moe.num_experts);
-  MOE_REQUIRE(optim.min_lr <= optim.lr, "config: optim.min_lr = ", format_double(optim.min_lr),
-              " must be <= optim.lr = ", format_double(optim.lr));
+  // The sections whose struct validates itself, its messages naming the keys without their section.
+  in_section("model", [&] { model.validate(); });
+  in_section("moe", [&] { TransformerConfig{model, moe}.moe_layer_config().validate(); });
+  MOE_REQUIRE(optim.min_lr <= optim.lr, "config: optim.min_lr = ", format_number(optim.min_lr),
+              " must be <= optim.lr = ", format_number(optim.lr));
   MOE_REQUIRE(data.source != DataSource::Tokens || !data.train_path.empty(),
               "config: data.source = tokens needs data.train_path (a token file), which is empty");
   if (data.source == DataSource::Synthetic) {
@@ -676,26 +693,6 @@ void TrainConfig::validate() const {
                 " must be <= model.vocab_size / data.synthetic_domains = ", model.vocab_size, " / ",
                 data.synthetic_domains, " = ", band);
   }
-}
-
-MoEConfig TrainConfig::moe_layer_config() const {
-  MoEConfig m;
-  m.d_model = model.d_model;
-  m.hidden = moe.expert_hidden;
-  m.num_experts = moe.num_experts;
-  m.top_k = moe.top_k;
-  m.activation = moe.activation;
-  m.capacity_factor_train = moe.capacity_factor;
-  m.capacity_factor_eval = moe.eval_capacity_factor;
-  m.min_capacity = moe.min_capacity;
-  m.drop_policy = moe.drop_policy;
-  m.renormalize = moe.renormalize;
-  m.jitter_eps = static_cast<float>(moe.jitter_eps);
-  m.aux_loss_coeff = static_cast<float>(moe.aux_loss_coeff < 0 ? moe.aux_loss_coeff_default() : moe.aux_loss_coeff);
-  m.aux_loss_scope = moe.aux_loss_scope;
-  m.z_loss_coeff = static_cast<float>(moe.z_loss_coeff);
-  m.init_std = static_cast<float>(model.init_std);
-  return m;
 }
 
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source_name,
@@ -720,7 +717,7 @@ TrainConfig parse_train_config(const std::string& yaml_text, const std::string& 
 }
 
 TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides) {
-  return parse_train_config(read_file(yaml_path), yaml_path, overrides);
+  return parse_train_config(read_file(yaml_path), clipped(yaml_path), overrides);
 }
 
 int resolved_ep(const TrainConfig& cfg, int world_size) {

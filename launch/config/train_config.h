@@ -2,7 +2,8 @@
 // strict validation with messages that name the key, the value and what is accepted.
 //
 // Every key is declared once, in the schema in train_config.cpp (path, field, type, accepted range or
-// choices, one-line doc); its default is the field's initializer below. Loading, unknown-key
+// choices, one-line doc); its default is the field's initializer: below, or in the struct the code
+// itself uses (ModelConfig, MoEConfig), whose validate() is the one check of its keys. Loading, unknown-key
 // detection, overrides, validation, to_yaml and config_keys_help are all loops over that schema, so
 // a new key is a new field here plus one schema line there. `config_keys_help()` lists every key.
 //
@@ -21,10 +22,6 @@
 
 namespace moe {
 
-enum class Balancing {
-  AuxLoss,  // the load-balancing loss (moe.aux_loss_coeff) pushes the router towards balance
-  AuxFree,  // per-expert biases added to the routing scores, nudged by moe.bias_update_rate per step
-};
 enum class OptimizerKind { AdamW, SGD };
 enum class DataSource { Synthetic, Tokens };
 enum class ResumeMode { Never, Auto };
@@ -42,51 +39,6 @@ struct RunConfig {
   int64_t max_nonfinite_steps = 5;     // consecutive non-finite steps before the run stops
   double peak_gflops = 0;              // one rank's peak that MFU divides by; 0 = measured at start-up
   bool operator==(const RunConfig&) const = default;
-};
-
-struct ModelConfig {
-  int64_t vocab_size = 256;
-  int64_t d_model = 128;
-  int64_t n_layers = 4;
-  int64_t n_heads = 4;
-  int64_t seq_len = 128;
-  NormKind norm = NormKind::RMSNorm;
-  PositionKind positions = PositionKind::Rotary;
-  bool tie_embeddings = true;
-  int64_t moe_every = 2;               // layer i (0-based) is MoE when (i + 1) % moe_every == 0
-  int64_t dense_hidden = 512;
-  Activation dense_activation = Activation::SwiGLU;
-  double init_std = 0.02;
-  bool operator==(const ModelConfig&) const = default;
-
-  int64_t head_dim() const { return d_model / n_heads; }
-  bool is_moe_layer(int64_t layer) const { return (layer + 1) % moe_every == 0; }
-};
-
-struct MoESection {
-  int64_t num_experts = 8;
-  int64_t top_k = 2;
-  int64_t expert_hidden = 256;
-  Activation activation = Activation::SwiGLU;
-  double capacity_factor = 1.25;       // <= 0: dropless
-  double eval_capacity_factor = 2.0;   // <= 0: dropless
-  int64_t min_capacity = 4;
-  DropPolicy drop_policy = DropPolicy::Position;
-  bool renormalize = true;
-  double jitter_eps = 0.0;
-  double aux_loss_coeff = -1;          // after loading: never < 0 (< 0 means the balancing's default,
-                                       // aux_loss_coeff_default())
-  AuxLossScope aux_loss_scope = AuxLossScope::Local;
-  double z_loss_coeff = 0.001;
-  int64_t shared_experts = 0;
-  int64_t shared_expert_hidden = 0;    // after loading: never 0 ("0" means expert_hidden)
-  Balancing balancing = Balancing::AuxLoss;
-  double bias_update_rate = 0.001;     // used with balancing = aux_free
-  bool operator==(const MoESection&) const = default;
-
-  // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
-  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
-  double aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0 : 0.01; }
 };
 
 struct ParallelConfig {
@@ -170,8 +122,8 @@ struct SchedulerConfig {
 
 struct TrainConfig {
   RunConfig run;
-  ModelConfig model;
-  MoESection moe;
+  ModelConfig model;                   // core/model/model_options.h
+  MoEConfig moe;                       // core/moe/moe_config.h; d_model and init_std come from model
   ParallelConfig parallel;
   OptimConfig optim;
   DataConfig data;
@@ -180,27 +132,25 @@ struct TrainConfig {
   SchedulerConfig scheduler;
   bool operator==(const TrainConfig&) const = default;
 
-  // Every check that does not depend on the world size: each key's type range or choices, then the
-  // cross-field rules (d_model divisible by n_heads, rotary needs an even head dim, top_k <=
-  // num_experts, min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits the
-  // vocabulary). Throws InvalidArgument naming the keys and values involved.
+  // Every check that does not depend on the world size: each key's range or choices, then
+  // ModelConfig::validate and MoEConfig::validate (d_model divisible by n_heads, rotary needs an even
+  // head dim, top_k <= num_experts; their messages get "config: model." / "config: moe."), then the
+  // cross-section rules (min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits
+  // the vocabulary). Throws InvalidArgument naming the keys and values involved.
   void validate() const;
-
-  // The settings of every MoE layer: d_model and init_std from `model`, hidden = expert_hidden, the
-  // rest from `moe` (capacity_factor -> capacity_factor_train, eval_capacity_factor ->
-  // capacity_factor_eval). Shared experts and balancing are not part of MoEConfig.
-  MoEConfig moe_layer_config() const;
 };
 
 // Reads the YAML file at `yaml_path`, applies `overrides` (each "section.key=value", in order, later
 // ones winning), fills the derived defaults (run.dir, checkpoint.dir, moe.shared_expert_hidden,
-// moe.aux_loss_coeff) and
-// validates (TrainConfig::validate). Keys missing from the file keep their defaults; an empty file is
-// the default config. Throws InvalidArgument, naming the file with line:column where known, for: an
-// unreadable file (with the OS error), a YAML syntax error, an unknown key (with its full path and
-// the closest valid key), a non-map where a section is expected or a map/sequence where a value is
-// expected, a key given twice, a value of the wrong type, a value out of range, and a malformed
-// override (no '=', unknown path, wrong type; the message quotes the argument).
+// moe.aux_loss_coeff) and validates (TrainConfig::validate). Keys missing from the file keep their
+// defaults; an empty file is the default config. Throws InvalidArgument, naming the file with
+// line:column where known, for: a path that is not a regular file (a directory, a FIFO, a device;
+// refused before it is opened) or a file over 16 MiB, an unreadable file (with the OS error), a YAML
+// syntax error, an unknown key (with its full path and the closest valid key), a non-map where a
+// section is expected or a map/sequence where a value is expected, a key given twice, a value of
+// the wrong type, a value out of range, and a malformed override (no '=', unknown path, wrong type;
+// the message quotes the argument). A message quotes at most 80 characters of any user input (key,
+// value, argument, path), then its size, and takes bounded time whatever the input.
 TrainConfig load_train_config(const std::string& yaml_path, const std::vector<std::string>& overrides = {});
 
 // As load_train_config, with the YAML given as text; `source_name` stands for the file in messages.

@@ -42,25 +42,7 @@ std::atomic<bool> g_stop_requested{false};
 
 void request_stop() { g_stop_requested.store(true); }
 
-TransformerConfig transformer_config(const TrainConfig& c) {
-  TransformerConfig t;
-  t.vocab_size = c.model.vocab_size;
-  t.d_model = c.model.d_model;
-  t.n_layers = c.model.n_layers;
-  t.n_heads = c.model.n_heads;
-  t.seq_len = c.model.seq_len;
-  t.norm = c.model.norm;
-  t.positions = c.model.positions;
-  t.tie_embeddings = c.model.tie_embeddings;
-  t.moe_every = c.model.moe_every;
-  t.dense_hidden = c.model.dense_hidden;
-  t.dense_activation = c.model.dense_activation;
-  t.init_std = static_cast<float>(c.model.init_std);
-  t.moe = c.moe_layer_config();
-  t.shared_experts = c.moe.shared_experts;
-  t.shared_expert_hidden = c.moe.shared_expert_hidden;
-  return t;
-}
+TransformerConfig transformer_config(const TrainConfig& c) { return TransformerConfig{c.model, c.moe}; }
 
 namespace {
 
