@@ -162,8 +162,8 @@ LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tens
   if (groups != nullptr) {
     ParameterRegistry registry;
     layer.register_parameters(registry, "moe");
-    GradientSync sync;
-    sync.sync(registry, *groups);
+    registry.flatten_gradients();  // the gradients so far are copied in
+    sync_gradients(registry, *groups);
   }
   run.stats = layer.stats();
   run.w_in = layer.weights.w_in;

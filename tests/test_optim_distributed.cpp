@@ -107,8 +107,8 @@ LayoutRun run_layout(int ep) {
   TransformerLM model(cfg, kSeed, [&] { return make_all_to_all_exchange(groups); });
   ParameterRegistry registry;
   model.register_parameters(registry);
+  registry.flatten_gradients();
   AdamW opt(registry, AdamWConfig{});  // weight decay 0.1 on the matrices
-  GradientSync sync;
 
   LayoutRun run;
   run.ep = ep;
@@ -126,7 +126,7 @@ LayoutRun run_layout(int ep) {
     registry.zero_grads();
     model.forward(inputs, targets, /*training=*/true);
     model.backward();
-    sync.sync(registry, groups);
+    sync_gradients(registry, groups);
 
     StepRecord rec;
     if (ep == 1) {

@@ -258,7 +258,6 @@ class Trainer {
   TransformerLM model_;
   ParameterRegistry registry_;
   std::unique_ptr<Optimizer> optimizer_;
-  GradientSync grad_sync_;
   const LrSchedule schedule_;
   const std::vector<MoELayer*> moe_layers_;
   std::vector<int64_t> moe_layer_ids_;  // the model's layer index of each MoE layer
@@ -316,6 +315,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       targets_(Tensor::empty({N_}, DType::I32)),
       watchdog_(cfg.run.watchdog_timeout_s, rank_, options.on_watchdog) {
   model_.register_parameters(registry_);
+  registry_.flatten_gradients();
   if (cfg.optim.decay_norms_and_biases)
     for (Parameter& p : registry_.all()) p.weight_decay = true;
   optimizer_ = make_optimizer(cfg, registry_);
@@ -499,7 +499,7 @@ bool Trainer::step(int64_t step) {
     while (true) pause();  // the watchdog ends the job
   }
   if (rank_ == 0 && options_.hooks.nan_at(step)) registry_.all()[0].grad.f32()[0] = std::nanf("");
-  grad_sync_.sync(registry_, groups_, A_);
+  sync_gradients(registry_, groups_, A_);
   // One all-reduce for the losses, the stop flag and the router entropies, each then a mean over
   // micro-batches and ranks.
   sums[3] = g_stop_requested.load() ? 1.0 : 0.0;
