@@ -218,7 +218,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   // The gate of bench-moe-layer: larger router weights than the training init (std 0.5), so routing
   // is as peaked as a trained router's; same seed and gate in every layer here, so the same routing.
   auto make_layer = [&](const moe::ProcessGroups* g) {
-    auto layer = std::make_unique<moe::MoELayer>(cfg, 42, g ? moe::make_all_to_all_exchange(*g) : nullptr);
+    auto layer = std::make_unique<moe::MoELayer>(cfg, 42, g ? moe::make_all_to_all_exchange(*g, moe::Stream::host()) : nullptr);
     moe::fill_normal(layer->weights.w_gate, 0.5f, moe::stream_id(42, "bench.gate"));
     return layer;
   };

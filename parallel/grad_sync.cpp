@@ -6,7 +6,8 @@
 
 namespace moe {
 
-void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, int64_t micro_batches) {
+void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, const Stream& stream,
+                    int64_t micro_batches) {
   MOE_REQUIRE(registry.flattened(), "sync_gradients: the registry's gradients are not flattened; call "
               "flatten_gradients after registering the parameters");
   // The scale is rounded to float first: x * double(float s) rounded to float is the float product
@@ -17,7 +18,7 @@ void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, in
   for (const auto& [kind, comm] : kinds) {
     Tensor& flat = registry.gradients(kind);
     if (flat.numel() == 0) continue;  // the same on every rank of the group
-    all_reduce(*comm, flat);
+    all_reduce(*comm, flat, stream);
     scale_in_place(flat, scale);
   }
 }

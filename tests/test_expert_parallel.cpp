@@ -152,7 +152,7 @@ struct LayerRun {
 // Collective over groups' communicators when groups != nullptr (in the same order on every rank).
 LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tensor& gate, const Tensor& x,
               const Tensor& dy) {
-  MoELayer layer(cfg, kSeed, groups != nullptr ? make_all_to_all_exchange(*groups) : nullptr);
+  MoELayer layer(cfg, kSeed, groups != nullptr ? make_all_to_all_exchange(*groups, Stream::host()) : nullptr);
   std::memcpy(layer.weights.w_gate.f32(), gate.f32(), static_cast<size_t>(gate.numel()) * sizeof(float));
   LayerRun run;
   run.y = Tensor::zeros(x.shape());
@@ -163,7 +163,7 @@ LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tens
     ParameterRegistry registry;
     layer.register_parameters(registry, "moe");
     registry.flatten_gradients();  // the gradients so far are copied in
-    sync_gradients(registry, *groups);
+    sync_gradients(registry, *groups, Stream::host());
   }
   run.stats = layer.stats();
   run.w_in = layer.weights.w_in;

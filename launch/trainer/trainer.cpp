@@ -255,6 +255,7 @@ class Trainer {
   const LocalPlacement placement_;
   const int gpu_;
   ProcessGroups groups_;
+  const Stream stream_ = Stream::host();  // what the collectives on tensors run in
   TransformerLM model_;
   ParameterRegistry registry_;
   std::unique_ptr<Optimizer> optimizer_;
@@ -302,7 +303,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       gpu_(gpu_for_local_rank(placement_.local_rank, /*gpu_count=*/0)),
       groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts)),
       model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
-             [this] { return make_all_to_all_exchange(groups_); }),
+             [this] { return make_all_to_all_exchange(groups_, stream_); }),
       schedule_{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.schedule},
       moe_layers_(model_.moe_layers()),
       routing_(static_cast<int64_t>(moe_layers_.size()), cfg.moe.num_experts,
@@ -499,7 +500,7 @@ bool Trainer::step(int64_t step) {
     while (true) pause();  // the watchdog ends the job
   }
   if (rank_ == 0 && options_.hooks.nan_at(step)) registry_.all()[0].grad.f32()[0] = std::nanf("");
-  sync_gradients(registry_, groups_, A_);
+  sync_gradients(registry_, groups_, stream_, A_);
   // One all-reduce for the losses, the stop flag and the router entropies, each then a mean over
   // micro-batches and ranks.
   sums[3] = g_stop_requested.load() ? 1.0 : 0.0;
