@@ -24,7 +24,7 @@ class AllToAllExchange final : public ExpertExchange {
       return offset_;
     }
     LapTimer timer;
-    plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel);
+    plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel.control);
     timer.lap(&time.counts_exchange);
     return plan_.local_offset;
   }
@@ -36,7 +36,7 @@ class AllToAllExchange final : public ExpertExchange {
     LapTimer timer;
     const int64_t R = plan_.received_rows(), C = rows.dim(1);
     source_major_.resize({R, C});
-    all_to_all_v(*groups_.expert_parallel, rows, plan_.send_rows, source_major_, plan_.recv_rows, stream_);
+    all_to_all_v(*groups_.expert_parallel.data, rows, plan_.send_rows, source_major_, plan_.recv_rows, stream_);
     timer.lap(&time.token_exchange);
     expert_rows.resize({R, C});
     gather_rows(expert_rows, source_major_, plan_.to_expert_major);
@@ -56,12 +56,12 @@ class AllToAllExchange final : public ExpertExchange {
     source_major_.resize(expert_rows.shape());
     gather_rows(source_major_, expert_rows, plan_.to_source_major);
     timer.lap(&time.permute);
-    all_to_all_v(*groups_.expert_parallel, source_major_, plan_.recv_rows, rows, plan_.send_rows, stream_);
+    all_to_all_v(*groups_.expert_parallel.data, source_major_, plan_.recv_rows, rows, plan_.send_rows, stream_);
     timer.lap(&time.return_exchange);
   }
 
   void all_reduce_balance_terms(LoadBalanceTerms& terms) override {
-    all_reduce_packed<double>(*groups_.world, {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1},
+    all_reduce_packed<double>(*groups_.world.control, {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1},
                                                {&terms.num_tokens, 1}});
     terms.ranks = groups_.layout.world_size;
   }

@@ -13,8 +13,8 @@ void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, co
   // The scale is rounded to float first: x * double(float s) rounded to float is the float product
   // x * s, what this sync has always computed.
   const float scale = 1.0f / static_cast<float>(groups.layout.world_size * micro_batches);
-  const std::pair<ParamKind, Communicator*> kinds[] = {{ParamKind::Dense, groups.world},
-                                                       {ParamKind::Expert, groups.expert_data_parallel.get()}};
+  const std::pair<ParamKind, Communicator*> kinds[] = {{ParamKind::Dense, groups.world.data},
+                                                       {ParamKind::Expert, groups.expert_data_parallel.data}};
   for (const auto& [kind, comm] : kinds) {
     Tensor& flat = registry.gradients(kind);
     if (flat.numel() == 0) continue;  // the same on every rank of the group

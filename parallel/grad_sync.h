@@ -14,8 +14,8 @@ namespace moe {
 //    same experts; each already holds the contributions of all ep ranks of its expert-parallel
 //    group, which sent it their tokens), divided by W A (not by the group size).
 // One all-reduce per parameter kind, of the registry's flat gradient buffer as it is (the registry
-// must be flattened), in `stream` (the gradients' device's). Collective over groups.world and
-// groups.expert_data_parallel.
+// must be flattened), in `stream` (the gradients' device's). Collective over the data
+// communicators of groups.world and groups.expert_data_parallel.
 void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, const Stream& stream,
                     int64_t micro_batches = 1);
 

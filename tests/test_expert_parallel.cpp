@@ -17,8 +17,9 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
-#include "parallel/grad_sync.h"
 #include "parallel/all_to_all_exchange.h"
+#include "parallel/grad_sync.h"
+#include "parallel/mpi/mpi_communicator.h"
 #include "parallel/process_groups.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
@@ -440,6 +441,42 @@ TEST(ExpertParallel, TopKEqualsNumExperts) {
       s.expect_drops = factor > 0.0;
       expect_sharding_invisible(s);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each group's control and data communicators: the same ranks in the same order, but separate MPI
+// communicators (congruent, not identical), so control traffic never interleaves with data.
+// ---------------------------------------------------------------------------------------------
+
+TEST(ProcessGroups, ControlAndDataAreSeparateCommunicatorsOfTheSameRanks) {
+  Communicator& world = test_world();
+  for (int ep = 1; ep <= world.size(); ++ep) {
+    if (world.size() % ep != 0) continue;
+    SCOPED_TRACE("ep=" + std::to_string(ep));
+    const ProcessGroups groups = make_process_groups(world, ep, 4 * ep);
+    EXPECT_EQ(groups.world.control, &world);
+    const std::pair<const ProcessGroup*, int> sizes[] = {
+        {&groups.world, world.size()}, {&groups.expert_parallel, ep}, {&groups.expert_data_parallel, world.size() / ep}};
+    for (const auto& [group, size] : sizes) {
+      ASSERT_NE(group->control, group->data);
+      EXPECT_EQ(group->control->size(), size);
+      EXPECT_EQ(group->data->size(), size);
+      EXPECT_EQ(group->data->rank(), group->control->rank());
+      const auto* control = dynamic_cast<const MpiCommunicator*>(group->control);
+      const auto* data = dynamic_cast<const MpiCommunicator*>(group->data);
+      ASSERT_TRUE(control != nullptr && data != nullptr);
+      int verdict = MPI_UNEQUAL;
+      MPI_CHECK(MPI_Comm_compare(control->handle(), data->handle(), &verdict));
+      EXPECT_EQ(verdict, MPI_CONGRUENT) << "same ranks in the same order, another communication context";
+    }
+    EXPECT_EQ(groups.expert_parallel.data->rank(), groups.layout.ep_rank);
+    // A data all-reduce in flight while the control communicator reduces something else.
+    Tensor ones = Tensor::from({3}, {1.f, 1.f, 1.f});
+    std::unique_ptr<CommRequest> pending = start_all_reduce(*groups.expert_parallel.data, ones, Stream::host());
+    EXPECT_EQ(all_reduce_value(*groups.expert_parallel.control, 2), 2 * ep);
+    pending->wait();
+    EXPECT_EQ(ones.f32()[2], float(ep));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------
