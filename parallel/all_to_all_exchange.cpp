@@ -61,8 +61,8 @@ class AllToAllExchange final : public ExpertExchange {
   }
 
   void all_reduce_balance_terms(LoadBalanceTerms& terms) override {
-    all_reduce_packed<double>(*groups_.world.control, {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1},
-                                               {&terms.num_tokens, 1}});
+    all_reduce_packed<double>(*groups_.world.control,
+                              {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1}, {&terms.num_tokens, 1}});
     terms.ranks = groups_.layout.world_size;
   }
 

@@ -244,7 +244,7 @@ class Trainer {
   void finish();                // the routing report and DONE
 
   const TrainConfig& cfg_;
-  Communicator& world_;
+  Communicator& world_;  // the world's control communicator (groups_.world.control): host values only
   const TrainOptions options_;
   const int rank_, W_;
   const bool leader_;
