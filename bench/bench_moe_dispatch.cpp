@@ -191,7 +191,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   moe::set_num_threads(a.threads);
   moe::ProcessGroups groups = moe::make_process_groups(*world, a.ep, a.E);
   const moe::ExpertLayout& layout = groups.layout;
-  auto* ep_mpi = dynamic_cast<moe::MpiCommunicator*>(groups.expert_parallel.get());
+  auto* ep_mpi = dynamic_cast<moe::MpiCommunicator*>(groups.expert_parallel.data);
   MOE_ASSERT(ep_mpi != nullptr, "an MPI world splits into MPI communicators");
   const int ep = layout.ep;
   const int64_t d = a.d, T = a.T;
@@ -207,7 +207,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   // The gate of bench-moe-layer: larger router weights than the training init (std 0.5), so routing
   // is as peaked as a trained router's; same seed and gate in every layer here, so the same routing.
   auto make_layer = [&](const moe::ProcessGroups* g) {
-    auto layer = std::make_unique<moe::MoELayer>(cfg, 42, g ? moe::make_all_to_all_exchange(*g) : nullptr);
+    auto layer = std::make_unique<moe::MoELayer>(cfg, 42, g ? moe::make_all_to_all_exchange(*g, moe::Stream::host()) : nullptr);
     moe::fill_normal(layer->weights.w_gate, 0.5f, moe::stream_id(42, "bench.gate"));
     return layer;
   };
@@ -250,7 +250,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   }
 
   // The forward token exchange's per-peer counts (the counts all-to-all again, outside any timing).
-  const moe::ExchangePlan xp = moe::make_exchange_plan(dist->plan(), layout, *groups.expert_parallel);
+  const moe::ExchangePlan xp = moe::make_exchange_plan(dist->plan(), layout, *groups.expert_parallel.control);
   int64_t sent_rows = 0, self_rows = xp.send_rows[layout.ep_rank];
   for (int64_t r : xp.send_rows) sent_rows += r;
   const int64_t received = xp.received_rows();

@@ -541,6 +541,12 @@ void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs,
 
 // ---- index tensors ----
 
+int64_t first_nonfinite(const Tensor& x) {
+  require_defined("first_nonfinite", "x", x);
+  require_dtype("first_nonfinite", "x", x, DType::F32);
+  return MOE_DISPATCH(x.device(), first_nonfinite, x);
+}
+
 void index_ramp(Tensor& index, int64_t start, int64_t step, int64_t period) {
   const char* op = "index_ramp";
   require_rank(op, "index", index, 1);
@@ -617,6 +623,16 @@ void scale_in_place(Tensor& x, double factor) {
   require_f32_tensor(op, "x", x);
   require_finite(op, "factor", factor);
   MOE_DISPATCH(x.device(), scale_in_place, x, factor);
+}
+
+void selection_bias_update(Tensor& bias, const std::vector<int64_t>& load, double rate) {
+  const char* op = "selection_bias_update";
+  require_f32_tensor(op, "bias", bias);
+  require_rank(op, "bias", bias, 1);
+  MOE_REQUIRE(static_cast<int64_t>(load.size()) == bias.dim(0), op, ": ", load.size(), " loads for bias ",
+              to_string(bias.shape()));
+  MOE_REQUIRE(std::isfinite(rate) && rate >= 0.0, op, ": rate = ", rate, " must be finite and >= 0");
+  MOE_DISPATCH(bias.device(), selection_bias_update, bias, load, rate);
 }
 
 }  // namespace moe

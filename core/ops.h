@@ -153,6 +153,12 @@ double z_loss_forward(const Tensor& logits, double coeff, double mean_over);
 void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs, double coeff,
                      double mean_over, double dloss);
 
+// ---- checks ----
+
+// The flat index (in row-major order) of x's first element that is NaN or infinite, -1 when every
+// element is finite. x float32, any shape.
+int64_t first_nonfinite(const Tensor& x);
+
 // ---- index tensors ----
 
 // index_ramp: index (N) int32, index[n] = start + step * (n mod period), period >= 1; every value must

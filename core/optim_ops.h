@@ -6,6 +6,9 @@
 // every tensor argument of one call has the same shape (any rank) and is float32 on one device.
 #pragma once
 
+#include <cstdint>
+#include <vector>
+
 #include "core/tensor.h"
 
 namespace moe {
@@ -34,8 +37,13 @@ void sgd_update(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentu
 // sum_i x_i^2, each square and the sum in double, over x of any shape (0 for no elements).
 double sum_of_squares(const Tensor& x);
 
-// x_i = float(x_i * factor), the product in double (gradient clipping by max_norm / norm). Any shape;
-// factor finite.
+// x_i = float(x_i * factor), the product in double (gradient clipping by max_norm / norm, the
+// gradient sync's mean). Any shape; factor finite.
 void scale_in_place(Tensor& x, double factor);
+
+// Auxiliary-loss-free balancing's bias step: with mean = sum_e load[e] / E (each term divided, summed
+// in double in index order), bias[e] += float(+rate) when load[e] < mean, float(-rate) when above, 0
+// when equal. bias (E) float32, load: E host counts (the tokens each expert took), rate finite >= 0.
+void selection_bias_update(Tensor& bias, const std::vector<int64_t>& load, double rate);
 
 }  // namespace moe

@@ -140,8 +140,15 @@ void Tensor::resize(const Shape& shape) {
 Tensor Tensor::clone() const {
   if (!defined()) return Tensor();
   Tensor t = empty(shape_, dtype_, device_);
-  device_ == Device::CPU ? cpu::copy_bytes(t.data_, data_, nbytes()) : cuda::copy_bytes(t.data_, data_, nbytes());
+  t.copy_from(*this);
   return t;
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  MOE_REQUIRE(src.shape() == shape_ && src.dtype() == dtype_ && src.device() == device_, "copy_from: source ",
+              to_string(src.shape()), " ", to_string(src.dtype()), " on ", to_string(src.device()),
+              " does not match ", to_string(shape_), " ", to_string(dtype_), " on ", to_string(device_));
+  device_ == Device::CPU ? cpu::copy_bytes(data_, src.data_, nbytes()) : cuda::copy_bytes(data_, src.data_, nbytes());
 }
 
 Tensor Tensor::to(Device device) const {

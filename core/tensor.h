@@ -66,6 +66,9 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Deep copy, on the same device.
   Tensor clone() const;
+  // Copies src's elements into this tensor's (which may be a view): same shape, dtype and device,
+  // else InvalidArgument; the two must not overlap.
+  void copy_from(const Tensor& src);
   // This tensor on `device`: itself (sharing storage) when it is there already, else a copy.
   Tensor to(Device device) const;
 

@@ -2,6 +2,7 @@
 #include "optim/aux_free_balancing.h"
 
 #include "core/check.h"
+#include "core/optim_ops.h"
 
 namespace moe {
 
@@ -18,13 +19,8 @@ void update_selection_bias(const std::vector<MoELayer*>& layers, const std::vect
   }
   all_reduce(world, load.data(), static_cast<int64_t>(load.size()));
   for (size_t l = 0; l < layers.size(); ++l) {
-    double mean = 0;
-    for (int64_t e = 0; e < E; ++e) mean += static_cast<double>(load[l * E + e]) / static_cast<double>(E);
-    float* bias = layers[l]->selection_bias.f32();
-    for (int64_t e = 0; e < E; ++e) {
-      const double c = static_cast<double>(load[l * E + e]);
-      bias[e] += static_cast<float>(c < mean ? rate : (c > mean ? -rate : 0.0));
-    }
+    const auto first = load.begin() + static_cast<std::ptrdiff_t>(l * E);
+    selection_bias_update(layers[l]->selection_bias, std::vector<int64_t>(first, first + E), rate);
   }
 }
 

@@ -10,7 +10,7 @@ namespace moe {
 double global_grad_norm(const ParameterRegistry& registry, const ProcessGroups* groups) {
   double dense = 0.0, expert = 0.0;
   for (const Parameter& p : registry.all()) (p.kind == ParamKind::Dense ? dense : expert) += sum_of_squares(p.grad);
-  if (groups != nullptr) expert = all_reduce_value(*groups->expert_parallel, expert);
+  if (groups != nullptr) expert = all_reduce_value(*groups->expert_parallel.control, expert);
   return std::sqrt(dense + expert);
 }
 

@@ -8,10 +8,10 @@
 namespace moe {
 
 // sqrt(sum of squares of all gradients of the model), identical on every rank. Call after
-// GradientSync::sync, when replicas hold equal gradients: dense parameters are replicated on every
+// sync_gradients, when replicas hold equal gradients: dense parameters are replicated on every
 // rank, so each rank's own dense sum counts them once; each expert shard is held by exactly one
 // rank of every expert-parallel group, so summing the expert sums over that group counts every
-// expert once. groups == nullptr: one process. Collective over groups->expert_parallel.
+// expert once. groups == nullptr: one process. Collective over groups->expert_parallel.control.
 double global_grad_norm(const ParameterRegistry& registry, const ProcessGroups* groups);
 
 // Scales every gradient by max_norm / norm when norm > max_norm > 0; returns the scale used (1 if

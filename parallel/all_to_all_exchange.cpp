@@ -11,7 +11,7 @@ namespace {
 
 class AllToAllExchange final : public ExpertExchange {
  public:
-  explicit AllToAllExchange(const ProcessGroups& groups) : groups_(groups) {}
+  AllToAllExchange(const ProcessGroups& groups, const Stream& stream) : groups_(groups), stream_(stream) {}
 
   int64_t num_experts() const override { return groups_.layout.num_experts; }
   int64_t first_expert() const override { return groups_.layout.first_expert; }
@@ -24,7 +24,7 @@ class AllToAllExchange final : public ExpertExchange {
       return offset_;
     }
     LapTimer timer;
-    plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel);
+    plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel.control);
     timer.lap(&time.counts_exchange);
     return plan_.local_offset;
   }
@@ -36,7 +36,7 @@ class AllToAllExchange final : public ExpertExchange {
     LapTimer timer;
     const int64_t R = plan_.received_rows(), C = rows.dim(1);
     source_major_.resize({R, C});
-    all_to_all_v(*groups_.expert_parallel, rows, plan_.send_rows, source_major_, plan_.recv_rows);
+    all_to_all_v(*groups_.expert_parallel.data, rows, plan_.send_rows, source_major_, plan_.recv_rows, stream_);
     timer.lap(&time.token_exchange);
     expert_rows.resize({R, C});
     gather_rows(expert_rows, source_major_, plan_.to_expert_major);
@@ -56,13 +56,13 @@ class AllToAllExchange final : public ExpertExchange {
     source_major_.resize(expert_rows.shape());
     gather_rows(source_major_, expert_rows, plan_.to_source_major);
     timer.lap(&time.permute);
-    all_to_all_v(*groups_.expert_parallel, source_major_, plan_.recv_rows, rows, plan_.send_rows);
+    all_to_all_v(*groups_.expert_parallel.data, source_major_, plan_.recv_rows, rows, plan_.send_rows, stream_);
     timer.lap(&time.return_exchange);
   }
 
   void all_reduce_balance_terms(LoadBalanceTerms& terms) override {
-    all_reduce_packed<double>(*groups_.world, {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1},
-                                               {&terms.num_tokens, 1}});
+    all_reduce_packed<double>(*groups_.world.control,
+                              {terms.choice_count, terms.prob_sum, {&terms.num_choices, 1}, {&terms.num_tokens, 1}});
     terms.ranks = groups_.layout.world_size;
   }
 
@@ -70,6 +70,7 @@ class AllToAllExchange final : public ExpertExchange {
   bool moves_rows() const { return groups_.layout.ep > 1; }
 
   const ProcessGroups& groups_;
+  const Stream stream_;
   ExchangePlan plan_;             // of the last forward, reused by its backward
   std::vector<int64_t> offset_;   // ep = 1: the dispatch plan's own segments
   Tensor source_major_;           // (R, C) rows as they cross the network, kept between calls
@@ -77,8 +78,8 @@ class AllToAllExchange final : public ExpertExchange {
 
 }  // namespace
 
-std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups) {
-  return std::make_unique<AllToAllExchange>(groups);
+std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups, const Stream& stream) {
+  return std::make_unique<AllToAllExchange>(groups, stream);
 }
 
 }  // namespace moe

@@ -12,7 +12,8 @@ namespace moe {
 
 // An exchange for one MoE layer of groups.layout.num_experts experts, this rank holding
 // groups.layout's experts. With ep = 1 no row moves (every rank holds every expert), but the
-// global load-balancing scope still sums over the world. `groups` must outlive the exchange.
-std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups);
+// global load-balancing scope still sums over the world. Rows move in `stream` (the rows' device's).
+// `groups` must outlive the exchange.
+std::unique_ptr<ExpertExchange> make_all_to_all_exchange(const ProcessGroups& groups, const Stream& stream);
 
 }  // namespace moe

@@ -8,23 +8,24 @@
 namespace moe {
 
 namespace {
-void require_host(const char* op, const char* arg, const Tensor& t) {
-  MOE_REQUIRE(t.defined() && t.device() == Device::CPU, op, ": ", arg,
-              " must be a host tensor for this communicator, got a ", to_string(t.device()), " tensor");
-}
-}  // namespace
 
-void all_reduce(Communicator& comm, Tensor& data, ReduceOp op) {
-  require_host("all_reduce", "data", data);
+void require_on_stream(const char* op, const char* arg, const Tensor& t, const Stream& stream) {
+  MOE_REQUIRE(t.defined() && t.device() == stream.device, op, ": ", arg, " is a ", to_string(t.device()),
+              " tensor, but the collective runs in a ", to_string(stream.device), " stream");
+}
+
+ScalarType reduce_type(const Tensor& data, const Stream& stream) {
+  require_on_stream("all_reduce", "data", data, stream);
   MOE_REQUIRE(data.dtype() == DType::F32 || data.dtype() == DType::I32, "all_reduce: data has dtype ",
               to_string(data.dtype()), "; accepted: float32, int32");
-  comm.all_reduce(data.data(), data.numel(), data.dtype() == DType::F32 ? ScalarType::F32 : ScalarType::I32, op);
+  return data.dtype() == DType::F32 ? ScalarType::F32 : ScalarType::I32;
 }
 
-void all_to_all_v(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
-                  const std::vector<int64_t>& recv_rows) {
-  require_host("all_to_all_v", "send", send);
-  require_host("all_to_all_v", "recv", recv);
+// Checks an all-to-all-v of rows and returns the bytes of one row.
+int64_t row_bytes(const Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows,
+                  const Tensor& recv, const std::vector<int64_t>& recv_rows, const Stream& stream) {
+  require_on_stream("all_to_all_v", "send", send, stream);
+  require_on_stream("all_to_all_v", "recv", recv, stream);
   MOE_REQUIRE(send.rank() >= 1 && recv.rank() >= 1 && send.dtype() == recv.dtype() &&
                   send.numel() * recv.dim(0) == recv.numel() * send.dim(0),
               "all_to_all_v: send ", to_string(send.shape()), " and recv ", to_string(recv.shape()),
@@ -37,7 +38,40 @@ void all_to_all_v(Communicator& comm, const Tensor& send, const std::vector<int6
               "all_to_all_v: the row counts do not add up to the rows of send ", to_string(send.shape()),
               " and recv ", to_string(recv.shape()));
   const int64_t row_elems = send.dim(0) > 0 ? send.numel() / send.dim(0) : (recv.dim(0) > 0 ? recv.numel() / recv.dim(0) : 0);
-  comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), row_elems * dtype_size(send.dtype()));
+  return row_elems * dtype_size(send.dtype());
 }
+
+}  // namespace
+
+void all_reduce(Communicator& comm, Tensor& data, const Stream& stream, ReduceOp op) {
+  const ScalarType type = reduce_type(data, stream);
+  comm.all_reduce(data.data(), data.numel(), type, op, stream);
+}
+
+std::unique_ptr<CommRequest> start_all_reduce(Communicator& comm, Tensor& data, const Stream& stream, ReduceOp op) {
+  const ScalarType type = reduce_type(data, stream);
+  return comm.start_all_reduce(data.data(), data.numel(), type, op, stream);
+}
+
+void all_to_all_v(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
+                  const std::vector<int64_t>& recv_rows, const Stream& stream) {
+  const int64_t bytes = row_bytes(comm, send, send_rows, recv, recv_rows, stream);
+  comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), bytes, stream);
+}
+
+std::unique_ptr<CommRequest> start_all_to_all_v(Communicator& comm, const Tensor& send,
+                                                const std::vector<int64_t>& send_rows, Tensor& recv,
+                                                const std::vector<int64_t>& recv_rows, const Stream& stream) {
+  const int64_t bytes = row_bytes(comm, send, send_rows, recv, recv_rows, stream);
+  return comm.start_all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), bytes, stream);
+}
+
+namespace detail {
+void require_host_stream(const char* backend, const char* op, const Stream& stream) {
+  if (stream.device != Device::CPU || stream.handle != nullptr)
+    throw CommError(concat(backend, " ", op, ": this communicator runs on the host, in program order; it takes the "
+                           "host stream, not a ", to_string(stream.device), " stream"));
+}
+}  // namespace detail
 
 }  // namespace moe

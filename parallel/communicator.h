@@ -4,6 +4,14 @@
 // Every call is collective over the communicator unless it says otherwise: all ranks make the same
 // calls in the same order with matching sizes. Failures of the underlying library throw CommError
 // naming file:line, the rank and the library's message. Not thread-safe: one thread per rank calls.
+//
+// Streams: the collectives that move data (all_reduce, all_to_all_v and their start_* forms) take
+// the Stream (core/stream.h) they run in. The MPI and local communicators are host communicators:
+// their buffers are host memory, they take only the host stream (another throws CommError) and run
+// each collective in host program order (a blocking call has finished when it returns, a started
+// one when its request's wait() returns). A device communicator (NCCL) enqueues on the stream.
+// The other calls (all_to_all, all_gather, broadcast, barrier) are host calls on host memory: the
+// control traffic of counts, flags and strings.
 #pragma once
 
 #include <algorithm>
@@ -14,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "core/stream.h"
 #include "core/tensor.h"
 
 namespace moe {
@@ -48,7 +57,7 @@ class Communicator {
   virtual std::unique_ptr<Communicator> split(int color, int key) const = 0;
 
   // In place: data (count elements of type) becomes the reduction over all ranks.
-  virtual void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) = 0;
+  virtual void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op, const Stream& stream) = 0;
 
   // Rank i's send holds size() blocks of block_bytes, block j going to rank j; recv receives block i
   // of every rank j at position j. Used for exchanging counts.
@@ -59,14 +68,16 @@ class Communicator {
   // j, packed in rank order. send_rows and recv_rows have size() entries and must agree pairwise
   // across ranks (recv_rows[j] on rank i == send_rows[i] on rank j).
   virtual void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
-                            int64_t row_bytes) = 0;
+                            int64_t row_bytes, const Stream& stream) = 0;
 
   // Non-blocking forms of all_reduce and all_to_all_v (MPI_Iallreduce, MPI_Ialltoallv), for overlapping
   // communication with compute: same contracts; the result is there once the request's wait() returns.
   // Every rank starts the same collectives in the same order.
-  virtual std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) = 0;
+  virtual std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
+                                                        const Stream& stream) = 0;
   virtual std::unique_ptr<CommRequest> start_all_to_all_v(const void* send, const int64_t* send_rows, void* recv,
-                                                          const int64_t* recv_rows, int64_t row_bytes) = 0;
+                                                          const int64_t* recv_rows, int64_t row_bytes,
+                                                          const Stream& stream) = 0;
 
   // recv (size() * bytes) gets every rank's send (bytes), in rank order.
   virtual void all_gather(const void* send, void* recv, int64_t bytes) = 0;
@@ -77,7 +88,7 @@ class Communicator {
   virtual void barrier() = 0;
 };
 
-// Typed helpers.
+// Typed helpers for host memory (the host stream).
 template <typename T>
 constexpr ScalarType scalar_type_of();
 template <>
@@ -91,22 +102,33 @@ constexpr ScalarType scalar_type_of<int64_t>() { return ScalarType::I64; }
 
 template <typename T>
 void all_reduce(Communicator& comm, T* data, int64_t count, ReduceOp op = ReduceOp::Sum) {
-  comm.all_reduce(data, count, scalar_type_of<T>(), op);
+  comm.all_reduce(data, count, scalar_type_of<T>(), op, Stream::host());
 }
 
 template <typename T>
 T all_reduce_value(Communicator& comm, T value, ReduceOp op = ReduceOp::Sum) {
-  comm.all_reduce(&value, 1, scalar_type_of<T>(), op);
+  comm.all_reduce(&value, 1, scalar_type_of<T>(), op, Stream::host());
   return value;
 }
 
-// Tensor forms. The tensors are host tensors (what MPI and the local communicator move; a device
-// communicator will take its own device's tensors), checked before the collective starts.
+// Tensor forms, run in `stream`: every tensor must be on the stream's device (host tensors and the
+// host stream for MPI and the local communicator), checked, with the shapes, before the collective
+// starts (InvalidArgument).
 //   all_reduce: in place over all ranks, float32 or int32.
-void all_reduce(Communicator& comm, Tensor& data, ReduceOp op = ReduceOp::Sum);
+void all_reduce(Communicator& comm, Tensor& data, const Stream& stream, ReduceOp op = ReduceOp::Sum);
+std::unique_ptr<CommRequest> start_all_reduce(Communicator& comm, Tensor& data, const Stream& stream,
+                                              ReduceOp op = ReduceOp::Sum);
 //   all_to_all_v of dim-0 rows (any dtype): send (sum(send_rows), ...) -> recv (sum(recv_rows), ...).
 void all_to_all_v(Communicator& comm, const Tensor& send, const std::vector<int64_t>& send_rows, Tensor& recv,
-                  const std::vector<int64_t>& recv_rows);
+                  const std::vector<int64_t>& recv_rows, const Stream& stream);
+std::unique_ptr<CommRequest> start_all_to_all_v(Communicator& comm, const Tensor& send,
+                                                const std::vector<int64_t>& send_rows, Tensor& recv,
+                                                const std::vector<int64_t>& recv_rows, const Stream& stream);
+
+namespace detail {
+// For host communicators: throws CommError "<backend> <op>: ... host stream" unless stream is the host's.
+void require_host_stream(const char* backend, const char* op, const Stream& stream);
+}  // namespace detail
 
 // Reduces several arrays with one all-reduce: packs `parts` (each a span of the caller's memory) into
 // one buffer, reduces it, and writes each part back in place. Collective over comm.

@@ -1,40 +1,26 @@
 // Gradient synchronisation over the world and expert-data-parallel groups (parallel/grad_sync.h).
 #include "parallel/grad_sync.h"
 
-#include <cstring>
+#include "core/check.h"
+#include "core/optim_ops.h"
 
 namespace moe {
 
-namespace {
-
-void all_reduce_mean(std::vector<Parameter*>& params, std::vector<float>& buffer, Communicator& comm,
-                     float scale) {
-  int64_t total = 0;
-  for (const Parameter* p : params) total += p->grad.numel();
-  if (total == 0) return;
-  buffer.resize(static_cast<size_t>(total));
-  int64_t at = 0;
-  for (const Parameter* p : params) {
-    std::memcpy(buffer.data() + at, p->grad.f32(), p->grad.numel() * sizeof(float));
-    at += p->grad.numel();
-  }
-  all_reduce(comm, buffer.data(), total);
-  at = 0;
-  for (Parameter* p : params) {
-    float* g = p->grad.f32();
-    for (int64_t i = 0; i < p->grad.numel(); ++i) g[i] = buffer[at + i] * scale;
-    at += p->grad.numel();
-  }
-}
-
-}  // namespace
-
-void GradientSync::sync(ParameterRegistry& registry, const ProcessGroups& groups, int64_t micro_batches) {
-  std::vector<Parameter*> dense, expert;
-  for (Parameter& p : registry.all()) (p.kind == ParamKind::Dense ? dense : expert).push_back(&p);
+void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, const Stream& stream,
+                    int64_t micro_batches) {
+  MOE_REQUIRE(registry.flattened(), "sync_gradients: the registry's gradients are not flattened; call "
+              "flatten_gradients after registering the parameters");
+  // The scale is rounded to float first: x * double(float s) rounded to float is the float product
+  // x * s, what this sync has always computed.
   const float scale = 1.0f / static_cast<float>(groups.layout.world_size * micro_batches);
-  all_reduce_mean(dense, dense_buffer_, *groups.world, scale);
-  all_reduce_mean(expert, expert_buffer_, *groups.expert_data_parallel, scale);
+  const std::pair<ParamKind, Communicator*> kinds[] = {{ParamKind::Dense, groups.world.data},
+                                                       {ParamKind::Expert, groups.expert_data_parallel.data}};
+  for (const auto& [kind, comm] : kinds) {
+    Tensor& flat = registry.gradients(kind);
+    if (flat.numel() == 0) continue;  // the same on every rank of the group
+    all_reduce(*comm, flat, stream);
+    scale_in_place(flat, scale);
+  }
 }
 
 }  // namespace moe

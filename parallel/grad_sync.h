@@ -1,8 +1,6 @@
 // Gradient synchronisation for expert-parallel data-parallel training.
 #pragma once
 
-#include <vector>
-
 #include "core/parameters.h"
 #include "parallel/process_groups.h"
 
@@ -15,14 +13,10 @@ namespace moe {
 //  - expert parameters: summed over the expert-data-parallel group (the W / ep ranks holding the
 //    same experts; each already holds the contributions of all ep ranks of its expert-parallel
 //    group, which sent it their tokens), divided by W A (not by the group size).
-// One all-reduce per parameter kind, over flat buffers packed in registry order. Collective over
-// groups.world and groups.expert_data_parallel.
-class GradientSync {
- public:
-  void sync(ParameterRegistry& registry, const ProcessGroups& groups, int64_t micro_batches = 1);
-
- private:
-  std::vector<float> dense_buffer_, expert_buffer_;  // kept between steps
-};
+// One all-reduce per parameter kind, of the registry's flat gradient buffer as it is (the registry
+// must be flattened), in `stream` (the gradients' device's). Collective over the data
+// communicators of groups.world and groups.expert_data_parallel.
+void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, const Stream& stream,
+                    int64_t micro_batches = 1);
 
 }  // namespace moe

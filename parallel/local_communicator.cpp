@@ -33,7 +33,8 @@ class LocalCommunicator final : public Communicator {
     return std::make_unique<LocalCommunicator>();
   }
 
-  void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) override {
+  void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op, const Stream& stream) override {
+    detail::require_host_stream("local", "all_reduce", stream);
     if (count < 0) throw CommError(detail::concat("local all_reduce: negative count ", count));
   }
 
@@ -42,7 +43,8 @@ class LocalCommunicator final : public Communicator {
   }
 
   void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
-                    int64_t row_bytes) override {
+                    int64_t row_bytes, const Stream& stream) override {
+    detail::require_host_stream("local", "all_to_all_v", stream);
     if (send_rows == nullptr || recv_rows == nullptr)
       throw CommError("local all_to_all_v: send_rows and recv_rows must not be null");
     if (send_rows[0] != recv_rows[0])
@@ -54,14 +56,16 @@ class LocalCommunicator final : public Communicator {
     copy_bytes(recv, send, send_rows[0] * row_bytes);
   }
 
-  std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) override {
-    all_reduce(data, count, type, op);
+  std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
+                                                const Stream& stream) override {
+    all_reduce(data, count, type, op, stream);
     return std::make_unique<DoneRequest>();
   }
 
   std::unique_ptr<CommRequest> start_all_to_all_v(const void* send, const int64_t* send_rows, void* recv,
-                                                  const int64_t* recv_rows, int64_t row_bytes) override {
-    all_to_all_v(send, send_rows, recv, recv_rows, row_bytes);
+                                                  const int64_t* recv_rows, int64_t row_bytes,
+                                                  const Stream& stream) override {
+    all_to_all_v(send, send_rows, recv, recv_rows, row_bytes, stream);
     return std::make_unique<DoneRequest>();
   }
 

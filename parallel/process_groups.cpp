@@ -1,4 +1,4 @@
-// Expert placement and the expert-parallel / expert-data-parallel communicators.
+// Expert placement and the communicators of the world, expert-parallel and expert-data-parallel groups.
 #include "parallel/process_groups.h"
 
 #include "core/check.h"
@@ -25,15 +25,29 @@ ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t 
   return l;
 }
 
+namespace {
+// control's group: control itself and a data communicator of its own, every rank of control in one
+// color, in control's order (owned by `owned`).
+ProcessGroup with_data(Communicator& control, std::vector<std::unique_ptr<Communicator>>& owned) {
+  owned.push_back(control.split(/*color=*/0, /*key=*/control.rank()));
+  return ProcessGroup{&control, owned.back().get()};
+}
+}  // namespace
+
 ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts) {
   ProcessGroups g;
   g.layout = make_expert_layout(world.size(), world.rank(), ep, num_experts);
-  g.world = &world;
-  g.expert_parallel = world.split(/*color=*/world.rank() / ep, /*key=*/g.layout.ep_rank);
-  g.expert_data_parallel = world.split(/*color=*/g.layout.ep_rank, /*key=*/world.rank() / ep);
-  MOE_ASSERT(g.expert_parallel->size() == ep && g.expert_parallel->rank() == g.layout.ep_rank,
+  g.world = with_data(world, g.owned);
+  g.owned.push_back(world.split(/*color=*/world.rank() / ep, /*key=*/g.layout.ep_rank));
+  g.expert_parallel = with_data(*g.owned.back(), g.owned);
+  g.owned.push_back(world.split(/*color=*/g.layout.ep_rank, /*key=*/world.rank() / ep));
+  g.expert_data_parallel = with_data(*g.owned.back(), g.owned);
+  for (const ProcessGroup* group : {&g.world, &g.expert_parallel, &g.expert_data_parallel})
+    MOE_ASSERT(group->data->size() == group->control->size() && group->data->rank() == group->control->rank(),
+               "a group's data communicator has its control communicator's ranks, in its order");
+  MOE_ASSERT(g.expert_parallel.control->size() == ep && g.expert_parallel.control->rank() == g.layout.ep_rank,
              "expert-parallel group rank equals the expert-parallel rank");
-  MOE_ASSERT(g.expert_data_parallel->size() == g.layout.edp_size, "expert-data-parallel group has W/ep ranks");
+  MOE_ASSERT(g.expert_data_parallel.control->size() == g.layout.edp_size, "expert-data-parallel group has W/ep ranks");
   return g;
 }
 

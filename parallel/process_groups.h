@@ -1,6 +1,6 @@
-// Process groups for expert parallelism: which experts each rank holds, and the communicators for
-// the expert-parallel group (ranks exchanging tokens) and the expert-data-parallel group (ranks
-// holding the same experts, averaging their gradients).
+// Process groups for expert parallelism: which experts each rank holds, and the communicators of
+// the world, the expert-parallel group (ranks exchanging tokens) and the expert-data-parallel group
+// (ranks holding the same experts, averaging their gradients), each a control and a data one.
 //
 // Placement: with world size W and expert-parallel size ep (ep divides W, E divisible by ep),
 // world rank r has expert-parallel rank r % ep and holds the E / ep experts with global ids
@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "parallel/communicator.h"
 
@@ -34,14 +35,27 @@ struct ExpertLayout {
 // verdict without communicating, so a bad layout fails everywhere before any collective starts.
 ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t num_experts);
 
-struct ProcessGroups {
-  ExpertLayout layout;
-  Communicator* world = nullptr;               // not owned
-  std::unique_ptr<Communicator> expert_parallel;       // size ep
-  std::unique_ptr<Communicator> expert_data_parallel;  // size W / ep
+// One group of ranks with two communicators over the same ranks, in the same rank order, so that
+// host control traffic never interleaves with the collectives that move tensors:
+//  - control: host values (token counts and exchange plans, flags, strings, losses and other
+//    scalars, agreement on errors, checkpoint coordination); MPI;
+//  - data: tensors in a Stream (gradients, token rows); MPI today, NCCL next.
+struct ProcessGroup {
+  Communicator* control = nullptr;  // not null once made
+  Communicator* data = nullptr;     // not null once made; a different object from control
 };
 
-// Collective over `world` (which must outlive the result): validates the layout first, then splits.
+struct ProcessGroups {
+  ExpertLayout layout;
+  ProcessGroup world;                 // all W ranks; world.control is the caller's world communicator
+  ProcessGroup expert_parallel;       // size ep: the ranks exchanging tokens
+  ProcessGroup expert_data_parallel;  // size W / ep: the ranks holding the same experts
+  std::vector<std::unique_ptr<Communicator>> owned;  // every communicator above but the caller's world
+};
+
+// Collective over `world` (which must outlive the result and serves as the world's control
+// communicator): validates the layout first, then splits the groups' communicators (for MPI each
+// data communicator is a split communicator of its own).
 ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts);
 
 }  // namespace moe

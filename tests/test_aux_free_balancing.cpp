@@ -49,7 +49,7 @@ double max_over_mean(const std::vector<int64_t>& load) {
 TEST(AuxFreeBalancing, BiasEvensOutASkewedRouterAndStaysIdenticalOnEveryRank) {
   Communicator& world = test_world();
   ProcessGroups groups = make_process_groups(world, world.size(), 4);
-  MoELayer layer(skewed_config(), 3, make_all_to_all_exchange(groups));
+  MoELayer layer(skewed_config(), 3, make_all_to_all_exchange(groups, Stream::host()));
   Tensor x = Tensor::empty({64, 8}), y = Tensor::empty({64, 8});
   make_skewed(layer, x, world.rank());
 
@@ -103,7 +103,7 @@ TEST(AuxFreeBalancing, CombineWeightsAreUnbiasedProbabilities) {
   ProcessGroups groups = make_process_groups(world, 1, 4);
   MoEConfig c = skewed_config();
   c.renormalize = false;
-  MoELayer layer(c, 3, make_all_to_all_exchange(groups));
+  MoELayer layer(c, 3, make_all_to_all_exchange(groups, Stream::host()));
   Tensor x = Tensor::empty({16, 8}), y = Tensor::empty({16, 8});
   make_skewed(layer, x, world.rank());
   layer.selection_bias.f32()[3] = 10.f;  // forces expert 3 to be chosen

@@ -7,6 +7,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -99,6 +100,23 @@ std::vector<OpCase> op_cases() {
          Tensor wd = on(d, w).clone(), m = zeros_on(d, {8, 5}), v = zeros_on(d, {8, 5});
          adamw_update(wd, m, v, on(d, w), AdamWScalars{1e-2f, 0.9f, 0.95f, 0.1f, 0.05f, 1e-8f, 0.1f});
          return to_host({wd, m, v});
+       }},
+      {"scale_in_place", [=](Device d) {
+         Tensor wd = on(d, w).clone();
+         scale_in_place(wd, 0.125);
+         return to_host({wd});
+       }},
+      {"selection_bias_update", [=](Device d) {
+         // Loads below, above and at the mean (6): each direction of the step, and no step.
+         Tensor bias = on(d, b).clone();
+         selection_bias_update(bias, {2, 9, 6, 10, 3}, 0.25);
+         return to_host({bias});
+       }},
+      {"first_nonfinite", [=](Device d) {
+         Tensor bad = x.clone();
+         bad.f32()[13] = std::numeric_limits<float>::infinity();
+         bad.f32()[29] = std::nanf("");
+         return to_host({Tensor::from({2}, {float(first_nonfinite(on(d, bad))), float(first_nonfinite(on(d, x)))})});
        }},
   };
 }

@@ -141,12 +141,14 @@ void check_all_to_all_v(Communicator& comm, int width, Value value, bool non_blo
   std::vector<T> recv(recv_total * width, T(0xEE));
   if (non_blocking) {
     std::unique_ptr<CommRequest> request = comm.start_all_to_all_v(send.data(), send_rows.data(), recv.data(),
-                                                                   recv_rows.data(), width * int64_t(sizeof(T)));
+                                                                   recv_rows.data(), width * int64_t(sizeof(T)),
+                                                                   Stream::host());
     send_rows.assign(n, -1);  // the counts were copied at the start
     request->wait();
     for (int j = 0; j < n; ++j) recv_rows[j] = rows_between(j, me, n);
   } else {
-    comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), width * int64_t(sizeof(T)));
+    comm.all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), width * int64_t(sizeof(T)),
+                      Stream::host());
   }
   int64_t offset = 0;
   for (int j = 0; j < n; ++j) {
@@ -187,10 +189,12 @@ TEST(MpiCommunicator, NonBlockingAllReducesInFlightTogether) {
   std::vector<int64_t> b(17);
   for (size_t e = 0; e < a.size(); ++e) a[e] = contribution<float>(world.rank(), static_cast<int64_t>(e));
   for (size_t e = 0; e < b.size(); ++e) b[e] = contribution<int64_t>(world.rank(), static_cast<int64_t>(e));
-  std::unique_ptr<CommRequest> ra = world.start_all_reduce(a.data(), 1001, ScalarType::F32, ReduceOp::Sum);
+  std::unique_ptr<CommRequest> ra = world.start_all_reduce(a.data(), 1001, ScalarType::F32, ReduceOp::Sum,
+                                                                Stream::host());
   {
     // Destroying a pending request waits for it.
-    std::unique_ptr<CommRequest> rb = world.start_all_reduce(b.data(), 17, ScalarType::I64, ReduceOp::Max);
+    std::unique_ptr<CommRequest> rb = world.start_all_reduce(b.data(), 17, ScalarType::I64, ReduceOp::Max,
+                                                                  Stream::host());
   }
   ra->wait();
   ra->wait();  // a second wait is a no-op
@@ -202,47 +206,63 @@ TEST(MpiCommunicator, NonBlockingAllReducesInFlightTogether) {
   }
 }
 
-TEST(MpiCommunicator, TensorFormsCheckDtypeAndRows) {
+TEST(MpiCommunicator, TensorFormsCheckDtypeRowsAndStream) {
   Communicator& world = test_world();
   const int n = world.size(), me = world.rank();
+  const Stream host = Stream::host();
   Tensor f = Tensor::from({2}, {1.f, float(me)});
-  all_reduce(world, f);
+  all_reduce(world, f, host);
   EXPECT_EQ(f.f32()[0], float(n));
   EXPECT_EQ(f.f32()[1], float(n * (n - 1) / 2));
+  start_all_reduce(world, f, host)->wait();
+  EXPECT_EQ(f.f32()[0], float(n * n));
   Tensor i = Tensor::from_ints({1}, {me});
-  all_reduce(world, i, ReduceOp::Max);
+  all_reduce(world, i, host, ReduceOp::Max);
   EXPECT_EQ(i.i32()[0], n - 1);
   Tensor h = Tensor::zeros({2}, DType::BF16);
-  EXPECT_CONTAINS(error_message([&] { all_reduce(world, h); }), "all_reduce: data has dtype bfloat16");
+  EXPECT_CONTAINS(error_message([&] { all_reduce(world, h, host); }), "all_reduce: data has dtype bfloat16");
+  // Host tensors in a CUDA stream: refused before any call, on every rank alike.
+  const Stream cuda{Device::CUDA, nullptr};
+  EXPECT_CONTAINS(error_message([&] { all_reduce(world, f, cuda); }),
+                  "all_reduce: data is a cpu tensor, but the collective runs in a cuda stream");
+  // The MPI communicator itself takes only the host stream.
+  EXPECT_CONTAINS(error_message<CommError>([&] { world.all_reduce(f.data(), 2, ScalarType::F32, ReduceOp::Sum, cuda); }),
+                  "mpi all_reduce: this communicator runs on the host");
 
   // Two rows of 3 floats to every rank, tagged with (source, destination).
   std::vector<int64_t> rows(n, 2);
   Tensor send = Tensor::empty({2 * n, 3}), recv = Tensor::empty({2 * n, 3});
   for (int64_t r = 0; r < 2 * n; ++r)
     for (int c = 0; c < 3; ++c) send.f32()[r * 3 + c] = float(me * 100 + (r / 2) * 10 + c);
-  all_to_all_v(world, send, rows, recv, rows);
-  for (int64_t r = 0; r < 2 * n; ++r)
-    for (int c = 0; c < 3; ++c) ASSERT_EQ(recv.f32()[r * 3 + c], float((r / 2) * 100 + me * 10 + c)) << r << " " << c;
+  for (bool non_blocking : {false, true}) {
+    recv.fill(-1.f);
+    if (non_blocking) start_all_to_all_v(world, send, rows, recv, rows, host)->wait();
+    else all_to_all_v(world, send, rows, recv, rows, host);
+    for (int64_t r = 0; r < 2 * n; ++r)
+      for (int c = 0; c < 3; ++c) ASSERT_EQ(recv.f32()[r * 3 + c], float((r / 2) * 100 + me * 10 + c)) << r << " " << c;
+  }
   // The same verdict on every rank before any MPI call.
   std::vector<int64_t> wrong(n, 1);
-  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, wrong, recv, rows); }),
+  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, wrong, recv, rows, host); }),
                   "all_to_all_v: the row counts do not add up");
   Tensor narrow = Tensor::empty({2 * n, 2});
-  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, rows, narrow, rows); }),
+  EXPECT_CONTAINS(error_message([&] { all_to_all_v(world, send, rows, narrow, rows, host); }),
                   "must be rows of the same width and dtype");
+  EXPECT_CONTAINS(error_message([&] { start_all_to_all_v(world, send, rows, recv, rows, cuda); }),
+                  "all_to_all_v: send is a cpu tensor, but the collective runs in a cuda stream");
 }
 
 TEST(MpiCommunicator, AllToAllVNothingAnywhereWithNullBuffers) {
   Communicator& world = test_world();
   const std::vector<int64_t> zeros(world.size(), 0);
-  world.all_to_all_v(nullptr, zeros.data(), nullptr, zeros.data(), 24);
+  world.all_to_all_v(nullptr, zeros.data(), nullptr, zeros.data(), 24, Stream::host());
 }
 
 TEST(MpiCommunicator, AllToAllVRejectsCountsLargerThanInt) {
   Communicator& world = test_world();
   // The same counts on every rank, so every rank throws before any MPI call.
   const std::vector<int64_t> huge(world.size(), int64_t(INT_MAX) + 1);
-  EXPECT_CONTAINS(error_message<CommError>([&] { world.all_to_all_v(nullptr, huge.data(), nullptr, huge.data(), 4); }),
+  EXPECT_CONTAINS(error_message<CommError>([&] { world.all_to_all_v(nullptr, huge.data(), nullptr, huge.data(), 4, Stream::host()); }),
                   "send_rows[0] = 2147483648");
 }
 
@@ -401,11 +421,15 @@ TEST(LocalCommunicator, AllToAllVCopiesRows) {
   check_all_to_all_v<float>(*local, 5, float_value);  // 3 rows of 5 floats to itself
   check_all_to_all_v<float>(*local, 5, float_value, /*non_blocking=*/true);
   double v = 2.5;
-  local->start_all_reduce(&v, 1, ScalarType::F64, ReduceOp::Sum)->wait();
+  local->start_all_reduce(&v, 1, ScalarType::F64, ReduceOp::Sum, Stream::host())->wait();
   EXPECT_EQ(v, 2.5);
   check_all_to_all_v<uint8_t>(*local, 6, byte_value);
   const int64_t zero = 0;
-  local->all_to_all_v(nullptr, &zero, nullptr, &zero, 8);  // nothing, with null buffers
+  local->all_to_all_v(nullptr, &zero, nullptr, &zero, 8, Stream::host());  // nothing, with null buffers
+  EXPECT_CONTAINS(error_message<CommError>([&] {
+                    local->all_to_all_v(nullptr, &zero, nullptr, &zero, 8, Stream{Device::CUDA, nullptr});
+                  }),
+                  "local all_to_all_v: this communicator runs on the host");
 }
 
 TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
@@ -413,7 +437,7 @@ TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
   float send[4] = {}, recv[4] = {};
   const int64_t send_rows = 2, recv_rows = 1;
   EXPECT_CONTAINS(
-      error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float)); }),
+      error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float), Stream::host()); }),
       "send_rows[0] = 2 must equal recv_rows[0] = 1");
 }
 

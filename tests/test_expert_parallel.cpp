@@ -17,8 +17,9 @@
 #include "core/random.h"
 #include "core/tensor.h"
 #include "parallel/communicator.h"
-#include "parallel/grad_sync.h"
 #include "parallel/all_to_all_exchange.h"
+#include "parallel/grad_sync.h"
+#include "parallel/mpi/mpi_communicator.h"
 #include "parallel/process_groups.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
@@ -152,7 +153,7 @@ struct LayerRun {
 // Collective over groups' communicators when groups != nullptr (in the same order on every rank).
 LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tensor& gate, const Tensor& x,
               const Tensor& dy) {
-  MoELayer layer(cfg, kSeed, groups != nullptr ? make_all_to_all_exchange(*groups) : nullptr);
+  MoELayer layer(cfg, kSeed, groups != nullptr ? make_all_to_all_exchange(*groups, Stream::host()) : nullptr);
   std::memcpy(layer.weights.w_gate.f32(), gate.f32(), static_cast<size_t>(gate.numel()) * sizeof(float));
   LayerRun run;
   run.y = Tensor::zeros(x.shape());
@@ -162,8 +163,8 @@ LayerRun run_layer(const MoEConfig& cfg, const ProcessGroups* groups, const Tens
   if (groups != nullptr) {
     ParameterRegistry registry;
     layer.register_parameters(registry, "moe");
-    GradientSync sync;
-    sync.sync(registry, *groups);
+    registry.flatten_gradients();  // the gradients so far are copied in
+    sync_gradients(registry, *groups, Stream::host());
   }
   run.stats = layer.stats();
   run.w_in = layer.weights.w_in;
@@ -440,6 +441,42 @@ TEST(ExpertParallel, TopKEqualsNumExperts) {
       s.expect_drops = factor > 0.0;
       expect_sharding_invisible(s);
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Each group's control and data communicators: the same ranks in the same order, but separate MPI
+// communicators (congruent, not identical), so control traffic never interleaves with data.
+// ---------------------------------------------------------------------------------------------
+
+TEST(ProcessGroups, ControlAndDataAreSeparateCommunicatorsOfTheSameRanks) {
+  Communicator& world = test_world();
+  for (int ep = 1; ep <= world.size(); ++ep) {
+    if (world.size() % ep != 0) continue;
+    SCOPED_TRACE("ep=" + std::to_string(ep));
+    const ProcessGroups groups = make_process_groups(world, ep, 4 * ep);
+    EXPECT_EQ(groups.world.control, &world);
+    const std::pair<const ProcessGroup*, int> sizes[] = {
+        {&groups.world, world.size()}, {&groups.expert_parallel, ep}, {&groups.expert_data_parallel, world.size() / ep}};
+    for (const auto& [group, size] : sizes) {
+      ASSERT_NE(group->control, group->data);
+      EXPECT_EQ(group->control->size(), size);
+      EXPECT_EQ(group->data->size(), size);
+      EXPECT_EQ(group->data->rank(), group->control->rank());
+      const auto* control = dynamic_cast<const MpiCommunicator*>(group->control);
+      const auto* data = dynamic_cast<const MpiCommunicator*>(group->data);
+      ASSERT_TRUE(control != nullptr && data != nullptr);
+      int verdict = MPI_UNEQUAL;
+      MPI_CHECK(MPI_Comm_compare(control->handle(), data->handle(), &verdict));
+      EXPECT_EQ(verdict, MPI_CONGRUENT) << "same ranks in the same order, another communication context";
+    }
+    EXPECT_EQ(groups.expert_parallel.data->rank(), groups.layout.ep_rank);
+    // A data all-reduce in flight while the control communicator reduces something else.
+    Tensor ones = Tensor::from({3}, {1.f, 1.f, 1.f});
+    std::unique_ptr<CommRequest> pending = start_all_reduce(*groups.expert_parallel.data, ones, Stream::host());
+    EXPECT_EQ(all_reduce_value(*groups.expert_parallel.control, 2), 2 * ep);
+    pending->wait();
+    EXPECT_EQ(ones.f32()[2], float(ep));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@
 #include "core/model/transformer.h"
 #include "core/moe/moe_layer.h"
 #include "core/ops.h"
+#include "core/optim_ops.h"
 #include "core/parameter_names.h"
 #include "core/parameters.h"
 #include "core/random.h"
@@ -621,6 +622,7 @@ void run_model_fd(const TransformerConfig& cfg) {
   TransformerLM model(cfg, kSeed);
   ParameterRegistry registry;
   model.register_parameters(registry);
+  registry.flatten_gradients();
   EXPECT_EQ(registry.numel(), model.total_params());
   Tensor inputs, targets;
   make_batch(inputs, targets, B, S, cfg.vocab_size, "fd.batch");
@@ -703,6 +705,51 @@ TEST(TransformerLM, RegistersEveryParameterByName) {
   EXPECT_THROW(tied_registry.get("positions"), InvalidArgument);
   EXPECT_THROW(tied_registry.get("layers.1.shared.w_in"), InvalidArgument);
   EXPECT_EQ(tied_registry.numel(), tied.total_params());
+}
+
+// flatten_gradients moves every gradient into one buffer per kind, in registration order, without
+// changing a value, and the layers' backward then accumulates straight into those buffers.
+TEST(ParameterRegistry, FlattenedGradientsAreViewsOfOneBufferPerKind) {
+  const TransformerConfig cfg = tiny_config(PositionKind::Learned, false, 1, NormKind::LayerNorm);
+  TransformerLM model(cfg, kSeed);
+  ParameterRegistry registry;
+  model.register_parameters(registry);
+  Tensor inputs, targets;
+  make_batch(inputs, targets, 2, cfg.seq_len, cfg.vocab_size, "flatten.batch");
+  model.forward(inputs, targets, true);
+  model.backward();
+  std::vector<Tensor> before;
+  for (const Parameter& p : registry.all()) before.push_back(p.grad.clone());
+
+  registry.flatten_gradients();
+  int64_t at[2] = {0, 0};
+  for (size_t i = 0; i < registry.all().size(); ++i) {
+    const Parameter& p = registry.all()[i];
+    const int kind = static_cast<int>(p.kind);
+    const float* flat = registry.gradients(p.kind).f32();
+    EXPECT_EQ(p.grad.f32(), flat + at[kind]) << p.name << " is not at its place in its kind's buffer";
+    EXPECT_EQ(std::memcmp(p.grad.f32(), before[i].f32(), p.grad.nbytes()), 0) << p.name << " changed";
+    at[kind] += p.grad.numel();
+  }
+  EXPECT_EQ(registry.gradients(ParamKind::Dense).numel(), at[0]);
+  EXPECT_EQ(registry.gradients(ParamKind::Expert).numel(), at[1]);
+  EXPECT_GT(at[1], 0);
+  // The layer's own tensor is the view too.
+  EXPECT_EQ(model.moe_layer(1)->grads.w_in.f32(), registry.get("layers.1.moe.w_in").grad.f32());
+
+  // The same batch again, from zeroed buffers: the layers write the same gradients into them.
+  registry.zero_grads();
+  EXPECT_EQ(sum_of_squares(registry.gradients(ParamKind::Dense)), 0.0);
+  model.forward(inputs, targets, true);
+  model.backward();
+  for (size_t i = 0; i < registry.all().size(); ++i)
+    EXPECT_EQ(std::memcmp(registry.all()[i].grad.f32(), before[i].f32(), before[i].nbytes()), 0)
+        << registry.all()[i].name;
+
+  Tensor late = Tensor::zeros({2});
+  EXPECT_CONTAINS(error_message([&] { registry.add("late", late, late, ParamKind::Dense); }),
+                  "parameter 'late' registered after flatten_gradients");
+  EXPECT_CONTAINS(error_message([&] { registry.flatten_gradients(); }), "flatten_gradients called twice");
 }
 
 // The names are the checkpoint format: these literals must never change.
@@ -829,6 +876,7 @@ TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
   TransformerLM reused(cfg, kSeed);
   ParameterRegistry reused_registry;
   reused.register_parameters(reused_registry);
+  reused_registry.flatten_gradients();
   int call = 0;
   for (int64_t B : {3, 1, 2, 3}) {
     SCOPED_TRACE(detail::concat("call ", call, " B=", B));
@@ -837,6 +885,7 @@ TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
     TransformerLM fresh(cfg, kSeed);
     ParameterRegistry fresh_registry;
     fresh.register_parameters(fresh_registry);
+    fresh_registry.flatten_gradients();
     const float loss_fresh = fresh.forward(inputs, targets, true);
     fresh.backward();
     reused_registry.zero_grads();
@@ -875,6 +924,7 @@ TEST(TransformerLM, GradientDescentLowersTheLossOnAFixedBatch) {
   TransformerLM model(cfg, kSeed);
   ParameterRegistry registry;
   model.register_parameters(registry);
+  registry.flatten_gradients();
   Tensor inputs, targets;
   make_batch(inputs, targets, 4, cfg.seq_len, cfg.vocab_size, "sgd.batch");
   float first = 0.f, last = 0.f;

@@ -1065,6 +1065,28 @@ TEST(ScaleInPlace, MultipliesInDoubleAndRoundsOnce) {
   EXPECT_EQ(floats_of(halves), (std::vector<float>{1.5f, -0.5f}));
 }
 
+TEST(SelectionBiasUpdate, StepsEachExpertTowardTheMeanLoad) {
+  // Loads 1, 5, 3, 3: mean 3, so +rate, -rate, 0, 0.
+  Tensor bias = Tensor::from({4}, {0.5f, 0.5f, -0.25f, 0.f});
+  selection_bias_update(bias, {1, 5, 3, 3}, 0.125);
+  EXPECT_EQ(floats_of(bias), (std::vector<float>{0.625f, 0.375f, -0.25f, 0.f}));
+  EXPECT_CONTAINS(error_message([&] { selection_bias_update(bias, {1, 2}, 0.1); }),
+                  "selection_bias_update: 2 loads for bias (4)");
+  EXPECT_CONTAINS(error_message([&] { selection_bias_update(bias, {1, 2, 3, 4}, -0.1); }),
+                  "selection_bias_update: rate = -0.1 must be finite and >= 0");
+}
+
+TEST(FirstNonfinite, FindsTheFirstNanOrInfinityInIndexOrder) {
+  Tensor x = Tensor::zeros({3, 4});
+  EXPECT_EQ(first_nonfinite(x), -1);
+  EXPECT_EQ(first_nonfinite(Tensor::zeros({0})), -1);
+  x.f32()[9] = std::nanf("");
+  x.f32()[6] = -std::numeric_limits<float>::infinity();
+  EXPECT_EQ(first_nonfinite(x), 6);
+  EXPECT_CONTAINS(error_message([&] { first_nonfinite(Tensor::zeros({2}, DType::I32)); }),
+                  "first_nonfinite: x has dtype int32");
+}
+
 // ---------------------------------------------------------------------------------------------
 // OpenMP path
 // ---------------------------------------------------------------------------------------------
@@ -1505,6 +1527,8 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"sgd_update", [&] { cuda::sgd_update(t, t, t, 1.f, 0.f, 0.f); }},
       {"sum_of_squares", [&] { cuda::sum_of_squares(t); }},
       {"scale_in_place", [&] { cuda::scale_in_place(t, 1.0); }},
+      {"selection_bias_update", [&] { cuda::selection_bias_update(t, {1, 2}, 0.1); }},
+      {"first_nonfinite", [&] { cuda::first_nonfinite(t); }},
   };
   for (const Stub& stub : stubs)
     EXPECT_CONTAINS(error_message(stub.call), std::string(stub.op) + " has no CUDA implementation in this build");

@@ -82,8 +82,13 @@ void fill_grads(ParameterRegistry& registry, int step) {
 
 ParameterRegistry make_registry() {
   ParameterRegistry registry;
-  for (const ParamSpec& s : specs())
-    registry.add(s.name, Tensor::zeros(s.shape), Tensor::zeros(s.shape), s.kind, s.weight_decay);
+  std::vector<Tensor> grads;  // stand in for the layers' gradient tensors until flatten_gradients
+  grads.reserve(specs().size());
+  for (const ParamSpec& s : specs()) {
+    grads.push_back(Tensor::zeros(s.shape));
+    registry.add(s.name, Tensor::zeros(s.shape), grads.back(), s.kind, s.weight_decay);
+  }
+  registry.flatten_gradients();
   fill_values(registry);
   return registry;
 }
@@ -181,8 +186,8 @@ TEST(AdamW, ParameterWithoutWeightDecayDoesNotDecay) {
   ParameterRegistry registry;
   const Tensor a = Tensor::from({4}, {1.0f, -0.5f, 2.0f, 0.25f});
   const Tensor b = a.clone();
-  const Tensor ga = Tensor::from({4}, {0.3f, -0.2f, 0.1f, 0.7f});
-  const Tensor gb = ga.clone();
+  Tensor ga = Tensor::from({4}, {0.3f, -0.2f, 0.1f, 0.7f});
+  Tensor gb = ga.clone();
   registry.add("decays", a, ga, ParamKind::Dense, true);
   registry.add("gain", b, gb, ParamKind::Dense, false);
   AdamWConfig cfg;
@@ -371,7 +376,7 @@ TEST(Sgd, FirstStepAndNoDecayParameter) {
   // Step 1 from a zero buffer: w -= lr * (g + wd * w), with wd only on weight_decay = true parameters.
   ParameterRegistry registry;
   const Tensor a = Tensor::from({2}, {1.0f, -2.0f}), b = a.clone();
-  const Tensor ga = Tensor::from({2}, {0.5f, 0.25f}), gb = ga.clone();
+  Tensor ga = Tensor::from({2}, {0.5f, 0.25f}), gb = ga.clone();
   registry.add("decays", a, ga, ParamKind::Dense, true);
   registry.add("bias", b, gb, ParamKind::Dense, false);
   SgdConfig cfg;
@@ -507,8 +512,10 @@ TEST(LrSchedule, RunShorterThanWarmUp) {
 // Gradients (3, 4) and (0, 12) (an expert shard): the norm is exactly 13.
 ParameterRegistry norm_registry() {
   ParameterRegistry registry;
-  registry.add("dense", Tensor::zeros({2}), Tensor::from({2}, {3.0f, 4.0f}), ParamKind::Dense, true);
-  registry.add("expert", Tensor::zeros({2}), Tensor::from({2}, {0.0f, -12.0f}), ParamKind::Expert, true);
+  Tensor dense = Tensor::from({2}, {3.0f, 4.0f}), expert = Tensor::from({2}, {0.0f, -12.0f});
+  registry.add("dense", Tensor::zeros({2}), dense, ParamKind::Dense, true);
+  registry.add("expert", Tensor::zeros({2}), expert, ParamKind::Expert, true);
+  registry.flatten_gradients();
   return registry;
 }
 

@@ -107,11 +107,11 @@ LayoutRun run_layout(int ep) {
   const TransformerConfig cfg = model_config();
   const int64_t N = kBatch * cfg.seq_len;
   const ProcessGroups groups = make_process_groups(world, ep, kExperts);
-  TransformerLM model(cfg, kSeed, [&] { return make_all_to_all_exchange(groups); });
+  TransformerLM model(cfg, kSeed, [&] { return make_all_to_all_exchange(groups, Stream::host()); });
   ParameterRegistry registry;
   model.register_parameters(registry);
+  registry.flatten_gradients();
   AdamW opt(registry, AdamWConfig{});  // weight decay 0.1 on the matrices
-  GradientSync sync;
 
   LayoutRun run;
   run.ep = ep;
@@ -129,7 +129,7 @@ LayoutRun run_layout(int ep) {
     registry.zero_grads();
     model.forward(inputs, targets, /*training=*/true);
     model.backward();
-    sync.sync(registry, groups);
+    sync_gradients(registry, groups, Stream::host());
 
     StepRecord rec;
     if (ep == 1) {

@@ -1,5 +1,5 @@
 // CPU kernels of the optimizer step: AdamW and SGD updates, the sum of squares for the gradient norm,
-// and the scaling that clips gradients.
+// the scaling that clips (and averages) gradients, and the aux-free routing bias step.
 #include <cmath>
 
 #include "core/backend.h"
@@ -51,6 +51,18 @@ void scale_in_place(Tensor& x, double factor) {
   float* p = x.f32();
 #pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t i = 0; i < n; ++i) p[i] = static_cast<float>(p[i] * factor);
+}
+
+// bias (E) += +-rate toward the mean load, the mean summed in index order.
+void selection_bias_update(Tensor& bias, const std::vector<int64_t>& load, double rate) {
+  const int64_t E = bias.numel();
+  double mean = 0;
+  for (int64_t e = 0; e < E; ++e) mean += static_cast<double>(load[e]) / static_cast<double>(E);
+  float* b = bias.f32();
+  for (int64_t e = 0; e < E; ++e) {
+    const double c = static_cast<double>(load[e]);
+    b[e] += static_cast<float>(c < mean ? rate : (c > mean ? -rate : 0.0));
+  }
 }
 
 }  // namespace moe::cpu

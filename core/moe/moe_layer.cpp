@@ -2,7 +2,6 @@
 #include "core/moe/moe_layer.h"
 
 #include <algorithm>
-#include <cmath>
 
 #include "core/check.h"
 #include "core/ops.h"
@@ -13,12 +12,14 @@
 namespace moe {
 
 namespace {
+// x (T, d).
 void require_finite(const Tensor& x) {
-  const float* p = x.f32();
-  const int64_t cols = x.dim(1);
-  for (int64_t i = 0; i < x.numel(); ++i)
-    MOE_REQUIRE(std::isfinite(p[i]), "MoE layer input x has a non-finite value (", p[i], ") at token ",
-                i / cols, ", column ", i % cols, "; inputs must be finite");
+  const int64_t i = first_nonfinite(x);
+  if (i < 0) return;
+  const int64_t cols = x.dim(1), token = i / cols, column = i % cols;
+  const float value = x.rows(token, token + 1).to(Device::CPU).f32()[column];  // for the message only
+  throw InvalidArgument(detail::concat("MoE layer input x has a non-finite value (", value, ") at token ", token,
+                                       ", column ", column, "; inputs must be finite"));
 }
 // Resizes a kept scratch buffer and zeroes it, for gradients that are accumulated into.
 void zeroed(Tensor& buffer, const Shape& shape) {
@@ -76,7 +77,9 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.
   const double factor = training ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
-  plan_ = make_dispatch_plan(router_.expert, router_.probs, E, capacity, cfg_.drop_policy);
+  // The plan is made on the host: this layer call's one device-to-host copy (a no-op on the CPU).
+  plan_ = make_dispatch_plan(router_.expert.to(Device::CPU), router_.probs.to(Device::CPU), E, capacity,
+                             cfg_.drop_policy);
   const int64_t M = plan_.num_kept();
   x_perm_.resize({M, d});
   gather_rows(x_perm_, x, plan_.source_token);

@@ -60,7 +60,7 @@ class MoELayer {
 
   // dy (T, d): accumulates dx (T, d) and the weight gradients, including the gradients of this
   // call's load-balancing and z-losses. Gradients are this rank's share of d(mean over ranks of the
-  // rank losses): summing them over ranks and dividing by the world size (GradientSync) gives
+  // rank losses): summing them over ranks and dividing by the world size (sync_gradients) gives
   // the gradient of the training objective, each loss entering it with weight 1.
   void backward(Tensor& dx, const Tensor& dy);
 

@@ -88,10 +88,12 @@ void load_balance_backward(Tensor&, const std::vector<double>&, double, double, 
 double z_loss_forward(const Tensor&, double, double) { MOE_NO_CUDA(z_loss_forward); }
 void z_loss_backward(Tensor&, const Tensor&, const Tensor&, double, double, double) { MOE_NO_CUDA(z_loss_backward); }
 void index_ramp(Tensor&, int64_t, int64_t, int64_t) { MOE_NO_CUDA(index_ramp); }
+int64_t first_nonfinite(const Tensor&) { MOE_NO_CUDA(first_nonfinite); }
 
 void adamw_update(Tensor&, Tensor&, Tensor&, const Tensor&, const AdamWScalars&) { MOE_NO_CUDA(adamw_update); }
 void sgd_update(Tensor&, Tensor&, const Tensor&, float, float, float) { MOE_NO_CUDA(sgd_update); }
 double sum_of_squares(const Tensor&) { MOE_NO_CUDA(sum_of_squares); }
 void scale_in_place(Tensor&, double) { MOE_NO_CUDA(scale_in_place); }
+void selection_bias_update(Tensor&, const std::vector<int64_t>&, double) { MOE_NO_CUDA(selection_bias_update); }
 
 }  // namespace moe::cuda

@@ -226,7 +226,7 @@ class Trainer {
   void finish();                // the routing report and DONE
 
   const TrainConfig& cfg_;
-  Communicator& world_;
+  Communicator& world_;  // the world's control communicator (groups_.world.control): host values only
   const TrainOptions options_;
   const int rank_, W_;
   const bool leader_;
@@ -237,10 +237,10 @@ class Trainer {
   const LocalPlacement placement_;
   const int gpu_;
   ProcessGroups groups_;
+  const Stream stream_ = Stream::host();  // what the collectives on tensors run in
   TransformerLM model_;
   ParameterRegistry registry_;
   std::unique_ptr<Optimizer> optimizer_;
-  GradientSync grad_sync_;
   const LrSchedule schedule_;
   const std::vector<MoELayer*> moe_layers_;
   std::vector<int64_t> moe_layer_ids_;  // the model's layer index of each MoE layer
@@ -285,7 +285,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       gpu_(gpu_for_local_rank(placement_.local_rank, /*gpu_count=*/0)),
       groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts)),
       model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
-             [this] { return make_all_to_all_exchange(groups_); }),
+             [this] { return make_all_to_all_exchange(groups_, stream_); }),
       schedule_{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.schedule},
       moe_layers_(model_.moe_layers()),
       routing_(static_cast<int64_t>(moe_layers_.size()), cfg.moe.num_experts,
@@ -298,6 +298,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       targets_(Tensor::empty({N_}, DType::I32)),
       watchdog_(cfg.run.watchdog_timeout_s, rank_, options.launcher, options.on_watchdog) {
   model_.register_parameters(registry_);
+  registry_.flatten_gradients();
   if (cfg.optim.decay_norms_and_biases)
     for (Parameter& p : registry_.all()) p.weight_decay = true;
   optimizer_ = make_optimizer(cfg, registry_);
@@ -481,7 +482,7 @@ bool Trainer::step(int64_t step) {
     while (true) pause();  // the watchdog ends the job
   }
   if (rank_ == 0 && options_.hooks.nan_at(step)) registry_.all()[0].grad.f32()[0] = std::nanf("");
-  grad_sync_.sync(registry_, groups_, A_);
+  sync_gradients(registry_, groups_, stream_, A_);
   // One all-reduce for the losses, the stop flag and the router entropies, each then a mean over
   // micro-batches and ranks.
   sums[3] = g_stop_requested.load() ? 1.0 : 0.0;

@@ -143,7 +143,8 @@ std::unique_ptr<Communicator> MpiCommunicator::split(int color, int key) const {
   return std::make_unique<MpiCommunicator>(sub);
 }
 
-void MpiCommunicator::all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) {
+void MpiCommunicator::all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op, const Stream& stream) {
+  detail::require_host_stream("mpi", "all_reduce", stream);
   if (count < 0) throw CommError(detail::concat("mpi all_reduce: count = ", count, " must be >= 0"));
   const MPI_Datatype dt = mpi_type(type);
   const MPI_Op mop = mpi_op(op);
@@ -200,7 +201,8 @@ MpiCommunicator::RowCounts MpiCommunicator::row_counts(const void* send, const i
 }
 
 void MpiCommunicator::all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
-                                   int64_t row_bytes) {
+                                   int64_t row_bytes, const Stream& stream) {
+  detail::require_host_stream("mpi", "all_to_all_v", stream);
   const RowCounts c = row_counts(send, send_rows, recv, recv_rows, row_bytes);
   if (row_bytes == 0) return;  // rows of nothing: row_bytes is the same on every rank, so all return
   const MPI_Datatype type = row_type(row_bytes);
@@ -229,7 +231,8 @@ class MpiRequest final : public CommRequest {
 }  // namespace
 
 std::unique_ptr<CommRequest> MpiCommunicator::start_all_reduce(void* data, int64_t count, ScalarType type,
-                                                               ReduceOp op) {
+                                                               ReduceOp op, const Stream& stream) {
+  detail::require_host_stream("mpi", "start_all_reduce", stream);
   if (count < 0) throw CommError(detail::concat("mpi all_reduce: count = ", count, " must be >= 0"));
   const MPI_Datatype dt = mpi_type(type);
   const MPI_Op mop = mpi_op(op);
@@ -246,7 +249,8 @@ std::unique_ptr<CommRequest> MpiCommunicator::start_all_reduce(void* data, int64
 
 std::unique_ptr<CommRequest> MpiCommunicator::start_all_to_all_v(const void* send, const int64_t* send_rows,
                                                                  void* recv, const int64_t* recv_rows,
-                                                                 int64_t row_bytes) {
+                                                                 int64_t row_bytes, const Stream& stream) {
+  detail::require_host_stream("mpi", "start_all_to_all_v", stream);
   RowCounts c = row_counts(send, send_rows, recv, recv_rows, row_bytes);
   auto request = std::make_unique<MpiRequest>();
   if (row_bytes == 0) return request;

@@ -59,13 +59,15 @@ class MpiCommunicator final : public Communicator {
   MPI_Comm handle() const { return comm_; }
 
   std::unique_ptr<Communicator> split(int color, int key) const override;
-  void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) override;
+  void all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op, const Stream& stream) override;
   void all_to_all(const void* send, void* recv, int64_t block_bytes) override;
   void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
-                    int64_t row_bytes) override;
-  std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op) override;
+                    int64_t row_bytes, const Stream& stream) override;
+  std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
+                                                const Stream& stream) override;
   std::unique_ptr<CommRequest> start_all_to_all_v(const void* send, const int64_t* send_rows, void* recv,
-                                                  const int64_t* recv_rows, int64_t row_bytes) override;
+                                                  const int64_t* recv_rows, int64_t row_bytes,
+                                                  const Stream& stream) override;
   void all_gather(const void* send, void* recv, int64_t bytes) override;
   void broadcast(void* data, int64_t bytes, int root) override;
   void barrier() override;

@@ -9,8 +9,11 @@
 
 namespace moe {
 
-// Collective over `control`: a communicator of the same ranks whose collectives run on `gpu` (this
-// rank's device). Throws InvalidArgument "... not built with NCCL" in a build without it.
+// Collective over `control`: a communicator of the same ranks whose data collectives (all_reduce,
+// all_to_all_v, their start_* forms) take buffers on `gpu` (this rank's device) and are enqueued on
+// the CUDA Stream passed to each call (Stream{Device::CUDA, cudaStream_t}); they have returned once
+// enqueued, and are done when the stream has run them. Host calls (counts, flags, strings) stay on
+// `control`. Throws InvalidArgument "... not built with NCCL" in a build without it.
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& control, int gpu);
 
 }  // namespace moe
