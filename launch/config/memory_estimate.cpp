@@ -25,7 +25,7 @@ double ffn_row_floats(double h, Activation activation) {
 
 MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) {
   const ModelConfig& m = cfg.model;
-  const MoESection& moe = cfg.moe;
+  const MoEConfig& moe = cfg.moe;
   const double d = static_cast<double>(m.d_model), V = static_cast<double>(m.vocab_size);
   const double S = static_cast<double>(m.seq_len), H = static_cast<double>(m.n_heads);
   const double T = static_cast<double>(cfg.data.batch_size) * S;  // tokens of a micro-batch
@@ -33,9 +33,7 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
   const double ep = static_cast<double>(cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep);
   const double E_local = E / ep;
   const double expert_h = static_cast<double>(moe.expert_hidden);
-  const double shared_h =
-      static_cast<double>(moe.shared_experts) *
-      static_cast<double>(moe.shared_expert_hidden > 0 ? moe.shared_expert_hidden : moe.expert_hidden);
+  const double shared_h = static_cast<double>(moe.shared_hidden());
   const double norm_params = m.norm == NormKind::LayerNorm ? 2 * d : d;
   const double norm_row_floats = m.norm == NormKind::LayerNorm ? 2 : 1;  // mean (LayerNorm), rstd
   const double domains = cfg.data.source == DataSource::Synthetic ? static_cast<double>(cfg.data.synthetic_domains) : 0;
@@ -48,7 +46,7 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
   double act = T * d * (m.positions == PositionKind::Learned ? 5 : 4) + 2 * T * V + 3 * T + norm_row_floats * T;
   double per_expert_state = 0;  // bytes per expert per MoE layer: selection bias, routing counters
   for (int64_t i = 0; i < m.n_layers; ++i) {
-    const bool is_moe = m.moe_every >= 1 && (i + 1) % m.moe_every == 0;
+    const bool is_moe = m.is_moe_layer(i);
     params += 2 * norm_params + 4 * d * d;
     // Block: two norm outputs, residual, output; attention: qkv, q, k, v, the output before its
     // projection and the gradients of each (rotary: one more), probabilities (B, H, S, S), indices.
