@@ -36,6 +36,7 @@ struct TrainResult {
   double final_eval_loss = -1; // last evaluation, or -1 if none ran
   int64_t skipped_steps = 0;
   bool stopped_by_signal = false;  // request_stop() ended the run early, after saving a checkpoint
+  std::string log_write_failure;   // rank 0: the first failed write of a log file ("" if none); no DONE then
 };
 
 // Asks a running run_training to finish its current step, save a checkpoint and return (all ranks
