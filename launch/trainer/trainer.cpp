@@ -212,12 +212,13 @@ StartPlan plan_start(const TrainConfig& cfg, RunMode mode) {
   StartPlan plan;
   const std::vector<CheckpointListing> all = list_checkpoints(cfg.checkpoint.dir);
   // A fresh run would fail at its first save on a step that already exists: say so now.
-  if (training && cfg.checkpoint.resume == ResumeMode::Never && cfg.checkpoint.every > 0) {
-    for (const CheckpointListing& c : all)
-      MOE_REQUIRE(!c.complete, "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ",
-                  newest_complete_checkpoint(cfg.checkpoint.dir), "); set checkpoint.resume=auto to continue from it, "
-                  "or choose another run.dir or checkpoint.dir for a fresh run");
-  }
+  std::string newest;
+  for (const CheckpointListing& c : all)
+    if (c.complete) newest = c.dir;
+  MOE_REQUIRE(!training || cfg.checkpoint.resume != ResumeMode::Never || cfg.checkpoint.every == 0 || newest.empty(),
+              "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ", newest,
+              "); set checkpoint.resume=auto to continue from it, or choose another run.dir or checkpoint.dir for a "
+              "fresh run");
   const bool resuming = cfg.checkpoint.resume == ResumeMode::Auto || !training;
   for (auto c = all.rbegin(); c != all.rend(); ++c) {
     if (c->complete && resuming) plan.resumable.push_back(c->dir);
@@ -489,7 +490,6 @@ void Trainer::resume() {
     const std::string refusal = run_directory_refusal(start_.run_dir, cfg_, run_id_);
     MOE_REQUIRE(refusal.empty(), refusal);
   }
-  loader_.restore(loop.loader);
   first_step_ = loop.step + 1;
   result_.steps_done = loop.step;
   result_.skipped_steps = loop.skipped_steps;
@@ -513,6 +513,7 @@ std::string Trainer::try_load(const std::string& dir, LoopState* loop) {
   try {
     run_id_ = load_training_checkpoint(dir, cfg_, model_, registry_, *optimizer_, groups_, loader_.steps_per_epoch(),
                                        loop);
+    loader_.restore(loop->loader);
   } catch (const DamagedCheckpoint& e) {
     damage = e.what();
   } catch (const InvalidArgument& e) {
