@@ -1,6 +1,8 @@
 // Training telemetry (launch/trainer/telemetry.h).
 #include "launch/trainer/telemetry.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
@@ -9,8 +11,6 @@
 #include <fstream>
 #include <numeric>
 #include <sstream>
-
-#include <unistd.h>
 
 #include "core/check.h"
 #include "core/cpu/gemm.h"
