@@ -29,8 +29,9 @@ DONE into run.dir. moe-run and moe-submit start it from the config's launch: and
 sections (docs/launch.md), which moe-train itself ignores.
 SIGTERM or SIGUSR1 makes every rank finish its step, save a checkpoint and exit 0; with
 checkpoint.resume=auto the next start continues from it.
-Exit status: 0 on success; 2 for a bad config, argument or data file; 3 when the run stopped
-itself (too many non-finite steps); 5 when the launcher (mpirun) died: each rank stops by itself,
+Exit status: 0 on success; 2 for a bad config, argument, data file or directory; 3 when the run
+stopped itself (too many non-finite steps); 4 when writing a log file in run.dir failed (training
+went on, DONE was not written); 5 when the launcher (mpirun) died: each rank stops by itself,
 without starting another checkpoint; 1 for any other error; a watchdog timeout aborts the job.
 
 Config keys (path, type, default, accepted values):
@@ -133,8 +134,8 @@ int main(int argc, char** argv) {
     options.on_watchdog = on_watchdog;
     options.launcher = launcher;
     options.hooks = moe::TestHooks::from_environment();
-    moe::run_training(cfg, *world, options);
-    return 0;
+    const moe::TrainResult result = moe::run_training(cfg, *world, options);
+    return result.log_write_failure.empty() ? 0 : 4;  // rank 0 printed it when it happened
   } catch (const moe::InvalidArgument& e) {
     return fail(2, e.what());  // data files and checkpoints: every rank opens them and fails alike
   } catch (const moe::TrainingStopped& e) {

@@ -9,8 +9,11 @@ std::string save_checkpoint(const SaveRequest& req, const std::vector<Checkpoint
                             const checkpoint::RankState& rank_state, Communicator& world) {
   const std::string dir = checkpoint_step_dir(req.root, req.step);
   // Every rank reaches the same verdict from the shared file system before anything is written.
-  MOE_REQUIRE(!has_manifest(dir), "a complete checkpoint for step ", req.step, " already exists in '", dir,
+  const CheckpointListing existing = inspect_checkpoint(dir);
+  MOE_REQUIRE(!existing.complete, "a complete checkpoint for step ", req.step, " already exists in '", dir,
               "'; it is left as it is");
+  MOE_REQUIRE(!existing.damaged(), "'", dir, "' holds a damaged checkpoint for step ", req.step, " (",
+              existing.problem, "); it is left as it is (a start with checkpoint.resume=auto moves it aside)");
   Status written = write_checkpoint_shard(dir, req, tensors, rank_state, world.rank());
 
   // Nobody writes the manifest unless every shard made it.

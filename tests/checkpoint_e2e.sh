@@ -77,6 +77,43 @@ for line in open(sys.argv[1]):
     m = json.loads(line)
     if "loss" in m: print(m["step"], repr(m["loss"]))' "$1"; }
 
+# The steps of every training event in the TensorBoard event files of directory $1, one per line, in
+# file order (TFRecord framing; Event.step is field 2, a varint).
+tb_steps() { python3 - "$1" <<'PY'
+import glob, struct, sys
+def varint(b, i):
+    v = s = 0
+    while True:
+        v |= (b[i] & 0x7F) << s; s += 7; i += 1
+        if b[i - 1] < 0x80: return v, i
+for path in sorted(glob.glob(sys.argv[1] + "/events.out.tfevents.*")):
+    data, at = open(path, "rb").read(), 0
+    while at + 16 <= len(data):
+        (n,) = struct.unpack_from("<Q", data, at)
+        body, at = data[at + 12:at + 12 + n], at + 16 + n
+        i, step, summary = 0, 0, False
+        while i < len(body):
+            key, i = varint(body, i)
+            field, wire = key >> 3, key & 7
+            if wire == 0: value, i = varint(body, i)
+            elif wire == 1: i += 8; continue
+            elif wire == 2: length, i = varint(body, i); i += length
+            else: raise SystemExit(f"{path}: unexpected wire type {wire}")
+            if field == 2: step = value
+            if field == 5: summary = True
+        if summary: print(step)
+PY
+}
+# The steps of the training lines of a metrics.jsonl, space-separated.
+metric_steps() { losses "$1" | cut -d' ' -f1 | tr '\n' ' '; }
+# mount_tmpfs DIR OPTIONS: a small tmpfs at DIR, unmounted on exit; false if this machine does not allow it.
+mounts=()
+mount_tmpfs() {
+  mkdir -p "$1" && mount -t tmpfs -o "$2" tmpfs "$1" 2>/dev/null || return 1
+  mounts+=("$1")
+  trap 'for m in "${mounts[@]}"; do umount "$m"; done; rm -rf "$work"' EXIT
+}
+
 # A tiny run with a log line every step and no evaluation (faster).
 short=(run.log_every=1 run.eval_every=0)
 
@@ -334,6 +371,140 @@ mpirun_sigterm)
   grep -q "saved checkpoint $(step_dir r/checkpoints "$m")$" run2.txt || { cat run2.txt; fail "no 'saved checkpoint' line"; }
   [ -f "$(step_dir r/checkpoints "$m")/MANIFEST" ] || fail "no complete checkpoint for step $m"
   [ "$(cat r/checkpoints/latest)" = "$(basename "$(step_dir . "$m")")" ] || fail "latest does not name step $m"
+  ;;
+run_directory_restart)
+  # (a) A run killed before its first checkpoint, started again with the same command: it restarts
+  # from step 0, and its logs hold every step once (metrics.jsonl and TensorBoard alike).
+  cfg=("${short[@]}" run.steps=100000 checkpoint.every=0 checkpoint.resume=auto run.dir=r)
+  start 2 run1.txt "$tiny" "${cfg[@]}"
+  wait_for_step r/metrics.jsonl 6
+  kill -KILL $(rank_pids)
+  wait "$job"
+  printf '{"step": 7, "loss": 1.2' >>r/metrics.jsonl  # a line torn by the kill
+  start 2 run2.txt "$tiny" "${cfg[@]}"
+  deadline=$((SECONDS + 120))
+  until grep -q "^step 3/" run2.txt; do
+    kill -0 "$job" 2>/dev/null || { cat run2.txt; fail "the restarted run ended early"; }
+    [ $SECONDS -lt $deadline ] || fail "no step 3 of the restarted run within 120 s"
+    sleep 0.05
+  done
+  kill -TERM $(rank_pids)
+  wait "$job" || { cat run2.txt; fail "the restarted run failed"; }
+  n=$(stopped_step run2.txt)
+  [ "$(metric_steps r/metrics.jsonl)" = "$(seq -s ' ' 1 "$n") " ] || fail "metrics.jsonl steps: $(metric_steps r/metrics.jsonl)"
+  [ "$(tb_steps r/tensorboard | tr '\n' ' ')" = "$(seq -s ' ' 1 "$n") " ] ||
+    fail "TensorBoard steps after the restart: $(tb_steps r/tensorboard | tr '\n' ' ')"
+  grep -q "run directory r: metrics.jsonl and tensorboard/ kept up to step 0" run2.txt || { cat run2.txt; fail "no cut-back message"; }
+  # (b) Resumed from a checkpoint older than the logs: both cut back to it, then every step once.
+  cfg=("${short[@]}" run.steps=30 checkpoint.every=10 checkpoint.resume=auto run.dir=c)
+  MOE_TEST_KILL_IN_SAVE=1:20 run 2 "$tiny" "${cfg[@]}" && fail "the job survived a killed rank"
+  [ "$(tb_steps c/tensorboard | tail -1)" = 20 ] || fail "the killed run's events do not reach step 20"
+  run 2 "$tiny" "${cfg[@]}" || { cat out.txt; fail "the resumed run failed"; }
+  grep -q "kept up to step 10, where this run starts" out.txt || { cat out.txt; fail "no cut-back message"; }
+  [ "$(metric_steps c/metrics.jsonl)" = "$(seq -s ' ' 1 30) " ] || fail "metrics.jsonl steps: $(metric_steps c/metrics.jsonl)"
+  [ "$(tb_steps c/tensorboard | tr '\n' ' ')" = "$(seq -s ' ' 1 30) " ] ||
+    fail "TensorBoard steps: $(tb_steps c/tensorboard | tr '\n' ' ')"
+  [ -f c/DONE ] && [ -s c/routing_report.txt ] || fail "no DONE or routing report after the resumed run"
+  # (c) A finished run is refused when nothing resumes it (no checkpoints), and left as it was.
+  run 2 "$tiny" "${short[@]}" run.steps=3 checkpoint.every=0 run.dir=f || { cat out.txt; fail "the 3-step run failed"; }
+  before=$(listing f)
+  run 2 "$tiny" "${short[@]}" run.steps=3 checkpoint.every=0 run.dir=f && fail "a finished run directory was reused"
+  [ $? = 2 ] || fail "expected exit status 2 for a finished run directory"
+  grep -q "^moe-train: run.dir 'f' holds a finished run (DONE) and this run would start from step 0" out.txt ||
+    { cat out.txt; fail "no finished-run message"; }
+  [ "$(listing f)" = "$before" ] || fail "the refused run changed the finished run directory"
+  # (d) Another run's directory (another config, not finished) is refused, and left as it was.
+  rm f/DONE
+  before=$(listing f)
+  run 2 "$tiny" "${short[@]}" run.steps=3 checkpoint.every=0 run.dir=f optim.lr=0.002 && fail "a foreign run directory was reused"
+  grep -q "^moe-train: run.dir 'f' holds another run: its config.yaml differs from this run's config ('  lr: .*' there, '  lr: 0.002.*' here)" out.txt ||
+    { cat out.txt; fail "no foreign-run message"; }
+  [ "$(listing f)" = "$before" ] || fail "the refused run changed the foreign run directory"
+  # (e) A finished run resumed from its own checkpoint with another config (more steps) continues it.
+  run 2 "$tiny" "${cfg[@]}" run.steps=40 || { cat out.txt; fail "resuming the finished run for 10 more steps failed"; }
+  grep -q "resumed from $(step_dir c/checkpoints 30) at step 30" out.txt || { cat out.txt; fail "no resume from step 30"; }
+  [ "$(metric_steps c/metrics.jsonl)" = "$(seq -s ' ' 1 40) " ] || fail "metrics.jsonl steps: $(metric_steps c/metrics.jsonl)"
+  [ "$(cat c/DONE)" = "steps 40" ] || fail "DONE says $(cat c/DONE)"
+  grep -q "^  steps: 40" c/config.yaml || fail "config.yaml is not this run's"
+  ;;
+damaged_checkpoint_moved_aside)
+  # A truncated newest checkpoint (found when listing) and a bad CRC in the next newest (found when
+  # loading): each is moved aside, the run resumes from the newest sound one, saves those steps anew
+  # and keep-K prunes the new ones as usual.
+  cfg=("${short[@]}" checkpoint.every=10 checkpoint.keep=3 checkpoint.resume=auto run.dir=r)
+  run 2 "$tiny" "${cfg[@]}" run.steps=50 || { cat out.txt; fail "the first run failed"; }
+  d30=$(step_dir r/checkpoints 30) d40=$(step_dir r/checkpoints 40) d50=$(step_dir r/checkpoints 50)
+  truncate -s -100 "$d50/shard_00001.bin"
+  python3 - "$d40" "$protoc" "$src" <<'PY' || fail "cannot damage step 40"
+import re, subprocess, sys
+d, protoc, src = sys.argv[1:4]
+text = subprocess.run([protoc, "-I", src, "--decode=moe.checkpoint.Manifest", "core/checkpoint/checkpoint.proto"],
+                      stdin=open(d + "/MANIFEST", "rb"), capture_output=True, check=True).stdout.decode()
+offset = int(re.search(r'tensors \{\n  name: "[^"]*"\n(?:  \w+: .*\n)*?  offset: (\d+)', text).group(1))
+with open(d + "/shard_00000.bin", "r+b") as f:
+    f.seek(offset + 3); b = f.read(1); f.seek(offset + 3); f.write(bytes([b[0] ^ 0x01]))
+PY
+  run 2 "$tiny" "${cfg[@]}" run.steps=70 || { cat out.txt; fail "the run past the damaged checkpoints failed"; }
+  grep -q "^damaged checkpoint $d50 moved aside to $d50.damaged-1 (corruption: shard file .* (truncated" out.txt ||
+    { cat out.txt; fail "no message on moving the truncated step 50 aside"; }
+  grep -q "^damaged checkpoint $d40 moved aside to $d40.damaged-1 (.*is damaged: CRC32C" out.txt ||
+    { cat out.txt; fail "no message on moving step 40 (bad CRC) aside"; }
+  grep -q "resumed from $d30 at step 30" out.txt || { cat out.txt; fail "did not resume from step 30"; }
+  grep -q "^done: 70 steps" out.txt || { cat out.txt; fail "did not train to step 70"; }
+  [ "$(cd r/checkpoints && LC_ALL=C ls -d step_* | tr '\n' ' ')" = \
+    "step_00000040.damaged-1 step_00000050 step_00000050.damaged-1 step_00000060 step_00000070 " ] ||
+    fail "checkpoints left: $(cd r/checkpoints && ls -d step_* | tr '\n' ' ')"
+  [ "$(metric_steps r/metrics.jsonl)" = "$(seq -s ' ' 1 70) " ] || fail "metrics.jsonl steps: $(metric_steps r/metrics.jsonl)"
+  # A damaged checkpoint is never loaded or deleted: a second one of step 50 gets the next name.
+  truncate -s -100 "$d50/shard_00000.bin"
+  run 2 "$tiny" "${cfg[@]}" run.steps=70 || { cat out.txt; fail "the run after damaging step 50 again failed"; }
+  grep -q "nothing to train: $(step_dir r/checkpoints 70) is at step 70" out.txt || { cat out.txt; fail "no 'nothing to train'"; }
+  [ -d "$d50.damaged-1" ] && [ -d "$d50.damaged-2" ] || fail "step 50 was not moved aside to damaged-2"
+  ;;
+logs_disk_full)
+  # run.dir on a 64 KiB file system: the first failed log write is reported once, training goes on
+  # (checkpoints elsewhere), DONE is not written and the exit status is 5.
+  if ! mount_tmpfs full size=64k; then echo "SKIP ($case_name): cannot mount a tmpfs here (needs root)"; exit 77; fi
+  run 2 "$tiny" "${short[@]}" run.steps=120 checkpoint.every=60 checkpoint.dir="$work/ck" run.dir=full/r
+  status=$?
+  [ $status = 4 ] || { cat out.txt; fail "exit status $status with a full run.dir (expected 4)"; }
+  grep -q "^moe-train: writing 'full/r/[^']*' failed: No space left on device; training goes on" out.txt ||
+    { cat out.txt; fail "no message naming the file and the OS error"; }
+  [ "$(grep -c 'No space left on device' out.txt)" = 2 ] || { cat out.txt; fail "expected the failure once, and once in the last line"; }
+  grep -q "^moe-train: trained 120 steps, but the logs in full/r are incomplete" out.txt || { cat out.txt; fail "no final line"; }
+  grep -q "^done:" out.txt && fail "a 'done' line after a failed log write"
+  [ ! -e full/r/DONE ] || fail "DONE written after a failed log write"
+  [ -f "$(step_dir ck 120)/MANIFEST" ] || fail "training did not go on to its last checkpoint"
+  ;;
+unusable_paths)
+  # Each path the run would write, unusable: one message naming the key, the path and why, exit 2,
+  # on every rank alike, before anything is written (nothing created, nothing printed but the message).
+  echo file >afile
+  expect_refusal() {  # expect_refusal MESSAGE_REGEX overrides...
+    local pattern=$1
+    shift
+    run 2 "$tiny" "${short[@]}" run.steps=2 "$@" && fail "$* was accepted"
+    [ $? = 2 ] || { cat out.txt; fail "$*: exit status $? (expected 2)"; }
+    grep -q "^moe-train: $pattern" out.txt || { cat out.txt; fail "$*: no message matching '$pattern'"; }
+    [ "$(grep -c '^moe-train: ' out.txt)" = 1 ] || { cat out.txt; fail "$*: expected the message once"; }
+    grep -q "resolved config" out.txt && { cat out.txt; fail "$*: the config was printed before the refusal"; }
+    for d in r ro/r; do [ ! -e "$d" ] || fail "$*: created $d"; done
+    [ "$(cat afile)" = file ] || fail "$*: the file was changed"
+  }
+  expect_refusal "run.dir 'afile' cannot be used: it is a file, not a directory" run.dir=afile
+  expect_refusal "run.dir 'afile/r' cannot be used: 'afile', part of it, is a file, not a directory" run.dir=afile/r
+  expect_refusal "run.dir '/proc/moe/r' cannot be used: '/proc', part of it, is on the proc pseudo file system" run.dir=/proc/moe/r
+  expect_refusal "checkpoint.dir 'afile' cannot be used: it is a file, not a directory" run.dir=r checkpoint.dir=afile
+  expect_refusal "checkpoint.dir '/proc/self/ck' cannot be used: '/proc/self', part of it, is on the proc pseudo file system" \
+    run.dir=r checkpoint.dir=/proc/self/ck
+  expect_refusal "checkpoint.init_from '$work/nothere' cannot be loaded: not found: checkpoint directory '$work/nothere' does not exist" \
+    run.dir=r checkpoint.init_from="$work/nothere"
+  if mount_tmpfs ro ro,size=64k; then
+    expect_refusal "run.dir 'ro/r' cannot be used: 'ro', part of it, is not writable: Read-only file system" run.dir=ro/r
+    umount ro && mounts=() && rmdir ro
+  else
+    echo "(read-only run.dir not checked: cannot mount a tmpfs here)"
+  fi
   ;;
 *)
   fail "unknown case"

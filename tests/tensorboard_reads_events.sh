@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Checks that the real TensorBoard reads moe-train's event files: installs tensorboard from PyPI into
 # a virtual environment under the build folder (once, tests/test_venv.sh), runs a short training job,
-# and reads the scalars back with TensorBoard's own EventAccumulator. MoE on every second of 4 layers:
+# and reads the scalars back with TensorBoard's own EventAccumulator, after a resume. MoE on every second of 4 layers:
 # the per-layer tags carry the model's layer index (1 and 3).
 #   tensorboard_reads_events.sh MOE_TRAIN MPIRUN CONFIG VENV_DIR
 set -eu
@@ -9,9 +9,14 @@ moe_train=$1 mpirun=$2 config=$3 venv=$4
 "$(dirname "$0")/test_venv.sh" "$venv"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-"$mpirun" --oversubscribe --timeout 200 -np 2 "$moe_train" "$config" run.steps=20 run.log_every=5 run.eval_every=10 \
-  model.n_layers=4 model.moe_every=2 \
-  run.dir="$work/run" >"$work/out.txt" 2>&1 || { cat "$work/out.txt"; exit 1; }
+# The run is killed in its save of step 20 (after logging it) and resumed from step 10: TensorBoard
+# must see steps 15 and 20 once (the old event file is cut back to step 10, docs/run-directory.md).
+train() {
+  "$mpirun" --oversubscribe --timeout 200 -np 2 "$moe_train" "$config" run.steps=20 run.log_every=5 run.eval_every=10 \
+    model.n_layers=4 model.moe_every=2 checkpoint.every=10 checkpoint.resume=auto run.dir="$work/run" >"$work/out.txt" 2>&1
+}
+MOE_TEST_KILL_IN_SAVE=1:20 train && { cat "$work/out.txt"; echo "the run survived a killed rank"; exit 1; }
+train || { cat "$work/out.txt"; exit 1; }
 "$venv/bin/python" - "$work/run/tensorboard" <<'PY'
 import sys
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -29,6 +34,7 @@ for tag in expected:
 assert not any(t.startswith("expert_load/layer0") or t.startswith("moe/layer2") for t in tags), sorted(tags)
 loss = acc.Scalars("train/loss")
 assert [e.step for e in loss] == [5, 10, 15, 20], [e.step for e in loss]
+assert [e.step for e in acc.Scalars("eval/loss")] == [10, 20], [e.step for e in acc.Scalars("eval/loss")]
 assert loss[-1].value < loss[0].value, [e.value for e in loss]
 share = sum(acc.Scalars(f"expert_load/layer3/expert{e}")[-1].value for e in range(4))
 assert abs(share - 1.0) < 1e-5, share

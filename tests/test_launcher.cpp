@@ -268,11 +268,12 @@ TEST(JobScript, SlurmScriptHasTheDirectivesTheSignalForwardingAndTheRequeue) {
       "#SBATCH --account=proj\n", "#SBATCH --output=/work/runs/exp/slurm-%j.out\n", "#SBATCH --error=/work/err.txt\n",
       "#SBATCH --open-mode=append\n", "#SBATCH --signal=B:USR1@120\n", "#SBATCH --requeue\n", "cd /work || exit 1\n",
       "trap 'stop USR1' USR1\n", "kill -USR1 \"$launcher_pid\"", "mpirun -np 4 \\\n    --map-by ppr:2:node \\\n",
-      "/b/moe-train /c/tiny.yaml run.steps=5 checkpoint.resume=auto &\n", "rm -f \"$run_dir/DONE\"",
+      "/b/moe-train /c/tiny.yaml run.steps=5 checkpoint.resume=auto &\n",
       "scontrol requeue \"$SLURM_JOB_ID\"\n");
   // Inside the allocation mpirun takes Slurm's nodes: no host list.
   EXPECT_EQ(s.find("--host"), std::string::npos);
   EXPECT_EQ(s.find("--allow-run-as-root"), std::string::npos);
+  EXPECT_EQ(s.find("rm -f"), std::string::npos);  // moe-train itself removes DONE when it resumes the run
 
   const TrainConfig c2 = config({"scheduler.requeue=false", "scheduler.signal_seconds_before_end=0"});
   const JobPlan j2 = plan_job(c2, Scheduler::Slurm, std::nullopt, "/work");

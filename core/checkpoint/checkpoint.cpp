@@ -257,19 +257,37 @@ std::vector<CheckpointListing> list_checkpoints(const std::string& root) {
     if (!entry.is_directory() || name.rfind("step_", 0) != 0 || name.size() != 13 ||
         name.find_first_not_of("0123456789", 5) != std::string::npos)
       continue;
-    CheckpointListing c;
-    c.dir = entry.path().string();
+    CheckpointListing c = inspect_checkpoint(entry.path().string());
     c.step = std::stoll(name.substr(5));
     for (const auto& f : fs::directory_iterator(entry.path(), ec))
       if (f.is_regular_file()) c.bytes += f.file_size();
-    std::unique_ptr<CheckpointReader> reader;
-    Status s = CheckpointReader::open(c.dir, &reader);
-    c.complete = s.ok();
-    if (!s.ok()) c.problem = s.to_string();
     out.push_back(c);
   }
   std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.step < b.step; });
   return out;
+}
+
+CheckpointListing inspect_checkpoint(const std::string& dir) {
+  CheckpointListing c;
+  c.dir = dir;
+  c.has_manifest = has_manifest(dir);
+  std::unique_ptr<CheckpointReader> reader;
+  Status s = CheckpointReader::open(dir, &reader);
+  c.complete = s.ok();
+  if (!s.ok()) c.problem = s.to_string();
+  return c;
+}
+
+Status move_checkpoint_aside(const std::string& dir, std::string* moved_to) {
+  std::error_code ec;
+  for (int n = 1;; ++n) {
+    const std::string to = dir + ".damaged-" + std::to_string(n);
+    if (fs::exists(to, ec)) continue;
+    if (::rename(dir.c_str(), to.c_str()) != 0)
+      return Status::io_error("cannot rename '" + dir + "' to '" + to + "': " + errno_text());
+    *moved_to = to;
+    return Status::ok_status();
+  }
 }
 
 std::string newest_complete_checkpoint(const std::string& root) {

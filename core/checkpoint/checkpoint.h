@@ -73,17 +73,30 @@ Status write_checkpoint_directory(const std::string& dir, const SaveRequest& req
                                   const std::vector<std::vector<CheckpointTensor>>& per_rank,
                                   const std::vector<checkpoint::RankState>& rank_states);
 
-// A checkpoint directory as found on disk.
+// A checkpoint directory as found on disk. The one definition of complete, which resume, save and
+// keep-K share: CheckpointReader::open accepts it. A directory that is not complete is either an
+// interrupted save (no MANIFEST: the save of its step overwrites it) or damaged (a MANIFEST that
+// does not open: a save refuses it, and a training start moves it aside, move_checkpoint_aside).
 struct CheckpointListing {
   std::string dir;      // full path
   int64_t step = -1;
-  bool complete = false;  // has a readable MANIFEST
+  bool complete = false;  // CheckpointReader::open accepts it
+  bool has_manifest = false;  // MANIFEST exists (complete or damaged)
   uint64_t bytes = 0;     // total size of its files
   std::string problem;    // why it is incomplete or unreadable
+  bool damaged() const { return has_manifest && !complete; }
 };
 
 // The step_* directories under root, oldest first. A missing root gives an empty list.
 std::vector<CheckpointListing> list_checkpoints(const std::string& root);
+
+// The checkpoint directory `dir` (step -1; bytes counted only by list_checkpoints).
+CheckpointListing inspect_checkpoint(const std::string& dir);
+
+// Renames the damaged checkpoint directory `dir` to <dir>.damaged-<n>, the smallest n >= 1 not yet
+// taken (list_checkpoints no longer sees it, so keep-K never deletes it and a save can write the step
+// anew; nothing in it is deleted). Returns the new path, or an IOError naming both paths.
+Status move_checkpoint_aside(const std::string& dir, std::string* moved_to);
 
 // The newest complete checkpoint under root, or "" if none.
 std::string newest_complete_checkpoint(const std::string& root);

@@ -34,9 +34,8 @@ std::string script_body(const TrainConfig& cfg, const JobPlan& plan, const JobSc
      << "cd " << shell_quote(in.workdir) << " || exit 1\n"
      << "run_dir=" << shell_quote(plan.run_dir) << "\n\n"
      << "# moe-train writes $run_dir/" << kDoneMarker << " after its last step (run.steps = " << cfg.run.steps
-     << "). A marker left from an earlier\n"
-     << "# start is removed, so that only this start's outcome counts.\n"
-     << "rm -f \"$run_dir/" << kDoneMarker << "\"\n"
+     << ") and removes it when it\n"
+     << "# resumes the run to train on (docs/run-directory.md): a marker after it exits is this start's outcome.\n"
      << "echo \"moe-submit job: starting at $(date) on $(hostname)\"\n\n"
      << "# The stop signal: the scheduler sends it to this shell (Slurm: USR1 before the time limit, as\n"
      << "# asked above; scancel; preemption and PBS: TERM). It goes on to the ranks as USR1 (mpirun and srun\n"

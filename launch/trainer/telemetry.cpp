@@ -1,10 +1,14 @@
 // Training telemetry (launch/trainer/telemetry.h).
 #include "launch/trainer/telemetry.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <cerrno>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <sstream>
 
@@ -77,13 +81,38 @@ std::string eval_line(int64_t step, int64_t total_steps, double eval_loss) {
   return buf;
 }
 
-MetricsLog::MetricsLog(const std::string& path) {
+MetricsLog::MetricsLog(const std::string& path, LogWrites& writes) : path_(path), writes_(writes) {
+  if (!writes_.ok()) return;
   file_ = std::fopen(path.c_str(), "a");
-  MOE_REQUIRE(file_ != nullptr, "cannot open '", path, "' for writing: ", std::strerror(errno));
+  if (file_ == nullptr) writes_.fail(path, errno);
 }
 
 MetricsLog::~MetricsLog() {
   if (file_ != nullptr) std::fclose(file_);
+}
+
+void MetricsLog::write_line(const std::string& line) {
+  if (file_ == nullptr || !writes_.ok()) return;
+  if (std::fputs(line.c_str(), file_) < 0 || std::fflush(file_) != 0) writes_.fail(path_, errno);
+}
+
+void cut_back_metrics(const std::string& path, int64_t last_step, LogWrites& writes) {
+  std::ifstream in(path, std::ios::binary);
+  if (!in || !writes.ok()) return;
+  std::string line;
+  uint64_t keep = 0;
+  // getline leaves eof set on a last line without its newline: such a line is torn.
+  while (std::getline(in, line) && !in.eof()) {
+    long long step = -1;
+    if (line.empty() || line.back() != '}' || std::sscanf(line.c_str(), "{\"step\": %lld", &step) != 1 ||
+        step > last_step)
+      break;
+    keep += line.size() + 1;
+  }
+  in.close();
+  std::error_code ec;
+  const uintmax_t size = std::filesystem::file_size(path, ec);
+  if (!ec && keep < size && ::truncate(path.c_str(), static_cast<off_t>(keep)) != 0) writes.fail(path, errno);
 }
 
 void MetricsLog::write(const StepMetrics& m) {
@@ -109,14 +138,12 @@ void MetricsLog::write(const StepMetrics& m) {
        << ", \"load_max_over_mean\": " << json_number(ml.load_max_over_mean()) << "}";
   }
   os << "]}\n";
-  std::fputs(os.str().c_str(), file_);
-  std::fflush(file_);
+  write_line(os.str());
 }
 
 void MetricsLog::write_eval(int64_t step, double eval_loss) {
-  std::fprintf(file_, "{\"step\": %lld, \"split\": \"eval\", \"eval_loss\": %s, \"eval_perplexity\": %s}\n",
-               (long long)step, json_number(eval_loss).c_str(), json_number(std::exp(eval_loss)).c_str());
-  std::fflush(file_);
+  write_line("{\"step\": " + std::to_string(step) + ", \"split\": \"eval\", \"eval_loss\": " + json_number(eval_loss) +
+             ", \"eval_perplexity\": " + json_number(std::exp(eval_loss)) + "}\n");
 }
 
 void write_tensorboard(TensorBoardWriter& tb, const StepMetrics& m) {

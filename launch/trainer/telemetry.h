@@ -71,16 +71,26 @@ std::string eval_line(int64_t step, int64_t total_steps, double eval_loss);
 // time_s (seconds per step by phase), moe_layers (a list of {layer, routed, kept, dropped_frac,
 // router_entropy, load_max_over_mean}). Evaluation lines: step, "split": "eval", eval_loss,
 // eval_perplexity.
+// Every write is checked: a failure is recorded in `writes` (which then turns every later write into
+// a no-op), never thrown.
 class MetricsLog {
  public:
-  explicit MetricsLog(const std::string& path);  // appends; InvalidArgument naming the path on failure
+  MetricsLog(const std::string& path, LogWrites& writes);  // appends
   ~MetricsLog();
   void write(const StepMetrics& m);
   void write_eval(int64_t step, double eval_loss);
 
  private:
+  void write_line(const std::string& line);
+  std::string path_;
   std::FILE* file_ = nullptr;
+  LogWrites& writes_;
 };
+
+// Cuts metrics.jsonl at `path` back to its lines of steps <= last_step: it ends at the first line of a
+// later step or a torn line (one without its newline, or not a JSON object of a step). A missing
+// file is fine; a failure is recorded in `writes`.
+void cut_back_metrics(const std::string& path, int64_t last_step, LogWrites& writes);
 
 // The TensorBoard scalars of a step: train/*, perf/*, time/<phase>_ms, moe/dropped_frac,
 // moe/load_max_over_mean, moe/layer<i>/{dropped_frac,router_entropy,load_max_over_mean} and

@@ -108,7 +108,7 @@ std::string load_training_checkpoint(const std::string& dir, const TrainConfig& 
                                      int64_t steps_per_epoch, LoopState* loop) {
   std::unique_ptr<CheckpointReader> reader;
   Status st = CheckpointReader::open(dir, &reader);
-  MOE_REQUIRE(st.ok(), "cannot load checkpoint: ", st.to_string());
+  if (!st.ok()) throw DamagedCheckpoint("cannot load checkpoint: " + st.to_string());
   const checkpoint::Manifest& m = reader->manifest();
   const ExpertLayout& L = groups.layout;
   MOE_REQUIRE(m.layout().num_experts() == L.num_experts, "checkpoint '", dir, "' has ", m.layout().num_experts(),
@@ -122,7 +122,8 @@ std::string load_training_checkpoint(const std::string& dir, const TrainConfig& 
                     ? " (was it written with another optimizer? optim.name must match)"
                     : " (a model of another shape?)");
     Status s = reader->read(*e, into);
-    MOE_REQUIRE(s.ok(), "cannot load checkpoint: ", s.to_string());
+    if (s.code() == Status::Code::InvalidArgument) throw InvalidArgument("cannot load checkpoint: " + s.to_string());
+    if (!s.ok()) throw DamagedCheckpoint("cannot load checkpoint: " + s.to_string());
   };
   for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
     if (t.kind == ParamKind::Dense) {

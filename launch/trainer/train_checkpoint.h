@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "core/check.h"
 #include "launch/config/train_config.h"
 #include "core/model/transformer.h"
 #include "core/parameters.h"
@@ -35,10 +36,18 @@ std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& 
                                      TransformerLM& model, ParameterRegistry& registry, Optimizer& optimizer,
                                      const ProcessGroups& groups, Communicator& world, bool test_kill_midway = false);
 
+// The checkpoint's files are missing, unreadable or damaged (a bad CRC), as opposed to a checkpoint
+// that is sound but does not fit this run (another model shape or optimizer).
+class DamagedCheckpoint : public InvalidArgument {
+ public:
+  explicit DamagedCheckpoint(const std::string& what) : InvalidArgument(what) {}
+};
+
 // Loads checkpoint `dir` into the model, optimizer and loop state, whatever world size and ep it was
 // written with (experts are matched by global id). Every rank reads what it holds. Throws
-// InvalidArgument naming the file and the problem (missing or damaged files, another model shape,
-// a data position that does not map onto this run's batch). Returns the checkpoint's run id.
+// DamagedCheckpoint for missing or damaged files, InvalidArgument for another model shape or a data
+// position that does not map onto this run's batch; each names the file and the problem. Returns the
+// checkpoint's run id.
 std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
                                      ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
                                      int64_t steps_per_epoch, LoopState* loop);

@@ -9,7 +9,6 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <span>
 #include <vector>
@@ -21,6 +20,7 @@
 #include "core/timer.h"
 #include "data/data_loader.h"
 #include "launch/trainer/routing_stats.h"
+#include "launch/trainer/run_directory.h"
 #include "launch/trainer/telemetry.h"
 #include "launch/trainer/train_checkpoint.h"
 #include "launch/trainer/watchdog.h"
@@ -102,24 +102,24 @@ std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& cfg, ParameterRegis
   return std::make_unique<AdamW>(registry, a);
 }
 
-void write_text_file(const std::string& path, const std::string& text) {
-  std::ofstream f(path);
-  MOE_REQUIRE(f.good(), "cannot write '", path, "'");
-  f << text;
+// Collective. The lowest rank's non-empty `error` on every rank, or "" when every rank's is empty.
+std::string first_error(Communicator& world, const std::string& error) {
+  const int first = all_reduce_value(world, error.empty() ? world.size() : world.rank(), ReduceOp::Min);
+  if (first == world.size()) return "";
+  int64_t length = world.rank() == first ? static_cast<int64_t>(error.size()) : 0;
+  world.broadcast(&length, sizeof length, first);
+  std::string message(static_cast<size_t>(length), '\0');
+  if (world.rank() == first) message = error;
+  world.broadcast(message.data(), length, first);
+  return message;
 }
 
 // Collective. If any rank's `error` is non-empty, throws InvalidArgument on every rank with the lowest
 // such rank's message: a failure only some ranks see (a damaged tensor that only they read) then ends
 // every rank alike, with the message where rank 0 prints it, instead of leaving the others waiting.
 void throw_if_any_rank_failed(Communicator& world, const std::string& error) {
-  const int first = all_reduce_value(world, error.empty() ? world.size() : world.rank(), ReduceOp::Min);
-  if (first == world.size()) return;
-  int64_t length = world.rank() == first ? static_cast<int64_t>(error.size()) : 0;
-  world.broadcast(&length, sizeof length, first);
-  std::string message(static_cast<size_t>(length), '\0');
-  if (world.rank() == first) message = error;
-  world.broadcast(message.data(), length, first);
-  throw InvalidArgument(message);
+  const std::string message = first_error(world, error);
+  if (!message.empty()) throw InvalidArgument(message);
 }
 
 // A random id for a fresh run, agreed by all ranks: checkpoints carry it so that shards and a
@@ -132,19 +132,6 @@ std::string new_run_id(Communicator& world) {
                                                         mix64(static_cast<uint64_t>(getpid())))));
   world.broadcast(id, sizeof id, 0);
   return std::string(id);
-}
-
-// Keeps the lines of metrics.jsonl up to `step`: a resumed run rewrites what follows.
-void truncate_metrics(const std::string& path, int64_t step) {
-  std::ifstream in(path);
-  if (!in) return;
-  std::string line, kept;
-  while (std::getline(in, line)) {
-    long long s = -1;
-    if (std::sscanf(line.c_str(), "{\"step\": %lld", &s) == 1 && s <= step) kept += line + "\n";
-  }
-  in.close();
-  write_text_file(path, kept);
 }
 
 // Entropy of the token frequencies over (up to) the first 2000 sequences of `range`: the loss of a
@@ -184,27 +171,67 @@ std::string balancing_summary(const TrainConfig& cfg) {
   return buf;
 }
 
-// Where a run starts: the checkpoint to load ("" for a fresh start). Reads only the file system, so
-// every rank reaches the same verdict before the first collective.
-std::string starting_checkpoint(const TrainConfig& cfg, RunMode mode, bool leader) {
+// Where a run starts, decided from the file system alone.
+struct StartPlan {
+  std::vector<std::string> resumable;          // complete checkpoints of checkpoint.dir to try, newest first
+  std::vector<CheckpointListing> interrupted;  // saves cut short (no MANIFEST) newer than those: left to be saved over
+  std::vector<CheckpointListing> damaged;      // a MANIFEST that does not open: a training start moves them aside
+  RunDirectoryState run_dir;
+};
+
+std::string checkpoint_run_id(const std::string& dir, const std::string& key) {
+  std::unique_ptr<CheckpointReader> reader;
+  Status s = CheckpointReader::open(dir, &reader);
+  MOE_REQUIRE(s.ok(), key, " '", dir, "' cannot be loaded: ", s.to_string());
+  return reader->manifest().run_id();
+}
+
+// Every check of the directories before anything is written: the paths, the checkpoints, and whether
+// the run may start in run.dir. Reads only the file system, so every rank reaches the same verdict.
+StartPlan plan_start(const TrainConfig& cfg, RunMode mode) {
+  const bool training = mode == RunMode::Train;
+  check_run_paths(cfg, training);
+  StartPlan plan;
+  const std::vector<CheckpointListing> all = list_checkpoints(cfg.checkpoint.dir);
   // A fresh run would fail at its first save on a step that already exists: say so now.
-  if (mode == RunMode::Train && cfg.checkpoint.resume == ResumeMode::Never && cfg.checkpoint.every > 0) {
-    const std::string existing = newest_complete_checkpoint(cfg.checkpoint.dir);
-    MOE_REQUIRE(existing.empty(), "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ",
-                existing, "); set checkpoint.resume=auto to continue from it, or choose another run.dir or "
-                "checkpoint.dir for a fresh run");
+  std::string newest;
+  for (const CheckpointListing& c : all)
+    if (c.complete) newest = c.dir;
+  MOE_REQUIRE(!training || cfg.checkpoint.resume != ResumeMode::Never || cfg.checkpoint.every == 0 || newest.empty(),
+              "checkpoint.dir '", cfg.checkpoint.dir, "' already holds checkpoints (newest: ", newest,
+              "); set checkpoint.resume=auto to continue from it, or choose another run.dir or checkpoint.dir for a "
+              "fresh run");
+  const bool resuming = cfg.checkpoint.resume == ResumeMode::Auto || !training;
+  for (auto c = all.rbegin(); c != all.rend(); ++c) {
+    if (c->complete && resuming) plan.resumable.push_back(c->dir);
+    else if (c->damaged() && training) plan.damaged.push_back(*c);
+    else if (!c->complete && !c->damaged() && resuming && plan.resumable.empty()) plan.interrupted.push_back(*c);
   }
-  std::string dir;
-  if (cfg.checkpoint.resume == ResumeMode::Auto || mode == RunMode::EvalOnly) {
-    for (const CheckpointListing& c : list_checkpoints(cfg.checkpoint.dir)) {
-      if (c.complete) dir = c.dir;
-      else if (leader) std::printf("ignoring incomplete checkpoint %s (%s)\n", c.dir.c_str(), c.problem.c_str());
-    }
-  }
-  if (dir.empty()) dir = cfg.checkpoint.init_from;
-  MOE_REQUIRE(mode != RunMode::EvalOnly || !dir.empty(), "--eval-only needs a checkpoint: checkpoint.dir '",
+  std::string start_run_id;
+  if (!plan.resumable.empty()) start_run_id = checkpoint_run_id(plan.resumable.front(), "checkpoint.dir");
+  else if (!cfg.checkpoint.init_from.empty()) start_run_id = checkpoint_run_id(cfg.checkpoint.init_from, "checkpoint.init_from");
+  MOE_REQUIRE(training || !start_run_id.empty(), "--eval-only needs a checkpoint: checkpoint.dir '",
               cfg.checkpoint.dir, "' holds no complete one and checkpoint.init_from is empty");
-  return dir;
+  plan.run_dir = read_run_directory(cfg.run.dir);
+  if (training) {
+    const std::string refusal = run_directory_refusal(plan.run_dir, cfg, start_run_id);
+    MOE_REQUIRE(refusal.empty(), refusal);
+  }
+  return plan;
+}
+
+// plan_start on every rank, then the first collective: a verdict that differs between ranks (a
+// path another node sees otherwise) still ends every rank alike.
+StartPlan agreed_start_plan(const TrainConfig& cfg, RunMode mode, Communicator& world) {
+  StartPlan plan;
+  std::string error;
+  try {
+    plan = plan_start(cfg, mode);
+  } catch (const InvalidArgument& e) {
+    error = e.what();
+  }
+  throw_if_any_rank_failed(world, error);
+  return plan;
 }
 
 // One run of moe-train on one rank. The constructor does everything that can fail on bad input
@@ -217,8 +244,10 @@ class Trainer {
 
  private:
   void print_banner() const;
-  void resume();                // loads resume_from_, or starts a fresh run id (collective)
-  void open_run_directory();    // rank 0: config.yaml, metrics.jsonl cut back to the start, TensorBoard
+  void resume();                // loads the newest sound checkpoint of start_, or starts a fresh run id (collective)
+  std::string try_load(const std::string& dir, LoopState* loop);  // collective; "" or why `dir` is damaged
+  void move_aside(const std::string& dir, const std::string& why);  // collective; rank 0 renames
+  void open_run_directory();    // rank 0: DONE removed, logs cut back to the start, config.yaml, run_id
   bool step(int64_t step);      // one optimizer step; true when a rank asked to stop
   void log(int64_t step, double lr, double grad_norm);
   double evaluate();            // mean held-out loss over all ranks
@@ -232,7 +261,8 @@ class Trainer {
   const bool leader_;
   const int64_t B_, S_, N_, A_;  // sequences per micro-batch, tokens per sequence and micro-batch, micro-batches
   DataSources data_;
-  const std::string resume_from_;
+  const StartPlan start_;
+  std::string resumed_from_;  // the checkpoint loaded, "" for a fresh start
   DataLoader loader_;
   const LocalPlacement placement_;
   const int gpu_;
@@ -257,6 +287,7 @@ class Trainer {
   int64_t consecutive_nonfinite_ = 0;
   int64_t first_step_ = 1;
   std::string run_id_;
+  LogWrites writes_;                             // rank 0: the outcome of every log write
   std::unique_ptr<MetricsLog> metrics_;         // rank 0
   std::unique_ptr<TensorBoardWriter> tensorboard_;  // rank 0
   PeakFlops peak_;
@@ -275,7 +306,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       N_(B_ * S_),
       A_(cfg.optim.grad_accum_steps),
       data_(open_data(cfg, W_, options.mode == RunMode::EvalOnly)),
-      resume_from_(starting_checkpoint(cfg, options.mode, leader_)),
+      start_(agreed_start_plan(cfg, options.mode, world)),
       loader_(*data_.train, data_.train_range.begin, data_.train_range.end, rank_, W_, B_,
               static_cast<uint64_t>(cfg.run.seed)),
       // Where this rank sits. A CUDA build selects its GPU here, before any device memory exists:
@@ -339,16 +370,25 @@ TrainResult Trainer::run() {
     result_.final_eval_loss = evaluate();
     if (leader_) {
       std::printf("%s\n", eval_line(result_.steps_done, cfg_.run.steps, result_.final_eval_loss).c_str());
-      std::filesystem::create_directories(cfg_.run.dir);
-      MetricsLog(cfg_.run.dir + "/metrics.jsonl").write_eval(result_.steps_done, result_.final_eval_loss);
+      std::error_code ec;
+      std::filesystem::create_directories(cfg_.run.dir, ec);
+      if (ec) writes_.fail(cfg_.run.dir, ec.value());
+      MetricsLog(cfg_.run.dir + "/metrics.jsonl", writes_).write_eval(result_.steps_done, result_.final_eval_loss);
+      result_.log_write_failure = writes_.failure();
     }
     return result_;
   }
   if (first_step_ > cfg_.run.steps) {
-    if (leader_)
+    if (leader_) {
       std::printf("nothing to train: %s is at step %lld and run.steps = %lld (raise run.steps to train on, or "
                   "evaluate it with --eval-only)\n",
-                  resume_from_.c_str(), (long long)result_.steps_done, (long long)cfg_.run.steps);
+                  resumed_from_.c_str(), (long long)result_.steps_done, (long long)cfg_.run.steps);
+      // The run directory's run is finished: its marker, if a stop at the last step or a job script left none.
+      if (start_.run_dir.run_id == run_id_ && !start_.run_dir.finished) {
+        writes_.write_file(cfg_.run.dir + "/DONE", "steps " + std::to_string(result_.steps_done) + "\n");
+        result_.log_write_failure = writes_.failure();
+      }
+    }
     return result_;
   }
   open_run_directory();
@@ -403,20 +443,36 @@ TrainResult Trainer::run() {
 }
 
 void Trainer::resume() {
-  if (resume_from_.empty()) {
+  const bool training = options_.mode == RunMode::Train;
+  if (leader_)
+    for (const CheckpointListing& c : start_.interrupted)
+      std::printf("ignoring incomplete checkpoint %s (%s)\n", c.dir.c_str(), c.problem.c_str());
+  // So that this run's saves can write those steps anew, and keep-K counts only sound checkpoints.
+  for (const CheckpointListing& c : start_.damaged) move_aside(c.dir, c.problem);
+  LoopState loop;
+  for (const std::string& dir : start_.resumable) {
+    const std::string damage = try_load(dir, &loop);
+    if (damage.empty()) {
+      resumed_from_ = dir;
+      break;
+    }
+    if (training) move_aside(dir, damage);
+    else if (leader_) std::printf("passing over damaged checkpoint %s (%s)\n", dir.c_str(), damage.c_str());
+  }
+  if (resumed_from_.empty() && !cfg_.checkpoint.init_from.empty()) {
+    const std::string damage = try_load(cfg_.checkpoint.init_from, &loop);
+    if (!damage.empty()) throw InvalidArgument(damage);  // the user's choice: not replaced by another
+    resumed_from_ = cfg_.checkpoint.init_from;
+  }
+  if (resumed_from_.empty()) {
     run_id_ = new_run_id(world_);
     return;
   }
-  LoopState loop;
-  std::string error;
-  try {
-    run_id_ = load_training_checkpoint(resume_from_, cfg_, model_, registry_, *optimizer_, groups_,
-                                       loader_.steps_per_epoch(), &loop);
-    loader_.restore(loop.loader);
-  } catch (const InvalidArgument& e) {
-    error = e.what();
+  // Passing over a damaged checkpoint may have changed the start: the run directory rule again.
+  if (training) {
+    const std::string refusal = run_directory_refusal(start_.run_dir, cfg_, run_id_);
+    MOE_REQUIRE(refusal.empty(), refusal);
   }
-  throw_if_any_rank_failed(world_, error);
   first_step_ = loop.step + 1;
   result_.steps_done = loop.step;
   result_.skipped_steps = loop.skipped_steps;
@@ -429,18 +485,61 @@ void Trainer::resume() {
       if (leader_) routing_.kept_total[l] = loop.expert_usage[l];
   }
   if (leader_)
-    std::printf("%s %s at step %lld\n", options_.mode == RunMode::EvalOnly ? "loaded" : "resumed from",
-                resume_from_.c_str(), (long long)loop.step);
+    std::printf("%s %s at step %lld\n", training ? "resumed from" : "loaded", resumed_from_.c_str(),
+                (long long)loop.step);
+}
+
+// A checkpoint that does not fit this run (another model shape) ends it on every rank; one whose
+// files are damaged on any rank gives that rank's message, for the caller to pass over it.
+std::string Trainer::try_load(const std::string& dir, LoopState* loop) {
+  std::string misfit, damage;
+  try {
+    run_id_ = load_training_checkpoint(dir, cfg_, model_, registry_, *optimizer_, groups_, loader_.steps_per_epoch(),
+                                       loop);
+    loader_.restore(loop->loader);
+  } catch (const DamagedCheckpoint& e) {
+    damage = e.what();
+  } catch (const InvalidArgument& e) {
+    misfit = e.what();
+  }
+  throw_if_any_rank_failed(world_, misfit);
+  return first_error(world_, damage);
+}
+
+void Trainer::move_aside(const std::string& dir, const std::string& why) {
+  std::string error;
+  if (leader_) {
+    std::string to;
+    Status s = move_checkpoint_aside(dir, &to);
+    if (s.ok())
+      std::printf("damaged checkpoint %s moved aside to %s (%s); moe-train never deletes it\n", dir.c_str(),
+                  to.c_str(), why.c_str());
+    else
+      error = "cannot move the damaged checkpoint aside (" + why + "): " + s.message();
+  }
+  throw_if_any_rank_failed(world_, error);
 }
 
 void Trainer::open_run_directory() {
   if (!leader_) return;
-  std::filesystem::create_directories(cfg_.run.dir);
-  std::filesystem::remove(cfg_.run.dir + "/DONE");  // written again when this run completes
-  write_text_file(cfg_.run.dir + "/config.yaml", to_yaml(cfg_));
-  tensorboard_ = std::make_unique<TensorBoardWriter>(cfg_.run.dir + "/tensorboard");
-  truncate_metrics(cfg_.run.dir + "/metrics.jsonl", first_step_ - 1);
-  metrics_ = std::make_unique<MetricsLog>(cfg_.run.dir + "/metrics.jsonl");
+  namespace fs = std::filesystem;
+  const std::string dir = cfg_.run.dir;
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  if (ec) writes_.fail(dir, ec.value());
+  // First what says the run finished (written again when this run completes), then the logs are cut
+  // back to the step this run starts from: a crash in between leaves no DONE.
+  for (const char* name : {"DONE", "routing_report.txt"})
+    if (!fs::remove(dir + "/" + name, ec) && ec) writes_.fail(dir + "/" + name, ec.value());
+  cut_back_metrics(dir + "/metrics.jsonl", first_step_ - 1, writes_);
+  cut_back_event_files(dir + "/" + kTensorBoardDir, first_step_ - 1, writes_);
+  if (start_.run_dir.holds_run)
+    std::printf("run directory %s: metrics.jsonl and tensorboard/ kept up to step %lld, where this run starts\n",
+                dir.c_str(), (long long)(first_step_ - 1));
+  writes_.write_file(dir + "/run_id", run_id_ + "\n");
+  writes_.write_file(dir + "/config.yaml", to_yaml(cfg_));
+  tensorboard_ = std::make_unique<TensorBoardWriter>(dir + "/" + kTensorBoardDir, writes_);
+  metrics_ = std::make_unique<MetricsLog>(dir + "/metrics.jsonl", writes_);
 }
 
 bool Trainer::step(int64_t step) {
@@ -632,10 +731,17 @@ void Trainer::finish() {
   if (!leader_) return;
   const std::string report = routing_report(routing_, moe_layer_ids_);
   std::printf("\nrouting report (whole run, all ranks):\n%s", report.c_str());
-  write_text_file(cfg_.run.dir + "/routing_report.txt", report);
+  writes_.write_file(cfg_.run.dir + "/routing_report.txt", report);
   // The completion marker job scripts look for (launch/launcher/job_script.h): no requeue after it.
-  if (!result_.stopped_by_signal)
-    write_text_file(cfg_.run.dir + "/DONE", "steps " + std::to_string(result_.steps_done) + "\n");
+  // Only when every step is done and every log write succeeded (write_file does nothing after a failure).
+  if (result_.steps_done == cfg_.run.steps)
+    writes_.write_file(cfg_.run.dir + "/DONE", "steps " + std::to_string(result_.steps_done) + "\n");
+  result_.log_write_failure = writes_.failure();
+  if (!writes_.ok()) {
+    std::fprintf(stderr, "moe-train: trained %lld steps, but the logs in %s are incomplete (%s); no DONE\n",
+                 (long long)result_.steps_done, cfg_.run.dir.c_str(), writes_.failure().c_str());
+    return;
+  }
   std::printf("done: %lld steps, final loss %.4f%s, run directory %s\n", (long long)result_.steps_done,
               result_.final_loss,
               result_.final_eval_loss >= 0 ? (", eval loss " + std::to_string(result_.final_eval_loss)).c_str() : "",

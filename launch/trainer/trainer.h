@@ -40,6 +40,7 @@ struct TrainResult {
   double final_eval_loss = -1; // last evaluation, or -1 if none ran
   int64_t skipped_steps = 0;
   bool stopped_by_signal = false;  // request_stop() ended the run early, after saving a checkpoint
+  std::string log_write_failure;   // rank 0: the first failed write of a log file ("" if none); no DONE then
 };
 
 // Asks a running run_training to finish its current step, save a checkpoint and return (all ranks
@@ -50,11 +51,13 @@ void request_stop();
 TransformerConfig transformer_config(const TrainConfig& cfg);
 
 // Runs the job. Collective over `world`; cfg must have passed validate_for_world(cfg, world.size()).
-// Rank 0 writes the run directory (config.yaml, metrics.jsonl, tensorboard/, routing_report.txt) and
-// prints progress to stdout. A run resumed from a checkpoint that already reached run.steps says so
-// and returns without touching the run directory. Throws InvalidArgument for bad data files and
-// checkpoints (on every rank alike) and TrainingStopped when run.max_nonfinite_steps non-finite
-// steps come in a row.
+// Rank 0 writes the run directory (config.yaml, run_id, metrics.jsonl, tensorboard/,
+// routing_report.txt, DONE) and prints progress to stdout; docs/run-directory.md has the rules for
+// paths, reused run directories, damaged checkpoints and failed log writes (result.log_write_failure).
+// A run resumed from a checkpoint that already reached run.steps says so and returns without
+// touching the run directory (but for a missing DONE). Throws InvalidArgument for bad paths, data
+// files, checkpoints and refused run directories (on every rank alike, before anything is written)
+// and TrainingStopped when run.max_nonfinite_steps non-finite steps come in a row.
 //
 // RunMode::EvalOnly loads the newest complete checkpoint in checkpoint.dir (else
 // checkpoint.init_from; InvalidArgument when there is neither), evaluates it on the held-out data,
