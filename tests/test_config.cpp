@@ -67,7 +67,8 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_DOUBLE_EQ(d.optim.lr, 3e-3);
   EXPECT_DOUBLE_EQ(d.optim.min_lr, 3e-4);
   EXPECT_EQ(d.optim.schedule, LrDecay::Cosine);
-  EXPECT_DOUBLE_EQ(d.optim.eps, 1e-8);
+  EXPECT_EQ(d.optim.eps, 1e-8f);
+  EXPECT_EQ(d.optim.weight_decay, 0.1f);  // one default, for AdamW and SGD alike
   EXPECT_EQ(d.data.source, DataSource::Synthetic);
   EXPECT_DOUBLE_EQ(d.data.eval_fraction, 0.05);
   EXPECT_EQ(d.checkpoint.keep, 3);
@@ -266,13 +267,15 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
   expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
   expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
-                 {"optim.min_lr = 0.01 must be <= optim.lr = 0.001"});
-  expect_message(parse_error("data:\n  source: tokens\n"), {"data.source = tokens needs data.train_path"});
+                 {"config: optim.min_lr = 0.01 must be <= lr = 0.001"});
+  expect_message(parse_error("data:\n  source: tokens\n"), {"config: data.source = tokens needs train_path"});
   EXPECT_NO_THROW(parse("data:\n  source: tokens\n  train_path: x.tok\n"));
   expect_message(parse_error("model:\n  vocab_size: 16\ndata:\n  synthetic_domains: 10\n"),
-                 {"data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
+                 {"config: data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
+  // The corpus is checked against the vocabulary only when it is the source.
+  EXPECT_NO_THROW(parse("model:\n  vocab_size: 16\ndata:\n  source: tokens\n  train_path: x.tok\n  synthetic_domains: 10\n"));
   expect_message(parse_error("model:\n  vocab_size: 64\ndata:\n  synthetic_domains: 8\n  synthetic_branching: 9\n"),
-                 {"data.synthetic_branching = 9 must be <= model.vocab_size / data.synthetic_domains = 64 / 8 = 8"});
+                 {"config: data.synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8"});
 }
 
 TEST(Config, WorldSizeChecks) {
