@@ -283,12 +283,15 @@ TEST(Config, WorldSizeChecks) {
   EXPECT_EQ(resolved_ep(c, 4), 4);
   EXPECT_NO_THROW(validate_for_world(c, 4));
   expect_message(error_message([&] { validate_for_world(c, 3); }),
-                 {"moe.num_experts = 8 is not divisible by parallel.ep = 3 (0 = the world size)"});
+                 {"moe.num_experts = 8 is not divisible by the world size 3 (parallel.ep = 0)"});
+  // moe-run and moe-submit name the ranks they will start.
+  expect_message(error_message([&] { validate_for_world(c, 3, "launch.ranks ="); }),
+                 {"moe.num_experts = 8 is not divisible by launch.ranks = 3 (parallel.ep = 0)"});
   c.parallel.ep = 2;
   EXPECT_EQ(resolved_ep(c, 4), 2);
   EXPECT_NO_THROW(validate_for_world(c, 4));  // 2 expert-parallel groups of 2 ranks
   expect_message(error_message([&] { validate_for_world(c, 3); }),
-                 {"parallel.ep = 2 does not divide the world size 3"});
+                 {"parallel.ep = 2 does not divide the world size 3; accepted: a divisor of it, or 0 for all ranks"});
   c.parallel.ep = 8;
   expect_message(error_message([&] { validate_for_world(c, 4); }),
                  {"parallel.ep = 8 does not divide the world size 4"});

@@ -359,20 +359,26 @@ TEST(SyntheticSource, MatchesTheCorpus) {
 
 TEST(SyntheticCorpus, RefusesACorpusThatDoesNotFitTheVocabulary) {
   // The corpus runs DataConfig::validate_synthetic whatever data.source says.
-  moe::DataConfig cfg;
-  cfg.source = moe::DataSource::Tokens;
-  cfg.synthetic_domains = 10;
-  EXPECT_CONTAINS(error_message([&] { moe::SyntheticCorpus(cfg, 16, 1); }),
-                  "synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16");
-  cfg.synthetic_domains = 8;
-  cfg.synthetic_branching = 9;
-  EXPECT_CONTAINS(error_message([&] { moe::SyntheticCorpus(cfg, 64, 1); }),
-                  "synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8");
-  cfg.synthetic_branching = 0;
-  EXPECT_CONTAINS(error_message([&] { moe::SyntheticCorpus(cfg, 64, 1); }),
-                  "synthetic_branching = 0 is out of range; accepted: >= 1");
-  cfg.synthetic_branching = 8;  // the band's every token a successor: the largest that fits
-  EXPECT_NO_THROW(moe::SyntheticCorpus(cfg, 64, 1));
+  struct Case {
+    int64_t vocab_size, domains, branching;
+    const char* message;  // "" = accepted
+  };
+  const Case cases[] = {
+      {16, 10, 3, "synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"},
+      {64, 8, 9, "synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8"},
+      {64, 8, 0, "synthetic_branching = 0 is out of range; accepted: >= 1"},
+      {64, 8, 8, ""},  // every token of a band a successor: the most that fits
+  };
+  for (const Case& c : cases) {
+    moe::DataConfig cfg;
+    cfg.source = moe::DataSource::Tokens;
+    cfg.synthetic_domains = c.domains;
+    cfg.synthetic_branching = c.branching;
+    if (*c.message == '\0')
+      EXPECT_NO_THROW(moe::SyntheticCorpus(cfg, c.vocab_size, 1));
+    else
+      EXPECT_EQ(error_message([&] { moe::SyntheticCorpus(cfg, c.vocab_size, 1); }), c.message);
+  }
 }
 
 TEST(Split, EvalIsTheLastCeilFractionAndDisjoint) {

@@ -712,15 +712,16 @@ int resolved_ep(const TrainConfig& cfg, int world_size) {
   return cfg.parallel.ep == 0 ? world_size : static_cast<int>(cfg.parallel.ep);
 }
 
-void validate_for_world(const TrainConfig& cfg, int world_size) {
-  MOE_REQUIRE(world_size >= 1, "config: the world size ", world_size, " must be >= 1");
+void validate_for_world(const TrainConfig& cfg, int world_size, const std::string& world_name) {
+  const std::string world = world_name + " " + std::to_string(world_size);
+  MOE_REQUIRE(world_size >= 1, "config: ", world, " must be >= 1");
   cfg.validate();
-  const int64_t ep = cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep;
-  const std::string ep_text = cfg.parallel.ep == 0 ? "parallel.ep = " + std::to_string(ep) + " (0 = the world size)"
-                                                   : "parallel.ep = " + std::to_string(ep);
-  MOE_REQUIRE(world_size % ep == 0, "config: ", ep_text, " does not divide the world size ", world_size);
+  const int64_t ep = cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep;  // resolved_ep, before it fits an int
+  const std::string ep_text = cfg.parallel.ep == 0 ? world + " (parallel.ep = 0)" : "parallel.ep = " + std::to_string(ep);
+  MOE_REQUIRE(world_size % ep == 0, "config: ", ep_text, " does not divide ", world,
+              "; accepted: a divisor of it, or 0 for all ranks");
   MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "config: moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
-              ep_text);
+              ep_text, " (each rank of an expert-parallel group holds the same number of experts)");
 }
 
 std::string to_yaml(const TrainConfig& cfg) {

@@ -134,8 +134,10 @@ int resolved_ep(const TrainConfig& cfg, int world_size);
 
 // cfg.validate(), then the checks that need the world size: world_size >= 1, the resolved ep divides
 // world_size, moe.num_experts is divisible by the resolved ep. Throws InvalidArgument naming the
-// values. Pure and local: call it on every rank before the first collective.
-void validate_for_world(const TrainConfig& cfg, int world_size);
+// values, and the world size as `world_name` followed by it ("the world size 4"; moe-run and
+// moe-submit, which check the ranks they will start, pass "launch.ranks ="). Pure and local: call it
+// on every rank before the first collective.
+void validate_for_world(const TrainConfig& cfg, int world_size, const std::string& world_name = "the world size");
 
 // Every key in schema order, as YAML with one section per map and a comment per key; strings are
 // double-quoted. load_train_config / parse_train_config read it back to an equal TrainConfig.
