@@ -33,8 +33,9 @@ std::vector<std::pair<std::string, Tensor>> AdamW::state() {
   std::vector<std::pair<std::string, Tensor>> out;
   const auto& params = registry_.all();
   for (size_t i = 0; i < params.size(); ++i) {
-    out.emplace_back("adamw.m." + params[i].name, m_[i]);
-    out.emplace_back("adamw.v." + params[i].name, v_[i]);
+    const std::vector<std::string> names = optimizer_state_names(OptimizerKind::AdamW, params[i].name);
+    out.emplace_back(names[0], m_[i]);
+    out.emplace_back(names[1], v_[i]);
   }
   return out;
 }

@@ -37,4 +37,13 @@ class Optimizer {
 // The optimizer cfg.name names (AdamW or Sgd) over `registry`. Throws InvalidArgument for a bad cfg.
 std::unique_ptr<Optimizer> make_optimizer(ParameterRegistry& registry, const OptimizerConfig& cfg);
 
+// The names of the state tensors an optimizer of `kind` keeps for parameter `param`, in the order its
+// state() lists them: "adamw.m.<param>", "adamw.v.<param>" (AdamW); "sgd.momentum.<param>" (SGD).
+std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param);
+// Whether `name` is an optimizer state tensor's name, of either kind.
+bool is_optimizer_state(const std::string& name);
+// The parameter an optimizer state name belongs to ("adamw.m.layers.0.moe.w_in" -> "layers.0.moe.w_in");
+// any other name is returned as it is.
+std::string parameter_of(const std::string& name);
+
 }  // namespace moe

@@ -22,7 +22,8 @@ void Sgd::step(float lr) {
 std::vector<std::pair<std::string, Tensor>> Sgd::state() {
   std::vector<std::pair<std::string, Tensor>> out;
   const auto& params = registry_.all();
-  for (size_t i = 0; i < params.size(); ++i) out.emplace_back("sgd.momentum." + params[i].name, momentum_[i]);
+  for (size_t i = 0; i < params.size(); ++i)
+    out.emplace_back(optimizer_state_names(OptimizerKind::SGD, params[i].name)[0], momentum_[i]);
   return out;
 }
 
