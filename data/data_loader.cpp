@@ -10,9 +10,8 @@
 
 namespace moe {
 
-SyntheticSource::SyntheticSource(const SyntheticCorpusConfig& cfg, int64_t num_sequences, int64_t seq_len)
-    : corpus_(cfg), num_sequences_(num_sequences), seq_len_(seq_len) {
-  MOE_REQUIRE(num_sequences >= 1, "synthetic source num_sequences = ", num_sequences, " must be >= 1");
+SyntheticSource::SyntheticSource(const DataConfig& cfg, int64_t vocab_size, int64_t seq_len, uint64_t seed)
+    : corpus_(cfg, vocab_size, seed), num_sequences_(cfg.synthetic_sequences), seq_len_(seq_len) {
   MOE_REQUIRE(seq_len >= 1, "synthetic source seq_len = ", seq_len, " must be >= 1");
 }
 

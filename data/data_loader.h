@@ -28,17 +28,17 @@ class SequenceSource {
   virtual int64_t domain_of(int64_t index) const = 0;
 };
 
-// The built-in synthetic corpus (data/synthetic_corpus.h): sequences 0 .. num_sequences - 1, each a
-// pure function of (cfg.seed, index), with their domains known.
+// The built-in synthetic corpus (data/synthetic_corpus.h): sequences 0 .. cfg.synthetic_sequences - 1,
+// each a pure function of (seed, index), with their domains known.
 class SyntheticSource : public SequenceSource {
  public:
-  // InvalidArgument for a bad cfg, num_sequences < 1 or seq_len < 1.
-  SyntheticSource(const SyntheticCorpusConfig& cfg, int64_t num_sequences, int64_t seq_len);
+  // InvalidArgument for a bad cfg (DataConfig::validate_synthetic) or seq_len < 1.
+  SyntheticSource(const DataConfig& cfg, int64_t vocab_size, int64_t seq_len, uint64_t seed);
 
   int64_t num_sequences() const override { return num_sequences_; }
   int64_t seq_tokens() const override { return seq_len_ + 1; }
   void sequence(int64_t index, int32_t* out) const override;
-  int64_t vocab_size() const override { return corpus_.config().vocab_size; }
+  int64_t vocab_size() const override { return corpus_.vocab_size(); }
   int64_t domain_of(int64_t index) const override { return corpus_.domain_of(index); }
   const SyntheticCorpus& corpus() const { return corpus_; }
 

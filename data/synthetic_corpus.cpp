@@ -8,17 +8,10 @@
 
 namespace moe {
 
-void SyntheticCorpusConfig::validate() const {
-  MOE_REQUIRE(num_domains >= 1, "synthetic corpus num_domains = ", num_domains, " must be >= 1");
-  MOE_REQUIRE(vocab_size >= 2 * num_domains, "synthetic corpus vocab_size = ", vocab_size,
-              " must be >= 2 * num_domains = ", 2 * num_domains);
-  MOE_REQUIRE(branching >= 1 && branching <= vocab_size / num_domains, "synthetic corpus branching = ",
-              branching, " must be in [1, vocab_size / num_domains = ", vocab_size / num_domains, "]");
-}
-
-SyntheticCorpus::SyntheticCorpus(const SyntheticCorpusConfig& cfg) : cfg_(cfg) {
-  cfg_.validate();
-  const int64_t V = cfg_.vocab_size, B = cfg_.branching, band = V / cfg_.num_domains;
+SyntheticCorpus::SyntheticCorpus(const DataConfig& cfg, int64_t vocab_size, uint64_t seed)
+    : vocab_size_(vocab_size), num_domains_(cfg.synthetic_domains), branching_(cfg.synthetic_branching), seed_(seed) {
+  cfg.validate_synthetic(vocab_size);
+  const int64_t V = vocab_size_, B = branching_, band = V / num_domains_;
   // Geometric-like weights 0.6, 0.25, 0.15 for three successors; longer lists decay by halves.
   double total = 0;
   for (int64_t j = 0; j < B; ++j) {
@@ -28,11 +21,11 @@ SyntheticCorpus::SyntheticCorpus(const SyntheticCorpusConfig& cfg) : cfg_(cfg) {
   }
   for (double& p : successor_prob_) p /= total;
 
-  const uint64_t stream = stream_id(cfg_.seed, "synthetic.successors");
+  const uint64_t stream = stream_id(seed_, "synthetic.successors");
   successor_.resize(V * B);
   for (int64_t a = 0; a < V; ++a) {
     // Tokens beyond the last full band belong to the last domain.
-    const int64_t domain = std::min(a / band, cfg_.num_domains - 1);
+    const int64_t domain = std::min(a / band, num_domains_ - 1);
     const int64_t lo = domain * band;
     // Distinct successors inside the band: a partial Fisher-Yates shuffle of the band.
     std::vector<int32_t> pool(band);
@@ -46,8 +39,8 @@ SyntheticCorpus::SyntheticCorpus(const SyntheticCorpusConfig& cfg) : cfg_(cfg) {
 }
 
 void SyntheticCorpus::sequence(int64_t index, int64_t length, int32_t* out) const {
-  const int64_t band = cfg_.vocab_size / cfg_.num_domains, B = cfg_.branching;
-  const uint64_t stream = stream_id(cfg_.seed + static_cast<uint64_t>(index), "synthetic.sequence");
+  const int64_t band = vocab_size_ / num_domains_, B = branching_;
+  const uint64_t stream = stream_id(seed_ + static_cast<uint64_t>(index), "synthetic.sequence");
   if (length <= 0) return;
   int32_t token = static_cast<int32_t>(domain_of(index) * band +
                                        static_cast<int64_t>(uniform01(stream, 0) * static_cast<float>(band)));

@@ -6,31 +6,27 @@
 #include <cstdint>
 #include <vector>
 
+#include "data/data_config.h"
+
 namespace moe {
 
-struct SyntheticCorpusConfig {
-  int64_t vocab_size = 64;
-  int64_t num_domains = 4;   // domain d uses tokens [d * V / D, (d + 1) * V / D)
-  int64_t branching = 3;     // successors per token, with probabilities 0.6, 0.25, 0.15, ... (normalised)
-  uint64_t seed = 1234;
-
-  void validate() const;  // InvalidArgument naming the bad field and its accepted range
-};
-
+// The corpus of cfg's synthetic_domains and synthetic_branching over tokens 0 .. vocab_size - 1.
 class SyntheticCorpus {
  public:
-  explicit SyntheticCorpus(const SyntheticCorpusConfig& cfg);
+  // InvalidArgument for a bad cfg (DataConfig::validate_synthetic), naming the key and its accepted range.
+  SyntheticCorpus(const DataConfig& cfg, int64_t vocab_size, uint64_t seed);
 
-  int64_t domain_of(int64_t index) const { return index % cfg_.num_domains; }
+  int64_t domain_of(int64_t index) const { return index % num_domains_; }
   // Writes the `length` tokens of sequence `index` to out.
   void sequence(int64_t index, int64_t length, int32_t* out) const;
   // The lowest achievable mean next-token loss (nats) for a model that knows the domain and the
   // current token: the entropy of the successor distribution.
   double entropy_rate() const;
-  const SyntheticCorpusConfig& config() const { return cfg_; }
+  int64_t vocab_size() const { return vocab_size_; }
 
  private:
-  SyntheticCorpusConfig cfg_;
+  int64_t vocab_size_, num_domains_, branching_;
+  uint64_t seed_;
   std::vector<double> successor_prob_;      // (branching) shared by all tokens
   std::vector<int32_t> successor_;          // (V, branching) successors of each token, in its band
 };

@@ -8,15 +8,7 @@
 
 namespace moe {
 
-void AdamWConfig::validate() const {
-  MOE_REQUIRE(beta1 >= 0.f && beta1 < 1.f, "adamw beta1 = ", beta1, " must be in [0, 1)");
-  MOE_REQUIRE(beta2 >= 0.f && beta2 < 1.f, "adamw beta2 = ", beta2, " must be in [0, 1)");
-  MOE_REQUIRE(eps > 0.f, "adamw eps = ", eps, " must be > 0");
-  MOE_REQUIRE(weight_decay >= 0.f, "adamw weight_decay = ", weight_decay, " must be >= 0");
-}
-
-AdamW::AdamW(ParameterRegistry& registry, const AdamWConfig& cfg) : registry_(registry), cfg_(cfg) {
-  cfg_.validate();
+AdamW::AdamW(ParameterRegistry& registry, const OptimizerConfig& cfg) : Optimizer(registry, cfg) {
   for (const Parameter& p : registry_.all()) {
     m_.push_back(Tensor::zeros(p.value.shape()));
     v_.push_back(Tensor::zeros(p.value.shape()));
@@ -32,7 +24,7 @@ void AdamW::step(float lr) {
   const float c2 = 1.f - std::pow(b2, static_cast<float>(step_));
   AdamWScalars s{lr, b1, b2, c1, c2, cfg_.eps, 0.f};
   for (size_t i = 0; i < params.size(); ++i) {
-    s.weight_decay = params[i].weight_decay ? cfg_.weight_decay : 0.f;
+    s.weight_decay = cfg_.weight_decay_of(params[i]);
     adamw_update(params[i].value, m_[i], v_[i], params[i].grad, s);
   }
 }
@@ -41,8 +33,9 @@ std::vector<std::pair<std::string, Tensor>> AdamW::state() {
   std::vector<std::pair<std::string, Tensor>> out;
   const auto& params = registry_.all();
   for (size_t i = 0; i < params.size(); ++i) {
-    out.emplace_back("adamw.m." + params[i].name, m_[i]);
-    out.emplace_back("adamw.v." + params[i].name, v_[i]);
+    const std::vector<std::string> names = optimizer_state_names(OptimizerKind::AdamW, params[i].name);
+    out.emplace_back(names[0], m_[i]);
+    out.emplace_back(names[1], v_[i]);
   }
   return out;
 }

@@ -3,20 +3,24 @@
 
 #include <cstdint>
 
+#include "optim/optimizer_config.h"
+
 namespace moe {
 
-enum class LrDecay { Cosine, Linear, Constant };
-
-struct LrSchedule {
-  double lr = 3e-3;          // peak, reached at the end of warm-up
-  double min_lr = 3e-4;      // reached at total_steps (cosine, linear)
-  int64_t warmup_steps = 0;
-  int64_t total_steps = 1;
-  LrDecay decay = LrDecay::Cosine;
+// The schedule of cfg's lr, min_lr, warmup_steps and schedule over a run of total_steps steps.
+class LrSchedule {
+ public:
+  // Throws InvalidArgument for a bad cfg (OptimizerConfig::validate).
+  LrSchedule(const OptimizerConfig& cfg, int64_t total_steps);
 
   // Learning rate for 0-based step `step`: lr * (step + 1) / warmup_steps during warm-up; then the
-  // decay from lr at step = warmup_steps to min_lr at step = total_steps - 1; min_lr after.
+  // decay from lr at step = warmup_steps to min_lr at step = total_steps - 1; min_lr after. A run no
+  // longer than its warm-up stays at lr after it.
   double at(int64_t step) const;
+
+ private:
+  const OptimizerConfig cfg_;
+  const int64_t total_steps_;
 };
 
 }  // namespace moe

@@ -67,7 +67,8 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_DOUBLE_EQ(d.optim.lr, 3e-3);
   EXPECT_DOUBLE_EQ(d.optim.min_lr, 3e-4);
   EXPECT_EQ(d.optim.schedule, LrDecay::Cosine);
-  EXPECT_DOUBLE_EQ(d.optim.eps, 1e-8);
+  EXPECT_EQ(d.optim.eps, 1e-8f);
+  EXPECT_EQ(d.optim.weight_decay, 0.1f);  // one default, for AdamW and SGD alike
   EXPECT_EQ(d.data.source, DataSource::Synthetic);
   EXPECT_DOUBLE_EQ(d.data.eval_fraction, 0.05);
   EXPECT_EQ(d.checkpoint.keep, 3);
@@ -266,13 +267,15 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
   expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
   expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
-                 {"optim.min_lr = 0.01 must be <= optim.lr = 0.001"});
-  expect_message(parse_error("data:\n  source: tokens\n"), {"data.source = tokens needs data.train_path"});
+                 {"config: optim.min_lr = 0.01 must be <= lr = 0.001"});
+  expect_message(parse_error("data:\n  source: tokens\n"), {"config: data.source = tokens needs train_path"});
   EXPECT_NO_THROW(parse("data:\n  source: tokens\n  train_path: x.tok\n"));
   expect_message(parse_error("model:\n  vocab_size: 16\ndata:\n  synthetic_domains: 10\n"),
-                 {"data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
+                 {"config: data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
+  // The corpus is checked against the vocabulary only when it is the source.
+  EXPECT_NO_THROW(parse("model:\n  vocab_size: 16\ndata:\n  source: tokens\n  train_path: x.tok\n  synthetic_domains: 10\n"));
   expect_message(parse_error("model:\n  vocab_size: 64\ndata:\n  synthetic_domains: 8\n  synthetic_branching: 9\n"),
-                 {"data.synthetic_branching = 9 must be <= model.vocab_size / data.synthetic_domains = 64 / 8 = 8"});
+                 {"config: data.synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8"});
 }
 
 TEST(Config, WorldSizeChecks) {
@@ -280,12 +283,15 @@ TEST(Config, WorldSizeChecks) {
   EXPECT_EQ(resolved_ep(c, 4), 4);
   EXPECT_NO_THROW(validate_for_world(c, 4));
   expect_message(error_message([&] { validate_for_world(c, 3); }),
-                 {"moe.num_experts = 8 is not divisible by parallel.ep = 3 (0 = the world size)"});
+                 {"moe.num_experts = 8 is not divisible by the world size 3 (parallel.ep = 0)"});
+  // moe-run and moe-submit name the ranks they will start.
+  expect_message(error_message([&] { validate_for_world(c, 3, "launch.ranks ="); }),
+                 {"moe.num_experts = 8 is not divisible by launch.ranks = 3 (parallel.ep = 0)"});
   c.parallel.ep = 2;
   EXPECT_EQ(resolved_ep(c, 4), 2);
   EXPECT_NO_THROW(validate_for_world(c, 4));  // 2 expert-parallel groups of 2 ranks
   expect_message(error_message([&] { validate_for_world(c, 3); }),
-                 {"parallel.ep = 2 does not divide the world size 3"});
+                 {"parallel.ep = 2 does not divide the world size 3; accepted: a divisor of it, or 0 for all ranks"});
   c.parallel.ep = 8;
   expect_message(error_message([&] { validate_for_world(c, 4); }),
                  {"parallel.ep = 8 does not divide the world size 4"});

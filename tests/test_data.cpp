@@ -337,12 +337,13 @@ TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
 }
 
 TEST(SyntheticSource, MatchesTheCorpus) {
-  moe::SyntheticCorpusConfig cfg;
-  moe::SyntheticSource src(cfg, 40, 16);
-  moe::SyntheticCorpus corpus(cfg);
+  moe::DataConfig cfg;
+  cfg.synthetic_sequences = 40;
+  moe::SyntheticSource src(cfg, 64, 16, 1234);
+  moe::SyntheticCorpus corpus(cfg, 64, 1234);
   EXPECT_EQ(src.num_sequences(), 40);
   EXPECT_EQ(src.seq_tokens(), 17);
-  EXPECT_EQ(src.vocab_size(), cfg.vocab_size);
+  EXPECT_EQ(src.vocab_size(), 64);
   std::vector<int32_t> a(17), b(17);
   for (int64_t i : {0, 7, 39}) {
     src.sequence(i, a.data());
@@ -350,8 +351,34 @@ TEST(SyntheticSource, MatchesTheCorpus) {
     EXPECT_EQ(a, b);
     EXPECT_EQ(src.domain_of(i), corpus.domain_of(i));
   }
-  EXPECT_THROW(moe::SyntheticSource(cfg, 0, 16), moe::InvalidArgument);
-  EXPECT_THROW(moe::SyntheticSource(cfg, 10, 0), moe::InvalidArgument);
+  EXPECT_THROW(moe::SyntheticSource(cfg, 64, 0, 1234), moe::InvalidArgument);
+  cfg.synthetic_sequences = 0;
+  EXPECT_CONTAINS(error_message([&] { moe::SyntheticSource(cfg, 64, 16, 1234); }),
+                  "synthetic_sequences = 0 is out of range; accepted: >= 1");
+}
+
+TEST(SyntheticCorpus, RefusesACorpusThatDoesNotFitTheVocabulary) {
+  // The corpus runs DataConfig::validate_synthetic whatever data.source says.
+  struct Case {
+    int64_t vocab_size, domains, branching;
+    const char* message;  // "" = accepted
+  };
+  const Case cases[] = {
+      {16, 10, 3, "synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"},
+      {64, 8, 9, "synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8"},
+      {64, 8, 0, "synthetic_branching = 0 is out of range; accepted: >= 1"},
+      {64, 8, 8, ""},  // every token of a band a successor: the most that fits
+  };
+  for (const Case& c : cases) {
+    moe::DataConfig cfg;
+    cfg.source = moe::DataSource::Tokens;
+    cfg.synthetic_domains = c.domains;
+    cfg.synthetic_branching = c.branching;
+    if (*c.message == '\0')
+      EXPECT_NO_THROW(moe::SyntheticCorpus(cfg, c.vocab_size, 1));
+    else
+      EXPECT_EQ(error_message([&] { moe::SyntheticCorpus(cfg, c.vocab_size, 1); }), c.message);
+  }
 }
 
 TEST(Split, EvalIsTheLastCeilFractionAndDisjoint) {
@@ -517,8 +544,9 @@ TEST(DataLoader, OrderDependsOnSeedAndEpoch) {
 }
 
 TEST(DataLoader, SameArgumentsGiveTheSameBatchesBitForBit) {
-  moe::SyntheticCorpusConfig cfg;
-  moe::SyntheticSource src(cfg, 200, 16);
+  moe::DataConfig cfg;
+  cfg.synthetic_sequences = 200;
+  moe::SyntheticSource src(cfg, 64, 16, 1234);
   moe::DataLoader a(src, 0, 180, 1, 2, 4, 77), b(src, 0, 180, 1, 2, 4, 77);
   std::vector<int32_t> ia(64), ta(64), ib(64), tb(64), seq(17);
   std::vector<int64_t> da(4), db(4);

@@ -12,8 +12,7 @@
 #include "core/parameters.h"
 #include "launch/config/memory_estimate.h"
 #include "launch/trainer/trainer.h"
-#include "optim/adamw.h"
-#include "optim/sgd.h"
+#include "optim/optimizer.h"
 
 namespace moe {
 namespace {
@@ -32,11 +31,7 @@ double measured_bytes(const TrainConfig& cfg) {
     TransformerLM model(transformer_config(cfg), 1);
     ParameterRegistry registry;
     model.register_parameters(registry);
-    std::unique_ptr<Optimizer> optimizer;
-    if (cfg.optim.name == OptimizerKind::SGD)
-      optimizer = std::make_unique<Sgd>(registry, SgdConfig{});
-    else
-      optimizer = std::make_unique<AdamW>(registry, AdamWConfig{});
+    std::unique_ptr<Optimizer> optimizer = make_optimizer(registry, cfg.optim);
     const int64_t N = cfg.data.batch_size * cfg.model.seq_len;
     std::vector<int32_t> ids(N);
     for (int64_t i = 0; i < N; ++i) ids[i] = static_cast<int32_t>((i * 7) % cfg.model.vocab_size);

@@ -18,6 +18,7 @@
 #include "optim/adamw.h"
 #include "optim/grad_norm.h"
 #include "optim/lr_schedule.h"
+#include "optim/optimizer.h"
 #include "optim/sgd.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
@@ -109,7 +110,7 @@ struct Reference {
 };
 
 // AdamW step `t` (1-based) in double, straight from the paper (decoupled decay, bias-corrected moments).
-void reference_adamw_step(Reference& ref, const ParameterRegistry& registry, const AdamWConfig& cfg, double lr,
+void reference_adamw_step(Reference& ref, const ParameterRegistry& registry, const OptimizerConfig& cfg, double lr,
                           int64_t t) {
   const double b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
   const double c1 = 1.0 - std::pow(b1, static_cast<double>(t));
@@ -127,7 +128,7 @@ void reference_adamw_step(Reference& ref, const ParameterRegistry& registry, con
 }
 
 // SGD with momentum in double: buf = mu * buf + g; w -= lr * (buf + wd * w). ref.m holds the buffers.
-void reference_sgd_step(Reference& ref, const ParameterRegistry& registry, const SgdConfig& cfg, double lr) {
+void reference_sgd_step(Reference& ref, const ParameterRegistry& registry, const OptimizerConfig& cfg, double lr) {
   for (size_t p = 0; p < ref.w.size(); ++p) {
     const float* g = registry.all()[p].grad.f32();
     const double wd = ref.decays[p] ? static_cast<double>(cfg.weight_decay) : 0.0;
@@ -165,7 +166,7 @@ TEST(AdamW, MatchesReferenceWithAndWithoutDecay) {
   for (float wd : {0.0f, 0.1f}) {
     SCOPED_TRACE("weight_decay=" + std::to_string(wd));
     ParameterRegistry registry = make_registry();
-    AdamWConfig cfg;
+    OptimizerConfig cfg;
     cfg.weight_decay = wd;
     AdamW opt(registry, cfg);
     Reference ref(registry);
@@ -190,7 +191,7 @@ TEST(AdamW, ParameterWithoutWeightDecayDoesNotDecay) {
   Tensor gb = ga.clone();
   registry.add("decays", a, ga, ParamKind::Dense, true);
   registry.add("gain", b, gb, ParamKind::Dense, false);
-  AdamWConfig cfg;
+  OptimizerConfig cfg;
   cfg.weight_decay = 0.5f;
   AdamW opt(registry, cfg);
   const float lr = 0.1f;
@@ -215,7 +216,7 @@ TEST(AdamW, BiasCorrectionAtSteps1And2) {
   Tensor w = Tensor::from({3}, {0.5f, -1.0f, 1.5f});
   Tensor g = Tensor::zeros({3});
   registry.add("w", w, g, ParamKind::Dense, false);
-  AdamWConfig cfg;
+  OptimizerConfig cfg;
   AdamW opt(registry, cfg);
   const double b1 = cfg.beta1, b2 = cfg.beta2, eps = cfg.eps;
   const float lr = 0.01f;
@@ -242,7 +243,7 @@ TEST(AdamW, BiasCorrectionAtSteps1And2) {
 
 TEST(AdamW, StateNamesAndSharedStorage) {
   ParameterRegistry registry = make_registry();
-  AdamW opt(registry, AdamWConfig{});
+  AdamW opt(registry, OptimizerConfig{});
   std::vector<std::pair<std::string, Tensor>> state = opt.state();
   ASSERT_EQ(state.size(), 2 * registry.all().size());
   for (size_t p = 0; p < registry.all().size(); ++p) {
@@ -270,7 +271,7 @@ struct Restored {
   std::unique_ptr<ParameterRegistry> registry;
   std::unique_ptr<AdamW> opt;
 };
-Restored restore(const ParameterRegistry& from, AdamW& from_opt, const AdamWConfig& cfg) {
+Restored restore(const ParameterRegistry& from, AdamW& from_opt, const OptimizerConfig& cfg) {
   Restored r{std::make_unique<ParameterRegistry>(make_registry()), nullptr};
   for (size_t p = 0; p < from.all().size(); ++p) copy_into(r.registry->all()[p].value, from.all()[p].value);
   r.opt = std::make_unique<AdamW>(*r.registry, cfg);
@@ -288,7 +289,7 @@ TEST(AdamW, RestoringStateAndStepCountContinuesTheRun) {
   // set_steps_taken(2) and takes step 3: it must land exactly where A does. C is B without
   // set_steps_taken: its step 3 uses step 1's bias correction and must land elsewhere, so the
   // comparison does test that the step count and the written moments are used.
-  AdamWConfig cfg;
+  OptimizerConfig cfg;
   ParameterRegistry reg_a = make_registry();
   AdamW a(reg_a, cfg);
   for (int t = 1; t <= 2; ++t) {
@@ -331,22 +332,6 @@ TEST(AdamW, RestoringStateAndStepCountContinuesTheRun) {
   EXPECT_GT(b_diff, 1e-4) << "zeroing the moments through state() changed nothing";
 }
 
-TEST(AdamW, RejectsBadConfig) {
-  ParameterRegistry registry = make_registry();
-  AdamWConfig bad;
-  bad.beta1 = 1.0f;
-  EXPECT_CONTAINS(error_message([&] { AdamW opt(registry, bad); }), "beta1");
-  bad = AdamWConfig{};
-  bad.beta2 = -0.1f;
-  EXPECT_CONTAINS(error_message([&] { AdamW opt(registry, bad); }), "beta2");
-  bad = AdamWConfig{};
-  bad.eps = 0.0f;
-  EXPECT_CONTAINS(error_message([&] { AdamW opt(registry, bad); }), "eps");
-  bad = AdamWConfig{};
-  bad.weight_decay = -1.0f;
-  EXPECT_CONTAINS(error_message([&] { AdamW opt(registry, bad); }), "weight_decay");
-}
-
 // ---------------------------------------------------------------------------------------------
 // SGD
 // ---------------------------------------------------------------------------------------------
@@ -356,7 +341,7 @@ TEST(Sgd, MatchesReference) {
     for (float wd : {0.0f, 0.1f}) {
       SCOPED_TRACE("momentum=" + std::to_string(momentum) + " weight_decay=" + std::to_string(wd));
       ParameterRegistry registry = make_registry();
-      SgdConfig cfg;
+      OptimizerConfig cfg;
       cfg.momentum = momentum;
       cfg.weight_decay = wd;
       Sgd opt(registry, cfg);
@@ -379,7 +364,7 @@ TEST(Sgd, FirstStepAndNoDecayParameter) {
   Tensor ga = Tensor::from({2}, {0.5f, 0.25f}), gb = ga.clone();
   registry.add("decays", a, ga, ParamKind::Dense, true);
   registry.add("bias", b, gb, ParamKind::Dense, false);
-  SgdConfig cfg;
+  OptimizerConfig cfg;
   cfg.momentum = 0.9f;
   cfg.weight_decay = 0.5f;
   Sgd opt(registry, cfg);
@@ -396,8 +381,9 @@ TEST(Sgd, FirstStepAndNoDecayParameter) {
 
 TEST(Sgd, StateNamesAndSharedStorage) {
   ParameterRegistry registry = make_registry();
-  SgdConfig cfg;
+  OptimizerConfig cfg;
   cfg.momentum = 0.5f;
+  cfg.weight_decay = 0.0f;
   Sgd opt(registry, cfg);
   std::vector<std::pair<std::string, Tensor>> state = opt.state();
   ASSERT_EQ(state.size(), registry.all().size());
@@ -414,14 +400,75 @@ TEST(Sgd, StateNamesAndSharedStorage) {
   EXPECT_FLOAT_EQ(state[0].second.f32()[0], 1.0f);
 }
 
-TEST(Sgd, RejectsBadConfig) {
+// AdamW, Sgd and the schedule all run OptimizerConfig::validate: each bad key is refused by each, the
+// message naming the key as the run configuration spells it, its value and what is accepted.
+TEST(OptimizerConfig, EveryUserRefusesEachBadKey) {
+  struct Case {
+    void (*spoil)(OptimizerConfig&);
+    const char* message;
+  };
+  const Case cases[] = {
+      {[](OptimizerConfig& c) { c.lr = 0; }, "lr = 0 is out of range; accepted: > 0"},
+      {[](OptimizerConfig& c) { c.min_lr = 0.01; }, "min_lr = 0.01 must be <= lr = 0.003"},
+      {[](OptimizerConfig& c) { c.warmup_steps = -1; }, "warmup_steps = -1 is out of range; accepted: >= 0"},
+      {[](OptimizerConfig& c) { c.beta1 = 1.0f; }, "beta1 = 1 is out of range; accepted: [0, 1)"},
+      {[](OptimizerConfig& c) { c.beta2 = -0.1f; }, "beta2 = -0.1 is out of range; accepted: [0, 1)"},
+      {[](OptimizerConfig& c) { c.eps = 0.0f; }, "eps = 0 is out of range; accepted: > 0"},
+      {[](OptimizerConfig& c) { c.momentum = 1.0f; }, "momentum = 1 is out of range; accepted: [0, 1)"},
+      {[](OptimizerConfig& c) { c.weight_decay = -0.5f; }, "weight_decay = -0.5 is out of range; accepted: >= 0"},
+      {[](OptimizerConfig& c) { c.grad_clip = -1; }, "grad_clip = -1 is out of range; accepted: >= 0"},
+      {[](OptimizerConfig& c) { c.grad_accum_steps = 0; }, "grad_accum_steps = 0 is out of range; accepted: >= 1"},
+  };
   ParameterRegistry registry = make_registry();
-  SgdConfig bad;
-  bad.momentum = 1.0f;
-  EXPECT_CONTAINS(error_message([&] { Sgd opt(registry, bad); }), "momentum");
-  bad = SgdConfig{};
-  bad.weight_decay = -0.5f;
-  EXPECT_CONTAINS(error_message([&] { Sgd opt(registry, bad); }), "weight_decay");
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.message);
+    OptimizerConfig bad;
+    c.spoil(bad);
+    EXPECT_CONTAINS(error_message([&] { AdamW opt(registry, bad); }), c.message);
+    EXPECT_CONTAINS(error_message([&] { Sgd opt(registry, bad); }), c.message);
+    EXPECT_CONTAINS(error_message([&] { LrSchedule schedule(bad, 100); }), c.message);
+  }
+  EXPECT_NO_THROW(OptimizerConfig{}.validate());
+}
+
+// make_optimizer builds the kind cfg.name names; with decay_norms_and_biases the no-decay group
+// (parameters registered with weight_decay = false) decays like the rest.
+TEST(OptimizerConfig, KindAndDecayOfTheNoDecayGroup) {
+  for (OptimizerKind kind : {OptimizerKind::AdamW, OptimizerKind::SGD}) {
+    SCOPED_TRACE(kind == OptimizerKind::SGD ? "sgd" : "adamw");
+    ParameterRegistry registry = make_registry();
+    OptimizerConfig cfg;
+    cfg.name = kind;
+    cfg.weight_decay = 0.5f;
+    cfg.decay_norms_and_biases = true;
+    std::unique_ptr<Optimizer> opt = make_optimizer(registry, cfg);
+    EXPECT_EQ(opt->state()[0].first, optimizer_state_names(kind, registry.all()[0].name)[0]);
+    Reference ref(registry);
+    ASSERT_NE(std::count(ref.decays.begin(), ref.decays.end(), false), 0) << "the registry has a no-decay group";
+    ref.decays.assign(ref.decays.size(), true);
+    for (int t = 1; t <= 2; ++t) {
+      fill_grads(registry, t);
+      opt->step(0.01f);
+      if (kind == OptimizerKind::SGD)
+        reference_sgd_step(ref, registry, cfg, 0.01f);
+      else
+        reference_adamw_step(ref, registry, cfg, 0.01f, t);
+      EXPECT_TRUE(matches(registry, ref)) << "after step " << t;
+    }
+  }
+}
+
+TEST(OptimizerStateNames, NameTheParameterAfterTheOptimizerAndSlot) {
+  EXPECT_EQ(optimizer_state_names(OptimizerKind::AdamW, "head"),
+            (std::vector<std::string>{"adamw.m.head", "adamw.v.head"}));
+  EXPECT_EQ(optimizer_state_names(OptimizerKind::SGD, "head"), std::vector<std::string>{"sgd.momentum.head"});
+  for (const char* name : {"adamw.m.layers.0.moe.w_in", "adamw.v.layers.0.moe.w_in", "sgd.momentum.layers.0.moe.w_in"}) {
+    EXPECT_TRUE(is_optimizer_state(name)) << name;
+    EXPECT_EQ(parameter_of(name), "layers.0.moe.w_in") << name;
+  }
+  EXPECT_FALSE(is_optimizer_state("layers.0.moe.w_in"));
+  EXPECT_FALSE(is_optimizer_state("adamw.x.head"));
+  EXPECT_EQ(parameter_of("layers.0.moe.w_in"), "layers.0.moe.w_in");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -433,13 +480,12 @@ constexpr double kLrTol = 1e-15;
 constexpr double kLr = 1e-3, kMinLr = 1e-4;
 
 LrSchedule schedule(LrDecay decay, int64_t warmup, int64_t total) {
-  LrSchedule s;
-  s.lr = kLr;
-  s.min_lr = kMinLr;
-  s.warmup_steps = warmup;
-  s.total_steps = total;
-  s.decay = decay;
-  return s;
+  OptimizerConfig cfg;
+  cfg.lr = kLr;
+  cfg.min_lr = kMinLr;
+  cfg.warmup_steps = warmup;
+  cfg.schedule = decay;
+  return LrSchedule(cfg, total);
 }
 
 TEST(LrSchedule, WarmUpIsLinearToThePeak) {

@@ -111,7 +111,7 @@ LayoutRun run_layout(int ep) {
   ParameterRegistry registry;
   model.register_parameters(registry);
   registry.flatten_gradients();
-  AdamW opt(registry, AdamWConfig{});  // weight decay 0.1 on the matrices
+  AdamW opt(registry, OptimizerConfig{});  // weight decay 0.1 on the matrices
 
   LayoutRun run;
   run.ep = ep;

@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "core/check.h"
+#include "optim/optimizer.h"
 #include "parallel/local_rank.h"
 
 namespace moe {
@@ -68,7 +69,7 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
     act += rows * d * (ep > 1 ? 8 : 4) + rows * ffn_row_floats(expert_h, moe.activation);
     if (shared_h > 0) act += T * d + T * ffn_row_floats(shared_h, moe.activation);
   }
-  const double optimizer_slots = cfg.optim.name == OptimizerKind::SGD ? 1 : 2;  // momentum; AdamW's m and v
+  const double optimizer_slots = static_cast<double>(optimizer_state_names(cfg.optim.name, "").size());
   MemoryEstimate e;
   e.parameters = 4 * params * (2 + optimizer_slots) + per_expert_state * E;
   e.activations = 4 * act;

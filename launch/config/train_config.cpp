@@ -343,39 +343,41 @@ std::vector<Key> build_schema() {
   parallel.integer("ep", &ParallelConfig::ep, at_least(0),
                    "expert-parallel size: divides the world size, num_experts divisible by it; 0 = world size");
 
-  SectionKeys<OptimConfig> optim(keys, "optim", &TrainConfig::optim);
-  optim.choice("name", &OptimConfig::name, {{"adamw", OptimizerKind::AdamW}, {"sgd", OptimizerKind::SGD}}, "optimizer");
-  optim.real("lr", &OptimConfig::lr, above(0), "peak learning rate, reached at the end of warm-up");
-  optim.real("min_lr", &OptimConfig::min_lr, at_least(0), "learning rate at the end of the decay; <= lr");
-  optim.integer("warmup_steps", &OptimConfig::warmup_steps, at_least(0), "steps of linear warm-up");
-  optim.choice("schedule", &OptimConfig::schedule,
+  using O = OptimizerConfig;
+  SectionKeys<O> optim(keys, "optim", &TrainConfig::optim);
+  optim.choice("name", &O::name, {{"adamw", OptimizerKind::AdamW}, {"sgd", OptimizerKind::SGD}}, "optimizer");
+  optim.real("lr", &O::lr, O::kLrRange, "peak learning rate, reached at the end of warm-up");
+  optim.real("min_lr", &O::min_lr, O::kMinLrRange, "learning rate at the end of the decay; <= lr");
+  optim.integer("warmup_steps", &O::warmup_steps, O::kWarmupStepsRange, "steps of linear warm-up");
+  optim.choice("schedule", &O::schedule,
                {{"cosine", LrDecay::Cosine}, {"linear", LrDecay::Linear}, {"constant", LrDecay::Constant}},
                "decay from lr to min_lr after warm-up");
-  optim.real("beta1", &OptimConfig::beta1, closed_open(0, 1), "adamw: decay of the first moment");
-  optim.real("beta2", &OptimConfig::beta2, closed_open(0, 1), "adamw: decay of the second moment");
-  optim.real("eps", &OptimConfig::eps, above(0), "adamw: epsilon of the denominator");
-  optim.real("momentum", &OptimConfig::momentum, closed_open(0, 1), "sgd: momentum; 0 = plain SGD");
-  optim.real("weight_decay", &OptimConfig::weight_decay, at_least(0), "decoupled weight decay of the weight matrices");
-  optim.boolean("decay_norms_and_biases", &OptimConfig::decay_norms_and_biases,
+  optim.real("beta1", &O::beta1, O::kBetaRange, "adamw: decay of the first moment");
+  optim.real("beta2", &O::beta2, O::kBetaRange, "adamw: decay of the second moment");
+  optim.real("eps", &O::eps, O::kEpsRange, "adamw: epsilon of the denominator");
+  optim.real("momentum", &O::momentum, O::kMomentumRange, "sgd: momentum; 0 = plain SGD");
+  optim.real("weight_decay", &O::weight_decay, O::kWeightDecayRange, "decoupled weight decay of the weight matrices");
+  optim.boolean("decay_norms_and_biases", &O::decay_norms_and_biases,
                 "also decay norm gains and biases (the no-decay group); false keeps them undecayed");
-  optim.real("grad_clip", &OptimConfig::grad_clip, at_least(0), "clip the global gradient norm to this; 0 = off");
-  optim.integer("grad_accum_steps", &OptimConfig::grad_accum_steps, at_least(1),
+  optim.real("grad_clip", &O::grad_clip, O::kGradClipRange, "clip the global gradient norm to this; 0 = off");
+  optim.integer("grad_accum_steps", &O::grad_accum_steps, O::kGradAccumStepsRange,
                 "micro-batches of data.batch_size sequences per rank whose gradients make one optimizer step");
 
-  SectionKeys<DataConfig> data(keys, "data", &TrainConfig::data);
-  data.choice("source", &DataConfig::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
+  using D = DataConfig;
+  SectionKeys<D> data(keys, "data", &TrainConfig::data);
+  data.choice("source", &D::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
               "synthetic: the built-in Markov-chain corpus; tokens: a token file (train_path)");
-  data.string("train_path", &DataConfig::train_path, kAnyString,
-              "token file to train on; required when source = tokens");
-  data.string("eval_path", &DataConfig::eval_path, kAnyString,
+  data.string("train_path", &D::train_path, kAnyString, "token file to train on; required when source = tokens");
+  data.string("eval_path", &D::eval_path, kAnyString,
               "token file to evaluate on; empty = the last eval_fraction of the training sequences");
-  data.real("eval_fraction", &DataConfig::eval_fraction, open_closed(0, 0.5),
+  data.real("eval_fraction", &D::eval_fraction, D::kEvalFractionRange,
             "fraction of the training sequences held out when eval_path is empty");
-  data.integer("batch_size", &DataConfig::batch_size, at_least(1), "sequences per rank per step");
-  data.integer("synthetic_domains", &DataConfig::synthetic_domains, at_least(1),
+  data.integer("batch_size", &D::batch_size, D::kBatchSizeRange, "sequences per rank per step");
+  data.integer("synthetic_domains", &D::synthetic_domains, D::kSyntheticDomainsRange,
                "synthetic: domains, each a Markov chain on its own band of the vocabulary");
-  data.integer("synthetic_branching", &DataConfig::synthetic_branching, at_least(1), "synthetic: successors per token");
-  data.integer("synthetic_sequences", &DataConfig::synthetic_sequences, at_least(1),
+  data.integer("synthetic_branching", &D::synthetic_branching, D::kSyntheticBranchingRange,
+               "synthetic: successors per token");
+  data.integer("synthetic_sequences", &D::synthetic_sequences, D::kSyntheticSequencesRange,
                "synthetic: sequences in the corpus");
 
   SectionKeys<CheckpointConfig> checkpoint(keys, "checkpoint", &TrainConfig::checkpoint);
@@ -677,22 +679,8 @@ void TrainConfig::validate() const {
   // The sections whose struct validates itself, its messages naming the keys without their section.
   in_section("model", [&] { model.validate(); });
   in_section("moe", [&] { TransformerConfig{model, moe}.moe_layer_config().validate(); });
-  MOE_REQUIRE(optim.min_lr <= optim.lr, "config: optim.min_lr = ", format_number(optim.min_lr),
-              " must be <= optim.lr = ", format_number(optim.lr));
-  MOE_REQUIRE(data.source != DataSource::Tokens || !data.train_path.empty(),
-              "config: data.source = tokens needs data.train_path (a token file), which is empty");
-  if (data.source == DataSource::Synthetic) {
-    // The synthetic corpus gives each domain its own band of at least 2 tokens, and each token
-    // `synthetic_branching` distinct successors inside its band.
-    MOE_REQUIRE(model.vocab_size >= 2 * data.synthetic_domains,
-                "config: data.synthetic_domains = ", data.synthetic_domains, " needs model.vocab_size >= 2 * ",
-                data.synthetic_domains, " = ", 2 * data.synthetic_domains,
-                ", but model.vocab_size = ", model.vocab_size);
-    const int64_t band = model.vocab_size / data.synthetic_domains;
-    MOE_REQUIRE(data.synthetic_branching <= band, "config: data.synthetic_branching = ", data.synthetic_branching,
-                " must be <= model.vocab_size / data.synthetic_domains = ", model.vocab_size, " / ",
-                data.synthetic_domains, " = ", band);
-  }
+  in_section("optim", [&] { optim.validate(); });
+  in_section("data", [&] { data.validate(model.vocab_size); });
 }
 
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source_name,
@@ -724,15 +712,16 @@ int resolved_ep(const TrainConfig& cfg, int world_size) {
   return cfg.parallel.ep == 0 ? world_size : static_cast<int>(cfg.parallel.ep);
 }
 
-void validate_for_world(const TrainConfig& cfg, int world_size) {
-  MOE_REQUIRE(world_size >= 1, "config: the world size ", world_size, " must be >= 1");
+void validate_for_world(const TrainConfig& cfg, int world_size, const std::string& world_name) {
+  const std::string world = world_name + " " + std::to_string(world_size);
+  MOE_REQUIRE(world_size >= 1, "config: ", world, " must be >= 1");
   cfg.validate();
-  const int64_t ep = cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep;
-  const std::string ep_text = cfg.parallel.ep == 0 ? "parallel.ep = " + std::to_string(ep) + " (0 = the world size)"
-                                                   : "parallel.ep = " + std::to_string(ep);
-  MOE_REQUIRE(world_size % ep == 0, "config: ", ep_text, " does not divide the world size ", world_size);
+  const int64_t ep = cfg.parallel.ep == 0 ? world_size : cfg.parallel.ep;  // resolved_ep, before it fits an int
+  const std::string ep_text = cfg.parallel.ep == 0 ? world + " (parallel.ep = 0)" : "parallel.ep = " + std::to_string(ep);
+  MOE_REQUIRE(world_size % ep == 0, "config: ", ep_text, " does not divide ", world,
+              "; accepted: a divisor of it, or 0 for all ranks");
   MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "config: moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
-              ep_text);
+              ep_text, " (each rank of an expert-parallel group holds the same number of experts)");
 }
 
 std::string to_yaml(const TrainConfig& cfg) {

@@ -3,9 +3,10 @@
 //
 // Every key is declared once, in the schema in train_config.cpp (path, field, type, accepted range or
 // choices, one-line doc); its default is the field's initializer: below, or in the struct the code
-// itself uses (ModelConfig, MoEConfig), whose validate() is the one check of its keys. Loading, unknown-key
-// detection, overrides, validation, to_yaml and config_keys_help are all loops over that schema, so
-// a new key is a new field here plus one schema line there. `config_keys_help()` lists every key.
+// itself uses (ModelConfig, MoEConfig, OptimizerConfig, DataConfig), whose validate() is the one
+// check of its keys. Loading, unknown-key detection, overrides, validation, to_yaml and
+// config_keys_help are all loops over that schema, so a new key is a new field here (or in that
+// struct) plus one schema line there. `config_keys_help()` lists every key.
 //
 // Every error is a moe::InvalidArgument whose message starts with "config: ". Nothing here touches
 // MPI or any other shared state: every rank can load and validate the same file before the first
@@ -18,12 +19,11 @@
 
 #include "core/model/model_options.h"
 #include "core/moe/moe_config.h"
-#include "optim/lr_schedule.h"
+#include "data/data_config.h"
+#include "optim/optimizer_config.h"
 
 namespace moe {
 
-enum class OptimizerKind { AdamW, SGD };
-enum class DataSource { Synthetic, Tokens };
 enum class ResumeMode { Never, Auto };
 
 struct RunConfig {
@@ -44,35 +44,6 @@ struct RunConfig {
 struct ParallelConfig {
   int64_t ep = 0;                      // 0 = the world size; see resolved_ep()
   bool operator==(const ParallelConfig&) const = default;
-};
-
-struct OptimConfig {
-  OptimizerKind name = OptimizerKind::AdamW;
-  double lr = 3e-3;
-  double min_lr = 3e-4;
-  int64_t warmup_steps = 20;
-  LrDecay schedule = LrDecay::Cosine;
-  double beta1 = 0.9;                  // adamw
-  double beta2 = 0.95;                 // adamw
-  double eps = 1e-8;                   // adamw
-  double momentum = 0.9;               // sgd
-  double weight_decay = 0.1;           // the decay group: weight matrices and embeddings
-  bool decay_norms_and_biases = false; // the no-decay group (norm gains, biases) decays too when true
-  double grad_clip = 1.0;              // max global gradient norm; 0 = off
-  int64_t grad_accum_steps = 1;        // micro-batches of data.batch_size per optimizer step
-  bool operator==(const OptimConfig&) const = default;
-};
-
-struct DataConfig {
-  DataSource source = DataSource::Synthetic;
-  std::string train_path;              // token file; required when source = tokens
-  std::string eval_path;               // empty: the last eval_fraction of the training sequences
-  double eval_fraction = 0.05;
-  int64_t batch_size = 8;              // sequences per rank per step
-  int64_t synthetic_domains = 4;
-  int64_t synthetic_branching = 3;
-  int64_t synthetic_sequences = 20000;
-  bool operator==(const DataConfig&) const = default;
 };
 
 struct CheckpointConfig {
@@ -125,18 +96,19 @@ struct TrainConfig {
   ModelConfig model;                   // core/model/model_options.h
   MoEConfig moe;                       // core/moe/moe_config.h; d_model and init_std come from model
   ParallelConfig parallel;
-  OptimConfig optim;
-  DataConfig data;
+  OptimizerConfig optim;               // optim/optimizer_config.h
+  DataConfig data;                     // data/data_config.h; the corpus takes model.vocab_size and run.seed
   CheckpointConfig checkpoint;
   LaunchConfig launch;
   SchedulerConfig scheduler;
   bool operator==(const TrainConfig&) const = default;
 
   // Every check that does not depend on the world size: each key's range or choices, then
-  // ModelConfig::validate and MoEConfig::validate (d_model divisible by n_heads, rotary needs an even
-  // head dim, top_k <= num_experts; their messages get "config: model." / "config: moe."), then the
-  // cross-section rules (min_lr <= lr, source = tokens needs train_path, the synthetic corpus fits
-  // the vocabulary). Throws InvalidArgument naming the keys and values involved.
+  // the validate() of ModelConfig, MoEConfig, OptimizerConfig and DataConfig (d_model divisible by
+  // n_heads, rotary needs an even head dim, top_k <= num_experts, min_lr <= lr, source = tokens needs
+  // train_path, the synthetic corpus fits model.vocab_size; their messages get "config: model.",
+  // "config: moe.", "config: optim." or "config: data."). Throws InvalidArgument naming the keys and
+  // values involved.
   void validate() const;
 };
 
@@ -162,8 +134,10 @@ int resolved_ep(const TrainConfig& cfg, int world_size);
 
 // cfg.validate(), then the checks that need the world size: world_size >= 1, the resolved ep divides
 // world_size, moe.num_experts is divisible by the resolved ep. Throws InvalidArgument naming the
-// values. Pure and local: call it on every rank before the first collective.
-void validate_for_world(const TrainConfig& cfg, int world_size);
+// values, and the world size as `world_name` followed by it ("the world size 4"; moe-run and
+// moe-submit, which check the ranks they will start, pass "launch.ranks ="). Pure and local: call it
+// on every rank before the first collective.
+void validate_for_world(const TrainConfig& cfg, int world_size, const std::string& world_name = "the world size");
 
 // Every key in schema order, as YAML with one section per map and a comment per key; strings are
 // double-quoted. load_train_config / parse_train_config read it back to an equal TrainConfig.

@@ -42,19 +42,13 @@ LaunchPlan plan_common(const TrainConfig& cfg) {
   MOE_REQUIRE(l.ranks_per_node <= l.ranks, "launch.ranks_per_node = ", l.ranks_per_node,
               " is more than launch.ranks = ", l.ranks);
 
-  const int64_t ep = cfg.parallel.ep == 0 ? l.ranks : cfg.parallel.ep;
-  MOE_REQUIRE(l.ranks % ep == 0, "parallel.ep = ", ep, " does not divide launch.ranks = ", l.ranks,
-              " (the number of ranks); accepted: a divisor of launch.ranks, or 0 for launch.ranks itself");
-  MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
-              cfg.parallel.ep == 0 ? "launch.ranks = " : "parallel.ep = ", ep,
-              " (each rank of an expert-parallel group holds the same number of experts)");
-  validate_for_world(cfg, p.ranks);  // anything else that depends on the world size
+  validate_for_world(cfg, p.ranks, "launch.ranks =");
 
   MOE_REQUIRE(l.ranks_per_node == 0 || l.ranks % l.ranks_per_node == 0, "launch.ranks = ", l.ranks,
               " is not a multiple of launch.ranks_per_node = ", l.ranks_per_node,
               " (every node runs the same number of ranks)");
-  MOE_REQUIRE(parse_host_list(l.hosts, &p.hosts), "launch.hosts = ", quoted_value(l.hosts), " is not valid");
-  MOE_REQUIRE(parse_env_list(l.env, &p.env), "launch.env = ", quoted_value(l.env), " is not valid");
+  MOE_ASSERT(parse_host_list(l.hosts, &p.hosts), "validate_for_world checked launch.hosts");
+  MOE_ASSERT(parse_env_list(l.env, &p.env), "validate_for_world checked launch.env");
   p.extra_args = split_words(l.extra_args);
   if (l.launcher == LauncherKind::Srun) {
     for (const EnvSetting& e : p.env)
@@ -163,8 +157,7 @@ JobPlan plan_job(const TrainConfig& cfg, Scheduler scheduler, const std::optiona
               " is more ranks per node than scheduler.gpus_per_node = ", j.gpus_per_node,
               " GPUs; each rank needs a GPU of its own");
 
-  MOE_REQUIRE(parse_time_limit(s.time_limit, &j.time_limit_s), "scheduler.time_limit = ", quoted_value(s.time_limit),
-              " is not valid; accepted: HH:MM:SS");
+  MOE_ASSERT(parse_time_limit(s.time_limit, &j.time_limit_s), "validate_for_world checked scheduler.time_limit");
   MOE_REQUIRE(s.signal_seconds_before_end < j.time_limit_s,
               "scheduler.signal_seconds_before_end = ", s.signal_seconds_before_end,
               " is not less than scheduler.time_limit = ", s.time_limit, " (", j.time_limit_s,

@@ -18,12 +18,9 @@ Tensor expert_slice(const Tensor& t, int64_t e) {
   return t.rows(e, e + 1).reshape(shape);
 }
 
-// Optimizer state names are "<optimizer>.<slot>.<parameter>": the parameter's kind decides how the
-// state is split, like the parameter itself.
+// The parameter's kind decides how its optimizer state is split, like the parameter itself.
 ParamKind state_kind(const std::string& state_name, const std::map<std::string, ParamKind>& kinds) {
-  const size_t first = state_name.find('.');
-  const size_t second = first == std::string::npos ? first : state_name.find('.', first + 1);
-  auto it = second == std::string::npos ? kinds.end() : kinds.find(state_name.substr(second + 1));
+  auto it = kinds.find(parameter_of(state_name));
   MOE_ASSERT(it != kinds.end(), "optimizer state names end with a parameter name");
   return it->second;
 }

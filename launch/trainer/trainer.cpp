@@ -24,11 +24,10 @@
 #include "launch/trainer/telemetry.h"
 #include "launch/trainer/train_checkpoint.h"
 #include "launch/trainer/watchdog.h"
-#include "optim/adamw.h"
 #include "optim/aux_free_balancing.h"
 #include "optim/grad_norm.h"
 #include "optim/lr_schedule.h"
-#include "optim/sgd.h"
+#include "optim/optimizer.h"
 #include "parallel/all_to_all_exchange.h"
 #include "parallel/grad_sync.h"
 #include "parallel/local_rank.h"
@@ -63,12 +62,8 @@ std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const
 DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   DataSources d;
   if (cfg.data.source == DataSource::Synthetic) {
-    SyntheticCorpusConfig corpus;
-    corpus.vocab_size = cfg.model.vocab_size;
-    corpus.num_domains = cfg.data.synthetic_domains;
-    corpus.branching = cfg.data.synthetic_branching;
-    corpus.seed = static_cast<uint64_t>(cfg.run.seed);
-    d.train = std::make_unique<SyntheticSource>(corpus, cfg.data.synthetic_sequences, cfg.model.seq_len);
+    d.train = std::make_unique<SyntheticSource>(cfg.data, cfg.model.vocab_size, cfg.model.seq_len,
+                                                static_cast<uint64_t>(cfg.run.seed));
   } else {
     d.train = open_token_source(cfg.data.train_path, cfg);
   }
@@ -85,21 +80,6 @@ DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
               d.eval_range.size(), " sequences, fewer than the ", world_size,
               " ranks; raise data.eval_fraction or give data.eval_path");
   return d;
-}
-
-std::unique_ptr<Optimizer> make_optimizer(const TrainConfig& cfg, ParameterRegistry& registry) {
-  if (cfg.optim.name == OptimizerKind::SGD) {
-    SgdConfig s;
-    s.momentum = static_cast<float>(cfg.optim.momentum);
-    s.weight_decay = static_cast<float>(cfg.optim.weight_decay);
-    return std::make_unique<Sgd>(registry, s);
-  }
-  AdamWConfig a;
-  a.beta1 = static_cast<float>(cfg.optim.beta1);
-  a.beta2 = static_cast<float>(cfg.optim.beta2);
-  a.eps = static_cast<float>(cfg.optim.eps);
-  a.weight_decay = static_cast<float>(cfg.optim.weight_decay);
-  return std::make_unique<AdamW>(registry, a);
 }
 
 // Collective. The lowest rank's non-empty `error` on every rank, or "" when every rank's is empty.
@@ -317,7 +297,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts)),
       model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
              [this] { return make_all_to_all_exchange(groups_, stream_); }),
-      schedule_{cfg.optim.lr, cfg.optim.min_lr, cfg.optim.warmup_steps, cfg.run.steps, cfg.optim.schedule},
+      schedule_(cfg.optim, cfg.run.steps),
       moe_layers_(model_.moe_layers()),
       routing_(static_cast<int64_t>(moe_layers_.size()), cfg.moe.num_experts,
                cfg.data.source == DataSource::Synthetic ? cfg.data.synthetic_domains : 0),
@@ -330,9 +310,7 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       watchdog_(cfg.run.watchdog_timeout_s, rank_, options.launcher, options.on_watchdog) {
   model_.register_parameters(registry_);
   registry_.flatten_gradients();
-  if (cfg.optim.decay_norms_and_biases)
-    for (Parameter& p : registry_.all()) p.weight_decay = true;
-  optimizer_ = make_optimizer(cfg, registry_);
+  optimizer_ = make_optimizer(registry_, cfg.optim);
   for (int64_t i = 0; i < cfg.model.n_layers; ++i)
     if (model_.moe_layer(i) != nullptr) moe_layer_ids_.push_back(i);
   if (leader_) print_banner();

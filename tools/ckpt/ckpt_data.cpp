@@ -25,24 +25,9 @@ void check(const Status& status) {
 
 // ---- names ----
 
-bool is_optimizer_state(const std::string& name) {
-  return name.rfind("adamw.m.", 0) == 0 || name.rfind("adamw.v.", 0) == 0 || name.rfind("sgd.momentum.", 0) == 0;
-}
-
-std::string parameter_of(const std::string& name) {
-  if (!is_optimizer_state(name)) return name;
-  const size_t first = name.find('.');
-  return name.substr(name.find('.', first + 1) + 1);
-}
-
 bool is_parameter(const std::string& name) {
   names::LayerTensorName n;
   return !is_optimizer_state(name) && !(names::parse_layer_tensor(name, &n) && n.leaf == names::kSelectionBias);
-}
-
-std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param) {
-  if (kind == OptimizerKind::SGD) return {"sgd.momentum." + param};
-  return {"adamw.m." + param, "adamw.v." + param};
 }
 
 bool natural_less(const std::string& a, const std::string& b) {

@@ -10,6 +10,7 @@
 
 #include "core/checkpoint/checkpoint.h"
 #include "launch/config/train_config.h"
+#include "optim/optimizer.h"
 #include "core/status.h"
 #include "core/tensor.h"
 
@@ -27,15 +28,9 @@ void check(const Status& status);
 
 // ---- names ----
 
-// Optimizer state is stored as "<optimizer>.<slot>.<parameter>": "adamw.m.x", "adamw.v.x", "sgd.momentum.x".
-bool is_optimizer_state(const std::string& name);
-// The parameter an optimizer-state name belongs to ("adamw.m.layers.0.moe.w_in" -> "layers.0.moe.w_in");
-// a parameter's own name is returned as it is.
-std::string parameter_of(const std::string& name);
+// Optimizer state names: optimizer_state_names, is_optimizer_state and parameter_of (optim/optimizer.h).
 // Model parameters: neither optimizer state nor a MoE layer's selection_bias (balancing state).
 bool is_parameter(const std::string& name);
-// The state names of parameter `param` under optimizer `kind`.
-std::vector<std::string> optimizer_state_names(OptimizerKind kind, const std::string& param);
 // Orders names with their digit runs compared as numbers: "layers.2.x" before "layers.10.x".
 bool natural_less(const std::string& a, const std::string& b);
 

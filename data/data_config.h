@@ -1,0 +1,45 @@
+// The settings of the training data: the keys of the run configuration's `data:` section, named as it
+// spells them, with their defaults (launch/config/train_config.cpp binds each key to its field here)
+// and accepted ranges. The synthetic corpus (data/synthetic_corpus.h) reads its keys from here too.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "core/value_range.h"
+
+namespace moe {
+
+enum class DataSource { Synthetic, Tokens };
+
+struct DataConfig {
+  DataSource source = DataSource::Synthetic;
+  std::string train_path;             // token file; required when source = tokens
+  std::string eval_path;              // empty: the last eval_fraction of the training sequences
+  double eval_fraction = 0.05;
+  int64_t batch_size = 8;             // sequences per rank per step
+  int64_t synthetic_domains = 4;      // D: domain d uses tokens [d * V / D, (d + 1) * V / D)
+  int64_t synthetic_branching = 3;    // successors per token, with probabilities 0.6, 0.25, 0.15, ... (normalised)
+  int64_t synthetic_sequences = 20000;
+
+  // The accepted range of each number above: validate() checks them, the run configuration's schema
+  // quotes them.
+  static constexpr Range kEvalFractionRange = open_closed(0, 0.5);
+  static constexpr Range kBatchSizeRange = at_least(1);
+  static constexpr Range kSyntheticDomainsRange = at_least(1);    // and <= vocab_size / 2
+  static constexpr Range kSyntheticBranchingRange = at_least(1);  // and <= vocab_size / synthetic_domains
+  static constexpr Range kSyntheticSequencesRange = at_least(1);
+
+  // Throws InvalidArgument naming the first bad field as the run configuration spells its key
+  // ("batch_size = 0 ..."), its value and what is accepted: each number's range, source = tokens
+  // needs train_path, and with source = synthetic, validate_synthetic(vocab_size). vocab_size is the
+  // model's (model.vocab_size).
+  void validate(int64_t vocab_size) const;
+  // The synthetic corpus's checks, whatever the source: the synthetic_* ranges, and the corpus fits
+  // a vocabulary of vocab_size tokens (each domain a band of at least 2 tokens, each token
+  // synthetic_branching distinct successors inside its band).
+  void validate_synthetic(int64_t vocab_size) const;
+  bool operator==(const DataConfig&) const = default;
+};
+
+}  // namespace moe
