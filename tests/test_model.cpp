@@ -201,6 +201,17 @@ struct AttentionShape {
 
 class CausalAttention : public ::testing::TestWithParam<AttentionShape> {};
 
+// Inputs q, k, v (B*S, H*Dh) drawn as "<tag>.q", "<tag>.k", "<tag>.v", and the forward's out and probs
+// (uninitialised).
+struct AttentionTensors {
+  AttentionTensors(const AttentionShape& s, const std::string& tag)
+      : q(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".q")),
+        k(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".k")),
+        v(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".v")),
+        out(Tensor::empty({s.B * s.S, s.H * s.Dh})), probs(Tensor::empty({s.B, s.H, s.S, s.S})) {}
+  Tensor q, k, v, out, probs;
+};
+
 // Small: one row block, serial. Large: S = 150 spans three row blocks of 64 (the last partial) and
 // 8 (sequence, head) pairs run in parallel.
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
@@ -211,10 +222,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
 
 TEST_P(CausalAttention, ForwardMatchesNaiveTripleLoopWithExplicitMask) {
   const auto [B, H, S, Dh] = GetParam();
-  const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "att.q"), k = normal_tensor({N, C}, 1.f, kSeed, "att.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "att.v");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors t(GetParam(), "att");
+  auto& [q, k, v, out, probs] = t;
   out.fill(std::numeric_limits<float>::quiet_NaN());  // a forward that reads its outputs shows NaN
   probs.fill(std::numeric_limits<float>::quiet_NaN());
   causal_attention_forward(out, probs, q, k, v, H, S);
@@ -235,9 +244,8 @@ TEST_P(CausalAttention, ForwardMatchesNaiveTripleLoopWithExplicitMask) {
 TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {
   const auto [B, H, S, Dh] = GetParam();
   const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "cau.q"), k = normal_tensor({N, C}, 1.f, kSeed, "cau.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "cau.v");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors tensors(GetParam(), "cau");
+  auto& [q, k, v, out, probs] = tensors;
   causal_attention_forward(out, probs, q, k, v, H, S);
   const Tensor before = out.clone();
   const int64_t b = B - 1, future = S - S / 3;  // a position in the last sequence
@@ -262,9 +270,9 @@ TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {
 TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
   const auto [B, H, S, Dh] = GetParam();
   const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "afd.q"), k = normal_tensor({N, C}, 1.f, kSeed, "afd.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "afd.v"), r = normal_tensor({N, C}, 1.f, kSeed, "afd.r");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors t(GetParam(), "afd");
+  auto& [q, k, v, out, probs] = t;
+  const Tensor r = normal_tensor({N, C}, 1.f, kSeed, "afd.r");
   causal_attention_forward(out, probs, q, k, v, H, S);
   Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
   causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
@@ -283,10 +291,10 @@ TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(CausalAttentionBackward, AccumulatesAndSkipsNullGradients) {
-  const int64_t B = 2, H = 2, S = 70, Dh = 4, N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "acc.q"), k = normal_tensor({N, C}, 1.f, kSeed, "acc.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "acc.v"), r = normal_tensor({N, C}, 1.f, kSeed, "acc.r");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  const int64_t H = 2, S = 70, N = 2 * S, C = H * 4;
+  AttentionTensors t({2, H, S, 4}, "acc");
+  auto& [q, k, v, out, probs] = t;
+  const Tensor r = normal_tensor({N, C}, 1.f, kSeed, "acc.r");
   causal_attention_forward(out, probs, q, k, v, H, S);
   Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
   causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);

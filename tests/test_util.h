@@ -336,13 +336,8 @@ class TempDir {
 // 0 is for a transformer's `moe` section, whose d_model the model fills in.
 inline MoEConfig moe_test_config(int64_t d_model, int64_t num_experts, int64_t top_k, int64_t expert_hidden,
                                  Activation activation) {
-  MoEConfig cfg;
-  cfg.d_model = d_model;
-  cfg.num_experts = num_experts;
-  cfg.top_k = top_k;
-  cfg.expert_hidden = expert_hidden;
-  cfg.activation = activation;
-  return cfg;
+  return {.num_experts = num_experts, .top_k = top_k, .expert_hidden = expert_hidden, .activation = activation,
+          .d_model = d_model};
 }
 
 // A transformer's config with these sizes, every other setting (the MoE layers' too) at its default.
