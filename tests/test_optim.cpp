@@ -433,13 +433,7 @@ constexpr double kLrTol = 1e-15;
 constexpr double kLr = 1e-3, kMinLr = 1e-4;
 
 LrSchedule schedule(LrDecay decay, int64_t warmup, int64_t total) {
-  LrSchedule s;
-  s.lr = kLr;
-  s.min_lr = kMinLr;
-  s.warmup_steps = warmup;
-  s.total_steps = total;
-  s.decay = decay;
-  return s;
+  return {.lr = kLr, .min_lr = kMinLr, .warmup_steps = warmup, .total_steps = total, .decay = decay};
 }
 
 TEST(LrSchedule, WarmUpIsLinearToThePeak) {
