@@ -42,6 +42,8 @@
 #include "parallel/communicator.h"
 #include "parallel/mpi/mpi_communicator.h"
 
+#include "bench_util.h"
+
 namespace {
 
 namespace fs = std::filesystem;
@@ -81,10 +83,7 @@ Args parse(int argc, char** argv) {
   return a;
 }
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+using bench::median;
 
 void check_io(bool ok, const std::string& what) {
   if (!ok) throw std::runtime_error(what + ": " + std::strerror(errno));

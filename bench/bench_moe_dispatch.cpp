@@ -45,19 +45,14 @@
 #include "parallel/process_groups.h"
 #include "parallel/token_exchange.h"
 
+#include "bench_util.h"
+
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+using bench::median;
 
-struct Args {
+struct Args : bench::LayerArgs {
   int ep = 0;  // 0: the world size
-  int64_t d = 512, h = 2048, E = 8, k = 2, T = 4096;
-  double cf = 1.25;
-  std::string activation = "gelu";
-  int threads = 1, warmup = 2, repeats = 7;
   bool help = false;
 };
 
@@ -79,18 +74,8 @@ Args parse(int argc, char** argv, int world_size) {
     MOE_REQUIRE(i + 1 < argc, s, " needs a value; see --help");
     const char* v = argv[++i];
     if (s == "--ep") a.ep = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
-    else if (s == "--d") a.d = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--h") a.h = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--experts") a.E = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--topk") a.k = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--tokens") a.T = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--capacity-factor")
-      a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
-    else if (s == "--activation") a.activation = v;
-    else if (s == "--threads") a.threads = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
-    else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));
-    else if (s == "--repeats") a.repeats = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
-    else throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
+    else if (!bench::parse_layer_arg(s, v, a))
+      throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
   if (a.ep == 0) a.ep = world_size;
   return a;
@@ -402,12 +387,7 @@ int main(int argc, char** argv) {
       if (rank == 0) std::printf("%s", kUsage);
       return 0;
     }
-    cfg.d_model = a.d;
-    cfg.expert_hidden = a.h;
-    cfg.num_experts = a.E;
-    cfg.top_k = a.k;
-    cfg.capacity_factor = a.cf;
-    cfg.activation = moe::parse_activation(a.activation);
+    cfg = bench::layer_config(a);
     cfg.validate();
     moe::make_expert_layout(world_size, rank, a.ep, a.E);
   } catch (const std::exception& e) {

@@ -25,22 +25,14 @@
 #include "core/random.h"
 #include "core/timer.h"
 
+#include "bench_util.h"
+
 namespace {
 
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v.size() % 2 ? v[v.size() / 2] : 0.5 * (v[v.size() / 2 - 1] + v[v.size() / 2]);
-}
+using bench::median;
 
-struct Args {
-  int64_t d = 512, h = 2048, E = 8, k = 2, T = 4096;
-  double cf = 1.25;
-  std::string activation = "gelu";
-  int threads = 1, warmup = 2, repeats = 7;
-};
-
-Args parse(int argc, char** argv) {
-  Args a;
+bench::LayerArgs parse(int argc, char** argv) {
+  bench::LayerArgs a;
   for (int i = 1; i < argc; ++i) {
     std::string s = argv[i];
     MOE_REQUIRE(s == "--help" || i + 1 < argc, s, " needs a value; see --help");
@@ -51,18 +43,7 @@ Args parse(int argc, char** argv) {
       std::exit(0);
     }
     const char* v = argv[++i];
-    if (s == "--d") a.d = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--h") a.h = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--experts") a.E = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--topk") a.k = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--tokens") a.T = moe::parse_integer_argument(s, v, 1, INT64_MAX);
-    else if (s == "--capacity-factor")
-      a.cf = moe::parse_number_argument(s + " (<= 0: dropless)", v, -HUGE_VAL, HUGE_VAL);
-    else if (s == "--activation") a.activation = v;
-    else if (s == "--threads") a.threads = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
-    else if (s == "--warmup") a.warmup = static_cast<int>(moe::parse_integer_argument(s, v, 0, INT_MAX));
-    else if (s == "--repeats") a.repeats = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
-    else throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
+    if (!bench::parse_layer_arg(s, v, a)) throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
   return a;
 }
@@ -102,15 +83,9 @@ bool plain_gemm_correct(int64_t M, int64_t N, int64_t K) {
 
 int main(int argc, char** argv) {
   try {
-    Args a = parse(argc, argv);
+    const bench::LayerArgs a = parse(argc, argv);
     moe::set_num_threads(a.threads);
-    moe::MoEConfig cfg;
-    cfg.d_model = a.d;
-    cfg.expert_hidden = a.h;
-    cfg.num_experts = a.E;
-    cfg.top_k = a.k;
-    cfg.capacity_factor = a.cf;
-    cfg.activation = moe::parse_activation(a.activation);
+    const moe::MoEConfig cfg = bench::layer_config(a);
     moe::MoELayer layer(cfg, 42);
     // Larger router weights than the training init give confident routing. On random tokens it is
     // still balanced at this shape (nothing is dropped); the drop path is exercised by the tests.

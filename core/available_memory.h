@@ -17,7 +17,7 @@ struct AvailableMemory {
 // read: a job limited below the machine's free memory is not refused by this figure.
 AvailableMemory available_memory();
 
-// "2.7 GiB", "512.0 MiB", "12 bytes": a byte count for messages, in binary units.
+// "2.7 GiB", "512.0 MiB", "12 bytes": a byte count for messages and listings (moe-ckpt), in binary units.
 std::string memory_size_text(double bytes);
 
 }  // namespace moe

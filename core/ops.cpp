@@ -33,6 +33,18 @@ void require_i32(const char* op, const char* arg, const Tensor& t, const Shape& 
   require_dtype(op, arg, t, DType::I32);
 }
 
+// An int32 tensor of this rank (index tensors: ids, rows, slots); its shape is then a reference.
+void require_i32_rank(const char* op, const char* arg, const Tensor& t, int rank) {
+  require_rank(op, arg, t, rank);
+  require_dtype(op, arg, t, DType::I32);
+}
+
+// x: a defined float32 tensor of any shape; every other tensor of the call must have its shape.
+void require_f32_tensor(const char* op, const char* arg, const Tensor& x) {
+  require_defined(op, arg, x);
+  require_dtype(op, arg, x, DType::F32);
+}
+
 // A rank-2 float32 tensor; its shape is then the reference for the op's other arguments.
 void require_f32_matrix(const char* op, const char* arg, const Tensor& t) {
   require_rank(op, arg, t, 2);
@@ -43,9 +55,20 @@ void require_eps(const char* op, float eps) {
   MOE_REQUIRE(std::isfinite(eps) && eps >= 0.f, op, ": eps = ", eps, " must be finite and >= 0");
 }
 
-void require_has_features(const char* op, const Tensor& x) {
+// The input of a norm: x (N, C) float32 with C >= 1, and its gain g (C).
+void require_norm_input(const char* op, const Tensor& x, const Tensor& g) {
+  require_f32_matrix(op, "x", x);
   MOE_REQUIRE(x.dim(1) >= 1, op, ": x has shape ", to_string(x.shape()),
               ", expected at least one feature (column) to normalise over");
+  require_f32(op, "g", g, {x.dim(1)});
+}
+
+// x (N, in) and w (in, out), or w (out, in) when `transposed`: float32 matrices of matching sizes.
+void require_linear_inputs(const char* op, const Tensor& x, const Tensor& w, bool transposed) {
+  require_f32_matrix(op, "x", x);
+  require_f32_matrix(op, "w", w);
+  const int64_t in = x.dim(1), out = w.dim(transposed ? 0 : 1);
+  require_f32(op, "w", w, transposed ? Shape{out, in} : Shape{in, out});
 }
 
 }  // namespace
@@ -54,10 +77,8 @@ void require_has_features(const char* op, const Tensor& x) {
 
 void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {
   const char* op = "linear_forward";
-  require_f32_matrix(op, "x", x);
-  require_f32_matrix(op, "w", w);
-  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
-  require_f32(op, "w", w, {in, out});
+  require_linear_inputs(op, x, w, false);
+  const int64_t N = x.dim(0), out = w.dim(1);
   if (b != nullptr) require_f32(op, "b", *b, {out});
   require_f32(op, "y", y, {N, out});
   require_same_device(op, {&y, &x, &w, b});
@@ -66,10 +87,8 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b
 
 void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const char* op = "linear_backward";
-  require_f32_matrix(op, "x", x);
-  require_f32_matrix(op, "w", w);
+  require_linear_inputs(op, x, w, false);
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
-  require_f32(op, "w", w, {in, out});
   require_f32(op, "dy", dy, {N, out});
   if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
   if (dw != nullptr) require_f32(op, "dw", *dw, {in, out});
@@ -82,15 +101,13 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
 
 namespace {
 void check_elementwise_forward(const char* op, const Tensor& y, const Tensor& x) {
-  require_defined(op, "x", x);
-  require_dtype(op, "x", x, DType::F32);
+  require_f32_tensor(op, "x", x);
   require_f32(op, "y", y, x.shape());
   require_same_device(op, {&y, &x});
 }
 
 void check_elementwise_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x) {
-  require_defined(op, "x", x);
-  require_dtype(op, "x", x, DType::F32);
+  require_f32_tensor(op, "x", x);
   require_f32(op, "dy", dy, x.shape());
   require_f32(op, "dx", dx, x.shape());
   require_same_device(op, {&dx, &dy, &x});
@@ -167,10 +184,8 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
 
 void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, float eps) {
   const char* op = "rmsnorm_forward";
-  require_f32_matrix(op, "x", x);
-  require_has_features(op, x);
+  require_norm_input(op, x, g);
   const int64_t N = x.dim(0), C = x.dim(1);
-  require_f32(op, "g", g, {C});
   require_f32(op, "y", y, {N, C});
   require_f32(op, "rstd", rstd, {N});
   require_eps(op, eps);
@@ -181,10 +196,8 @@ void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, 
 void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x, const Tensor& g,
                       const Tensor& rstd) {
   const char* op = "rmsnorm_backward";
-  require_f32_matrix(op, "x", x);
-  require_has_features(op, x);
+  require_norm_input(op, x, g);
   const int64_t N = x.dim(0), C = x.dim(1);
-  require_f32(op, "g", g, {C});
   require_f32(op, "rstd", rstd, {N});
   require_f32(op, "dy", dy, {N, C});
   if (dx != nullptr) require_f32(op, "dx", *dx, {N, C});
@@ -196,10 +209,8 @@ void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x,
 void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& g,
                        const Tensor& b, float eps) {
   const char* op = "layernorm_forward";
-  require_f32_matrix(op, "x", x);
-  require_has_features(op, x);
+  require_norm_input(op, x, g);
   const int64_t N = x.dim(0), C = x.dim(1);
-  require_f32(op, "g", g, {C});
   require_f32(op, "b", b, {C});
   require_f32(op, "y", y, {N, C});
   require_f32(op, "mean", mean, {N});
@@ -212,10 +223,8 @@ void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, c
 void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, const Tensor& x,
                         const Tensor& g, const Tensor& mean, const Tensor& rstd) {
   const char* op = "layernorm_backward";
-  require_f32_matrix(op, "x", x);
-  require_has_features(op, x);
+  require_norm_input(op, x, g);
   const int64_t N = x.dim(0), C = x.dim(1);
-  require_f32(op, "g", g, {C});
   require_f32(op, "mean", mean, {N});
   require_f32(op, "rstd", rstd, {N});
   require_f32(op, "dy", dy, {N, C});
@@ -246,58 +255,52 @@ void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& 
   MOE_DISPATCH(probs.device(), cross_entropy_backward, dlogits, probs, targets, dloss);
 }
 
-// ---- embedding ----
+// ---- embedding and row movement: an int32 index (M) of rows of a float32 (N, C) table ----
+
+namespace {
+// table (N, C) float32, index (M) int32 and rows (M, C) float32 on one device.
+void require_row_lookup(const char* op, const char* table_arg, const Tensor& table, const char* index_arg,
+                        const Tensor& index, const char* rows_arg, const Tensor& rows) {
+  require_f32_matrix(op, table_arg, table);
+  require_i32_rank(op, index_arg, index, 1);
+  require_f32(op, rows_arg, rows, {index.dim(0), table.dim(1)});
+  require_same_device(op, {&rows, &index, &table});
+}
+}  // namespace
 
 void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table) {
-  const char* op = "embedding_forward";
-  require_f32_matrix(op, "table", table);
-  require_rank(op, "ids", ids, 1);
-  require_dtype(op, "ids", ids, DType::I32);
-  require_f32(op, "y", y, {ids.dim(0), table.dim(1)});
-  require_same_device(op, {&y, &ids, &table});
+  require_row_lookup("embedding_forward", "table", table, "ids", ids, "y", y);
   MOE_DISPATCH(table.device(), embedding_forward, y, ids, table);
 }
 
 void embedding_backward(Tensor& dtable, const Tensor& dy, const Tensor& ids) {
-  const char* op = "embedding_backward";
-  require_f32_matrix(op, "dtable", dtable);
-  require_rank(op, "ids", ids, 1);
-  require_dtype(op, "ids", ids, DType::I32);
-  require_f32(op, "dy", dy, {ids.dim(0), dtable.dim(1)});
-  require_same_device(op, {&dtable, &dy, &ids});
+  require_row_lookup("embedding_backward", "dtable", dtable, "ids", ids, "dy", dy);
   MOE_DISPATCH(dtable.device(), embedding_backward, dtable, dy, ids);
 }
 
-// ---- row movement ----
-
 void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
-  const char* op = "gather_rows";
-  require_f32_matrix(op, "x", x);
-  require_rank(op, "index", index, 1);
-  require_dtype(op, "index", index, DType::I32);
-  require_f32(op, "y", y, {index.dim(0), x.dim(1)});
-  require_same_device(op, {&y, &x, &index});
+  require_row_lookup("gather_rows", "x", x, "index", index, "y", y);
   MOE_DISPATCH(x.device(), gather_rows, y, x, index);
 }
 
 void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
-  const char* op = "scatter_add_rows";
-  require_f32_matrix(op, "dx", dx);
-  require_rank(op, "index", index, 1);
-  require_dtype(op, "index", index, DType::I32);
-  require_f32(op, "dy", dy, {index.dim(0), dx.dim(1)});
-  require_same_device(op, {&dx, &dy, &index});
+  require_row_lookup("scatter_add_rows", "dx", dx, "index", index, "dy", dy);
   MOE_DISPATCH(dx.device(), scatter_add_rows, dx, dy, index);
 }
 
+namespace {
+// rows (M, C) float32, slot (T, k) int32 and weights (T, k) float32: the combine's inputs.
+void require_combine_inputs(const char* op, const Tensor& rows, const Tensor& slot, const Tensor& weights) {
+  require_f32_matrix(op, "rows", rows);
+  require_i32_rank(op, "slot", slot, 2);
+  require_f32(op, "weights", weights, slot.shape());
+}
+}  // namespace
+
 void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Tensor& weights) {
   const char* op = "combine_forward";
-  require_f32_matrix(op, "rows", rows);
-  require_rank(op, "slot", slot, 2);
-  require_dtype(op, "slot", slot, DType::I32);
-  const int64_t T = slot.dim(0), k = slot.dim(1), C = rows.dim(1);
-  require_f32(op, "weights", weights, {T, k});
-  require_f32(op, "y", y, {T, C});
+  require_combine_inputs(op, rows, slot, weights);
+  require_f32(op, "y", y, {slot.dim(0), rows.dim(1)});
   require_same_device(op, {&y, &rows, &slot, &weights});
   MOE_DISPATCH(rows.device(), combine_forward, y, rows, slot, weights);
 }
@@ -305,14 +308,10 @@ void combine_forward(Tensor& y, const Tensor& rows, const Tensor& slot, const Te
 void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const Tensor& rows,
                       const Tensor& slot, const Tensor& weights) {
   const char* op = "combine_backward";
-  require_f32_matrix(op, "rows", rows);
-  require_rank(op, "slot", slot, 2);
-  require_dtype(op, "slot", slot, DType::I32);
-  const int64_t T = slot.dim(0), k = slot.dim(1), C = rows.dim(1);
-  require_f32(op, "weights", weights, {T, k});
-  require_f32(op, "dy", dy, {T, C});
+  require_combine_inputs(op, rows, slot, weights);
+  require_f32(op, "dy", dy, {slot.dim(0), rows.dim(1)});
   if (drows != nullptr) require_f32(op, "drows", *drows, rows.shape());
-  if (dweights != nullptr) require_f32(op, "dweights", *dweights, {T, k});
+  if (dweights != nullptr) require_f32(op, "dweights", *dweights, slot.shape());
   require_same_device(op, {&dy, &rows, &slot, &weights, drows, dweights});
   MOE_DISPATCH(rows.device(), combine_backward, drows, dweights, dy, rows, slot, weights);
 }
@@ -321,8 +320,7 @@ void combine_backward(Tensor* drows, Tensor* dweights, const Tensor& dy, const T
 
 void add_scaled(Tensor& y, const Tensor& x, float alpha) {
   const char* op = "add_scaled";
-  require_defined(op, "y", y);
-  require_dtype(op, "y", y, DType::F32);
+  require_f32_tensor(op, "y", y);
   require_f32(op, "x", x, y.shape());
   require_same_device(op, {&y, &x});
   MOE_DISPATCH(y.device(), add_scaled, y, x, alpha);
@@ -332,10 +330,8 @@ void add_scaled(Tensor& y, const Tensor& x, float alpha) {
 
 void linear_transposed_forward(Tensor& y, const Tensor& x, const Tensor& w) {
   const char* op = "linear_transposed_forward";
-  require_f32_matrix(op, "x", x);
-  require_f32_matrix(op, "w", w);
-  const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
-  require_f32(op, "w", w, {out, in});
+  require_linear_inputs(op, x, w, true);
+  const int64_t N = x.dim(0), out = w.dim(0);
   require_f32(op, "y", y, {N, out});
   require_same_device(op, {&y, &x, &w});
   MOE_DISPATCH(x.device(), linear_transposed_forward, y, x, w);
@@ -343,10 +339,8 @@ void linear_transposed_forward(Tensor& y, const Tensor& x, const Tensor& w) {
 
 void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x, const Tensor& w) {
   const char* op = "linear_transposed_backward";
-  require_f32_matrix(op, "x", x);
-  require_f32_matrix(op, "w", w);
+  require_linear_inputs(op, x, w, true);
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
-  require_f32(op, "w", w, {out, in});
   require_f32(op, "dy", dy, {N, out});
   if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
   if (dw != nullptr) require_f32(op, "dw", *dw, {out, in});
@@ -376,6 +370,15 @@ void require_rotary(const char* op, const Tensor& x, int64_t n_heads, int64_t se
               n_heads, ") must be even: rotary embedding rotates pairs of columns");
   MOE_REQUIRE(std::isfinite(theta) && theta > 0.f, op, ": theta = ", theta, " must be finite and > 0");
 }
+
+// q, k, v (B*S, H*Dh) float32 token rows and probs (B, H, S, S): the attention's inputs.
+void require_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
+                              const Tensor& probs, int64_t n_heads, int64_t seq_len) {
+  require_token_rows(op, "q", q, n_heads, seq_len);
+  require_f32(op, "k", k, q.shape());
+  require_f32(op, "v", v, q.shape());
+  require_f32(op, "probs", probs, {q.dim(0) / seq_len, n_heads, seq_len, seq_len});
+}
 }  // namespace
 
 void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
@@ -397,12 +400,8 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len) {
   const char* op = "causal_attention_forward";
-  require_token_rows(op, "q", q, n_heads, seq_len);
-  const int64_t B = q.dim(0) / seq_len;
-  require_f32(op, "k", k, q.shape());
-  require_f32(op, "v", v, q.shape());
+  require_attention_inputs(op, q, k, v, probs, n_heads, seq_len);
   require_f32(op, "out", out, q.shape());
-  require_f32(op, "probs", probs, {B, n_heads, seq_len, seq_len});
   require_same_device(op, {&out, &probs, &q, &k, &v});
   MOE_DISPATCH(q.device(), causal_attention_forward, out, probs, q, k, v, n_heads, seq_len);
 }
@@ -411,12 +410,8 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
                                const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
                                int64_t seq_len) {
   const char* op = "causal_attention_backward";
-  require_token_rows(op, "q", q, n_heads, seq_len);
-  const int64_t B = q.dim(0) / seq_len;
-  require_f32(op, "k", k, q.shape());
-  require_f32(op, "v", v, q.shape());
+  require_attention_inputs(op, q, k, v, probs, n_heads, seq_len);
   require_f32(op, "dout", dout, q.shape());
-  require_f32(op, "probs", probs, {B, n_heads, seq_len, seq_len});
   if (dq != nullptr) require_f32(op, "dq", *dq, q.shape());
   if (dk != nullptr) require_f32(op, "dk", *dk, q.shape());
   if (dv != nullptr) require_f32(op, "dv", *dv, q.shape());
@@ -429,8 +424,7 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
 namespace {
 // An int32 (T, k) tensor of chosen expert ids for the T rows of a (T, E) tensor; returns k.
 int64_t require_expert_ids(const char* op, const Tensor& expert, int64_t T) {
-  require_rank(op, "expert", expert, 2);
-  require_dtype(op, "expert", expert, DType::I32);
+  require_i32_rank(op, "expert", expert, 2);
   require_shape(op, "expert", expert, {T, expert.dim(1)});
   return expert.dim(1);
 }
@@ -542,15 +536,13 @@ void z_loss_backward(Tensor& dlogits, const Tensor& logits, const Tensor& probs,
 // ---- index tensors ----
 
 int64_t first_nonfinite(const Tensor& x) {
-  require_defined("first_nonfinite", "x", x);
-  require_dtype("first_nonfinite", "x", x, DType::F32);
+  require_f32_tensor("first_nonfinite", "x", x);
   return MOE_DISPATCH(x.device(), first_nonfinite, x);
 }
 
 void index_ramp(Tensor& index, int64_t start, int64_t step, int64_t period) {
   const char* op = "index_ramp";
-  require_rank(op, "index", index, 1);
-  require_dtype(op, "index", index, DType::I32);
+  require_i32_rank(op, "index", index, 1);
   MOE_REQUIRE(period >= 1, op, ": period = ", period, " must be >= 1");
   const int64_t N = index.dim(0);
   if (N > 0) {
@@ -569,12 +561,6 @@ void index_ramp(Tensor& index, int64_t start, int64_t step, int64_t period) {
 // ---- optimizer step (core/optim_ops.h) ----
 
 namespace {
-// x: a defined float32 tensor; every other tensor of the call must have its shape.
-void require_f32_tensor(const char* op, const char* arg, const Tensor& x) {
-  require_defined(op, arg, x);
-  require_dtype(op, arg, x, DType::F32);
-}
-
 void require_rate(const char* op, const char* name, float value) {
   MOE_REQUIRE(value >= 0.f && value < 1.f, op, ": ", name, " = ", value, " must be in [0, 1)");
 }

@@ -116,6 +116,7 @@ Tensor Tensor::rows(int64_t begin, int64_t end) const {
   t.data_ = static_cast<char*>(data_) + begin * row_elems * dtype_size(dtype_);
   t.shape_[0] = end - begin;
   t.numel_ = (end - begin) * row_elems;
+  t.storage_numel_ = t.numel_;  // resize() may reuse the view's own rows, never its neighbours'
   return t;
 }
 
@@ -129,7 +130,7 @@ Tensor Tensor::reshape(const Shape& shape) const {
 
 void Tensor::resize(const Shape& shape) {
   const int64_t n = numel_of(shape);
-  if (defined() && data_ == storage_.get() && n <= storage_numel_) {
+  if (defined() && n <= storage_numel_) {
     shape_ = shape;
     numel_ = n;
     return;

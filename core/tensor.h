@@ -72,10 +72,11 @@ class Tensor {
   // This tensor on `device`: itself (sharing storage) when it is there already, else a copy.
   Tensor to(Device device) const;
 
-  // Makes this tensor hold `shape` (same dtype and device), reusing its storage when the storage is
-  // its own (not a view) and large enough, so per-call buffers are allocated once and then stay
-  // resident. Contents are unspecified afterwards. Other tensors sharing the old storage see the
-  // same bytes being overwritten by later use: only resize buffers nobody else reads.
+  // Makes this tensor hold `shape` (same dtype and device), reusing its memory when large enough, so
+  // per-call buffers are allocated once and then stay resident: a tensor's own allocation, or for a
+  // view (rows) only the view's own rows, never memory beyond them; a larger shape gets new storage.
+  // Contents are unspecified afterwards. Other tensors sharing the reused memory see the same bytes
+  // being overwritten by later use: only resize buffers nobody else reads.
   void resize(const Shape& shape);
 
   void zero();
@@ -86,7 +87,7 @@ class Tensor {
   void* data_ = nullptr;
   Shape shape_;
   int64_t numel_ = 0;
-  int64_t storage_numel_ = 0;  // elements the storage holds, for resize()
+  int64_t storage_numel_ = 0;  // elements from data_ on that resize() may reuse
   DType dtype_ = DType::F32;
   Device device_ = Device::CPU;
 };

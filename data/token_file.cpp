@@ -11,6 +11,7 @@
 #include <utility>
 
 #include "core/check.h"
+#include "core/file_io.h"
 
 namespace moe {
 namespace {
@@ -26,37 +27,6 @@ uint64_t get_le(const uint8_t* p, int bytes) {
   for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
   return v;
 }
-
-// Writes all n bytes; false with errno set on failure.
-bool write_all(int fd, const uint8_t* p, size_t n) {
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-// Reads exactly n bytes; returns the number read (< n at end of file or on error, errno then set).
-size_t read_all(int fd, uint8_t* p, size_t n) {
-  size_t done = 0;
-  while (done < n) {
-    ssize_t r = ::read(fd, p + done, n - done);
-    if (r < 0) {
-      if (errno == EINTR) continue;
-      return done;
-    }
-    if (r == 0) break;
-    done += static_cast<size_t>(r);
-  }
-  return done;
-}
-
-std::string errno_text() { return std::strerror(errno); }
 
 // Closes the descriptor when it goes out of scope.
 struct FdCloser {

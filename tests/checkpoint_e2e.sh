@@ -54,6 +54,17 @@ manifest() {
 # The step after "stopped by a signal after step" in file $1.
 stopped_step() { sed -n 's/.*stopped by a signal after step \([0-9]*\).*/\1/p' "$1" | head -1; }
 step_dir() { printf '%s/step_%08d' "$1" "$2"; }
+# stop_ranks OUT: SIGTERM to the background job's ranks; the job must exit 0 and say "stopped by a
+# signal after step N" in OUT; sets n to N.
+stop_ranks() {
+  local status
+  kill -TERM $(rank_pids)
+  wait "$job"
+  status=$?
+  [ $status = 0 ] || { cat "$1"; fail "exit status $status after SIGTERM (expected 0)"; }
+  n=$(stopped_step "$1")
+  [ -n "$n" ] || { cat "$1"; fail "no 'stopped by a signal after step N' message"; }
+}
 # Every file under $1 with its size, modification time and checksum.
 listing() { (cd "$1" && find . -type f -printf '%p %s %T@ ' -exec md5sum {} \; | sort); }
 # Training metrics of a metrics.jsonl whose value does not depend on timing, one line per step, as
@@ -125,12 +136,7 @@ exact_resume)
   run 2 "$tiny" "${cfg[@]}" run.dir=full || { cat out.txt; fail "uninterrupted run failed"; }
   start 2 part1.txt "$tiny" "${cfg[@]}" run.dir=part
   wait_for_step part/metrics.jsonl 15
-  kill -TERM $(rank_pids)
-  wait "$job"
-  status=$?
-  [ $status = 0 ] || { cat part1.txt; fail "the stopped run exited with status $status (expected 0)"; }
-  n=$(stopped_step part1.txt)
-  [ -n "$n" ] || { cat part1.txt; fail "no 'stopped by a signal after step N' message"; }
+  stop_ranks part1.txt
   { [ "$n" -ge 15 ] && [ "$n" -lt 100 ]; } || fail "stopped after step $n"
   [ "$(last_step part/metrics.jsonl)" = "$n" ] || fail "metrics.jsonl does not end at step $n"
   [ -f "$(step_dir part/checkpoints "$n")/MANIFEST" ] || fail "no complete checkpoint for step $n"
@@ -216,6 +222,16 @@ bad_checkpoint_for_trainer)
   ck=$work/$(step_dir small/checkpoints 2)
   before=$(listing "$ck")
   load=("$tiny" "${short[@]}" run.steps=4 checkpoint.every=0 run.dir=big)
+  # refused COPY WHAT PATTERN: the damaged copy $work/COPY of $ck is refused by a d_model=32 run with a
+  # message matching PATTERN, and left as it was.
+  refused() {
+    local copy=$1 what=$2 pattern=$3 copy_before
+    copy_before=$(listing "$copy")
+    run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=4 checkpoint.every=0 run.dir="run_$copy" \
+      checkpoint.init_from="$work/$copy" && fail "a $what checkpoint was loaded"
+    grep -q "$pattern" out.txt || { cat out.txt; fail "no message for the $what checkpoint"; }
+    [ "$(listing "$copy")" = "$copy_before" ] || fail "loading modified the $what checkpoint"
+  }
   # (a) another model shape: the tensor and both shapes named, once (rank 0), exit status 2.
   run 2 "${load[@]}" checkpoint.init_from="$ck" && fail "a checkpoint of another model shape was loaded"
   grep -q "tensor '[^']*' has shape ([0-9, ]*32[0-9, ]*) in checkpoint '$ck' but ([0-9, ]*64[0-9, ]*) in this model" out.txt ||
@@ -224,12 +240,7 @@ bad_checkpoint_for_trainer)
   # (b) a truncated shard.
   cp -a "$ck" trunc
   truncate -s -100 trunc/shard_00001.bin
-  trunc_before=$(listing trunc)
-  run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=4 checkpoint.every=0 run.dir=t checkpoint.init_from="$work/trunc" &&
-    fail "a truncated checkpoint was loaded"
-  grep -q "shard file '$work/trunc/shard_00001.bin' has [0-9]* bytes, the manifest says [0-9]* (truncated" out.txt ||
-    { cat out.txt; fail "truncation message"; }
-  [ "$(listing trunc)" = "$trunc_before" ] || fail "loading modified the truncated checkpoint"
+  refused trunc truncated "shard file '$work/trunc/shard_00001.bin' has [0-9]* bytes, the manifest says [0-9]* (truncated"
   # (c) a flipped byte in a tensor only rank 1 reads (an expert it holds): the message still shows.
   cp -a "$ck" flipped
   manifest flipped >flipped.txt || fail "cannot decode the manifest"
@@ -249,12 +260,8 @@ with open(d + "/" + e["file"], "r+b") as f:
     f.seek(int(e["offset"]) + 7)
     f.write(bytes([b[0] ^ 0x10]))
 PY
-  flipped_before=$(listing flipped)
-  run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=4 checkpoint.every=0 run.dir=f checkpoint.init_from="$work/flipped" &&
-    fail "a damaged checkpoint was loaded"
-  grep -q "tensor 'layers.0.moe.w_in' (expert 3) in '$work/flipped/shard_00001.bin' is damaged: CRC32C [0-9a-f]*, the manifest says [0-9a-f]*" out.txt ||
-    { cat out.txt; fail "damage message"; }
-  [ "$(listing flipped)" = "$flipped_before" ] || fail "loading modified the damaged checkpoint"
+  refused flipped damaged \
+    "tensor 'layers.0.moe.w_in' (expert 3) in '$work/flipped/shard_00001.bin' is damaged: CRC32C [0-9a-f]*, the manifest says [0-9a-f]*"
   # (d) a manifest without per-rank state and with an empty expert_usage, sealed again with a correct
   # CRC (it once ended training in MPI_ERR_TRUNCATE): refused naming the file and the field.
   cp -a "$ck" crafted
@@ -268,10 +275,8 @@ open(sys.argv[1], "w").write(text)
 PY
   "$protoc" -I "$src" --encode=moe.checkpoint.Manifest core/checkpoint/checkpoint.proto <crafted.txt |
     python3 "$metadata" seal crafted/MANIFEST || fail "cannot seal the crafted manifest"
-  run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=4 checkpoint.every=0 run.dir=c checkpoint.init_from="$work/crafted" &&
-    fail "a checkpoint without per-rank state or expert usage was loaded"
-  grep -q "'$work/crafted/MANIFEST': has 0 rank_states (per-rank state) but layout.world_size = 2" out.txt ||
-    { cat out.txt; fail "crafted-manifest message"; }
+  refused crafted "crafted (no per-rank state or expert usage)" \
+    "'$work/crafted/MANIFEST': has 0 rank_states (per-rank state) but layout.world_size = 2"
   # (e) a directory that does not exist.
   run 2 "${load[@]}" checkpoint.init_from="$work/nothere" && fail "a missing checkpoint directory was accepted"
   grep -q "checkpoint directory '$work/nothere' does not exist" out.txt || { cat out.txt; fail "missing-directory message"; }
@@ -293,12 +298,7 @@ sigterm)
     done
     [ "$open" = 1 ] || fail "$open threads of rank process $pid take SIGTERM or SIGUSR1 (expected 1, the sigwait thread)"
   done
-  kill -TERM $(rank_pids)
-  wait "$job"
-  status=$?
-  [ $status = 0 ] || { cat run1.txt; fail "exit status $status after SIGTERM (expected 0)"; }
-  n=$(stopped_step run1.txt)
-  [ -n "$n" ] || { cat run1.txt; fail "no 'stopped by a signal after step N' message"; }
+  stop_ranks run1.txt
   grep -q "saved checkpoint $(step_dir r/checkpoints "$n")$" run1.txt || { cat run1.txt; fail "no 'saved checkpoint' line"; }
   grep -q "^done: $n steps" run1.txt || { cat run1.txt; fail "no final line"; }
   [ "$(last_step r/metrics.jsonl)" = "$n" ] || fail "metrics.jsonl does not end at step $n"

@@ -128,6 +128,23 @@ stop_job() {
   wait_checkpoint "$2" 200
   scancel --batch --signal=USR1 "$1" || fail "scancel --signal failed"
 }
+# stopped_run DIR ARGS...: submits with run.dir=DIR and ARGS, stops the job once DIR has a checkpoint
+# (stop_job) and waits for its end; sets id and out (the job's output file).
+stopped_run() {
+  local dir=$1
+  shift
+  submit run.dir="$dir" "$@"
+  id=$job_id
+  stop_job "$id" "$dir"
+  wait_end "$id" 300
+  out=$(output_of "$dir" "$id")
+}
+# The step after which the run whose output is $out stopped on the signal (empty if it did not).
+stopped_at() { sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out"; }
+# expect_checkpoint DIR STEP: DIR holds a complete checkpoint of STEP.
+expect_checkpoint() {
+  [ -s "$1/checkpoints/step_$(printf %08d "$2")/MANIFEST" ] || fail "no checkpoint of step $2 in $1"
+}
 
 case $case_name in
 submit_tiny)
@@ -147,14 +164,10 @@ submit_tiny)
   ;;
 signal_requeue)
   reference
-  submit run.dir=b "${long[@]}"
-  id=$job_id
-  stop_job "$id" b
-  wait_end "$id" 300
-  out=$(output_of b "$id")
+  stopped_run b "${long[@]}"
   expect_state "$id" COMPLETED 1
   grep -q "moe-submit job: got USR1" "$out" || fail "the batch script did not get USR1"
-  stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
+  stopped=$(stopped_at)
   [ -n "$stopped" ] || fail "the ranks did not stop on the signal"
   ((stopped < 160)) || fail "stopped only at step $stopped"
   grep -q "moe-submit job: stopped early with a checkpoint; requeueing" "$out" || fail "the job did not requeue itself"
@@ -165,18 +178,14 @@ signal_requeue)
   ;;
 signal_resubmit)
   reference
-  submit run.dir=c "${long[@]}" scheduler.requeue=false
-  id=$job_id
+  stopped_run c "${long[@]}" scheduler.requeue=false
   grep -q "^#SBATCH --no-requeue" c/job.sbatch || fail "requeue=false did not give --no-requeue"
-  stop_job "$id" c
-  wait_end "$id" 300
   expect_state "$id" COMPLETED 0
-  out=$(output_of c "$id")
-  stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
+  stopped=$(stopped_at)
   [ -n "$stopped" ] && ((stopped < 160)) || fail "the ranks did not stop early on the signal"
   grep -q "stopped early with a checkpoint; submit again to resume" "$out" || fail "no 'submit again' line"
   [ ! -e c/DONE ] || fail "a DONE marker after a stopped run"
-  [ -s "c/checkpoints/step_$(printf %08d "$stopped")/MANIFEST" ] || fail "no checkpoint of step $stopped"
+  expect_checkpoint c "$stopped"
   submit run.dir=c "${long[@]}" scheduler.requeue=false
   id2=$job_id
   wait_end "$id2" 300
@@ -197,22 +206,18 @@ time_limit)
   out=$(output_of d "$id")
   expect_state "$id" COMPLETED 0
   grep -q "moe-submit job: got USR1" "$out" || fail "Slurm's early signal did not reach the batch script"
-  stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
+  stopped=$(stopped_at)
   [ -n "$stopped" ] || fail "the ranks did not stop on the signal"
-  [ -s "d/checkpoints/step_$(printf %08d "$stopped")/MANIFEST" ] || fail "no checkpoint of step $stopped"
+  expect_checkpoint d "$stopped"
   ;;
 srun_launcher)
-  submit run.dir=e "${long[@]}" launch.launcher=srun scheduler.requeue=false
-  id=$job_id
+  stopped_run e "${long[@]}" launch.launcher=srun scheduler.requeue=false
   grep -q "^srun --mpi=pmix --ntasks=2" e/job.sbatch || fail "the script does not start the ranks with srun"
-  stop_job "$id" e
-  wait_end "$id" 300
-  out=$(output_of e "$id")
   expect_state "$id" COMPLETED 0
   grep -q "^rank 0: local rank 0 of 2 on node 0 (from SLURM_LOCALID)" "$out" || fail "no local rank from Slurm"
-  stopped=$(sed -n 's/^stopped by a signal after step \([0-9]*\);.*/\1/p' "$out")
+  stopped=$(stopped_at)
   [ -n "$stopped" ] && ((stopped < 160)) || fail "srun did not pass the stop signal on to the ranks"
-  [ -s "e/checkpoints/step_$(printf %08d "$stopped")/MANIFEST" ] || fail "no checkpoint of step $stopped"
+  expect_checkpoint e "$stopped"
   ;;
 *)
   fail "unknown case"

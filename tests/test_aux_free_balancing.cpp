@@ -9,6 +9,7 @@
 #include "optim/aux_free_balancing.h"
 #include "core/random.h"
 #include "mpi_test_util.h"
+#include "test_util.h"
 #include "parallel/all_to_all_exchange.h"
 #include "parallel/process_groups.h"
 
@@ -16,12 +17,7 @@ namespace moe {
 namespace {
 
 MoEConfig skewed_config() {
-  MoEConfig c;
-  c.d_model = 8;
-  c.expert_hidden = 8;
-  c.num_experts = 4;
-  c.top_k = 1;
-  c.activation = Activation::GELU;
+  MoEConfig c = test::moe_test_config(8, 4, 1, 8, Activation::GELU);
   c.capacity_factor = 0;  // dropless: load is what the router chose
   c.aux_loss_coeff = 0;
   return c;

@@ -10,6 +10,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/check.h"
@@ -180,6 +181,13 @@ class TokenFileCorruption : public TempDirTest {
     ASSERT_EQ(bytes_.size(), 42u);
     bad_ = path("bad.tok");
   }
+  // The good file with the 32-bit header field at byte `at` set to v must be refused with `code`
+  // and a message holding every one of `parts`.
+  void expect_field_refused(size_t at, uint32_t v, Status::Code code, std::vector<std::string> parts) {
+    put_u32(bytes_, at, v);
+    write_bytes(bad_, bytes_);
+    expect_read_fails(bad_, code, std::move(parts));
+  }
   std::string good_, bad_;
   std::vector<uint8_t> bytes_;
 };
@@ -212,33 +220,23 @@ TEST_F(TokenFileCorruption, BadMagic) {
 }
 
 TEST_F(TokenFileCorruption, NewerVersionNamesBothVersions) {
-  put_u32(bytes_, 8, 2);
-  write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::NotSupported, {"format version 2", "versions up to 1"});
+  expect_field_refused(8, 2, Status::Code::NotSupported, {"format version 2", "versions up to 1"});
 }
 
 TEST_F(TokenFileCorruption, VersionZero) {
-  put_u32(bytes_, 8, 0);
-  write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::NotSupported, {"format version 0"});
+  expect_field_refused(8, 0, Status::Code::NotSupported, {"format version 0"});
 }
 
 TEST_F(TokenFileCorruption, BadWidth) {
-  put_u32(bytes_, 12, 3);
-  write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::Corruption, {"token width 3", "accepted: 1, 2 or 4"});
+  expect_field_refused(12, 3, Status::Code::Corruption, {"token width 3", "accepted: 1, 2 or 4"});
 }
 
 TEST_F(TokenFileCorruption, BadVocab) {
-  put_u32(bytes_, 24, 0);
-  write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::Corruption, {"vocab_size 0"});
+  expect_field_refused(24, 0, Status::Code::Corruption, {"vocab_size 0"});
 }
 
 TEST_F(TokenFileCorruption, ReservedNotZero) {
-  put_u32(bytes_, 28, 7);
-  write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::Corruption, {"reserved header field 7"});
+  expect_field_refused(28, 7, Status::Code::Corruption, {"reserved header field 7"});
 }
 
 TEST_F(TokenFileCorruption, TruncatedSaysExpectedAndFoundBytes) {

@@ -108,12 +108,7 @@ Tensor make_gate(int64_t d, int64_t E, Gate kind) {
 
 MoEConfig make_config(Activation activation, int64_t E, int64_t top_k, bool renormalize, double capacity_factor,
                       DropPolicy policy, AuxLossScope scope) {
-  MoEConfig cfg;
-  cfg.d_model = 8;
-  cfg.expert_hidden = 12;
-  cfg.num_experts = E;
-  cfg.top_k = top_k;
-  cfg.activation = activation;
+  MoEConfig cfg = moe_test_config(8, E, top_k, 12, activation);
   cfg.renormalize = renormalize;
   cfg.capacity_factor = capacity_factor;
   cfg.eval_capacity_factor = capacity_factor;

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <vector>
 
+#include "core/available_memory.h"
 #include "core/check.h"
 #include "core/model/transformer.h"
 #include "core/parameters.h"
@@ -59,6 +60,14 @@ TrainConfig config(const std::vector<std::string>& overrides) {
 // vocabulary logits, dense layers, SGD's one state). What the estimate leaves out on purpose (the
 // routing statistics' per-domain rows, small temporaries, vectors of the dispatch plan) is below that
 // (measured: 0.98 to 1.02).
+TEST(MemorySizeText, WholeBytesThenOneDecimalInBinaryUnits) {
+  EXPECT_EQ(memory_size_text(0), "0 bytes");
+  EXPECT_EQ(memory_size_text(1023), "1023 bytes");
+  EXPECT_EQ(memory_size_text(1024), "1.0 KiB");
+  EXPECT_EQ(memory_size_text(2.7 * 1024 * 1024), "2.7 MiB");
+  EXPECT_EQ(memory_size_text(12.0 * (1ull << 30)), "12.0 GiB");
+}
+
 TEST(MemoryEstimate, IsWithinFivePercentOfARealStep) {
   const std::vector<std::vector<std::string>> cases = {
       {},

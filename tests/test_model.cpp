@@ -201,6 +201,17 @@ struct AttentionShape {
 
 class CausalAttention : public ::testing::TestWithParam<AttentionShape> {};
 
+// Inputs q, k, v (B*S, H*Dh) drawn as "<tag>.q", "<tag>.k", "<tag>.v", and the forward's out and probs
+// (uninitialised).
+struct AttentionTensors {
+  AttentionTensors(const AttentionShape& s, const std::string& tag)
+      : q(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".q")),
+        k(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".k")),
+        v(normal_tensor({s.B * s.S, s.H * s.Dh}, 1.f, kSeed, tag + ".v")),
+        out(Tensor::empty({s.B * s.S, s.H * s.Dh})), probs(Tensor::empty({s.B, s.H, s.S, s.S})) {}
+  Tensor q, k, v, out, probs;
+};
+
 // Small: one row block, serial. Large: S = 150 spans three row blocks of 64 (the last partial) and
 // 8 (sequence, head) pairs run in parallel.
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
@@ -211,10 +222,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
 
 TEST_P(CausalAttention, ForwardMatchesNaiveTripleLoopWithExplicitMask) {
   const auto [B, H, S, Dh] = GetParam();
-  const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "att.q"), k = normal_tensor({N, C}, 1.f, kSeed, "att.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "att.v");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors t(GetParam(), "att");
+  auto& [q, k, v, out, probs] = t;
   out.fill(std::numeric_limits<float>::quiet_NaN());  // a forward that reads its outputs shows NaN
   probs.fill(std::numeric_limits<float>::quiet_NaN());
   causal_attention_forward(out, probs, q, k, v, H, S);
@@ -235,9 +244,8 @@ TEST_P(CausalAttention, ForwardMatchesNaiveTripleLoopWithExplicitMask) {
 TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {
   const auto [B, H, S, Dh] = GetParam();
   const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "cau.q"), k = normal_tensor({N, C}, 1.f, kSeed, "cau.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "cau.v");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors tensors(GetParam(), "cau");
+  auto& [q, k, v, out, probs] = tensors;
   causal_attention_forward(out, probs, q, k, v, H, S);
   const Tensor before = out.clone();
   const int64_t b = B - 1, future = S - S / 3;  // a position in the last sequence
@@ -262,9 +270,9 @@ TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {
 TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
   const auto [B, H, S, Dh] = GetParam();
   const int64_t N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "afd.q"), k = normal_tensor({N, C}, 1.f, kSeed, "afd.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "afd.v"), r = normal_tensor({N, C}, 1.f, kSeed, "afd.r");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  AttentionTensors t(GetParam(), "afd");
+  auto& [q, k, v, out, probs] = t;
+  const Tensor r = normal_tensor({N, C}, 1.f, kSeed, "afd.r");
   causal_attention_forward(out, probs, q, k, v, H, S);
   Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
   causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
@@ -283,10 +291,10 @@ TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
 }
 
 TEST(CausalAttentionBackward, AccumulatesAndSkipsNullGradients) {
-  const int64_t B = 2, H = 2, S = 70, Dh = 4, N = B * S, C = H * Dh;
-  Tensor q = normal_tensor({N, C}, 1.f, kSeed, "acc.q"), k = normal_tensor({N, C}, 1.f, kSeed, "acc.k"),
-         v = normal_tensor({N, C}, 1.f, kSeed, "acc.v"), r = normal_tensor({N, C}, 1.f, kSeed, "acc.r");
-  Tensor out = Tensor::empty({N, C}), probs = Tensor::empty({B, H, S, S});
+  const int64_t H = 2, S = 70, N = 2 * S, C = H * 4;
+  AttentionTensors t({2, H, S, 4}, "acc");
+  auto& [q, k, v, out, probs] = t;
+  const Tensor r = normal_tensor({N, C}, 1.f, kSeed, "acc.r");
   causal_attention_forward(out, probs, q, k, v, H, S);
   Tensor dq = Tensor::zeros({N, C}), dk = Tensor::zeros({N, C}), dv = Tensor::zeros({N, C});
   causal_attention_backward(&dq, &dk, &dv, r, q, k, v, probs, H, S);
@@ -380,6 +388,24 @@ void randomise(Tensor& t, float mean, float std, const std::string& name) {
   for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = mean + noise.f32()[i];
 }
 
+// One forward and backward of a layer on x (N, d) with dy = r, both drawn as "<tag>.x" and "<tag>.r";
+// loss() runs the forward again and returns sum(y * r), the loss whose gradients backward gave.
+template <typename Layer>
+struct LayerProbe {
+  LayerProbe(Layer& probed, int64_t N, int64_t d, const std::string& tag)
+      : layer(probed), x(normal_tensor({N, d}, 1.f, kSeed, tag + ".x")), r(normal_tensor({N, d}, 1.f, kSeed, tag + ".r")),
+        y(Tensor::empty({N, d})), dx(Tensor::zeros({N, d})) {
+    layer.forward(y, x);
+    layer.backward(dx, r);
+  }
+  double loss() {
+    layer.forward(y, x);
+    return weighted_sum(y, r);
+  }
+  Layer& layer;
+  Tensor x, r, y, dx;
+};
+
 TEST(NormLayer, BothKindsMatchFiniteDifferences) {
   for (NormKind kind : {NormKind::RMSNorm, NormKind::LayerNorm}) {
     SCOPED_TRACE(kind == NormKind::RMSNorm ? "rmsnorm" : "layernorm");
@@ -387,15 +413,9 @@ TEST(NormLayer, BothKindsMatchFiniteDifferences) {
     NormLayer norm(kind, d);
     randomise(norm.weights.g, 1.f, 0.3f, "norm.g");
     if (kind == NormKind::LayerNorm) randomise(norm.weights.b, 0.f, 0.3f, "norm.b");
-    Tensor x = normal_tensor({N, d}, 1.f, kSeed, "norm.x"), r = normal_tensor({N, d}, 1.f, kSeed, "norm.r");
-    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
-    norm.forward(y, x);
-    norm.backward(dx, r);
-    auto loss = [&] {
-      norm.forward(y, x);
-      return weighted_sum(y, r);
-    };
-    expect_gradient("norm dx", x, dx, loss, kOpTol, kOpNotVacuous);
+    LayerProbe probe(norm, N, d, "norm");
+    auto loss = [&] { return probe.loss(); };
+    expect_gradient("norm dx", probe.x, probe.dx, loss, kOpTol, kOpNotVacuous);
     expect_gradient("norm dg", norm.weights.g, norm.grads.g, loss, kOpTol, kOpNotVacuous);
     if (kind == NormKind::LayerNorm)
       expect_gradient("norm db", norm.weights.b, norm.grads.b, loss, kOpTol, kOpNotVacuous);
@@ -423,14 +443,10 @@ TEST(DenseFFN, EveryActivationMatchesFiniteDifferences) {
     cfg.out_init_std = 0.5f;
     DenseFFN ffn(cfg, kSeed, "ffn");
     EXPECT_EQ(ffn.weights.w_in.shape(), (Shape{d, act == Activation::SwiGLU ? 14 : 7}));
-    Tensor x = normal_tensor({N, d}, 1.f, kSeed, "ffn.x"), r = normal_tensor({N, d}, 1.f, kSeed, "ffn.r");
-    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
-    ffn.forward(y, x);
-    ffn.backward(dx, r);
+    LayerProbe probe(ffn, N, d, "ffn");
     // ReLU is piecewise linear: an element whose +-h moves a pre-activation across 0 is skipped.
     auto eval = [&] {
-      ffn.forward(y, x);
-      FdPoint point{weighted_sum(y, r), {}};
+      FdPoint point{probe.loss(), {}};
       if (act == Activation::ReLU)
         for (int64_t i = 0; i < ffn.pre_activation().numel(); ++i)
           point.signature.push_back(ffn.pre_activation().f32()[i] > 0.f);
@@ -438,7 +454,7 @@ TEST(DenseFFN, EveryActivationMatchesFiniteDifferences) {
     };
     const FdPoint base = eval();
     FdTally tally;
-    tally += expect_piecewise_gradient("ffn dx", x, dx, eval, base, kOpTol);
+    tally += expect_piecewise_gradient("ffn dx", probe.x, probe.dx, eval, base, kOpTol);
     tally += expect_piecewise_gradient("ffn w_in", ffn.weights.w_in, ffn.grads.w_in, eval, base, kOpTol);
     tally += expect_piecewise_gradient("ffn w_out", ffn.weights.w_out, ffn.grads.w_out, eval, base, kOpTol);
     EXPECT_LT(tally.skipped, (tally.checked + tally.skipped) / 10) << "too many ReLU kinks crossed";
@@ -464,15 +480,9 @@ TEST(AttentionLayer, MatchesFiniteDifferencesWithAndWithoutRotary) {
     const AttentionConfig cfg = small_attention(rotary);
     const int64_t N = 2 * cfg.seq_len, d = cfg.d_model;
     AttentionLayer attn(cfg, kSeed, "attn");
-    Tensor x = normal_tensor({N, d}, 1.f, kSeed, "al.x"), r = normal_tensor({N, d}, 1.f, kSeed, "al.r");
-    Tensor y = Tensor::empty({N, d}), dx = Tensor::zeros({N, d});
-    attn.forward(y, x);
-    attn.backward(dx, r);
-    auto loss = [&] {
-      attn.forward(y, x);
-      return weighted_sum(y, r);
-    };
-    expect_gradient("attn dx", x, dx, loss, kOpTol, kOpNotVacuous);
+    LayerProbe probe(attn, N, d, "al");
+    auto loss = [&] { return probe.loss(); };
+    expect_gradient("attn dx", probe.x, probe.dx, loss, kOpTol, kOpNotVacuous);
     expect_gradient("attn w_qkv", attn.weights.w_qkv, attn.grads.w_qkv, loss, kOpTol, kOpNotVacuous);
     expect_gradient("attn w_out", attn.weights.w_out, attn.grads.w_out, loss, kOpTol, kOpNotVacuous);
   }
@@ -537,12 +547,7 @@ TEST(AttentionLayer, BadConfigAndInputNameTheProblem) {
 // The tiny model of the finite-difference tests: V = 11, d = 8, 2 layers of 2 heads, S = 5, layer 1
 // an MoE layer of E = 4 experts, top-2, dropless.
 TransformerConfig tiny_config(PositionKind positions, bool tied, int64_t shared_experts, NormKind norm) {
-  TransformerConfig cfg;
-  cfg.vocab_size = 11;
-  cfg.d_model = 8;
-  cfg.n_layers = 2;
-  cfg.n_heads = 2;
-  cfg.seq_len = 5;
+  TransformerConfig cfg = transformer_test_config(11, 8, 2, 2, 5);
   cfg.norm = norm;
   cfg.positions = positions;
   cfg.rope_theta = 100.f;
@@ -553,10 +558,7 @@ TransformerConfig tiny_config(PositionKind positions, bool tied, int64_t shared_
   // O(1) weights: activations, logits and gradients well above float32 noise (at 0.02 most
   // gradients would be ~1e-3 and the comparison vacuous).
   cfg.init_std = 0.5f;
-  cfg.moe.expert_hidden = 6;
-  cfg.moe.num_experts = 4;
-  cfg.moe.top_k = 2;
-  cfg.moe.activation = shared_experts > 0 ? Activation::SwiGLU : Activation::GELU;
+  cfg.moe = moe_test_config(0, 4, 2, 6, shared_experts > 0 ? Activation::SwiGLU : Activation::GELU);
   cfg.moe.capacity_factor = 0.0;  // dropless
   cfg.moe.eval_capacity_factor = 0.0;
   // Coefficients well above the usual 0.01 / 0.001 so the aux and z-loss gradients are visible.
@@ -770,19 +772,11 @@ TEST(ParameterNames, BuildAndTakeApartLayerTensorNames) {
 }
 
 TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
-  TransformerConfig cfg;
-  cfg.vocab_size = 100;
-  cfg.d_model = 16;
-  cfg.n_layers = 4;
-  cfg.n_heads = 2;
-  cfg.seq_len = 32;
+  TransformerConfig cfg = transformer_test_config(100, 16, 4, 2, 32);
   cfg.moe_every = 2;
   cfg.dense_hidden = 64;
   cfg.dense_activation = Activation::GELU;
-  cfg.moe.expert_hidden = 24;
-  cfg.moe.num_experts = 8;
-  cfg.moe.top_k = 2;
-  cfg.moe.activation = Activation::SwiGLU;
+  cfg.moe = moe_test_config(0, 8, 2, 24, Activation::SwiGLU);
   cfg.moe.shared_experts = 1;
   cfg.moe.shared_expert_hidden = 10;
   for (bool tied : {false, true})

@@ -44,12 +44,7 @@ void copy_values(Tensor& dst, const Tensor& src) {
 MoEWeights clone_weights(const MoEWeights& w) { return {w.w_gate.clone(), w.w_in.clone(), w.w_out.clone()}; }
 
 MoEConfig small_config(Activation activation, bool renormalize, double capacity_factor) {
-  MoEConfig cfg;
-  cfg.d_model = 6;
-  cfg.expert_hidden = 8;
-  cfg.num_experts = 4;
-  cfg.top_k = 2;
-  cfg.activation = activation;
+  MoEConfig cfg = moe_test_config(6, 4, 2, 8, activation);
   cfg.renormalize = renormalize;
   cfg.capacity_factor = capacity_factor;
   cfg.eval_capacity_factor = capacity_factor;
@@ -806,12 +801,7 @@ TEST(MoELayerForward, DroppedChoiceContributesNothing) {
   // Probs drops token 0's (lowest probability for expert 0).
   for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs}) {
     SCOPED_TRACE(to_string(policy));
-    MoEConfig cfg;
-    cfg.d_model = 3;
-    cfg.expert_hidden = 4;
-    cfg.num_experts = 3;
-    cfg.top_k = 2;
-    cfg.activation = Activation::GELU;
+    MoEConfig cfg = moe_test_config(3, 3, 2, 4, Activation::GELU);
     cfg.capacity_factor = 1.0;  // C = ceil(1.0 * 2 * 3 / 3) = 2
     cfg.min_capacity = 0;
     cfg.drop_policy = policy;

@@ -19,6 +19,7 @@
 #include "parallel/grad_sync.h"
 #include "parallel/process_groups.h"
 #include "tests/mpi_test_util.h"
+#include "tests/test_util.h"
 
 namespace moe {
 namespace {
@@ -46,20 +47,12 @@ constexpr double kRtol = 1e-4;
 constexpr double kAtol = 1e-5;
 
 TransformerConfig model_config() {
-  TransformerConfig c;
-  c.vocab_size = 16;
-  c.d_model = 8;
-  c.n_layers = 2;
-  c.n_heads = 2;
-  c.seq_len = 6;
+  TransformerConfig c = test::transformer_test_config(16, 8, 2, 2, 6);
   c.tie_embeddings = false;
   c.moe_every = 1;
   c.dense_hidden = 8;
   c.dense_activation = Activation::GELU;
-  c.moe.activation = Activation::GELU;
-  c.moe.num_experts = kExperts;
-  c.moe.top_k = 2;
-  c.moe.expert_hidden = 8;
+  c.moe = test::moe_test_config(0, kExperts, 2, 8, Activation::GELU);
   // Dropless: every token reaches its experts whatever the layout, so routing cannot depend on it.
   c.moe.capacity_factor = 0.0;
   c.moe.eval_capacity_factor = 0.0;

@@ -82,6 +82,25 @@ TEST(Tensor, ViewKeepsStorageAliveAfterOriginalIsGone) {
   EXPECT_EQ(view.f32()[0], 3.f);
 }
 
+// Gradient tensors are views into one flat buffer (core/parameters.h): a view resized past its own
+// rows must get new memory, not its neighbours' rows of the parent.
+TEST(Tensor, ResizeOfAViewReusesOnlyItsOwnRows) {
+  Tensor t = Tensor::from({4, 2}, {0, 1, 2, 3, 4, 5, 6, 7});
+  Tensor first = t.rows(0, 1);
+  first.resize({3, 2});
+  first.fill(-1.f);
+  EXPECT_EQ(t.f32()[0], 0.f) << "a view grown past its rows must leave the parent alone";
+  for (int64_t i = 2; i < 8; ++i) EXPECT_EQ(t.f32()[i], static_cast<float>(i)) << "parent element " << i;
+
+  Tensor middle = t.rows(1, 3);
+  middle.resize({4});  // the view's own 4 elements: reused in place
+  middle.fill(9.f);
+  EXPECT_EQ(middle.f32(), t.f32() + 2);
+  EXPECT_EQ(t.f32()[1], 1.f);
+  for (int64_t i = 2; i < 6; ++i) EXPECT_EQ(t.f32()[i], 9.f) << "parent element " << i;
+  EXPECT_EQ(t.f32()[6], 6.f);
+}
+
 TEST(Tensor, ReshapeSharesStorageAndChecksNumel) {
   Tensor t = Tensor::from({2, 3}, {0, 1, 2, 3, 4, 5});
   Tensor flat = t.reshape({6});

@@ -1,5 +1,6 @@
 // Helpers shared by the unit and MPI tests: the message of an expected exception and substring checks
-// on messages, the finite-difference gradient checker, deterministic tensors, and temporary directories.
+// on messages, the finite-difference gradient checker, deterministic tensors, temporary directories, and
+// small model configs.
 #pragma once
 
 #include <cxxabi.h>
@@ -26,6 +27,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/model/transformer.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
@@ -325,5 +327,29 @@ class TempDir {
  private:
   std::string path_;
 };
+
+// ---------------------------------------------------------------------------------------------
+// Small model configs
+// ---------------------------------------------------------------------------------------------
+
+// An MoE layer's config with these sizes and activation, every other setting at its default. d_model
+// 0 is for a transformer's `moe` section, whose d_model the model fills in.
+inline MoEConfig moe_test_config(int64_t d_model, int64_t num_experts, int64_t top_k, int64_t expert_hidden,
+                                 Activation activation) {
+  return {.num_experts = num_experts, .top_k = top_k, .expert_hidden = expert_hidden, .activation = activation,
+          .d_model = d_model};
+}
+
+// A transformer's config with these sizes, every other setting (the MoE layers' too) at its default.
+inline TransformerConfig transformer_test_config(int64_t vocab_size, int64_t d_model, int64_t n_layers,
+                                                 int64_t n_heads, int64_t seq_len) {
+  TransformerConfig cfg;
+  cfg.vocab_size = vocab_size;
+  cfg.d_model = d_model;
+  cfg.n_layers = n_layers;
+  cfg.n_heads = n_heads;
+  cfg.seq_len = seq_len;
+  return cfg;
+}
 
 }  // namespace moe::test

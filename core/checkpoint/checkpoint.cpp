@@ -20,6 +20,7 @@
 #include "core/checkpoint/manifest_check.h"
 #include "core/checkpoint/metadata_file.h"
 #include "core/crc32c.h"
+#include "core/file_io.h"
 
 namespace fs = std::filesystem;
 
@@ -34,36 +35,6 @@ std::string step_dir_name(int64_t step) {
   char buf[32];
   std::snprintf(buf, sizeof buf, "step_%08lld", static_cast<long long>(step));
   return buf;
-}
-
-std::string errno_text() { return std::strerror(errno); }
-
-// Writes all of [data, data + n) to fd; false on error (errno set).
-bool write_all(int fd, const void* data, size_t n) {
-  const char* p = static_cast<const char*>(data);
-  while (n > 0) {
-    ssize_t w = ::write(fd, p, std::min<size_t>(n, size_t{1} << 30));
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return false;
-    }
-    p += w;
-    n -= static_cast<size_t>(w);
-  }
-  return true;
-}
-
-bool read_all_at(int fd, void* data, size_t n, uint64_t offset) {
-  char* p = static_cast<char*>(data);
-  while (n > 0) {
-    ssize_t r = ::pread(fd, p, std::min<size_t>(n, size_t{1} << 30), static_cast<off_t>(offset));
-    if (r < 0 && errno == EINTR) continue;
-    if (r <= 0) return false;
-    p += r;
-    n -= static_cast<size_t>(r);
-    offset += static_cast<uint64_t>(r);
-  }
-  return true;
 }
 
 void fsync_dir(const std::string& dir) {

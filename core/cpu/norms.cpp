@@ -6,25 +6,33 @@
 
 namespace moe::cpu {
 
+namespace {
+// Calls row(n, x[n], out[n]) for each row n of x, out (N, C), in parallel over the rows; out is the
+// forward's y or the backward's dx.
+template <typename RowFn>
+void for_each_row(Tensor& out, const Tensor& x, RowFn row) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* px = x.f32();
+  float* pout = out.f32();
+#pragma omp parallel for if (N * C >= kMinParallelElements)
+  for (int64_t n = 0; n < N; ++n) row(n, px + n * C, pout + n * C);
+}
+}  // namespace
+
 // ---- rmsnorm: y = x * rstd * g,  rstd = 1 / sqrt(mean(x^2) + eps) ----
 
 // x, y (N, C); g (C); rstd (N).
 void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, float eps) {
-  const int64_t N = x.dim(0), C = x.dim(1);
-  const float* px = x.f32();
+  const int64_t C = x.dim(1);
   const float* pg = g.f32();
-  float* py = y.f32();
   float* prstd = rstd.f32();
-#pragma omp parallel for if (N * C >= kMinParallelElements)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* xrow = px + n * C;
-    float* yrow = py + n * C;
+  for_each_row(y, x, [&](int64_t n, const float* xrow, float* yrow) {
     float sum_sq = 0.f;
     for (int64_t c = 0; c < C; ++c) sum_sq += xrow[c] * xrow[c];
     const float r = 1.f / std::sqrt(sum_sq / static_cast<float>(C) + eps);
     prstd[n] = r;
     for (int64_t c = 0; c < C; ++c) yrow[c] = xrow[c] * r * pg[c];
-  }
+  });
 }
 
 // With r = rstd[n] and dr/dx_i = -r^3 x_i / C:
@@ -36,20 +44,15 @@ void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x,
   const float* pg = g.f32();
   const float* pdy = dy.f32();
   const float* prstd = rstd.f32();
-  if (dx != nullptr) {
-    float* pdx = dx->f32();
-#pragma omp parallel for if (N * C >= kMinParallelElements)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xrow = px + n * C;
+  if (dx != nullptr)
+    for_each_row(*dx, x, [&](int64_t n, const float* xrow, float* dxrow) {
       const float* dyrow = pdy + n * C;
-      float* dxrow = pdx + n * C;
       const float r = prstd[n];
       float dot = 0.f;  // sum_c dy_c g_c x_c
       for (int64_t c = 0; c < C; ++c) dot += dyrow[c] * pg[c] * xrow[c];
       const float coeff = r * r * dot / static_cast<float>(C);
       for (int64_t c = 0; c < C; ++c) dxrow[c] += r * (dyrow[c] * pg[c] - xrow[c] * coeff);
-    }
-  }
+    });
   if (dg != nullptr) {
     float* pdg = dg->f32();
     for (int64_t n = 0; n < N; ++n)  // every row adds into the same dg: not parallel over n
@@ -63,17 +66,12 @@ void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x,
 // cancellation of E[x^2] - E[x]^2 when |mean| >> std.
 void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, const Tensor& g,
                        const Tensor& b, float eps) {
-  const int64_t N = x.dim(0), C = x.dim(1);
-  const float* px = x.f32();
+  const int64_t C = x.dim(1);
   const float* pg = g.f32();
   const float* pb = b.f32();
-  float* py = y.f32();
   float* pmean = mean.f32();
   float* prstd = rstd.f32();
-#pragma omp parallel for if (N * C >= kMinParallelElements)
-  for (int64_t n = 0; n < N; ++n) {
-    const float* xrow = px + n * C;
-    float* yrow = py + n * C;
+  for_each_row(y, x, [&](int64_t n, const float* xrow, float* yrow) {
     float sum = 0.f;
     for (int64_t c = 0; c < C; ++c) sum += xrow[c];
     const float m = sum / static_cast<float>(C);
@@ -83,7 +81,7 @@ void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, c
     pmean[n] = m;
     prstd[n] = r;
     for (int64_t c = 0; c < C; ++c) yrow[c] = (xrow[c] - m) * r * pg[c] + pb[c];
-  }
+  });
 }
 
 // With xhat = (x - mean) rstd and dxhat = dy g:
@@ -96,13 +94,9 @@ void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, co
   const float* pdy = dy.f32();
   const float* pmean = mean.f32();
   const float* prstd = rstd.f32();
-  if (dx != nullptr) {
-    float* pdx = dx->f32();
-#pragma omp parallel for if (N * C >= kMinParallelElements)
-    for (int64_t n = 0; n < N; ++n) {
-      const float* xrow = px + n * C;
+  if (dx != nullptr)
+    for_each_row(*dx, x, [&](int64_t n, const float* xrow, float* dxrow) {
       const float* dyrow = pdy + n * C;
-      float* dxrow = pdx + n * C;
       const float m = pmean[n], r = prstd[n];
       float sum_dxhat = 0.f, sum_dxhat_xhat = 0.f;
       for (int64_t c = 0; c < C; ++c) {
@@ -116,8 +110,7 @@ void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, co
         const float xhat = (xrow[c] - m) * r;
         dxrow[c] += r * (dyrow[c] * pg[c] - mean_dxhat - xhat * mean_dxhat_xhat);
       }
-    }
-  }
+    });
   // Every row adds into the same dg and db: not parallel over n.
   if (dg != nullptr) {
     float* pdg = dg->f32();

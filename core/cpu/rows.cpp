@@ -4,13 +4,13 @@
 #include "core/backend.h"
 #include "core/cpu/index_check.h"
 #include "core/cpu/omp_threshold.h"
+#include "core/cpu/row_gather.h"
 
 namespace moe::cpu {
 
-// y (M, C) = x (N, C) [index (M)].
-void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
+void gather_rows_for(const char* op, const char* index_arg, Tensor& y, const Tensor& x, const Tensor& index) {
   const int64_t M = index.dim(0), N = x.dim(0), C = x.dim(1);
-  require_indices_in_range("gather_rows", "index", index, 0, N);
+  require_indices_in_range(op, index_arg, index, 0, N);
   const int32_t* pindex = index.i32();
   const float* px = x.f32();
   float* py = y.f32();
@@ -19,10 +19,9 @@ void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
     std::memcpy(py + m * C, px + pindex[m] * C, static_cast<size_t>(C) * sizeof(float));
 }
 
-// dx (N, C) [index[m]] += dy (M, C) [m].
-void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
+void scatter_add_rows_for(const char* op, const char* index_arg, Tensor& dx, const Tensor& dy, const Tensor& index) {
   const int64_t M = index.dim(0), N = dx.dim(0), C = dx.dim(1);
-  require_indices_in_range("scatter_add_rows", "index", index, 0, N);
+  require_indices_in_range(op, index_arg, index, 0, N);
   const int32_t* pindex = index.i32();
   const float* pdy = dy.f32();
   float* pdx = dx.f32();
@@ -31,6 +30,14 @@ void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
     const float* dyrow = pdy + m * C;
     for (int64_t c = 0; c < C; ++c) dxrow[c] += dyrow[c];
   }
+}
+
+// y (M, C) = x (N, C) [index (M)].
+void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) { gather_rows_for("gather_rows", "index", y, x, index); }
+
+// dx (N, C) [index[m]] += dy (M, C) [m].
+void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
+  scatter_add_rows_for("scatter_add_rows", "index", dx, dy, index);
 }
 
 // y (T, C) = sum_j weights (T, k) [t, j] * rows (M, C) [slot (T, k) [t, j]], skipping slot -1.

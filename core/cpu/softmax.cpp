@@ -9,7 +9,11 @@
 namespace moe::cpu {
 
 namespace {
-constexpr const char* kIgnoredNote = " (-1 marks an ignored row)";
+// The targets (N) of op's (N, V) tensor, after checking each is a class in [0, V) or -1 (ignored).
+const int32_t* targets_in_range(const char* op, const Tensor& targets, int64_t V) {
+  require_indices_in_range(op, "targets", targets, -1, V, " (-1 marks an ignored row)");
+  return targets.i32();
+}
 
 // yrow (C) = softmax(xrow); returns log(sum_c exp(x_c - max)) + max, the row's log-sum-exp.
 // Subtracting the row max first keeps exp() in [0, 1], so large logits cannot overflow.
@@ -57,9 +61,8 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
 // -log probs[n, target] = logsumexp(logits[n]) - logits[n, target] (no log of an underflowed 0).
 float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& targets) {
   const int64_t N = logits.dim(0), V = logits.dim(1);
-  require_indices_in_range("cross_entropy_forward", "targets", targets, -1, V, kIgnoredNote);
+  const int32_t* ptargets = targets_in_range("cross_entropy_forward", targets, V);
   const float* plogits = logits.f32();
-  const int32_t* ptargets = targets.i32();
   float* pprobs = probs.f32();
   // The mean runs over up to N ~ 1e5..1e6 rows: a float sum would lose digits, so sum in double.
   double loss_sum = 0.0;
@@ -78,9 +81,8 @@ float cross_entropy_forward(Tensor& probs, const Tensor& logits, const Tensor& t
 // dlogits, probs (N, V); targets (N):  dlogits += dloss * (probs - onehot(target)) / counted rows.
 void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& targets, float dloss) {
   const int64_t N = probs.dim(0), V = probs.dim(1);
-  require_indices_in_range("cross_entropy_backward", "targets", targets, -1, V, kIgnoredNote);
+  const int32_t* ptargets = targets_in_range("cross_entropy_backward", targets, V);
   const float* pprobs = probs.f32();
-  const int32_t* ptargets = targets.i32();
   float* pdlogits = dlogits.f32();
   int64_t counted = 0;
   for (int64_t n = 0; n < N; ++n) counted += ptargets[n] >= 0 ? 1 : 0;

@@ -131,9 +131,6 @@ void write_checkpoint_data(CheckpointData data, int world_size, int ep, const st
 // A copy of t whose index j along `axis` is t's index ids[j], or zeros where ids[j] < 0.
 Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids);
 
-// "2.7 MiB"
-std::string human_bytes(uint64_t bytes);
-
 // "world size 2, ep 2, 4 experts, 2 per rank"
 std::string layout_text(const checkpoint::Layout& layout);
 

@@ -5,6 +5,7 @@
 #include <string>
 #include <vector>
 
+#include "core/available_memory.h"
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
 #include "tools/ckpt/checkpoint_paths.h"
@@ -52,7 +53,7 @@ int cmd_export(const Args& args) {
   pending.commit();
   uint64_t bytes = 0;
   for (const TensorInfo& t : chosen) bytes += static_cast<uint64_t>(t.numel()) * 4;
-  std::printf("wrote %s: %zu tensors, %s in %zu file%s (%s", out.c_str(), chosen.size(), human_bytes(bytes).c_str(),
+  std::printf("wrote %s: %zu tensors, %s in %zu file%s (%s", out.c_str(), chosen.size(), memory_size_text(bytes).c_str(),
               files.size(), files.size() == 1 ? "" : "s", files[0].c_str());
   std::printf("%s)\n", files.size() > 1 ? (", ..., " + files.back()).c_str() : "");
   return 0;

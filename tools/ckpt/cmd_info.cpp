@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/available_memory.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/model/transformer.h"
 #include "launch/trainer/trainer.h"
@@ -113,7 +114,7 @@ int cmd_info(const Args& args) {
   uint64_t bytes = 0;
   for (const auto& e : m.tensors()) bytes += e.length();
   std::printf("stored       %d entries in %zu logical tensors, %s of tensor data in %d shard files\n", m.tensors_size(),
-              tensors.size(), human_bytes(bytes).c_str(), m.shards_size());
+              tensors.size(), memory_size_text(bytes).c_str(), m.shards_size());
   if (m.expert_usage_size() == 0) {
     std::printf("expert usage not recorded\n");
     return 0;

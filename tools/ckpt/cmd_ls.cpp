@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "core/available_memory.h"
 #include "core/checkpoint/checkpoint.h"
 #include "tools/ckpt/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
@@ -64,7 +65,7 @@ int cmd_ls(const Args& args) {
     const bool is_latest = !latest.empty() && name == latest;
     latest_listed = latest_listed || (is_latest && c.complete);
     std::printf("  %10s  %-10s  %10s  %s%s%s\n", c.step >= 0 ? std::to_string(c.step).c_str() : "?",
-                c.complete ? "complete" : "INCOMPLETE", human_bytes(c.bytes).c_str(), name.c_str(),
+                c.complete ? "complete" : "INCOMPLETE", memory_size_text(c.bytes).c_str(), name.c_str(),
                 is_latest ? "  <- latest" : "", c.complete ? "" : ("  (" + c.problem + ")").c_str());
   }
   if (!latest.empty() && !latest_listed && !looks_like_step_dir(path))
