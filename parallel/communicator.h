@@ -144,6 +144,12 @@ void all_reduce_packed(Communicator& comm, const std::vector<std::span<T>>& part
   }
 }
 
+// Collective over comm (host values). If any rank's `error` is non-empty, throws InvalidArgument on
+// every rank with the lowest such rank's message: a failure only some ranks see (a damaged tensor that
+// only they read, a missing GPU) then ends every rank alike, with the message where rank 0 prints it,
+// instead of leaving the others waiting in their next collective.
+void throw_if_any_rank_failed(Communicator& comm, const std::string& error);
+
 // Appends each row of `table` to `parts`, for all_reduce_packed.
 template <typename T>
 void add_rows(std::vector<std::span<T>>& parts, std::vector<std::vector<T>>& table) {

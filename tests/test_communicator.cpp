@@ -12,7 +12,6 @@
 
 #include "parallel/communicator.h"
 #include "parallel/mpi/mpi_communicator.h"
-#include "parallel/nccl/nccl_communicator.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
@@ -439,10 +438,6 @@ TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
   EXPECT_CONTAINS(
       error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float), Stream::host()); }),
       "send_rows[0] = 2 must equal recv_rows[0] = 1");
-}
-
-TEST(NcclCommunicator, ThisBuildSaysItHasNoNccl) {
-  EXPECT_CONTAINS(error_message([] { make_nccl_communicator(test_world(), 0); }), "not built with NCCL");
 }
 
 }  // namespace
