@@ -109,17 +109,20 @@ class DeviceBuffer {
   void* data_ = nullptr;
 };
 
-// What every rank agrees on about the GPUs: the fewest any rank sees, and the most ranks on a node.
+// What every rank agrees on about the GPUs (the fewest any rank sees, the most ranks on a node), and
+// this rank's local rank: the GPU it uses.
 struct GpuCensus {
   int fewest_devices = 0;
   int most_ranks_per_node = 1;
   bool one_node = true;
+  int local_rank = 0;
 };
 
 GpuCensus gpu_census() {
   Communicator& world = test_world();
   const LocalPlacement where = local_placement(world);
   GpuCensus c;
+  c.local_rank = where.local_rank;
   c.fewest_devices = all_reduce_value(world, cuda_devices(), ReduceOp::Min);
   c.most_ranks_per_node = all_reduce_value(world, where.local_size, ReduceOp::Max);
   c.one_node = c.most_ranks_per_node == world.size();
@@ -137,13 +140,13 @@ class NcclTest : public ::testing::Test {
     if (census_.fewest_devices < census_.most_ranks_per_node)
       GTEST_SKIP() << census_.most_ranks_per_node << " ranks on a node need as many CUDA devices; found "
                    << census_.fewest_devices << " (one NCCL communicator cannot hold two ranks on one GPU)";
-    gpu_ = local_placement(test_world()).local_rank;
+    gpu_ = census_.local_rank;
     comm_ = make_nccl_communicator(test_world(), gpu_);
     CUDA_OK(cudaStreamCreate(&stream_));
   }
   void TearDown() override {
+    comm_.reset();  // first: it finishes its work on the stream
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
-    comm_.reset();
   }
   Stream stream() const { return Stream{Device::CUDA, stream_}; }
 
