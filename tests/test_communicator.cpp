@@ -357,6 +357,19 @@ TEST(MpiCommunicator, SecondWorldCommunicatorIsIndependentAndFreed) {
   EXPECT_NE(mpi->handle(), MPI_COMM_WORLD);  // a duplicate, not the world itself
 }
 
+// --- agreeing on a failure ---
+
+TEST(Communicator, ThrowIfAnyRankFailedGivesEveryRankTheLowestFailingRanksMessage) {
+  Communicator& world = test_world();
+  const int n = world.size(), me = world.rank();
+  throw_if_any_rank_failed(world, "");  // nobody failed: returns on every rank
+  // The upper half of the ranks fail (at 1 rank: rank 0), each with its own message.
+  const int first = n / 2;
+  const std::string mine = me >= first ? "rank " + std::to_string(me) + " could not" : "";
+  EXPECT_EQ(error_message([&] { throw_if_any_rank_failed(world, mine); }),
+            "rank " + std::to_string(first) + " could not");
+}
+
 // --- MPI_CHECK ---
 
 TEST(MpiCheck, FailingCallThrowsCommErrorNamingCallRankAndMpiMessage) {

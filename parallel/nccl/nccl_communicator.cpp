@@ -39,9 +39,9 @@ namespace {
 using detail::concat;
 
 // One NCCL communicator as this rank's calls and abort_nccl_communicators see it. `mutex` orders an
-// abort (from another thread) with the calls of the rank's own thread that touch `comm` and never
-// block: polling a request, destruction. The enqueueing calls do not take it (they can block while
-// NCCL connects to a peer, which is what an abort must be able to end).
+// abort (from another thread) with the rank's own polling of a request. The calls that can block (an
+// enqueue while NCCL connects to a peer, the destructor's finalize) do not take it: an abort must be
+// able to end the first, and the destructor leaves the list of live communicators before the second.
 struct NcclHandle {
   ncclComm_t comm = nullptr;  // null once destroyed
   int rank = 0;
@@ -204,20 +204,25 @@ class NcclCommunicator final : public Communicator {
 
   ~NcclCommunicator() override {
     {
+      // Out of the list, abort_nccl_communicators no longer touches it (it holds the list's mutex
+      // while it aborts), and its abort, if any, is visible here.
       std::lock_guard<std::mutex> lock(g_live_mutex);
       g_live.erase(std::remove(g_live.begin(), g_live.end(), handle_.get()), g_live.end());
     }
-    std::lock_guard<std::mutex> lock(handle_->mutex);
     if (handle_->aborted) return;  // ncclCommAbort freed it
+    ncclComm_t comm = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(handle_->mutex);
+      std::swap(comm, handle_->comm);  // requests still pending now say it was destroyed
+    }
     // Finalize waits for this rank's enqueued collectives; after an asynchronous error they may never
     // finish, so the communicator is aborted instead. A destructor cannot throw: results are ignored.
     ncclResult_t async = ncclSuccess;
-    if (ncclCommGetAsyncError(handle_->comm, &async) == ncclSuccess && async == ncclSuccess &&
-        ncclCommFinalize(handle_->comm) == ncclSuccess)
-      ncclCommDestroy(handle_->comm);
+    if (ncclCommGetAsyncError(comm, &async) == ncclSuccess && async == ncclSuccess &&
+        ncclCommFinalize(comm) == ncclSuccess)
+      ncclCommDestroy(comm);
     else
-      ncclCommAbort(handle_->comm);
-    handle_->comm = nullptr;
+      ncclCommAbort(comm);
   }
 
   NcclCommunicator(const NcclCommunicator&) = delete;
