@@ -1,4 +1,4 @@
-// The communicator interface: the collectives the training step needs, hiding MPI (and later NCCL)
+// The communicator interface: the collectives the training step needs, hiding MPI and NCCL
 // behind one set of calls. A single-process implementation serves unit tests and one-rank runs.
 //
 // Every call is collective over the communicator unless it says otherwise: all ranks make the same
@@ -50,7 +50,7 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // A short name for logs and errors: "mpi", "local".
+  // A short name for logs and errors: "mpi", "nccl", "local".
   virtual const char* backend() const = 0;
 
   // Ranks passing the same color form a new communicator, ordered by key (ties: by rank here).
