@@ -13,6 +13,7 @@
 #include "launch/config/train_config.h"
 #include "launch/trainer/trainer.h"
 #include "parallel/mpi/mpi_communicator.h"
+#include "parallel/nccl/nccl_communicator.h"
 
 namespace {
 
@@ -76,11 +77,18 @@ void install_stop_handlers() {
   }).detach();  // blocked in sigwait until the process exits
 }
 
+// Ends every rank: first this process's NCCL communicators (ncclCommAbort, so that no GPU kernel is
+// left waiting for a peer and a rank stuck in one gets out), then MPI's.
+[[noreturn]] void abort_all_ranks(int code) {
+  moe::abort_nccl_communicators();
+  moe::mpi_abort(code);
+}
+
 // Called from the watchdog thread: report and take every rank down.
 void on_watchdog(const std::string& message) {
   std::fprintf(stderr, "moe-train: %s; aborting all ranks\n", message.c_str());
   std::fflush(stderr);
-  moe::mpi_abort(4);
+  abort_all_ranks(4);
 }
 
 }  // namespace
@@ -144,7 +152,7 @@ int main(int argc, char** argv) {
     // Possibly seen by this rank alone while the others wait in a collective: take them down.
     std::fprintf(stderr, "moe-train: rank %d: error: %s\n", rank, e.what());
     std::fflush(stderr);
-    if (world->size() > 1) moe::mpi_abort(1);
+    if (world->size() > 1) abort_all_ranks(1);
     return 1;
   }
 }

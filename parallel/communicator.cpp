@@ -66,6 +66,22 @@ std::unique_ptr<CommRequest> start_all_to_all_v(Communicator& comm, const Tensor
   return comm.start_all_to_all_v(send.data(), send_rows.data(), recv.data(), recv_rows.data(), bytes, stream);
 }
 
+std::string first_error(Communicator& comm, const std::string& error) {
+  const int first = all_reduce_value(comm, error.empty() ? comm.size() : comm.rank(), ReduceOp::Min);
+  if (first == comm.size()) return "";
+  int64_t length = comm.rank() == first ? static_cast<int64_t>(error.size()) : 0;
+  comm.broadcast(&length, sizeof length, first);
+  std::string message(static_cast<size_t>(length), '\0');
+  if (comm.rank() == first) message = error;
+  comm.broadcast(message.data(), length, first);
+  return message;
+}
+
+void throw_if_any_rank_failed(Communicator& comm, const std::string& error) {
+  const std::string message = first_error(comm, error);
+  if (!message.empty()) throw InvalidArgument(message);
+}
+
 namespace detail {
 void require_host_stream(const char* backend, const char* op, const Stream& stream) {
   if (stream.device != Device::CPU || stream.handle != nullptr)

@@ -1,4 +1,4 @@
-// The communicator interface: the collectives the training step needs, hiding MPI (and later NCCL)
+// The communicator interface: the collectives the training step needs, hiding MPI and NCCL
 // behind one set of calls. A single-process implementation serves unit tests and one-rank runs.
 //
 // Every call is collective over the communicator unless it says otherwise: all ranks make the same
@@ -50,7 +50,7 @@ class Communicator {
 
   virtual int rank() const = 0;
   virtual int size() const = 0;
-  // A short name for logs and errors: "mpi", "local".
+  // A short name for logs and errors: "mpi", "nccl", "local".
   virtual const char* backend() const = 0;
 
   // Ranks passing the same color form a new communicator, ordered by key (ties: by rank here).
@@ -143,6 +143,16 @@ void all_reduce_packed(Communicator& comm, const std::vector<std::span<T>>& part
     from += static_cast<std::ptrdiff_t>(part.size());
   }
 }
+
+// Collective over comm (host values). The lowest rank's non-empty `error`, on every rank; "" when
+// every rank's is empty.
+std::string first_error(Communicator& comm, const std::string& error);
+
+// Collective over comm (host values). If any rank's `error` is non-empty, throws InvalidArgument on
+// every rank with the lowest such rank's message: a failure only some ranks see (a damaged tensor that
+// only they read, a missing GPU) then ends every rank alike, with the message where rank 0 prints it,
+// instead of leaving the others waiting in their next collective.
+void throw_if_any_rank_failed(Communicator& comm, const std::string& error);
 
 // Appends each row of `table` to `parts`, for all_reduce_packed.
 template <typename T>

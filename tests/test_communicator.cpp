@@ -12,7 +12,6 @@
 
 #include "parallel/communicator.h"
 #include "parallel/mpi/mpi_communicator.h"
-#include "parallel/nccl/nccl_communicator.h"
 #include "tests/mpi_test_util.h"
 #include "tests/test_util.h"
 
@@ -358,6 +357,19 @@ TEST(MpiCommunicator, SecondWorldCommunicatorIsIndependentAndFreed) {
   EXPECT_NE(mpi->handle(), MPI_COMM_WORLD);  // a duplicate, not the world itself
 }
 
+// --- agreeing on a failure ---
+
+TEST(Communicator, ThrowIfAnyRankFailedGivesEveryRankTheLowestFailingRanksMessage) {
+  Communicator& world = test_world();
+  const int n = world.size(), me = world.rank();
+  throw_if_any_rank_failed(world, "");  // nobody failed: returns on every rank
+  // The upper half of the ranks fail (at 1 rank: rank 0), each with its own message.
+  const int first = n / 2;
+  const std::string mine = me >= first ? "rank " + std::to_string(me) + " could not" : "";
+  EXPECT_EQ(error_message([&] { throw_if_any_rank_failed(world, mine); }),
+            "rank " + std::to_string(first) + " could not");
+}
+
 // --- MPI_CHECK ---
 
 TEST(MpiCheck, FailingCallThrowsCommErrorNamingCallRankAndMpiMessage) {
@@ -439,10 +451,6 @@ TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {
   EXPECT_CONTAINS(
       error_message<CommError>([&] { local->all_to_all_v(send, &send_rows, recv, &recv_rows, 2 * sizeof(float), Stream::host()); }),
       "send_rows[0] = 2 must equal recv_rows[0] = 1");
-}
-
-TEST(NcclCommunicator, ThisBuildSaysItHasNoNccl) {
-  EXPECT_CONTAINS(error_message([] { make_nccl_communicator(test_world(), 0); }), "not built with NCCL");
 }
 
 }  // namespace

@@ -82,26 +82,6 @@ DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   return d;
 }
 
-// Collective. The lowest rank's non-empty `error` on every rank, or "" when every rank's is empty.
-std::string first_error(Communicator& world, const std::string& error) {
-  const int first = all_reduce_value(world, error.empty() ? world.size() : world.rank(), ReduceOp::Min);
-  if (first == world.size()) return "";
-  int64_t length = world.rank() == first ? static_cast<int64_t>(error.size()) : 0;
-  world.broadcast(&length, sizeof length, first);
-  std::string message(static_cast<size_t>(length), '\0');
-  if (world.rank() == first) message = error;
-  world.broadcast(message.data(), length, first);
-  return message;
-}
-
-// Collective. If any rank's `error` is non-empty, throws InvalidArgument on every rank with the lowest
-// such rank's message: a failure only some ranks see (a damaged tensor that only they read) then ends
-// every rank alike, with the message where rank 0 prints it, instead of leaving the others waiting.
-void throw_if_any_rank_failed(Communicator& world, const std::string& error) {
-  const std::string message = first_error(world, error);
-  if (!message.empty()) throw InvalidArgument(message);
-}
-
 // A random id for a fresh run, agreed by all ranks: checkpoints carry it so that shards and a
 // manifest of different runs are never mixed.
 std::string new_run_id(Communicator& world) {

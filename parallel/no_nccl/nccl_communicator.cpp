@@ -9,4 +9,6 @@ std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, int) {
   throw InvalidArgument("make_nccl_communicator: this build was not built with NCCL");
 }
 
+int abort_nccl_communicators() { return 0; }  // there are none
+
 }  // namespace moe
