@@ -1,5 +1,5 @@
 // Core float32 ops, forward and backward side by side; each call checks shapes and runs on the
-// tensors' device (CPU now; a CUDA backend slots in behind the same names, see core/backend_ops.inc).
+// tensors' device (the CPU, or CUDA in a build with it: the backends implement core/backend_ops.inc).
 //
 // Conventions for every op here:
 //  - forward functions overwrite their outputs, which the caller allocates with the shapes given;

@@ -8,10 +8,18 @@
 
 #include "core/tensor.h"
 
+// The generator runs on the host and, compiled by nvcc, in CUDA kernels (the router's jitter), with
+// the same bits on both.
+#ifdef __CUDACC__
+#define MOE_HOST_DEVICE __host__ __device__
+#else
+#define MOE_HOST_DEVICE
+#endif
+
 namespace moe {
 
 // SplitMix64 finaliser: a strong 64-bit mix, used as a hash of (stream, counter).
-inline uint64_t mix64(uint64_t x) {
+MOE_HOST_DEVICE inline uint64_t mix64(uint64_t x) {
   x += 0x9E3779B97F4A7C15ull;
   x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
   x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
@@ -26,7 +34,7 @@ inline uint64_t stream_id(uint64_t seed, std::string_view name) {
 }
 
 // Uniform in [0, 1) with 24 random bits (exactly representable in float32).
-inline float uniform01(uint64_t stream, uint64_t counter) {
+MOE_HOST_DEVICE inline float uniform01(uint64_t stream, uint64_t counter) {
   return static_cast<float>(mix64(stream ^ mix64(counter)) >> 40) * (1.0f / 16777216.0f);
 }
 

@@ -33,7 +33,7 @@ class Tensor {
 
   // Allocates numel(shape) elements on `device`, zero-filled (zeros) or left uninitialised (empty).
   // A device this build has no backend for throws InvalidArgument ("... has no CUDA implementation
-  // in this build").
+  // in this build"), as does one the machine lacks ("allocate_bytes: no CUDA device (...)").
   static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
   // Copies `values` into a new CPU tensor of the given shape; numel must match.

@@ -3,6 +3,10 @@
 // compared. A device this build or machine lacks is skipped with one line saying so. On the CPU the
 // test checks the plumbing (moves, dispatch, outputs coming back intact), not the math, which
 // tests/test_ops.cpp checks against references; on a GPU it is the CUDA backend's test.
+//
+// Forward outputs start as NaN on both devices, so an element the op leaves unwritten fails the
+// comparison; gradients start from the same random values, so a backward that overwrites instead of
+// accumulating fails too.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -21,102 +25,247 @@ namespace {
 
 using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
+// Tolerances on |device - cpu| / max(1, |cpu|), from the float32 unit roundoff u = 2^-24 = 6e-8.
+// kExact: the same IEEE operations in the same order (copies, selections, one rounding each).
+constexpr double kExact = 0.0;
+// kRounding: a few float operations per element, which the GPU compiler may fuse into FMAs (one
+// rounding fewer) or the device evaluates in another order: a handful of u, 1e-6 with margin.
+constexpr double kRounding = 1e-6;
+// kSums: sums of up to 8 terms of size ~1 (dot products, norms, GEMMs with K = 8) in another order
+// (warp trees, cuBLAS tiles): each of the 8 partial sums rounds once, 8 u * sum|terms| (~8) ~ 4e-6,
+// and the libm-free CPU exp (rel. 2e-7) against the GPU's expf (2 ulp) adds ~3e-7: 1e-5.
+constexpr double kSums = 1e-5;
+// kChained: attention chains two GEMMs through a softmax (and the backward four): two kSums steps.
+constexpr double kChained = 2e-5;
+
 // One op: makes its CPU inputs (deterministic), runs the op on `device` with the inputs moved there,
-// and returns its outputs back on the CPU.
+// and returns its outputs back on the CPU (int32 outputs as float32, exact for small ints).
 struct OpCase {
   std::string name;
+  double tolerance;  // see the constants above
   std::function<std::vector<Tensor>(Device)> run;
 };
 
-Tensor on(Device d, const Tensor& t) { return t.to(d); }
-Tensor zeros_on(Device d, const Shape& s) { return Tensor::zeros(s, DType::F32, d); }
+Tensor on(Device d, const Tensor& t) { return t.to(d).clone(); }  // a copy: updates must not reach the input
+// A forward output: NaN on the device, so unwritten elements show.
+Tensor poisoned(Device d, const Shape& s) {
+  Tensor t = Tensor::empty(s, DType::F32, d);
+  t.fill(std::numeric_limits<float>::quiet_NaN());
+  return t;
+}
+Tensor poisoned_ints(Device d, const Shape& s) {
+  return Tensor::from_ints(s, std::vector<int32_t>(numel_of(s), -77)).to(d);
+}
+// A gradient: the same random start on every device, which the backward adds to.
+Tensor grad(Device d, const Shape& s, uint64_t seed) { return normal_tensor(s, 1.f, seed, "grad").to(d); }
+
 std::vector<Tensor> to_host(std::vector<Tensor> outs) {
-  for (Tensor& t : outs) t = t.to(Device::CPU);
+  for (Tensor& t : outs) {
+    t = t.to(Device::CPU);
+    if (t.dtype() != DType::I32) continue;
+    Tensor f = Tensor::empty(t.shape());
+    for (int64_t i = 0; i < t.numel(); ++i) f.f32()[i] = static_cast<float>(t.i32()[i]);
+    t = f;
+  }
   return outs;
+}
+Tensor scalars(const std::vector<double>& values) {
+  return Tensor::from({static_cast<int64_t>(values.size())}, std::vector<float>(values.begin(), values.end()));
 }
 
 std::vector<OpCase> op_cases() {
   const Tensor x = normal_tensor({6, 8}, 1.f, 1, "x"), w = normal_tensor({8, 5}, 0.5f, 2, "w");
   const Tensor b = normal_tensor({5}, 0.5f, 3, "b"), dy5 = normal_tensor({6, 5}, 1.f, 4, "dy5");
   const Tensor dy8 = normal_tensor({6, 8}, 1.f, 5, "dy8"), g = normal_tensor({8}, 1.f, 6, "g");
-  const Tensor dy4 = normal_tensor({6, 4}, 1.f, 7, "dy4");
+  const Tensor dy4 = normal_tensor({6, 4}, 1.f, 7, "dy4"), wt = normal_tensor({5, 8}, 0.5f, 11, "wt");
   const Tensor targets = Tensor::from_ints({6}, {0, 3, 7, -1, 2, 7});
   const Tensor index = Tensor::from_ints({4}, {5, 0, 0, 3});
   const Tensor slot = Tensor::from_ints({3, 2}, {0, 2, 1, -1, 3, 4});
   const Tensor cw = normal_tensor({3, 2}, 1.f, 8, "cw"), rows = normal_tensor({5, 8}, 1.f, 9, "rows");
   const Tensor dy3 = normal_tensor({3, 8}, 1.f, 10, "dy3");
+  // Wide rows (more columns than a CUDA block has threads, more than 32 for the column sums).
+  const Tensor wide = normal_tensor({3, 700}, 1.f, 12, "wide"), dwide = normal_tensor({3, 700}, 1.f, 13, "dwide");
+  const Tensor gwide = normal_tensor({700}, 1.f, 14, "gwide");
+  // Attention: B = 2 sequences of S = 5, H = 2 heads of Dh = 4.
+  const Tensor q = normal_tensor({10, 8}, 1.f, 15, "q"), k = normal_tensor({10, 8}, 1.f, 16, "k");
+  const Tensor v = normal_tensor({10, 8}, 1.f, 17, "v"), dout = normal_tensor({10, 8}, 1.f, 18, "dout");
+  // Router: T = 6 tokens, E = 5 experts; probs a softmax, so top-k has no near-ties to break differently.
+  Tensor probs = Tensor::empty({6, 5});
+  softmax_forward(probs, normal_tensor({6, 5}, 2.f, 19, "logits"));
+  const Tensor logits = normal_tensor({6, 5}, 2.f, 19, "logits"), sbias = normal_tensor({5}, 0.1f, 20, "sbias");
+  const Tensor dweight = normal_tensor({6, 2}, 1.f, 21, "dweight");
+  const Tensor experts = Tensor::from_ints({6, 2}, {0, 3, 4, 1, 2, 0, 1, 3, 4, 2, 3, 0});
+  const Tensor gw = normal_tensor({8, 5}, 1.f, 23, "gw");
+  Tensor second_moment = normal_tensor({8, 5}, 1.f, 24, "v");  // made >= 0 below
+  for (int64_t i = 0; i < second_moment.numel(); ++i) second_moment.f32()[i] = std::fabs(second_moment.f32()[i]);
   return {
-      {"linear", [=](Device d) {
-         Tensor y = zeros_on(d, {6, 5}), dx = zeros_on(d, {6, 8}), dw = zeros_on(d, {8, 5}), db = zeros_on(d, {5});
-         Tensor xd = on(d, x), wd = on(d, w), bd = on(d, b);
-         linear_forward(y, xd, wd, &bd);
-         linear_backward(&dx, &dw, &db, on(d, dy5), xd, wd);
+      {"memory", kExact, [=](Device d) {
+         Tensor f = poisoned(d, {3, 7}), c = poisoned(d, {6, 8});
+         f.fill(2.5f);
+         f.rows(1, 2).zero();
+         c.rows(0, 3).copy_from(on(d, x).rows(3, 6));
+         c.rows(3, 6).copy_from(on(d, x).rows(0, 3));
+         return to_host({f, c, on(d, x).clone()});
+       }},
+      {"linear", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {8, 5}, 2), db = grad(d, {5}, 3);
+         const Tensor bd = on(d, b);
+         linear_forward(y, on(d, x), on(d, w), &bd);
+         linear_backward(&dx, &dw, &db, on(d, dy5), on(d, x), on(d, w));
          return to_host({y, dx, dw, db});
        }},
-      {"gelu", [=](Device d) {
-         Tensor y = zeros_on(d, {6, 8}), dx = zeros_on(d, {6, 8});
+      {"linear_transposed", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {5, 8}, 2);
+         linear_transposed_forward(y, on(d, x), on(d, wt));
+         linear_transposed_backward(&dx, &dw, on(d, dy5), on(d, x), on(d, wt));
+         return to_host({y, dx, dw});
+       }},
+      {"relu", kExact, [=](Device d) {
+         Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
+         relu_forward(y, on(d, x));
+         relu_backward(dx, on(d, dy8), on(d, x));
+         return to_host({y, dx});
+       }},
+      {"gelu", kSums, [=](Device d) {  // the CPU's fast tanh (abs. 3e-7) against tanhf, times |dy/dx| <= ~2
+         Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
          gelu_forward(y, on(d, x));
          gelu_backward(dx, on(d, dy8), on(d, x));
          return to_host({y, dx});
        }},
-      {"swiglu", [=](Device d) {
-         Tensor y = zeros_on(d, {6, 4}), dx = zeros_on(d, {6, 8});
+      {"swiglu", kSums, [=](Device d) {  // the CPU's fast exp (2e-7) against expf in the sigmoid
+         Tensor y = poisoned(d, {6, 4}), dx = grad(d, {6, 8}, 1);
          swiglu_forward(y, on(d, x));
          swiglu_backward(dx, on(d, dy4), on(d, x));
          return to_host({y, dx});
        }},
-      {"softmax", [=](Device d) {
-         Tensor y = zeros_on(d, {6, 8}), dx = zeros_on(d, {6, 8});
+      {"softmax", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1), yw = poisoned(d, {3, 700});
          softmax_forward(y, on(d, x));
          softmax_backward(dx, on(d, dy8), y);
-         return to_host({y, dx});
+         softmax_forward(yw, on(d, wide));
+         return to_host({y, dx, yw});
        }},
-      {"rmsnorm", [=](Device d) {
-         Tensor y = zeros_on(d, {6, 8}), rstd = zeros_on(d, {6}), dx = zeros_on(d, {6, 8}), dg = zeros_on(d, {8});
+      {"rmsnorm", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 8}), rstd = poisoned(d, {6}), dx = grad(d, {6, 8}, 1), dg = grad(d, {8}, 2);
          rmsnorm_forward(y, rstd, on(d, x), on(d, g), 1e-5f);
          rmsnorm_backward(&dx, &dg, on(d, dy8), on(d, x), on(d, g), rstd);
          return to_host({y, rstd, dx, dg});
        }},
-      {"cross_entropy", [=](Device d) {
-         Tensor probs = zeros_on(d, {6, 8}), dl = zeros_on(d, {6, 8});
-         const float loss = cross_entropy_forward(probs, on(d, x), on(d, targets));
-         cross_entropy_backward(dl, probs, on(d, targets), 1.f);
-         return to_host({probs, dl, Tensor::from({1}, {loss})});
+      {"layernorm", kSums, [=](Device d) {  // wide rows: 700 terms per sum, but each sum a mean (/ 700)
+         Tensor y = poisoned(d, {3, 700}), mean = poisoned(d, {3}), rstd = poisoned(d, {3});
+         Tensor dx = grad(d, {3, 700}, 1), dg = grad(d, {700}, 2), db = grad(d, {700}, 3);
+         layernorm_forward(y, mean, rstd, on(d, wide), on(d, gwide), on(d, gwide), 1e-5f);
+         layernorm_backward(&dx, &dg, &db, on(d, dwide), on(d, wide), on(d, gwide), mean, rstd);
+         return to_host({y, mean, rstd, dx, dg, db});
        }},
-      {"gather_scatter_rows", [=](Device d) {
-         Tensor y = zeros_on(d, {4, 8}), dx = zeros_on(d, {6, 8});
+      {"cross_entropy", kSums, [=](Device d) {
+         Tensor p = poisoned(d, {6, 8}), dl = grad(d, {6, 8}, 1);
+         const float loss = cross_entropy_forward(p, on(d, x), on(d, targets));
+         cross_entropy_backward(dl, p, on(d, targets), 1.f);
+         return to_host({p, dl, scalars({loss})});
+       }},
+      {"embedding", kRounding, [=](Device d) {  // repeated ids: two additions into one row, in either order
+         Tensor y = poisoned(d, {4, 8}), dtable = grad(d, {6, 8}, 1);
+         embedding_forward(y, on(d, index), on(d, x));
+         embedding_backward(dtable, on(d, dy8).rows(0, 4), on(d, index));
+         return to_host({y, dtable});
+       }},
+      {"gather_scatter_rows", kRounding, [=](Device d) {  // as embedding
+         Tensor y = poisoned(d, {4, 8}), dx = grad(d, {6, 8}, 1);
          gather_rows(y, on(d, x), on(d, index));
          scatter_add_rows(dx, y, on(d, index));
          return to_host({y, dx});
        }},
-      {"combine", [=](Device d) {
-         Tensor y = zeros_on(d, {3, 8}), drows = zeros_on(d, {5, 8}), dweights = zeros_on(d, {3, 2});
+      {"combine", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {3, 8}), drows = grad(d, {5, 8}, 1), dweights = grad(d, {3, 2}, 2);
          combine_forward(y, on(d, rows), on(d, slot), on(d, cw));
          combine_backward(&drows, &dweights, on(d, dy3), on(d, rows), on(d, slot), on(d, cw));
          return to_host({y, drows, dweights});
        }},
-      {"adamw_update", [=](Device d) {
-         // A copy: on the CPU, to() shares storage, and the update must not reach the shared input.
-         Tensor wd = on(d, w).clone(), m = zeros_on(d, {8, 5}), v = zeros_on(d, {8, 5});
-         adamw_update(wd, m, v, on(d, w), AdamWScalars{1e-2f, 0.9f, 0.95f, 0.1f, 0.05f, 1e-8f, 0.1f});
-         return to_host({wd, m, v});
+      {"add_scaled", kRounding, [=](Device d) {
+         Tensor y = grad(d, {6, 8}, 1);
+         add_scaled(y, on(d, x), -0.375f);
+         return to_host({y});
        }},
-      {"scale_in_place", [=](Device d) {
-         Tensor wd = on(d, w).clone();
-         scale_in_place(wd, 0.125);
-         return to_host({wd});
+      {"rotary", kRounding, [=](Device d) {  // angles in double on both: the same float cos and sin
+         Tensor y = poisoned(d, {10, 8}), dx = grad(d, {10, 8}, 1), in_place = on(d, q);
+         rotary_forward(y, on(d, q), 2, 5, 10000.f);
+         rotary_forward(in_place, in_place, 2, 5, 10000.f);
+         rotary_backward(dx, on(d, dout), 2, 5, 10000.f);
+         return to_host({y, in_place, dx});
        }},
-      {"selection_bias_update", [=](Device d) {
-         // Loads below, above and at the mean (6): each direction of the step, and no step.
-         Tensor bias = on(d, b).clone();
-         selection_bias_update(bias, {2, 9, 6, 10, 3}, 0.25);
-         return to_host({bias});
+      {"causal_attention", kChained, [=](Device d) {
+         Tensor out = poisoned(d, {10, 8}), p = poisoned(d, {2, 2, 5, 5});
+         Tensor dq = grad(d, {10, 8}, 1), dk = grad(d, {10, 8}, 2), dv = grad(d, {10, 8}, 3);
+         causal_attention_forward(out, p, on(d, q), on(d, k), on(d, v), 2, 5);
+         causal_attention_backward(&dq, &dk, &dv, on(d, dout), on(d, q), on(d, k), on(d, v), p, 2, 5);
+         return to_host({out, p, dq, dk, dv});
        }},
-      {"first_nonfinite", [=](Device d) {
+      {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
+         Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
+         Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);
+         const Tensor bias = on(d, sbias);
+         topk_forward(e1, w1, on(d, probs), 2, true, nullptr);
+         topk_forward(e2, w2, on(d, probs), 3, false, &bias);
+         topk_backward(dp, on(d, dweight), e1, w1, on(d, probs), true);
+         topk_backward(dp, on(d, dweight), on(d, experts), w1, on(d, probs), false);
+         return to_host({e1, w1, e2, w2, dp});
+       }},
+      {"jitter", kRounding, [=](Device d) {  // the same generator; lo + (hi - lo) u fused or not: 1 u
+         Tensor y = poisoned(d, {6, 8}), noise = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
+         jitter_forward(y, noise, on(d, x), 0.25f, 1234, 777);
+         jitter_backward(dx, on(d, dy8), noise);
+         return to_host({y, noise, dx});
+       }},
+      {"load_balance", kRounding, [=](Device d) {  // double sums rounded to float for the comparison
+         std::vector<double> prob_sum, count;
+         load_balance_sums(prob_sum, count, on(d, probs), on(d, experts));
+         Tensor dp = grad(d, {6, 5}, 1);
+         load_balance_backward(dp, count, 12.0, 6.0, 0.01, 1.5);
+         return to_host({scalars(prob_sum), scalars(count), dp});
+       }},
+      {"z_loss", kRounding, [=](Device d) {  // double on both; exp and log within an ulp of double
+         const double z = z_loss_forward(on(d, logits), 0.001, 6.0);
+         Tensor dl = grad(d, {6, 5}, 1);
+         z_loss_backward(dl, on(d, logits), on(d, probs), 0.001, 6.0, 2.0);
+         return to_host({scalars({z * 1000}), dl});
+       }},
+      {"index_ramp", kExact, [=](Device d) {
+         Tensor a = poisoned_ints(d, {7}), c = poisoned_ints(d, {9});
+         index_ramp(a, 0, 1, 3);
+         index_ramp(c, 2, 3, 9);
+         return to_host({a, c});
+       }},
+      {"first_nonfinite", kExact, [=](Device d) {
          Tensor bad = x.clone();
          bad.f32()[13] = std::numeric_limits<float>::infinity();
          bad.f32()[29] = std::nanf("");
-         return to_host({Tensor::from({2}, {float(first_nonfinite(on(d, bad))), float(first_nonfinite(on(d, x)))})});
+         return to_host({scalars({double(first_nonfinite(on(d, bad))), double(first_nonfinite(on(d, x)))})});
+       }},
+      {"adamw_update", kRounding, [=](Device d) {
+         Tensor wd = on(d, w), m = grad(d, {8, 5}, 1), vd = on(d, second_moment);
+         adamw_update(wd, m, vd, on(d, gw), AdamWScalars{1e-2f, 0.9f, 0.95f, 0.1f, 0.05f, 1e-8f, 0.1f});
+         return to_host({wd, m, vd});
+       }},
+      {"sgd_update", kRounding, [=](Device d) {
+         Tensor wd = on(d, w), buf = grad(d, {8, 5}, 1);
+         sgd_update(wd, buf, on(d, w), 0.05f, 0.9f, 0.01f);
+         return to_host({wd, buf});
+       }},
+      {"sum_of_squares", kRounding, [=](Device d) {  // double sums in another order, rounded to float
+         const Tensor big = normal_tensor({300001}, 1.f, 22, "big");  // several blocks per reduction thread
+         return to_host({scalars({sum_of_squares(on(d, x)), sum_of_squares(on(d, big)) / 300001})});
+       }},
+      {"scale_in_place", kExact, [=](Device d) {
+         Tensor wd = on(d, w);
+         scale_in_place(wd, 0.125);
+         return to_host({wd});
+       }},
+      {"selection_bias_update", kExact, [=](Device d) {
+         // Loads below, above and at the mean (6): each direction of the step, and no step.
+         Tensor bias = on(d, b);
+         selection_bias_update(bias, {2, 9, 6, 10, 3}, 0.25);
+         return to_host({bias});
        }},
   };
 }
@@ -130,10 +279,9 @@ class BackendOps : public ::testing::TestWithParam<Device> {
 
 TEST_P(BackendOps, EveryOpMatchesTheCpu) {
   const Device device = GetParam();
-  // The CPU against itself must agree bit for bit; another device computes in another order (fused
-  // multiply-adds, other reduction trees): float32 rounding of sums of at most 8 terms of size ~1.
-  const double tolerance = device == Device::CPU ? 0.0 : 1e-5;
   for (const OpCase& c : op_cases()) {
+    // The CPU against itself must agree bit for bit; another device within the case's tolerance.
+    const double tolerance = device == Device::CPU ? 0.0 : c.tolerance;
     const std::vector<Tensor> want = c.run(Device::CPU), got = c.run(device);
     ASSERT_EQ(want.size(), got.size()) << c.name;
     for (size_t i = 0; i < want.size(); ++i) {
@@ -141,12 +289,37 @@ TEST_P(BackendOps, EveryOpMatchesTheCpu) {
       ASSERT_EQ(got[i].shape(), want[i].shape()) << c.name << " output " << i;
       EXPECT_GT(max_abs(want[i]), 0.0) << c.name << " output " << i << " is all zeros: the comparison proves nothing";
       double worst = 0;
-      for (int64_t e = 0; e < want[i].numel(); ++e)
-        worst = std::max(worst, std::fabs(double(got[i].f32()[e]) - want[i].f32()[e]) /
-                                    std::max(1.0, std::fabs(double(want[i].f32()[e]))));
-      EXPECT_LE(worst, tolerance) << c.name << " output " << i << " on " << to_string(device);
+      int64_t worst_at = -1;
+      for (int64_t e = 0; e < want[i].numel(); ++e) {
+        const double error = std::fabs(double(got[i].f32()[e]) - want[i].f32()[e]) /
+                             std::max(1.0, std::fabs(double(want[i].f32()[e])));
+        if (!(error <= worst)) {  // NaN (an unwritten or broken element) counts as the worst
+          worst = std::isnan(error) ? std::numeric_limits<double>::infinity() : error;
+          worst_at = e;
+        }
+      }
+      EXPECT_LE(worst, tolerance) << c.name << " output " << i << " on " << to_string(device) << ", element "
+                                  << worst_at;
     }
   }
+}
+
+// An index out of range is refused before anything is written, with the CPU's message.
+TEST_P(BackendOps, IndexErrorsNameThePositionAsOnTheCpu) {
+  const Device d = GetParam();
+  const Tensor x = normal_tensor({4, 3}, 1.f, 1, "x").to(d);
+  Tensor y = Tensor::zeros({3, 3}, DType::F32, d);
+  const Tensor bad_index = Tensor::from_ints({3}, {1, 4, -2}).to(d);
+  EXPECT_CONTAINS(error_message([&] { gather_rows(y, x, bad_index); }),
+                  "gather_rows: index[1] = 4 is out of range, expected [0, 4)");
+  Tensor probs = Tensor::zeros({3, 3}, DType::F32, d);
+  EXPECT_CONTAINS(error_message([&] { cross_entropy_forward(probs, y, Tensor::from_ints({3}, {0, -1, 3}).to(d)); }),
+                  "cross_entropy_forward: targets[2] = 3 is out of range, expected [-1, 3) (-1 marks an ignored row)");
+  Tensor combined = Tensor::zeros({2, 3}, DType::F32, d);
+  EXPECT_CONTAINS(error_message([&] { combine_forward(combined, x, Tensor::from_ints({2, 2}, {0, -1, 9, 1}).to(d),
+                                                      Tensor::zeros({2, 2}, DType::F32, d)); }),
+                  "combine_forward: slot[1, 0] = 9 is out of range, expected [-1, 4) (-1 contributes nothing)");
+  EXPECT_EQ(max_abs(y.to(Device::CPU)), 0.0) << "gather_rows wrote before refusing";
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, BackendOps, ::testing::Values(Device::CPU, Device::CUDA),
@@ -154,9 +327,22 @@ INSTANTIATE_TEST_SUITE_P(Devices, BackendOps, ::testing::Values(Device::CPU, Dev
                            return std::string(to_string(param.param));
                          });
 
-TEST(BackendOps, OnlyTheCpuIsAvailableInABuildWithoutCuda) {
+// MOE_HAVE_CUDA is what CMake decided (CUDA toolkit found and MOE_CUDA not OFF); the backend linked in
+// must be the one it names: the kernels of core/cuda/ answer an allocation without a device with "no
+// CUDA device", the stubs of core/no_gpu/ with "has no CUDA implementation in this build".
+TEST(BackendOps, TheCudaBackendIsTheOneCMakeChose) {
   EXPECT_TRUE(device_available(Device::CPU));
-  EXPECT_FALSE(device_available(Device::CUDA));
+  if (!MOE_HAVE_CUDA) {
+    EXPECT_FALSE(device_available(Device::CUDA));
+    EXPECT_CONTAINS(error_message([] { Tensor::empty({2}, DType::F32, Device::CUDA); }),
+                    "allocate_bytes has no CUDA implementation in this build");
+  } else if (!device_available(Device::CUDA)) {
+    EXPECT_CONTAINS(error_message([] { Tensor::empty({2}, DType::F32, Device::CUDA); }),
+                    "allocate_bytes: no CUDA device (cudaGetDeviceCount");
+  } else {
+    Tensor t = Tensor::from({3}, {1.f, 2.f, 3.f}).to(Device::CUDA);
+    EXPECT_EQ(floats_of(t.to(Device::CPU)), (std::vector<float>{1.f, 2.f, 3.f}));
+  }
 }
 
 }  // namespace

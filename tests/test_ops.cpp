@@ -1,6 +1,6 @@
 // Unit tests of core/ops.h and core/optim_ops.h on CPU: every forward against a straightforward reference written here,
 // every backward against central finite differences, accumulation (+=), argument checks, the
-// no-CUDA stubs; and moe::gemm in all transpose combinations against a naive loop.
+// no-CUDA stubs (in a build without CUDA); and moe::gemm in all transpose combinations against a naive loop.
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
@@ -1471,6 +1471,7 @@ TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
 // ---------------------------------------------------------------------------------------------
 // CUDA in a build without it
 // ---------------------------------------------------------------------------------------------
+#if !MOE_HAVE_CUDA  // with CUDA, tests/test_backend_ops.cpp runs every op on the device
 
 TEST(NoCuda, AllocationOnCudaThrows) {
   EXPECT_THROW(Tensor::zeros({2, 3}, DType::F32, Device::CUDA), InvalidArgument);
@@ -1529,10 +1530,18 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"scale_in_place", [&] { cuda::scale_in_place(t, 1.0); }},
       {"selection_bias_update", [&] { cuda::selection_bias_update(t, {1, 2}, 0.1); }},
       {"first_nonfinite", [&] { cuda::first_nonfinite(t); }},
+      {"rotary_forward", [&] { cuda::rotary_forward(t, t, 1, 1, 1.f); }},
+      {"rotary_backward", [&] { cuda::rotary_backward(t, t, 1, 1, 1.f); }},
+      {"causal_attention_forward", [&] { cuda::causal_attention_forward(t, t, t, t, t, 1, 1); }},
+      {"causal_attention_backward",
+       [&] { cuda::causal_attention_backward(nullptr, nullptr, nullptr, t, t, t, t, t, 1, 1); }},
+      {"linear_transposed_forward", [&] { cuda::linear_transposed_forward(t, t, t); }},
+      {"linear_transposed_backward", [&] { cuda::linear_transposed_backward(nullptr, nullptr, t, t, t); }},
   };
   for (const Stub& stub : stubs)
     EXPECT_CONTAINS(error_message(stub.call), std::string(stub.op) + " has no CUDA implementation in this build");
 }
+#endif  // !MOE_HAVE_CUDA
 
 }  // namespace
 }  // namespace moe

@@ -1,0 +1,20 @@
+// Matrix multiply on row-major float32 device matrices through cuBLAS (core/cpu/gemm.h's contract
+// on the device), one cuBLAS handle per device, on the legacy default stream.
+#pragma once
+
+#include <cstdint>
+
+namespace moe::cuda {
+
+// C (M, N) = alpha * op(A) op(B) + beta * C, all row-major device matrices; op(X) = X^T when trans_X.
+// A is (M, K) or, transposed, stored (K, M); B is (K, N) or stored (N, K). lda/ldb/ldc are row strides.
+// With beta = 0, C's previous contents are ignored. M, N or K may be 0. `op` names the caller in errors.
+void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
+          int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// `batch` such products, matrix i of A, B and C at A + i * stride_a (and so on), in one call.
+void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                  const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b,
+                  float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
+
+}  // namespace moe::cuda

@@ -1,0 +1,16 @@
+// Range check of int32 index tensors (ids, targets, row indices, slots) on the device, for the CUDA
+// kernels that read them: run before the kernel, so a bad index never reaches memory.
+#pragma once
+
+#include <cstdint>
+
+#include "core/tensor.h"
+
+namespace moe::cuda {
+
+// Finds the first element of `index` outside [lo, hi) on the device and copies its position back
+// (one synchronising copy); throws the CPU backend's InvalidArgument (core/index_error.h) for it.
+void require_indices_in_range(const char* op, const char* arg, const Tensor& index, int64_t lo, int64_t hi,
+                              const char* note = "");
+
+}  // namespace moe::cuda
