@@ -2,6 +2,7 @@
 #include "parallel/process_groups.h"
 
 #include "core/check.h"
+#include "parallel/nccl/nccl_communicator.h"
 
 namespace moe {
 
@@ -26,22 +27,24 @@ ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t 
 }
 
 namespace {
-// control's group: control itself and a data communicator of its own, every rank of control in one
-// color, in control's order (owned by `owned`).
-ProcessGroup with_data(Communicator& control, std::vector<std::unique_ptr<Communicator>>& owned) {
-  owned.push_back(control.split(/*color=*/0, /*key=*/control.rank()));
+// control's group: control itself and a data communicator of its own over every rank of control, in
+// control's order (owned by `owned`).
+ProcessGroup with_data(Communicator& control, DataBackend backend, int gpu,
+                       std::vector<std::unique_ptr<Communicator>>& owned) {
+  owned.push_back(backend == DataBackend::NCCL ? make_nccl_communicator(control, gpu)
+                                               : control.split(/*color=*/0, /*key=*/control.rank()));
   return ProcessGroup{&control, owned.back().get()};
 }
 }  // namespace
 
-ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts) {
+ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts, DataBackend backend, int gpu) {
   ProcessGroups g;
   g.layout = make_expert_layout(world.size(), world.rank(), ep, num_experts);
-  g.world = with_data(world, g.owned);
+  g.world = with_data(world, backend, gpu, g.owned);
   g.owned.push_back(world.split(/*color=*/world.rank() / ep, /*key=*/g.layout.ep_rank));
-  g.expert_parallel = with_data(*g.owned.back(), g.owned);
+  g.expert_parallel = with_data(*g.owned.back(), backend, gpu, g.owned);
   g.owned.push_back(world.split(/*color=*/g.layout.ep_rank, /*key=*/world.rank() / ep));
-  g.expert_data_parallel = with_data(*g.owned.back(), g.owned);
+  g.expert_data_parallel = with_data(*g.owned.back(), backend, gpu, g.owned);
   for (const ProcessGroup* group : {&g.world, &g.expert_parallel, &g.expert_data_parallel})
     MOE_ASSERT(group->data->size() == group->control->size() && group->data->rank() == group->control->rank(),
                "a group's data communicator has its control communicator's ranks, in its order");

@@ -39,11 +39,14 @@ ExpertLayout make_expert_layout(int world_size, int world_rank, int ep, int64_t 
 // host control traffic never interleaves with the collectives that move tensors:
 //  - control: host values (token counts and exchange plans, flags, strings, losses and other
 //    scalars, agreement on errors, checkpoint coordination); MPI;
-//  - data: tensors in a Stream (gradients, token rows); MPI today, NCCL next.
+//  - data: tensors in a Stream (gradients, token rows); MPI or NCCL (DataBackend).
 struct ProcessGroup {
   Communicator* control = nullptr;  // not null once made
   Communicator* data = nullptr;     // not null once made; a different object from control
 };
+
+// What a group's data communicator is: MPI (host memory), or NCCL (the memory of each rank's GPU).
+enum class DataBackend { MPI, NCCL };
 
 struct ProcessGroups {
   ExpertLayout layout;
@@ -54,8 +57,11 @@ struct ProcessGroups {
 };
 
 // Collective over `world` (which must outlive the result and serves as the world's control
-// communicator): validates the layout first, then splits the groups' communicators (for MPI each
-// data communicator is a split communicator of its own).
-ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts);
+// communicator): validates the layout first, then splits the groups' communicators. Each data
+// communicator is, for DataBackend::MPI, a split communicator of its own; for DataBackend::NCCL, an
+// NCCL communicator over the group's control communicator on GPU `gpu` (make_nccl_communicator,
+// whose checks and errors apply: InvalidArgument in a build without NCCL or without the GPU).
+ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts,
+                                  DataBackend backend = DataBackend::MPI, int gpu = -1);
 
 }  // namespace moe

@@ -63,6 +63,8 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(d.moe.aux_loss_scope, AuxLossScope::Local);
   EXPECT_EQ(d.moe.balancing, Balancing::AuxLoss);
   EXPECT_EQ(d.parallel.ep, 0);
+  EXPECT_EQ(d.parallel.backend, DataBackend::MPI);
+  EXPECT_EQ(d.run.device, Device::CPU);
   EXPECT_EQ(d.optim.name, OptimizerKind::AdamW);
   EXPECT_DOUBLE_EQ(d.optim.lr, 3e-3);
   EXPECT_DOUBLE_EQ(d.optim.min_lr, 3e-4);
@@ -278,6 +280,21 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
                  {"config: data.synthetic_branching = 9 must be <= model.vocab_size / synthetic_domains = 64 / 8 = 8"});
 }
 
+TEST(Config, DeviceAndDataBackendChoices) {
+  const TrainConfig c = parse("run:\n  device: cuda\nparallel:\n  backend: nccl\n");
+  EXPECT_EQ(c.run.device, Device::CUDA);
+  EXPECT_EQ(c.parallel.backend, DataBackend::NCCL);
+  EXPECT_EQ(parse("", {"run.device=cuda"}).parallel.backend, DataBackend::MPI);  // MPI stages GPU tensors too
+  expect_message(parse_error("run:\n  device: gpu\n"), {"run.device: expected one of cpu, cuda, got 'gpu'"});
+  expect_message(parse_error("", {"parallel.backend=gloo"}),
+                 {"override 'parallel.backend=gloo'", "expected one of mpi, nccl, got 'gloo'"});
+  // NCCL moves GPU memory: with the CPU it is refused, naming both keys, from a file and an override.
+  for (const std::string& message : {parse_error("parallel:\n  backend: nccl\n"),
+                                     parse_error("run:\n  device: cuda\nparallel:\n  backend: nccl\n",
+                                                 {"run.device=cpu"})})
+    expect_message(message, {"parallel.backend = nccl needs run.device = cuda", "run.device = cpu"});
+}
+
 TEST(Config, WorldSizeChecks) {
   TrainConfig c;  // 8 experts, ep = 0
   EXPECT_EQ(resolved_ep(c, 4), 4);
@@ -436,6 +453,8 @@ TEST(Config, ToYamlRoundTripsEveryKey) {
                              "moe.aux_loss_scope=global",
                              "moe.balancing=aux_free",
                              "parallel.ep=3",
+                             "run.device=cuda",
+                             "parallel.backend=nccl",
                              "optim.name=sgd",
                              "optim.lr=0.1",
                              "optim.min_lr=1e-7",

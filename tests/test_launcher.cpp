@@ -19,6 +19,7 @@
 #include "launch/launcher/command.h"
 #include "launch/launcher/job_script.h"
 #include "launch/launcher/launch_plan.h"
+#include "launch/trainer/device_selection.h"
 #include "parallel/local_rank.h"
 #include "tests/test_util.h"
 
@@ -394,6 +395,40 @@ TEST(LocalRank, OneGpuPerLocalRank) {
   EXPECT_EQ(gpu_for_local_rank(0, 4), 0);
   EXPECT_EQ(gpu_for_local_rank(3, 4), 3);
   EXPECT_CONTAINS(error_message([] { gpu_for_local_rank(4, 4); }), "local rank 4 has no GPU of its own", "4 GPU(s)");
+}
+
+// What each rank checks before a run starts (launch/trainer/device_selection.h), for every build and
+// machine: the first thing missing is named, with the rank and host where the machine lacks it.
+TEST(DeviceSelection, RefusalNamesWhatTheBuildOrTheMachineLacks) {
+  TrainConfig cpu, cuda, nccl;
+  cuda.run.device = nccl.run.device = Device::CUDA;
+  nccl.parallel.backend = DataBackend::NCCL;
+  RankHardware bare;  // no CUDA, no NCCL, no GPU
+  bare.rank = 3;
+  bare.host = "node7";
+  RankHardware gpus = bare;
+  gpus.cuda_built = gpus.nccl_built = true;
+  gpus.gpu_count = 2;
+  gpus.local_rank = 1;
+
+  EXPECT_EQ(device_refusal(cpu, bare), "");
+  EXPECT_EQ(device_refusal(cpu, gpus), "");
+  EXPECT_CONTAINS(device_refusal(cuda, bare),
+                  "run.device = cuda, but this build has no CUDA backend (built without the CUDA toolkit)");
+  RankHardware no_device = gpus;
+  no_device.gpu_count = 0;
+  EXPECT_CONTAINS(device_refusal(cuda, no_device), "run.device = cuda, but rank 3 on host node7 sees no CUDA device",
+                  "run.device = cpu");
+  RankHardware crowded = gpus;
+  crowded.local_rank = 2;  // a third rank on a node with 2 GPUs
+  EXPECT_CONTAINS(device_refusal(cuda, crowded), "rank 3 on host node7", "local rank 2 has no GPU of its own");
+  RankHardware no_nccl = gpus;
+  no_nccl.nccl_built = false;
+  EXPECT_CONTAINS(device_refusal(nccl, no_nccl), "parallel.backend = nccl, but this build has no NCCL",
+                  "parallel.backend = mpi");
+  // Everything present: refused until the trainer keeps its state on the GPU, and said so.
+  EXPECT_CONTAINS(device_refusal(cuda, gpus), "training on CUDA is not wired into the trainer yet");
+  EXPECT_CONTAINS(device_refusal(nccl, gpus), "training on CUDA is not wired into the trainer yet");
 }
 
 }  // namespace

@@ -104,6 +104,24 @@ bad_config)
   run 2 "$configs/tiny.yaml" data.source=tokens data.train_path=nothere.tok && fail "a missing data file was accepted"
   grep -q "nothere.tok" out.txt || { cat out.txt; fail "data-file message"; }
   ;;
+device_selection)
+  # run.device = cuda where this build or machine cannot (no CUDA backend, no GPU, or the trainer's
+  # state not yet on the GPU): one message from rank 0, naming the rank and host where a machine lacks
+  # the GPU, exit 2 on every rank, before anything is written.
+  run 2 "$configs/tiny.yaml" run.device=cuda run.dir=g
+  status=$?
+  [ "$status" = 2 ] || { cat out.txt; fail "exit status $status, expected 2"; }
+  grep -Eq "moe-train: (run.device = cuda, but this build has no CUDA backend \(built without the CUDA toolkit\)|run.device = cuda, but rank 0 on host [^ ]+ sees no CUDA device|training on CUDA is not wired into the trainer yet)" out.txt ||
+    { cat out.txt; fail "message"; }
+  [ "$(grep -c 'run.device = cuda\|training on CUDA' out.txt)" = 1 ] || { cat out.txt; fail "expected exactly one message"; }
+  [ ! -e g ] || fail "the refused run wrote its run directory"
+  # NCCL moves GPU memory: refused by the config with the CPU, naming both keys.
+  run 2 "$configs/tiny.yaml" parallel.backend=nccl run.dir=n
+  status=$?
+  [ "$status" = 2 ] || { cat out.txt; fail "nccl with cpu: exit status $status, expected 2"; }
+  grep -q "config: parallel.backend = nccl needs run.device = cuda" out.txt || { cat out.txt; fail "nccl message"; }
+  [ ! -e n ] || fail "the refused nccl run wrote its run directory"
+  ;;
 too_big)
   # A model that cannot fit in memory: one message with the estimate from rank 0, exit 2 on every
   # rank, before anything is allocated (no std::bad_alloc, no MPI_ABORT) or written.

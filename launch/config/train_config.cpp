@@ -290,6 +290,8 @@ std::vector<Key> build_schema() {
               "consecutive steps with a non-finite loss or gradient before the run stops");
   run.real("peak_gflops", &RunConfig::peak_gflops, at_least(0),
            "one rank's peak GFLOP/s that MFU divides by; 0 = measured at start-up (a large GEMM, all ranks at once)");
+  run.choice("device", &RunConfig::device, {{"cpu", Device::CPU}, {"cuda", Device::CUDA}},
+             "where the model trains: cpu, or cuda (each rank uses the GPU of its local rank)");
 
   using M = ModelConfig;
   SectionKeys<M> model(keys, "model", &TrainConfig::model);
@@ -342,6 +344,8 @@ std::vector<Key> build_schema() {
   SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
   parallel.integer("ep", &ParallelConfig::ep, at_least(0),
                    "expert-parallel size: divides the world size, num_experts divisible by it; 0 = world size");
+  parallel.choice("backend", &ParallelConfig::backend, {{"mpi", DataBackend::MPI}, {"nccl", DataBackend::NCCL}},
+                  "what moves tensors between ranks (gradients, tokens): mpi, or nccl (needs run.device = cuda)");
 
   using O = OptimizerConfig;
   SectionKeys<O> optim(keys, "optim", &TrainConfig::optim);
@@ -681,6 +685,9 @@ void TrainConfig::validate() const {
   in_section("moe", [&] { TransformerConfig{model, moe}.moe_layer_config().validate(); });
   in_section("optim", [&] { optim.validate(); });
   in_section("data", [&] { data.validate(model.vocab_size); });
+  if (parallel.backend == DataBackend::NCCL && run.device != Device::CUDA)
+    fail("parallel.backend = nccl needs run.device = cuda (NCCL moves GPU memory), but run.device = ",
+         to_string(run.device), "; accepted with run.device = cpu: parallel.backend = mpi");
 }
 
 TrainConfig parse_train_config(const std::string& yaml_text, const std::string& source_name,

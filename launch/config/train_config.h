@@ -21,6 +21,7 @@
 #include "core/moe/moe_config.h"
 #include "data/data_config.h"
 #include "optim/optimizer_config.h"
+#include "parallel/process_groups.h"
 
 namespace moe {
 
@@ -38,11 +39,13 @@ struct RunConfig {
   double watchdog_timeout_s = 300.0;
   int64_t max_nonfinite_steps = 5;     // consecutive non-finite steps before the run stops
   double peak_gflops = 0;              // one rank's peak that MFU divides by; 0 = measured at start-up
+  Device device = Device::CPU;         // where the model trains; each rank takes its local rank's GPU
   bool operator==(const RunConfig&) const = default;
 };
 
 struct ParallelConfig {
   int64_t ep = 0;                      // 0 = the world size; see resolved_ep()
+  DataBackend backend = DataBackend::MPI;  // the groups' data communicators; nccl needs run.device = cuda
   bool operator==(const ParallelConfig&) const = default;
 };
 
@@ -106,7 +109,8 @@ struct TrainConfig {
   // Every check that does not depend on the world size: each key's range or choices, then
   // the validate() of ModelConfig, MoEConfig, OptimizerConfig and DataConfig (d_model divisible by
   // n_heads, rotary needs an even head dim, top_k <= num_experts, min_lr <= lr, source = tokens needs
-  // train_path, the synthetic corpus fits model.vocab_size; their messages get "config: model.",
+  // train_path, the synthetic corpus fits model.vocab_size, parallel.backend = nccl needs run.device =
+  // cuda; their messages get "config: model.",
   // "config: moe.", "config: optim." or "config: data."). Throws InvalidArgument naming the keys and
   // values involved.
   void validate() const;

@@ -19,6 +19,7 @@
 #include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
+#include "launch/trainer/device_selection.h"
 #include "launch/trainer/routing_stats.h"
 #include "launch/trainer/run_directory.h"
 #include "launch/trainer/telemetry.h"
@@ -220,14 +221,14 @@ class Trainer {
   const int rank_, W_;
   const bool leader_;
   const int64_t B_, S_, N_, A_;  // sequences per micro-batch, tokens per sequence and micro-batch, micro-batches
+  const LocalPlacement placement_;
+  const int gpu_;  // this rank's GPU, -1 for the CPU
   DataSources data_;
   const StartPlan start_;
   std::string resumed_from_;  // the checkpoint loaded, "" for a fresh start
   DataLoader loader_;
-  const LocalPlacement placement_;
-  const int gpu_;
   ProcessGroups groups_;
-  const Stream stream_ = Stream::host();  // what the collectives on tensors run in
+  const Stream stream_;  // what the collectives on tensors run in: the host's, or the GPU's default stream
   TransformerLM model_;
   ParameterRegistry registry_;
   std::unique_ptr<Optimizer> optimizer_;
@@ -265,16 +266,16 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       S_(cfg.model.seq_len),
       N_(B_ * S_),
       A_(cfg.optim.grad_accum_steps),
+      // Where this rank sits and the device it trains on, agreed by every rank before anything
+      // else can fail or move a tensor.
+      placement_(local_placement(world)),
+      gpu_(select_device(cfg, world, placement_)),
       data_(open_data(cfg, W_, options.mode == RunMode::EvalOnly)),
       start_(agreed_start_plan(cfg, options.mode, world)),
       loader_(*data_.train, data_.train_range.begin, data_.train_range.end, rank_, W_, B_,
               static_cast<uint64_t>(cfg.run.seed)),
-      // Where this rank sits. A CUDA build selects its GPU here, before any device memory exists:
-      // gpu_for_local_rank(placement.local_rank, <the node's GPU count>). This build has no CUDA
-      // path, so there is no GPU to pick: with 0 GPUs the answer is -1, the CPU.
-      placement_(local_placement(world)),
-      gpu_(gpu_for_local_rank(placement_.local_rank, /*gpu_count=*/0)),
-      groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts)),
+      groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts, cfg.parallel.backend, gpu_)),
+      stream_(cfg.run.device == Device::CUDA ? Stream{Device::CUDA, nullptr} : Stream::host()),
       model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
              [this] { return make_all_to_all_exchange(groups_, stream_); }),
       schedule_(cfg.optim, cfg.run.steps),
@@ -304,7 +305,7 @@ void Trainer::print_banner() const {
               options_.mode == RunMode::EvalOnly ? "; evaluation only" : "");
   std::printf("rank 0: local rank %d of %d on node %d (from %s); %s\n", placement_.local_rank,
               placement_.local_size, placement_.node, placement_.source.c_str(),
-              gpu_ < 0 ? "CPU (this build has no GPU path)" : ("GPU " + std::to_string(gpu_)).c_str());
+              gpu_ < 0 ? "CPU" : ("GPU " + std::to_string(gpu_) + " (its local rank's)").c_str());
   std::printf("resolved config:\n%s", to_yaml(cfg_).c_str());
   std::printf("%s\n", balancing_summary(cfg_).c_str());
   std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",

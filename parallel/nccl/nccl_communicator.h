@@ -28,6 +28,9 @@ namespace moe {
 // InvalidArgument "... not built with NCCL" in a build without it. Not thread-safe (one thread per rank).
 std::unique_ptr<Communicator> make_nccl_communicator(Communicator& control, int gpu);
 
+// Whether this build has the NCCL communicator (false: make_nccl_communicator refuses). Pure.
+bool nccl_built();
+
 // Aborts (ncclCommAbort) every NCCL communicator of this process still live, so that no GPU kernel is
 // left waiting for a peer, and returns how many it aborted (0 in a build without NCCL). For a process
 // about to end because it is stuck (the step watchdog's timeout) or failed alone: the aborted

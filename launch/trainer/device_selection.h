@@ -1,0 +1,37 @@
+// Which device each rank trains on (run.device, parallel.backend): checked on every rank and agreed
+// over the control communicator before anything starts, so that a build or a machine that cannot
+// run what the config asks for stops every rank with one clear message.
+#pragma once
+
+#include <string>
+
+#include "launch/config/train_config.h"
+#include "parallel/communicator.h"
+#include "parallel/local_rank.h"
+
+namespace moe {
+
+// What this rank has, for the refusal below: the build's backends and the machine's devices.
+struct RankHardware {
+  bool cuda_built = false;          // this build has the CUDA backend (core/cuda/)
+  bool nccl_built = false;          // this build has the NCCL communicator (parallel/nccl/)
+  int gpu_count = 0;                // CUDA devices this process can use
+  int rank = 0;                     // world rank
+  std::string host;                 // this machine's name
+  int local_rank = 0;               // LocalPlacement::local_rank
+};
+
+// Pure: why this rank cannot train as `cfg` asks, or "" when it can. In order: run.device = cuda in
+// a build without CUDA, with no CUDA device on this machine (naming the rank and host), or with more
+// ranks on the node than GPUs (gpu_for_local_rank's message, with the rank and host); then
+// parallel.backend = nccl in a build without NCCL; then run.device = cuda at all, which the trainer
+// does not train on yet (the model and optimizer state are host tensors).
+std::string device_refusal(const TrainConfig& cfg, const RankHardware& hw);
+
+// Collective over `world` (host values; call it on every rank before the first collective that
+// moves tensors): this process's RankHardware, device_refusal, and agreement on it. Returns the GPU
+// this rank uses (its local rank's, gpu_for_local_rank), or -1 for run.device = cpu. Throws
+// InvalidArgument on every rank with the lowest refusing rank's message.
+int select_device(const TrainConfig& cfg, Communicator& world, const LocalPlacement& placement);
+
+}  // namespace moe
