@@ -332,6 +332,8 @@ void mutate_entry(checkpoint::TensorEntry& e, uint64_t choice, int64_t v) {
 void mutate_manifest(checkpoint::Manifest& m, std::vector<checkpoint::ShardIndex>& indexes, std::mt19937_64& rng) {
   const int64_t v = nasty(rng);
   const uint64_t choice = rng();
+  // An index into a repeated field of `size` > 0 elements: an earlier mutation may have emptied it.
+  auto pick = [&rng](int size) { return static_cast<int>(rng() % static_cast<uint64_t>(size)); };
   switch (choice % 16) {
     case 0: m.set_step(v); break;
     case 1: m.set_format_version(static_cast<uint32_t>(v)); break;
@@ -341,15 +343,25 @@ void mutate_manifest(checkpoint::Manifest& m, std::vector<checkpoint::ShardIndex
       m.mutable_layout()->set_num_experts(v);
       m.mutable_layout()->set_experts_per_rank(m.layout().ep() ? v / m.layout().ep() : v);
       break;
-    case 5: m.mutable_shards(static_cast<int>(rng() % 2))->set_bytes(static_cast<uint64_t>(v)); break;
-    case 6: rng() % 2 ? m.clear_rank_states() : m.mutable_rank_states(0)->set_rank(static_cast<int32_t>(v)); break;
-    case 7: rng() % 2 ? m.clear_expert_usage() : m.mutable_expert_usage(0)->add_tokens(v); break;
-    case 8: m.mutable_expert_usage(0)->set_tokens(static_cast<int>(rng() % 4), v); break;
+    case 5: if (m.shards_size() > 0) m.mutable_shards(pick(m.shards_size()))->set_bytes(static_cast<uint64_t>(v)); break;
+    case 6:
+      if (rng() % 2 || m.rank_states_size() == 0) m.clear_rank_states();
+      else m.mutable_rank_states(0)->set_rank(static_cast<int32_t>(v));
+      break;
+    case 7:
+      if (rng() % 2 || m.expert_usage_size() == 0) m.clear_expert_usage();
+      else m.mutable_expert_usage(0)->add_tokens(v);
+      break;
+    case 8:
+      if (m.expert_usage_size() > 0 && m.expert_usage(0).tokens_size() > 0)
+        m.mutable_expert_usage(0)->set_tokens(pick(m.expert_usage(0).tokens_size()), v);
+      break;
     case 9: m.mutable_state()->set_optimizer_steps(v); break;
     case 10: m.mutable_state()->set_skipped_steps(v); break;
     case 11: m.mutable_state()->add_moe_layer_calls(static_cast<uint64_t>(v)); break;
     case 12: {  // the stored config: cut, or a character changed
       std::string c = m.config_yaml();
+      if (c.empty()) break;
       const size_t at = static_cast<size_t>(rng() % c.size());
       if (rng() % 2) c.resize(at);
       else c[at] = static_cast<char>('!' + rng() % 94);  // printable: proto3 strings must be UTF-8
@@ -357,19 +369,21 @@ void mutate_manifest(checkpoint::Manifest& m, std::vector<checkpoint::ShardIndex
       break;
     }
     case 13: {  // an entry removed, or repeated
-      const int i = static_cast<int>(rng() % m.tensors_size());
+      if (m.tensors_size() == 0) break;
+      const int i = pick(m.tensors_size());
       if (rng() % 2) m.mutable_tensors()->erase(m.mutable_tensors()->begin() + i);
       else *m.add_tensors() = m.tensors(i);
       break;
     }
     default: {  // one field of an entry, in the manifest and in its index alike
-      const int i = static_cast<int>(rng() % m.tensors_size());
+      if (m.tensors_size() == 0) break;
+      const int i = pick(m.tensors_size());
       checkpoint::TensorEntry before = m.tensors(i);
       mutate_entry(*m.mutable_tensors(i), choice / 16, v);
       for (checkpoint::ShardIndex& index : indexes)
         for (checkpoint::TensorEntry& e : *index.mutable_tensors())
           if (e.SerializeAsString() == before.SerializeAsString()) e = m.tensors(i);
-      if (choice % 16 == 15)  // and the shard's size made to agree with it, to get past that check
+      if (choice % 16 == 15 && m.shards_size() == 2)  // and the shard's size made to agree with it, to get past that check
         m.mutable_shards(before.file() == "shard_00000.bin" ? 0 : 1)
             ->set_bytes(m.tensors(i).offset() + m.tensors(i).length());
       break;

@@ -1,8 +1,13 @@
 // The memory estimate of a run (launch/config/memory_estimate.h) against what a real model, its
-// optimizer and one training step allocate, measured on the heap (glibc's mallinfo2), and the
-// refusal of a config that cannot fit.
+// optimizer and one training step allocate, measured on the heap (glibc's mallinfo2, or the
+// sanitizer's allocator, which replaces glibc's, in an AddressSanitizer build), and the refusal of a
+// config that cannot fit.
 #include <gtest/gtest.h>
 #include <malloc.h>
+#if defined(__SANITIZE_ADDRESS__)
+// The sanitizer runtime's allocator statistics (its public interface; Debian ships no header for it).
+extern "C" size_t __sanitizer_get_current_allocated_bytes();
+#endif
 
 #include <cstdio>
 #include <vector>
@@ -19,8 +24,12 @@ namespace moe {
 namespace {
 
 double heap_in_use() {
+#if defined(__SANITIZE_ADDRESS__)
+  return static_cast<double>(__sanitizer_get_current_allocated_bytes());
+#else
   const struct mallinfo2 m = mallinfo2();
   return static_cast<double>(m.uordblks + m.hblkhd);  // small blocks in use + mmap'd blocks
+#endif
 }
 
 // Heap growth from building the model and optimizer of cfg (one process, every expert local) to

@@ -144,7 +144,10 @@ Status check_manifest(const checkpoint::Manifest& m, uint32_t version, const std
               at + ".layer = " + str(usage.layer()) + "; layers are >= 0 and ascending");
     p.require(usage.tokens_size() == E, at + ".tokens has " + std::to_string(usage.tokens_size()) +
                                             " counts but layout.num_experts = " + str(E));
-    for (int64_t t : usage.tokens()) p.require(t >= 0, at + ".tokens has a negative count " + str(t));
+    // 2^53 tokens is beyond any run, and leaves the counters room to grow without overflowing.
+    constexpr int64_t kMaxCount = int64_t{1} << 53;
+    for (int64_t t : usage.tokens())
+      p.require(t >= 0 && t <= kMaxCount, at + ".tokens has the count " + str(t) + "; accepted: 0 to 2^53");
   }
   if (p.any()) return p.status();
 

@@ -121,12 +121,12 @@ int cmd_info(const Args& args) {
   }
   std::printf("expert usage (share of each MoE layer's kept tokens, whole run)\n");
   for (const checkpoint::ExpertUsage& u : m.expert_usage()) {
-    int64_t sum = 0;
-    for (int64_t t : u.tokens()) sum += t;
+    double sum = 0;  // a double: counts near 2^63 (a crafted checkpoint) must not overflow a sum
+    for (int64_t t : u.tokens()) sum += static_cast<double>(t);
     std::printf("  layer %lld:", static_cast<long long>(u.layer()));
     for (int e = 0; e < u.tokens_size(); ++e)
-      std::printf("  %d: %.3f", e, sum > 0 ? static_cast<double>(u.tokens(e)) / static_cast<double>(sum) : 0.0);
-    std::printf("   (%lld tokens)\n", static_cast<long long>(sum));
+      std::printf("  %d: %.3f", e, sum > 0 ? static_cast<double>(u.tokens(e)) / sum : 0.0);
+    std::printf("   (%.0f tokens)\n", sum);
   }
   return 0;
 }

@@ -79,14 +79,14 @@ std::vector<int64_t> experts_with_usage(const CheckpointData& data, double min_s
   std::vector<bool> keep(static_cast<size_t>(E), false);
   bool any = false;
   for (const checkpoint::ExpertUsage& u : data.header.expert_usage()) {
-    int64_t total = 0;
-    for (int64_t c : u.tokens()) total += c;
+    double total = 0;  // a double: counts near 2^63 (a crafted checkpoint) must not overflow a sum
+    for (int64_t c : u.tokens()) total += static_cast<double>(c);
     if (total <= 0) continue;
     MOE_REQUIRE(u.tokens_size() == E, "checkpoint '", data.dir, "' records usage of ", u.tokens_size(),
                 " experts for layer ", u.layer(), " but has ", E, " experts");
     any = true;
     for (int64_t e = 0; e < E; ++e)
-      if (static_cast<double>(u.tokens(e)) / static_cast<double>(total) >= min_share) keep[e] = true;
+      if (static_cast<double>(u.tokens(e)) / total >= min_share) keep[e] = true;
   }
   MOE_REQUIRE(any, "checkpoint '", data.dir, "' has no expert usage recorded; --min-usage needs it: use --keep IDS");
   std::vector<int64_t> out;
