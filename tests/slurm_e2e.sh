@@ -197,8 +197,9 @@ signal_resubmit)
   ;;
 time_limit)
   # Slurm checks time limits about every 30 s, so the signal comes 50 to about 80 s before the
-  # end; the run is long enough (about 3 minutes) not to finish first.
-  submit run.dir=d run.steps=6000 run.log_every=100 run.eval_every=0 checkpoint.every=1000 \
+  # end; the run is far longer than the 1-minute limit (6000 steps took under 30 s on an idle
+  # 2-core machine and finished before the signal), so only the signal can stop it.
+  submit run.dir=d run.steps=200000 run.log_every=1000 run.eval_every=0 checkpoint.every=1000 \
     scheduler.time_limit=00:01:00 scheduler.signal_seconds_before_end=50 scheduler.requeue=false
   id=$job_id
   grep -q "^#SBATCH --signal=B:USR1@50$" d/job.sbatch || fail "no --signal=B:USR1@50 in the script"
