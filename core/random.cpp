@@ -8,6 +8,12 @@ void fill_normal(Tensor& t, float std, uint64_t stream, uint64_t offset) {
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = std * standard_normal(stream, offset + i);
 }
 
+Tensor random_normal(const Shape& shape, float std, uint64_t stream, Device device, uint64_t offset) {
+  Tensor t = Tensor::empty(shape);
+  fill_normal(t, std, stream, offset);
+  return t.to(device);
+}
+
 void fill_uniform(Tensor& t, float lo, float hi, uint64_t stream, uint64_t offset) {
   float* p = t.f32();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = lo + (hi - lo) * uniform01(stream, offset + i);

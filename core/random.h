@@ -48,6 +48,9 @@ inline float standard_normal(uint64_t stream, uint64_t counter) {
 
 // t[i] = std * N(0,1) of counter (offset + i). CPU tensors only.
 void fill_normal(Tensor& t, float std, uint64_t stream, uint64_t offset = 0);
+// A new `shape` tensor on `device` holding what fill_normal writes: drawn on the host, so a weight
+// starts with the same values on every device.
+Tensor random_normal(const Shape& shape, float std, uint64_t stream, Device device, uint64_t offset = 0);
 // t[i] = lo + (hi - lo) * U[0,1) of counter (offset + i).
 void fill_uniform(Tensor& t, float lo, float hi, uint64_t stream, uint64_t offset = 0);
 

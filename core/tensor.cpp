@@ -138,6 +138,18 @@ void Tensor::resize(const Shape& shape) {
   *this = empty(shape, dtype_, device_);
 }
 
+void resize_on(Tensor& buffer, const Shape& shape, Device device, DType dtype) {
+  if (buffer.defined() && buffer.device() == device && buffer.dtype() == dtype)
+    buffer.resize(shape);
+  else
+    buffer = Tensor::empty(shape, dtype, device);
+}
+
+void resize_zeroed(Tensor& buffer, const Shape& shape, Device device) {
+  resize_on(buffer, shape, device);
+  buffer.zero();
+}
+
 Tensor Tensor::clone() const {
   if (!defined()) return Tensor();
   Tensor t = empty(shape_, dtype_, device_);
@@ -146,18 +158,20 @@ Tensor Tensor::clone() const {
 }
 
 void Tensor::copy_from(const Tensor& src) {
-  MOE_REQUIRE(src.shape() == shape_ && src.dtype() == dtype_ && src.device() == device_, "copy_from: source ",
-              to_string(src.shape()), " ", to_string(src.dtype()), " on ", to_string(src.device()),
-              " does not match ", to_string(shape_), " ", to_string(dtype_), " on ", to_string(device_));
-  device_ == Device::CPU ? cpu::copy_bytes(data_, src.data_, nbytes()) : cuda::copy_bytes(data_, src.data_, nbytes());
+  MOE_REQUIRE(src.shape() == shape_ && src.dtype() == dtype_, "copy_from: source ", to_string(src.shape()), " ",
+              to_string(src.dtype()), " does not match ", to_string(shape_), " ", to_string(dtype_));
+  if (src.device() == device_)
+    device_ == Device::CPU ? cpu::copy_bytes(data_, src.data_, nbytes()) : cuda::copy_bytes(data_, src.data_, nbytes());
+  else if (device_ == Device::CPU)  // one side is the host: the other device's backend copies across
+    cuda::copy_to_host(data_, src.data_, nbytes());
+  else
+    cuda::copy_from_host(data_, src.data_, nbytes());
 }
 
 Tensor Tensor::to(Device device) const {
   if (!defined() || device == device_) return *this;
   Tensor t = empty(shape_, dtype_, device);
-  // One side is the host: the other device's backend copies across.
-  if (device == Device::CPU) cuda::copy_to_host(t.data_, data_, nbytes());
-  else cuda::copy_from_host(t.data_, data_, nbytes());
+  t.copy_from(*this);
   return t;
 }
 

@@ -66,8 +66,9 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Deep copy, on the same device.
   Tensor clone() const;
-  // Copies src's elements into this tensor's (which may be a view): same shape, dtype and device,
-  // else InvalidArgument; the two must not overlap.
+  // Copies src's elements into this tensor's (which may be a view), across devices too: same shape
+  // and dtype, else InvalidArgument; the two must not overlap. A copy to or from a GPU waits for the
+  // GPU's earlier work.
   void copy_from(const Tensor& src);
   // This tensor on `device`: itself (sharing storage) when it is there already, else a copy.
   Tensor to(Device device) const;
@@ -93,6 +94,13 @@ class Tensor {
 };
 
 int64_t numel_of(const Shape& shape);
+
+// Makes `buffer` hold `shape` as Tensor::resize does, on `device` with `dtype`: an undefined buffer, or
+// one of another device or dtype, gets new storage. For a layer's kept scratch tensors, which live on
+// the device of the layer's input.
+void resize_on(Tensor& buffer, const Shape& shape, Device device, DType dtype = DType::F32);
+// resize_on (float32), then zero: for kept gradient buffers that a backward accumulates into.
+void resize_zeroed(Tensor& buffer, const Shape& shape, Device device);
 
 // Shape checks for op front-ends: throw InvalidArgument naming the op, the argument and the shapes.
 void require_shape(const char* op, const char* arg, const Tensor& t, const Shape& expected);

@@ -10,8 +10,8 @@ namespace moe {
 
 AdamW::AdamW(ParameterRegistry& registry, const OptimizerConfig& cfg) : Optimizer(registry, cfg) {
   for (const Parameter& p : registry_.all()) {
-    m_.push_back(Tensor::zeros(p.value.shape()));
-    v_.push_back(Tensor::zeros(p.value.shape()));
+    m_.push_back(Tensor::zeros(p.value.shape(), DType::F32, p.value.device()));
+    v_.push_back(Tensor::zeros(p.value.shape(), DType::F32, p.value.device()));
   }
 }
 

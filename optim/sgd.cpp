@@ -7,7 +7,8 @@
 namespace moe {
 
 Sgd::Sgd(ParameterRegistry& registry, const OptimizerConfig& cfg) : Optimizer(registry, cfg) {
-  for (const Parameter& p : registry_.all()) momentum_.push_back(Tensor::zeros(p.value.shape()));
+  for (const Parameter& p : registry_.all())
+    momentum_.push_back(Tensor::zeros(p.value.shape(), DType::F32, p.value.device()));
 }
 
 void Sgd::step(float lr) {

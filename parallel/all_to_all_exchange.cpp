@@ -25,6 +25,8 @@ class AllToAllExchange final : public ExpertExchange {
     }
     LapTimer timer;
     plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel.control);
+    plan_.to_expert_major = plan_.to_expert_major.to(stream_.device);  // made on the host, like the plan
+    plan_.to_source_major = plan_.to_source_major.to(stream_.device);
     timer.lap(&time.counts_exchange);
     return plan_.local_offset;
   }
@@ -35,10 +37,10 @@ class AllToAllExchange final : public ExpertExchange {
     if (!moves_rows()) return rows;
     LapTimer timer;
     const int64_t R = plan_.received_rows(), C = rows.dim(1);
-    source_major_.resize({R, C});
+    resize_on(source_major_, {R, C}, rows.device(), rows.dtype());
     all_to_all_v(*groups_.expert_parallel.data, rows, plan_.send_rows, source_major_, plan_.recv_rows, stream_);
     timer.lap(&time.token_exchange);
-    expert_rows.resize({R, C});
+    resize_on(expert_rows, {R, C}, rows.device(), rows.dtype());
     gather_rows(expert_rows, source_major_, plan_.to_expert_major);
     timer.lap(&time.permute);
     return expert_rows;
@@ -46,14 +48,14 @@ class AllToAllExchange final : public ExpertExchange {
 
   Tensor& expert_output(Tensor& rows, Tensor& expert_rows) override {
     if (!moves_rows()) return rows;
-    expert_rows.resize({plan_.received_rows(), rows.dim(1)});
+    resize_on(expert_rows, {plan_.received_rows(), rows.dim(1)}, rows.device(), rows.dtype());
     return expert_rows;
   }
 
   void from_experts(const Tensor& expert_rows, Tensor& rows, MoEPhaseTimes& time) override {
     if (!moves_rows()) return;
     LapTimer timer;
-    source_major_.resize(expert_rows.shape());
+    resize_on(source_major_, expert_rows.shape(), expert_rows.device(), expert_rows.dtype());
     gather_rows(source_major_, expert_rows, plan_.to_source_major);
     timer.lap(&time.permute);
     all_to_all_v(*groups_.expert_parallel.data, source_major_, plan_.recv_rows, rows, plan_.send_rows, stream_);

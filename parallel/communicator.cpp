@@ -43,6 +43,16 @@ int64_t row_bytes(const Communicator& comm, const Tensor& send, const std::vecto
 
 }  // namespace
 
+int64_t scalar_bytes(ScalarType type) {
+  switch (type) {
+    case ScalarType::F32: return 4;
+    case ScalarType::F64: return 8;
+    case ScalarType::I32: return 4;
+    case ScalarType::I64: return 8;
+  }
+  throw CommError(detail::concat("unknown ScalarType ", static_cast<int>(type)));
+}
+
 void all_reduce(Communicator& comm, Tensor& data, const Stream& stream, ReduceOp op) {
   const ScalarType type = reduce_type(data, stream);
   comm.all_reduce(data.data(), data.numel(), type, op, stream);

@@ -34,6 +34,7 @@ class CommError : public std::runtime_error {
 
 enum class ScalarType { F32, F64, I32, I64 };
 enum class ReduceOp { Sum, Max, Min };
+int64_t scalar_bytes(ScalarType type);  // 4 or 8
 
 // A collective started by a start_* call and not yet finished. Until wait() returns, its buffers must
 // be neither read nor written (the row counts are copied at the start). Destroying a pending request

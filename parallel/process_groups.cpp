@@ -3,6 +3,7 @@
 
 #include "core/check.h"
 #include "parallel/nccl/nccl_communicator.h"
+#include "parallel/staged_communicator.h"
 
 namespace moe {
 
@@ -31,8 +32,12 @@ namespace {
 // control's order (owned by `owned`).
 ProcessGroup with_data(Communicator& control, DataBackend backend, int gpu,
                        std::vector<std::unique_ptr<Communicator>>& owned) {
-  owned.push_back(backend == DataBackend::NCCL ? make_nccl_communicator(control, gpu)
-                                               : control.split(/*color=*/0, /*key=*/control.rank()));
+  if (backend == DataBackend::NCCL)
+    owned.push_back(make_nccl_communicator(control, gpu));
+  else if (gpu >= 0)
+    owned.push_back(make_staged_communicator(control.split(/*color=*/0, /*key=*/control.rank())));
+  else
+    owned.push_back(control.split(/*color=*/0, /*key=*/control.rank()));
   return ProcessGroup{&control, owned.back().get()};
 }
 }  // namespace

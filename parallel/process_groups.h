@@ -58,7 +58,8 @@ struct ProcessGroups {
 
 // Collective over `world` (which must outlive the result and serves as the world's control
 // communicator): validates the layout first, then splits the groups' communicators. Each data
-// communicator is, for DataBackend::MPI, a split communicator of its own; for DataBackend::NCCL, an
+// communicator is, for DataBackend::MPI, a split communicator of its own (staged through host memory,
+// parallel/staged_communicator.h, when the tensors live on GPU `gpu` >= 0); for DataBackend::NCCL, an
 // NCCL communicator over the group's control communicator on GPU `gpu` (make_nccl_communicator,
 // whose checks and errors apply: InvalidArgument in a build without NCCL or without the GPU).
 ProcessGroups make_process_groups(Communicator& world, int ep, int64_t num_experts,

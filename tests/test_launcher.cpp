@@ -426,9 +426,9 @@ TEST(DeviceSelection, RefusalNamesWhatTheBuildOrTheMachineLacks) {
   no_nccl.nccl_built = false;
   EXPECT_CONTAINS(device_refusal(nccl, no_nccl), "parallel.backend = nccl, but this build has no NCCL",
                   "parallel.backend = mpi");
-  // Everything present: refused until the trainer keeps its state on the GPU, and said so.
-  EXPECT_CONTAINS(device_refusal(cuda, gpus), "training on CUDA is not wired into the trainer yet");
-  EXPECT_CONTAINS(device_refusal(nccl, gpus), "training on CUDA is not wired into the trainer yet");
+  // Everything present: accepted.
+  EXPECT_EQ(device_refusal(cuda, gpus), "");
+  EXPECT_EQ(device_refusal(nccl, gpus), "");
 }
 
 }  // namespace

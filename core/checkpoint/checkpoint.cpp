@@ -335,7 +335,11 @@ Status CheckpointReader::read(const checkpoint::TensorEntry& e, Tensor& out) con
   if (e.dtype() != to_string(out.dtype()))
     return Status::invalid_argument("tensor '" + e.name() + "' has dtype " + e.dtype() + " in the checkpoint but " +
                                     to_string(out.dtype()) + " in this model");
-  return read(e, out.dtype() == DType::F32 ? static_cast<void*>(out.f32()) : static_cast<void*>(out.i32()));
+  if (out.device() == Device::CPU) return read(e, out.data());
+  Tensor host = Tensor::empty(out.shape(), out.dtype());  // a device tensor loads through the host
+  Status s = read(e, host.data());
+  if (s.ok()) out.copy_from(host);
+  return s;
 }
 
 std::vector<std::string> CheckpointReader::verify() const {

@@ -4,6 +4,7 @@
 #include <new>
 
 #include "core/backend.h"
+#include "core/check.h"
 
 namespace moe::cpu {
 
@@ -12,6 +13,8 @@ constexpr size_t kAlignment = 64;  // one cache line, and what AVX-512 loads pre
 }  // namespace
 
 int device_count() { return 1; }
+
+void use_device(int index) { MOE_REQUIRE(index == 0, "use_device: the CPU backend has one device, 0, not ", index); }
 
 void* allocate_bytes(int64_t bytes) {
   size_t n = (static_cast<size_t>(bytes) + kAlignment - 1) / kAlignment * kAlignment;

@@ -63,6 +63,13 @@ int device_count() {
   return count;
 }
 
+void use_device(int index) {
+  require_device("use_device");
+  MOE_REQUIRE(index >= 0 && index < device_count(), "use_device: GPU ", index, " does not exist; this process sees ",
+              device_count(), " (0 to ", device_count() - 1, ")");
+  MOE_CUDA_CHECK("use_device", cudaSetDevice(index));
+}
+
 void* allocate_bytes(int64_t bytes) {
   require_device("allocate_bytes");
   void* p = nullptr;

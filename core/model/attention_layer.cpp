@@ -11,13 +11,6 @@
 
 namespace moe {
 
-namespace {
-void zeroed(Tensor& buffer, const Shape& shape) {
-  buffer.resize(shape);
-  buffer.zero();
-}
-}  // namespace
-
 void AttentionConfig::validate() const {
   MOE_REQUIRE(d_model >= 1, "attention: d_model = ", d_model, " must be >= 1");
   MOE_REQUIRE(n_heads >= 1 && d_model % n_heads == 0, "attention: n_heads = ", n_heads,
@@ -33,15 +26,16 @@ void AttentionConfig::validate() const {
               " must be finite and > 0");
 }
 
-AttentionLayer::AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name) : cfg_(cfg) {
+AttentionLayer::AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name, Device device)
+    : cfg_(cfg) {
   cfg_.validate();
   const int64_t d = cfg_.d_model;
-  weights.w_qkv = Tensor::empty({d, 3 * d});
-  weights.w_out = Tensor::empty({d, d});
-  fill_normal(weights.w_qkv, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWQkv)));
-  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)));
-  grads.w_qkv = Tensor::zeros(weights.w_qkv.shape());
-  grads.w_out = Tensor::zeros(weights.w_out.shape());
+  weights.w_qkv =
+      random_normal({d, 3 * d}, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWQkv)), device);
+  weights.w_out =
+      random_normal({d, d}, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)), device);
+  grads.w_qkv = Tensor::zeros(weights.w_qkv.shape(), DType::F32, device);
+  grads.w_out = Tensor::zeros(weights.w_out.shape(), DType::F32, device);
 }
 
 void AttentionLayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
@@ -50,10 +44,11 @@ void AttentionLayer::register_parameters(ParameterRegistry& registry, const std:
 }
 
 void AttentionLayer::make_split_indices(int64_t N) {
+  const Device device = weights.w_qkv.device();
   if (index_q_.defined() && index_q_.dim(0) == N) return;
-  index_q_ = Tensor::empty({N}, DType::I32);
-  index_k_ = Tensor::empty({N}, DType::I32);
-  index_v_ = Tensor::empty({N}, DType::I32);
+  index_q_ = Tensor::empty({N}, DType::I32, device);
+  index_k_ = Tensor::empty({N}, DType::I32, device);
+  index_v_ = Tensor::empty({N}, DType::I32, device);
   index_ramp(index_q_, 0, 3, N);  // 3n, 3n + 1, 3n + 2: see forward
   index_ramp(index_k_, 1, 3, N);
   index_ramp(index_v_, 2, 3, N);
@@ -70,13 +65,14 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
   x_ = x;
   make_split_indices(N);
 
-  qkv_.resize({N, 3 * d});
+  const Device device = x.device();
+  resize_on(qkv_, {N, 3 * d}, device);
   linear_forward(qkv_, x, weights.w_qkv, nullptr);  // (N, 3d)
   // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
   const Tensor qkv_rows = qkv_.reshape({3 * N, d});
-  q_.resize({N, d});
-  k_.resize({N, d});
-  v_.resize({N, d});
+  resize_on(q_, {N, d}, device);
+  resize_on(k_, {N, d}, device);
+  resize_on(v_, {N, d}, device);
   gather_rows(q_, qkv_rows, index_q_);
   gather_rows(k_, qkv_rows, index_k_);
   gather_rows(v_, qkv_rows, index_v_);
@@ -84,8 +80,8 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
     rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
     rotary_forward(k_, k_, H, S, cfg_.rope_theta);
   }
-  probs_.resize({N / S, H, S, S});
-  attn_.resize({N, d});
+  resize_on(probs_, {N / S, H, S, S}, device);
+  resize_on(attn_, {N, d}, device);
   causal_attention_forward(attn_, probs_, q_, k_, v_, H, S);
   linear_forward(y, attn_, weights.w_out, nullptr);  // (N, d)
 }
@@ -95,18 +91,19 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "AttentionLayer::backward called before forward");
   const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
   require_shape("AttentionLayer::backward", "dy", dy, {N, d});
+  const Device device = dy.device();
 
-  zeroed(d_attn_, {N, d});
+  resize_zeroed(d_attn_, {N, d}, device);
   linear_backward(&d_attn_, &grads.w_out, nullptr, dy, attn_, weights.w_out);
-  zeroed(dq_, {N, d});
-  zeroed(dk_, {N, d});
-  zeroed(dv_, {N, d});
+  resize_zeroed(dq_, {N, d}, device);
+  resize_zeroed(dk_, {N, d}, device);
+  resize_zeroed(dv_, {N, d}, device);
   causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, probs_, H, S);
 
-  zeroed(dqkv_, {N, 3 * d});
+  resize_zeroed(dqkv_, {N, 3 * d}, device);
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});
   if (cfg_.rotary) {
-    zeroed(d_pre_, {N, d});
+    resize_zeroed(d_pre_, {N, d}, device);
     rotary_backward(d_pre_, dq_, H, S, cfg_.rope_theta);
     scatter_add_rows(dqkv_rows, d_pre_, index_q_);
     d_pre_.zero();

@@ -35,8 +35,9 @@ struct AttentionWeights {
 class AttentionLayer {
  public:
   // Validates cfg; draws w_qkv and w_out from the counter-based streams (seed, "<name>.w_qkv") and
-  // (seed, "<name>.w_out"), so every rank with the same seed and name gets the same weights.
-  AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name);
+  // (seed, "<name>.w_out"), so every rank with the same seed and name gets the same weights. Weights,
+  // gradients and activations live on `device`; forward takes x there.
+  AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const std::string& name, Device device = Device::CPU);
 
   // x (B*S, d) -> y (B*S, d), overwritten; y must not be x. The rows are B sequences of S = seq_len
   // tokens, row b*S + s being position s of sequence b. Keeps a reference to x for backward: leave

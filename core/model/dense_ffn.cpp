@@ -19,14 +19,15 @@ void DenseFFNConfig::validate() const {
               " must be finite and > 0");
 }
 
-DenseFFN::DenseFFN(const DenseFFNConfig& cfg, uint64_t seed, const std::string& name) : cfg_(cfg) {
+DenseFFN::DenseFFN(const DenseFFNConfig& cfg, uint64_t seed, const std::string& name, Device device)
+    : cfg_(cfg) {
   cfg_.validate();
-  weights.w_in = Tensor::empty({cfg_.d_model, cfg_.in_cols()});
-  weights.w_out = Tensor::empty({cfg_.hidden, cfg_.d_model});
-  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWIn)));
-  fill_normal(weights.w_out, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)));
-  grads.w_in = Tensor::zeros(weights.w_in.shape());
-  grads.w_out = Tensor::zeros(weights.w_out.shape());
+  weights.w_in = random_normal({cfg_.d_model, cfg_.in_cols()}, cfg_.init_std,
+                               stream_id(seed, names::tensor_name(name, names::kWIn)), device);
+  weights.w_out = random_normal({cfg_.hidden, cfg_.d_model}, cfg_.out_init_std,
+                                stream_id(seed, names::tensor_name(name, names::kWOut)), device);
+  grads.w_in = Tensor::zeros(weights.w_in.shape(), DType::F32, device);
+  grads.w_out = Tensor::zeros(weights.w_out.shape(), DType::F32, device);
 }
 
 void DenseFFN::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
@@ -39,8 +40,8 @@ void DenseFFN::forward(Tensor& y, const Tensor& x) {
   require_rank("DenseFFN::forward", "x", x, 2);
   const int64_t N = x.dim(0);
   x_ = x;
-  pre_.resize({N, cfg_.in_cols()});
-  act_.resize({N, cfg_.hidden});
+  resize_on(pre_, {N, cfg_.in_cols()}, x.device());
+  resize_on(act_, {N, cfg_.hidden}, x.device());
   linear_forward(pre_, x, weights.w_in, nullptr);
   switch (cfg_.activation) {
     case Activation::ReLU: relu_forward(act_, pre_); break;
@@ -54,10 +55,10 @@ void DenseFFN::forward(Tensor& y, const Tensor& x) {
 void DenseFFN::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "DenseFFN::backward called before forward");
   const int64_t N = x_.dim(0);
-  dact_.resize({N, cfg_.hidden});
+  resize_on(dact_, {N, cfg_.hidden}, dy.device());
   dact_.zero();
   linear_backward(&dact_, &grads.w_out, nullptr, dy, act_, weights.w_out);
-  dpre_.resize({N, cfg_.in_cols()});
+  resize_on(dpre_, {N, cfg_.in_cols()}, dy.device());
   dpre_.zero();
   switch (cfg_.activation) {
     case Activation::ReLU: relu_backward(dpre_, dact_, pre_); break;

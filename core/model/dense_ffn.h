@@ -33,7 +33,8 @@ struct FFNWeights {
 class DenseFFN {
  public:
   // Validates cfg; draws w_in and w_out from the streams (seed, "<name>.w_in") and (seed, "<name>.w_out").
-  DenseFFN(const DenseFFNConfig& cfg, uint64_t seed, const std::string& name);
+  // Weights, gradients and activations live on `device`; forward takes x there.
+  DenseFFN(const DenseFFNConfig& cfg, uint64_t seed, const std::string& name, Device device = Device::CPU);
 
   // x (N, d) -> y (N, d), overwritten; y must not be x. Keeps a reference to x for backward: leave
   // it unchanged until then.

@@ -9,15 +9,15 @@
 
 namespace moe {
 
-NormLayer::NormLayer(NormKind kind, int64_t d_model, float eps) : kind_(kind), eps_(eps) {
+NormLayer::NormLayer(NormKind kind, int64_t d_model, float eps, Device device) : kind_(kind), eps_(eps) {
   MOE_REQUIRE(d_model >= 1, "NormLayer: d_model = ", d_model, " must be >= 1");
   MOE_REQUIRE(std::isfinite(eps) && eps >= 0.f, "NormLayer: eps = ", eps, " must be finite and >= 0");
-  weights.g = Tensor::empty({d_model});
+  weights.g = Tensor::empty({d_model}, DType::F32, device);
   weights.g.fill(1.f);
-  grads.g = Tensor::zeros({d_model});
+  grads.g = Tensor::zeros({d_model}, DType::F32, device);
   if (kind_ == NormKind::LayerNorm) {
-    weights.b = Tensor::zeros({d_model});
-    grads.b = Tensor::zeros({d_model});
+    weights.b = Tensor::zeros({d_model}, DType::F32, device);
+    grads.b = Tensor::zeros({d_model}, DType::F32, device);
   }
 }
 
@@ -32,11 +32,11 @@ void NormLayer::register_parameters(ParameterRegistry& registry, const std::stri
 void NormLayer::forward(Tensor& y, const Tensor& x) {
   require_rank("NormLayer::forward", "x", x, 2);
   x_ = x;
-  rstd_.resize({x.dim(0)});
+  resize_on(rstd_, {x.dim(0)}, x.device());
   if (kind_ == NormKind::RMSNorm) {
     rmsnorm_forward(y, rstd_, x, weights.g, eps_);
   } else {
-    mean_.resize({x.dim(0)});
+    resize_on(mean_, {x.dim(0)}, x.device());
     layernorm_forward(y, mean_, rstd_, x, weights.g, weights.b, eps_);
   }
 }

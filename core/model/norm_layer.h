@@ -20,7 +20,7 @@ struct NormWeights {
 class NormLayer {
  public:
   // Throws InvalidArgument when d_model < 1 or eps is not finite and >= 0.
-  NormLayer(NormKind kind, int64_t d_model, float eps = 1e-5f);
+  NormLayer(NormKind kind, int64_t d_model, float eps = 1e-5f, Device device = Device::CPU);
 
   // x (N, d) -> y (N, d), overwritten; y must not be x. Keeps a reference to x (its storage, not a
   // copy) for backward: leave x unchanged until then.

@@ -8,17 +8,13 @@
 
 #include "core/check.h"
 #include "core/ops.h"
+#include "core/optim_ops.h"
 #include "core/parameter_names.h"
 #include "core/random.h"
 
 namespace moe {
 
 namespace {
-
-void zeroed(Tensor& buffer, const Shape& shape) {
-  buffer.resize(shape);
-  buffer.zero();
-}
 
 // Parameters of a NormLayer of width d.
 int64_t norm_params(const TransformerConfig& cfg) {
@@ -73,9 +69,9 @@ int64_t TransformerConfig::active_params_per_token() const { return count_params
 // ---- construction ----
 
 TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed,
-                            const ExpertExchangeFactory& make_exchange)
-    : norm1(cfg.norm, cfg.d_model, cfg.norm_eps),
-      norm2(cfg.norm, cfg.d_model, cfg.norm_eps),
+                            const ExpertExchangeFactory& make_exchange, Device device)
+    : norm1(cfg.norm, cfg.d_model, cfg.norm_eps, device),
+      norm2(cfg.norm, cfg.d_model, cfg.norm_eps, device),
       attn(
           [&] {
             AttentionConfig ac;
@@ -88,7 +84,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
             ac.out_init_std = cfg.init_std / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
             return ac;
           }(),
-          seed, names::layer_part(layer, names::kAttn)) {
+          seed, names::layer_part(layer, names::kAttn), device) {
   const float out_scale = 1.f / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
   if (!cfg.is_moe_layer(layer)) {
     DenseFFNConfig f;
@@ -97,14 +93,13 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.dense_activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
-    ffn = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kFfn));
+    ffn = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kFfn), device);
     return;
   }
   moe = std::make_unique<MoELayer>(cfg.moe_layer_config(), stream_id(seed, names::layer_part(layer, names::kMoE)),
-                                  make_exchange ? make_exchange() : nullptr);
+                                  make_exchange ? make_exchange() : nullptr, device);
   // The experts' output projections write into the residual stream like every w_out: same scaling.
-  float* w = moe->weights.w_out.f32();
-  for (int64_t i = 0; i < moe->weights.w_out.numel(); ++i) w[i] *= out_scale;
+  scale_in_place(moe->weights.w_out, out_scale);
   if (cfg.moe.shared_experts > 0) {
     DenseFFNConfig f;
     f.d_model = cfg.d_model;
@@ -112,31 +107,31 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.moe.activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
-    shared = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kShared));
+    shared = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kShared), device);
   }
 }
 
-TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange)
+TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange,
+                             Device device)
     : cfg_([&] {
         cfg.validate();
         return cfg;
       }()),
-      final_norm_(cfg.norm, cfg.d_model, cfg.norm_eps) {
+      device_(device),
+      final_norm_(cfg.norm, cfg.d_model, cfg.norm_eps, device) {
   cfg_.moe = cfg_.moe_layer_config();
   const int64_t V = cfg_.vocab_size, d = cfg_.d_model;
-  weights.embedding = Tensor::empty({V, d});
-  fill_normal(weights.embedding, cfg_.init_std, stream_id(seed, names::kEmbedding));
-  grads.embedding = Tensor::zeros({V, d});
+  weights.embedding = random_normal({V, d}, cfg_.init_std, stream_id(seed, names::kEmbedding), device);
+  grads.embedding = Tensor::zeros({V, d}, DType::F32, device);
   if (cfg_.positions == PositionKind::Learned) {
-    weights.positions = Tensor::empty({cfg_.seq_len, d});
-    fill_normal(weights.positions, cfg_.init_std, stream_id(seed, names::kPositions));
-    grads.positions = Tensor::zeros({cfg_.seq_len, d});
+    weights.positions = random_normal({cfg_.seq_len, d}, cfg_.init_std, stream_id(seed, names::kPositions), device);
+    grads.positions = Tensor::zeros({cfg_.seq_len, d}, DType::F32, device);
   }
-  for (int64_t i = 0; i < cfg_.n_layers; ++i) blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange));
+  for (int64_t i = 0; i < cfg_.n_layers; ++i)
+    blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange, device));
   if (!cfg_.tie_embeddings) {
-    weights.head = Tensor::empty({d, V});
-    fill_normal(weights.head, cfg_.init_std, stream_id(seed, names::kHead));
-    grads.head = Tensor::zeros({d, V});
+    weights.head = random_normal({d, V}, cfg_.init_std, stream_id(seed, names::kHead), device);
+    grads.head = Tensor::zeros({d, V}, DType::F32, device);
   }
 }
 
@@ -169,18 +164,19 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   MOE_REQUIRE(N % S == 0, op, ": inputs has ", N, " tokens, expected whole sequences of seq_len = ", S);
   require_shape(op, "targets", targets, {N});
   require_dtype(op, "targets", targets, DType::I32);
+  require_same_device(op, {&inputs, &targets, &weights.embedding});
   forward_done_ = false;  // until this forward completes: a forward that throws leaves no backward
   inputs_ = inputs;
   targets_ = targets;
 
-  h0_.resize({N, d});
+  resize_on(h0_, {N, d}, device_);
   embedding_forward(h0_, inputs, weights.embedding);
   if (cfg_.positions == PositionKind::Learned) {
     if (!position_ids_.defined() || position_ids_.dim(0) != N) {
-      position_ids_ = Tensor::empty({N}, DType::I32);
+      position_ids_ = Tensor::empty({N}, DType::I32, device_);
       index_ramp(position_ids_, 0, 1, S);  // position of token n: n mod seq_len
     }
-    position_rows_.resize({N, d});
+    resize_on(position_rows_, {N, d}, device_);
     embedding_forward(position_rows_, position_ids_, weights.positions);
     add_scaled(h0_, position_rows_, 1.f);
   }
@@ -188,10 +184,10 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& blk = *blocks_[i];
     const Tensor& x = block_input(i);
-    blk.a.resize({N, d});
-    blk.r.resize({N, d});
-    blk.b.resize({N, d});
-    blk.out.resize({N, d});
+    resize_on(blk.a, {N, d}, device_);
+    resize_on(blk.r, {N, d}, device_);
+    resize_on(blk.b, {N, d}, device_);
+    resize_on(blk.out, {N, d}, device_);
     blk.norm1.forward(blk.a, x);
     blk.attn.forward(blk.r, blk.a);
     add_scaled(blk.r, x, 1.f);  // r = x + attn(norm1(x))
@@ -199,7 +195,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     if (blk.moe) {
       blk.moe->forward(blk.out, blk.b, training);
       if (blk.shared) {
-        blk.shared_out.resize({N, d});
+        resize_on(blk.shared_out, {N, d}, device_);
         blk.shared->forward(blk.shared_out, blk.b);
         add_scaled(blk.out, blk.shared_out, 1.f);
       }
@@ -209,14 +205,14 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     add_scaled(blk.out, blk.r, 1.f);  // out = r + ffn(norm2(r))
   }
 
-  z_.resize({N, d});
+  resize_on(z_, {N, d}, device_);
   final_norm_.forward(z_, block_input(blocks_.size()));
-  logits_.resize({N, V});
+  resize_on(logits_, {N, V}, device_);
   if (cfg_.tie_embeddings)
     linear_transposed_forward(logits_, z_, weights.embedding);  // z E^T
   else
     linear_forward(logits_, z_, weights.head, nullptr);
-  probs_.resize({N, V});
+  resize_on(probs_, {N, V}, device_);
   const float loss = cross_entropy_forward(probs_, logits_, targets);
   forward_done_ = true;
   return loss;
@@ -228,19 +224,19 @@ void TransformerLM::backward() {
   Tensor& dlogits = logits_;  // the logits are not needed any more: reuse their (N, V) buffer
   dlogits.zero();
   cross_entropy_backward(dlogits, probs_, targets_, 1.f);
-  zeroed(dz_, {N, d});
+  resize_zeroed(dz_, {N, d}, device_);
   if (cfg_.tie_embeddings)
     linear_transposed_backward(&dz_, &grads.embedding, dlogits, z_, weights.embedding);  // += head part
   else
     linear_backward(&dz_, &grads.head, nullptr, dlogits, z_, weights.head);
-  zeroed(dh_, {N, d});
+  resize_zeroed(dh_, {N, d}, device_);
   final_norm_.backward(dh_, dz_);
 
   // dh_ holds dL/d(block output); each step turns it into dL/d(block input) in place: the residual
   // carries it through unchanged and the branches' input gradients are added to it.
   for (size_t i = blocks_.size(); i-- > 0;) {
     Block& blk = *blocks_[i];
-    zeroed(dbranch_, {N, d});  // dL/db
+    resize_zeroed(dbranch_, {N, d}, device_);  // dL/db
     if (blk.moe) {
       blk.moe->backward(dbranch_, dh_);
       if (blk.shared) blk.shared->backward(dbranch_, dh_);

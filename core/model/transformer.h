@@ -50,9 +50,12 @@ class TransformerLM {
   // (norm gains 1, biases 0), so every rank draws identical dense weights and expert e's weights
   // wherever it lives. Each MoE layer gets its own exchange from make_exchange (empty: one process
   // holding every expert; parallel/all_to_all_exchange.h spreads them over an expert-parallel group).
-  TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange = {});
+  // Weights are drawn on the host and moved to `device`, where the weights, gradients, optimizer-facing
+  // state and activations live: a model gets the same initial weights on every device.
+  TransformerLM(const TransformerConfig& cfg, uint64_t seed, const ExpertExchangeFactory& make_exchange = {},
+                Device device = Device::CPU);
 
-  // inputs, targets (B*S) int32, sequence-major (row b*S + s is position s of sequence b); inputs in
+  // inputs, targets (B*S) int32 on device(), sequence-major (row b*S + s is position s of sequence b); inputs in
   // [0, V), targets in [0, V) or -1 (ignored). Returns the mean cross-entropy over non-ignored targets;
   // the MoE layers' auxiliary losses are aux_loss() and z_loss(). training = false runs the MoE layers
   // with their evaluation capacity factor and without router jitter. Keeps references to inputs and
@@ -72,6 +75,7 @@ class TransformerLM {
   void register_parameters(ParameterRegistry& registry);
 
   const TransformerConfig& config() const { return cfg_; }
+  Device device() const { return device_; }
 
   // Sums over the MoE layers of stats().aux_loss and stats().z_loss of the last forward (already
   // multiplied by their coefficients).
@@ -108,7 +112,8 @@ class TransformerLM {
 
  private:
   struct Block {
-    Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ExpertExchangeFactory& make_exchange);
+    Block(const TransformerConfig& cfg, int64_t layer, uint64_t seed, const ExpertExchangeFactory& make_exchange,
+          Device device);
     NormLayer norm1, norm2;
     AttentionLayer attn;
     std::unique_ptr<DenseFFN> ffn;     // dense layers
@@ -124,6 +129,7 @@ class TransformerLM {
   const Tensor& block_input(size_t i) const { return i == 0 ? h0_ : blocks_[i - 1]->out; }
 
   TransformerConfig cfg_;
+  Device device_;
   std::vector<std::unique_ptr<Block>> blocks_;
   NormLayer final_norm_;
 

@@ -22,6 +22,7 @@ struct DispatchPlan {
   std::vector<int64_t> routed;  // (E) choices that picked expert e, before dropping
   std::vector<int64_t> kept;    // (E) choices expert e keeps: min(routed, C)
   std::vector<int64_t> offset;  // (E + 1) first row of expert e's segment; offset[E] = rows in all
+  // Made on the host; the MoE layer moves these two to its device (the counts above stay host values).
   Tensor source_token;          // (M) int32: the token permuted row m came from (M = offset[E])
   Tensor slot;                  // (T, k) int32: permuted row of choice (t, j), -1 when dropped
 

@@ -43,8 +43,8 @@ void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const
                      const Tensor& w_in, const Tensor& w_out, Activation activation) {
   check_layout(x, offset, w_in, w_out);
   const int64_t M = x.dim(0), E = w_in.dim(0), in_cols = w_in.dim(2), h = w_out.dim(1);
-  saved.pre.resize({M, in_cols});
-  saved.act.resize({M, h});
+  resize_on(saved.pre, {M, in_cols}, x.device());
+  resize_on(saved.act, {M, h}, x.device());
   for (int64_t e = 0; e < E; ++e) {
     if (offset[e] == offset[e + 1]) continue;
     Tensor pre_e = saved.pre.rows(offset[e], offset[e + 1]);
@@ -64,7 +64,7 @@ void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& d
   check_layout(x, offset, w_in, w_out);
   const int64_t M = x.dim(0), E = w_in.dim(0), in_cols = w_in.dim(2), h = w_out.dim(1);
   Tensor& dact = saved.dact;
-  dact.resize({M, h});
+  resize_on(dact, {M, h}, x.device());
   dact.zero();
   for (int64_t e = 0; e < E; ++e) {
     if (offset[e] == offset[e + 1]) continue;
@@ -74,7 +74,7 @@ void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& d
                     saved.act.rows(offset[e], offset[e + 1]), expert_matrix(w_out, e));
   }
   Tensor& dpre = saved.dpre;
-  dpre.resize({M, in_cols});
+  resize_on(dpre, {M, in_cols}, x.device());
   dpre.zero();
   activation_backward(dpre, dact, saved.pre, activation);
   for (int64_t e = 0; e < E; ++e) {

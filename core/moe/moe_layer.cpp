@@ -21,14 +21,9 @@ void require_finite(const Tensor& x) {
   throw InvalidArgument(detail::concat("MoE layer input x has a non-finite value (", value, ") at token ", token,
                                        ", column ", column, "; inputs must be finite"));
 }
-// Resizes a kept scratch buffer and zeroes it, for gradients that are accumulated into.
-void zeroed(Tensor& buffer, const Shape& shape) {
-  buffer.resize(shape);
-  buffer.zero();
-}
 }  // namespace
 
-MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange)
+MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange, Device device)
     : cfg_(cfg), seed_(seed), exchange_(std::move(exchange)) {
   cfg_.validate();
   const int64_t d = cfg_.d_model, E = cfg_.num_experts, h = cfg_.expert_hidden, in_cols = cfg_.expert_in_cols();
@@ -36,18 +31,16 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
   MOE_REQUIRE(exchange_->num_experts() == E, "the expert exchange was built for ", exchange_->num_experts(),
               " experts, but the MoE layer has num_experts = ", E);
   const int64_t first = first_expert(), local = local_experts();
-  weights.w_gate = Tensor::empty({d, E});
-  weights.w_in = Tensor::empty({local, d, in_cols});
-  weights.w_out = Tensor::empty({local, h, d});
-  fill_normal(weights.w_gate, cfg_.init_std, stream_id(seed, names::kWGate));
+  weights.w_gate = random_normal({d, E}, cfg_.init_std, stream_id(seed, names::kWGate), device);
   // Offsetting the stream by the first local expert's elements gives expert e the same values on
   // whichever rank holds it.
-  fill_normal(weights.w_in, cfg_.init_std, stream_id(seed, names::kWIn), first * d * in_cols);
-  fill_normal(weights.w_out, cfg_.init_std, stream_id(seed, names::kWOut), first * h * d);
-  grads.w_gate = Tensor::zeros(weights.w_gate.shape());
-  grads.w_in = Tensor::zeros(weights.w_in.shape());
-  grads.w_out = Tensor::zeros(weights.w_out.shape());
-  selection_bias = Tensor::zeros({E});
+  weights.w_in =
+      random_normal({local, d, in_cols}, cfg_.init_std, stream_id(seed, names::kWIn), device, first * d * in_cols);
+  weights.w_out = random_normal({local, h, d}, cfg_.init_std, stream_id(seed, names::kWOut), device, first * h * d);
+  grads.w_gate = Tensor::zeros(weights.w_gate.shape(), DType::F32, device);
+  grads.w_in = Tensor::zeros(weights.w_in.shape(), DType::F32, device);
+  grads.w_out = Tensor::zeros(weights.w_out.shape(), DType::F32, device);
+  selection_bias = Tensor::zeros({E}, DType::F32, device);
 }
 
 void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
@@ -63,6 +56,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   require_shape("MoELayer::forward", "y", y, x.shape());
   require_finite(x);
   const int64_t T = x.dim(0), d = cfg_.d_model, E = cfg_.num_experts;
+  const Device device = x.device();
   x_ = x;
   MoEPhaseTimes& time = stats_.forward_time;
   time = MoEPhaseTimes{};
@@ -77,17 +71,20 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.
   const double factor = training ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
   const int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
-  // The plan is made on the host: this layer call's one device-to-host copy (a no-op on the CPU).
+  // The plan is made on the host: this layer call's one device-to-host copy (a no-op on the CPU); its
+  // index tensors go back to the device.
   plan_ = make_dispatch_plan(router_.expert.to(Device::CPU), router_.probs.to(Device::CPU), E, capacity,
                              cfg_.drop_policy);
+  plan_.source_token = plan_.source_token.to(device);
+  plan_.slot = plan_.slot.to(device);
   const int64_t M = plan_.num_kept();
-  x_perm_.resize({M, d});
+  resize_on(x_perm_, {M, d}, device);
   gather_rows(x_perm_, x, plan_.source_token);
   timer.lap(&time.permute);
 
   expert_offset_ = &exchange_->plan(plan_, time);
   expert_in_ = &exchange_->to_experts(x_perm_, x_local_, time);
-  expert_out_.resize({M, d});
+  resize_on(expert_out_, {M, d}, device);
   Tensor& y_experts = exchange_->expert_output(expert_out_, y_local_);
   timer.skip();  // the exchange timed itself
   experts_forward(y_experts, activations_, *expert_in_, *expert_offset_, weights.w_in, weights.w_out,
@@ -118,19 +115,20 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   require_shape("MoELayer::backward", "dx", dx, x_.shape());
   const int64_t T = x_.dim(0), d = cfg_.d_model, E = cfg_.num_experts, k = cfg_.top_k;
   const int64_t M = plan_.num_kept();
+  const Device device = dy.device();
   MoEPhaseTimes& time = stats_.backward_time;
   time = MoEPhaseTimes{};
   LapTimer timer;
 
-  zeroed(d_expert_out_, {M, d});
-  zeroed(dweight_, {T, k});
+  resize_zeroed(d_expert_out_, {M, d}, device);
+  resize_zeroed(dweight_, {T, k}, device);
   combine_backward(&d_expert_out_, &dweight_, dy, expert_out_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
   // The forward's two directions swap roles: output gradients travel to the experts, input
   // gradients travel back.
   const Tensor& d_experts = exchange_->to_experts(d_expert_out_, d_local_, time);
-  dx_perm_.resize({M, d});
+  resize_on(dx_perm_, {M, d}, device);
   Tensor& dx_experts = exchange_->expert_output(dx_perm_, dx_local_);
   timer.skip();
   dx_experts.zero();
@@ -147,8 +145,8 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   // global loss's gradient scaled by the world size.
   const bool global_scope = cfg_.aux_loss_scope == AuxLossScope::Global;
   const double aux_dloss = global_scope ? static_cast<double>(balance_.ranks) : 1.0;
-  zeroed(dprobs_, {T, E});
-  zeroed(dlogits_, {T, E});
+  resize_zeroed(dprobs_, {T, E}, device);
+  resize_zeroed(dlogits_, {T, E}, device);
   load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_weight(), aux_dloss);
   z_loss_backward(dlogits_, router_.logits, router_.probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
   timer.lap(&time.losses);

@@ -48,8 +48,10 @@ class MoELayer {
   // N(0, cfg.init_std) from counter-based streams of `seed`, so expert e's weights depend only on
   // (seed, e) whichever rank holds it. exchange == nullptr: one process holding every expert
   // (LocalExpertExchange); otherwise this rank holds the exchange's experts, and the exchange must
-  // be for cfg.num_experts experts.
-  MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange = nullptr);
+  // be for cfg.num_experts experts. Weights, gradients, selection_bias and activations live on
+  // `device`; forward takes x there.
+  MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange = nullptr,
+           Device device = Device::CPU);
 
   // x (T, d) -> y (T, d) = sum over kept choices of weight * expert output. The residual path is the
   // caller's. T may be 0. The layer keeps a reference to x (no copy): x must stay unchanged until

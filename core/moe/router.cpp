@@ -8,19 +8,20 @@ namespace moe {
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
                     bool training, uint64_t jitter_stream, int64_t token_offset, const Tensor* selection_bias) {
   const int64_t T = x.dim(0), d = x.dim(1), E = cfg.num_experts, k = cfg.top_k;
+  const Device device = x.device();
   if (training && cfg.jitter_eps > 0.f) {
-    out.jitter = Tensor::empty({T, d});
-    out.x_routed = Tensor::empty({T, d});
+    out.jitter = Tensor::empty({T, d}, DType::F32, device);
+    out.x_routed = Tensor::empty({T, d}, DType::F32, device);
     jitter_forward(out.x_routed, out.jitter, x, cfg.jitter_eps, jitter_stream,
                    static_cast<uint64_t>(token_offset * d));
   } else {
     out.jitter = Tensor();
     out.x_routed = x;
   }
-  out.logits = Tensor::empty({T, E});
-  out.probs = Tensor::empty({T, E});
-  out.expert = Tensor::empty({T, k}, DType::I32);
-  out.weight = Tensor::empty({T, k});
+  out.logits = Tensor::empty({T, E}, DType::F32, device);
+  out.probs = Tensor::empty({T, E}, DType::F32, device);
+  out.expert = Tensor::empty({T, k}, DType::I32, device);
+  out.weight = Tensor::empty({T, k}, DType::F32, device);
   linear_forward(out.logits, out.x_routed, w_gate, nullptr);
   softmax_forward(out.probs, out.logits);
   topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias);
@@ -36,7 +37,7 @@ void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogit
   }
   // The router saw x * jitter, so its input gradient reaches x multiplied by the same noise.
   if (dx != nullptr) {
-    Tensor dx_routed = Tensor::zeros(saved.x_routed.shape());
+    Tensor dx_routed = Tensor::zeros(saved.x_routed.shape(), DType::F32, saved.x_routed.device());
     linear_backward(&dx_routed, dw_gate, nullptr, dlogits, saved.x_routed, w_gate);
     jitter_backward(*dx, dx_routed, saved.jitter);
   } else {

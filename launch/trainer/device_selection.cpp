@@ -28,10 +28,6 @@ std::string device_refusal(const TrainConfig& cfg, const RankHardware& hw) {
   if (cfg.parallel.backend == DataBackend::NCCL && !hw.nccl_built)
     return "parallel.backend = nccl, but this build has no NCCL (built without the CUDA toolkit or NCCL, or with "
            "-DMOE_NCCL=OFF); rebuild with NCCL, or use parallel.backend = mpi";
-  if (cfg.run.device == Device::CUDA)
-    return "training on CUDA is not wired into the trainer yet: the CUDA ops, the NCCL communicator and the device "
-           "checks exist, but the model, its optimizer state and checkpoints are still allocated on the host; use "
-           "run.device = cpu";
   return "";
 }
 
@@ -46,7 +42,17 @@ int select_device(const TrainConfig& cfg, Communicator& world, const LocalPlacem
   hw.host = host;
   hw.local_rank = placement.local_rank;
   throw_if_any_rank_failed(world, device_refusal(cfg, hw));
-  return cfg.run.device == Device::CUDA ? gpu_for_local_rank(placement.local_rank, hw.gpu_count) : -1;
+  if (cfg.run.device != Device::CUDA) return -1;
+  const int gpu = gpu_for_local_rank(placement.local_rank, hw.gpu_count);
+  std::string error;
+  try {
+    cuda::use_device(gpu);
+  } catch (const std::exception& e) {
+    error = "run.device = cuda, but rank " + std::to_string(hw.rank) + " on host " + hw.host + " cannot use GPU " +
+            std::to_string(gpu) + ": " + e.what();
+  }
+  throw_if_any_rank_failed(world, error);
+  return gpu;
 }
 
 }  // namespace moe

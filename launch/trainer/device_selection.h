@@ -24,14 +24,14 @@ struct RankHardware {
 // Pure: why this rank cannot train as `cfg` asks, or "" when it can. In order: run.device = cuda in
 // a build without CUDA, with no CUDA device on this machine (naming the rank and host), or with more
 // ranks on the node than GPUs (gpu_for_local_rank's message, with the rank and host); then
-// parallel.backend = nccl in a build without NCCL; then run.device = cuda at all, which the trainer
-// does not train on yet (the model and optimizer state are host tensors).
+// parallel.backend = nccl in a build without NCCL.
 std::string device_refusal(const TrainConfig& cfg, const RankHardware& hw);
 
 // Collective over `world` (host values; call it on every rank before the first collective that
-// moves tensors): this process's RankHardware, device_refusal, and agreement on it. Returns the GPU
-// this rank uses (its local rank's, gpu_for_local_rank), or -1 for run.device = cpu. Throws
-// InvalidArgument on every rank with the lowest refusing rank's message.
+// moves tensors): this process's RankHardware, device_refusal, and agreement on it; then, for
+// run.device = cuda, makes this rank's GPU (its local rank's, gpu_for_local_rank) the current device.
+// Returns that GPU, or -1 for run.device = cpu. Throws InvalidArgument on every rank with the lowest
+// refusing (or failing) rank's message.
 int select_device(const TrainConfig& cfg, Communicator& world, const LocalPlacement& placement);
 
 }  // namespace moe

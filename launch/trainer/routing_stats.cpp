@@ -40,10 +40,12 @@ void RoutingCounts::add(const std::vector<MoELayer*>& layers, const std::vector<
       kept[l][e] += st.kept[e];
       kept_total[l][e] += st.kept[e];
     }
-    entropy[l] += mean_entropy(layers[l]->router_output().probs);
+    entropy[l] += mean_entropy(layers[l]->router_output().probs.to(Device::CPU));
     if (num_domains <= 0) continue;
-    const int32_t* expert = layers[l]->router_output().expert.i32();
-    const int32_t* slot = layers[l]->plan().slot.i32();
+    const Tensor expert_ids = layers[l]->router_output().expert.to(Device::CPU);
+    const Tensor slots = layers[l]->plan().slot.to(Device::CPU);
+    const int32_t* expert = expert_ids.i32();
+    const int32_t* slot = slots.i32();
     const int64_t k = layers[l]->config().top_k;
     for (int64_t i = 0; i < st.tokens * k; ++i) {
       const int64_t dom = seq_domain[(i / k) / seq_len];

@@ -57,11 +57,11 @@ std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& 
   for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
     if (t.kind == ParamKind::Dense) {
       // Replicated everywhere: each dense tensor is written once, by ranks in turn.
-      if (dense_index++ % L.world_size == L.world_rank) mine.push_back({t.name, -1, t.tensor});
+      if (dense_index++ % L.world_size == L.world_rank) mine.push_back({t.name, -1, t.tensor.to(Device::CPU)});
     } else if (L.world_rank < L.ep) {
       // The first expert-parallel group holds every expert exactly once.
       for (int64_t e = 0; e < L.experts_per_rank; ++e)
-        mine.push_back({t.name, L.first_expert + e, expert_slice(t.tensor, e)});
+        mine.push_back({t.name, L.first_expert + e, expert_slice(t.tensor, e).to(Device::CPU)});
     }
   }
 

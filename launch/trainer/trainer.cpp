@@ -239,9 +239,9 @@ class Trainer {
   IntervalSums interval_;
   PhaseTimes time_;           // this rank's, summed since the last log line
   int64_t timed_steps_ = 0;   // steps in time_ (a resumed run's first interval holds fewer than interval_)
-  std::vector<int32_t> inputs_v_, targets_v_;
   std::vector<int64_t> domains_;
-  Tensor inputs_, targets_;
+  Tensor host_inputs_, host_targets_;  // the loader's batch
+  Tensor inputs_, targets_;            // the same on the model's device
   Watchdog watchdog_;
 
   TrainResult result_;
@@ -277,17 +277,17 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
       groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts, cfg.parallel.backend, gpu_)),
       stream_(cfg.run.device == Device::CUDA ? Stream{Device::CUDA, nullptr} : Stream::host()),
       model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
-             [this] { return make_all_to_all_exchange(groups_, stream_); }),
+             [this] { return make_all_to_all_exchange(groups_, stream_); }, cfg.run.device),
       schedule_(cfg.optim, cfg.run.steps),
       moe_layers_(model_.moe_layers()),
       routing_(static_cast<int64_t>(moe_layers_.size()), cfg.moe.num_experts,
                cfg.data.source == DataSource::Synthetic ? cfg.data.synthetic_domains : 0),
       interval_(moe_layers_.size()),
-      inputs_v_(N_),
-      targets_v_(N_),
       domains_(B_),
-      inputs_(Tensor::empty({N_}, DType::I32)),
-      targets_(Tensor::empty({N_}, DType::I32)),
+      host_inputs_(Tensor::empty({N_}, DType::I32)),
+      host_targets_(Tensor::empty({N_}, DType::I32)),
+      inputs_(Tensor::empty({N_}, DType::I32, cfg.run.device)),
+      targets_(Tensor::empty({N_}, DType::I32, cfg.run.device)),
       watchdog_(cfg.run.watchdog_timeout_s, rank_, options.launcher, options.on_watchdog) {
   model_.register_parameters(registry_);
   registry_.flatten_gradients();
@@ -512,9 +512,9 @@ bool Trainer::step(int64_t step) {
   for (int64_t micro = 0; micro < A_; ++micro) {
     watchdog_.phase("data");
     LapTimer timer;
-    loader_.next_batch(inputs_v_.data(), targets_v_.data(), domains_.data());
-    std::copy(inputs_v_.begin(), inputs_v_.end(), inputs_.i32());
-    std::copy(targets_v_.begin(), targets_v_.end(), targets_.i32());
+    loader_.next_batch(host_inputs_.i32(), host_targets_.i32(), domains_.data());
+    inputs_.copy_from(host_inputs_);
+    targets_.copy_from(host_targets_);
     timer.lap(&time_.data);
 
     watchdog_.phase("forward");
@@ -539,7 +539,10 @@ bool Trainer::step(int64_t step) {
   if (options_.hooks.stall_at(rank_, step)) {
     while (true) pause();  // the watchdog ends the job
   }
-  if (rank_ == 0 && options_.hooks.nan_at(step)) registry_.all()[0].grad.f32()[0] = std::nanf("");
+  if (rank_ == 0 && options_.hooks.nan_at(step)) {
+    Tensor& grad = registry_.all()[0].grad;
+    grad.reshape({grad.numel()}).rows(0, 1).fill(std::nanf(""));
+  }
   sync_gradients(registry_, groups_, stream_, A_);
   // One all-reduce for the losses, the stop flag and the router entropies, each then a mean over
   // micro-batches and ranks.
@@ -655,7 +658,8 @@ double Trainer::evaluate() {
       std::copy(seq.begin(), seq.end() - 1, in.begin() + i * S_);
       std::copy(seq.begin() + 1, seq.end(), tg.begin() + i * S_);
     }
-    Tensor ti = Tensor::from_ints({n}, in), tt = Tensor::from_ints({n}, tg);
+    const Tensor ti = Tensor::from_ints({n}, in).to(model_.device());
+    const Tensor tt = Tensor::from_ints({n}, tg).to(model_.device());
     sum += model_.forward(ti, tt, /*training=*/false);
   }
   return all_reduce_value(world_, sum) / static_cast<double>(W_ * batches);

@@ -69,16 +69,6 @@ MPI_Datatype mpi_type(ScalarType type) {
   throw CommError(detail::concat("mpi all_reduce: unknown ScalarType ", static_cast<int>(type)));
 }
 
-int64_t scalar_bytes(ScalarType type) {
-  switch (type) {
-    case ScalarType::F32: return 4;
-    case ScalarType::F64: return 8;
-    case ScalarType::I32: return 4;
-    case ScalarType::I64: return 8;
-  }
-  throw CommError(detail::concat("mpi all_reduce: unknown ScalarType ", static_cast<int>(type)));
-}
-
 MPI_Op mpi_op(ReduceOp op) {
   switch (op) {
     case ReduceOp::Sum: return MPI_SUM;
