@@ -14,6 +14,7 @@
 
 #include "core/check.h"
 #include "core/cpu/gemm.h"
+#include "core/ops.h"
 #include "core/timer.h"
 
 namespace moe {
@@ -181,20 +182,24 @@ void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_los
   tb.flush();
 }
 
-PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank) {
+PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device) {
   const int W = world.size();
   char how[256];
   if (gflops_per_rank > 0) {
     std::snprintf(how, sizeof how, "%d rank(s) x %.1f GFLOP/s from run.peak_gflops", W, gflops_per_rank);
     return {gflops_per_rank * W, how};
   }
-  const int64_t n = 2048;
-  std::vector<float> a(n * n, 0.5f), b(n * n, 0.25f), c(n * n);
+  const int64_t n = device == Device::CPU ? 2048 : 8192;
+  Tensor a = Tensor::empty({n, n}, DType::F32, device), b = Tensor::empty({n, n}, DType::F32, device),
+         c = Tensor::empty({n, n}, DType::F32, device);
+  a.fill(0.5f);
+  b.fill(0.25f);
   double best = 1e30;
   for (int i = 0; i < 6; ++i) {
     world.barrier();  // every rank computes at once, as in training
     const double t0 = now_seconds();
-    gemm(false, false, n, n, n, 1.f, a.data(), n, b.data(), n, 0.f, c.data(), n);
+    linear_forward(c, a, b, nullptr);
+    c.rows(0, 1).to(Device::CPU);  // a GPU's GEMM has finished once its result reaches the host
     if (i > 0) best = std::min(best, now_seconds() - t0);  // the first call warms up
   }
   const double mine = 2.0 * n * n * n / best / 1e9;
@@ -202,9 +207,10 @@ PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank) {
   all_reduce(world, rates, 2, ReduceOp::Min);
   const double total = all_reduce_value(world, mine);
   std::snprintf(how, sizeof how,
-                "%d rank(s) x %d thread(s), float32 GEMM 2048^3 on every rank at once, best of 5 after a warm-up: "
+                "%d rank(s) x %s, float32 GEMM %lld^3 on every rank at once, best of 5 after a warm-up: "
                 "%.1f to %.1f GFLOP/s per rank (%s); run.peak_gflops overrides",
-                W, num_threads(), rates[0], -rates[1], gemm_provider());
+                W, device == Device::CPU ? (std::to_string(num_threads()) + " thread(s)").c_str() : "1 GPU",
+                static_cast<long long>(n), rates[0], -rates[1], device == Device::CPU ? gemm_provider() : "cuBLAS");
   return {total, how};
 }
 
