@@ -95,7 +95,9 @@ void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, cons
     m.primitive.execute(stream, {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c}});
     stream.wait();
   } catch (const dnnl::error& e) {
-    MOE_ASSERT(false, std::string("oneDNN bf16 matmul failed: ") + e.what() + sizes(M, N, K));
+    // oneDNN 2.x has bf16 matmul kernels only for CPUs with AVX-512 (avx512_core): elsewhere creation fails.
+    MOE_ASSERT(false, std::string("oneDNN bf16 matmul failed (bfloat16 needs a CPU with AVX-512): ") + e.what() +
+                          sizes(M, N, K));
   }
 }
 
