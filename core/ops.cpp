@@ -63,15 +63,46 @@ void require_norm_input(const char* op, const Tensor& x, const Tensor& g) {
   require_f32(op, "g", g, {x.dim(1)});
 }
 
-// x (N, in) and w (in, out), or w (out, in) when `transposed`: float32 matrices of matching sizes.
+// An input of a linear op's matrix products (x, w, and dy in the backward) has x's dtype: float32, or
+// bfloat16 for mixed precision.
+void require_product_dtype(const char* op, const char* arg, const Tensor& t, const Tensor& x) {
+  MOE_REQUIRE(t.dtype() == x.dtype(), op, ": ", arg, " has dtype ", to_string(t.dtype()), " but x has ",
+              to_string(x.dtype()), "; x, w and dy must all be float32 or all bfloat16");
+}
+
+// x (N, in) and w (in, out), or w (out, in) when `transposed`: matrices of matching sizes, both float32
+// or both bfloat16.
 void require_linear_inputs(const char* op, const Tensor& x, const Tensor& w, bool transposed) {
-  require_f32_matrix(op, "x", x);
-  require_f32_matrix(op, "w", w);
+  require_rank(op, "x", x, 2);
+  MOE_REQUIRE(x.dtype() == DType::F32 || x.dtype() == DType::BF16, op, ": x has dtype ", to_string(x.dtype()),
+              ", expected float32 or bfloat16");
+  require_rank(op, "w", w, 2);
   const int64_t in = x.dim(1), out = w.dim(transposed ? 0 : 1);
-  require_f32(op, "w", w, transposed ? Shape{out, in} : Shape{in, out});
+  require_shape(op, "w", w, transposed ? Shape{out, in} : Shape{in, out});
+  require_product_dtype(op, "w", w, x);
+}
+
+// dy (N, out) of a linear op's backward, in x's dtype.
+void require_linear_dy(const char* op, const Tensor& dy, const Tensor& x, int64_t out) {
+  require_shape(op, "dy", dy, {x.dim(0), out});
+  require_product_dtype(op, "dy", dy, x);
 }
 
 }  // namespace
+
+// ---- precision ----
+
+void convert(Tensor& y, const Tensor& x) {
+  const char* op = "convert";
+  require_defined(op, "x", x);
+  require_shape(op, "y", y, x.shape());
+  MOE_REQUIRE((x.dtype() == DType::F32 && y.dtype() == DType::BF16) ||
+                  (x.dtype() == DType::BF16 && y.dtype() == DType::F32),
+              op, ": x is ", to_string(x.dtype()), " and y is ", to_string(y.dtype()),
+              "; expected float32 to bfloat16 or bfloat16 to float32");
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(x.device(), convert, y, x);
+}
 
 // ---- linear ----
 
@@ -89,7 +120,7 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
   const char* op = "linear_backward";
   require_linear_inputs(op, x, w, false);
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(1);
-  require_f32(op, "dy", dy, {N, out});
+  require_linear_dy(op, dy, x, out);
   if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
   if (dw != nullptr) require_f32(op, "dw", *dw, {in, out});
   if (db != nullptr) require_f32(op, "db", *db, {out});
@@ -341,7 +372,7 @@ void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const 
   const char* op = "linear_transposed_backward";
   require_linear_inputs(op, x, w, true);
   const int64_t N = x.dim(0), in = x.dim(1), out = w.dim(0);
-  require_f32(op, "dy", dy, {N, out});
+  require_linear_dy(op, dy, x, out);
   if (dx != nullptr) require_f32(op, "dx", *dx, {N, in});
   if (dw != nullptr) require_f32(op, "dw", *dw, {out, in});
   require_same_device(op, {&dy, &x, &w, dx, dw});

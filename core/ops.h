@@ -1,5 +1,6 @@
-// Core float32 ops, forward and backward side by side; each call checks shapes and runs on the
-// tensors' device (the CPU, or CUDA in a build with it: the backends implement core/backend_ops.inc).
+// Core ops, float32 (the linear ops also take bfloat16 inputs), forward and backward side by side; each
+// call checks shapes and runs on the tensors' device (the CPU, or CUDA in a build with it: the backends
+// implement core/backend_ops.inc).
 //
 // Conventions for every op here:
 //  - forward functions overwrite their outputs, which the caller allocates with the shapes given;
@@ -7,7 +8,14 @@
 //    used in two places simply receives both contributions; zero gradients before a backward pass;
 //  - a pointer argument may be null to skip that input (bias) or that gradient;
 //  - outputs must not share memory with inputs, except where an op says it may run in place;
-//  - shape comments use N for rows (tokens), C for columns (features or classes).
+//  - shape comments use N for rows (tokens), C for columns (features or classes);
+//  - bfloat16 (mixed precision): the linear ops (linear_*, linear_transposed_*) take their product
+//    inputs x, w and, in the backward, dy either all float32 or all bfloat16; each product of two
+//    bfloat16 values is exact in float32 and the sums are float32. Their outputs (y, dx, dw, db) and
+//    the bias b are float32 always: y feeds float32 ops, dw accumulates into the float32 master
+//    gradient, and a caller that wants dx in bfloat16 converts it. dy is bfloat16 because both backward
+//    products read it: the caller converts the float32 gradient from upstream once, and db sums the
+//    bfloat16 values. Every other op is float32 only.
 #pragma once
 
 #include <cstdint>
@@ -16,6 +24,10 @@
 #include "core/tensor.h"
 
 namespace moe {
+
+// convert: y = x in another dtype, float32 -> bfloat16 (round to nearest, ties to even; NaN stays NaN,
+// a value beyond bfloat16's range becomes infinity) or bfloat16 -> float32 (exact). x, y (any shape, same).
+void convert(Tensor& y, const Tensor& x);
 
 // linear: y = x w (+ b).  x (N, in), w (in, out), b (out) or null, y (N, out).
 void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b);

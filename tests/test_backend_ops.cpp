@@ -35,6 +35,9 @@ constexpr double kRounding = 1e-6;
 // (warp trees, cuBLAS tiles): each of the 8 partial sums rounds once, 8 u * sum|terms| (~8) ~ 4e-6,
 // and the libm-free CPU exp (rel. 2e-7) against the GPU's expf (2 ulp) adds ~3e-7: 1e-5.
 constexpr double kSums = 1e-5;
+// kTensorCoreSums: kSums for bfloat16 products on the GPU, whose tensor cores may truncate the float32
+// sums instead of rounding them (up to 2 u per addition): twice kSums.
+constexpr double kTensorCoreSums = 2e-5;
 // kChained: attention chains two GEMMs through a softmax (and the backward four): two kSums steps.
 constexpr double kChained = 2e-5;
 
@@ -59,15 +62,25 @@ Tensor poisoned_ints(Device d, const Shape& s) {
 // A gradient: the same random start on every device, which the backward adds to.
 Tensor grad(Device d, const Shape& s, uint64_t seed) { return normal_tensor(s, 1.f, seed, "grad").to(d); }
 
+// Outputs back on the CPU in float32: int32 exact for small ints, bfloat16 exact always.
 std::vector<Tensor> to_host(std::vector<Tensor> outs) {
   for (Tensor& t : outs) {
     t = t.to(Device::CPU);
-    if (t.dtype() != DType::I32) continue;
+    if (t.dtype() == DType::F32) continue;
     Tensor f = Tensor::empty(t.shape());
-    for (int64_t i = 0; i < t.numel(); ++i) f.f32()[i] = static_cast<float>(t.i32()[i]);
+    if (t.dtype() == DType::BF16)
+      convert(f, t);
+    else
+      for (int64_t i = 0; i < t.numel(); ++i) f.f32()[i] = static_cast<float>(t.i32()[i]);
     t = f;
   }
   return outs;
+}
+// A bfloat16 copy of a CPU float32 tensor, on device d.
+Tensor bf16_on(Device d, const Tensor& t) {
+  Tensor h = Tensor::empty(t.shape(), DType::BF16);
+  convert(h, t);
+  return h.to(d);
 }
 Tensor scalars(const std::vector<double>& values) {
   return Tensor::from({static_cast<int64_t>(values.size())}, std::vector<float>(values.begin(), values.end()));
@@ -118,6 +131,29 @@ std::vector<OpCase> op_cases() {
          Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {5, 8}, 2);
          linear_transposed_forward(y, on(d, x), on(d, wt));
          linear_transposed_backward(&dx, &dw, on(d, dy5), on(d, x), on(d, wt));
+         return to_host({y, dx, dw});
+       }},
+      {"convert", kExact, [=](Device d) {  // both round to nearest even (the comparison takes no inf or NaN)
+         // Ties to even (down, up), a subnormal and a large value.
+         Tensor special = Tensor::from({5}, {1.00390625f, -1.01171875f, 1e-40f, 3e38f, -0.f});
+         Tensor y = Tensor::empty({6, 8}, DType::BF16, d), ys = Tensor::empty({5}, DType::BF16, d);
+         Tensor back = poisoned(d, {6, 8});
+         convert(y, on(d, x));
+         convert(ys, on(d, special));
+         convert(back, bf16_on(d, dy8));
+         return to_host({y, ys, back});
+       }},
+      {"linear_bf16", kTensorCoreSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {8, 5}, 2), db = grad(d, {5}, 3);
+         const Tensor bd = on(d, b);
+         linear_forward(y, bf16_on(d, x), bf16_on(d, w), &bd);
+         linear_backward(&dx, &dw, &db, bf16_on(d, dy5), bf16_on(d, x), bf16_on(d, w));
+         return to_host({y, dx, dw, db});
+       }},
+      {"linear_transposed_bf16", kTensorCoreSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {5, 8}, 2);
+         linear_transposed_forward(y, bf16_on(d, x), bf16_on(d, wt));
+         linear_transposed_backward(&dx, &dw, bf16_on(d, dy5), bf16_on(d, x), bf16_on(d, wt));
          return to_host({y, dx, dw});
        }},
       {"relu", kExact, [=](Device d) {

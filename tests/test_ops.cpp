@@ -1,10 +1,12 @@
 // Unit tests of core/ops.h and core/optim_ops.h on CPU: every forward against a straightforward reference written here,
 // every backward against central finite differences, accumulation (+=), argument checks, the
-// no-CUDA stubs (in a build without CUDA); and moe::gemm in all transpose combinations against a naive loop.
+// no-CUDA stubs (in a build without CUDA); moe::gemm and moe::gemm_bf16 in all transpose combinations
+// against a naive loop; the bfloat16 conversions' rounding, and the bfloat16 linear ops against float32.
 #include <gtest/gtest-spi.h>
 #include <gtest/gtest.h>
 
 #include <cfloat>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -13,9 +15,11 @@
 #include <numbers>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "core/backend.h"
+#include "core/bfloat16.h"
 #include "core/check.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/omp_threshold.h"
@@ -159,15 +163,29 @@ struct GemmCase {
   bool trans_a, trans_b;
   int64_t M, N, K;
   float alpha, beta;
+  bool bf16 = false;  // moe::gemm_bf16 (alpha must be 1) instead of moe::gemm
 };
 
-// Runs moe::gemm on padded row strides (each ld = width + 3) and compares with a double-precision
-// triple loop. Error bound for a float32 dot product of K terms plus the alpha/beta updates:
-// |error| <= (K + 2) u (|alpha| sum_k |a_ik b_kj| + |beta c_ij|) (Higham's gamma_n); allow 2x that.
-// Padding elements of C must stay untouched, and with beta = 0 C's NaN contents must be ignored.
+// A's values rounded to bfloat16 (still float32), and the same values as a bfloat16 tensor.
+Tensor round_to_bf16(Tensor& a) {
+  Tensor a16 = Tensor::empty(a.shape(), DType::BF16);
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    a16.bf16()[i] = bf16_from_float(a.f32()[i]);
+    a.f32()[i] = float_from_bf16(a16.bf16()[i]);
+  }
+  return a16;
+}
+
+// Runs moe::gemm (or moe::gemm_bf16) on padded row strides (each ld = width + 3) and compares with a
+// double-precision triple loop. Error bound for a float32 dot product of K terms plus the alpha/beta
+// updates: |error| <= (K + 2) u (|alpha| sum_k |a_ik b_kj| + |beta c_ij|) (Higham's gamma_n); allow 2x
+// that. The same bound holds for bfloat16 inputs, compared with the loop on their (rounded) values:
+// a product of two 8-bit significands has at most 16 bits and is exact in float32's 24, so only the
+// float32 sums round. Padding elements of C must stay untouched, and with beta = 0 C's NaN contents
+// must be ignored.
 void check_gemm(const GemmCase& g, std::mt19937& rng) {
   SCOPED_TRACE(::testing::Message() << "trans_a=" << g.trans_a << " trans_b=" << g.trans_b << " M=" << g.M
-                                    << " N=" << g.N << " K=" << g.K << " beta=" << g.beta);
+                                    << " N=" << g.N << " K=" << g.K << " beta=" << g.beta << " bf16=" << g.bf16);
   const int64_t pad = 3;
   const int64_t a_rows = g.trans_a ? g.K : g.M, a_cols = g.trans_a ? g.M : g.K;
   const int64_t b_rows = g.trans_b ? g.N : g.K, b_cols = g.trans_b ? g.K : g.N;
@@ -175,6 +193,8 @@ void check_gemm(const GemmCase& g, std::mt19937& rng) {
   Tensor A = random_tensor({a_rows, lda}, rng);
   Tensor B = random_tensor({b_rows, ldb}, rng);
   Tensor C = random_tensor({g.M, ldc}, rng);
+  Tensor A16, B16;
+  if (g.bf16) A16 = round_to_bf16(A), B16 = round_to_bf16(B);
   if (g.beta == 0.f) {  // contents ignored: NaN must not leak into the result
     for (int64_t i = 0; i < g.M; ++i)
       for (int64_t j = 0; j < g.N; ++j) C.f32()[i * ldc + j] = kNaN;
@@ -183,7 +203,12 @@ void check_gemm(const GemmCase& g, std::mt19937& rng) {
   auto a = [&](int64_t i, int64_t k) { return g.trans_a ? A.f32()[k * lda + i] : A.f32()[i * lda + k]; };
   auto b = [&](int64_t k, int64_t j) { return g.trans_b ? B.f32()[j * ldb + k] : B.f32()[k * ldb + j]; };
 
-  gemm(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A.f32(), lda, B.f32(), ldb, g.beta, C.f32(), ldc);
+  if (g.bf16) {
+    ASSERT_EQ(g.alpha, 1.f) << "gemm_bf16 has no alpha";
+    gemm_bf16(g.trans_a, g.trans_b, g.M, g.N, g.K, A16.bf16(), lda, B16.bf16(), ldb, g.beta, C.f32(), ldc);
+  } else {
+    gemm(g.trans_a, g.trans_b, g.M, g.N, g.K, g.alpha, A.f32(), lda, B.f32(), ldb, g.beta, C.f32(), ldc);
+  }
 
   for (int64_t i = 0; i < g.M; ++i) {
     for (int64_t j = 0; j < g.N; ++j) {
@@ -206,32 +231,67 @@ void check_gemm(const GemmCase& g, std::mt19937& rng) {
 
 TEST(Gemm, AllTransposeCombinationsMatchNaiveLoop) {
   std::mt19937 rng(11);
-  for (bool ta : {false, true})
-    for (bool tb : {false, true})
-      for (float beta : {0.f, 1.f, -0.5f}) {
-        check_gemm({ta, tb, 5, 7, 9, 0.75f, beta}, rng);
-        check_gemm({ta, tb, 33, 40, 70, 1.f, beta}, rng);  // big enough for the provider's blocked kernels
-      }
+  for (bool bf16 : {false, true})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true})
+        for (float beta : {0.f, 1.f, -0.5f}) {
+          check_gemm({ta, tb, 5, 7, 9, bf16 ? 1.f : 0.75f, beta, bf16}, rng);
+          check_gemm({ta, tb, 33, 40, 70, 1.f, beta, bf16}, rng);  // big enough for the provider's blocked kernels
+        }
 }
 
 TEST(Gemm, ZeroInnerDimensionScalesC) {
   std::mt19937 rng(12);
-  for (bool ta : {false, true})
-    for (bool tb : {false, true}) {
-      check_gemm({ta, tb, 4, 6, 0, 1.f, 0.f}, rng);   // C = 0, NaN contents ignored
-      check_gemm({ta, tb, 4, 6, 0, 1.f, 1.f}, rng);   // C unchanged
-      check_gemm({ta, tb, 4, 6, 0, 1.f, 2.5f}, rng);  // C scaled
-    }
+  for (bool bf16 : {false, true})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        check_gemm({ta, tb, 4, 6, 0, 1.f, 0.f, bf16}, rng);   // C = 0, NaN contents ignored
+        check_gemm({ta, tb, 4, 6, 0, 1.f, 1.f, bf16}, rng);   // C unchanged
+        check_gemm({ta, tb, 4, 6, 0, 1.f, 2.5f, bf16}, rng);  // C scaled
+      }
 }
 
 TEST(Gemm, EmptyOutputWritesNothing) {
   std::mt19937 rng(13);
-  for (bool ta : {false, true})
-    for (bool tb : {false, true}) {
-      check_gemm({ta, tb, 0, 6, 5, 1.f, 0.f}, rng);  // M = 0: check_gemm also verifies C's padding
-      check_gemm({ta, tb, 4, 0, 5, 1.f, 0.f}, rng);  // N = 0: every C element is padding, untouched
-      check_gemm({ta, tb, 0, 0, 0, 1.f, 1.f}, rng);
-    }
+  for (bool bf16 : {false, true})
+    for (bool ta : {false, true})
+      for (bool tb : {false, true}) {
+        check_gemm({ta, tb, 0, 6, 5, 1.f, 0.f, bf16}, rng);  // M = 0: check_gemm also verifies C's padding
+        check_gemm({ta, tb, 4, 0, 5, 1.f, 0.f, bf16}, rng);  // N = 0: every C element is padding, untouched
+        check_gemm({ta, tb, 0, 0, 0, 1.f, 1.f, bf16}, rng);
+      }
+}
+
+// gemm_bf16 caches a primitive per shape: more shapes than the cache holds (it is emptied and refilled),
+// shapes seen before the emptying, and the same shape at another thread count must all stay right.
+TEST(Gemm, Bf16PrimitiveCacheServesManyShapesAndThreadCounts) {
+  std::mt19937 rng(14);
+  const int threads = num_threads();
+  for (int64_t M = 1; M <= kMaxCachedBf16Matmuls + 10; ++M) check_gemm({false, false, M, 3, 5, 1.f, 1.f, true}, rng);
+  for (int64_t M = 1; M <= 3; ++M) check_gemm({false, false, M, 3, 5, 1.f, 1.f, true}, rng);
+  for (int n : {1, 2}) {
+    set_num_threads(n);
+    check_gemm({true, false, 33, 40, 70, 1.f, 0.f, true}, rng);
+  }
+  set_num_threads(threads);
+}
+
+// Each thread has its own cache: products run on several threads at once match a serial one.
+TEST(Gemm, Bf16FromConcurrentThreadsMatchesSerial) {
+  std::mt19937 rng(15);
+  const int64_t M = 17, N = 23, K = 40, kCopies = 4;
+  Tensor A = random_tensor({M, K}, rng), B = random_tensor({K, N}, rng);
+  const Tensor A16 = round_to_bf16(A), B16 = round_to_bf16(B);
+  Tensor serial = Tensor::empty({M, N}), parallel = Tensor::empty({kCopies, M, N});
+  gemm_bf16(false, false, M, N, K, A16.bf16(), K, B16.bf16(), N, 0.f, serial.f32(), N);
+  std::vector<std::thread> threads;
+  for (int64_t c = 0; c < kCopies; ++c)
+    threads.emplace_back([&, c] {
+      gemm_bf16(false, false, M, N, K, A16.bf16(), K, B16.bf16(), N, 0.f, parallel.f32() + c * M * N, N);
+    });
+  for (std::thread& t : threads) t.join();
+  for (int64_t c = 0; c < kCopies; ++c)
+    for (int64_t i = 0; i < M * N; ++i) ASSERT_EQ(parallel.f32()[c * M * N + i], serial.f32()[i]) << c << ", " << i;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,6 +354,149 @@ TEST(Linear, NoRowsLeavesParameterGradientsUnchanged) {
   linear_forward(y, x, w, &b);
   Tensor dw = Tensor::from({3, 2}, {1, 1, 1, 1, 1, 1}), db = Tensor::from({2}, {7, 7});
   linear_backward(nullptr, &dw, &db, dy, x, w);
+  for (int64_t i = 0; i < dw.numel(); ++i) EXPECT_EQ(dw.f32()[i], 1.f);
+  EXPECT_EQ(db.f32()[0], 7.f);
+}
+
+// ---------------------------------------------------------------------------------------------
+// bfloat16: conversions, and the linear ops on bfloat16 inputs
+// ---------------------------------------------------------------------------------------------
+
+uint32_t bits_of(float f) { return std::bit_cast<uint32_t>(f); }
+
+TEST(Convert, RoundsToNearestEvenAndKeepsInfinities) {
+  struct Case {
+    uint32_t f32;
+    uint16_t bf16;
+    const char* what;
+  };
+  const std::vector<Case> cases = {
+      {0x3f800000, 0x3f80, "1, exact"},
+      {0x3f808000, 0x3f80, "tie between 0x3f80 and 0x3f81: to the even 0x3f80"},
+      {0x3f818000, 0x3f82, "tie between 0x3f81 and 0x3f82: to the even 0x3f82"},
+      {0x3f808001, 0x3f81, "just above the tie: up"},
+      {0x3f807fff, 0x3f80, "just below the tie: down"},
+      {0xbf818000, 0xbf82, "a negative tie: the magnitude to even"},
+      {0x80000000, 0x8000, "-0 keeps its sign"},
+      {0x00000001, 0x0000, "float32's smallest subnormal: under half a bfloat16 subnormal, to 0"},
+      {0x00018000, 0x0002, "a subnormal tie: to even"},
+      {0x7f800000, 0x7f80, "+infinity"},
+      {0xff800000, 0xff80, "-infinity"},
+      {0x7f7f0000, 0x7f7f, "bfloat16's largest finite value, exact"},
+      {0x7f7f7fff, 0x7f7f, "just below the tie with 2^128: stays finite"},
+      {0x7f7f8000, 0x7f80, "the tie between the largest finite (odd) and 2^128: to infinity"},
+      {0x7f7fffff, 0x7f80, "float32's largest finite (FLT_MAX): to infinity"},
+  };
+  Tensor x = Tensor::empty({static_cast<int64_t>(cases.size())});
+  for (size_t i = 0; i < cases.size(); ++i) x.f32()[i] = std::bit_cast<float>(cases[i].f32);
+  Tensor y = Tensor::empty(x.shape(), DType::BF16);
+  convert(y, x);
+  for (size_t i = 0; i < cases.size(); ++i) EXPECT_EQ(y.bf16()[i], cases[i].bf16) << cases[i].what;
+}
+
+TEST(Convert, NanStaysNanWithItsSign) {
+  // Quiet, signalling with only low payload bits (dropping them would make infinity), all ones, and
+  // a payload whose rounding would carry into the exponent.
+  const std::vector<uint32_t> nans = {0x7fc00000, 0x7f800001, 0xffffffff, 0x7f80ffff, 0xff800001};
+  Tensor x = Tensor::empty({static_cast<int64_t>(nans.size())});
+  for (size_t i = 0; i < nans.size(); ++i) x.f32()[i] = std::bit_cast<float>(nans[i]);
+  Tensor y = Tensor::empty(x.shape(), DType::BF16), back = Tensor::empty(x.shape());
+  convert(y, x);
+  convert(back, y);
+  for (size_t i = 0; i < nans.size(); ++i) {
+    EXPECT_TRUE(std::isnan(back.f32()[i])) << std::hex << nans[i] << " became " << y.bf16()[i];
+    EXPECT_EQ(y.bf16()[i] >> 15, nans[i] >> 31) << std::hex << nans[i] << ": the sign";
+  }
+}
+
+// Every one of the 65536 bfloat16 patterns (enough for the parallel path): to float32 exactly (the
+// pattern is the float's top half, the rest zero), and back to the same pattern; NaNs stay NaN.
+TEST(Convert, EveryBf16ValueConvertsExactlyAndBack) {
+  const int64_t n = 65536;
+  ASSERT_GE(n, cpu::kMinParallelElements);
+  Tensor x = Tensor::empty({256, 256}, DType::BF16);
+  for (int64_t i = 0; i < n; ++i) x.bf16()[i] = static_cast<uint16_t>(i);
+  Tensor f = Tensor::empty({256, 256}), back = Tensor::empty({256, 256}, DType::BF16);
+  convert(f, x);
+  convert(back, f);
+  for (int64_t i = 0; i < n; ++i) {
+    const bool nan = (i & 0x7fff) > 0x7f80;
+    ASSERT_EQ(bits_of(f.f32()[i]), static_cast<uint32_t>(i) << 16) << std::hex << i;
+    if (nan)
+      ASSERT_TRUE(std::isnan(float_from_bf16(back.bf16()[i]))) << std::hex << i;
+    else
+      ASSERT_EQ(back.bf16()[i], i) << std::hex << i;
+  }
+}
+
+// Inputs in [-1, 1] rounded to bfloat16: `x` keeps the rounded values in float32, the result holds them
+// in bfloat16.
+Tensor random_bf16(Tensor& x, const Shape& shape, std::mt19937& rng) {
+  x = random_tensor(shape, rng);
+  return round_to_bf16(x);
+}
+
+// A bfloat16 linear op against the float32 op on the same (rounded) values: every product of two
+// bfloat16 values is exact in float32 (8 + 8 significand bits fit in 24), so both results are float32
+// sums of the same K exact terms (|term| <= 1 here) onto a start value (|start| <= 1: a bias, or a
+// gradient's old value), in possibly different orders. Each is within (K + 2) u (K + 1) of the exact
+// sum (Higham's gamma_n), so they differ by at most twice that. A wrong operand, transpose or stride
+// moves results by O(1).
+void expect_same_sums(const Tensor& got, const Tensor& want, int64_t K, const char* what) {
+  ASSERT_EQ(got.shape(), want.shape()) << what;
+  const double bound = 2 * (K + 2) * kUnitRoundoff * (K + 1);
+  double max_abs = 0;
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    ASSERT_NEAR(got.f32()[i], want.f32()[i], bound) << what << ", element " << i;
+    max_abs = std::max(max_abs, std::fabs(double(want.f32()[i])));
+  }
+  EXPECT_GT(max_abs, 0.1) << what << " is ~0: the comparison proves little";
+}
+
+TEST(LinearBf16, ForwardAndBackwardMatchFloat32OnRoundedInputs) {
+  std::mt19937 rng(31);
+  const int64_t N = 37, in = 70, out = 45;  // not multiples of the provider's blocks: tails too
+  Tensor x, w, dy;
+  const Tensor x16 = random_bf16(x, {N, in}, rng), w16 = random_bf16(w, {in, out}, rng);
+  const Tensor dy16 = random_bf16(dy, {N, out}, rng), b = random_tensor({out}, rng);
+  Tensor y = nan_tensor({N, out}), y16 = nan_tensor({N, out});
+  linear_forward(y, x, w, &b);
+  linear_forward(y16, x16, w16, &b);
+  expect_same_sums(y16, y, in, "y");
+  // Gradients start from the same random values: a backward that overwrites instead of adding fails.
+  const Tensor dx0 = random_tensor({N, in}, rng), dw0 = random_tensor({in, out}, rng), db0 = random_tensor({out}, rng);
+  Tensor dx = dx0.clone(), dw = dw0.clone(), db = db0.clone();
+  Tensor dx16 = dx0.clone(), dw16 = dw0.clone(), db16 = db0.clone();
+  linear_backward(&dx, &dw, &db, dy, x, w);
+  linear_backward(&dx16, &dw16, &db16, dy16, x16, w16);
+  expect_same_sums(dx16, dx, out, "dx");
+  expect_same_sums(dw16, dw, N, "dw");
+  expect_same_sums(db16, db, N, "db");
+}
+
+TEST(LinearBf16, TransposedForwardAndBackwardMatchFloat32OnRoundedInputs) {
+  std::mt19937 rng(32);
+  const int64_t N = 37, in = 70, out = 45;
+  Tensor x, w, dy;
+  const Tensor x16 = random_bf16(x, {N, in}, rng), w16 = random_bf16(w, {out, in}, rng);
+  const Tensor dy16 = random_bf16(dy, {N, out}, rng);
+  Tensor y = nan_tensor({N, out}), y16 = nan_tensor({N, out});
+  linear_transposed_forward(y, x, w);
+  linear_transposed_forward(y16, x16, w16);
+  expect_same_sums(y16, y, in, "y");
+  const Tensor dx0 = random_tensor({N, in}, rng), dw0 = random_tensor({out, in}, rng);
+  Tensor dx = dx0.clone(), dw = dw0.clone(), dx16 = dx0.clone(), dw16 = dw0.clone();
+  linear_transposed_backward(&dx, &dw, dy, x, w);
+  linear_transposed_backward(&dx16, &dw16, dy16, x16, w16);
+  expect_same_sums(dx16, dx, out, "dx");
+  expect_same_sums(dw16, dw, N, "dw");
+}
+
+TEST(LinearBf16, NoRowsLeavesParameterGradientsUnchanged) {
+  const Tensor x16 = Tensor::zeros({0, 3}, DType::BF16), w16 = Tensor::zeros({3, 2}, DType::BF16);
+  const Tensor dy16 = Tensor::zeros({0, 2}, DType::BF16);
+  Tensor dw = Tensor::from({3, 2}, {1, 1, 1, 1, 1, 1}), db = Tensor::from({2}, {7, 7});
+  linear_backward(nullptr, &dw, &db, dy16, x16, w16);
   for (int64_t i = 0; i < dw.numel(); ++i) EXPECT_EQ(dw.f32()[i], 1.f);
   EXPECT_EQ(db.f32()[0], 7.f);
 }
@@ -1468,6 +1671,38 @@ TEST(OpsArguments, OutOfRangeIndicesThrowNamingThePosition) {
                   "combine_backward: slot[1, 0] = 9", "[-1, 4)");
 }
 
+TEST(OpsArguments, Bf16DtypeCombinationsThrowNamingTheArgument) {
+  const Tensor x16 = Tensor::zeros({2, 3}, DType::BF16), w16 = Tensor::zeros({3, 2}, DType::BF16);
+  const Tensor x32 = Tensor::zeros({2, 3}), w32 = Tensor::zeros({3, 2}), wt16 = Tensor::zeros({2, 3}, DType::BF16);
+  const Tensor xi = Tensor::from_ints({2, 3}, {0, 1, 2, 3, 4, 5});
+  Tensor y = Tensor::zeros({2, 2}), y16 = Tensor::zeros({2, 2}, DType::BF16), dy32 = Tensor::zeros({2, 2});
+  Tensor dx16 = Tensor::zeros({2, 3}, DType::BF16), dw16 = Tensor::zeros({2, 3}, DType::BF16);
+  const char* mixed = "; x, w and dy must all be float32 or all bfloat16";
+  EXPECT_CONTAINS(error_message([&] { linear_forward(y, x16, w32, nullptr); }),
+                  "linear_forward: w has dtype float32 but x has bfloat16", mixed);
+  EXPECT_CONTAINS(error_message([&] { linear_forward(y, x32, w16, nullptr); }),
+                  "linear_forward: w has dtype bfloat16 but x has float32", mixed);
+  EXPECT_CONTAINS(error_message([&] { linear_forward(y, xi, w32, nullptr); }),
+                  "linear_forward: x has dtype int32, expected float32 or bfloat16");
+  EXPECT_CONTAINS(error_message([&] { linear_forward(y16, x16, w16, nullptr); }),
+                  "linear_forward: y has dtype bfloat16, expected float32");
+  EXPECT_CONTAINS(error_message([&] { linear_backward(nullptr, nullptr, nullptr, dy32, x16, w16); }),
+                  "linear_backward: dy has dtype float32 but x has bfloat16", mixed);
+  EXPECT_CONTAINS(error_message([&] { linear_backward(&dx16, nullptr, nullptr, y16, x16, w16); }),
+                  "linear_backward: dx has dtype bfloat16, expected float32");
+  EXPECT_CONTAINS(error_message([&] { linear_transposed_forward(y, x16, x32); }),
+                  "linear_transposed_forward: w has dtype float32 but x has bfloat16", mixed);
+  EXPECT_CONTAINS(error_message([&] { linear_transposed_backward(nullptr, &dw16, y16, x16, wt16); }),
+                  "linear_transposed_backward: dw has dtype bfloat16, expected float32");
+  // convert
+  Tensor y23 = Tensor::zeros({2, 3}), y32_16 = Tensor::zeros({3, 2}, DType::BF16);
+  EXPECT_CONTAINS(error_message([&] { convert(y23, x32); }),
+                  "convert: x is float32 and y is float32; expected float32 to bfloat16 or bfloat16 to float32");
+  EXPECT_CONTAINS(error_message([&] { convert(y23, xi); }), "convert: x is int32 and y is float32");
+  EXPECT_CONTAINS(error_message([&] { convert(y32_16, x32); }), "convert: y has shape (3, 2), expected (2, 3)");
+  EXPECT_CONTAINS(error_message([&] { convert(y23, Tensor()); }), "convert: x", "undefined");
+}
+
 // ---------------------------------------------------------------------------------------------
 // CUDA in a build without it
 // ---------------------------------------------------------------------------------------------
@@ -1486,6 +1721,7 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
     std::function<void()> call;
   };
   const std::vector<Stub> stubs = {
+      {"convert", [&] { cuda::convert(t, t); }},
       {"linear_forward", [&] { cuda::linear_forward(t, t, t, nullptr); }},
       {"linear_backward", [&] { cuda::linear_backward(nullptr, nullptr, nullptr, t, t, t); }},
       {"relu_forward", [&] { cuda::relu_forward(t, t); }},

@@ -1,29 +1,104 @@
-// CPU GEMM through oneDNN's dnnl_sgemm: measured fastest on this project's CPUs (docs/gemm-provider.md).
+// CPU GEMM through oneDNN: float32 through dnnl_sgemm, measured fastest on this project's CPUs
+// (docs/gemm-provider.md); bfloat16 inputs through cached matmul primitives (the C API has no bf16 gemm).
 #include "core/cpu/gemm.h"
 
 #include <dnnl.h>
 #include <omp.h>
 #include <xmmintrin.h>
 
+#include <bit>
 #include <cstdio>
+#include <dnnl.hpp>
+#include <map>
 #include <string>
+#include <tuple>
 
 #include "core/check.h"
 
 namespace moe {
 
+namespace {
+
+// C = beta * C for an empty product (K = 0), which oneDNN rejects.
+void scale_only(int64_t M, int64_t N, float beta, float* C, int64_t ldc) {
+  for (int64_t i = 0; i < M; ++i)
+    for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
+}
+
+std::string sizes(int64_t M, int64_t N, int64_t K) {
+  return " for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
+}
+
+// A bfloat16 matmul primitive with its three memory objects, whose data handles each call sets.
+struct Bf16Matmul {
+  dnnl::matmul primitive;
+  dnnl::memory a, b, c;
+};
+
+// What a primitive is specialised for: transposes, M, N, K, lda, ldb, ldc, beta's bits, threads.
+using Bf16MatmulKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, int>;
+
+const dnnl::engine& cpu_engine() {
+  static const dnnl::engine engine(dnnl::engine::kind::cpu, 0);
+  return engine;
+}
+
+Bf16Matmul make_bf16_matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                            float beta, int64_t ldc) {
+  using dims = dnnl::memory::dims;
+  using dt = dnnl::memory::data_type;
+  // Row-major with row stride ld; a transposed operand is the same memory read with the strides swapped.
+  const dnnl::memory::desc a_md({M, K}, dt::bf16, trans_a ? dims{1, lda} : dims{lda, 1});
+  const dnnl::memory::desc b_md({K, N}, dt::bf16, trans_b ? dims{1, ldb} : dims{ldb, 1});
+  const dnnl::memory::desc c_md({M, N}, dt::f32, dims{ldc, 1});
+  dnnl::primitive_attr attr;
+  if (beta != 0.f) {  // C = product + beta * C: the sum post-op reads C before writing it
+    dnnl::post_ops post_ops;
+    post_ops.append_sum(beta);
+    attr.set_post_ops(post_ops);
+  }
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, cpu_engine());
+  return {dnnl::matmul(pd), dnnl::memory(a_md, cpu_engine(), DNNL_MEMORY_NONE),
+          dnnl::memory(b_md, cpu_engine(), DNNL_MEMORY_NONE), dnnl::memory(c_md, cpu_engine(), DNNL_MEMORY_NONE)};
+}
+
+}  // namespace
+
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
-  if (K == 0) {  // oneDNN rejects K = 0; the product is empty, so C = beta * C.
-    for (int64_t i = 0; i < M; ++i)
-      for (int64_t j = 0; j < N; ++j) C[i * ldc + j] = beta == 0.f ? 0.f : beta * C[i * ldc + j];
-    return;
-  }
+  if (K == 0) return scale_only(M, N, beta, C, ldc);
   dnnl_status_t st = dnnl_sgemm(trans_a ? 'T' : 'N', trans_b ? 'T' : 'N', M, N, K, alpha, A, lda, B,
                                 ldb, beta, C, ldc);
-  MOE_ASSERT(st == dnnl_success, "dnnl_sgemm failed with status " + std::to_string(st) + " for M=" +
-                                     std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K));
+  MOE_ASSERT(st == dnnl_success, "dnnl_sgemm failed with status " + std::to_string(st) + sizes(M, N, K));
+}
+
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) return scale_only(M, N, beta, C, ldc);
+  // Per thread, so no lock and no primitive or stream is ever shared between threads.
+  thread_local std::map<Bf16MatmulKey, Bf16Matmul> cache;
+  thread_local dnnl::stream stream(cpu_engine());
+  try {
+    const Bf16MatmulKey key{trans_a, trans_b, M, N, K, lda, ldb, ldc, std::bit_cast<uint32_t>(beta),
+                            omp_get_max_threads()};
+    auto it = cache.find(key);
+    if (it == cache.end()) {
+      if (cache.size() >= kMaxCachedBf16Matmuls) cache.clear();
+      it = cache.emplace(key, make_bf16_matmul(trans_a, trans_b, M, N, K, lda, ldb, beta, ldc)).first;
+    }
+    Bf16Matmul& m = it->second;
+    m.a.set_data_handle(const_cast<uint16_t*>(A));
+    m.b.set_data_handle(const_cast<uint16_t*>(B));
+    m.c.set_data_handle(C);
+    m.primitive.execute(stream, {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c}});
+    stream.wait();
+  } catch (const dnnl::error& e) {
+    // oneDNN 2.x has bf16 matmul kernels only for CPUs with AVX-512 (avx512_core): elsewhere creation fails.
+    MOE_ASSERT(false, std::string("oneDNN bf16 matmul failed (bfloat16 needs a CPU with AVX-512): ") + e.what() +
+                          sizes(M, N, K));
+  }
 }
 
 void set_num_threads(int n) {

@@ -1,5 +1,5 @@
-// Matrix multiply on row-major float32 matrices through the CPU GEMM provider (oneDNN), and the
-// process settings that go with it: the thread count and flushing denormals to zero.
+// Matrix multiply on row-major float32 and bfloat16 matrices through the CPU GEMM provider (oneDNN),
+// and the process settings that go with it: the thread count and flushing denormals to zero.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,16 @@ namespace moe {
 // With beta = 0, C's previous contents are ignored (may be uninitialised). M, N or K may be 0.
 void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// C (M, N) = op(A) op(B) + beta * C with A and B bfloat16 (raw bits, core/bfloat16.h) and C float32,
+// laid out as for gemm. Each product of two bfloat16 values is exact in float32 and the sums are
+// float32 (oneDNN's matmul primitive; brg:avx512_core_bf16 on CPUs with avx512_bf16). The primitive
+// for each (transposes, sizes, strides, beta, thread count) is created on first use and kept in a
+// cache of the calling thread (at most kMaxCachedBf16Matmuls, emptied when full), so repeated shapes
+// pay its creation once. With beta = 0, C's previous contents are ignored. M, N or K may be 0.
+void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
+               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+inline constexpr int kMaxCachedBf16Matmuls = 256;
 
 // Threads the GEMM provider (and our OpenMP loops) may use in this process. n >= 1.
 void set_num_threads(int n);

@@ -53,6 +53,17 @@ void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
   gemm_batched(op, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
+void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+  if (M == 0 || N == 0) return;
+  if (K == 0) return scale_only(op, M, N, beta, C, ldc);
+  const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
+  const float alpha = 1.f;
+  MOE_CUBLAS_CHECK(op, cublasGemmEx(handle(op), op_b, op_a, as_int(op, N), as_int(op, M), as_int(op, K), &alpha, B,
+                                    CUDA_R_16BF, as_int(op, ldb), A, CUDA_R_16BF, as_int(op, lda), &beta, C,
+                                    CUDA_R_32F, as_int(op, ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+}
+
 void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b,
                   float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch) {

@@ -1,5 +1,5 @@
-// Matrix multiply on row-major float32 device matrices through cuBLAS (core/cpu/gemm.h's contract
-// on the device), one cuBLAS handle per device, on the legacy default stream.
+// Matrix multiply on row-major float32 (and bfloat16-input) device matrices through cuBLAS
+// (core/cpu/gemm.h's contract on the device), one cuBLAS handle per device, on the legacy default stream.
 #pragma once
 
 #include <cstdint>
@@ -11,6 +11,11 @@ namespace moe::cuda {
 // With beta = 0, C's previous contents are ignored. M, N or K may be 0. `op` names the caller in errors.
 void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc);
+
+// C (M, N) float32 = op(A) op(B) + beta * C with A and B bfloat16 (raw bits), laid out as for gemm:
+// cublasGemmEx with CUDA_R_16BF inputs, a CUDA_R_32F output and CUBLAS_COMPUTE_32F (float32 sums).
+void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A,
+               int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
 // `batch` such products, matrix i of A, B and C at A + i * stride_a (and so on), in one call.
 void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,

@@ -16,6 +16,8 @@ void fill_f32(float*, int64_t, float) { MOE_NO_CUDA(fill_f32); }
 void copy_to_host(void*, const void*, int64_t) { MOE_NO_CUDA(copy_to_host); }
 void copy_from_host(void*, const void*, int64_t) { MOE_NO_CUDA(copy_from_host); }
 
+void convert(Tensor&, const Tensor&) { MOE_NO_CUDA(convert); }
+
 void linear_forward(Tensor&, const Tensor&, const Tensor&, const Tensor*) { MOE_NO_CUDA(linear_forward); }
 void linear_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&) {
   MOE_NO_CUDA(linear_backward);
