@@ -130,15 +130,15 @@ void gemm_grouped(const char* op, bool trans_a, bool trans_b, float alpha, const
   MOE_CUDA_CHECK(op, cudaMemcpyAsync(addresses.device, addresses.host, 3 * static_cast<size_t>(count) * sizeof(void*),
                                      cudaMemcpyHostToDevice, 0));
   MOE_CUDA_CHECK(op, cudaEventRecord(addresses.copied, 0));
-  const std::vector<cublasOperation_t> op_a(count, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N),
-      op_b(count, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+  const std::vector<cublasOperation_t> cublas_trans_a(count, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N),
+      cublas_trans_b(count, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
   const std::vector<float> alphas(count, alpha), betas(count, beta);
   const std::vector<int> group_size(count, 1);
   void** const d = addresses.device;
-  MOE_CUBLAS_CHECK(op, cublasGemmGroupedBatchedEx(handle(op), op_a.data(), op_b.data(), m.data(), n.data(), k.data(),
-                                                  alphas.data(), d, CUDA_R_32F, lda.data(), d + count, CUDA_R_32F,
-                                                  ldb.data(), betas.data(), d + 2 * count, CUDA_R_32F, ldc.data(),
-                                                  count, group_size.data(), CUBLAS_COMPUTE_32F));
+  MOE_CUBLAS_CHECK(op, cublasGemmGroupedBatchedEx(handle(op), cublas_trans_a.data(), cublas_trans_b.data(), m.data(),
+                                                  n.data(), k.data(), alphas.data(), d, CUDA_R_32F, lda.data(),
+                                                  d + count, CUDA_R_32F, ldb.data(), betas.data(), d + 2 * count,
+                                                  CUDA_R_32F, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
 }
 
 }  // namespace moe::cuda
