@@ -81,14 +81,17 @@ void require_grouped_linear_inputs(const char* op, const Tensor& x, const std::v
   require_dtype(op, "w", w, DType::F32);
   require_shape(op, "w", w, {w.dim(0), x.dim(1), w.dim(2)});
   const int64_t G = w.dim(0), M = x.dim(0);
-  const std::string expected = detail::concat("; expected G + 1 = ", G + 1, " non-decreasing row starts from 0 to M = ",
-                                              M, " (G = w.dim(0), M = x.dim(0))");
-  MOE_REQUIRE(static_cast<int64_t>(offset.size()) == G + 1, op, ": offset has ", offset.size(), " entries", expected);
-  MOE_REQUIRE(offset[0] == 0, op, ": offset[0] = ", offset[0], expected);
-  for (int64_t g = 1; g <= G; ++g)
-    MOE_REQUIRE(offset[g] >= offset[g - 1], op, ": offset[", g, "] = ", offset[g], " is below offset[", g - 1,
-                "] = ", offset[g - 1], expected);
-  MOE_REQUIRE(offset[G] == M, op, ": offset[", G, "] = ", offset[G], expected);
+  const std::string problem = [&]() -> std::string {  // empty when offset is good
+    if (static_cast<int64_t>(offset.size()) != G + 1) return detail::concat("offset has ", offset.size(), " entries");
+    if (offset[0] != 0) return detail::concat("offset[0] = ", offset[0]);
+    for (int64_t g = 1; g <= G; ++g)
+      if (offset[g] < offset[g - 1])
+        return detail::concat("offset[", g, "] = ", offset[g], " is below offset[", g - 1, "] = ", offset[g - 1]);
+    if (offset[G] != M) return detail::concat("offset[", G, "] = ", offset[G]);
+    return {};
+  }();
+  MOE_REQUIRE(problem.empty(), op, ": ", problem, "; expected G + 1 = ", G + 1,
+              " non-decreasing row starts from 0 to M = ", M, " (G = w.dim(0), M = x.dim(0))");
 }
 
 }  // namespace

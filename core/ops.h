@@ -26,7 +26,8 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
 // grouped_linear: one weight per group of rows (the MoE experts over the permuted token buffer).
 // x (M, in) with group g the rows [offset[g], offset[g+1]); offset has G + 1 entries, offset[0] = 0,
 // offset[G] = M, non-decreasing (a group may be empty); w (G, in, out); y (M, out), y_g = x_g w_g.
-// One GEMM per non-empty group; InvalidArgument names a bad offset entry.
+// The CPU runs a GEMM per non-empty group, CUDA one grouped GEMM for them all; InvalidArgument names a
+// bad offset entry.
 void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_t>& offset, const Tensor& w);
 // dx_g (rows of group g, in) += dy_g w_g^T;  dw_g (in, out) += x_g^T dy_g (an empty group's dw_g is
 // unchanged).  dy (M, out); dx (M, in) and dw (G, in, out), either may be null.
