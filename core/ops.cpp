@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <cstdlib>
 #include <limits>
+#include <string>
 #include <vector>
 
 #include "core/backend.h"
@@ -88,6 +89,28 @@ void require_linear_dy(const char* op, const Tensor& dy, const Tensor& x, int64_
   require_product_dtype(op, "dy", dy, x);
 }
 
+// x (M, in) and w (G, in, out): the inputs of a grouped linear, their dtypes checked here only; and offset,
+// G + 1 non-decreasing row starts from 0 to M.
+void require_grouped_linear_inputs(const char* op, const Tensor& x, const std::vector<int64_t>& offset,
+                                   const Tensor& w) {
+  require_f32_matrix(op, "x", x);
+  require_rank(op, "w", w, 3);
+  require_dtype(op, "w", w, DType::F32);
+  require_shape(op, "w", w, {w.dim(0), x.dim(1), w.dim(2)});
+  const int64_t G = w.dim(0), M = x.dim(0);
+  const std::string problem = [&]() -> std::string {  // empty when offset is good
+    if (static_cast<int64_t>(offset.size()) != G + 1) return detail::concat("offset has ", offset.size(), " entries");
+    if (offset[0] != 0) return detail::concat("offset[0] = ", offset[0]);
+    for (int64_t g = 1; g <= G; ++g)
+      if (offset[g] < offset[g - 1])
+        return detail::concat("offset[", g, "] = ", offset[g], " is below offset[", g - 1, "] = ", offset[g - 1]);
+    if (offset[G] != M) return detail::concat("offset[", G, "] = ", offset[G]);
+    return {};
+  }();
+  MOE_REQUIRE(problem.empty(), op, ": ", problem, "; expected G + 1 = ", G + 1,
+              " non-decreasing row starts from 0 to M = ", M, " (G = w.dim(0), M = x.dim(0))");
+}
+
 }  // namespace
 
 // ---- precision ----
@@ -126,6 +149,25 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
   if (db != nullptr) require_f32(op, "db", *db, {out});
   require_same_device(op, {&dy, &x, &w, dx, dw, db});
   MOE_DISPATCH(x.device(), linear_backward, dx, dw, db, dy, x, w);
+}
+
+void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_t>& offset, const Tensor& w) {
+  const char* op = "grouped_linear_forward";
+  require_grouped_linear_inputs(op, x, offset, w);
+  require_f32(op, "y", y, {x.dim(0), w.dim(2)});
+  require_same_device(op, {&y, &x, &w});
+  MOE_DISPATCH(x.device(), grouped_linear_forward, y, x, offset, w);
+}
+
+void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x,
+                             const std::vector<int64_t>& offset, const Tensor& w) {
+  const char* op = "grouped_linear_backward";
+  require_grouped_linear_inputs(op, x, offset, w);
+  require_f32(op, "dy", dy, {x.dim(0), w.dim(2)});
+  if (dx != nullptr) require_f32(op, "dx", *dx, x.shape());
+  if (dw != nullptr) require_f32(op, "dw", *dw, w.shape());
+  require_same_device(op, {&dy, &x, &w, dx, dw});
+  MOE_DISPATCH(x.device(), grouped_linear_backward, dx, dw, dy, x, offset, w);
 }
 
 // ---- elementwise activations: any shape, y and dy shaped like x ----

@@ -35,6 +35,17 @@ void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b
 void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const Tensor& x,
                      const Tensor& w);
 
+// grouped_linear: one weight per group of rows (the MoE experts over the permuted token buffer).
+// x (M, in) with group g the rows [offset[g], offset[g+1]); offset has G + 1 entries, offset[0] = 0,
+// offset[G] = M, non-decreasing (a group may be empty); w (G, in, out); y (M, out), y_g = x_g w_g.
+// The CPU runs a GEMM per non-empty group, CUDA one grouped GEMM for them all; InvalidArgument names a
+// bad offset entry.
+void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_t>& offset, const Tensor& w);
+// dx_g (rows of group g, in) += dy_g w_g^T;  dw_g (in, out) += x_g^T dy_g (an empty group's dw_g is
+// unchanged).  dy (M, out); dx (M, in) and dw (G, in, out), either may be null.
+void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x,
+                             const std::vector<int64_t>& offset, const Tensor& w);
+
 // relu: y = max(x, 0).  x, y (any shape, same).
 void relu_forward(Tensor& y, const Tensor& x);
 void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);

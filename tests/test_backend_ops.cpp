@@ -91,6 +91,9 @@ std::vector<OpCase> op_cases() {
   const Tensor b = normal_tensor({5}, 0.5f, 3, "b"), dy5 = normal_tensor({6, 5}, 1.f, 4, "dy5");
   const Tensor dy8 = normal_tensor({6, 8}, 1.f, 5, "dy8"), g = normal_tensor({8}, 1.f, 6, "g");
   const Tensor dy4 = normal_tensor({6, 4}, 1.f, 7, "dy4"), wt = normal_tensor({5, 8}, 0.5f, 11, "wt");
+  // Grouped linear: 4 groups of 0, 2, 4 and 0 of x's 6 rows (empty groups first and last, sizes that differ).
+  const Tensor w4 = normal_tensor({4, 8, 5}, 0.5f, 25, "w4");
+  const std::vector<int64_t> groups = {0, 0, 2, 6, 6};
   const Tensor targets = Tensor::from_ints({6}, {0, 3, 7, -1, 2, 7});
   const Tensor index = Tensor::from_ints({4}, {5, 0, 0, 3});
   const Tensor slot = Tensor::from_ints({3, 2}, {0, 2, 1, -1, 3, 4});
@@ -154,6 +157,19 @@ std::vector<OpCase> op_cases() {
          Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {5, 8}, 2);
          linear_transposed_forward(y, bf16_on(d, x), bf16_on(d, wt));
          linear_transposed_backward(&dx, &dw, bf16_on(d, dy5), bf16_on(d, x), bf16_on(d, wt));
+         return to_host({y, dx, dw});
+       }},
+      {"grouped_linear", kSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {4, 8, 5}, 2);
+         grouped_linear_forward(y, on(d, x), groups, on(d, w4));
+         grouped_linear_backward(&dx, &dw, on(d, dy5), on(d, x), groups, on(d, w4));
+         return to_host({y, dx, dw});
+       }},
+      {"grouped_linear_one_group", kSums, [=](Device d) {
+         const Tensor w1 = w.reshape({1, 8, 5});
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {1, 8, 5}, 2);
+         grouped_linear_forward(y, on(d, x), {0, 6}, on(d, w1));
+         grouped_linear_backward(&dx, &dw, on(d, dy5), on(d, x), {0, 6}, on(d, w1));
          return to_host({y, dx, dw});
        }},
       {"relu", kExact, [=](Device d) {

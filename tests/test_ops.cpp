@@ -502,6 +502,162 @@ TEST(LinearBf16, NoRowsLeavesParameterGradientsUnchanged) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// grouped_linear
+// ---------------------------------------------------------------------------------------------
+
+// Groups of 3, 0, 5 and 1 rows: an empty group between two others, and groups of different sizes.
+const std::vector<int64_t> kGroupOffsets = {0, 3, 3, 8, 9};
+
+// w_g as a 2-D view of the stacked (G, in, out) weight.
+Tensor group_weight(const Tensor& w, int64_t g) { return w.rows(g, g + 1).reshape({w.dim(1), w.dim(2)}); }
+
+// The group of row r under `offset`.
+int64_t group_of(const std::vector<int64_t>& offset, int64_t r) {
+  int64_t g = 0;
+  while (offset[g + 1] <= r) ++g;
+  return g;
+}
+
+// A float32 sum of n products, accumulated in any order (GEMM blocking, FMAs), is off from the exact sum
+// by at most n u sum|terms| to first order; (n + 2) u sum|terms| also covers rounding the products and
+// adding the start value once.
+double sum_tolerance(int64_t n, double sum_abs) { return static_cast<double>(n + 2) * kUnitRoundoff * sum_abs; }
+
+TEST(GroupedLinear, ForwardMatchesPerGroupDoubleReference) {
+  std::mt19937 rng(24);
+  const int64_t M = kGroupOffsets.back(), G = 4, in = 7, out = 5;
+  const Tensor x = random_tensor({M, in}, rng), w = random_tensor({G, in, out}, rng);
+  Tensor y = nan_tensor({M, out});
+  grouped_linear_forward(y, x, kGroupOffsets, w);
+  for (int64_t r = 0; r < M; ++r) {
+    const int64_t g = group_of(kGroupOffsets, r);
+    const Tensor w_g = group_weight(w, g);
+    for (int64_t j = 0; j < out; ++j) {
+      double expected = 0, sum_abs = 0;
+      for (int64_t i = 0; i < in; ++i) {
+        expected += static_cast<double>(at(x, r, i)) * at(w_g, i, j);
+        sum_abs += std::fabs(static_cast<double>(at(x, r, i)) * at(w_g, i, j));
+      }
+      EXPECT_NEAR(at(y, r, j), expected, sum_tolerance(in, sum_abs)) << "row " << r << " (group " << g << "), " << j;
+    }
+  }
+}
+
+TEST(GroupedLinear, BackwardAccumulatesThePerGroupDoubleReference) {
+  std::mt19937 rng(25);
+  const int64_t M = kGroupOffsets.back(), G = 4, in = 7, out = 5;
+  const Tensor x = random_tensor({M, in}, rng), w = random_tensor({G, in, out}, rng);
+  const Tensor dy = random_tensor({M, out}, rng);
+  // Non-zero starting gradients: the backward must add to them, and leave the empty group's dw_g as it was.
+  const Tensor dx_start = random_tensor({M, in}, rng), dw_start = random_tensor({G, in, out}, rng);
+  Tensor dx = dx_start.clone(), dw = dw_start.clone();
+  grouped_linear_backward(&dx, &dw, dy, x, kGroupOffsets, w);
+  for (int64_t r = 0; r < M; ++r) {  // dx_g = dy_g w_g^T
+    const Tensor w_g = group_weight(w, group_of(kGroupOffsets, r));
+    for (int64_t i = 0; i < in; ++i) {
+      double expected = at(dx_start, r, i), sum_abs = std::fabs(expected);
+      for (int64_t j = 0; j < out; ++j) {
+        expected += static_cast<double>(at(dy, r, j)) * at(w_g, i, j);
+        sum_abs += std::fabs(static_cast<double>(at(dy, r, j)) * at(w_g, i, j));
+      }
+      EXPECT_NEAR(at(dx, r, i), expected, sum_tolerance(out, sum_abs)) << "dx " << r << ", " << i;
+    }
+  }
+  for (int64_t g = 0; g < G; ++g) {  // dw_g = x_g^T dy_g
+    const Tensor dw_g = group_weight(dw, g), start_g = group_weight(dw_start, g);
+    const int64_t rows = kGroupOffsets[g + 1] - kGroupOffsets[g];
+    for (int64_t i = 0; i < in; ++i)
+      for (int64_t j = 0; j < out; ++j) {
+        double expected = at(start_g, i, j), sum_abs = std::fabs(expected);
+        for (int64_t r = kGroupOffsets[g]; r < kGroupOffsets[g + 1]; ++r) {
+          expected += static_cast<double>(at(x, r, i)) * at(dy, r, j);
+          sum_abs += std::fabs(static_cast<double>(at(x, r, i)) * at(dy, r, j));
+        }
+        if (rows == 0)
+          EXPECT_EQ(at(dw_g, i, j), at(start_g, i, j)) << "empty group " << g << " changed dw at " << i << ", " << j;
+        else
+          EXPECT_NEAR(at(dw_g, i, j), expected, sum_tolerance(rows, sum_abs)) << "dw " << g << ": " << i << ", " << j;
+      }
+  }
+  expect_backward_accumulates({&dx, &dw}, [&] { grouped_linear_backward(&dx, &dw, dy, x, kGroupOffsets, w); });
+}
+
+TEST(GroupedLinear, BackwardSkipsNullGradients) {
+  std::mt19937 rng(26);
+  const int64_t M = kGroupOffsets.back();
+  const Tensor x = random_tensor({M, 3}, rng), w = random_tensor({4, 3, 2}, rng), dy = random_tensor({M, 2}, rng);
+  Tensor dx_both = Tensor::zeros({M, 3}), dw_both = Tensor::zeros({4, 3, 2});
+  Tensor dx_only = Tensor::zeros({M, 3}), dw_only = Tensor::zeros({4, 3, 2});
+  grouped_linear_backward(&dx_both, &dw_both, dy, x, kGroupOffsets, w);
+  grouped_linear_backward(&dx_only, nullptr, dy, x, kGroupOffsets, w);
+  grouped_linear_backward(nullptr, &dw_only, dy, x, kGroupOffsets, w);
+  EXPECT_EQ(floats_of(dx_only), floats_of(dx_both));
+  EXPECT_EQ(floats_of(dw_only), floats_of(dw_both));
+}
+
+// One group holding every row is linear_forward / linear_backward, bit for bit (the same GEMMs).
+TEST(GroupedLinear, OneGroupIsTheLinearOp) {
+  std::mt19937 rng(27);
+  const int64_t M = 6, in = 4, out = 3;
+  const Tensor x = random_tensor({M, in}, rng), w = random_tensor({1, in, out}, rng), dy = random_tensor({M, out}, rng);
+  const Tensor w2 = group_weight(w, 0);
+  Tensor y = nan_tensor({M, out}), y_linear = nan_tensor({M, out});
+  grouped_linear_forward(y, x, {0, M}, w);
+  linear_forward(y_linear, x, w2, nullptr);
+  EXPECT_EQ(floats_of(y), floats_of(y_linear));
+  Tensor dx = Tensor::zeros({M, in}), dw = Tensor::zeros({1, in, out});
+  Tensor dx_linear = Tensor::zeros({M, in}), dw_linear = Tensor::zeros({in, out});
+  grouped_linear_backward(&dx, &dw, dy, x, {0, M}, w);
+  linear_backward(&dx_linear, &dw_linear, nullptr, dy, x, w2);
+  EXPECT_EQ(floats_of(dx), floats_of(dx_linear));
+  EXPECT_EQ(floats_of(dw), floats_of(dw_linear));
+}
+
+// No rows at all (every group empty): nothing to write, the weight gradient unchanged.
+TEST(GroupedLinear, NoRowsLeavesTheWeightGradientUnchanged) {
+  const Tensor x = Tensor::zeros({0, 3}), dy = Tensor::zeros({0, 2}), w = Tensor::zeros({2, 3, 2});
+  Tensor y = Tensor::zeros({0, 2}), dw = Tensor::from({2, 3, 2}, std::vector<float>(12, 1.5f));
+  grouped_linear_forward(y, x, {0, 0, 0}, w);
+  grouped_linear_backward(nullptr, &dw, dy, x, {0, 0, 0}, w);
+  EXPECT_EQ(floats_of(dw), std::vector<float>(12, 1.5f));
+}
+
+TEST(GroupedLinear, BadOffsetsAndShapesAreRefusedBeforeAnythingIsWritten) {
+  const Tensor x = Tensor::zeros({5, 3}), w = Tensor::zeros({2, 3, 4}), dy = Tensor::zeros({5, 4});
+  Tensor y = Tensor::zeros({5, 4}), dw = Tensor::from({2, 3, 4}, std::vector<float>(24, 1.f));
+  const std::string accepted = "expected G + 1 = 3 non-decreasing row starts from 0 to M = 5";
+  const struct {
+    std::vector<int64_t> offset;
+    std::string problem;
+  } bad[] = {
+      {{0, 5}, "offset has 2 entries"},
+      {{0, 2, 5, 5}, "offset has 4 entries"},
+      {{}, "offset has 0 entries"},
+      {{1, 2, 5}, "offset[0] = 1"},
+      {{0, 4, 3}, "offset[2] = 3 is below offset[1] = 4"},
+      {{0, -1, 5}, "offset[1] = -1 is below offset[0] = 0"},
+      {{0, 2, 6}, "offset[2] = 6"},
+      {{0, 2, 4}, "offset[2] = 4"},
+  };
+  for (const auto& b : bad) {
+    EXPECT_CONTAINS(error_message([&] { grouped_linear_forward(y, x, b.offset, w); }),
+                    "grouped_linear_forward: " + b.problem, accepted);
+    EXPECT_CONTAINS(error_message([&] { grouped_linear_backward(nullptr, &dw, dy, x, b.offset, w); }),
+                    "grouped_linear_backward: " + b.problem, accepted);
+  }
+  EXPECT_EQ(floats_of(dw), std::vector<float>(24, 1.f)) << "a refused backward wrote dw";
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_forward(y, x, {0, 2, 5}, Tensor::zeros({2, 4, 4})); }),
+                  "grouped_linear_forward: w has shape (2, 4, 4), expected (2, 3, 4)");
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_forward(y, x, {0, 2, 5}, Tensor::zeros({3, 4})); }),
+                  "grouped_linear_forward: w has shape (3, 4), expected a tensor of rank 3");
+  Tensor y_wrong = Tensor::zeros({5, 3});
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_forward(y_wrong, x, {0, 2, 5}, w); }),
+                  "grouped_linear_forward: y has shape (5, 3), expected (5, 4)");
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_backward(nullptr, &y_wrong, dy, x, {0, 2, 5}, w); }),
+                  "grouped_linear_backward: dw has shape (5, 3), expected (2, 3, 4)");
+}
+
+// ---------------------------------------------------------------------------------------------
 // activations
 // ---------------------------------------------------------------------------------------------
 
@@ -1724,6 +1880,8 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"convert", [&] { cuda::convert(t, t); }},
       {"linear_forward", [&] { cuda::linear_forward(t, t, t, nullptr); }},
       {"linear_backward", [&] { cuda::linear_backward(nullptr, nullptr, nullptr, t, t, t); }},
+      {"grouped_linear_forward", [&] { cuda::grouped_linear_forward(t, t, {0, 1}, t); }},
+      {"grouped_linear_backward", [&] { cuda::grouped_linear_backward(nullptr, nullptr, t, t, {0, 1}, t); }},
       {"relu_forward", [&] { cuda::relu_forward(t, t); }},
       {"relu_backward", [&] { cuda::relu_backward(t, t, t); }},
       {"gelu_forward", [&] { cuda::gelu_forward(t, t); }},

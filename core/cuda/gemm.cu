@@ -46,6 +46,41 @@ void scale_only(const char* op, int64_t M, int64_t N, float beta, float* C, int6
   });
 }
 
+// gemm_grouped's matrix addresses on their way to the device: a pinned host buffer and a device buffer
+// of `capacity` addresses each, grown on demand and kept for the process. The host buffer is rewritten
+// only once the previous copy out of it has completed (`copied`); the device buffer is overwritten by a
+// copy on the stream of the GEMMs that read it, so only after they have run.
+struct GroupedAddresses {
+  void** host = nullptr;
+  void** device = nullptr;
+  int64_t capacity = 0;
+  cudaEvent_t copied = nullptr;
+};
+
+// The current device's buffers, ready to take `count` addresses in `host`.
+GroupedAddresses& grouped_addresses(const char* op, int64_t count) {
+  static std::mutex mutex;
+  static std::vector<GroupedAddresses> per_device;
+  int device = 0;
+  MOE_CUDA_CHECK(op, cudaGetDevice(&device));
+  std::lock_guard<std::mutex> lock(mutex);
+  if (per_device.size() <= static_cast<size_t>(device)) per_device.resize(static_cast<size_t>(device) + 1);
+  GroupedAddresses& a = per_device[static_cast<size_t>(device)];
+  if (a.copied == nullptr) MOE_CUDA_CHECK(op, cudaEventCreateWithFlags(&a.copied, cudaEventDisableTiming));
+  MOE_CUDA_CHECK(op, cudaEventSynchronize(a.copied));  // an event never recorded is complete
+  if (a.capacity < count) {
+    if (a.host != nullptr) MOE_CUDA_CHECK(op, cudaFreeHost(a.host));
+    if (a.device != nullptr) MOE_CUDA_CHECK(op, cudaFree(a.device));  // waits for the GEMMs reading it
+    a.host = a.device = nullptr;
+    a.capacity = 0;
+    const size_t bytes = static_cast<size_t>(count) * sizeof(void*);
+    MOE_CUDA_CHECK(op, cudaMallocHost(reinterpret_cast<void**>(&a.host), bytes));
+    MOE_CUDA_CHECK(op, cudaMalloc(reinterpret_cast<void**>(&a.device), bytes));
+    a.capacity = count;
+  }
+  return a;
+}
+
 }  // namespace
 
 void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
@@ -76,6 +111,45 @@ void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t
   MOE_CUBLAS_CHECK(op, cublasSgemmStridedBatched(handle(op), op_b, op_a, as_int(op, N), as_int(op, M), as_int(op, K),
                                                  &alpha, B, as_int(op, ldb), stride_b, A, as_int(op, lda), stride_a,
                                                  &beta, C, as_int(op, ldc), stride_c, as_int(op, batch)));
+}
+
+void gemm_grouped(const char* op, bool trans_a, bool trans_b, float alpha, const std::vector<GemmProblem>& problems,
+                  float beta) {
+  std::vector<const GemmProblem*> run;  // the problems with a product to compute
+  for (const GemmProblem& p : problems) {
+    if (p.M == 0 || p.N == 0) continue;
+    if (p.K == 0) {
+      if (beta != 1.f) scale_only(op, p.M, p.N, beta, p.C, p.ldc);
+      continue;
+    }
+    run.push_back(&p);
+  }
+  if (run.empty()) return;
+  // Each problem is a cuBLAS group of one (their sizes differ), swapped for column-major as in
+  // gemm_batched: cuBLAS's A is our B, its m our N. The addresses go B, then A, then C, `count` each.
+  const int count = as_int(op, static_cast<int64_t>(run.size()));
+  std::vector<int> m(count), n(count), k(count), lda(count), ldb(count), ldc(count);
+  GroupedAddresses& addresses = grouped_addresses(op, 3 * int64_t{count});
+  for (int i = 0; i < count; ++i) {
+    const GemmProblem& p = *run[static_cast<size_t>(i)];
+    m[i] = as_int(op, p.N), n[i] = as_int(op, p.M), k[i] = as_int(op, p.K);
+    lda[i] = as_int(op, p.ldb), ldb[i] = as_int(op, p.lda), ldc[i] = as_int(op, p.ldc);
+    addresses.host[i] = const_cast<float*>(p.B);  // read only, as cuBLAS's const array type says
+    addresses.host[count + i] = const_cast<float*>(p.A);
+    addresses.host[2 * count + i] = p.C;
+  }
+  MOE_CUDA_CHECK(op, cudaMemcpyAsync(addresses.device, addresses.host, 3 * static_cast<size_t>(count) * sizeof(void*),
+                                     cudaMemcpyHostToDevice, 0));
+  MOE_CUDA_CHECK(op, cudaEventRecord(addresses.copied, 0));
+  const std::vector<cublasOperation_t> cublas_trans_a(count, trans_b ? CUBLAS_OP_T : CUBLAS_OP_N),
+      cublas_trans_b(count, trans_a ? CUBLAS_OP_T : CUBLAS_OP_N);
+  const std::vector<float> alphas(count, alpha), betas(count, beta);
+  const std::vector<int> group_size(count, 1);
+  void** const d = addresses.device;
+  MOE_CUBLAS_CHECK(op, cublasGemmGroupedBatchedEx(handle(op), cublas_trans_a.data(), cublas_trans_b.data(), m.data(),
+                                                  n.data(), k.data(), alphas.data(), d, CUDA_R_32F, lda.data(),
+                                                  d + count, CUDA_R_32F, ldb.data(), betas.data(), d + 2 * count,
+                                                  CUDA_R_32F, ldc.data(), count, group_size.data(), CUBLAS_COMPUTE_32F));
 }
 
 }  // namespace moe::cuda

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 namespace moe::cuda {
 
@@ -21,5 +22,25 @@ void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N,
 void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                   const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b,
                   float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
+
+// One product of gemm()'s form for gemm_grouped: C (M, N) = alpha op(A) op(B) + beta C, its own sizes,
+// row strides and device matrices.
+struct GemmProblem {
+  int64_t M, N, K;
+  const float* A;
+  int64_t lda;
+  const float* B;
+  int64_t ldb;
+  float* C;
+  int64_t ldc;
+};
+
+// Every problem, with the same transpose flags, alpha and beta, in one cuBLAS call
+// (cublasGemmGroupedBatchedEx, float32 computed in float32 as gemm does). A problem with an empty
+// product is left out of the call: M or N = 0 writes nothing, K = 0 scales C by beta. The matrices'
+// addresses reach the device in one asynchronous copy from a pinned host buffer the backend keeps
+// per device; the call waits only for the previous call's copy out of that buffer.
+void gemm_grouped(const char* op, bool trans_a, bool trans_b, float alpha, const std::vector<GemmProblem>& problems,
+                  float beta);
 
 }  // namespace moe::cuda

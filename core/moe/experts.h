@@ -21,8 +21,8 @@ struct ExpertActivations {
 
 // x (M, d) permuted tokens; offset (E_local + 1) segment starts within x, offset.back() == M;
 // w_in (E_local, d, in_cols) with in_cols = h (ReLU, GELU) or 2h (SwiGLU: [gate | up]);
-// w_out (E_local, h, d). Writes y (M, d) and saved. Costs one GEMM pair per expert with tokens,
-// never one per token.
+// w_out (E_local, h, d). Writes y (M, d) and saved: two grouped_linear calls (core/ops.h) around one
+// activation over all rows.
 void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
                      const Tensor& w_in, const Tensor& w_out, Activation activation);
 

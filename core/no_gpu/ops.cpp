@@ -22,6 +22,13 @@ void linear_forward(Tensor&, const Tensor&, const Tensor&, const Tensor*) { MOE_
 void linear_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&) {
   MOE_NO_CUDA(linear_backward);
 }
+void grouped_linear_forward(Tensor&, const Tensor&, const std::vector<int64_t>&, const Tensor&) {
+  MOE_NO_CUDA(grouped_linear_forward);
+}
+void grouped_linear_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const std::vector<int64_t>&,
+                             const Tensor&) {
+  MOE_NO_CUDA(grouped_linear_backward);
+}
 
 void relu_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(relu_forward); }
 void relu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(relu_backward); }

@@ -1,0 +1,56 @@
+// CUDA grouped linear (the MoE experts): all groups' products of one direction (forward, dx, dw) in
+// one cuBLAS grouped GEMM (cuda/gemm.h's gemm_grouped), each group with its own weight.
+#include "core/backend.h"
+#include "core/cuda/device_tensor.h"
+#include "core/cuda/gemm.h"
+
+namespace moe::cuda {
+
+namespace {
+
+// One problem per group, the product `make(g, first, rows)` with group g's rows [first, first + rows);
+// gemm_grouped leaves out the groups without rows.
+template <class Make>
+std::vector<GemmProblem> per_group(const std::vector<int64_t>& offset, Make make) {
+  std::vector<GemmProblem> problems;
+  for (size_t g = 0; g + 1 < offset.size(); ++g)
+    problems.push_back(make(static_cast<int64_t>(g), offset[g], offset[g + 1] - offset[g]));
+  return problems;
+}
+
+}  // namespace
+
+// y_g (rows of group g, out) = x_g (rows, in) w_g (in, out), w (G, in, out).
+void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_t>& offset, const Tensor& w) {
+  const char* op = "grouped_linear_forward";
+  const int64_t in = w.dim(1), out = w.dim(2);
+  const float *px = f32(op, x), *pw = f32(op, w);
+  float* py = f32(op, y);
+  gemm_grouped(op, false, false, 1.f, per_group(offset, [=](int64_t g, int64_t first, int64_t rows) {
+                 return GemmProblem{rows, out, in, px + first * in, in, pw + g * in * out, out, py + first * out, out};
+               }), 0.f);
+}
+
+// dx_g (rows, in) += dy_g (rows, out) w_g^T;  dw_g (in, out) += x_g^T dy_g.
+void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x,
+                             const std::vector<int64_t>& offset, const Tensor& w) {
+  const char* op = "grouped_linear_backward";
+  const int64_t in = w.dim(1), out = w.dim(2);
+  const float *pdy = f32(op, dy), *px = f32(op, x), *pw = f32(op, w);
+  if (dx != nullptr) {
+    float* pdx = f32(op, *dx);
+    gemm_grouped(op, false, true, 1.f, per_group(offset, [=](int64_t g, int64_t first, int64_t rows) {
+                   return GemmProblem{rows, in, out, pdy + first * out, out, pw + g * in * out, out,
+                                      pdx + first * in, in};
+                 }), 1.f);
+  }
+  if (dw != nullptr) {
+    float* pdw = f32(op, *dw);
+    gemm_grouped(op, true, false, 1.f, per_group(offset, [=](int64_t g, int64_t first, int64_t rows) {
+                   return GemmProblem{in, out, rows, px + first * in, in, pdy + first * out, out,
+                                      pdw + g * in * out, out};
+                 }), 1.f);
+  }
+}
+
+}  // namespace moe::cuda
