@@ -34,6 +34,7 @@ struct ModelConfig {
   Activation dense_activation = Activation::SwiGLU;
   float init_std = 0.02f;       // N(0, init_std) for every matrix; output projections (w_out of
                                 // attention, FFNs and experts) get init_std / sqrt(2 n_layers) (GPT-2)
+  Precision precision = Precision::FP32;  // of the matrix products (core/moe/moe_config.h)
   // Not keys of the run configuration: every run uses these.
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;

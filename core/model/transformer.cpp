@@ -59,6 +59,7 @@ MoEConfig TransformerConfig::moe_layer_config() const {
   MoEConfig m = moe;
   m.d_model = d_model;
   m.init_std = init_std;
+  m.precision = precision;
   return m;
 }
 

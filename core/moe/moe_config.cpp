@@ -20,6 +20,8 @@ DropPolicy parse_drop_policy(const std::string& name) {
   throw InvalidArgument("drop_policy '" + name + "' is not one of: position, probs");
 }
 
+const char* to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
+
 const char* to_string(Activation a) {
   switch (a) {
     case Activation::ReLU: return "relu";

@@ -9,6 +9,12 @@
 namespace moe {
 
 enum class Activation { ReLU, GELU, SwiGLU };
+
+// The arithmetic of the matrix products. FP32: everything float32. BF16 (mixed precision): the
+// products' inputs (activations, weight copies, output gradients) are bfloat16, their outputs and
+// every master weight, gradient and optimizer state float32.
+enum class Precision { FP32, BF16 };
+const char* to_string(Precision p);  // "fp32" | "bf16"
 enum class DropPolicy {
   Position,  // earlier tokens keep their slot (GShard, Switch)
   Probs,     // choices with the higher router probability keep their slot
@@ -35,7 +41,7 @@ enum class Balancing {
 
 // The settings of the MoE layers: the keys of the run configuration's `moe:` section, named as it
 // spells them, with their defaults (launch/config/train_config.cpp binds each key to its field here),
-// plus d_model and init_std, which the model fills in (TransformerConfig::moe_layer_config).
+// plus d_model, init_std and precision, which the model fills in (TransformerConfig::moe_layer_config).
 struct MoEConfig {
   int64_t num_experts = 8;            // E
   int64_t top_k = 2;                  // k, 1 <= k <= E
@@ -59,6 +65,7 @@ struct MoEConfig {
 
   int64_t d_model = 0;                // from the model
   float init_std = 0.02f;             // from the model: normal init of the router and expert weights
+  Precision precision = Precision::FP32;  // from the model: of the expert GEMMs and the rows exchanged
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.

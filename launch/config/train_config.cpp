@@ -310,6 +310,8 @@ std::vector<Key> build_schema() {
   model.integer("dense_hidden", &M::dense_hidden, M::kDenseHiddenRange, "hidden size of the dense feed-forward layers");
   model.choice("dense_activation", &M::dense_activation, activations, "activation of the dense feed-forward layers");
   model.real("init_std", &M::init_std, M::kInitStdRange, "standard deviation of the normal weight initialisation");
+  model.choice("precision", &M::precision, {{"fp32", Precision::FP32}, {"bf16", Precision::BF16}},
+               "matrix products in float32, or bfloat16 inputs with float32 outputs, master weights and state");
 
   using E = MoEConfig;
   SectionKeys<E> moe(keys, "moe", &TrainConfig::moe);
