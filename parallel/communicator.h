@@ -45,6 +45,12 @@ class CommRequest {
   virtual void wait() = 0;
 };
 
+// A request for a collective that finished before its start_* call returned.
+class DoneRequest final : public CommRequest {
+ public:
+  void wait() override {}
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;

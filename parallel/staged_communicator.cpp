@@ -11,11 +11,6 @@ namespace moe {
 
 namespace {
 
-class DoneRequest final : public CommRequest {
- public:
-  void wait() override {}
-};
-
 class StagedCommunicator final : public Communicator {
  public:
   explicit StagedCommunicator(std::unique_ptr<Communicator> host) : host_(std::move(host)) {}
