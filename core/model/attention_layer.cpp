@@ -84,10 +84,17 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
     rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
     rotary_forward(k_, k_, H, S, cfg_.rope_theta);
   }
-  probs_.resize({N / S, H, S, S});
+  lse_.resize({N / S, H, S});
   attn_.resize({N, d});
-  causal_attention_forward(attn_, probs_, q_, k_, v_, H, S);
+  causal_attention_forward(attn_, lse_, q_, k_, v_, H, S);
   linear_forward(y, attn_, weights.w_out, nullptr);  // (N, d)
+}
+
+int64_t AttentionLayer::saved_numel() const {
+  int64_t n = 0;
+  for (const Tensor* t : {&qkv_, &q_, &k_, &v_, &lse_, &attn_, &index_q_, &index_k_, &index_v_})
+    if (t->defined()) n += t->numel();
+  return n;
 }
 
 // dx, dy (N, d).
@@ -101,7 +108,7 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   zeroed(dq_, {N, d});
   zeroed(dk_, {N, d});
   zeroed(dv_, {N, d});
-  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, probs_, H, S);
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, attn_, lse_, H, S);
 
   zeroed(dqkv_, {N, 3 * d});
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});
