@@ -211,7 +211,7 @@ std::vector<OpCase> op_cases() {
          rotary_backward(dx, on(d, dout), 2, 5, 10000.f);
          return to_host({y, in_place, dx});
        }},
-      // Tiles of 16 queries x 32 keys on CUDA, 64 x 64 on the CPU: sequences that end inside a tile,
+      // Tiles of 16 queries x 32 keys on CUDA, blocks of 64 x 128 on the CPU: sequences that end inside a tile,
       // head_dim 64 and 128 (CUDA's largest).
       {"causal_attention", kChained, attention_case(2, 2, 5, 4)},
       {"causal_attention_S50_Dh64", kChained, attention_case(2, 3, 50, 64)},

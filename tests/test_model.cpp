@@ -245,12 +245,13 @@ struct AttentionTensors {
   Tensor q, k, v, dout, out, lse;
 };
 
-// The kernels work in blocks of 64 query rows x 64 keys (core/cpu/attention.cpp) and, on CUDA, tiles
-// of 16 queries x 32 keys: one token; part of a block; exactly one block; 150 = two blocks and a
-// partial one, with 8 (sequence, head) pairs in parallel; head_dim 64 and 128 (CUDA's largest).
+// The kernels work in blocks of 64 query rows x 128 keys (core/cpu/attention.cpp) and, on CUDA, tiles
+// of 16 queries x 32 keys: one token; part of a block; exactly one query block; 150 = two query blocks
+// and a partial one, one key block and a partial one, with 8 (sequence, head) pairs in parallel;
+// head_dim 64 and 128 (CUDA's largest).
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
                          ::testing::Values(AttentionShape{2, 2, 5, 4, "Small"}, AttentionShape{2, 3, 1, 8, "OneToken"},
-                                           AttentionShape{1, 2, 64, 32, "ExactlyOneBlock"},
+                                           AttentionShape{1, 2, 64, 32, "OneQueryBlock"},
                                            AttentionShape{2, 4, 150, 16, "PartialBlocksParallel"},
                                            AttentionShape{1, 2, 130, 64, "HeadDim64"},
                                            AttentionShape{1, 1, 97, 128, "HeadDim128"}),
