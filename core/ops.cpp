@@ -444,13 +444,16 @@ void require_rotary(const char* op, const Tensor& x, int64_t n_heads, int64_t se
   MOE_REQUIRE(std::isfinite(theta) && theta > 0.f, op, ": theta = ", theta, " must be finite and > 0");
 }
 
-// q, k, v (B*S, H*Dh) float32 token rows and probs (B, H, S, S): the attention's inputs.
+// q, k, v (B*S, H*Dh) float32 token rows on one device and lse (B, H, S): the attention's inputs.
 void require_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
-                              const Tensor& probs, int64_t n_heads, int64_t seq_len) {
-  require_token_rows(op, "q", q, n_heads, seq_len);
+                              const Tensor& lse, int64_t n_heads, int64_t seq_len) {
+  const int64_t head_dim = require_token_rows(op, "q", q, n_heads, seq_len);
   require_f32(op, "k", k, q.shape());
   require_f32(op, "v", v, q.shape());
-  require_f32(op, "probs", probs, {q.dim(0) / seq_len, n_heads, seq_len, seq_len});
+  require_f32(op, "lse", lse, {q.dim(0) / seq_len, n_heads, seq_len});
+  MOE_REQUIRE(q.device() != Device::CUDA || head_dim <= kCudaAttentionMaxHeadDim, op, ": head_dim = ", head_dim,
+              " (", q.dim(1), " columns / n_heads = ", n_heads, ") exceeds ", kCudaAttentionMaxHeadDim,
+              ", the most the CUDA attention kernels take");
 }
 }  // namespace
 
@@ -470,26 +473,27 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
   MOE_DISPATCH(dy.device(), rotary_backward, dx, dy, n_heads, seq_len, theta);
 }
 
-void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len) {
   const char* op = "causal_attention_forward";
-  require_attention_inputs(op, q, k, v, probs, n_heads, seq_len);
+  require_attention_inputs(op, q, k, v, lse, n_heads, seq_len);
   require_f32(op, "out", out, q.shape());
-  require_same_device(op, {&out, &probs, &q, &k, &v});
-  MOE_DISPATCH(q.device(), causal_attention_forward, out, probs, q, k, v, n_heads, seq_len);
+  require_same_device(op, {&out, &lse, &q, &k, &v});
+  MOE_DISPATCH(q.device(), causal_attention_forward, out, lse, q, k, v, n_heads, seq_len);
 }
 
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
-                               const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
-                               int64_t seq_len) {
+                               const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                               int64_t n_heads, int64_t seq_len) {
   const char* op = "causal_attention_backward";
-  require_attention_inputs(op, q, k, v, probs, n_heads, seq_len);
+  require_attention_inputs(op, q, k, v, lse, n_heads, seq_len);
+  require_f32(op, "out", out, q.shape());
   require_f32(op, "dout", dout, q.shape());
   if (dq != nullptr) require_f32(op, "dq", *dq, q.shape());
   if (dk != nullptr) require_f32(op, "dk", *dk, q.shape());
   if (dv != nullptr) require_f32(op, "dv", *dv, q.shape());
-  require_same_device(op, {&dout, &q, &k, &v, &probs, dq, dk, dv});
-  MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, probs, n_heads, seq_len);
+  require_same_device(op, {&dout, &q, &k, &v, &out, &lse, dq, dk, dv});
+  MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, seq_len);
 }
 
 // ---- router: top-k, jitter, auxiliary losses ----

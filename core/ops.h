@@ -121,17 +121,24 @@ void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len
 void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta);
 
 // causal self-attention per sequence and head, scale 1 / sqrt(Dh):
-//   probs[b, h] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), exactly 0 for j > i;
-//   out[b*S + i, head h] = sum_j probs[b, h, i, j] v[b*S + j, head h].
-// q, k, v, out (B*S, H*Dh); probs (B, H, S, S) saved for the backward. The products run as GEMMs
-// per (sequence, head), in parallel over (sequence, head) when there is enough work.
-void causal_attention_forward(Tensor& out, Tensor& probs, const Tensor& q, const Tensor& k, const Tensor& v,
+//   P[b, h][i, j] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), 0 for j > i;
+//   out[b*S + i, head h] = sum_j P[b, h][i, j] v[b*S + j, head h];
+//   lse[b, h, i] = log sum_{j <= i} exp((q_i . k_j) / sqrt(Dh)), what the backward needs to recompute P.
+// q, k, v, out (B*S, H*Dh); lse (B, H, S); out and lse overwritten. Computed in blocks of query rows x
+// key rows with an online softmax (FlashAttention-2, Dao 2023): memory O(B*S*H), no (S, S) matrix is
+// ever stored, and key blocks after a query block's last row are skipped. On CUDA, Dh is at most
+// kCudaAttentionMaxHeadDim.
+void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len);
-// dq, dk, dv (B*S, H*Dh) += the gradients of out given dout (B*S, H*Dh); any may be null. Uses the
-// forward's probs (B, H, S, S), not a recomputation.
+// dq, dk, dv (B*S, H*Dh) += the gradients of out given dout (B*S, H*Dh); any may be null. Recomputes P
+// block by block from q, k and the forward's lse; the forward's out gives the softmax backward's row
+// term D_i = dout_i . out_i (so dS = P * (dout V^T - D)).
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
-                               const Tensor& k, const Tensor& v, const Tensor& probs, int64_t n_heads,
-                               int64_t seq_len);
+                               const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                               int64_t n_heads, int64_t seq_len);
+// The largest head_dim the CUDA attention kernels take (a row of Dh floats spread over a warp's 32
+// lanes, at most 4 per lane in registers).
+constexpr int64_t kCudaAttentionMaxHeadDim = 128;
 
 // ---- router (MoE gating): top-k, jitter, auxiliary losses ----
 // T tokens, E experts, k experts chosen per token, d features.

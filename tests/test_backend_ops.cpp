@@ -39,6 +39,8 @@ constexpr double kSums = 1e-5;
 // sums instead of rounding them (up to 2 u per addition): twice kSums.
 constexpr double kTensorCoreSums = 2e-5;
 // kChained: attention chains two GEMMs through a softmax (and the backward four): two kSums steps.
+// At head_dim up to 128 and 50 keys, each backend stays within 1e-5 of the double-precision reference
+// (tests/test_model.cpp, CausalAttention), so within 2e-5 of each other as well.
 constexpr double kChained = 2e-5;
 
 // One op: makes its CPU inputs (deterministic), runs the op on `device` with the inputs moved there,
@@ -86,6 +88,22 @@ Tensor scalars(const std::vector<double>& values) {
   return Tensor::from({static_cast<int64_t>(values.size())}, std::vector<float>(values.begin(), values.end()));
 }
 
+// Causal attention at B sequences of S tokens, H heads of Dh: out, lse and the gradients, which
+// start from random values (the backward accumulates).
+std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, int64_t S, int64_t Dh) {
+  const std::string tag = "attention" + std::to_string(S) + "x" + std::to_string(Dh);
+  const Shape rows{B * S, H * Dh};
+  const Tensor q = normal_tensor(rows, 1.f, 15, tag + ".q"), k = normal_tensor(rows, 1.f, 16, tag + ".k");
+  const Tensor v = normal_tensor(rows, 1.f, 17, tag + ".v"), dout = normal_tensor(rows, 1.f, 18, tag + ".dout");
+  return [=](Device d) {
+    Tensor out = poisoned(d, rows), lse = poisoned(d, {B, H, S});
+    Tensor dq = grad(d, rows, 1), dk = grad(d, rows, 2), dv = grad(d, rows, 3);
+    causal_attention_forward(out, lse, on(d, q), on(d, k), on(d, v), H, S);
+    causal_attention_backward(&dq, &dk, &dv, on(d, dout), on(d, q), on(d, k), on(d, v), out, lse, H, S);
+    return to_host({out, lse, dq, dk, dv});
+  };
+}
+
 std::vector<OpCase> op_cases() {
   const Tensor x = normal_tensor({6, 8}, 1.f, 1, "x"), w = normal_tensor({8, 5}, 0.5f, 2, "w");
   const Tensor b = normal_tensor({5}, 0.5f, 3, "b"), dy5 = normal_tensor({6, 5}, 1.f, 4, "dy5");
@@ -102,9 +120,8 @@ std::vector<OpCase> op_cases() {
   // Wide rows (more columns than a CUDA block has threads, more than 32 for the column sums).
   const Tensor wide = normal_tensor({3, 700}, 1.f, 12, "wide"), dwide = normal_tensor({3, 700}, 1.f, 13, "dwide");
   const Tensor gwide = normal_tensor({700}, 1.f, 14, "gwide");
-  // Attention: B = 2 sequences of S = 5, H = 2 heads of Dh = 4.
-  const Tensor q = normal_tensor({10, 8}, 1.f, 15, "q"), k = normal_tensor({10, 8}, 1.f, 16, "k");
-  const Tensor v = normal_tensor({10, 8}, 1.f, 17, "v"), dout = normal_tensor({10, 8}, 1.f, 18, "dout");
+  // Rotary: B = 2 sequences of S = 5, H = 2 heads of Dh = 4.
+  const Tensor q = normal_tensor({10, 8}, 1.f, 15, "q"), dout = normal_tensor({10, 8}, 1.f, 18, "dout");
   // Router: T = 6 tokens, E = 5 experts; probs a softmax, so top-k has no near-ties to break differently.
   Tensor probs = Tensor::empty({6, 5});
   softmax_forward(probs, normal_tensor({6, 5}, 2.f, 19, "logits"));
@@ -246,13 +263,11 @@ std::vector<OpCase> op_cases() {
          rotary_backward(dx, on(d, dout), 2, 5, 10000.f);
          return to_host({y, in_place, dx});
        }},
-      {"causal_attention", kChained, [=](Device d) {
-         Tensor out = poisoned(d, {10, 8}), p = poisoned(d, {2, 2, 5, 5});
-         Tensor dq = grad(d, {10, 8}, 1), dk = grad(d, {10, 8}, 2), dv = grad(d, {10, 8}, 3);
-         causal_attention_forward(out, p, on(d, q), on(d, k), on(d, v), 2, 5);
-         causal_attention_backward(&dq, &dk, &dv, on(d, dout), on(d, q), on(d, k), on(d, v), p, 2, 5);
-         return to_host({out, p, dq, dk, dv});
-       }},
+      // Tiles of 16 queries x 32 keys on CUDA, blocks of 64 x 128 on the CPU: sequences that end inside a tile,
+      // head_dim 64 and 128 (CUDA's largest).
+      {"causal_attention", kChained, attention_case(2, 2, 5, 4)},
+      {"causal_attention_S50_Dh64", kChained, attention_case(2, 3, 50, 64)},
+      {"causal_attention_S37_Dh128", kChained, attention_case(1, 2, 37, 128)},
       {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
          Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
          Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);

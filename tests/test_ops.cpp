@@ -1928,7 +1928,7 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"rotary_backward", [&] { cuda::rotary_backward(t, t, 1, 1, 1.f); }},
       {"causal_attention_forward", [&] { cuda::causal_attention_forward(t, t, t, t, t, 1, 1); }},
       {"causal_attention_backward",
-       [&] { cuda::causal_attention_backward(nullptr, nullptr, nullptr, t, t, t, t, t, 1, 1); }},
+       [&] { cuda::causal_attention_backward(nullptr, nullptr, nullptr, t, t, t, t, t, t, 1, 1); }},
       {"linear_transposed_forward", [&] { cuda::linear_transposed_forward(t, t, t); }},
       {"linear_transposed_backward", [&] { cuda::linear_transposed_backward(nullptr, nullptr, t, t, t); }},
   };

@@ -80,10 +80,17 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
     rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
     rotary_forward(k_, k_, H, S, cfg_.rope_theta);
   }
-  resize_on(probs_, {N / S, H, S, S}, device);
+  resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
-  causal_attention_forward(attn_, probs_, q_, k_, v_, H, S);
+  causal_attention_forward(attn_, lse_, q_, k_, v_, H, S);
   linear_forward(y, attn_, weights.w_out, nullptr);  // (N, d)
+}
+
+int64_t AttentionLayer::saved_numel() const {
+  int64_t n = 0;
+  for (const Tensor* t : {&qkv_, &q_, &k_, &v_, &lse_, &attn_, &index_q_, &index_k_, &index_v_})
+    if (t->defined()) n += t->numel();
+  return n;
 }
 
 // dx, dy (N, d).
@@ -98,7 +105,7 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   resize_zeroed(dq_, {N, d}, device);
   resize_zeroed(dk_, {N, d}, device);
   resize_zeroed(dv_, {N, d}, device);
-  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, probs_, H, S);
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, attn_, lse_, H, S);
 
   resize_zeroed(dqkv_, {N, 3 * d}, device);
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});

@@ -51,8 +51,9 @@ class AttentionLayer {
 
   const AttentionConfig& config() const { return cfg_; }
   int64_t num_params() const { return weights.w_qkv.numel() + weights.w_out.numel(); }
-  // (B, H, S, S) attention weights of the last forward.
-  const Tensor& probs() const { return probs_; }
+  // Elements of the tensors forward saves for backward (x is the caller's): O(N (d + H)), no
+  // (B, H, S, S) probabilities, which backward recomputes.
+  int64_t saved_numel() const;
 
   AttentionWeights weights;
   AttentionWeights grads;
@@ -69,7 +70,7 @@ class AttentionLayer {
   Tensor q_;      // (N, d) after rotary (when on)
   Tensor k_;      // (N, d) after rotary (when on)
   Tensor v_;      // (N, d)
-  Tensor probs_;  // (B, H, S, S)
+  Tensor lse_;    // (B, H, S) log-sum-exp of each query's scores
   Tensor attn_;   // (N, d) attention output before the projection
   Tensor index_q_, index_k_, index_v_;  // (N) int32
 

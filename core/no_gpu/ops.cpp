@@ -79,7 +79,7 @@ void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, co
   MOE_NO_CUDA(causal_attention_forward);
 }
 void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
-                               const Tensor&, const Tensor&, int64_t, int64_t) {
+                               const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t) {
   MOE_NO_CUDA(causal_attention_backward);
 }
 

@@ -50,9 +50,10 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
     const bool is_moe = m.is_moe_layer(i);
     params += 2 * norm_params + 4 * d * d;
     // Block: two norm outputs, residual, output; attention: qkv, q, k, v, the output before its
-    // projection and the gradients of each (rotary: one more), probabilities (B, H, S, S), indices.
+    // projection and the gradients of each (rotary: one more), the log-sum-exp per query and head
+    // (the probabilities are recomputed in the backward, never stored), indices.
     act += 4 * T * d + 2 * norm_row_floats * T;
-    act += T * d * (7 + 8 + (m.positions == PositionKind::Rotary ? 1 : 0)) + T * H * S + 3 * T;
+    act += T * d * (7 + 8 + (m.positions == PositionKind::Rotary ? 1 : 0)) + T * H + 3 * T;
     if (!is_moe) {
       params += ffn_params(d, static_cast<double>(m.dense_hidden), m.dense_activation);
       act += T * ffn_row_floats(static_cast<double>(m.dense_hidden), m.dense_activation);
