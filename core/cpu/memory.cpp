@@ -14,6 +14,8 @@ constexpr size_t kAlignment = 64;  // one cache line, and what AVX-512 loads pre
 
 int device_count() { return 1; }
 
+void synchronize() {}
+
 void use_device(int index) { MOE_REQUIRE(index == 0, "use_device: the CPU backend has one device, 0, not ", index); }
 
 void* allocate_bytes(int64_t bytes) {

@@ -63,6 +63,8 @@ int device_count() {
   return count;
 }
 
+void synchronize() { MOE_CUDA_CHECK("synchronize", cudaDeviceSynchronize()); }
+
 void use_device(int index) {
   require_device("use_device");
   MOE_REQUIRE(index >= 0 && index < device_count(), "use_device: GPU ", index, " does not exist; this process sees ",

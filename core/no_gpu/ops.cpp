@@ -8,6 +8,7 @@ namespace moe::cuda {
 
 int device_count() { return 0; }  // asked by tests to decide what to skip: an answer, not an error
 void use_device(int) { MOE_NO_CUDA(use_device); }
+void synchronize() { MOE_NO_CUDA(synchronize); }
 void* allocate_bytes(int64_t) { MOE_NO_CUDA(allocate_bytes); }
 void free_bytes(void*) {}  // nothing was ever allocated (and a deleter must not throw)
 void copy_bytes(void*, const void*, int64_t) { MOE_NO_CUDA(copy_bytes); }

@@ -382,7 +382,7 @@ TrainResult Trainer::run() {
           cfg_.checkpoint.every > 0 && (step % cfg_.checkpoint.every == 0 || step == cfg_.run.steps);
       if (periodic || stop) {
         watchdog_.phase("checkpoint");
-        LapTimer timer;
+        LapTimer timer(cfg_.run.device);
         save(step);
         timer.lap(&time_.checkpoint);
       }
@@ -511,7 +511,7 @@ bool Trainer::step(int64_t step) {
   std::vector<double> entropy(L, 0.0);
   for (int64_t micro = 0; micro < A_; ++micro) {
     watchdog_.phase("data");
-    LapTimer timer;
+    LapTimer timer(cfg_.run.device);
     loader_.next_batch(host_inputs_.i32(), host_targets_.i32(), domains_.data());
     inputs_.copy_from(host_inputs_);
     targets_.copy_from(host_targets_);
@@ -535,7 +535,7 @@ bool Trainer::step(int64_t step) {
   }
 
   watchdog_.phase("gradient sync");
-  LapTimer timer;
+  LapTimer timer(cfg_.run.device);
   if (options_.hooks.stall_at(rank_, step)) {
     while (true) pause();  // the watchdog ends the job
   }
