@@ -71,12 +71,22 @@ void require_product_dtype(const char* op, const char* arg, const Tensor& t, con
               to_string(x.dtype()), "; x, w and dy must all be float32 or all bfloat16");
 }
 
+// A float32 or bfloat16 tensor (the linear ops' product inputs, the MoE rows).
+void require_float_dtype(const char* op, const char* arg, const Tensor& t) {
+  MOE_REQUIRE(t.dtype() == DType::F32 || t.dtype() == DType::BF16, op, ": ", arg, " has dtype ", to_string(t.dtype()),
+              ", expected float32 or bfloat16");
+}
+
+// x (N, in) of a linear op: a float32 or bfloat16 matrix; the other inputs of its products take its dtype.
+void require_product_matrix(const char* op, const Tensor& x) {
+  require_rank(op, "x", x, 2);
+  require_float_dtype(op, "x", x);
+}
+
 // x (N, in) and w (in, out), or w (out, in) when `transposed`: matrices of matching sizes, both float32
 // or both bfloat16.
 void require_linear_inputs(const char* op, const Tensor& x, const Tensor& w, bool transposed) {
-  require_rank(op, "x", x, 2);
-  MOE_REQUIRE(x.dtype() == DType::F32 || x.dtype() == DType::BF16, op, ": x has dtype ", to_string(x.dtype()),
-              ", expected float32 or bfloat16");
+  require_product_matrix(op, x);
   require_rank(op, "w", w, 2);
   const int64_t in = x.dim(1), out = w.dim(transposed ? 0 : 1);
   require_shape(op, "w", w, transposed ? Shape{out, in} : Shape{in, out});
@@ -89,14 +99,14 @@ void require_linear_dy(const char* op, const Tensor& dy, const Tensor& x, int64_
   require_product_dtype(op, "dy", dy, x);
 }
 
-// x (M, in) and w (G, in, out): the inputs of a grouped linear, their dtypes checked here only; and offset,
+// x (M, in) and w (G, in, out): the inputs of a grouped linear, both float32 or both bfloat16; and offset,
 // G + 1 non-decreasing row starts from 0 to M.
 void require_grouped_linear_inputs(const char* op, const Tensor& x, const std::vector<int64_t>& offset,
                                    const Tensor& w) {
-  require_f32_matrix(op, "x", x);
+  require_product_matrix(op, x);
   require_rank(op, "w", w, 3);
-  require_dtype(op, "w", w, DType::F32);
   require_shape(op, "w", w, {w.dim(0), x.dim(1), w.dim(2)});
+  require_product_dtype(op, "w", w, x);
   const int64_t G = w.dim(0), M = x.dim(0);
   const std::string problem = [&]() -> std::string {  // empty when offset is good
     if (static_cast<int64_t>(offset.size()) != G + 1) return detail::concat("offset has ", offset.size(), " entries");
@@ -163,7 +173,7 @@ void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Ten
                              const std::vector<int64_t>& offset, const Tensor& w) {
   const char* op = "grouped_linear_backward";
   require_grouped_linear_inputs(op, x, offset, w);
-  require_f32(op, "dy", dy, {x.dim(0), w.dim(2)});
+  require_linear_dy(op, dy, x, w.dim(2));
   if (dx != nullptr) require_f32(op, "dx", *dx, x.shape());
   if (dw != nullptr) require_f32(op, "dw", *dw, w.shape());
   require_same_device(op, {&dy, &x, &w, dx, dw});
@@ -331,33 +341,40 @@ void cross_entropy_backward(Tensor& dlogits, const Tensor& probs, const Tensor& 
 // ---- embedding and row movement: an int32 index (M) of rows of a float32 (N, C) table ----
 
 namespace {
-// table (N, C) float32, index (M) int32 and rows (M, C) float32 on one device.
-void require_row_lookup(const char* op, const char* table_arg, const Tensor& table, const char* index_arg,
-                        const Tensor& index, const char* rows_arg, const Tensor& rows) {
-  require_f32_matrix(op, table_arg, table);
+// table (N, C) of dtype table_dtype, index (M) int32 and rows (M, C) of dtype rows_dtype on one device.
+void require_row_lookup(const char* op, const char* table_arg, const Tensor& table, DType table_dtype,
+                        const char* index_arg, const Tensor& index, const char* rows_arg, const Tensor& rows,
+                        DType rows_dtype) {
+  require_rank(op, table_arg, table, 2);
+  require_dtype(op, table_arg, table, table_dtype);
   require_i32_rank(op, index_arg, index, 1);
-  require_f32(op, rows_arg, rows, {index.dim(0), table.dim(1)});
+  require_shape(op, rows_arg, rows, {index.dim(0), table.dim(1)});
+  require_dtype(op, rows_arg, rows, rows_dtype);
   require_same_device(op, {&rows, &index, &table});
 }
 }  // namespace
 
 void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table) {
-  require_row_lookup("embedding_forward", "table", table, "ids", ids, "y", y);
+  require_row_lookup("embedding_forward", "table", table, DType::F32, "ids", ids, "y", y, DType::F32);
   MOE_DISPATCH(table.device(), embedding_forward, y, ids, table);
 }
 
 void embedding_backward(Tensor& dtable, const Tensor& dy, const Tensor& ids) {
-  require_row_lookup("embedding_backward", "dtable", dtable, "ids", ids, "dy", dy);
+  require_row_lookup("embedding_backward", "dtable", dtable, DType::F32, "ids", ids, "dy", dy, DType::F32);
   MOE_DISPATCH(dtable.device(), embedding_backward, dtable, dy, ids);
 }
 
 void gather_rows(Tensor& y, const Tensor& x, const Tensor& index) {
-  require_row_lookup("gather_rows", "x", x, "index", index, "y", y);
+  const char* op = "gather_rows";
+  require_float_dtype(op, "x", x);
+  require_row_lookup(op, "x", x, x.dtype(), "index", index, "y", y, x.dtype());
   MOE_DISPATCH(x.device(), gather_rows, y, x, index);
 }
 
 void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index) {
-  require_row_lookup("scatter_add_rows", "dx", dx, "index", index, "dy", dy);
+  const char* op = "scatter_add_rows";
+  require_float_dtype(op, "dy", dy);
+  require_row_lookup(op, "dx", dx, DType::F32, "index", index, "dy", dy, dy.dtype());
   MOE_DISPATCH(dx.device(), scatter_add_rows, dx, dy, index);
 }
 

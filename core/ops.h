@@ -1,6 +1,6 @@
-// Core ops, float32 (the linear ops also take bfloat16 inputs), forward and backward side by side; each
-// call checks shapes and runs on the tensors' device (the CPU, or CUDA in a build with it: the backends
-// implement core/backend_ops.inc).
+// Core ops, float32 (the linear ops and the MoE row movement also take bfloat16), forward and backward
+// side by side; each call checks shapes and runs on the tensors' device (the CPU, or CUDA in a build with
+// it: the backends implement core/backend_ops.inc).
 //
 // Conventions for every op here:
 //  - forward functions overwrite their outputs, which the caller allocates with the shapes given;
@@ -9,13 +9,14 @@
 //  - a pointer argument may be null to skip that input (bias) or that gradient;
 //  - outputs must not share memory with inputs, except where an op says it may run in place;
 //  - shape comments use N for rows (tokens), C for columns (features or classes);
-//  - bfloat16 (mixed precision): the linear ops (linear_*, linear_transposed_*) take their product
-//    inputs x, w and, in the backward, dy either all float32 or all bfloat16; each product of two
-//    bfloat16 values is exact in float32 and the sums are float32. Their outputs (y, dx, dw, db) and
-//    the bias b are float32 always: y feeds float32 ops, dw accumulates into the float32 master
+//  - bfloat16 (mixed precision): the linear ops (linear_*, linear_transposed_*, grouped_linear_*) take
+//    their product inputs x, w and, in the backward, dy either all float32 or all bfloat16; each product
+//    of two bfloat16 values is exact in float32 and the sums are float32. Their outputs (y, dx, dw, db)
+//    and the bias b are float32 always: y feeds float32 ops, dw accumulates into the float32 master
 //    gradient, and a caller that wants dx in bfloat16 converts it. dy is bfloat16 because both backward
 //    products read it: the caller converts the float32 gradient from upstream once, and db sums the
-//    bfloat16 values. Every other op is float32 only.
+//    bfloat16 values. gather_rows copies bfloat16 rows as they are, and scatter_add_rows adds bfloat16
+//    rows into a float32 dx (the MoE layer's token rows travel in bfloat16). Every other op is float32 only.
 #pragma once
 
 #include <cstdint>
@@ -38,11 +39,13 @@ void linear_backward(Tensor* dx, Tensor* dw, Tensor* db, const Tensor& dy, const
 // grouped_linear: one weight per group of rows (the MoE experts over the permuted token buffer).
 // x (M, in) with group g the rows [offset[g], offset[g+1]); offset has G + 1 entries, offset[0] = 0,
 // offset[G] = M, non-decreasing (a group may be empty); w (G, in, out); y (M, out), y_g = x_g w_g.
-// The CPU runs a GEMM per non-empty group, CUDA one grouped GEMM for them all; InvalidArgument names a
-// bad offset entry.
+// x and w float32, or both bfloat16 (y float32), as the linear ops. The CPU runs a GEMM per non-empty
+// group (bfloat16: a oneDNN primitive with the row count left open, so new row counts create none), CUDA
+// one grouped GEMM for them all (bfloat16: a cublasGemmEx per group); InvalidArgument names a bad offset
+// entry.
 void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_t>& offset, const Tensor& w);
 // dx_g (rows of group g, in) += dy_g w_g^T;  dw_g (in, out) += x_g^T dy_g (an empty group's dw_g is
-// unchanged).  dy (M, out); dx (M, in) and dw (G, in, out), either may be null.
+// unchanged).  dy (M, out) in x's dtype; dx (M, in) and dw (G, in, out) float32, either may be null.
 void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x,
                              const std::vector<int64_t>& offset, const Tensor& w);
 
@@ -88,9 +91,11 @@ void embedding_forward(Tensor& y, const Tensor& ids, const Tensor& table);
 void embedding_backward(Tensor& dtable, const Tensor& dy, const Tensor& ids);
 
 // Row movement for token permutation (the MoE dispatch).
-// gather_rows: y (M, C) = x[index[m]], index (M) int32 in [0, N), x (N, C).
+// gather_rows: y (M, C) = x[index[m]], index (M) int32 in [0, N), x (N, C); x and y float32, or both
+// bfloat16.
 void gather_rows(Tensor& y, const Tensor& x, const Tensor& index);
-// scatter_add_rows: dx[index[m]] += dy[m] (the backward of gather_rows). dx (N, C), dy (M, C).
+// scatter_add_rows: dx[index[m]] += dy[m] (the backward of gather_rows). dx (N, C) float32, dy (M, C)
+// float32 or bfloat16 (added in float32).
 void scatter_add_rows(Tensor& dx, const Tensor& dy, const Tensor& index);
 
 // combine: y (T, C) = sum_j weights[t, j] * rows[slot[t, j]] over j with slot[t, j] >= 0.

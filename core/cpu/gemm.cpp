@@ -29,13 +29,31 @@ std::string sizes(int64_t M, int64_t N, int64_t K) {
   return " for M=" + std::to_string(M) + " N=" + std::to_string(N) + " K=" + std::to_string(K);
 }
 
-// A bfloat16 matmul primitive with its three memory objects, whose data handles each call sets.
+// The memory descriptors of C (M, N) = op(A) op(B): row-major with row stride ld, a transposed operand
+// being the same memory read with the strides swapped. M and K may be DNNL_RUNTIME_DIM_VAL (left open).
+struct Bf16MatmulDescs {
+  dnnl::memory::desc a, b, c;
+};
+
+Bf16MatmulDescs bf16_matmul_descs(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda,
+                                  int64_t ldb, int64_t ldc) {
+  using dims = dnnl::memory::dims;
+  using dt = dnnl::memory::data_type;
+  return {dnnl::memory::desc({M, K}, dt::bf16, trans_a ? dims{1, lda} : dims{lda, 1}),
+          dnnl::memory::desc({K, N}, dt::bf16, trans_b ? dims{1, ldb} : dims{ldb, 1}),
+          dnnl::memory::desc({M, N}, dt::f32, dims{ldc, 1})};
+}
+
+// A bfloat16 matmul primitive and, when its sizes are all fixed, its three memory objects, whose data
+// handles each call sets (with M and K open, each call makes memory objects of its own sizes).
 struct Bf16Matmul {
   dnnl::matmul primitive;
+  std::string implementation;
   dnnl::memory a, b, c;
 };
 
-// What a primitive is specialised for: transposes, M, N, K, lda, ldb, ldc, beta's bits, threads.
+// What a primitive is specialised for: transposes, M, N, K (M and K DNNL_RUNTIME_DIM_VAL for
+// Bf16Rows::Varying), lda, ldb, ldc, beta's bits, threads.
 using Bf16MatmulKey = std::tuple<bool, bool, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, uint32_t, int>;
 
 const dnnl::engine& cpu_engine() {
@@ -45,21 +63,43 @@ const dnnl::engine& cpu_engine() {
 
 Bf16Matmul make_bf16_matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
                             float beta, int64_t ldc) {
-  using dims = dnnl::memory::dims;
-  using dt = dnnl::memory::data_type;
-  // Row-major with row stride ld; a transposed operand is the same memory read with the strides swapped.
-  const dnnl::memory::desc a_md({M, K}, dt::bf16, trans_a ? dims{1, lda} : dims{lda, 1});
-  const dnnl::memory::desc b_md({K, N}, dt::bf16, trans_b ? dims{1, ldb} : dims{ldb, 1});
-  const dnnl::memory::desc c_md({M, N}, dt::f32, dims{ldc, 1});
+  const Bf16MatmulDescs md = bf16_matmul_descs(trans_a, trans_b, M, N, K, lda, ldb, ldc);
   dnnl::primitive_attr attr;
   if (beta != 0.f) {  // C = product + beta * C: the sum post-op reads C before writing it
     dnnl::post_ops post_ops;
     post_ops.append_sum(beta);
     attr.set_post_ops(post_ops);
   }
-  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(a_md, b_md, c_md), attr, cpu_engine());
-  return {dnnl::matmul(pd), dnnl::memory(a_md, cpu_engine(), DNNL_MEMORY_NONE),
-          dnnl::memory(b_md, cpu_engine(), DNNL_MEMORY_NONE), dnnl::memory(c_md, cpu_engine(), DNNL_MEMORY_NONE)};
+  const dnnl::matmul::primitive_desc pd(dnnl::matmul::desc(md.a, md.b, md.c), attr, cpu_engine());
+  Bf16Matmul m{dnnl::matmul(pd), pd.impl_info_str(), {}, {}, {}};
+  if (M != DNNL_RUNTIME_DIM_VAL && K != DNNL_RUNTIME_DIM_VAL) {
+    m.a = dnnl::memory(md.a, cpu_engine(), DNNL_MEMORY_NONE);
+    m.b = dnnl::memory(md.b, cpu_engine(), DNNL_MEMORY_NONE);
+    m.c = dnnl::memory(md.c, cpu_engine(), DNNL_MEMORY_NONE);
+  }
+  return m;
+}
+
+// The calling thread's primitive for this product, created on first use. Per thread, so no lock and no
+// primitive or stream is ever shared between threads.
+Bf16Matmul& cached_bf16_matmul(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda, int64_t ldb,
+                               float beta, int64_t ldc, Bf16Rows rows) {
+  thread_local std::map<Bf16MatmulKey, Bf16Matmul> cache;
+  if (rows == Bf16Rows::Varying) M = K = DNNL_RUNTIME_DIM_VAL;
+  const Bf16MatmulKey key{trans_a, trans_b, M, N, K, lda, ldb, ldc, std::bit_cast<uint32_t>(beta),
+                          omp_get_max_threads()};
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    if (cache.size() >= kMaxCachedBf16Matmuls) cache.clear();
+    it = cache.emplace(key, make_bf16_matmul(trans_a, trans_b, M, N, K, lda, ldb, beta, ldc)).first;
+  }
+  return it->second;
+}
+
+// oneDNN 2.x has bf16 matmul kernels only for CPUs with AVX-512 (avx512_core): elsewhere creation fails.
+[[noreturn]] void bf16_matmul_failed(const dnnl::error& e, int64_t M, int64_t N, int64_t K) {
+  throw InternalError(std::string("oneDNN bf16 matmul failed (bfloat16 needs a CPU with AVX-512): ") + e.what() +
+                      sizes(M, N, K));
 }
 
 }  // namespace
@@ -74,30 +114,37 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 }
 
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
-               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc) {
+               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, Bf16Rows rows) {
   if (M == 0 || N == 0) return;
   if (K == 0) return scale_only(M, N, beta, C, ldc);
-  // Per thread, so no lock and no primitive or stream is ever shared between threads.
-  thread_local std::map<Bf16MatmulKey, Bf16Matmul> cache;
   thread_local dnnl::stream stream(cpu_engine());
   try {
-    const Bf16MatmulKey key{trans_a, trans_b, M, N, K, lda, ldb, ldc, std::bit_cast<uint32_t>(beta),
-                            omp_get_max_threads()};
-    auto it = cache.find(key);
-    if (it == cache.end()) {
-      if (cache.size() >= kMaxCachedBf16Matmuls) cache.clear();
-      it = cache.emplace(key, make_bf16_matmul(trans_a, trans_b, M, N, K, lda, ldb, beta, ldc)).first;
+    Bf16Matmul& m = cached_bf16_matmul(trans_a, trans_b, M, N, K, lda, ldb, beta, ldc, rows);
+    auto* a = const_cast<uint16_t*>(A);
+    auto* b = const_cast<uint16_t*>(B);
+    if (rows == Bf16Rows::Varying) {  // memory objects of this call's sizes
+      const Bf16MatmulDescs md = bf16_matmul_descs(trans_a, trans_b, M, N, K, lda, ldb, ldc);
+      m.primitive.execute(stream, {{DNNL_ARG_SRC, dnnl::memory(md.a, cpu_engine(), a)},
+                                   {DNNL_ARG_WEIGHTS, dnnl::memory(md.b, cpu_engine(), b)},
+                                   {DNNL_ARG_DST, dnnl::memory(md.c, cpu_engine(), C)}});
+    } else {
+      m.a.set_data_handle(a);
+      m.b.set_data_handle(b);
+      m.c.set_data_handle(C);
+      m.primitive.execute(stream, {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c}});
     }
-    Bf16Matmul& m = it->second;
-    m.a.set_data_handle(const_cast<uint16_t*>(A));
-    m.b.set_data_handle(const_cast<uint16_t*>(B));
-    m.c.set_data_handle(C);
-    m.primitive.execute(stream, {{DNNL_ARG_SRC, m.a}, {DNNL_ARG_WEIGHTS, m.b}, {DNNL_ARG_DST, m.c}});
     stream.wait();
   } catch (const dnnl::error& e) {
-    // oneDNN 2.x has bf16 matmul kernels only for CPUs with AVX-512 (avx512_core): elsewhere creation fails.
-    MOE_ASSERT(false, std::string("oneDNN bf16 matmul failed (bfloat16 needs a CPU with AVX-512): ") + e.what() +
-                          sizes(M, N, K));
+    bf16_matmul_failed(e, M, N, K);
+  }
+}
+
+std::string gemm_bf16_implementation(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda,
+                                     int64_t ldb, float beta, int64_t ldc, Bf16Rows rows) {
+  try {
+    return cached_bf16_matmul(trans_a, trans_b, M, N, K, lda, ldb, beta, ldc, rows).implementation;
+  } catch (const dnnl::error& e) {
+    bf16_matmul_failed(e, M, N, K);
   }
 }
 

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 namespace moe {
 
@@ -18,9 +19,22 @@ void gemm(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alp
 // for each (transposes, sizes, strides, beta, thread count) is created on first use and kept in a
 // cache of the calling thread (at most kMaxCachedBf16Matmuls, emptied when full), so repeated shapes
 // pay its creation once. With beta = 0, C's previous contents are ignored. M, N or K may be 0.
+//
+// Bf16Rows::Varying is for products whose M and K change from call to call while everything else stays
+// (the experts' row counts, grouped_linear): the primitive leaves M and K open (oneDNN's runtime
+// dimensions, implementation gemm:jit), so one primitive per (transposes, N, strides, beta, threads)
+// serves every row count and a new count creates nothing. An exact primitive costs 0.2-0.5 ms to create,
+// and an expert's row count is new almost every step; measured on avx512_bf16 (docs/gemm-provider.md),
+// the open primitive runs at the exact one's rate.
+enum class Bf16Rows { Fixed, Varying };
 void gemm_bf16(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A, int64_t lda,
-               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
+               const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc, Bf16Rows rows = Bf16Rows::Fixed);
 inline constexpr int kMaxCachedBf16Matmuls = 256;
+
+// The oneDNN implementation gemm_bf16 runs for that product ("brg:avx512_core_bf16", "gemm:jit"), for
+// benchmarks and logs. Creates the primitive (cached as gemm_bf16 does).
+std::string gemm_bf16_implementation(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, int64_t lda,
+                                     int64_t ldb, float beta, int64_t ldc, Bf16Rows rows = Bf16Rows::Fixed);
 
 // Threads the GEMM provider (and our OpenMP loops) may use in this process. n >= 1.
 void set_num_threads(int n);

@@ -3,22 +3,20 @@
 // forward and backward.
 #include "core/backend.h"
 #include "core/bfloat16.h"
-#include "core/cpu/gemm.h"
 #include "core/cpu/omp_threshold.h"
+#include "core/cpu/product.h"
 
 namespace moe::cpu {
 
-namespace {
-
-// C (M, N) float32 = op(A) op(B) + beta * C, with A and B both float32 or both bfloat16 (the front-end
-// checked that they share a dtype).
 void product(bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const Tensor& A, int64_t lda,
-             const Tensor& B, int64_t ldb, float beta, float* C, int64_t ldc) {
+             const Tensor& B, int64_t ldb, float beta, float* C, int64_t ldc, Bf16Rows rows) {
   if (A.dtype() == DType::BF16)
-    gemm_bf16(trans_a, trans_b, M, N, K, A.bf16(), lda, B.bf16(), ldb, beta, C, ldc);
+    gemm_bf16(trans_a, trans_b, M, N, K, A.bf16(), lda, B.bf16(), ldb, beta, C, ldc, rows);
   else
     gemm(trans_a, trans_b, M, N, K, 1.f, A.f32(), lda, B.f32(), ldb, beta, C, ldc);
 }
+
+namespace {
 
 // db (out) += column sums of dy (N, out), float32 or bfloat16, summed in float32.
 void add_column_sums(float* db, const Tensor& dy) {

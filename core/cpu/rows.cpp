@@ -2,6 +2,7 @@
 #include <cstring>
 
 #include "core/backend.h"
+#include "core/bfloat16.h"
 #include "core/cpu/index_check.h"
 #include "core/cpu/omp_threshold.h"
 #include "core/cpu/row_gather.h"
@@ -12,24 +13,28 @@ void gather_rows_for(const char* op, const char* index_arg, Tensor& y, const Ten
   const int64_t M = index.dim(0), N = x.dim(0), C = x.dim(1);
   require_indices_in_range(op, index_arg, index, 0, N);
   const int32_t* pindex = index.i32();
-  const float* px = x.f32();
-  float* py = y.f32();
+  const size_t row_bytes = static_cast<size_t>(C * dtype_size(x.dtype()));  // a row copy: any dtype
+  const char* px = static_cast<const char*>(x.data());
+  char* py = static_cast<char*>(y.data());
 #pragma omp parallel for if (M * C >= kMinParallelElements)
-  for (int64_t m = 0; m < M; ++m)
-    std::memcpy(py + m * C, px + pindex[m] * C, static_cast<size_t>(C) * sizeof(float));
+  for (int64_t m = 0; m < M; ++m) std::memcpy(py + m * row_bytes, px + pindex[m] * row_bytes, row_bytes);
 }
 
 void scatter_add_rows_for(const char* op, const char* index_arg, Tensor& dx, const Tensor& dy, const Tensor& index) {
   const int64_t M = index.dim(0), N = dx.dim(0), C = dx.dim(1);
   require_indices_in_range(op, index_arg, index, 0, N);
   const int32_t* pindex = index.i32();
-  const float* pdy = dy.f32();
   float* pdx = dx.f32();
-  for (int64_t m = 0; m < M; ++m) {  // repeated indices add into the same row: not parallel over m
-    float* dxrow = pdx + pindex[m] * C;
-    const float* dyrow = pdy + m * C;
-    for (int64_t c = 0; c < C; ++c) dxrow[c] += dyrow[c];
-  }
+  auto add = [&](auto element) {
+    for (int64_t m = 0; m < M; ++m) {  // repeated indices add into the same row: not parallel over m
+      float* dxrow = pdx + pindex[m] * C;
+      for (int64_t c = 0; c < C; ++c) dxrow[c] += element(m * C + c);
+    }
+  };
+  if (dy.dtype() == DType::BF16)
+    add([p = dy.bf16()](int64_t i) { return float_from_bf16(p[i]); });
+  else
+    add([p = dy.f32()](int64_t i) { return p[i]; });
 }
 
 // y (M, C) = x (N, C) [index (M)].

@@ -1,6 +1,8 @@
 // CUDA row movement for the MoE dispatch: gather, scatter-add, weighted combine; and y += alpha x.
 // Scatter-adds into a row that several sources share use float atomics: the order of those additions,
 // and so the last bits of such a row, may differ from run to run.
+#include <cuda_bf16.h>
+
 #include "core/backend.h"
 #include "core/cuda/device_tensor.h"
 #include "core/cuda/index_check.h"
@@ -13,18 +15,30 @@ void gather_rows_of(const char* op, const char* arg, Tensor& y, const Tensor& x,
   const int64_t N = x.dim(0), C = x.dim(1);
   require_indices_in_range(op, arg, index, 0, N);
   const int32_t* pindex = i32(op, index);
-  const float* px = f32(op, x);
-  float* py = f32(op, y);
-  for_each(op, y.numel(), [=] __device__(int64_t i) { py[i] = px[pindex[i / C] * C + i % C]; });
+  if (x.dtype() == DType::BF16) {  // a row copy: the bfloat16 bits as they are
+    const uint16_t* px = bf16(op, x);
+    uint16_t* py = bf16(op, y);
+    for_each(op, y.numel(), [=] __device__(int64_t i) { py[i] = px[pindex[i / C] * C + i % C]; });
+  } else {
+    const float* px = f32(op, x);
+    float* py = f32(op, y);
+    for_each(op, y.numel(), [=] __device__(int64_t i) { py[i] = px[pindex[i / C] * C + i % C]; });
+  }
 }
 
 void scatter_add_rows_of(const char* op, const char* arg, Tensor& dx, const Tensor& dy, const Tensor& index) {
   const int64_t N = dx.dim(0), C = dx.dim(1);
   require_indices_in_range(op, arg, index, 0, N);
   const int32_t* pindex = i32(op, index);
-  const float* pdy = f32(op, dy);
   float* pdx = f32(op, dx);
-  for_each(op, dy.numel(), [=] __device__(int64_t i) { atomicAdd(pdx + pindex[i / C] * C + i % C, pdy[i]); });
+  if (dy.dtype() == DType::BF16) {
+    const auto* pdy = reinterpret_cast<const __nv_bfloat16*>(bf16(op, dy));
+    for_each(op, dy.numel(),
+             [=] __device__(int64_t i) { atomicAdd(pdx + pindex[i / C] * C + i % C, __bfloat162float(pdy[i])); });
+  } else {
+    const float* pdy = f32(op, dy);
+    for_each(op, dy.numel(), [=] __device__(int64_t i) { atomicAdd(pdx + pindex[i / C] * C + i % C, pdy[i]); });
+  }
 }
 
 // y (M, C) = x (N, C) [index (M)].

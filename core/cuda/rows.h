@@ -6,9 +6,9 @@
 
 namespace moe::cuda {
 
-// y (M, C) = x (N, C) [index (M)], index in [0, N).
+// y (M, C) = x (N, C) [index (M)], index in [0, N); x and y float32, or both bfloat16.
 void gather_rows_of(const char* op, const char* arg, Tensor& y, const Tensor& x, const Tensor& index);
-// dx (N, C) [index[m]] += dy (M, C) [m], index in [0, N).
+// dx (N, C) float32 [index[m]] += dy (M, C) [m] (float32 or bfloat16), index in [0, N).
 void scatter_add_rows_of(const char* op, const char* arg, Tensor& dx, const Tensor& dy, const Tensor& index);
 
 }  // namespace moe::cuda
