@@ -182,6 +182,12 @@ std::vector<OpCase> op_cases() {
          grouped_linear_backward(&dx, &dw, on(d, dy5), on(d, x), groups, on(d, w4));
          return to_host({y, dx, dw});
        }},
+      {"grouped_linear_bf16", kTensorCoreSums, [=](Device d) {
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {4, 8, 5}, 2);
+         grouped_linear_forward(y, bf16_on(d, x), groups, bf16_on(d, w4));
+         grouped_linear_backward(&dx, &dw, bf16_on(d, dy5), bf16_on(d, x), groups, bf16_on(d, w4));
+         return to_host({y, dx, dw});
+       }},
       {"grouped_linear_one_group", kSums, [=](Device d) {
          const Tensor w1 = w.reshape({1, 8, 5});
          Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 8}, 1), dw = grad(d, {1, 8, 5}, 2);
@@ -242,6 +248,12 @@ std::vector<OpCase> op_cases() {
       {"gather_scatter_rows", kRounding, [=](Device d) {  // as embedding
          Tensor y = poisoned(d, {4, 8}), dx = grad(d, {6, 8}, 1);
          gather_rows(y, on(d, x), on(d, index));
+         scatter_add_rows(dx, y, on(d, index));
+         return to_host({y, dx});
+       }},
+      {"gather_scatter_bf16_rows", kRounding, [=](Device d) {  // bfloat16 rows copied, added into float32
+         Tensor y = Tensor::empty({4, 8}, DType::BF16, d), dx = grad(d, {6, 8}, 1);
+         gather_rows(y, bf16_on(d, x), on(d, index));
          scatter_add_rows(dx, y, on(d, index));
          return to_host({y, dx});
        }},

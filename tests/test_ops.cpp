@@ -622,6 +622,47 @@ TEST(GroupedLinear, NoRowsLeavesTheWeightGradientUnchanged) {
   EXPECT_EQ(floats_of(dw), std::vector<float>(12, 1.5f));
 }
 
+// bfloat16 grouped_linear against the float32 op on the same rounded values, as LinearBf16 (expect_same_sums:
+// the same exact products summed in another order). Groups of 1 to 70 rows and an empty one, twice with
+// other row counts: the bfloat16 products leave the row count open (one primitive for every count), so a
+// count that reuses another's primitive must still compute only its own rows.
+TEST(GroupedLinearBf16, ForwardAndBackwardMatchFloat32OnRoundedInputs) {
+  std::mt19937 rng(28);
+  const int64_t in = 70, out = 45;
+  const std::vector<int64_t> offsets[] = {{0, 37, 37, 107, 108}, {0, 5, 40, 41, 60}};
+  for (const std::vector<int64_t>& offset : offsets) {
+    const int64_t M = offset.back(), G = static_cast<int64_t>(offset.size()) - 1;
+    SCOPED_TRACE("M = " + std::to_string(M));
+    Tensor x, w, dy;
+    const Tensor x16 = random_bf16(x, {M, in}, rng), w16 = random_bf16(w, {G, in, out}, rng);
+    const Tensor dy16 = random_bf16(dy, {M, out}, rng);
+    Tensor y = nan_tensor({M, out}), y16 = nan_tensor({M, out});
+    grouped_linear_forward(y, x, offset, w);
+    grouped_linear_forward(y16, x16, offset, w16);
+    expect_same_sums(y16, y, in, "y");
+    const Tensor dx0 = random_tensor({M, in}, rng), dw0 = random_tensor({G, in, out}, rng);
+    Tensor dx = dx0.clone(), dw = dw0.clone(), dx16 = dx0.clone(), dw16 = dw0.clone();
+    grouped_linear_backward(&dx, &dw, dy, x, offset, w);
+    grouped_linear_backward(&dx16, &dw16, dy16, x16, offset, w16);
+    expect_same_sums(dx16, dx, out, "dx");
+    expect_same_sums(dw16, dw, 70, "dw");  // K = a group's rows, at most 70
+  }
+}
+
+TEST(GroupedLinearBf16, MixedDtypesAreRefused) {
+  const Tensor x16 = Tensor::zeros({5, 3}, DType::BF16), w32 = Tensor::zeros({2, 3, 4});
+  const Tensor w16 = Tensor::zeros({2, 3, 4}, DType::BF16), dy32 = Tensor::zeros({5, 4});
+  Tensor y = Tensor::zeros({5, 4}), dw16 = Tensor::zeros({2, 3, 4}, DType::BF16);
+  const char* mixed = "; x, w and dy must all be float32 or all bfloat16";
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_forward(y, x16, {0, 2, 5}, w32); }),
+                  "grouped_linear_forward: w has dtype float32 but x has bfloat16", mixed);
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_backward(nullptr, nullptr, dy32, x16, {0, 2, 5}, w16); }),
+                  "grouped_linear_backward: dy has dtype float32 but x has bfloat16", mixed);
+  Tensor dy16 = Tensor::zeros({5, 4}, DType::BF16);
+  EXPECT_CONTAINS(error_message([&] { grouped_linear_backward(nullptr, &dw16, dy16, x16, {0, 2, 5}, w16); }),
+                  "grouped_linear_backward: dw has dtype bfloat16, expected float32");
+}
+
 TEST(GroupedLinear, BadOffsetsAndShapesAreRefusedBeforeAnythingIsWritten) {
   const Tensor x = Tensor::zeros({5, 3}), w = Tensor::zeros({2, 3, 4}), dy = Tensor::zeros({5, 4});
   Tensor y = Tensor::zeros({5, 4}), dw = Tensor::from({2, 3, 4}, std::vector<float>(24, 1.f));
@@ -1035,6 +1076,30 @@ TEST(GatherRows, ForwardCopiesIndexedRows) {
   gather_rows(y, x, index);
   for (int64_t m = 0; m < 5; ++m)
     for (int64_t c = 0; c < 7; ++c) EXPECT_EQ(at(y, m, c), at(x, index.i32()[m], c)) << m << ", " << c;
+}
+
+// bfloat16 rows (the MoE layer's in bf16 runs): the gather copies their bits, the scatter-add adds their
+// exact float32 values into a float32 dx, as the float32 ops do on the same values.
+TEST(GatherRows, Bf16RowsGatherBitwiseAndScatterAddIntoFloat32) {
+  std::mt19937 rng(29);
+  Tensor x;
+  const Tensor x16 = random_bf16(x, {5, 3}, rng);
+  const Tensor index = Tensor::from_ints({4}, {4, 0, 4, 2});
+  Tensor y16 = Tensor::zeros({4, 3}, DType::BF16), y = Tensor::zeros({4, 3});
+  gather_rows(y16, x16, index);
+  gather_rows(y, x, index);
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_EQ(float_from_bf16(y16.bf16()[i]), y.f32()[i]) << i;
+  const Tensor dx0 = random_tensor({5, 3}, rng);
+  Tensor dx16 = dx0.clone(), dx = dx0.clone();
+  scatter_add_rows(dx16, y16, index);
+  scatter_add_rows(dx, y, index);
+  EXPECT_EQ(floats_of(dx16), floats_of(dx));
+  EXPECT_NE(floats_of(dx), floats_of(dx0));
+  Tensor dx_bf16 = Tensor::zeros({5, 3}, DType::BF16);
+  EXPECT_CONTAINS(error_message([&] { scatter_add_rows(dx_bf16, y16, index); }),
+                  "scatter_add_rows: dx has dtype bfloat16, expected float32");
+  EXPECT_CONTAINS(error_message([&] { gather_rows(y, x16, index); }),
+                  "gather_rows: y has dtype float32, expected bfloat16");
 }
 
 TEST(GatherRows, ScatterAddIsItsBackward) {

@@ -32,7 +32,7 @@ void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const
   resize_on(saved.act, {M, h}, x.device());
   grouped_linear_forward(saved.pre, x, offset, w_in);
   activation_forward(saved.act, saved.pre, activation);  // one call over all experts' rows
-  grouped_linear_forward(y, saved.act, offset, w_out);
+  grouped_linear_forward(y, as_dtype(saved.act, saved.act_bf16, x.dtype()), offset, w_out);
 }
 
 void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& dy, const Tensor& x,
@@ -42,12 +42,13 @@ void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& d
   Tensor& dact = saved.dact;
   resize_on(dact, {M, h}, x.device());
   dact.zero();
-  grouped_linear_backward(&dact, dw_out, dy, saved.act, offset, w_out);
+  const Tensor& act = x.dtype() == DType::F32 ? saved.act : saved.act_bf16;  // what the forward's product read
+  grouped_linear_backward(&dact, dw_out, dy, act, offset, w_out);
   Tensor& dpre = saved.dpre;
   resize_on(dpre, {M, in_cols}, x.device());
   dpre.zero();
   activation_backward(dpre, dact, saved.pre, activation);
-  grouped_linear_backward(dx, dw_in, dpre, x, offset, w_in);
+  grouped_linear_backward(dx, dw_in, as_dtype(dpre, saved.dpre_bf16, x.dtype()), x, offset, w_in);
 }
 
 }  // namespace moe

@@ -65,6 +65,9 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   // Noise differs per call and per rank, and layers with nearby seeds never share it.
   const uint64_t jitter_stream =
       mix64(stream_id(seed_, "jitter") ^ mix64(calls_++) ^ mix64(~static_cast<uint64_t>(exchange_->rank())));
+  // The router computes in float32 in every precision: the top-k choice and the balancing losses
+  // turn on small differences between scores that bfloat16's 8-bit significand would blur or flip, and
+  // its (T, d) x (d, E) product is a small part of the layer's work.
   router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0, &selection_bias);
   timer.lap(&time.router);
 
@@ -78,22 +81,32 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   plan_.source_token = plan_.source_token.to(device);
   plan_.slot = plan_.slot.to(device);
   const int64_t M = plan_.num_kept();
-  resize_on(x_perm_, {M, d}, device);
-  gather_rows(x_perm_, x, plan_.source_token);
+  const DType rows = rows_dtype();
+  // In bf16 runs x is rounded once (T rows) and gathered as bfloat16 rows (M ~ k T of them).
+  resize_on(x_perm_, {M, d}, device, rows);
+  gather_rows(x_perm_, as_dtype(x, x_rows_, rows), plan_.source_token);
   timer.lap(&time.permute);
 
   expert_offset_ = &exchange_->plan(plan_, time);
   expert_in_ = &exchange_->to_experts(x_perm_, x_local_, time);
-  resize_on(expert_out_, {M, d}, device);
-  Tensor& y_experts = exchange_->expert_output(expert_out_, y_local_);
+  resize_on(expert_out_, {M, d}, device, rows);
+  Tensor& y_rows = exchange_->expert_output(expert_out_, y_local_);
   timer.skip();  // the exchange timed itself
-  experts_forward(y_experts, activations_, *expert_in_, *expert_offset_, weights.w_in, weights.w_out,
+  w_in_product_ = &as_dtype(weights.w_in, w_in_bf16_, rows);
+  w_out_product_ = &as_dtype(weights.w_out, w_out_bf16_, rows);
+  // The products write float32; in bf16 runs the output rows are rounded to bfloat16 to travel back,
+  // also when nothing moves, so the arithmetic is the same whatever the expert-parallel layout.
+  if (rows != DType::F32) resize_on(y_experts_, y_rows.shape(), device);
+  Tensor& y_experts = rows == DType::F32 ? y_rows : y_experts_;
+  experts_forward(y_experts, activations_, *expert_in_, *expert_offset_, *w_in_product_, *w_out_product_,
                   cfg_.activation);
+  if (rows != DType::F32) convert(y_rows, y_experts);
   timer.lap(&time.experts);
-  exchange_->from_experts(y_experts, expert_out_, time);
+  exchange_->from_experts(y_rows, expert_out_, time);
   timer.skip();
 
-  combine_forward(y, expert_out_, plan_.slot, router_.weight);
+  combine_rows_ = &as_dtype(expert_out_, expert_out_f32_, DType::F32);
+  combine_forward(y, *combine_rows_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
   balance_ = load_balance_terms(router_.probs, router_.expert);
@@ -122,20 +135,24 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
 
   resize_zeroed(d_expert_out_, {M, d}, device);
   resize_zeroed(dweight_, {T, k}, device);
-  combine_backward(&d_expert_out_, &dweight_, dy, expert_out_, plan_.slot, router_.weight);
+  combine_backward(&d_expert_out_, &dweight_, dy, *combine_rows_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
-  // The forward's two directions swap roles: output gradients travel to the experts, input
-  // gradients travel back.
-  const Tensor& d_experts = exchange_->to_experts(d_expert_out_, d_local_, time);
-  resize_on(dx_perm_, {M, d}, device);
-  Tensor& dx_experts = exchange_->expert_output(dx_perm_, dx_local_);
+  // The forward's two directions swap roles: output gradients travel to the experts (as rows: bfloat16
+  // in bf16 runs, which the products read), input gradients travel back (rounded to rows likewise).
+  const DType rows = rows_dtype();
+  const Tensor& d_experts = exchange_->to_experts(as_dtype(d_expert_out_, d_expert_rows_, rows), d_local_, time);
+  resize_on(dx_perm_, {M, d}, device, rows);
+  Tensor& dx_rows = exchange_->expert_output(dx_perm_, dx_local_);
   timer.skip();
+  if (rows != DType::F32) resize_on(dx_experts_, dx_rows.shape(), device);
+  Tensor& dx_experts = rows == DType::F32 ? dx_rows : dx_experts_;
   dx_experts.zero();
-  experts_backward(&dx_experts, &grads.w_in, &grads.w_out, d_experts, *expert_in_, *expert_offset_, weights.w_in,
-                   weights.w_out, activations_, cfg_.activation);
+  experts_backward(&dx_experts, &grads.w_in, &grads.w_out, d_experts, *expert_in_, *expert_offset_, *w_in_product_,
+                   *w_out_product_, activations_, cfg_.activation);
+  if (rows != DType::F32) convert(dx_rows, dx_experts);
   timer.lap(&time.experts);
-  exchange_->from_experts(dx_experts, dx_perm_, time);
+  exchange_->from_experts(dx_rows, dx_perm_, time);
   timer.skip();
   scatter_add_rows(dx, dx_perm_, plan_.source_token);
   timer.lap(&time.permute);

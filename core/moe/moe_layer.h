@@ -92,28 +92,42 @@ class MoELayer {
   std::unique_ptr<ExpertExchange> exchange_;
   uint64_t calls_ = 0;  // advances the jitter noise stream
 
-  // Saved by forward for backward.
+  // The dtype of the token rows the experts read and write and the exchange moves: float32, or
+  // bfloat16 with Precision::BF16 (then so are the expert weights' copies the products read).
+  DType rows_dtype() const { return cfg_.precision == Precision::BF16 ? DType::BF16 : DType::F32; }
+
+  // Saved by forward for backward. "Rows" tensors have rows_dtype(); the rest are float32.
   Tensor x_;
   RouterOutput router_;
   DispatchPlan plan_;
   LoadBalanceTerms balance_;
-  Tensor x_perm_;       // (M, d) kept tokens grouped by expert
+  Tensor x_rows_;       // (T, d) x in bfloat16 (bf16 runs), gathered into x_perm_
+  Tensor x_perm_;       // (M, d) rows: kept tokens grouped by expert
+  Tensor w_in_bf16_;    // bf16 runs: the expert weights' bfloat16 copies, made once per forward
+  Tensor w_out_bf16_;
+  const Tensor* w_in_product_ = nullptr;   // weights.w_in or w_in_bf16_: what the expert products read
+  const Tensor* w_out_product_ = nullptr;  // weights.w_out or w_out_bf16_
   const std::vector<int64_t>* expert_offset_ = nullptr;  // (E_local + 1) the exchange's segment starts
-  Tensor x_local_;      // (R, d) the experts' input rows, when the exchange moves rows
+  Tensor x_local_;      // (R, d) rows: the experts' input rows, when the exchange moves rows
   const Tensor* expert_in_ = nullptr;  // x_perm_ or x_local_: what the experts read
   ExpertActivations activations_;
-  Tensor y_local_;      // (R, d) the experts' output rows, when the exchange moves rows
-  Tensor expert_out_;   // (M, d)
+  Tensor y_experts_;    // (R, d) bf16 runs: the experts' float32 output before it is rounded to rows
+  Tensor y_local_;      // (R, d) rows: the experts' output rows, when the exchange moves rows
+  Tensor expert_out_;   // (M, d) rows: the experts' output back in dispatch order
+  Tensor expert_out_f32_;  // (M, d) bf16 runs: expert_out_ in float32
+  const Tensor* combine_rows_ = nullptr;  // expert_out_ or expert_out_f32_: what the combine reads
   MoEStats stats_;
 
   // Backward scratch, kept between calls.
-  Tensor d_expert_out_;  // (M, d)
-  Tensor dx_perm_;       // (M, d)
-  Tensor d_local_;       // (R, d) when the exchange moves rows
-  Tensor dx_local_;      // (R, d) when the exchange moves rows
-  Tensor dweight_;       // (T, k)
-  Tensor dprobs_;        // (T, E)
-  Tensor dlogits_;       // (T, E)
+  Tensor d_expert_out_;   // (M, d)
+  Tensor d_expert_rows_;  // (M, d) bf16 runs: d_expert_out_ in bfloat16
+  Tensor dx_perm_;        // (M, d) rows
+  Tensor d_local_;        // (R, d) rows, when the exchange moves rows
+  Tensor dx_experts_;     // (R, d) bf16 runs: the experts' float32 input gradient before it is rounded
+  Tensor dx_local_;       // (R, d) rows, when the exchange moves rows
+  Tensor dweight_;        // (T, k)
+  Tensor dprobs_;         // (T, E)
+  Tensor dlogits_;        // (T, E)
 };
 
 }  // namespace moe
