@@ -274,6 +274,16 @@ LayerRun expect_sharding_invisible(const Scenario& s) {
     const LayerRun got = run_layer(cfg, &groups, gate, x, dy);
     EXPECT_EQ(got.local_experts, E / ep);
     expect_same_as_replicated(got, ref);
+    if (cfg.precision == Precision::BF16) {
+      // Each expert product reads the same bfloat16 rows and weights whichever rank runs it (the
+      // exchange moves bits, rounding happens before it), and a row's products do not depend on the
+      // other rows of its group: y and dx come out bit for bit. The router's weight gradient is
+      // float32 over the same rows: bit for bit too. The expert weight gradients sum other row
+      // groupings (and all-reduce in another order): equal to float32 reordering, as checked above.
+      EXPECT_EQ(floats_of(got.y), floats_of(ref.y)) << "y differs in bf16";
+      EXPECT_EQ(floats_of(got.dx), floats_of(ref.dx)) << "dx differs in bf16";
+      EXPECT_EQ(floats_of(got.g_gate), floats_of(ref.g_gate)) << "grad w_gate differs in bf16";
+    }
     runs.push_back(got);
   }
   EXPECT_GE(runs.size(), 2u) << "no ep > 1 was run";
@@ -371,6 +381,21 @@ TEST(ExpertParallel, DroplessGlobalScopeEqualsOneProcess) {
   s.batch = equal_batch(test_world().size(), 16);
   s.compare_single = true;
   expect_sharding_invisible(s);
+}
+
+TEST(ExpertParallel, ShardingIsInvisibleInBf16) {
+  int i = 0;
+  for (double factor : {1.0, 0.0})
+    for (int64_t k : {1, 2}) {
+      Scenario s;
+      s.cfg = make_config(kActivations[i % 3], i % 2 == 0 ? 8 : 4, k, true, factor, DropPolicy::Position,
+                          AuxLossScope::Global);
+      s.cfg.precision = Precision::BF16;
+      s.batch = uneven_batch(test_world().size());
+      s.expect_drops = factor > 0.0;
+      expect_sharding_invisible(s);
+      ++i;
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

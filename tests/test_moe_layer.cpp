@@ -322,13 +322,16 @@ TEST(MoELayerGradient, JitteredRouterMatchesFiniteDifferences) {
 
 TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
   // The layer keeps its scratch buffers between calls; a call after calls of other sizes must give
-  // what a fresh layer gives (catches a buffer that is resized but not re-zeroed before +=).
-  const MoEConfig cfg = small_config(Activation::SwiGLU, true, 0.75);
+  // what a fresh layer gives (catches a buffer that is resized but not re-zeroed before +=), in both
+  // precisions (bf16 keeps more buffers: the weights' copies, the rows before and after rounding).
+  for (Precision precision : {Precision::FP32, Precision::BF16}) {
+  MoEConfig cfg = small_config(Activation::SwiGLU, true, 0.75);
+  cfg.precision = precision;
   const int64_t d = cfg.d_model;
   MoELayer reused(cfg, kSeed);
   int call = 0;
   for (int64_t T : {20, 7, 12, 20}) {
-    SCOPED_TRACE(detail::concat("call ", call, " T=", T));
+    SCOPED_TRACE(detail::concat(to_string(precision), " call ", call, " T=", T));
     Tensor x = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.x", call));
     Tensor dy = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.dy", call));
     ++call;
@@ -353,6 +356,68 @@ TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
     expect_close(reused.grads.w_in, fresh.grads.w_in, "w_in");
     expect_close(reused.grads.w_out, fresh.grads.w_out, "w_out");
   }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bf16 mixed precision against the float32 layer.
+// ---------------------------------------------------------------------------------------------
+
+// ||a - b|| / ||b|| over all elements, in double.
+double relative_rms_error(const Tensor& a, const Tensor& b) {
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
+    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
+  }
+  return std::sqrt(diff / norm);
+}
+
+// The bf16 layer and the float32 layer on the same weights and inputs. The router is float32 in both,
+// so routing, plan and losses are identical. The expert path rounds to bfloat16 (unit roundoff
+// u = 2^-8, a rounded value off by at most u relative, ~u/sqrt(3) RMS for values spread over binades)
+// x and W_in, the activation and W_out, the expert output rows; in backward the output-gradient rows,
+// the activation gradient, and the input-gradient rows. Each output or gradient element passes through
+// at most six such roundings, each moving every term of its sums by <= u relative; with random signs
+// the sums' relative RMS error is then about sqrt(6/3) u ~ 1.4 u. The bound, 4 u, leaves ~3x margin;
+// a wrong row, expert or weight copy is off by O(1). The lower bound, u / 8, shows bfloat16 was used:
+// float32 products would agree to ~1e-6. Measured: 0.85-1.2 u. ReLU's derivative jumps at 0, and a
+// pre-activation within rounding of 0 (~0.3% of them here) changes side, moving those elements of dx
+// and grad w_in by O(1) (measured 13-19 u over the tensor): for ReLU those two are not compared; the
+// path computing them is the same for the smooth activations.
+TEST(MoELayerBf16, MatchesTheFloat32LayerWithinBf16Rounding) {
+  constexpr double u = 1.0 / 256;
+  for (Activation act : {Activation::ReLU, Activation::GELU, Activation::SwiGLU})
+    for (double capacity_factor : {0.75, 0.0}) {
+      MoEConfig cfg = small_config(act, true, capacity_factor);
+      cfg.d_model = 32;
+      cfg.expert_hidden = 48;
+      cfg.init_std = 0.2f;  // O(1) expert outputs for d = 32
+      SCOPED_TRACE(detail::concat(to_string(act), " capacity_factor=", capacity_factor));
+      const int64_t T = 40, d = cfg.d_model;
+      const Tensor x = normal_tensor({T, d}, 1.0f, kSeed, "bf16.x"), dy = normal_tensor({T, d}, 1.0f, kSeed, "bf16.dy");
+      MoEConfig cfg16 = cfg;
+      cfg16.precision = Precision::BF16;
+      MoELayer fp32(cfg, kSeed), bf16(cfg16, kSeed);
+      Tensor y = Tensor::zeros({T, d}), y16 = Tensor::zeros({T, d});
+      Tensor dx = Tensor::zeros({T, d}), dx16 = Tensor::zeros({T, d});
+      fp32.forward(y, x, true);
+      bf16.forward(y16, x, true);
+      fp32.backward(dx, dy);
+      bf16.backward(dx16, dy);
+      EXPECT_EQ(ints_of(bf16.plan().slot), ints_of(fp32.plan().slot)) << "routing differs";
+      EXPECT_EQ(bf16.stats().aux_loss, fp32.stats().aux_loss);
+      EXPECT_EQ(bf16.stats().z_loss, fp32.stats().z_loss);
+      const std::pair<const char*, std::pair<const Tensor*, const Tensor*>> outputs[] = {
+          {"y", {&y16, &y}}, {"dx", {&dx16, &dx}}, {"grad w_gate", {&bf16.grads.w_gate, &fp32.grads.w_gate}},
+          {"grad w_in", {&bf16.grads.w_in, &fp32.grads.w_in}}, {"grad w_out", {&bf16.grads.w_out, &fp32.grads.w_out}}};
+      for (const auto& [name, pair] : outputs) {
+        if (act == Activation::ReLU && (std::string(name) == "dx" || std::string(name) == "grad w_in")) continue;
+        const double error = relative_rms_error(*pair.first, *pair.second);
+        EXPECT_LT(error, 4 * u) << name;
+        EXPECT_GT(error, u / 8) << name << ": no bfloat16 rounding visible";
+      }
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
