@@ -59,7 +59,7 @@ struct Args : bench::LayerArgs {
 const char* kUsage =
     "usage: mpirun -np N bench-moe-dispatch [--ep N] [--d 512] [--h 2048] [--experts 8] [--topk 2]\n"
     "         [--tokens 4096 (per rank)] [--capacity-factor 1.25] [--activation gelu|relu|swiglu]\n"
-    "         [--threads 1 (per rank)] [--warmup 2] [--repeats 7]\n"
+    "         [--precision fp32|bf16 (of the rows exchanged)] [--threads 1 (per rank)] [--warmup 2] [--repeats 7]\n"
     "  --ep defaults to the world size; it must divide the world size, and --experts must be divisible by it.\n";
 
 // Pure: every rank sees the same argv and reaches the same verdict.
@@ -93,29 +93,30 @@ double relative_error(const moe::Tensor& a, const moe::Tensor& b) {
   return scale > 0 ? diff / scale : diff;
 }
 
-// The bare all-to-all-v: the per-peer counts of the layer's forward token exchange, in MPI_FLOAT.
+// The bare all-to-all-v: the per-peer byte counts of the layer's forward token exchange (rows of
+// row_bytes: d elements of the rows' dtype), in MPI_BYTE.
 struct BareAlltoallv {
   MPI_Comm comm = MPI_COMM_NULL;
   int rank = 0;
   std::vector<int> send_counts, send_displs, recv_counts, recv_displs;
-  std::vector<float> send, recv;
+  std::vector<unsigned char> send, recv;
 
-  // Block for peer j holds value(rank, j, i) at element i, so the receiver can check every block.
-  static float value(int src, int dst, int n, int64_t i) {
-    return static_cast<float>((src * n + dst) * 1000 + i % 1000);
+  // Block for peer j holds value(rank, j, i) at byte i, so the receiver can check every block.
+  static unsigned char value(int src, int dst, int n, int64_t i) {
+    return static_cast<unsigned char>(((src * n + dst) * 31 + i) % 251);
   }
 
-  BareAlltoallv(MPI_Comm c, const moe::ExchangePlan& xp, int64_t d) : comm(c) {
+  BareAlltoallv(MPI_Comm c, const moe::ExchangePlan& xp, int64_t row_bytes) : comm(c) {
     MPI_CHECK(MPI_Comm_rank(comm, &rank));
     const int n = static_cast<int>(xp.send_rows.size());
     send_counts.resize(n), send_displs.resize(n), recv_counts.resize(n), recv_displs.resize(n);
     int64_t st = 0, rt = 0;
     for (int j = 0; j < n; ++j) {
-      MOE_REQUIRE((st + xp.send_rows[j] * d) <= std::numeric_limits<int>::max() &&
-                      (rt + xp.recv_rows[j] * d) <= std::numeric_limits<int>::max(),
-                  "the bare MPI_Alltoallv takes int counts in floats: shrink --tokens or --d");
-      send_counts[j] = static_cast<int>(xp.send_rows[j] * d);
-      recv_counts[j] = static_cast<int>(xp.recv_rows[j] * d);
+      MOE_REQUIRE((st + xp.send_rows[j] * row_bytes) <= std::numeric_limits<int>::max() &&
+                      (rt + xp.recv_rows[j] * row_bytes) <= std::numeric_limits<int>::max(),
+                  "the bare MPI_Alltoallv takes int counts in bytes: shrink --tokens or --d");
+      send_counts[j] = static_cast<int>(xp.send_rows[j] * row_bytes);
+      recv_counts[j] = static_cast<int>(xp.recv_rows[j] * row_bytes);
       send_displs[j] = static_cast<int>(st);
       recv_displs[j] = static_cast<int>(rt);
       st += send_counts[j];
@@ -136,8 +137,8 @@ struct BareAlltoallv {
   }
 
   void run() {
-    MPI_CHECK(MPI_Alltoallv(send.data(), send_counts.data(), send_displs.data(), MPI_FLOAT, recv.data(),
-                            recv_counts.data(), recv_displs.data(), MPI_FLOAT, comm));
+    MPI_CHECK(MPI_Alltoallv(send.data(), send_counts.data(), send_displs.data(), MPI_BYTE, recv.data(),
+                            recv_counts.data(), recv_displs.data(), MPI_BYTE, comm));
   }
 
   bool received_correctly() const {
@@ -201,9 +202,10 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
 
   if (rank == 0)
     std::printf("bench-moe-dispatch: world=%d ep=%d d=%lld h=%lld E=%lld (%lld per rank) k=%lld T=%lld per rank "
-                "capacity_factor=%.2f activation=%s threads=%d per rank provider=%s\n",
+                "capacity_factor=%.2f activation=%s precision=%s threads=%d per rank provider=%s\n",
                 W, ep, (long long)d, (long long)a.h, (long long)a.E, (long long)layout.experts_per_rank,
-                (long long)a.k, (long long)T, a.cf, a.activation.c_str(), a.threads, moe::gemm_provider());
+                (long long)a.k, (long long)T, a.cf, a.activation.c_str(), a.precision.c_str(), a.threads,
+                moe::gemm_provider());
 
   // Verification: the same inputs through an ep = 1 layer (every rank holds all E experts, nothing
   // exchanged). Tolerance 1e-4 of the largest reference value: the expert GEMMs see row blocks of a
@@ -240,7 +242,9 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   for (int64_t r : xp.send_rows) sent_rows += r;
   const int64_t received = xp.received_rows();
   const int64_t kept = dist->stats().kept_total;
-  BareAlltoallv bare(ep_mpi->handle(), xp, d);
+  // Rows travel in bfloat16 in bf16 runs (2 bytes an element), float32 otherwise.
+  const int64_t row_bytes = d * (cfg.precision == moe::Precision::BF16 ? 2 : 4);
+  BareAlltoallv bare(ep_mpi->handle(), xp, row_bytes);
   bare.run();
   const int bare_ok = moe::all_reduce_value(*world, bare.received_correctly() ? 1 : 0, moe::ReduceOp::Min);
   MOE_ASSERT(bare_ok == 1, "the bare MPI_Alltoallv delivers every peer's block");
@@ -311,7 +315,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   mine[kDistRate] = flops_per_row * received / median(dist_experts) / 1e9;
   mine[kSingleKept] = static_cast<double>(single_kept);
   mine[kSingleRate] = flops_per_row * single_kept / median(single_experts) / 1e9;
-  mine[kSendBytes] = static_cast<double>(sent_rows) * d * sizeof(float);
+  mine[kSendBytes] = static_cast<double>(sent_rows) * row_bytes;
   world->all_gather(mine.data(), all.data(), kPerRank * static_cast<int64_t>(sizeof(double)));
   if (rank != 0) return 0;
 
