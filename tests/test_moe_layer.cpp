@@ -325,37 +325,37 @@ TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
   // what a fresh layer gives (catches a buffer that is resized but not re-zeroed before +=), in both
   // precisions (bf16 keeps more buffers: the weights' copies, the rows before and after rounding).
   for (Precision precision : {Precision::FP32, Precision::BF16}) {
-  MoEConfig cfg = small_config(Activation::SwiGLU, true, 0.75);
-  cfg.precision = precision;
-  const int64_t d = cfg.d_model;
-  MoELayer reused(cfg, kSeed);
-  int call = 0;
-  for (int64_t T : {20, 7, 12, 20}) {
-    SCOPED_TRACE(detail::concat(to_string(precision), " call ", call, " T=", T));
-    Tensor x = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.x", call));
-    Tensor dy = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.dy", call));
-    ++call;
-    MoELayer fresh(cfg, kSeed);
-    Tensor y_fresh = Tensor::zeros({T, d}), dx_fresh = Tensor::zeros({T, d});
-    fresh.forward(y_fresh, x, true);
-    fresh.backward(dx_fresh, dy);
-    Tensor y = Tensor::zeros({T, d}), dx = Tensor::zeros({T, d});
-    for (Tensor* g : {&reused.grads.w_gate, &reused.grads.w_in, &reused.grads.w_out}) g->zero();
-    reused.forward(y, x, true);
-    reused.backward(dx, dy);
-    // Same arithmetic on the same data; 1e-6 relative allows a GEMM kernel choice that depends on
-    // buffer alignment, while a stale buffer is off by O(1).
-    auto expect_close = [](const Tensor& a, const Tensor& b, const char* name) {
-      const double scale = max_abs(b);
-      for (int64_t i = 0; i < b.numel(); ++i)
-        EXPECT_NEAR(a.f32()[i], b.f32()[i], 1e-6 * scale + 1e-30) << name << "[" << i << "]";
-    };
-    expect_close(y, y_fresh, "y");
-    expect_close(dx, dx_fresh, "dx");
-    expect_close(reused.grads.w_gate, fresh.grads.w_gate, "w_gate");
-    expect_close(reused.grads.w_in, fresh.grads.w_in, "w_in");
-    expect_close(reused.grads.w_out, fresh.grads.w_out, "w_out");
-  }
+    MoEConfig cfg = small_config(Activation::SwiGLU, true, 0.75);
+    cfg.precision = precision;
+    const int64_t d = cfg.d_model;
+    MoELayer reused(cfg, kSeed);
+    int call = 0;
+    for (int64_t T : {20, 7, 12, 20}) {
+      SCOPED_TRACE(detail::concat(to_string(precision), " call ", call, " T=", T));
+      Tensor x = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.x", call));
+      Tensor dy = normal_tensor({T, d}, 1.0f, kSeed, detail::concat("reuse.dy", call));
+      ++call;
+      MoELayer fresh(cfg, kSeed);
+      Tensor y_fresh = Tensor::zeros({T, d}), dx_fresh = Tensor::zeros({T, d});
+      fresh.forward(y_fresh, x, true);
+      fresh.backward(dx_fresh, dy);
+      Tensor y = Tensor::zeros({T, d}), dx = Tensor::zeros({T, d});
+      for (Tensor* g : {&reused.grads.w_gate, &reused.grads.w_in, &reused.grads.w_out}) g->zero();
+      reused.forward(y, x, true);
+      reused.backward(dx, dy);
+      // Same arithmetic on the same data; 1e-6 relative allows a GEMM kernel choice that depends on
+      // buffer alignment, while a stale buffer is off by O(1).
+      auto expect_close = [](const Tensor& a, const Tensor& b, const char* name) {
+        const double scale = max_abs(b);
+        for (int64_t i = 0; i < b.numel(); ++i)
+          EXPECT_NEAR(a.f32()[i], b.f32()[i], 1e-6 * scale + 1e-30) << name << "[" << i << "]";
+      };
+      expect_close(y, y_fresh, "y");
+      expect_close(dx, dx_fresh, "dx");
+      expect_close(reused.grads.w_gate, fresh.grads.w_gate, "w_gate");
+      expect_close(reused.grads.w_in, fresh.grads.w_in, "w_in");
+      expect_close(reused.grads.w_out, fresh.grads.w_out, "w_out");
+    }
   }
 }
 
