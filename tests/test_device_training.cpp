@@ -47,13 +47,12 @@ TrainConfig small_config(const std::string& checkpoint_dir) {
 
 // One process's model, registry, optimizer and process groups on one device.
 struct Replica {
-  Replica(const TrainConfig& cfg, Device device)
-      : cfg(cfg),
-        device(device),
+  Replica(const TrainConfig& config, Device on)
+      : cfg(config),
+        device(on),
         world(make_local_communicator()),
-        groups(make_process_groups(*world, 1, cfg.moe.num_experts, DataBackend::MPI,
-                                   device == Device::CUDA ? 0 : -1)),
-        model(transformer_config(cfg), /*seed=*/7, {}, device) {
+        groups(make_process_groups(*world, 1, config.moe.num_experts, DataBackend::MPI, on == Device::CUDA ? 0 : -1)),
+        model(transformer_config(config), /*seed=*/7, {}, on) {
     model.register_parameters(registry);
     registry.flatten_gradients();
     optimizer = make_optimizer(registry, cfg.optim);
