@@ -30,6 +30,7 @@
 #include "core/command_line.h"
 #include "core/cpu/gemm.h"
 #include "core/moe/moe_layer.h"
+#include "core/ops.h"
 #include "core/random.h"
 #include "core/timer.h"
 
@@ -39,108 +40,110 @@ namespace {
 
 using bench::median;
 
-bench::LayerArgs parse(int argc, char** argv) {
-  bench::LayerArgs a;
+struct Args : bench::LayerArgs {
+  std::string device = "cpu";  // cpu | cuda: the layer and the plain GEMMs on GPU 0
+};
+
+Args parse(int argc, char** argv) {
+  Args a;
   for (int i = 1; i < argc; ++i) {
     std::string s = argv[i];
     MOE_REQUIRE(s == "--help" || i + 1 < argc, s, " needs a value; see --help");
     if (s == "--help") {
       std::printf("usage: bench-moe-layer [--d 512] [--h 2048] [--experts 8] [--topk 2] [--tokens 4096]\n"
                   "         [--capacity-factor 1.25] [--activation gelu|relu|swiglu] [--precision fp32|bf16]\n"
-                  "         [--threads 1] [--warmup 2] [--repeats 7]\n");
+                  "         [--device cpu|cuda] [--threads 1] [--warmup 2] [--repeats 7]\n");
       std::exit(0);
     }
     const char* v = argv[++i];
-    if (!bench::parse_layer_arg(s, v, a)) throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
+    if (s == "--device") {
+      a.device = v;
+      MOE_REQUIRE(a.device == "cpu" || a.device == "cuda", "--device ", a.device, ": expected cpu or cuda");
+    } else if (!bench::parse_layer_arg(s, v, a)) throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
   return a;
 }
 
-// One product C (M, N) float32 = op(A) op(B) + beta C: moe::gemm on the float32 operands, or moe::gemm_bf16
-// on their bfloat16 copies. Operands are (float32, bfloat16) pairs of the same values' buffers.
-struct Operand {
-  const float* f32;
-  const uint16_t* bf16;
-};
-void product(bool bf16, bool ta, bool tb, int64_t M, int64_t N, int64_t K, Operand A, int64_t lda, Operand B,
-             int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (bf16)
-    moe::gemm_bf16(ta, tb, M, N, K, A.bf16, lda, B.bf16, ldb, beta, C, ldc);
-  else
-    moe::gemm(ta, tb, M, N, K, 1.f, A.f32, lda, B.f32, ldb, beta, C, ldc);
+// Waits for the device, so that a clock read afterwards covers the work queued before it.
+double synced_now(moe::Device device) {
+  if (device == moe::Device::CUDA) moe::cuda::synchronize();
+  return moe::now_seconds();
 }
 
-// A plain dense FFN of `rows` rows: its operands (float32 and bfloat16 copies) and outputs.
-struct PlainFfn {
-  int64_t rows, d, in_cols, h;
-  std::vector<float> x, w1, act, w2, dy, out_pre, out_y, gw1, gw2;
-  std::vector<uint16_t> x16, w1_16, act16, w2_16, dy16;
+// A host tensor of N(0, std) values from `stream`, moved to `device`; bf16: rounded to bfloat16 there.
+moe::Tensor random_on(moe::Device device, const moe::Shape& shape, float std, uint64_t stream, bool bf16 = false) {
+  moe::Tensor t = moe::random_normal(shape, std, stream, device);
+  if (!bf16) return t;
+  moe::Tensor r = moe::Tensor::empty(shape, moe::DType::BF16, device);
+  moe::convert(r, t);
+  return r;
+}
 
-  PlainFfn(int64_t rows_, int64_t d_, int64_t in_cols_, int64_t h_) : rows(rows_), d(d_), in_cols(in_cols_), h(h_) {
-    auto fill = [](std::vector<float>& v, std::vector<uint16_t>& v16, int64_t n) {
-      v.assign(n, 0.01f);
-      v16.assign(n, moe::bf16_from_float(0.01f));
-    };
-    fill(x, x16, rows * d), fill(w1, w1_16, d * in_cols), fill(act, act16, rows * in_cols);
-    fill(w2, w2_16, h * d), fill(dy, dy16, rows * d);
-    out_pre.assign(rows * in_cols, 0.f), out_y.assign(rows * d, 0.f), gw1.assign(d * in_cols, 0.f);
-    gw2.assign(h * d, 0.f);
+// A plain dense FFN of `rows` rows on the device, through the same linear ops the layers use: its six
+// GEMMs (x W1, act W2, and the backward's dact, dW2, dx, dW1) on operands of the run's dtype.
+struct PlainFfn {
+  int64_t rows;
+  moe::Tensor x, w1, act, w2, dy, dpre, pre, y, dact, dx, gw1, gw2;
+
+  PlainFfn(moe::Device dev, bool bf16, int64_t rows_, int64_t d, int64_t in_cols, int64_t h) : rows(rows_) {
+    x = random_on(dev, {rows, d}, 1.f, 11, bf16), w1 = random_on(dev, {d, in_cols}, 0.02f, 12, bf16);
+    act = random_on(dev, {rows, h}, 1.f, 13, bf16), w2 = random_on(dev, {h, d}, 0.02f, 14, bf16);
+    dy = random_on(dev, {rows, d}, 1.f, 15, bf16), dpre = random_on(dev, {rows, in_cols}, 1.f, 16, bf16);
+    pre = moe::Tensor::empty({rows, in_cols}, moe::DType::F32, dev), y = moe::Tensor::empty({rows, d}, moe::DType::F32, dev);
+    dact = moe::Tensor::zeros({rows, h}, moe::DType::F32, dev), dx = moe::Tensor::zeros({rows, d}, moe::DType::F32, dev);
+    gw1 = moe::Tensor::zeros({d, in_cols}, moe::DType::F32, dev), gw2 = moe::Tensor::zeros({h, d}, moe::DType::F32, dev);
   }
 
-  // Seconds for the six GEMMs of its forward+backward (outputs into separate buffers; the values do not
-  // matter, the shapes and the work do).
-  double time(bool bf16) {
-    const Operand X{x.data(), x16.data()}, W1{w1.data(), w1_16.data()}, A{act.data(), act16.data()};
-    const Operand W2{w2.data(), w2_16.data()}, DY{dy.data(), dy16.data()};
-    const double t0 = moe::now_seconds();
-    product(bf16, false, false, rows, in_cols, d, X, d, W1, in_cols, 0.f, out_pre.data(), in_cols);
-    product(bf16, false, false, rows, d, h, A, in_cols, W2, d, 0.f, out_y.data(), d);
-    // Backward: d_act = dy W2^T, dW2 += act^T dy, dx = d_pre W1^T, dW1 += x^T d_pre.
-    product(bf16, false, true, rows, h, d, DY, d, W2, d, 0.f, out_pre.data(), in_cols);
-    product(bf16, true, false, h, d, rows, A, in_cols, DY, d, 1.f, gw2.data(), d);
-    product(bf16, false, true, rows, d, in_cols, A, in_cols, W1, in_cols, 0.f, out_y.data(), d);
-    product(bf16, true, false, d, in_cols, rows, X, d, A, in_cols, 1.f, gw1.data(), in_cols);
-    return moe::now_seconds() - t0;
+  // Seconds for the six GEMMs (the values do not matter, the shapes and the work do).
+  double time(moe::Device dev) {
+    const double t0 = synced_now(dev);
+    moe::linear_forward(pre, x, w1, nullptr);
+    moe::linear_forward(y, act, w2, nullptr);
+    moe::linear_backward(&dact, &gw2, nullptr, dy, act, w2);
+    moe::linear_backward(&dx, &gw1, nullptr, dpre, x, w1);
+    return synced_now(dev) - t0;
   }
 };
 
-// The GEMM (bf16: on inputs rounded to bfloat16, whose products are exact in float32) against a naive
-// double dot product on sampled entries.
-bool plain_gemm_correct(bool bf16, int64_t M, int64_t N, int64_t K) {
-  std::vector<float> A(M * K), B(K * N), C(M * N);
-  std::vector<uint16_t> A16(M * K), B16(K * N);
-  for (int64_t i = 0; i < M * K; ++i) A16[i] = moe::bf16_from_float(A[i] = moe::standard_normal(1, i));
-  for (int64_t i = 0; i < K * N; ++i) B16[i] = moe::bf16_from_float(B[i] = moe::standard_normal(2, i));
+// The device's product (bf16: on inputs rounded to bfloat16, whose products are exact in float32)
+// against a naive double dot product on sampled entries.
+bool plain_gemm_correct(moe::Device dev, bool bf16, int64_t M, int64_t N, int64_t K) {
+  const moe::Tensor A = random_on(dev, {M, K}, 1.f, 1, bf16), B = random_on(dev, {K, N}, 1.f, 2, bf16);
+  moe::Tensor C = moe::Tensor::empty({M, N}, moe::DType::F32, dev);
+  moe::linear_forward(C, A, B, nullptr);
+  moe::Tensor a = A, b = B;
   if (bf16) {
-    for (int64_t i = 0; i < M * K; ++i) A[i] = moe::float_from_bf16(A16[i]);
-    for (int64_t i = 0; i < K * N; ++i) B[i] = moe::float_from_bf16(B16[i]);
+    a = moe::Tensor::empty({M, K}, moe::DType::F32, dev), b = moe::Tensor::empty({K, N}, moe::DType::F32, dev);
+    moe::convert(a, A), moe::convert(b, B);
   }
-  product(bf16, false, false, M, N, K, {A.data(), A16.data()}, K, {B.data(), B16.data()}, N, 0.f, C.data(), N);
+  const moe::Tensor ha = a.to(moe::Device::CPU), hb = b.to(moe::Device::CPU), hc = C.to(moe::Device::CPU);
   for (int s = 0; s < 64; ++s) {
     int64_t i = (s * 7919) % M, j = (s * 104729) % N;
     double ref = 0;
-    for (int64_t q = 0; q < K; ++q) ref += static_cast<double>(A[i * K + q]) * B[q * N + j];
+    for (int64_t q = 0; q < K; ++q) ref += static_cast<double>(ha.f32()[i * K + q]) * hb.f32()[q * N + j];
     // float32 accumulation over K terms of unit-variance products: error ~ sqrt(K) * 1e-7 * |terms|.
-    if (std::fabs(ref - C[i * N + j]) > 1e-3 * std::sqrt(static_cast<double>(K))) return false;
+    if (std::fabs(ref - hc.f32()[i * N + j]) > 1e-3 * std::sqrt(static_cast<double>(K))) return false;
   }
   return true;
 }
 
 // ||a - b|| / ||b||.
 double relative_rms_error(const moe::Tensor& a, const moe::Tensor& b) {
+  const moe::Tensor ha = a.to(moe::Device::CPU), hb = b.to(moe::Device::CPU);
   double diff = 0, norm = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
-    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
+  for (int64_t i = 0; i < hb.numel(); ++i) {
+    diff += std::pow(static_cast<double>(ha.f32()[i]) - hb.f32()[i], 2);
+    norm += std::pow(static_cast<double>(hb.f32()[i]), 2);
   }
   return std::sqrt(diff / norm);
 }
 
-// A layer of `cfg` with the benchmark's router weights: larger than the training init, so routing is
-// confident; on random tokens it is still balanced at the default shape (nothing dropped).
-std::unique_ptr<moe::MoELayer> make_layer(const moe::MoEConfig& cfg) {
-  auto layer = std::make_unique<moe::MoELayer>(cfg, 42);
-  moe::fill_normal(layer->weights.w_gate, 0.5f, moe::stream_id(42, "bench.gate"));
+// A layer of `cfg` on `device` with the benchmark's router weights: larger than the training init, so
+// routing is confident; on random tokens it is still balanced at the default shape (nothing dropped).
+std::unique_ptr<moe::MoELayer> make_layer(const moe::MoEConfig& cfg, moe::Device device) {
+  auto layer = std::make_unique<moe::MoELayer>(cfg, 42, nullptr, device);
+  layer->weights.w_gate.copy_from(moe::random_normal(layer->weights.w_gate.shape(), 0.5f,
+                                                      moe::stream_id(42, "bench.gate"), moe::Device::CPU));
   return layer;
 }
 
@@ -148,26 +151,29 @@ std::unique_ptr<moe::MoELayer> make_layer(const moe::MoEConfig& cfg) {
 
 int main(int argc, char** argv) {
   try {
-    const bench::LayerArgs a = parse(argc, argv);
+    const Args a = parse(argc, argv);
     moe::set_num_threads(a.threads);
     const moe::MoEConfig cfg = bench::layer_config(a);
     const bool bf16 = cfg.precision == moe::Precision::BF16;
-    std::unique_ptr<moe::MoELayer> layer = make_layer(cfg);
+    const moe::Device dev = a.device == "cuda" ? moe::Device::CUDA : moe::Device::CPU;
+    if (dev == moe::Device::CUDA) moe::cuda::use_device(0);
+    std::unique_ptr<moe::MoELayer> layer = make_layer(cfg, dev);
     // bf16: the float32 layer on the same weights and tokens, for the verification and the speed-up.
     moe::MoEConfig cfg32 = cfg;
     cfg32.precision = moe::Precision::FP32;
-    std::unique_ptr<moe::MoELayer> layer32 = bf16 ? make_layer(cfg32) : nullptr;
+    std::unique_ptr<moe::MoELayer> layer32 = bf16 ? make_layer(cfg32, dev) : nullptr;
 
-    moe::Tensor x = moe::Tensor::empty({a.T, a.d});
-    moe::Tensor y = moe::Tensor::empty({a.T, a.d}), y32 = moe::Tensor::empty({a.T, a.d});
-    moe::Tensor dy = moe::Tensor::empty({a.T, a.d});
-    moe::fill_normal(dy, 1.f, moe::stream_id(7, "bench.dy"));
-    moe::Tensor dx = moe::Tensor::zeros({a.T, a.d}), dx32 = moe::Tensor::zeros({a.T, a.d});
+    const moe::Shape td = {a.T, a.d};
+    moe::Tensor x = moe::Tensor::empty(td, moe::DType::F32, dev);
+    moe::Tensor y = moe::Tensor::empty(td, moe::DType::F32, dev), y32 = moe::Tensor::empty(td, moe::DType::F32, dev);
+    const moe::Tensor dy = moe::random_normal(td, 1.f, moe::stream_id(7, "bench.dy"), dev);
+    moe::Tensor dx = moe::Tensor::zeros(td, moe::DType::F32, dev), dx32 = moe::Tensor::zeros(td, moe::DType::F32, dev);
 
     std::printf("bench-moe-layer: d=%lld h=%lld E=%lld k=%lld T=%lld capacity_factor=%.2f activation=%s "
-                "precision=%s threads=%d provider=%s\n",
+                "precision=%s device=%s threads=%d provider=%s\n",
                 (long long)a.d, (long long)a.h, (long long)a.E, (long long)a.k, (long long)a.T, a.cf,
-                a.activation.c_str(), a.precision.c_str(), a.threads, moe::gemm_provider());
+                a.activation.c_str(), a.precision.c_str(), a.device.c_str(), a.threads,
+                dev == moe::Device::CPU ? moe::gemm_provider() : "cuBLAS");
 
     const int64_t m = cfg.activation == moe::Activation::SwiGLU ? 3 : 2, in_cols = cfg.expert_in_cols();
     std::vector<moe::MoEPhaseTimes> fwd, bwd;
@@ -175,22 +181,23 @@ int main(int argc, char** argv) {
     std::unique_ptr<PlainFfn> plain;
     int64_t kept_first = 0;
     for (int it = 0; it < a.warmup + a.repeats; ++it) {
-      moe::fill_normal(x, 1.f, moe::stream_id(7, "bench.x." + std::to_string(it)));  // new routing
-      double t0 = moe::now_seconds();
+      x.copy_from(moe::random_normal(td, 1.f, moe::stream_id(7, "bench.x." + std::to_string(it)), moe::Device::CPU));
+      double t0 = synced_now(dev);  // new routing
       layer->forward(y, x, /*training=*/true);
       layer->backward(dx, dy);
-      const double t = moe::now_seconds() - t0;
+      const double t = synced_now(dev) - t0;
       double t32 = 0;
       if (bf16) {
-        t0 = moe::now_seconds();
+        t0 = synced_now(dev);
         layer32->forward(y32, x, /*training=*/true);
         layer32->backward(dx32, dy);
-        t32 = moe::now_seconds() - t0;
+        t32 = synced_now(dev) - t0;
       }
       const moe::MoEStats& st = layer->stats();
       if (it == 0) {
-        for (int64_t i = 0; i < y.numel(); ++i)
-          MOE_ASSERT(std::isfinite(y.f32()[i]) && std::isfinite(dx.f32()[i]), "layer output is finite");
+        const moe::Tensor hy = y.to(moe::Device::CPU), hdx = dx.to(moe::Device::CPU);
+        for (int64_t i = 0; i < hy.numel(); ++i)
+          MOE_ASSERT(std::isfinite(hy.f32()[i]) && std::isfinite(hdx.f32()[i]), "layer output is finite");
         if (bf16) {
           const double u = 1.0 / 256, ey = relative_rms_error(y, y32), edx = relative_rms_error(dx, dx32);
           std::printf("bf16 against the fp32 layer: relative RMS error y %.2f u, dx %.2f u (u = 2^-8)\n", ey / u,
@@ -202,9 +209,9 @@ int main(int argc, char** argv) {
                     (long long)st.capacity, (long long)st.kept_total, (long long)(a.T * a.k),
                     100.0 * st.dropped_total / (a.T * a.k));
         const int64_t rows = kept_first / a.E;
-        MOE_ASSERT(plain_gemm_correct(bf16, rows, a.h, a.d), "plain GEMM agrees with a naive dot product");
-        plain = std::make_unique<PlainFfn>(rows, a.d, in_cols, a.h);
-        if (bf16)
+        MOE_ASSERT(plain_gemm_correct(dev, bf16, rows, a.h, a.d), "plain GEMM agrees with a naive dot product");
+        plain = std::make_unique<PlainFfn>(dev, bf16, rows, a.d, in_cols, a.h);
+        if (bf16 && dev == moe::Device::CPU)
           std::printf("bf16 products: experts %s (row count left open), plain %s (exact shape)\n",
                       moe::gemm_bf16_implementation(false, false, rows, in_cols, a.d, a.d, in_cols, 0.f, in_cols,
                                                     moe::Bf16Rows::Varying).c_str(),
@@ -212,7 +219,7 @@ int main(int argc, char** argv) {
                           .c_str());
       }
       double tp = 0;
-      for (int64_t e = 0; e < a.E; ++e) tp += plain->time(bf16);
+      for (int64_t e = 0; e < a.E; ++e) tp += plain->time(dev);
       if (it < a.warmup) continue;
       fwd.push_back(st.forward_time);
       bwd.push_back(st.backward_time);

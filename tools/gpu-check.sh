@@ -29,9 +29,15 @@ if (cd "$build_dir" && ctest -N -R 'DeviceTraining' >/dev/null) &&
 fi
 
 echo "== GPU benchmarks"
-if "$build_dir"/bench-moe-layer --help 2>&1 | grep -q -- "--device"; then
-  "$build_dir"/bench-moe-layer --device cuda || status=1
-else
-  echo "bench-moe-layer has no --device option in this commit: no GPU layer benchmark yet"
-fi
+# Issue 12's layer shape: bf16, d_model 4096, expert hidden 14336, E 8, top-2, 8192 tokens, SwiGLU.
+"$build_dir"/bench-moe-layer --device cuda --precision bf16 --d 4096 --h 14336 --experts 8 --topk 2 \
+  --tokens 8192 --activation swiglu --warmup 2 --repeats 5 || status=1
+"$build_dir"/bench-moe-layer --device cuda --warmup 2 --repeats 5 || status=1
+# A training step of configs/gpu-example.yaml on this one GPU (4 of its 24 layers, so that the fp32 masters
+# and AdamW state fit), synthetic data, MFU against the H100/H200 SXM bf16 dense peak (989 TFLOP/s).
+run_dir=$(mktemp -d)
+mpirun --allow-run-as-root -np 1 "$build_dir"/moe-train configs/gpu-example.yaml model.n_layers=4 \
+  model.precision=bf16 data.source=synthetic model.vocab_size=50304 run.steps=30 run.log_every=10 \
+  run.eval_every=0 checkpoint.every=0 run.peak_gflops=989000 run.dir="$run_dir/run" || status=1
+rm -rf "$run_dir"
 exit $status

@@ -60,7 +60,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   x_ = x;
   MoEPhaseTimes& time = stats_.forward_time;
   time = MoEPhaseTimes{};
-  LapTimer timer;
+  LapTimer timer(device);  // on a GPU, each phase waits for its kernels
 
   // Noise differs per call and per rank, and layers with nearby seeds never share it.
   const uint64_t jitter_stream =
@@ -131,7 +131,7 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   const Device device = dy.device();
   MoEPhaseTimes& time = stats_.backward_time;
   time = MoEPhaseTimes{};
-  LapTimer timer;
+  LapTimer timer(device);  // on a GPU, each phase waits for its kernels
 
   resize_zeroed(d_expert_out_, {M, d}, device);
   resize_zeroed(dweight_, {T, k}, device);
