@@ -951,6 +951,34 @@ TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
   }
 }
 
+// Recomputation redoes the same operations on the same inputs: losses and every gradient are the
+// same bits as when everything is kept, over two steps (the second reading buffers the first left).
+TEST(TransformerLM, RecomputationGivesTheSameBits) {
+  TransformerConfig kept_cfg = tiny_config(PositionKind::Rotary, false, 1, NormKind::RMSNorm);
+  kept_cfg.moe_every = 1;  // two MoE layers: the shared expert scratch is overwritten by the second
+  for (Recompute mode : {Recompute::Experts}) {
+    TransformerConfig cfg = kept_cfg;
+    cfg.recompute = mode;
+    TransformerLM kept(kept_cfg, kSeed), recomputing(cfg, kSeed);
+    ParameterRegistry kept_registry, recomputing_registry;
+    kept.register_parameters(kept_registry);
+    recomputing.register_parameters(recomputing_registry);
+    for (int call = 0; call < 2; ++call) {
+      Tensor inputs, targets;
+      make_batch(inputs, targets, 2, cfg.seq_len, cfg.vocab_size, detail::concat("recompute", call));
+      kept_registry.zero_grads();
+      recomputing_registry.zero_grads();
+      EXPECT_EQ(recomputing.forward(inputs, targets, true), kept.forward(inputs, targets, true));
+      kept.backward();
+      recomputing.backward();
+      for (size_t i = 0; i < kept_registry.all().size(); ++i) {
+        const Tensor& g = recomputing_registry.all()[i].grad;
+        EXPECT_EQ(floats_of(g), floats_of(kept_registry.all()[i].grad)) << kept_registry.all()[i].name;
+      }
+    }
+  }
+}
+
 TEST(TransformerLM, EvaluationUsesTheEvalCapacity) {
   TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm);
   cfg.moe.capacity_factor = 0.5;

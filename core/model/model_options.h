@@ -15,6 +15,16 @@ enum class NormKind {
   LayerNorm,  // y = (x - mean) / std * g + b (GPT-2)
 };
 
+// What the backward recomputes instead of keeping from the forward: memory for a second forward's work.
+enum class Recompute {
+  None,       // every activation the backward reads is kept
+  Experts,    // each MoE layer's expert FFN activations (pre-activation and activation, (M, 3h) for SwiGLU)
+              // are recomputed from the expert input rows, in one scratch shared by the layers
+  Attention,  // each attention layer keeps its input, output and log-sum-exp only; the backward redoes
+              // the QKV product, the split and rotary
+  All,        // both
+};
+
 enum class PositionKind {
   Rotary,   // q and k rotated by position in every attention layer (RoFormer; LLaMA)
   Learned,  // a learned (seq_len, d_model) table added to the token embedding (GPT-2)
@@ -35,6 +45,9 @@ struct ModelConfig {
   float init_std = 0.02f;       // N(0, init_std) for every matrix; output projections (w_out of
                                 // attention, FFNs and experts) get init_std / sqrt(2 n_layers) (GPT-2)
   Precision precision = Precision::FP32;  // of the matrix products (core/moe/moe_config.h)
+  Recompute recompute = Recompute::None;
+  bool recomputes_experts() const { return recompute == Recompute::Experts || recompute == Recompute::All; }
+  bool recomputes_attention() const { return recompute == Recompute::Attention || recompute == Recompute::All; }
   // Not keys of the run configuration: every run uses these.
   float norm_eps = 1e-5f;
   float rope_theta = 10000.f;

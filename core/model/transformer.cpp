@@ -60,6 +60,7 @@ MoEConfig TransformerConfig::moe_layer_config() const {
   m.d_model = d_model;
   m.init_std = init_std;
   m.precision = precision;
+  m.recompute_experts = recomputes_experts();
   return m;
 }
 
@@ -130,6 +131,10 @@ TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const 
   }
   for (int64_t i = 0; i < cfg_.n_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange, device));
+  if (cfg_.recomputes_experts()) {
+    auto scratch = std::make_shared<ExpertActivations>();
+    for (MoELayer* layer : moe_layers()) layer->share_expert_activations(scratch);
+  }
   if (!cfg_.tie_embeddings) {
     weights.head = random_normal({d, V}, cfg_.init_std, stream_id(seed, names::kHead), device);
     grads.head = Tensor::zeros({d, V}, DType::F32, device);

@@ -25,14 +25,20 @@ void activation_backward(Tensor& dpre, const Tensor& dact, const Tensor& pre, Ac
 
 }  // namespace
 
-void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
-                     const Tensor& w_in, const Tensor& w_out, Activation activation) {
-  const int64_t M = x.dim(0), in_cols = w_in.dim(2), h = w_out.dim(1);
+void experts_activations(ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
+                         const Tensor& w_in, int64_t hidden, Activation activation) {
+  const int64_t M = x.dim(0), in_cols = w_in.dim(2);
   resize_on(saved.pre, {M, in_cols}, x.device());
-  resize_on(saved.act, {M, h}, x.device());
+  resize_on(saved.act, {M, hidden}, x.device());
   grouped_linear_forward(saved.pre, x, offset, w_in);
   activation_forward(saved.act, saved.pre, activation);  // one call over all experts' rows
-  grouped_linear_forward(y, as_dtype(saved.act, saved.act_bf16, x.dtype()), offset, w_out);
+  as_dtype(saved.act, saved.act_bf16, x.dtype());
+}
+
+void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
+                     const Tensor& w_in, const Tensor& w_out, Activation activation) {
+  experts_activations(saved, x, offset, w_in, w_out.dim(1), activation);
+  grouped_linear_forward(y, x.dtype() == DType::F32 ? saved.act : saved.act_bf16, offset, w_out);
 }
 
 void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& dy, const Tensor& x,

@@ -21,6 +21,12 @@ struct ExpertActivations {
   Tensor dpre_bf16;  // (M, in_cols) dpre in bfloat16 when the products are
 };
 
+// The first half of experts_forward: saved.pre = x W_in and saved.act (with its bfloat16 copy when x
+// is bfloat16) over all rows, hidden = h. A backward after a forward whose saved activations were
+// overwritten (a scratch shared by layers that recompute) calls it again with the same arguments.
+void experts_activations(ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
+                         const Tensor& w_in, int64_t hidden, Activation activation);
+
 // x (M, d) permuted tokens; offset (E_local + 1) segment starts within x, offset.back() == M;
 // w_in (E_local, d, in_cols) with in_cols = h (ReLU, GELU) or 2h (SwiGLU: [gate | up]);
 // w_out (E_local, h, d). Writes y (M, d) and saved: two grouped_linear calls (core/ops.h) around one

@@ -66,6 +66,7 @@ struct MoEConfig {
   int64_t d_model = 0;                // from the model
   float init_std = 0.02f;             // from the model: normal init of the router and expert weights
   Precision precision = Precision::FP32;  // from the model: of the expert GEMMs and the rows exchanged
+  bool recompute_experts = false;     // from the model: the backward recomputes the experts' activations
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.

@@ -43,6 +43,11 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
   selection_bias = Tensor::zeros({E}, DType::F32, device);
 }
 
+void MoELayer::share_expert_activations(std::shared_ptr<ExpertActivations> scratch) {
+  MOE_ASSERT(cfg_.recompute_experts && scratch != nullptr, "only layers that recompute share their activations");
+  activations_ = std::move(scratch);
+}
+
 void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
   registry.add(names::tensor_name(prefix, names::kWGate), weights.w_gate, grads.w_gate, ParamKind::Dense);
   registry.add(names::tensor_name(prefix, names::kWIn), weights.w_in, grads.w_in, ParamKind::Expert);
@@ -98,7 +103,7 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   // also when nothing moves, so the arithmetic is the same whatever the expert-parallel layout.
   if (rows != DType::F32) resize_on(y_experts_, y_rows.shape(), device);
   Tensor& y_experts = rows == DType::F32 ? y_rows : y_experts_;
-  experts_forward(y_experts, activations_, *expert_in_, *expert_offset_, *w_in_product_, *w_out_product_,
+  experts_forward(y_experts, *activations_, *expert_in_, *expert_offset_, *w_in_product_, *w_out_product_,
                   cfg_.activation);
   if (rows != DType::F32) convert(y_rows, y_experts);
   timer.lap(&time.experts);
@@ -148,8 +153,11 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   if (rows != DType::F32) resize_on(dx_experts_, dx_rows.shape(), device);
   Tensor& dx_experts = rows == DType::F32 ? dx_rows : dx_experts_;
   dx_experts.zero();
+  if (cfg_.recompute_experts)  // the scratch holds a later layer's activations, or nothing kept
+    experts_activations(*activations_, *expert_in_, *expert_offset_, *w_in_product_, cfg_.expert_hidden,
+                        cfg_.activation);
   experts_backward(&dx_experts, &grads.w_in, &grads.w_out, d_experts, *expert_in_, *expert_offset_, *w_in_product_,
-                   *w_out_product_, activations_, cfg_.activation);
+                   *w_out_product_, *activations_, cfg_.activation);
   if (rows != DType::F32) convert(dx_rows, dx_experts);
   timer.lap(&time.experts);
   exchange_->from_experts(dx_rows, dx_perm_, time);

@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -69,6 +70,10 @@ class MoELayer {
   // Adds w_gate (dense) and w_in, w_out (expert) under "<prefix>.name".
   void register_parameters(ParameterRegistry& registry, const std::string& prefix);
 
+  // With cfg.recompute_experts: the scratch the experts' activations go to, which the backward
+  // recomputes, so every MoE layer of a model can share one (TransformerLM does). Asserts the flag.
+  void share_expert_activations(std::shared_ptr<ExpertActivations> scratch);
+
   const MoEConfig& config() const { return cfg_; }
   // Forward calls so far: the position of the jitter noise stream, saved and restored by checkpoints.
   uint64_t calls() const { return calls_; }
@@ -110,7 +115,7 @@ class MoELayer {
   const std::vector<int64_t>* expert_offset_ = nullptr;  // (E_local + 1) the exchange's segment starts
   Tensor x_local_;      // (R, d) rows: the experts' input rows, when the exchange moves rows
   const Tensor* expert_in_ = nullptr;  // x_perm_ or x_local_: what the experts read
-  ExpertActivations activations_;
+  std::shared_ptr<ExpertActivations> activations_ = std::make_shared<ExpertActivations>();
   Tensor y_experts_;    // (R, d) bf16 runs: the experts' float32 output before it is rounded to rows
   Tensor y_local_;      // (R, d) rows: the experts' output rows, when the exchange moves rows
   Tensor expert_out_;   // (M, d) rows: the experts' output back in dispatch order

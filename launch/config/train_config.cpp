@@ -311,6 +311,11 @@ std::vector<Key> build_schema() {
   model.integer("dense_hidden", &M::dense_hidden, M::kDenseHiddenRange, "hidden size of the dense feed-forward layers");
   model.choice("dense_activation", &M::dense_activation, activations, "activation of the dense feed-forward layers");
   model.real("init_std", &M::init_std, M::kInitStdRange, "standard deviation of the normal weight initialisation");
+  model.choice("recompute", &M::recompute,
+               {{"none", Recompute::None}, {"experts", Recompute::Experts}, {"attention", Recompute::Attention},
+                {"all", Recompute::All}},
+               "what the backward recomputes instead of keeping: the experts' FFN activations, the attention "
+               "projections, or both");
   model.choice("precision", &M::precision, {{"fp32", Precision::FP32}, {"bf16", Precision::BF16}},
                "matrix products in float32, or bfloat16 inputs with float32 outputs, master weights and state");
 
