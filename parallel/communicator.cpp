@@ -106,8 +106,9 @@ void all_to_all_blocks(Communicator& comm, const Tensor& send, const RowBlocks& 
   const int64_t bytes = same_row_bytes("all_to_all_blocks", send, recv);
   detail::check_row_blocks("all_to_all_blocks", send_blocks, recv_blocks, comm.size());
   MOE_REQUIRE(send_blocks.end_row() <= send.dim(0) && recv_blocks.end_row() <= recv.dim(0),
-              "all_to_all_blocks: the blocks reach row ", send_blocks.end_row(), " of send ",
-              to_string(send.shape()), " and row ", recv_blocks.end_row(), " of recv ", to_string(recv.shape()));
+              "all_to_all_blocks: the blocks end at row ", send_blocks.end_row(), " of send ",
+              to_string(send.shape()), " and row ", recv_blocks.end_row(), " of recv ", to_string(recv.shape()),
+              "; they must lie within the tensors' rows");
   comm.all_to_all_blocks(send.data(), send_blocks, recv.data(), recv_blocks, bytes, stream);
 }
 
