@@ -30,7 +30,8 @@ int64_t same_row_bytes(const char* op, const Tensor& send, const Tensor& recv) {
                   send.numel() * recv.dim(0) == recv.numel() * send.dim(0),
               op, ": send ", to_string(send.shape()), " and recv ", to_string(recv.shape()),
               " must be rows of the same width and dtype");
-  const int64_t row_elems = send.dim(0) > 0 ? send.numel() / send.dim(0) : (recv.dim(0) > 0 ? recv.numel() / recv.dim(0) : 0);
+  const int64_t row_elems =
+      send.dim(0) > 0 ? send.numel() / send.dim(0) : (recv.dim(0) > 0 ? recv.numel() / recv.dim(0) : 0);
   return row_elems * dtype_size(send.dtype());
 }
 
@@ -140,8 +141,8 @@ void check_row_blocks(const char* op, const RowBlocks& send_blocks, const RowBlo
                              blocks->rows.size(), " counts; ", size, " ranks x ", K, " blocks need ", size * K));
     for (size_t i = 0; i < blocks->rows.size(); ++i)
       if (blocks->offset[i] < 0 || blocks->rows[i] < 0 || blocks->rows[i] > INT64_MAX - blocks->offset[i])
-        throw CommError(concat(op, ": ", side, " block ", i, " (peer ", i / K, ") has offset ",
-                               blocks->offset[i], " and ", blocks->rows[i], " rows; both must be >= 0, their sum an int64"));
+        throw CommError(concat(op, ": ", side, " block ", i, " (peer ", i / K, ") has offset ", blocks->offset[i],
+                               " and ", blocks->rows[i], " rows; both must be >= 0, their sum an int64"));
   }
 }
 

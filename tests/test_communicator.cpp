@@ -339,7 +339,8 @@ TEST(MpiCommunicator, AllToAllBlocksRefusesBadLayoutsBeforeAnyCall) {
   RowBlocks huge = ok;
   huge.rows[0] = int64_t(INT_MAX) + 1;
   EXPECT_CONTAINS(call(ok, huge), "mpi all_to_all_blocks: recv_blocks.rows[0] = 2147483648 must be in [0, ");
-  EXPECT_CONTAINS(error_message<CommError>([&] { world.all_to_all_blocks(nullptr, huge, buffer, ok, 1, Stream::host()); }),
+  EXPECT_CONTAINS(
+      error_message<CommError>([&] { world.all_to_all_blocks(nullptr, huge, buffer, ok, 1, Stream::host()); }),
                   "mpi all_to_all_blocks: null buffer with 2147483648 rows to send");
   EXPECT_CONTAINS(error_message<CommError>(
                       [&] { world.all_to_all_blocks(buffer, ok, buffer, ok, 1, Stream{Device::CUDA, nullptr}); }),
@@ -372,7 +373,8 @@ TEST(MpiCommunicator, AllToAllBlocksTensorFormChecksRowsAndBounds) {
                   "all_to_all_blocks: send ", "must be rows of the same width and dtype");
   EXPECT_CONTAINS(error_message<CommError>([&] { all_to_all_blocks(world, send, in_order, recv, RowBlocks{}, host); }),
                   "all_to_all_blocks: blocks_per_peer = 1 (send) and 0 (recv)");
-  EXPECT_CONTAINS(error_message([&] { all_to_all_blocks(world, send, in_order, recv, reversed, Stream{Device::CUDA, nullptr}); }),
+  const Stream cuda{Device::CUDA, nullptr};
+  EXPECT_CONTAINS(error_message([&] { all_to_all_blocks(world, send, in_order, recv, reversed, cuda); }),
                   "all_to_all_blocks: send is a cpu tensor, but the collective runs in a cuda stream");
 }
 
@@ -565,7 +567,8 @@ TEST(LocalCommunicator, AllToAllBlocksCopiesBlocks) {
   const RowBlocks two{1, {0}, {2}}, one{1, {0}, {1}};
   EXPECT_CONTAINS(error_message<CommError>([&] { local->all_to_all_blocks(send, two, recv, one, 8, Stream::host()); }),
                   "local all_to_all_blocks: on a single rank each block has as many rows to receive as to send");
-  EXPECT_CONTAINS(error_message<CommError>([&] { local->all_to_all_blocks(nullptr, two, recv, two, 8, Stream::host()); }),
+  EXPECT_CONTAINS(
+      error_message<CommError>([&] { local->all_to_all_blocks(nullptr, two, recv, two, 8, Stream::host()); }),
                   "local all_to_all_blocks: null buffer with rows to copy");
 }
 

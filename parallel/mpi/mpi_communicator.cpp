@@ -230,7 +230,8 @@ struct PeerBlockTypes {
       }
       if (lengths.empty()) continue;
       MPI_Datatype type = MPI_DATATYPE_NULL;
-      MPI_CHECK(MPI_Type_create_hindexed(static_cast<int>(lengths.size()), lengths.data(), bytes_at.data(), row, &type));
+      const int n = static_cast<int>(lengths.size());
+      MPI_CHECK(MPI_Type_create_hindexed(n, lengths.data(), bytes_at.data(), row, &type));
       owned.push_back(type);
       MPI_CHECK(MPI_Type_commit(&owned.back()));
       types[j] = owned.back();
