@@ -166,12 +166,12 @@ std::vector<PeerBytes> block_transfers(const char* op, const char* side, const R
   const int64_t K = blocks.blocks_per_peer;
   for (int j = 0; j < size; ++j)
     for (int64_t i = j * K; i < (j + 1) * K; ++i) {
-      int64_t at = 0, bytes = 0;
+      int64_t at = 0, bytes = 0, end = 0;
       if (__builtin_mul_overflow(blocks.offset[i], row_bytes, &at) ||
-          __builtin_mul_overflow(blocks.rows[i], row_bytes, &bytes) || __builtin_add_overflow(at, bytes, &at))
+          __builtin_mul_overflow(blocks.rows[i], row_bytes, &bytes) || __builtin_add_overflow(at, bytes, &end))
         throw CommError(concat("nccl ", op, ": ", side, " block ", i, " (", blocks.rows[i], " rows from row ",
                                blocks.offset[i], ", ", row_bytes, " bytes each) does not fit in int64 bytes"));
-      if (bytes > 0) transfers.push_back({j, at - bytes, bytes});
+      if (bytes > 0) transfers.push_back({j, at, bytes});
     }
   return transfers;
 }
