@@ -7,12 +7,13 @@
 // (all-reduce max: the slowest rank sets the pace), then the median over repeats.
 //   phase times        = the layer's MoEPhaseTimes of forward and backward (stats())
 //   S                  = bytes one rank sends in the forward token exchange, its own block included
-//                        (nccl-tests' all-to-all size: sum over peers j of send_rows[j] * d * 4); the
+//                        (nccl-tests' all-to-all size: sum over peers j of the rows sent to j * d * 4); the
 //                        largest over ranks (it bounds the time)
 //   algbw              = S / t  (GB/s = 1e9 bytes/s),  busbw = algbw * (n - 1) / n,  n = ep
 //   exchange ratio     = t(dispatcher's forward token exchange) / t(bare MPI_Alltoallv with the same
 //                        per-peer counts in MPI_FLOAT, on the same MPI_Comm, after a barrier; its send
-//                        buffer is rewritten, untimed, just before, as the permute writes the dispatcher's)
+//                        buffer is rewritten, untimed, just before, as the permute writes the dispatcher's;
+//                        the dispatcher's exchange also lands rows in expert order, the bare one by source)
 //   tokens/s per rank  = T / layer forward+backward time
 //   throughput ratio   = distributed tokens/s / single-process tokens/s, where the single-process
 //                        layer (groups = nullptr, all E experts, the same T and inputs) runs on every
@@ -108,15 +109,17 @@ struct BareAlltoallv {
 
   BareAlltoallv(MPI_Comm c, const moe::ExchangePlan& xp, int64_t row_bytes) : comm(c) {
     MPI_CHECK(MPI_Comm_rank(comm, &rank));
-    const int n = static_cast<int>(xp.send_rows.size());
+    int n = 0;
+    MPI_CHECK(MPI_Comm_size(comm, &n));
     send_counts.resize(n), send_displs.resize(n), recv_counts.resize(n), recv_displs.resize(n);
     int64_t st = 0, rt = 0;
     for (int j = 0; j < n; ++j) {
-      MOE_REQUIRE((st + xp.send_rows[j] * row_bytes) <= std::numeric_limits<int>::max() &&
-                      (rt + xp.recv_rows[j] * row_bytes) <= std::numeric_limits<int>::max(),
+      const int64_t send_rows = xp.dispatch_blocks.peer_rows(j), recv_rows = xp.expert_blocks.peer_rows(j);
+      MOE_REQUIRE((st + send_rows * row_bytes) <= std::numeric_limits<int>::max() &&
+                      (rt + recv_rows * row_bytes) <= std::numeric_limits<int>::max(),
                   "the bare MPI_Alltoallv takes int counts in bytes: shrink --tokens or --d");
-      send_counts[j] = static_cast<int>(xp.send_rows[j] * row_bytes);
-      recv_counts[j] = static_cast<int>(xp.recv_rows[j] * row_bytes);
+      send_counts[j] = static_cast<int>(send_rows * row_bytes);
+      recv_counts[j] = static_cast<int>(recv_rows * row_bytes);
       send_displs[j] = static_cast<int>(st);
       recv_displs[j] = static_cast<int>(rt);
       st += send_counts[j];
@@ -238,8 +241,7 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
 
   // The forward token exchange's per-peer counts (the counts all-to-all again, outside any timing).
   const moe::ExchangePlan xp = moe::make_exchange_plan(dist->plan(), layout, *groups.expert_parallel.control);
-  int64_t sent_rows = 0, self_rows = xp.send_rows[layout.ep_rank];
-  for (int64_t r : xp.send_rows) sent_rows += r;
+  const int64_t sent_rows = xp.dispatch_blocks.total_rows(), self_rows = xp.dispatch_blocks.peer_rows(layout.ep_rank);
   const int64_t received = xp.received_rows();
   const int64_t kept = dist->stats().kept_total;
   // Rows travel in bfloat16 in bf16 runs (2 bytes an element), float32 otherwise.

@@ -1,7 +1,6 @@
 // The expert exchange over an expert-parallel group (parallel/all_to_all_exchange.h).
 #include "parallel/all_to_all_exchange.h"
 
-#include "core/ops.h"
 #include "core/timer.h"
 #include "parallel/token_exchange.h"
 
@@ -25,24 +24,19 @@ class AllToAllExchange final : public ExpertExchange {
     }
     LapTimer timer;
     plan_ = make_exchange_plan(plan, groups_.layout, *groups_.expert_parallel.control);
-    plan_.to_expert_major = plan_.to_expert_major.to(stream_.device);  // made on the host, like the plan
-    plan_.to_source_major = plan_.to_source_major.to(stream_.device);
     timer.lap(&time.counts_exchange);
     return plan_.local_offset;
   }
 
-  // Rows arrive source-major (grouped by sending rank) and are regrouped expert-major, so the
-  // local experts run as one grouped pass.
+  // Rows land straight in expert order (each (source, expert) block at its place), so the local
+  // experts run as one grouped pass with no regrouping copy.
   const Tensor& to_experts(const Tensor& rows, Tensor& expert_rows, MoEPhaseTimes& time) override {
     if (!moves_rows()) return rows;
     LapTimer timer;
-    const int64_t R = plan_.received_rows(), C = rows.dim(1);
-    resize_on(source_major_, {R, C}, rows.device(), rows.dtype());
-    all_to_all_v(*groups_.expert_parallel.data, rows, plan_.send_rows, source_major_, plan_.recv_rows, stream_);
+    resize_on(expert_rows, {plan_.received_rows(), rows.dim(1)}, rows.device(), rows.dtype());
+    all_to_all_blocks(*groups_.expert_parallel.data, rows, plan_.dispatch_blocks, expert_rows, plan_.expert_blocks,
+                      stream_);
     timer.lap(&time.token_exchange);
-    resize_on(expert_rows, {R, C}, rows.device(), rows.dtype());
-    gather_rows(expert_rows, source_major_, plan_.to_expert_major);
-    timer.lap(&time.permute);
     return expert_rows;
   }
 
@@ -52,13 +46,12 @@ class AllToAllExchange final : public ExpertExchange {
     return expert_rows;
   }
 
+  // Rows go from expert order straight back into each source's dispatch order.
   void from_experts(const Tensor& expert_rows, Tensor& rows, MoEPhaseTimes& time) override {
     if (!moves_rows()) return;
     LapTimer timer;
-    resize_on(source_major_, expert_rows.shape(), expert_rows.device(), expert_rows.dtype());
-    gather_rows(source_major_, expert_rows, plan_.to_source_major);
-    timer.lap(&time.permute);
-    all_to_all_v(*groups_.expert_parallel.data, source_major_, plan_.recv_rows, rows, plan_.send_rows, stream_);
+    all_to_all_blocks(*groups_.expert_parallel.data, expert_rows, plan_.expert_blocks, rows, plan_.dispatch_blocks,
+                      stream_);
     timer.lap(&time.return_exchange);
   }
 
@@ -73,9 +66,8 @@ class AllToAllExchange final : public ExpertExchange {
 
   const ProcessGroups& groups_;
   const Stream stream_;
-  ExchangePlan plan_;             // of the last forward, reused by its backward
-  std::vector<int64_t> offset_;   // ep = 1: the dispatch plan's own segments
-  Tensor source_major_;           // (R, C) rows as they cross the network, kept between calls
+  ExchangePlan plan_;            // of the last forward, reused by its backward
+  std::vector<int64_t> offset_;  // ep = 1: the dispatch plan's own segments
 };
 
 }  // namespace

@@ -1,6 +1,6 @@
-// The expert exchange over an expert-parallel group (core/moe/expert_exchange.h): kept rows travel to
-// the ranks owning their experts by all-to-all-v and come back the same way (parallel/token_exchange.h
-// has the counts exchange, the row exchange and the regrouping indices it uses).
+// The expert exchange over an expert-parallel group (core/moe/expert_exchange.h): kept rows travel
+// from dispatch order straight into the owning ranks' expert order by one all-to-all of blocks, and
+// come back the same way (parallel/token_exchange.h has the counts exchange and the blocks).
 #pragma once
 
 #include <memory>

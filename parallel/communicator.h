@@ -5,11 +5,12 @@
 // calls in the same order with matching sizes. Failures of the underlying library throw CommError
 // naming file:line, the rank and the library's message. Not thread-safe: one thread per rank calls.
 //
-// Streams: the collectives that move data (all_reduce, all_to_all_v and their start_* forms) take
-// the Stream (core/stream.h) they run in. The MPI and local communicators are host communicators:
-// their buffers are host memory, they take only the host stream (another throws CommError) and run
-// each collective in host program order (a blocking call has finished when it returns, a started
-// one when its request's wait() returns). A device communicator (NCCL) enqueues on the stream.
+// Streams: the collectives that move data (all_reduce, all_to_all_v, all_to_all_blocks and the start_*
+// forms) take the Stream (core/stream.h) they run in. The MPI and local communicators are host
+// communicators: their buffers are host memory, they take only the host stream (another throws
+// CommError) and run each collective in host program order (a blocking call has finished when it
+// returns, a started one when its request's wait() returns). A device communicator (NCCL) enqueues on
+// the stream.
 // The other calls (all_to_all, all_gather, broadcast, barrier) are host calls on host memory: the
 // control traffic of counts, flags and strings.
 #pragma once
@@ -51,6 +52,19 @@ class DoneRequest final : public CommRequest {
   void wait() override {}
 };
 
+// Where the rows of an all_to_all_blocks call sit in one buffer, per rank j of the communicator:
+// blocks_per_peer blocks, block b of peer j being rows[j * blocks_per_peer + b] rows from row
+// offset[j * blocks_per_peer + b] (offsets in rows of that buffer, in any order; blocks may be empty).
+struct RowBlocks {
+  int64_t blocks_per_peer = 0;
+  std::vector<int64_t> offset;  // (size * blocks_per_peer)
+  std::vector<int64_t> rows;    // (size * blocks_per_peer)
+
+  int64_t peer_rows(int peer) const;  // the rows of peer's blocks together
+  int64_t total_rows() const;         // the rows of all blocks together
+  int64_t end_row() const;            // one past the last row of a non-empty block (0: none)
+};
+
 class Communicator {
  public:
   virtual ~Communicator() = default;
@@ -76,6 +90,18 @@ class Communicator {
   // across ranks (recv_rows[j] on rank i == send_rows[i] on rank j).
   virtual void all_to_all_v(const void* send, const int64_t* send_rows, void* recv, const int64_t* recv_rows,
                             int64_t row_bytes, const Stream& stream) = 0;
+
+  // All-to-all of rows of row_bytes each, gathered from and scattered into blocks of rows, so a caller
+  // can send from one row order and receive straight into another with no copy around the call (the
+  // expert exchange: dispatch order on one side, its experts' order on the other). Block b of peer j
+  // in send_blocks travels to rank j and lands in block b of peer i (this rank) in rank j's
+  // recv_blocks. Every rank passes the same blocks_per_peer on both sides, and the blocks agree
+  // pairwise across ranks: send_blocks.rows[j * K + b] on rank i == recv_blocks.rows[i * K + b] on
+  // rank j (unchecked, like all_to_all_v's counts). Receive blocks must not overlap; rows of recv
+  // outside them are left as they are. Checked on each rank before the collective (CommError): the
+  // arrays' sizes, counts and offsets >= 0, and what fits the backend's arguments.
+  virtual void all_to_all_blocks(const void* send, const RowBlocks& send_blocks, void* recv,
+                                 const RowBlocks& recv_blocks, int64_t row_bytes, const Stream& stream) = 0;
 
   // Non-blocking forms of all_reduce and all_to_all_v (MPI_Iallreduce, MPI_Ialltoallv), for overlapping
   // communication with compute: same contracts; the result is there once the request's wait() returns.
@@ -132,7 +158,14 @@ std::unique_ptr<CommRequest> start_all_to_all_v(Communicator& comm, const Tensor
                                                 const std::vector<int64_t>& send_rows, Tensor& recv,
                                                 const std::vector<int64_t>& recv_rows, const Stream& stream);
 
+//   all_to_all_blocks of dim-0 rows (any dtype): every block within its tensor's rows.
+void all_to_all_blocks(Communicator& comm, const Tensor& send, const RowBlocks& send_blocks, Tensor& recv,
+                       const RowBlocks& recv_blocks, const Stream& stream);
+
 namespace detail {
+// For every all_to_all_blocks: throws CommError "<op>: ..." unless both layouts have the same
+// blocks_per_peer >= 0 and size * blocks_per_peer offsets and counts, all >= 0.
+void check_row_blocks(const char* op, const RowBlocks& send_blocks, const RowBlocks& recv_blocks, int size);
 // For host communicators: throws CommError "<backend> <op>: ... host stream" unless stream is the host's.
 void require_host_stream(const char* backend, const char* op, const Stream& stream);
 }  // namespace detail

@@ -50,6 +50,24 @@ class LocalCommunicator final : public Communicator {
     copy_bytes(recv, send, send_rows[0] * row_bytes);
   }
 
+  void all_to_all_blocks(const void* send, const RowBlocks& send_blocks, void* recv, const RowBlocks& recv_blocks,
+                         int64_t row_bytes, const Stream& stream) override {
+    detail::require_host_stream("local", "all_to_all_blocks", stream);
+    detail::check_row_blocks("local all_to_all_blocks", send_blocks, recv_blocks, 1);
+    if (row_bytes < 0)
+      throw CommError(detail::concat("local all_to_all_blocks: row_bytes = ", row_bytes, " must be >= 0"));
+    if (send_blocks.rows != recv_blocks.rows)
+      throw CommError("local all_to_all_blocks: on a single rank each block has as many rows to receive as to send");
+    if ((send == nullptr || recv == nullptr) && send_blocks.total_rows() > 0)
+      throw CommError("local all_to_all_blocks: null buffer with rows to copy");
+    const auto* from = static_cast<const char*>(send);
+    auto* to = static_cast<char*>(recv);
+    for (int64_t b = 0; b < send_blocks.blocks_per_peer; ++b)
+      if (send_blocks.rows[b] > 0)  // an empty block's offset may lie past a null buffer
+        copy_bytes(to + recv_blocks.offset[b] * row_bytes, from + send_blocks.offset[b] * row_bytes,
+                   send_blocks.rows[b] * row_bytes);
+  }
+
   std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
                                                 const Stream& stream) override {
     all_reduce(data, count, type, op, stream);

@@ -47,6 +47,24 @@ class StagedCommunicator final : public Communicator {
     cuda::copy_from_host(recv, recv_stage_.data(), recv_bytes);
   }
 
+  // Stages the rows from the first to past the last block of each side. When the receive blocks leave
+  // rows between them uncovered, recv's range is staged in first, so those rows come back unchanged.
+  void all_to_all_blocks(const void* send, const RowBlocks& send_blocks, void* recv, const RowBlocks& recv_blocks,
+                         int64_t row_bytes, const Stream& stream) override {
+    require_device_stream("all_to_all_blocks", stream);
+    detail::check_row_blocks("mpi-staged all_to_all_blocks", send_blocks, recv_blocks, size());
+    if (row_bytes < 0)
+      throw CommError(detail::concat("mpi-staged all_to_all_blocks: row_bytes = ", row_bytes, " must be >= 0"));
+    const int64_t send_bytes = send_blocks.end_row() * row_bytes;
+    const int64_t recv_bytes = recv_blocks.end_row() * row_bytes;
+    stage_.resize(static_cast<size_t>(send_bytes));
+    recv_stage_.resize(static_cast<size_t>(recv_bytes));
+    cuda::copy_to_host(stage_.data(), send, send_bytes);
+    if (recv_blocks.total_rows() < recv_blocks.end_row()) cuda::copy_to_host(recv_stage_.data(), recv, recv_bytes);
+    host_->all_to_all_blocks(stage_.data(), send_blocks, recv_stage_.data(), recv_blocks, row_bytes, Stream::host());
+    cuda::copy_from_host(recv, recv_stage_.data(), recv_bytes);
+  }
+
   std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
                                                 const Stream& stream) override {
     all_reduce(data, count, type, op, stream);

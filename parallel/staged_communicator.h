@@ -11,7 +11,7 @@
 namespace moe {
 
 // Wraps `host` (a host communicator, which the result owns). The data collectives (all_reduce,
-// all_to_all_v, their start_* forms, which finish before returning) take a CUDA stream and device
+// all_to_all_v, all_to_all_blocks, the start_* forms, which finish before returning) take a CUDA stream and device
 // buffers; a host stream throws CommError. The copies synchronise the device first, so work already
 // queued on the stream has finished before the data leaves. The host calls (all_to_all, all_gather,
 // broadcast, barrier) pass through. split() wraps the host communicator's split.

@@ -1,27 +1,27 @@
-// The expert-parallel token exchange: from a rank's dispatch plan, the row counts each rank sends
-// to and receives from every rank of its expert-parallel group (one all-to-all of per-expert
-// counts), and the regrouping of received rows from source-major to expert-major order so the
-// local experts run as one grouped pass.
+// The expert-parallel token exchange plan: from a rank's dispatch plan, one all-to-all of per-expert
+// counts, and where each (peer, expert) block of rows sits on both sides of the row exchange, so rows
+// travel from dispatch order straight into the local experts' order (and back) with no regrouping.
 #pragma once
 
 #include <cstdint>
 #include <vector>
 
 #include "core/moe/dispatch_plan.h"
-#include "core/tensor.h"
 #include "parallel/communicator.h"
 #include "parallel/process_groups.h"
 
 namespace moe {
 
-// Computed once per forward; the backward reuses it with the directions swapped.
+// Computed once per forward; the backward reuses it with the directions swapped. Both layouts have
+// E_local blocks per group rank, block e being local expert e of the rank that owns the experts.
 struct ExchangePlan {
-  std::vector<int64_t> send_rows;     // (ep) kept rows this rank sends to each group rank
-  std::vector<int64_t> recv_rows;     // (ep) rows it receives from each group rank
-  std::vector<int64_t> recv_counts;   // (ep * E_local) rows from source s for local expert e at [s * E_local + e]
-  std::vector<int64_t> local_offset;  // (E_local + 1) segment starts of the expert-major buffer
-  Tensor to_expert_major;             // (R) int32: source-major row of expert-major row m
-  Tensor to_source_major;             // (R) int32: expert-major row of source-major row m
+  // Rows in dispatch order (the dispatch plan's permuted rows, M): peer j's block e is the segment of
+  // global expert j * E_local + e.
+  RowBlocks dispatch_blocks;
+  // Rows in expert order (R): rows from source s for local expert e start at local_offset[e] plus
+  // the rows for e from the sources before s.
+  RowBlocks expert_blocks;
+  std::vector<int64_t> local_offset;  // (E_local + 1) segment starts of the expert-order buffer
 
   int64_t received_rows() const { return local_offset.empty() ? 0 : local_offset.back(); }
 };

@@ -265,6 +265,119 @@ TEST(MpiCommunicator, AllToAllVRejectsCountsLargerThanInt) {
                   "send_rows[0] = 2147483648");
 }
 
+// --- all_to_all_blocks ---
+
+constexpr int64_t kBlocks = 3;  // blocks per peer (local experts)
+
+// Rows rank src sends to rank dst in block b: uneven, with empty blocks at every size.
+int64_t block_rows(int src, int dst, int64_t b) { return (src + 2 * dst + 3 * b) % 4; }
+
+template <typename T>
+T block_value(int src, int dst, int64_t b, int64_t row, int col) {
+  return static_cast<T>(src * 53 + dst * 29 + b * 17 + row * 7 + col * 3 + 1);  // < 256, exact in any T
+}
+
+// Rows of `width` elements of T from dispatch order (peer-major) into expert order (block-major), then
+// back into a fresh dispatch-order buffer: each received row checked against block_value, the rows
+// between blocks left as they were on both trips, and the round trip giving back what was sent.
+template <typename T>
+void check_all_to_all_blocks(Communicator& comm, int width) {
+  const int n = comm.size(), me = comm.rank();
+  const int64_t row_bytes = width * int64_t(sizeof(T));
+  const RowBlocks dispatch = spaced_blocks(n, kBlocks, false, [&](int j, int64_t b) { return block_rows(me, j, b); });
+  const RowBlocks expert = spaced_blocks(n, kBlocks, true, [&](int j, int64_t b) { return block_rows(j, me, b); });
+  const T poison = T(0xEE);
+  std::vector<T> send(dispatch.end_row() * width, poison), expected(expert.end_row() * width, poison);
+  for (int j = 0; j < n; ++j)
+    for (int64_t b = 0; b < kBlocks; ++b) {
+      const int64_t i = j * kBlocks + b;
+      for (int64_t r = 0; r < dispatch.rows[i]; ++r)
+        for (int c = 0; c < width; ++c) send[(dispatch.offset[i] + r) * width + c] = block_value<T>(me, j, b, r, c);
+      for (int64_t r = 0; r < expert.rows[i]; ++r)
+        for (int c = 0; c < width; ++c) expected[(expert.offset[i] + r) * width + c] = block_value<T>(j, me, b, r, c);
+    }
+  std::vector<T> recv(expected.size(), poison), back(send.size(), poison);
+  comm.all_to_all_blocks(send.data(), dispatch, recv.data(), expert, row_bytes, Stream::host());
+  EXPECT_EQ(recv, expected) << "rank " << me << " of " << n << ", into expert order";
+  comm.all_to_all_blocks(recv.data(), expert, back.data(), dispatch, row_bytes, Stream::host());
+  EXPECT_EQ(back, send) << "rank " << me << " of " << n << ", back into dispatch order";
+}
+
+TEST(MpiCommunicator, AllToAllBlocksIntoExpertOrderAndBack) {
+  check_all_to_all_blocks<float>(test_world(), 5);
+  check_all_to_all_blocks<uint8_t>(test_world(), 6);  // rows not a multiple of 4 bytes
+  check_all_to_all_blocks<uint8_t>(test_world(), 1);
+}
+
+TEST(MpiCommunicator, AllToAllBlocksOfNothing) {
+  Communicator& world = test_world();
+  const int64_t blocks = world.size() * kBlocks;
+  const RowBlocks none{kBlocks, std::vector<int64_t>(blocks, 5), std::vector<int64_t>(blocks, 0)};
+  world.all_to_all_blocks(nullptr, none, nullptr, none, 24, Stream::host());  // null buffers: nothing moves
+  const RowBlocks no_blocks{0, {}, {}};
+  world.all_to_all_blocks(nullptr, no_blocks, nullptr, no_blocks, 24, Stream::host());
+}
+
+TEST(MpiCommunicator, AllToAllBlocksRefusesBadLayoutsBeforeAnyCall) {
+  // The same arguments on every rank, so every rank throws before any MPI call.
+  Communicator& world = test_world();
+  const int n = world.size();
+  char buffer[8] = {};
+  const auto call = [&](const RowBlocks& send_blocks, const RowBlocks& recv_blocks) {
+    return error_message<CommError>(
+        [&] { world.all_to_all_blocks(buffer, send_blocks, buffer, recv_blocks, 1, Stream::host()); });
+  };
+  const RowBlocks ok{1, std::vector<int64_t>(n, 0), std::vector<int64_t>(n, 0)};
+  const RowBlocks two{2, std::vector<int64_t>(2 * n, 0), std::vector<int64_t>(2 * n, 0)};
+  EXPECT_CONTAINS(call(ok, two), "mpi all_to_all_blocks: blocks_per_peer = 1 (send) and 2 (recv) must be equal");
+  const RowBlocks short_rows{1, std::vector<int64_t>(n, 0), std::vector<int64_t>(n + 1, 0)};
+  EXPECT_CONTAINS(call(ok, short_rows), "mpi all_to_all_blocks: recv_blocks has ", "counts; ",
+                  std::to_string(n) + " ranks x 1 blocks need " + std::to_string(n));
+  RowBlocks negative = ok;
+  negative.offset.back() = -1;
+  EXPECT_CONTAINS(call(negative, ok), "mpi all_to_all_blocks: send_blocks block ", "has offset -1 and 0 rows");
+  RowBlocks huge = ok;
+  huge.rows[0] = int64_t(INT_MAX) + 1;
+  EXPECT_CONTAINS(call(ok, huge), "mpi all_to_all_blocks: recv_blocks.rows[0] = 2147483648 must be in [0, ");
+  EXPECT_CONTAINS(
+      error_message<CommError>([&] { world.all_to_all_blocks(nullptr, huge, buffer, ok, 1, Stream::host()); }),
+                  "mpi all_to_all_blocks: null buffer with 2147483648 rows to send");
+  EXPECT_CONTAINS(error_message<CommError>(
+                      [&] { world.all_to_all_blocks(buffer, ok, buffer, ok, 1, Stream{Device::CUDA, nullptr}); }),
+                  "mpi all_to_all_blocks: this communicator runs on the host");
+}
+
+TEST(MpiCommunicator, AllToAllBlocksTensorFormChecksRowsAndBounds) {
+  Communicator& world = test_world();
+  const int n = world.size(), me = world.rank();
+  const Stream host = Stream::host();
+  // One row of 2 floats to every rank, received in reverse rank order.
+  RowBlocks in_order{1, std::vector<int64_t>(n), std::vector<int64_t>(n, 1)};
+  RowBlocks reversed = in_order;
+  for (int j = 0; j < n; ++j) {
+    in_order.offset[j] = j;
+    reversed.offset[j] = n - 1 - j;
+  }
+  Tensor send = Tensor::empty({n, 2}), recv = Tensor::empty({n, 2});
+  for (int j = 0; j < n; ++j) send.f32()[j * 2] = send.f32()[j * 2 + 1] = float(me * 10 + j);
+  all_to_all_blocks(world, send, in_order, recv, reversed, host);
+  for (int j = 0; j < n; ++j) EXPECT_EQ(recv.f32()[(n - 1 - j) * 2 + 1], float(j * 10 + me)) << j;
+
+  RowBlocks past_the_end = reversed;
+  past_the_end.offset[0] = n;
+  EXPECT_CONTAINS(error_message([&] { all_to_all_blocks(world, send, in_order, recv, past_the_end, host); }),
+                  "all_to_all_blocks: the blocks end at row ", "row " + std::to_string(n + 1) + " of recv (" +
+                  std::to_string(n) + ", 2); they must lie within the tensors' rows");
+  Tensor narrow = Tensor::empty({n, 3});
+  EXPECT_CONTAINS(error_message([&] { all_to_all_blocks(world, send, in_order, narrow, reversed, host); }),
+                  "all_to_all_blocks: send ", "must be rows of the same width and dtype");
+  EXPECT_CONTAINS(error_message<CommError>([&] { all_to_all_blocks(world, send, in_order, recv, RowBlocks{}, host); }),
+                  "all_to_all_blocks: blocks_per_peer = 1 (send) and 0 (recv)");
+  const Stream cuda{Device::CUDA, nullptr};
+  EXPECT_CONTAINS(error_message([&] { all_to_all_blocks(world, send, in_order, recv, reversed, cuda); }),
+                  "all_to_all_blocks: send is a cpu tensor, but the collective runs in a cuda stream");
+}
+
 // --- all_gather, broadcast, barrier ---
 
 TEST(MpiCommunicator, AllGatherInRankOrder) {
@@ -442,6 +555,21 @@ TEST(LocalCommunicator, AllToAllVCopiesRows) {
                     local->all_to_all_v(nullptr, &zero, nullptr, &zero, 8, Stream{Device::CUDA, nullptr});
                   }),
                   "local all_to_all_v: this communicator runs on the host");
+}
+
+TEST(LocalCommunicator, AllToAllBlocksCopiesBlocks) {
+  std::unique_ptr<Communicator> local = make_local_communicator();
+  check_all_to_all_blocks<float>(*local, 5);
+  check_all_to_all_blocks<uint8_t>(*local, 6);
+  const RowBlocks none{kBlocks, std::vector<int64_t>(kBlocks, 5), std::vector<int64_t>(kBlocks, 0)};
+  local->all_to_all_blocks(nullptr, none, nullptr, none, 8, Stream::host());  // nothing, with null buffers
+  float send[4] = {}, recv[4] = {};
+  const RowBlocks two{1, {0}, {2}}, one{1, {0}, {1}};
+  EXPECT_CONTAINS(error_message<CommError>([&] { local->all_to_all_blocks(send, two, recv, one, 8, Stream::host()); }),
+                  "local all_to_all_blocks: on a single rank each block has as many rows to receive as to send");
+  EXPECT_CONTAINS(
+      error_message<CommError>([&] { local->all_to_all_blocks(nullptr, two, recv, two, 8, Stream::host()); }),
+                  "local all_to_all_blocks: null buffer with rows to copy");
 }
 
 TEST(LocalCommunicator, AllToAllVRejectsMismatchedCounts) {

@@ -2,7 +2,8 @@
 // refuses. An NCCL build, without a GPU: NCCL_CHECK's message, and a GPU it cannot use refused on every
 // rank alike. With a CUDA device per rank: every data collective against the MPI communicator's result
 // on the same values, the host calls, split, the refusals, and an abort ending a collective whose peer
-// never comes. GPU tests skip with "no CUDA device" where there is none.
+// never comes; the host-staged communicator's all-to-all of blocks against MPI's. GPU tests skip with
+// "no CUDA device" where there is none.
 #include <gtest/gtest.h>
 
 #include <atomic>
@@ -28,6 +29,7 @@
 
 #include "parallel/local_rank.h"
 #include "parallel/nccl/nccl_check.h"
+#include "parallel/staged_communicator.h"
 #endif
 
 namespace moe {
@@ -245,6 +247,51 @@ TEST_F(NcclTest, AllToAllVWithUnevenAndZeroCountsMatchesMpi) {
   comm_->all_to_all_v(nullptr, none.data(), nullptr, none.data(), 8, stream());  // nothing, with null buffers
 }
 
+// Rows of row_bytes bytes from dispatch order into expert order and back (spaced_blocks layouts, with
+// uneven and empty blocks), through a device communicator and through MPI from the same bytes: the
+// same bytes arrive, and the rows between blocks keep their poison.
+void check_all_to_all_blocks_against_mpi(Communicator& device_comm, const Stream& stream, int64_t row_bytes) {
+  const auto s = static_cast<cudaStream_t>(stream.handle);
+  const int n = device_comm.size(), me = device_comm.rank();
+  const int64_t K = 3;
+  const auto rows = [](int src, int dst, int64_t b) { return int64_t{11} * ((src + 2 * dst + b) % 3); };
+  const RowBlocks dispatch = spaced_blocks(n, K, false, [&](int j, int64_t b) { return rows(me, j, b); });
+  const RowBlocks expert = spaced_blocks(n, K, true, [&](int j, int64_t b) { return rows(j, me, b); });
+  std::vector<uint8_t> send(dispatch.end_row() * row_bytes);
+  for (size_t b = 0; b < send.size(); ++b) send[b] = static_cast<uint8_t>(me * 101 + b * 7 + 3);
+  const std::vector<uint8_t> poisoned_expert(expert.end_row() * row_bytes, 0xEE), poisoned_dispatch(send.size(), 0xEE);
+  std::vector<uint8_t> expected = poisoned_expert, expected_back = poisoned_dispatch;
+  test_world().all_to_all_blocks(send.data(), dispatch, expected.data(), expert, row_bytes, Stream::host());
+  test_world().all_to_all_blocks(expected.data(), expert, expected_back.data(), dispatch, row_bytes, Stream::host());
+
+  DeviceBuffer send_d(send.size()), recv_d(expected.size()), back_d(send.size());
+  send_d.write(send, s);
+  recv_d.write(poisoned_expert, s);
+  back_d.write(poisoned_dispatch, s);
+  device_comm.all_to_all_blocks(send_d.data(), dispatch, recv_d.data(), expert, row_bytes, stream);
+  EXPECT_EQ(recv_d.read<uint8_t>(s), expected) << row_bytes << "-byte rows into expert order";
+  device_comm.all_to_all_blocks(recv_d.data(), expert, back_d.data(), dispatch, row_bytes, stream);
+  EXPECT_EQ(back_d.read<uint8_t>(s), expected_back) << row_bytes << "-byte rows back into dispatch order";
+}
+
+TEST_F(NcclTest, AllToAllBlocksWithUnevenAndEmptyBlocksMatchesMpi) {
+  check_all_to_all_blocks_against_mpi(*comm_, stream(), 5 * sizeof(float));
+  check_all_to_all_blocks_against_mpi(*comm_, stream(), 3);
+  const RowBlocks none{2, std::vector<int64_t>(2 * comm_->size(), 4), std::vector<int64_t>(2 * comm_->size(), 0)};
+  comm_->all_to_all_blocks(nullptr, none, nullptr, none, 8, stream());  // nothing, with null buffers
+}
+
+TEST(StagedCommunicator, AllToAllBlocksMatchesMpi) {
+  // Staged through host memory, any number of ranks may share a GPU.
+  const GpuCensus census = gpu_census();
+  if (census.fewest_devices == 0) GTEST_SKIP() << "no CUDA device";
+  CUDA_OK(cudaSetDevice(census.local_rank % census.fewest_devices));
+  std::unique_ptr<Communicator> staged = make_staged_communicator(test_world().split(0, test_world().rank()));
+  const Stream stream{Device::CUDA, nullptr};
+  check_all_to_all_blocks_against_mpi(*staged, stream, 5 * sizeof(float));
+  check_all_to_all_blocks_against_mpi(*staged, stream, 3);
+}
+
 TEST_F(NcclTest, HostCallsRunOnTheControlCommunicator) {
   const int n = comm_->size(), me = comm_->rank();
   int64_t value = me == n - 1 ? 4242 : -1;
@@ -290,6 +337,15 @@ TEST_F(NcclTest, RefusesHostStreamsAndHostMemoryBeforeEnqueueing) {
                     comm_->all_to_all_v(host, one.data(), data.data(), one.data(), sizeof(float), stream());
                   }),
                   "nccl all_to_all_v: send is host memory");
+  const RowBlocks one_each{1, std::vector<int64_t>(comm_->size(), 0), one};
+  EXPECT_CONTAINS(error_message<CommError>([&] {
+                    comm_->all_to_all_blocks(data.data(), one_each, host, one_each, sizeof(float), stream());
+                  }),
+                  "nccl all_to_all_blocks: recv is host memory");
+  EXPECT_CONTAINS(error_message<CommError>([&] {
+                    comm_->all_to_all_blocks(data.data(), one_each, data.data(), one_each, 4, Stream::host());
+                  }),
+                  "nccl all_to_all_blocks: this communicator moves device memory of GPU ");
   const std::vector<int64_t> negative(comm_->size(), -2);
   EXPECT_CONTAINS(error_message<CommError>([&] {
                     comm_->all_to_all_v(data.data(), negative.data(), data.data(), one.data(), 4, stream());

@@ -17,12 +17,12 @@ namespace moe {
 // Seconds spent in each phase of an MoE layer's last call (forward) and its backward.
 struct MoEPhaseTimes {
   double router = 0;           // gate GEMM, softmax, top-k (and jitter)
-  double permute = 0;          // dispatch plan, gathering tokens into expert order and regrouping
-                               // received rows (scatters in backward)
+  double permute = 0;          // dispatch plan, gathering tokens into expert order (scatters in
+                               // backward); received rows land in expert order, with no regrouping
   double counts_exchange = 0;  // all-to-all of per-expert counts (forward only)
-  double token_exchange = 0;   // all-to-all-v towards the experts (tokens; output gradients in backward)
+  double token_exchange = 0;   // rows all-to-all towards the experts (tokens; output gradients in backward)
   double experts = 0;          // the grouped expert FFN
-  double return_exchange = 0;  // all-to-all-v back to the source ranks
+  double return_exchange = 0;  // rows all-to-all back to the source ranks
   double combine = 0;          // weighted sum of expert outputs back into token order
   double losses = 0;           // load-balancing and z-loss (and the global-scope all-reduce)
   double total() const {

@@ -201,6 +201,70 @@ void MpiCommunicator::all_to_all_v(const void* send, const int64_t* send_rows, v
 }
 
 namespace {
+
+// The MPI_Alltoallw arguments of one side of an all_to_all_blocks: per peer, its non-empty blocks as
+// one hindexed datatype of rows (lengths in rows, MPI ints; displacements in bytes, MPI_Aint), sent
+// or received once at byte displacement 0; a peer with no rows gets count 0. The types made here are
+// freed with this object.
+struct PeerBlockTypes {
+  std::vector<int> counts, displs;
+  std::vector<MPI_Datatype> types;
+  std::vector<MPI_Datatype> owned;
+
+  PeerBlockTypes(const RowBlocks& blocks, int size, MPI_Datatype row, int64_t row_bytes, const char* side)
+      : counts(size, 0), displs(size, 0), types(size, row) {
+    const int64_t K = blocks.blocks_per_peer;
+    std::vector<int> lengths;
+    std::vector<MPI_Aint> bytes_at;
+    for (int j = 0; j < size; ++j) {
+      lengths.clear();
+      bytes_at.clear();
+      for (int64_t i = j * K; i < (j + 1) * K; ++i) {
+        if (blocks.rows[i] == 0) continue;
+        lengths.push_back(to_int_count(blocks.rows[i], "all_to_all_blocks", side, static_cast<int>(i)));
+        int64_t at = 0;
+        if (__builtin_mul_overflow(blocks.offset[i], row_bytes, &at))
+          throw CommError(detail::concat("mpi all_to_all_blocks: ", side, " block ", i, " starts at row ",
+                                         blocks.offset[i], " of ", row_bytes, " bytes: past any byte address"));
+        bytes_at.push_back(static_cast<MPI_Aint>(at));
+      }
+      if (lengths.empty()) continue;
+      MPI_Datatype type = MPI_DATATYPE_NULL;
+      const int n = static_cast<int>(lengths.size());
+      MPI_CHECK(MPI_Type_create_hindexed(n, lengths.data(), bytes_at.data(), row, &type));
+      owned.push_back(type);
+      MPI_CHECK(MPI_Type_commit(&owned.back()));
+      types[j] = owned.back();
+      counts[j] = 1;
+    }
+  }
+  ~PeerBlockTypes() {
+    for (MPI_Datatype& type : owned) MPI_Type_free(&type);
+  }
+  PeerBlockTypes(const PeerBlockTypes&) = delete;
+  PeerBlockTypes& operator=(const PeerBlockTypes&) = delete;
+};
+
+}  // namespace
+
+void MpiCommunicator::all_to_all_blocks(const void* send, const RowBlocks& send_blocks, void* recv,
+                                        const RowBlocks& recv_blocks, int64_t row_bytes, const Stream& stream) {
+  detail::require_host_stream("mpi", "all_to_all_blocks", stream);
+  detail::check_row_blocks("mpi all_to_all_blocks", send_blocks, recv_blocks, size_);
+  if (row_bytes < 0) throw CommError(detail::concat("mpi all_to_all_blocks: row_bytes = ", row_bytes, " must be >= 0"));
+  const int64_t send_total = send_blocks.total_rows(), recv_total = recv_blocks.total_rows();
+  if ((send == nullptr && send_total > 0) || (recv == nullptr && recv_total > 0))
+    throw CommError(detail::concat("mpi all_to_all_blocks: null buffer with ", send_total, " rows to send and ",
+                                   recv_total, " rows to receive"));
+  if (row_bytes == 0) return;  // rows of nothing: row_bytes is the same on every rank, so all return
+  const MPI_Datatype row = row_type(row_bytes);
+  const PeerBlockTypes to(send_blocks, size_, row, row_bytes, "send_blocks.rows");
+  const PeerBlockTypes from(recv_blocks, size_, row, row_bytes, "recv_blocks.rows");
+  MPI_CHECK(MPI_Alltoallw(or_dummy(send), to.counts.data(), to.displs.data(), to.types.data(), or_dummy(recv),
+                          from.counts.data(), from.displs.data(), from.types.data(), comm_));
+}
+
+namespace {
 // Pending MPI requests, with the count arrays MPI reads until they complete.
 class MpiRequest final : public CommRequest {
  public:

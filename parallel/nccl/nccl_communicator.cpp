@@ -1,6 +1,6 @@
-// The NCCL data communicator (parallel/nccl/nccl_communicator.h): all-reduce and all-to-all-v
-// enqueued with NCCL on the caller's CUDA stream; host calls delegated to the control communicator;
-// a process-wide list of live communicators for abort_nccl_communicators.
+// The NCCL data communicator (parallel/nccl/nccl_communicator.h): all-reduce, all-to-all-v and
+// all-to-all of blocks enqueued with NCCL on the caller's CUDA stream; host calls delegated to the
+// control communicator; a process-wide list of live communicators for abort_nccl_communicators.
 #include "parallel/nccl/nccl_communicator.h"
 
 #include <unistd.h>
@@ -143,6 +143,39 @@ std::vector<int64_t> byte_offsets(const char* op, const char* what, const int64_
   return offsets;
 }
 
+// One ncclSend or ncclRecv of an all-to-all: `bytes` (> 0) at byte `at` of the buffer, to or from `peer`.
+struct PeerBytes {
+  int peer;
+  int64_t at, bytes;
+};
+
+// The transfers of an all-to-all-v side: one per peer with rows.
+std::vector<PeerBytes> peer_transfers(const char* op, const char* what, const int64_t* rows, int size,
+                                      int64_t row_bytes) {
+  const std::vector<int64_t> at = byte_offsets(op, what, rows, size, row_bytes);
+  std::vector<PeerBytes> transfers;
+  for (int j = 0; j < size; ++j)
+    if (at[j + 1] > at[j]) transfers.push_back({j, at[j], at[j + 1] - at[j]});
+  return transfers;
+}
+
+// The transfers of an all_to_all_blocks side: one per non-empty block, in block order per peer.
+std::vector<PeerBytes> block_transfers(const char* op, const char* side, const RowBlocks& blocks, int size,
+                                       int64_t row_bytes) {
+  std::vector<PeerBytes> transfers;
+  const int64_t K = blocks.blocks_per_peer;
+  for (int j = 0; j < size; ++j)
+    for (int64_t i = j * K; i < (j + 1) * K; ++i) {
+      int64_t at = 0, bytes = 0, end = 0;
+      if (__builtin_mul_overflow(blocks.offset[i], row_bytes, &at) ||
+          __builtin_mul_overflow(blocks.rows[i], row_bytes, &bytes) || __builtin_add_overflow(at, bytes, &end))
+        throw CommError(concat("nccl ", op, ": ", side, " block ", i, " (", blocks.rows[i], " rows from row ",
+                               blocks.offset[i], ", ", row_bytes, " bytes each) does not fit in int64 bytes"));
+      if (bytes > 0) transfers.push_back({j, at, bytes});
+    }
+  return transfers;
+}
+
 // Where a rank's GPU is: its host and PCI bus id, for finding two ranks on one GPU.
 struct GpuSite {
   char host[256] = {};
@@ -247,6 +280,16 @@ class NcclCommunicator final : public Communicator {
     enqueue_all_to_all_v("all_to_all_v", send, send_rows, recv, recv_rows, row_bytes, stream);
   }
 
+  void all_to_all_blocks(const void* send, const RowBlocks& send_blocks, void* recv, const RowBlocks& recv_blocks,
+                         int64_t row_bytes, const Stream& stream) override {
+    const char* op = "all_to_all_blocks";
+    const cudaStream_t s = cuda_stream(op, stream);
+    detail::check_row_blocks("nccl all_to_all_blocks", send_blocks, recv_blocks, size());
+    if (row_bytes < 0) throw CommError(concat("nccl ", op, ": row_bytes = ", row_bytes, " must be >= 0"));
+    enqueue_transfers(op, send, block_transfers(op, "send_blocks", send_blocks, size(), row_bytes), recv,
+                      block_transfers(op, "recv_blocks", recv_blocks, size(), row_bytes), s);
+  }
+
   std::unique_ptr<CommRequest> start_all_reduce(void* data, int64_t count, ScalarType type, ReduceOp op,
                                                 const Stream& stream) override {
     const cudaStream_t s = enqueue_all_reduce("start_all_reduce", data, count, type, op, stream);
@@ -321,28 +364,30 @@ class NcclCommunicator final : public Communicator {
     if (send_rows == nullptr || recv_rows == nullptr)
       throw CommError(concat("nccl ", op, ": send_rows and recv_rows must not be null"));
     if (row_bytes < 0) throw CommError(concat("nccl ", op, ": row_bytes = ", row_bytes, " must be >= 0"));
-    const std::vector<int64_t> send_at = byte_offsets(op, "send_rows", send_rows, size(), row_bytes);
-    const std::vector<int64_t> recv_at = byte_offsets(op, "recv_rows", recv_rows, size(), row_bytes);
-    if (send_at.back() > 0) require_device_memory(op, "send", send);
-    if (recv_at.back() > 0) require_device_memory(op, "recv", recv);
-    // Blocks of no bytes are skipped on both sides alike: the counts agree pairwise across ranks.
+    enqueue_transfers(op, send, peer_transfers(op, "send_rows", send_rows, size(), row_bytes), recv,
+                      peer_transfers(op, "recv_rows", recv_rows, size(), row_bytes), s);
+    return s;
+  }
+
+  // One group of ncclSend and ncclRecv of bytes. Transfers of no bytes are left out on both sides alike
+  // (the counts agree pairwise across ranks); NCCL matches the rest between a pair of ranks in order.
+  void enqueue_transfers(const char* op, const void* send, const std::vector<PeerBytes>& sends, void* recv,
+                         const std::vector<PeerBytes>& recvs, cudaStream_t s) {
+    if (!sends.empty()) require_device_memory(op, "send", send);
+    if (!recvs.empty()) require_device_memory(op, "recv", recv);
     NCCL_CHECK(rank(), ncclGroupStart());
     try {
-      for (int j = 0; j < size(); ++j) {
-        const auto to_j = static_cast<size_t>(send_at[j + 1] - send_at[j]);
-        const auto from_j = static_cast<size_t>(recv_at[j + 1] - recv_at[j]);
-        if (to_j > 0)
-          NCCL_CHECK(rank(), ncclSend(static_cast<const char*>(send) + send_at[j], to_j, ncclUint8, j,
-                                      handle_->comm, s));
-        if (from_j > 0)
-          NCCL_CHECK(rank(), ncclRecv(static_cast<char*>(recv) + recv_at[j], from_j, ncclUint8, j, handle_->comm, s));
-      }
+      for (const PeerBytes& t : sends)
+        NCCL_CHECK(rank(), ncclSend(static_cast<const char*>(send) + t.at, static_cast<size_t>(t.bytes), ncclUint8,
+                                    t.peer, handle_->comm, s));
+      for (const PeerBytes& t : recvs)
+        NCCL_CHECK(rank(), ncclRecv(static_cast<char*>(recv) + t.at, static_cast<size_t>(t.bytes), ncclUint8, t.peer,
+                                    handle_->comm, s));
     } catch (const CommError&) {
       ncclGroupEnd();  // the group must be closed for this thread's next NCCL call
       throw;
     }
     NCCL_CHECK(rank(), ncclGroupEnd());
-    return s;
   }
 
   std::unique_ptr<Communicator> owned_control_;  // null unless made by split()

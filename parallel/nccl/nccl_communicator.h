@@ -12,10 +12,11 @@ namespace moe {
 // Collective over `control` (a host communicator, MPI in a job, which must outlive the result): a
 // communicator of the same ranks, in the same order, whose data collectives run between the ranks'
 // GPUs. Makes `gpu` the calling thread's current CUDA device.
-//  - all_reduce, all_to_all_v and their start_* forms take device memory of `gpu` (or managed
-//    memory) and a CUDA Stream of `gpu` (Stream{Device::CUDA, cudaStream_t}; a null handle is the
-//    default stream). They are enqueued on that stream (all_reduce as ncclAllReduce, all_to_all_v
-//    as grouped ncclSend/ncclRecv of bytes): the blocking forms have returned once enqueued and are
+//  - all_reduce, all_to_all_v, all_to_all_blocks and the start_* forms take device memory of `gpu`
+//    (or managed memory) and a CUDA Stream of `gpu` (Stream{Device::CUDA, cudaStream_t}; a null
+//    handle is the default stream). They are enqueued on that stream (all_reduce as ncclAllReduce,
+//    all_to_all_v as grouped ncclSend/ncclRecv of bytes, one pair per peer, all_to_all_blocks one
+//    pair per non-empty block): the blocking forms have returned once enqueued and are
 //    done when the stream has run them; a start_* request's wait() returns when the stream has run
 //    the collective (and throws CommError when NCCL reports an error or the communicator was aborted).
 //    A host stream, host memory or memory of another GPU throws CommError before anything is enqueued.
