@@ -127,6 +127,13 @@ void convert(Tensor& y, const Tensor& x) {
   MOE_DISPATCH(x.device(), convert, y, x);
 }
 
+const Tensor& as_dtype(const Tensor& x, Tensor& buffer, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  resize_on(buffer, x.shape(), x.device(), dtype);
+  convert(buffer, x);
+  return buffer;
+}
+
 // ---- linear ----
 
 void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b) {

@@ -28,6 +28,9 @@ namespace moe {
 // convert: y = x in another dtype, float32 -> bfloat16 (round to nearest, ties to even; NaN stays NaN,
 // a value beyond bfloat16's range becomes infinity) or bfloat16 -> float32 (exact). x, y (any shape, same).
 void convert(Tensor& y, const Tensor& x);
+// x in `dtype`: x itself when it has that dtype, else `buffer` made to hold x converted (resize_on x's
+// shape and device, so a buffer kept between calls is allocated once).
+const Tensor& as_dtype(const Tensor& x, Tensor& buffer, DType dtype);
 
 // linear: y = x w (+ b).  x (N, in), w (in, out), b (out) or null, y (N, out).
 void linear_forward(Tensor& y, const Tensor& x, const Tensor& w, const Tensor* b);
