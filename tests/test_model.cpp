@@ -1043,9 +1043,8 @@ double relative_rms_error(const Tensor& a, const Tensor& b) {
 // random signs n roundings upstream of an output give a relative RMS error of about sqrt(n/3) u.
 // AttentionLayer and DenseFFN have n <= 6 (dx: dy, W_out, the forward's x and W_in through the
 // activation's or the softmax's derivative, the rounded dpre or dqkv, W_in): about 1.4 u (measured
-// 0.8-1.6 u). Allowed: 4 u;
-// the lower bound u / 16 shows bfloat16 was used (float32 products agree to ~1e-6). A stale weight copy
-// or a wrong operand is off by O(1).
+// 0.8-1.6 u). Allowed: 4 u; the lower bound u / 16 shows bfloat16 was used (float32 products agree to
+// ~1e-6). A stale weight copy or a wrong operand is off by O(1).
 constexpr double kBf16Unit = 1.0 / 256;
 constexpr double kBf16LayerTol = 4 * kBf16Unit;
 
@@ -1058,8 +1057,9 @@ void expect_bf16_close(const char* name, const Tensor& bf16, const Tensor& fp32,
 
 // A layer in both precisions (built from the same seed and name: the same weights) on the same x and
 // dy, twice, the float32 masters changed in between as an optimizer step would: the bf16 layer's
-// weight copies must follow them. At init_std 0.2 and d = 32 the attention's scores are O(1) (RMS
-// ~1.3), so the softmax passes a score's rounding error on about unamplified. `params` names the weights (AttentionWeights or FFNWeights members).
+// weight copies must follow them. `params` names the weights (AttentionWeights or FFNWeights members).
+// At init_std 0.2 and d = 32 the attention's scores are O(1) (RMS ~1.3), so the softmax passes a
+// score's rounding error on about unamplified.
 template <typename Layer, typename Weights>
 void expect_layer_bf16_close(Layer& fp32, Layer& bf16, int64_t N, int64_t d,
                              const std::vector<std::pair<const char*, Tensor Weights::*>>& params) {
@@ -1099,7 +1099,8 @@ TEST(AttentionLayerBf16, MatchesTheFloat32LayerWithinBf16Rounding) {
     cfg16.precision = Precision::BF16;
     AttentionLayer fp32(cfg, kSeed, "attn"), bf16(cfg16, kSeed, "attn");
     expect_layer_bf16_close<AttentionLayer, AttentionWeights>(
-        fp32, bf16, 3 * cfg.seq_len, cfg.d_model, {{"grad w_qkv", &AttentionWeights::w_qkv}, {"grad w_out", &AttentionWeights::w_out}});
+        fp32, bf16, 3 * cfg.seq_len, cfg.d_model,
+        {{"grad w_qkv", &AttentionWeights::w_qkv}, {"grad w_out", &AttentionWeights::w_out}});
   }
 }
 
@@ -1116,8 +1117,8 @@ TEST(DenseFFNBf16, MatchesTheFloat32LayerWithinBf16Rounding) {
     DenseFFNConfig cfg16 = cfg;
     cfg16.precision = Precision::BF16;
     DenseFFN fp32(cfg, kSeed, "ffn"), bf16(cfg16, kSeed, "ffn");
-    expect_layer_bf16_close<DenseFFN, FFNWeights>(fp32, bf16, 40, cfg.d_model,
-                                                  {{"grad w_in", &FFNWeights::w_in}, {"grad w_out", &FFNWeights::w_out}});
+    expect_layer_bf16_close<DenseFFN, FFNWeights>(
+        fp32, bf16, 40, cfg.d_model, {{"grad w_in", &FFNWeights::w_in}, {"grad w_out", &FFNWeights::w_out}});
   }
 }
 // The whole model, dense layers only (moe_every = 3 > n_layers: the MoE layer's bf16 has its own tests,

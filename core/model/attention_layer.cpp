@@ -84,7 +84,7 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
     rotary_forward(k_, k_, H, S, cfg_.rope_theta);
   }
   // q, k, v and the attention's scores and softmax stay float32 in every precision: an error e in a
-  // score scales its weight by exp(e), and bfloat16 would round each score by up to |score| 2^-9.
+  // score scales its weight by exp(e), and bfloat16 would round each score by up to |score| 2^-8.
   resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
   causal_attention_forward(attn_, lse_, q_, k_, v_, H, S);

@@ -223,7 +223,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     linear_forward(logits_, z_product_, head_product_, nullptr);
   // Only the matrix products take bfloat16 inputs. The norms, the softmax of the cross-entropy (and of
   // the attention) and the residual stream stay float32 in every precision: they sum squares or
-  // exponentials over a whole row, where bfloat16's 8-bit significand (relative error 2^-9 per value)
+  // exponentials over a whole row, where bfloat16's 8-bit significand (relative error up to 2^-8 per value)
   // would lose small terms and the loss itself, a difference of logits, would carry that error in full.
   resize_on(probs_, {N, V}, device_);
   const float loss = cross_entropy_forward(probs_, logits_, targets);

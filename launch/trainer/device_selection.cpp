@@ -32,7 +32,8 @@ std::string device_refusal(const TrainConfig& cfg, const RankHardware& hw) {
   if (cfg.model.precision == Precision::BF16 && cfg.run.device == Device::CPU && !hw.cpu_bf16_matmul)
     return "model.precision = bf16, but " + where +
            " has a CPU without bfloat16 matrix products (oneDNN has them only for CPUs with AVX-512, "
-           "avx512_core, and not when ONEDNN_MAX_CPU_ISA is set below it); accepted: model.precision = fp32, or bf16 on CPUs with AVX-512 or with run.device = cuda";
+           "avx512_core, and not when ONEDNN_MAX_CPU_ISA is set below it); accepted: model.precision = fp32, or "
+           "bf16 on CPUs with AVX-512 or with run.device = cuda";
   return "";
 }
 

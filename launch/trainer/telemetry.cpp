@@ -195,9 +195,10 @@ PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device
          c = Tensor::empty({n, n}, DType::F32, device);
   a32.fill(0.5f);
   b32.fill(0.25f);
+  const DType products = product_dtype(precision);
   Tensor a16, b16;
-  const Tensor& a = as_dtype(a32, a16, product_dtype(precision));
-  const Tensor& b = as_dtype(b32, b16, product_dtype(precision));
+  const Tensor& a = as_dtype(a32, a16, products);
+  const Tensor& b = as_dtype(b32, b16, products);
   double best = 1e30;
   for (int i = 0; i < 6; ++i) {
     world.barrier();  // every rank computes at once, as in training
@@ -214,7 +215,8 @@ PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device
                 "%d rank(s) x %s, %s GEMM %lld^3 on every rank at once, best of 5 after a warm-up: "
                 "%.1f to %.1f GFLOP/s per rank (%s); run.peak_gflops overrides",
                 W, device == Device::CPU ? (std::to_string(num_threads()) + " thread(s)").c_str() : "1 GPU",
-                precision == Precision::BF16 ? "bfloat16" : "float32", static_cast<long long>(n), rates[0], -rates[1], device == Device::CPU ? gemm_provider() : "cuBLAS");
+                to_string(products), static_cast<long long>(n), rates[0], -rates[1],
+                device == Device::CPU ? gemm_provider() : "cuBLAS");
   return {total, how};
 }
 
