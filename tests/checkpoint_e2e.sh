@@ -215,6 +215,42 @@ for name, other in (("4 ranks, ep=4", four), ("1 rank, ep=1", one)):
     print(f"{name}: steps 16..30 within {worst:.2e} of the 2-rank run")
 PY
   ;;
+precision_switch)
+  # Checkpoints hold the float32 master weights in either precision, so a run may switch on resume:
+  # fp32 to step 15, continued in bf16 to step 30 (against the fp32 run's own steps 16..30), whose
+  # step-30 checkpoint then continues in fp32.
+  cfg=("${short[@]}" run.steps=30)
+  run 2 "$tiny" "${cfg[@]}" checkpoint.every=15 run.dir=f || { cat out.txt; fail "the fp32 run failed"; }
+  f15=$work/$(step_dir f/checkpoints 15)
+  run 2 "$tiny" "${cfg[@]}" model.precision=bf16 checkpoint.every=30 checkpoint.init_from="$f15" run.dir=b
+  status=$?
+  if [ $status != 0 ] && grep -q "has a CPU without bfloat16 matrix products" out.txt; then
+    echo "skipped: this CPU has no bfloat16 matrix products"; exit 77
+  fi
+  [ $status = 0 ] || { cat out.txt; fail "the bf16 run from the fp32 checkpoint failed"; }
+  grep -q "resumed from $f15 at step 15" out.txt || { cat out.txt; fail "bf16: no resume message"; }
+  b30=$work/$(step_dir b/checkpoints 30)
+  for ck in "$f15" "$b30"; do
+    dtypes=$(manifest "$ck" | sed -n 's/^ *dtype: "\(.*\)"/\1/p' | sort -u | tr '\n' ' ')
+    [ "$dtypes" = "float32 " ] || fail "$ck holds dtypes $dtypes, expected only float32"
+  done
+  run 2 "$tiny" "${cfg[@]}" run.steps=35 checkpoint.every=0 checkpoint.init_from="$b30" run.dir=f2 ||
+    { cat out.txt; fail "the fp32 run from the bf16 checkpoint failed"; }
+  grep -q "resumed from $b30 at step 30" out.txt || { cat out.txt; fail "fp32: no resume message"; }
+  python3 - <(losses f/metrics.jsonl) <(losses b/metrics.jsonl) <(losses f2/metrics.jsonl) <<'PY' || fail "losses after switching"
+import sys
+def load(path):
+    return {int(s): float(v) for s, v in (line.split() for line in open(path))}
+fp32, bf16, back = (load(p) for p in sys.argv[1:4])
+assert sorted(bf16) == list(range(16, 31)) and sorted(back) == list(range(31, 36)), (sorted(bf16), sorted(back))
+# bf16 rounds the products' inputs (2^-8 relative): over 15 steps the loss drifts from fp32's by well
+# under 2%, while a model that lost its weights on loading starts again near ln 64 = 4.16, 30% above.
+worst = max(abs(bf16[s] - fp32[s]) / fp32[s] for s in bf16)
+assert worst < 0.02, f"bf16 steps 16..30: worst relative difference {worst:.2e} from fp32"
+assert all(abs(back[s] - bf16[30]) < 0.1 * bf16[30] for s in back), (bf16[30], back)
+print(f"bf16 after fp32: within {worst:.2e} of fp32; fp32 after bf16: {[round(back[s], 3) for s in sorted(back)]}")
+PY
+  ;;
 bad_checkpoint_for_trainer)
   # A checkpoint of a smaller model (d_model 32), and damaged copies of it.
   run 2 "$tiny" "${short[@]}" model.d_model=32 run.steps=2 checkpoint.every=2 run.dir=small ||

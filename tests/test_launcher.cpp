@@ -429,6 +429,15 @@ TEST(DeviceSelection, RefusalNamesWhatTheBuildOrTheMachineLacks) {
   // Everything present: accepted.
   EXPECT_EQ(device_refusal(cuda, gpus), "");
   EXPECT_EQ(device_refusal(nccl, gpus), "");
+  // bf16 on a CPU without bfloat16 products: refused on the CPU, not on a GPU (cuBLAS computes there).
+  TrainConfig cpu_bf16 = cpu, cuda_bf16 = cuda;
+  cpu_bf16.model.precision = cuda_bf16.model.precision = Precision::BF16;
+  EXPECT_CONTAINS(device_refusal(cpu_bf16, bare), "model.precision = bf16, but rank 3 on host node7 has a CPU without "
+                  "bfloat16 matrix products", "accepted: model.precision = fp32");
+  EXPECT_EQ(device_refusal(cuda_bf16, gpus), "");
+  RankHardware avx512 = bare;
+  avx512.cpu_bf16_matmul = true;
+  EXPECT_EQ(device_refusal(cpu_bf16, avx512), "");
 }
 
 }  // namespace

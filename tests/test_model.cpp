@@ -1049,5 +1049,143 @@ TEST(TransformerLM, BadConfigAndInputsNameTheProblem) {
   EXPECT_CONTAINS(error_message([&] { model.backward(); }), "before forward");
 }
 
+
+// ---------------------------------------------------------------------------------------------
+// bf16 mixed precision against float32
+// ---------------------------------------------------------------------------------------------
+
+// ||a - b|| / ||b|| over all elements, in double.
+double relative_rms_error(const Tensor& a, const Tensor& b) {
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
+    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
+  }
+  return std::sqrt(diff / norm);
+}
+
+// bfloat16 keeps 8 significant bits: rounding moves a value by at most u = 2^-8 relative, ~u/sqrt(3)
+// RMS for values spread over binades. In bf16 a layer's products read rounded copies of their inputs
+// (activations, weights, output gradients) and sum exactly in float32; everything else is float32 as
+// in fp32 (~1e-7). Each rounding moves every term of the sums it feeds by <= u relative, and with
+// random signs n roundings upstream of an output give a relative RMS error of about sqrt(n/3) u.
+// AttentionLayer and DenseFFN have n <= 6 (dx: dy, W_out, the forward's x and W_in through the
+// activation's or the softmax's derivative, the rounded dpre or dqkv, W_in): about 1.4 u (measured
+// 0.8-1.6 u). Allowed: 4 u; the lower bound u / 16 shows bfloat16 was used (float32 products agree to
+// ~1e-6). A stale weight copy or a wrong operand is off by O(1).
+constexpr double kBf16Unit = 1.0 / 256;
+constexpr double kBf16LayerTol = 4 * kBf16Unit;
+
+void expect_bf16_close(const char* name, const Tensor& bf16, const Tensor& fp32, double tol) {
+  const double error = relative_rms_error(bf16, fp32);
+  EXPECT_LT(error, tol) << name;
+  EXPECT_GT(error, kBf16Unit / 16) << name << ": no bfloat16 rounding visible";
+  if (std::getenv("MOE_TEST_VERBOSE")) std::printf("%s: relative RMS error %.2f u\n", name, error / kBf16Unit);
+}
+
+// A layer in both precisions (built from the same seed and name: the same weights) on the same x and
+// dy, twice, the float32 masters changed in between as an optimizer step would: the bf16 layer's
+// weight copies must follow them. `params` names the weights (AttentionWeights or FFNWeights members).
+// At init_std 0.2 and d = 32 the attention's scores are O(1) (RMS ~1.3), so the softmax passes a
+// score's rounding error on about unamplified.
+template <typename Layer, typename Weights>
+void expect_layer_bf16_close(Layer& fp32, Layer& bf16, int64_t N, int64_t d,
+                             const std::vector<std::pair<const char*, Tensor Weights::*>>& params) {
+  const Tensor x = normal_tensor({N, d}, 1.f, kSeed, "bf16.x"), dy = normal_tensor({N, d}, 1.f, kSeed, "bf16.dy");
+  for (int step = 0; step < 2; ++step) {
+    SCOPED_TRACE(detail::concat("step ", step));
+    Tensor y = Tensor::empty({N, d}), y16 = Tensor::empty({N, d});
+    Tensor dx = Tensor::zeros({N, d}), dx16 = Tensor::zeros({N, d});
+    for (const auto& [name, w] : params) {
+      (fp32.grads.*w).zero();
+      (bf16.grads.*w).zero();
+    }
+    fp32.forward(y, x);
+    bf16.forward(y16, x);
+    fp32.backward(dx, dy);
+    bf16.backward(dx16, dy);
+    expect_bf16_close("y", y16, y, kBf16LayerTol);
+    expect_bf16_close("dx", dx16, dx, kBf16LayerTol);
+    for (const auto& [name, w] : params) {
+      expect_bf16_close(name, bf16.grads.*w, fp32.grads.*w, kBf16LayerTol);
+      // Negated (exactly; the attention's scores, q k^T, keep their size): a stale copy is off by O(1).
+      scale_in_place(fp32.weights.*w, -1.f);
+      (bf16.weights.*w).copy_from(fp32.weights.*w);
+    }
+  }
+}
+
+TEST(AttentionLayerBf16, MatchesTheFloat32LayerWithinBf16Rounding) {
+  for (bool rotary : {false, true}) {
+    SCOPED_TRACE(rotary ? "rotary" : "no positions");
+    AttentionConfig cfg = small_attention(rotary);
+    cfg.d_model = 32;
+    cfg.n_heads = 4;
+    cfg.seq_len = 12;
+    cfg.init_std = cfg.out_init_std = 0.2f;  // O(1) projections and scores for d = 32
+    AttentionConfig cfg16 = cfg;
+    cfg16.precision = Precision::BF16;
+    AttentionLayer fp32(cfg, kSeed, "attn"), bf16(cfg16, kSeed, "attn");
+    expect_layer_bf16_close<AttentionLayer, AttentionWeights>(
+        fp32, bf16, 3 * cfg.seq_len, cfg.d_model,
+        {{"grad w_qkv", &AttentionWeights::w_qkv}, {"grad w_out", &AttentionWeights::w_out}});
+  }
+}
+
+// GELU and SwiGLU: ReLU's derivative jumps at 0, and a pre-activation within rounding of 0 changes side,
+// moving those elements of dx and grad w_in by O(1); its path through the layer is the same code.
+TEST(DenseFFNBf16, MatchesTheFloat32LayerWithinBf16Rounding) {
+  for (Activation act : {Activation::GELU, Activation::SwiGLU}) {
+    SCOPED_TRACE(to_string(act));
+    DenseFFNConfig cfg;
+    cfg.d_model = 32;
+    cfg.hidden = 48;
+    cfg.activation = act;
+    cfg.init_std = cfg.out_init_std = 0.2f;  // O(1) outputs for d = 32
+    DenseFFNConfig cfg16 = cfg;
+    cfg16.precision = Precision::BF16;
+    DenseFFN fp32(cfg, kSeed, "ffn"), bf16(cfg16, kSeed, "ffn");
+    expect_layer_bf16_close<DenseFFN, FFNWeights>(
+        fp32, bf16, 40, cfg.d_model, {{"grad w_in", &FFNWeights::w_in}, {"grad w_out", &FFNWeights::w_out}});
+  }
+}
+// The whole model, dense layers only (moe_every = 3 > n_layers: the MoE layer's bf16 has its own tests,
+// and a router choice flipped by rounding would move its token by O(1)), untied with rotary positions
+// and tied with learned ones: loss, logits and every parameter's gradient. A path through the model
+// meets more roundings than one layer's: up to 4 per attention or FFN on the way to the logits and 6 on
+// the way back, plus the head's 2 each way, n <= 2 (4 + 4) + 2 + 2 + 2 (6 + 6) = 44 for the first
+// layer's weights, about sqrt(44/3) u ~ 3.8 u RMS (measured 1.4-4.9 u; MOE_TEST_VERBOSE=1 prints them).
+// Allowed: 12 u.
+constexpr double kBf16ModelTol = 12 * kBf16Unit;
+
+TEST(TransformerLMBf16, MatchesTheFloat32ModelWithinBf16Rounding) {
+  for (bool tied : {false, true}) {
+    SCOPED_TRACE(tied ? "tied, learned positions" : "untied, rotary");
+    TransformerConfig cfg = transformer_test_config(50, 32, 2, 4, 12);
+    cfg.moe_every = 3;
+    cfg.dense_hidden = 48;
+    cfg.tie_embeddings = tied;
+    cfg.positions = tied ? PositionKind::Learned : PositionKind::Rotary;
+    cfg.init_std = 0.2f;  // O(1) activations and logits for d = 32, as in the layer tests
+    TransformerConfig cfg16 = cfg;
+    cfg16.precision = Precision::BF16;
+    ASSERT_EQ(cfg.num_moe_layers(), 0);
+    TransformerLM fp32(cfg, kSeed), bf16(cfg16, kSeed);
+    ParameterRegistry r32, r16;
+    fp32.register_parameters(r32);
+    bf16.register_parameters(r16);
+    Tensor inputs, targets;
+    make_batch(inputs, targets, 3, cfg.seq_len, cfg.vocab_size, "bf16.batch");
+    const float loss = fp32.forward(inputs, targets, true), loss16 = bf16.forward(inputs, targets, true);
+    EXPECT_NEAR(loss16, loss, kBf16ModelTol * loss);
+    expect_bf16_close("logits", bf16.logits(), fp32.logits(), kBf16ModelTol);
+    fp32.backward();
+    bf16.backward();
+    ASSERT_EQ(r16.all().size(), r32.all().size());
+    for (size_t i = 0; i < r32.all().size(); ++i)
+      expect_bf16_close(r32.all()[i].name.c_str(), r16.all()[i].grad, r32.all()[i].grad, kBf16ModelTol);
+  }
+}
+
 }  // namespace
 }  // namespace moe

@@ -170,4 +170,16 @@ const char* gemm_provider() {
   return name.c_str();
 }
 
+bool bf16_matmul_supported() {
+  static const bool supported = [] {
+    try {
+      make_bf16_matmul(false, false, 16, 16, 16, 16, 16, 0.f, 16);
+      return true;
+    } catch (const dnnl::error&) {  // no bf16 kernel for this CPU (oneDNN 2.x: none without avx512_core)
+      return false;
+    }
+  }();
+  return supported;
+}
+
 }  // namespace moe

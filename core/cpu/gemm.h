@@ -48,4 +48,9 @@ void flush_denormals_to_zero();
 // Name of the GEMM provider, for logs and benchmarks ("oneDNN 2.6.3").
 const char* gemm_provider();
 
+// Whether gemm_bf16 runs on this CPU: creates one small bfloat16 matmul primitive on the first call
+// (oneDNN 2.x has bfloat16 matmul kernels only for CPUs with AVX-512, avx512_core; ONEDNN_MAX_CPU_ISA
+// below that turns them off) and answers the same afterwards. Thread-safe.
+bool bf16_matmul_supported();
+
 }  // namespace moe

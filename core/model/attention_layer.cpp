@@ -62,12 +62,15 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
   MOE_REQUIRE(x.dim(1) == d && N % S == 0, op, ": x has shape ", to_string(x.shape()),
               ", expected (B * seq_len, d_model) with seq_len = ", S, ", d_model = ", d);
   MOE_REQUIRE(N * 3 <= INT32_MAX, op, ": ", N, " tokens exceed the int32 row indices");
-  x_ = x;
   make_split_indices(N);
+  const DType products = product_dtype(cfg_.precision);
+  x_ = as_dtype(x, x_bf16_, products);
+  w_qkv_ = as_dtype(weights.w_qkv, w_qkv_bf16_, products);
+  w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
 
   const Device device = x.device();
   resize_on(qkv_, {N, 3 * d}, device);
-  linear_forward(qkv_, x, weights.w_qkv, nullptr);  // (N, 3d)
+  linear_forward(qkv_, x_, w_qkv_, nullptr);  // (N, 3d)
   // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
   const Tensor qkv_rows = qkv_.reshape({3 * N, d});
   resize_on(q_, {N, d}, device);
@@ -80,15 +83,18 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
     rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
     rotary_forward(k_, k_, H, S, cfg_.rope_theta);
   }
+  // q, k, v and the attention's scores and softmax stay float32 in every precision: an error e in a
+  // score scales its weight by exp(e), and bfloat16 would round each score by up to |score| 2^-8.
   resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
   causal_attention_forward(attn_, lse_, q_, k_, v_, H, S);
-  linear_forward(y, attn_, weights.w_out, nullptr);  // (N, d)
+  attn_product_ = as_dtype(attn_, attn_bf16_, products);
+  linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
 
 int64_t AttentionLayer::saved_numel() const {
   int64_t n = 0;
-  for (const Tensor* t : {&qkv_, &q_, &k_, &v_, &lse_, &attn_, &index_q_, &index_k_, &index_v_})
+  for (const Tensor* t : {&x_bf16_, &qkv_, &q_, &k_, &v_, &lse_, &attn_, &attn_bf16_, &index_q_, &index_k_, &index_v_})
     if (t->defined()) n += t->numel();
   return n;
 }
@@ -99,9 +105,10 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
   require_shape("AttentionLayer::backward", "dy", dy, {N, d});
   const Device device = dy.device();
+  const DType products = product_dtype(cfg_.precision);
 
   resize_zeroed(d_attn_, {N, d}, device);
-  linear_backward(&d_attn_, &grads.w_out, nullptr, dy, attn_, weights.w_out);
+  linear_backward(&d_attn_, &grads.w_out, nullptr, as_dtype(dy, dy_bf16_, products), attn_product_, w_out_);
   resize_zeroed(dq_, {N, d}, device);
   resize_zeroed(dk_, {N, d}, device);
   resize_zeroed(dv_, {N, d}, device);
@@ -121,7 +128,7 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
     scatter_add_rows(dqkv_rows, dk_, index_k_);
   }
   scatter_add_rows(dqkv_rows, dv_, index_v_);
-  linear_backward(&dx, &grads.w_qkv, nullptr, dqkv_, x_, weights.w_qkv);
+  linear_backward(&dx, &grads.w_qkv, nullptr, as_dtype(dqkv_, dqkv_bf16_, products), x_, w_qkv_);
 }
 
 }  // namespace moe

@@ -1,10 +1,12 @@
 // AttentionLayer: causal multi-head self-attention with a fused QKV projection, optional rotary
-// position embedding and an output projection (no biases), forward and backward side by side.
+// position embedding and an output projection (no biases), forward and backward side by side; the two
+// projections in float32 or with bfloat16 inputs (mixed precision).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "core/model/model_options.h"
 #include "core/parameters.h"
 #include "core/tensor.h"
 
@@ -18,6 +20,9 @@ struct AttentionConfig {
   float rope_theta = 10000.f;
   float init_std = 0.02f;       // w_qkv ~ N(0, init_std)
   float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
+  // Of the two projections; bf16: bfloat16 inputs (x, the attention output, the weights' copies, the
+  // output gradients), float32 outputs. Rotary and the attention itself compute in float32 always.
+  Precision precision = Precision::FP32;
 
   // Throws InvalidArgument naming the first bad field: sizes >= 1, n_heads divides d_model, an even
   // head_dim with rotary, finite theta > 0, finite init stds > 0.
@@ -51,8 +56,8 @@ class AttentionLayer {
 
   const AttentionConfig& config() const { return cfg_; }
   int64_t num_params() const { return weights.w_qkv.numel() + weights.w_out.numel(); }
-  // Elements of the tensors forward saves for backward (x is the caller's): O(N (d + H)), no
-  // (B, H, S, S) probabilities, which backward recomputes.
+  // Elements of the tensors forward saves for backward (x is the caller's in fp32; bf16 keeps its
+  // bfloat16 copy): O(N (d + H)), no (B, H, S, S) probabilities, which backward recomputes.
   int64_t saved_numel() const;
 
   AttentionWeights weights;
@@ -64,14 +69,20 @@ class AttentionLayer {
 
   AttentionConfig cfg_;
 
-  // Saved by forward for backward.
-  Tensor x_;      // (N, d) the input (shared storage)
+  // Saved by forward for backward. The projections' inputs as they read them: the float32 tensors
+  // themselves (sharing storage), or with Precision::BF16 their bfloat16 copies in the *_bf16_ buffers,
+  // the weights' made anew each forward (the optimizer changes the float32 masters every step).
+  Tensor x_;      // (N, d) the input
+  Tensor x_bf16_;
+  Tensor w_qkv_, w_qkv_bf16_;  // (d, 3d)
+  Tensor w_out_, w_out_bf16_;  // (d, d)
   Tensor qkv_;    // (N, 3d)
   Tensor q_;      // (N, d) after rotary (when on)
   Tensor k_;      // (N, d) after rotary (when on)
   Tensor v_;      // (N, d)
   Tensor lse_;    // (B, H, S) log-sum-exp of each query's scores
-  Tensor attn_;   // (N, d) attention output before the projection
+  Tensor attn_;   // (N, d) attention output before the projection, float32 (the attention's backward reads it)
+  Tensor attn_product_, attn_bf16_;  // (N, d) attn_ as the output projection reads it
   Tensor index_q_, index_k_, index_v_;  // (N) int32
 
   // Backward scratch.
@@ -81,6 +92,7 @@ class AttentionLayer {
   Tensor dv_;      // (N, d)
   Tensor d_pre_;   // (N, d) gradient w.r.t. q or k before rotary
   Tensor dqkv_;    // (N, 3d)
+  Tensor dy_bf16_, dqkv_bf16_;  // bf16: the output gradients the projections' backward reads
 };
 
 }  // namespace moe

@@ -39,25 +39,30 @@ void DenseFFN::register_parameters(ParameterRegistry& registry, const std::strin
 void DenseFFN::forward(Tensor& y, const Tensor& x) {
   require_rank("DenseFFN::forward", "x", x, 2);
   const int64_t N = x.dim(0);
-  x_ = x;
+  const DType products = product_dtype(cfg_.precision);
+  x_ = as_dtype(x, x_bf16_, products);
+  w_in_ = as_dtype(weights.w_in, w_in_bf16_, products);
+  w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
   resize_on(pre_, {N, cfg_.in_cols()}, x.device());
   resize_on(act_, {N, cfg_.hidden}, x.device());
-  linear_forward(pre_, x, weights.w_in, nullptr);
+  linear_forward(pre_, x_, w_in_, nullptr);
   switch (cfg_.activation) {
     case Activation::ReLU: relu_forward(act_, pre_); break;
     case Activation::GELU: gelu_forward(act_, pre_); break;
     case Activation::SwiGLU: swiglu_forward(act_, pre_); break;
   }
-  linear_forward(y, act_, weights.w_out, nullptr);
+  act_product_ = as_dtype(act_, act_bf16_, products);
+  linear_forward(y, act_product_, w_out_, nullptr);
 }
 
 // dx, dy (N, d).
 void DenseFFN::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "DenseFFN::backward called before forward");
   const int64_t N = x_.dim(0);
+  const DType products = product_dtype(cfg_.precision);
   resize_on(dact_, {N, cfg_.hidden}, dy.device());
   dact_.zero();
-  linear_backward(&dact_, &grads.w_out, nullptr, dy, act_, weights.w_out);
+  linear_backward(&dact_, &grads.w_out, nullptr, as_dtype(dy, dy_bf16_, products), act_product_, w_out_);
   resize_on(dpre_, {N, cfg_.in_cols()}, dy.device());
   dpre_.zero();
   switch (cfg_.activation) {
@@ -65,7 +70,7 @@ void DenseFFN::backward(Tensor& dx, const Tensor& dy) {
     case Activation::GELU: gelu_backward(dpre_, dact_, pre_); break;
     case Activation::SwiGLU: swiglu_backward(dpre_, dact_, pre_); break;
   }
-  linear_backward(&dx, &grads.w_in, nullptr, dpre_, x_, weights.w_in);
+  linear_backward(&dx, &grads.w_in, nullptr, as_dtype(dpre_, dpre_bf16_, products), x_, w_in_);
 }
 
 }  // namespace moe

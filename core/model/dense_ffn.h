@@ -1,10 +1,12 @@
 // DenseFFN: the position-wise feed-forward block y = act(x W_in) W_out (ReLU, GELU or SwiGLU, no
-// biases), forward and backward side by side; the dense layers' FFN and the MoE shared expert.
+// biases), forward and backward side by side; the dense layers' FFN and the MoE shared expert. Its two
+// products in float32 or with bfloat16 inputs (mixed precision).
 #pragma once
 
 #include <cstdint>
 #include <string>
 
+#include "core/model/model_options.h"
 #include "core/moe/moe_config.h"
 #include "core/parameters.h"
 #include "core/tensor.h"
@@ -17,6 +19,9 @@ struct DenseFFNConfig {
   Activation activation = Activation::GELU;
   float init_std = 0.02f;       // w_in ~ N(0, init_std)
   float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
+  // Of the two products; bf16: bfloat16 inputs (x, the activation's output, the weights' copies, the
+  // output gradients), float32 outputs. The activation computes in float32 always.
+  Precision precision = Precision::FP32;
 
   // Throws InvalidArgument naming the first bad field: sizes >= 1, finite init stds > 0.
   void validate() const;
@@ -55,11 +60,19 @@ class DenseFFN {
 
  private:
   DenseFFNConfig cfg_;
-  Tensor x_;     // (N, d) the input (shared storage)
-  Tensor pre_;   // (N, in_cols)
-  Tensor act_;   // (N, h)
-  Tensor dact_;  // (N, h) backward scratch
-  Tensor dpre_;  // (N, in_cols) backward scratch
+  // Saved by forward for backward. The products' inputs as they read them: the float32 tensors
+  // themselves (sharing storage), or with Precision::BF16 their bfloat16 copies in the *_bf16_ buffers,
+  // the weights' made anew each forward (the optimizer changes the float32 masters every step).
+  Tensor x_, x_bf16_;          // (N, d) the input
+  Tensor w_in_, w_in_bf16_;    // (d, in_cols)
+  Tensor w_out_, w_out_bf16_;  // (h, d)
+  Tensor pre_;                 // (N, in_cols) float32, the activation's input
+  Tensor act_;                 // (N, h) float32
+  Tensor act_product_, act_bf16_;  // (N, h) act_ as the second product reads it
+  // Backward scratch.
+  Tensor dy_bf16_;             // (N, d) bf16: dy as the products' backward reads it
+  Tensor dact_;                // (N, h)
+  Tensor dpre_, dpre_bf16_;    // (N, in_cols); dpre_bf16_ as the first product's backward reads it
 };
 
 }  // namespace moe

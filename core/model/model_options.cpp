@@ -22,9 +22,8 @@ void ModelConfig::validate() const {
   MOE_REQUIRE(positions != PositionKind::Rotary || head_dim() % 2 == 0,
               "positions = rotary needs an even head dim, but d_model / n_heads = ", d_model, " / ", n_heads, " = ",
               head_dim(), " (use learned, or change either)");
-  // Until the layers compute in bfloat16 (issue 13), the key is accepted by the schema and refused here.
-  MOE_REQUIRE(precision == Precision::FP32, "precision = bf16 is not available yet (the layers compute in fp32 only); "
-              "accepted: fp32");
 }
+
+DType product_dtype(Precision precision) { return precision == Precision::BF16 ? DType::BF16 : DType::F32; }
 
 }  // namespace moe

@@ -84,6 +84,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
             ac.rope_theta = cfg.rope_theta;
             ac.init_std = cfg.init_std;
             ac.out_init_std = cfg.init_std / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
+            ac.precision = cfg.precision;
             return ac;
           }(),
           seed, names::layer_part(layer, names::kAttn), device) {
@@ -95,6 +96,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.dense_activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
+    f.precision = cfg.precision;
     ffn = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kFfn), device);
     return;
   }
@@ -109,6 +111,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
     f.activation = cfg.moe.activation;
     f.init_std = cfg.init_std;
     f.out_init_std = cfg.init_std * out_scale;
+    f.precision = cfg.precision;
     shared = std::make_unique<DenseFFN>(f, seed, names::layer_part(layer, names::kShared), device);
   }
 }
@@ -214,10 +217,19 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   resize_on(z_, {N, d}, device_);
   final_norm_.forward(z_, block_input(blocks_.size()));
   resize_on(logits_, {N, V}, device_);
+  // With Precision::BF16 the head's product reads bfloat16 copies of z and of its weight (made anew
+  // each forward: the optimizer changes the float32 master every step); the logits are float32.
+  const DType products = product_dtype(cfg_.precision);
+  z_product_ = as_dtype(z_, z_bf16_, products);
+  head_product_ = as_dtype(cfg_.tie_embeddings ? weights.embedding : weights.head, head_bf16_, products);
   if (cfg_.tie_embeddings)
-    linear_transposed_forward(logits_, z_, weights.embedding);  // z E^T
+    linear_transposed_forward(logits_, z_product_, head_product_);  // z E^T
   else
-    linear_forward(logits_, z_, weights.head, nullptr);
+    linear_forward(logits_, z_product_, head_product_, nullptr);
+  // Only the matrix products take bfloat16 inputs. The norms, the softmax of the cross-entropy (and of
+  // the attention) and the residual stream stay float32 in every precision: they sum squares or
+  // exponentials over a whole row, where bfloat16's 8-bit significand (relative error up to 2^-8 per value)
+  // would lose small terms and the loss itself, a difference of logits, would carry that error in full.
   resize_on(probs_, {N, V}, device_);
   const float loss = cross_entropy_forward(probs_, logits_, targets);
   forward_done_ = true;
@@ -231,10 +243,11 @@ void TransformerLM::backward() {
   dlogits.zero();
   cross_entropy_backward(dlogits, probs_, targets_, 1.f);
   resize_zeroed(dz_, {N, d}, device_);
+  const Tensor& dlogits_product = as_dtype(dlogits, dlogits_bf16_, product_dtype(cfg_.precision));
   if (cfg_.tie_embeddings)
-    linear_transposed_backward(&dz_, &grads.embedding, dlogits, z_, weights.embedding);  // += head part
+    linear_transposed_backward(&dz_, &grads.embedding, dlogits_product, z_product_, head_product_);  // += head part
   else
-    linear_backward(&dz_, &grads.head, nullptr, dlogits, z_, weights.head);
+    linear_backward(&dz_, &grads.head, nullptr, dlogits_product, z_product_, head_product_);
   resize_zeroed(dh_, {N, d}, device_);
   final_norm_.backward(dh_, dz_);
 

@@ -140,13 +140,18 @@ class TransformerLM {
   Tensor h0_;                // (N, d) embedding (+ positions)
   Tensor position_rows_;     // (N, d) positions[n % S]
   Tensor z_;                 // (N, d) final norm output
+  // The head's product inputs as it reads them: z_ and the head's weight (the embedding when tied)
+  // themselves, or with Precision::BF16 their bfloat16 copies in the *_bf16_ buffers.
+  Tensor z_product_, z_bf16_;        // (N, d)
+  Tensor head_product_, head_bf16_;  // (V, d) tied, (d, V) untied
   Tensor logits_;            // (N, V); the backward's dlogits
   Tensor probs_;             // (N, V)
 
   // Backward scratch.
-  Tensor dz_;      // (N, d)
-  Tensor dh_;      // (N, d) gradient of the residual stream
-  Tensor dbranch_; // (N, d) gradient of a norm output (attention or FFN input)
+  Tensor dlogits_bf16_;  // (N, V) bf16: dlogits as the head's backward reads it
+  Tensor dz_;            // (N, d)
+  Tensor dh_;            // (N, d) gradient of the residual stream
+  Tensor dbranch_;       // (N, d) gradient of a norm output (attention or FFN input)
 };
 
 }  // namespace moe

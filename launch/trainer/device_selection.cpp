@@ -5,6 +5,7 @@
 
 #include "core/backend.h"
 #include "core/check.h"
+#include "core/cpu/gemm.h"
 #include "parallel/nccl/nccl_communicator.h"
 
 namespace moe {
@@ -28,6 +29,11 @@ std::string device_refusal(const TrainConfig& cfg, const RankHardware& hw) {
   if (cfg.parallel.backend == DataBackend::NCCL && !hw.nccl_built)
     return "parallel.backend = nccl, but this build has no NCCL (built without the CUDA toolkit or NCCL, or with "
            "-DMOE_NCCL=OFF); rebuild with NCCL, or use parallel.backend = mpi";
+  if (cfg.model.precision == Precision::BF16 && cfg.run.device == Device::CPU && !hw.cpu_bf16_matmul)
+    return "model.precision = bf16, but " + where +
+           " has a CPU without bfloat16 matrix products (oneDNN has them only for CPUs with AVX-512, "
+           "avx512_core, and not when ONEDNN_MAX_CPU_ISA is set below it); accepted: model.precision = fp32, or "
+           "bf16 on CPUs with AVX-512 or with run.device = cuda";
   return "";
 }
 
@@ -41,6 +47,7 @@ int select_device(const TrainConfig& cfg, Communicator& world, const LocalPlacem
   gethostname(host, sizeof host - 1);
   hw.host = host;
   hw.local_rank = placement.local_rank;
+  hw.cpu_bf16_matmul = cfg.model.precision == Precision::BF16 && bf16_matmul_supported();
   throw_if_any_rank_failed(world, device_refusal(cfg, hw));
   if (cfg.run.device != Device::CUDA) return -1;
   const int gpu = gpu_for_local_rank(placement.local_rank, hw.gpu_count);

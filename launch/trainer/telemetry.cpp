@@ -14,6 +14,7 @@
 
 #include "core/check.h"
 #include "core/cpu/gemm.h"
+#include "core/model/model_options.h"
 #include "core/ops.h"
 #include "core/timer.h"
 
@@ -182,7 +183,7 @@ void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_los
   tb.flush();
 }
 
-PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device) {
+PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device, Precision precision) {
   const int W = world.size();
   char how[256];
   if (gflops_per_rank > 0) {
@@ -190,10 +191,14 @@ PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device
     return {gflops_per_rank * W, how};
   }
   const int64_t n = device == Device::CPU ? 2048 : 8192;
-  Tensor a = Tensor::empty({n, n}, DType::F32, device), b = Tensor::empty({n, n}, DType::F32, device),
+  Tensor a32 = Tensor::empty({n, n}, DType::F32, device), b32 = Tensor::empty({n, n}, DType::F32, device),
          c = Tensor::empty({n, n}, DType::F32, device);
-  a.fill(0.5f);
-  b.fill(0.25f);
+  a32.fill(0.5f);
+  b32.fill(0.25f);
+  const DType products = product_dtype(precision);
+  Tensor a16, b16;
+  const Tensor& a = as_dtype(a32, a16, products);
+  const Tensor& b = as_dtype(b32, b16, products);
   double best = 1e30;
   for (int i = 0; i < 6; ++i) {
     world.barrier();  // every rank computes at once, as in training
@@ -207,10 +212,11 @@ PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device
   all_reduce(world, rates, 2, ReduceOp::Min);
   const double total = all_reduce_value(world, mine);
   std::snprintf(how, sizeof how,
-                "%d rank(s) x %s, float32 GEMM %lld^3 on every rank at once, best of 5 after a warm-up: "
+                "%d rank(s) x %s, %s GEMM %lld^3 on every rank at once, best of 5 after a warm-up: "
                 "%.1f to %.1f GFLOP/s per rank (%s); run.peak_gflops overrides",
                 W, device == Device::CPU ? (std::to_string(num_threads()) + " thread(s)").c_str() : "1 GPU",
-                static_cast<long long>(n), rates[0], -rates[1], device == Device::CPU ? gemm_provider() : "cuBLAS");
+                to_string(products), static_cast<long long>(n), rates[0], -rates[1],
+                device == Device::CPU ? gemm_provider() : "cuBLAS");
   return {total, how};
 }
 

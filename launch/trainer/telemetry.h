@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "core/model/model_options.h"
 #include "launch/trainer/tensorboard_writer.h"
 #include "parallel/communicator.h"
 
@@ -106,13 +107,14 @@ struct PeakFlops {
 };
 
 // Collective over world. With gflops_per_rank > 0 (run.peak_gflops) the peak is that times the
-// world size. Otherwise every rank times a float32 GEMM of 2048^3 on its own threads, all ranks at
-// once (a barrier before each repeat, so ranks sharing a machine share it as they will in training):
-// one warm-up, then the best of 5. Best, not median: a peak must not be lowered by a noisy repeat,
-// which would flatter MFU. About a second on one Zen 4 core. On Device::CUDA the GEMM is the CUDA
-// backend's float32 linear_forward of 8192^3 on the rank's GPU (its float32 rate, not the bf16
-// peak: pass that as run.peak_gflops for MFU against it).
-PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device = Device::CPU);
+// world size. Otherwise every rank times a GEMM of 2048^3 in the run's precision (float32, or
+// bfloat16 inputs with a float32 output: linear_forward as the model calls it) on its own threads, all
+// ranks at once (a barrier before each repeat, so ranks sharing a machine share it as they will in
+// training): one warm-up, then the best of 5. Best, not median: a peak must not be lowered by a noisy
+// repeat, which would flatter MFU. About a second on one Zen 4 core in float32. On Device::CUDA the
+// GEMM is the CUDA backend's linear_forward of 8192^3 on the rank's GPU.
+PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device = Device::CPU,
+                             Precision precision = Precision::FP32);
 
 std::string format_duration(double seconds);  // "1h02m", "3m12s", "45s"
 

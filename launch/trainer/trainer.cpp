@@ -353,7 +353,7 @@ TrainResult Trainer::run() {
   open_run_directory();
 
   // The peak MFU is measured against (every rank at once, as they will share the machine).
-  peak_ = measure_peak_flops(world_, cfg_.run.peak_gflops, cfg_.run.device);
+  peak_ = measure_peak_flops(world_, cfg_.run.peak_gflops, cfg_.run.device, cfg_.model.precision);
   if (leader_) {
     std::printf("MFU peak %.1f GFLOP/s over all ranks: %s\n", peak_.total_gflops, peak_.how.c_str());
     std::fflush(stdout);
