@@ -1054,16 +1054,6 @@ TEST(TransformerLM, BadConfigAndInputsNameTheProblem) {
 // bf16 mixed precision against float32
 // ---------------------------------------------------------------------------------------------
 
-// ||a - b|| / ||b|| over all elements, in double.
-double relative_rms_error(const Tensor& a, const Tensor& b) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
-    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
-  }
-  return std::sqrt(diff / norm);
-}
-
 // bfloat16 keeps 8 significant bits: rounding moves a value by at most u = 2^-8 relative, ~u/sqrt(3)
 // RMS for values spread over binades. In bf16 a layer's products read rounded copies of their inputs
 // (activations, weights, output gradients) and sum exactly in float32; everything else is float32 as

@@ -363,16 +363,6 @@ TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
 // bf16 mixed precision against the float32 layer.
 // ---------------------------------------------------------------------------------------------
 
-// ||a - b|| / ||b|| over all elements, in double.
-double relative_rms_error(const Tensor& a, const Tensor& b) {
-  double diff = 0, norm = 0;
-  for (int64_t i = 0; i < b.numel(); ++i) {
-    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
-    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
-  }
-  return std::sqrt(diff / norm);
-}
-
 // The bf16 layer and the float32 layer on the same weights and inputs. The router is float32 in both,
 // so routing, plan and losses are identical. The expert path rounds to bfloat16 (unit roundoff
 // u = 2^-8, a rounded value off by at most u relative, ~u/sqrt(3) RMS for values spread over binades)

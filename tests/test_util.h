@@ -289,6 +289,15 @@ inline double max_abs(const Tensor& t) {
 }
 
 // The elements of an int32 / float32 tensor as a vector, for EXPECT_EQ against a literal.
+// ||a - b|| / ||b|| over all elements of two float32 host tensors, in double.
+inline double relative_rms_error(const Tensor& a, const Tensor& b) {
+  double diff = 0, norm = 0;
+  for (int64_t i = 0; i < b.numel(); ++i) {
+    diff += std::pow(static_cast<double>(a.f32()[i]) - b.f32()[i], 2);
+    norm += std::pow(static_cast<double>(b.f32()[i]), 2);
+  }
+  return std::sqrt(diff / norm);
+}
 inline std::vector<int32_t> ints_of(const Tensor& t) { return std::vector<int32_t>(t.i32(), t.i32() + t.numel()); }
 inline std::vector<float> floats_of(const Tensor& t) { return std::vector<float>(t.f32(), t.f32() + t.numel()); }
 

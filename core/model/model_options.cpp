@@ -24,6 +24,5 @@ void ModelConfig::validate() const {
               head_dim(), " (use learned, or change either)");
 }
 
-DType product_dtype(Precision precision) { return precision == Precision::BF16 ? DType::BF16 : DType::F32; }
 
 }  // namespace moe

@@ -6,7 +6,6 @@
 #include <cstdint>
 
 #include "core/moe/moe_config.h"
-#include "core/tensor.h"
 #include "core/value_range.h"
 
 namespace moe {
@@ -30,10 +29,6 @@ enum class PositionKind {
   Rotary,   // q and k rotated by position in every attention layer (RoFormer; LLaMA)
   Learned,  // a learned (seq_len, d_model) table added to the token embedding (GPT-2)
 };
-
-// The dtype of the matrix products' inputs (core/ops.h's linear ops) under `precision`: float32, or
-// bfloat16 for Precision::BF16.
-DType product_dtype(Precision precision);
 
 struct ModelConfig {
   int64_t vocab_size = 256;     // V: tokens 0 .. V - 1

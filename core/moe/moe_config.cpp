@@ -22,6 +22,8 @@ DropPolicy parse_drop_policy(const std::string& name) {
 
 const char* to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
 
+DType product_dtype(Precision precision) { return precision == Precision::BF16 ? DType::BF16 : DType::F32; }
+
 const char* to_string(Activation a) {
   switch (a) {
     case Activation::ReLU: return "relu";

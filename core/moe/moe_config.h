@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <string>
 
+#include "core/tensor.h"
 #include "core/value_range.h"
 
 namespace moe {
@@ -15,6 +16,9 @@ enum class Activation { ReLU, GELU, SwiGLU };
 // every master weight, gradient and optimizer state float32.
 enum class Precision { FP32, BF16 };
 const char* to_string(Precision p);  // "fp32" | "bf16"
+// The dtype of the matrix products' inputs (core/ops.h's linear ops) under `precision`: float32, or
+// bfloat16 for Precision::BF16.
+DType product_dtype(Precision precision);
 enum class DropPolicy {
   Position,  // earlier tokens keep their slot (GShard, Switch)
   Probs,     // choices with the higher router probability keep their slot

@@ -99,7 +99,7 @@ class MoELayer {
 
   // The dtype of the token rows the experts read and write and the exchange moves: float32, or
   // bfloat16 with Precision::BF16 (then so are the expert weights' copies the products read).
-  DType rows_dtype() const { return cfg_.precision == Precision::BF16 ? DType::BF16 : DType::F32; }
+  DType rows_dtype() const { return product_dtype(cfg_.precision); }
 
   // Saved by forward for backward. "Rows" tensors have rows_dtype(); the rest are float32.
   Tensor x_;
