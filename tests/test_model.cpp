@@ -955,8 +955,9 @@ TEST(TransformerLM, ReusedBuffersMatchAFreshModelAcrossBatchSizes) {
 // same bits as when everything is kept, over two steps (the second reading buffers the first left).
 TEST(TransformerLM, RecomputationGivesTheSameBits) {
   TransformerConfig kept_cfg = tiny_config(PositionKind::Rotary, false, 1, NormKind::RMSNorm);
-  kept_cfg.moe_every = 1;  // two MoE layers: the shared expert scratch is overwritten by the second
-  for (Recompute mode : {Recompute::Experts}) {
+  kept_cfg.moe_every = 1;  // two layers of each kind: the second overwrites the shared scratch
+  for (Recompute mode : {Recompute::Experts, Recompute::Attention, Recompute::All}) {
+    SCOPED_TRACE(static_cast<int>(mode));
     TransformerConfig cfg = kept_cfg;
     cfg.recompute = mode;
     TransformerLM kept(kept_cfg, kSeed), recomputing(cfg, kSeed);

@@ -68,34 +68,49 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
   w_qkv_ = as_dtype(weights.w_qkv, w_qkv_bf16_, products);
   w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
 
-  const Device device = x.device();
-  resize_on(qkv_, {N, 3 * d}, device);
-  linear_forward(qkv_, x_, w_qkv_, nullptr);  // (N, 3d)
-  // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
-  const Tensor qkv_rows = qkv_.reshape({3 * N, d});
-  resize_on(q_, {N, d}, device);
-  resize_on(k_, {N, d}, device);
-  resize_on(v_, {N, d}, device);
-  gather_rows(q_, qkv_rows, index_q_);
-  gather_rows(k_, qkv_rows, index_k_);
-  gather_rows(v_, qkv_rows, index_v_);
-  if (cfg_.rotary) {
-    rotary_forward(q_, q_, H, S, cfg_.rope_theta);  // in place
-    rotary_forward(k_, k_, H, S, cfg_.rope_theta);
-  }
+  project();
   // q, k, v and the attention's scores and softmax stay float32 in every precision: an error e in a
   // score scales its weight by exp(e), and bfloat16 would round each score by up to |score| 2^-8.
+  const Device device = x.device();
   resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
-  causal_attention_forward(attn_, lse_, q_, k_, v_, H, S);
+  causal_attention_forward(attn_, lse_, proj_->q, proj_->k, proj_->v, H, S);
   attn_product_ = as_dtype(attn_, attn_bf16_, products);
   linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
 
+void AttentionLayer::project() {
+  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
+  const Device device = x_.device();
+  AttentionProjections& p = *proj_;
+  resize_on(p.qkv, {N, 3 * d}, device);
+  linear_forward(p.qkv, x_, w_qkv_, nullptr);  // (N, 3d)
+  // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
+  const Tensor qkv_rows = p.qkv.reshape({3 * N, d});
+  resize_on(p.q, {N, d}, device);
+  resize_on(p.k, {N, d}, device);
+  resize_on(p.v, {N, d}, device);
+  gather_rows(p.q, qkv_rows, index_q_);
+  gather_rows(p.k, qkv_rows, index_k_);
+  gather_rows(p.v, qkv_rows, index_v_);
+  if (cfg_.rotary) {
+    rotary_forward(p.q, p.q, H, S, cfg_.rope_theta);  // in place
+    rotary_forward(p.k, p.k, H, S, cfg_.rope_theta);
+  }
+}
+
+void AttentionLayer::share_projections(std::shared_ptr<AttentionProjections> scratch) {
+  MOE_ASSERT(cfg_.recompute && scratch != nullptr, "only layers that recompute share their projections");
+  proj_ = std::move(scratch);
+}
+
 int64_t AttentionLayer::saved_numel() const {
   int64_t n = 0;
-  for (const Tensor* t : {&x_bf16_, &qkv_, &q_, &k_, &v_, &lse_, &attn_, &attn_bf16_, &index_q_, &index_k_, &index_v_})
+  for (const Tensor* t : {&x_bf16_, &lse_, &attn_, &attn_bf16_, &index_q_, &index_k_, &index_v_})
     if (t->defined()) n += t->numel();
+  if (!cfg_.recompute)
+    for (const Tensor* t : {&proj_->qkv, &proj_->q, &proj_->k, &proj_->v})
+      if (t->defined()) n += t->numel();
   return n;
 }
 
@@ -112,7 +127,8 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   resize_zeroed(dq_, {N, d}, device);
   resize_zeroed(dk_, {N, d}, device);
   resize_zeroed(dv_, {N, d}, device);
-  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, q_, k_, v_, attn_, lse_, H, S);
+  if (cfg_.recompute) project();  // the shared projections hold another layer's, or nothing kept
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, proj_->q, proj_->k, proj_->v, attn_, lse_, H, S);
 
   resize_zeroed(dqkv_, {N, 3 * d}, device);
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});

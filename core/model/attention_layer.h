@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "core/model/model_options.h"
@@ -20,6 +21,7 @@ struct AttentionConfig {
   float rope_theta = 10000.f;
   float init_std = 0.02f;       // w_qkv ~ N(0, init_std)
   float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
+  bool recompute = false;       // the backward redoes the projections (AttentionProjections) from x
   // Of the two projections; bf16: bfloat16 inputs (x, the attention output, the weights' copies, the
   // output gradients), float32 outputs. Rotary and the attention itself compute in float32 always.
   Precision precision = Precision::FP32;
@@ -28,6 +30,14 @@ struct AttentionConfig {
   // head_dim with rotary, finite theta > 0, finite init stds > 0.
   void validate() const;
   int64_t head_dim() const { return d_model / n_heads; }
+};
+
+// The projections' outputs that the attention reads: what model.recompute = attention stops keeping.
+struct AttentionProjections {
+  Tensor qkv;  // (N, 3d) x W_qkv
+  Tensor q;    // (N, d) after rotary (when on)
+  Tensor k;    // (N, d) after rotary (when on)
+  Tensor v;    // (N, d)
 };
 
 struct AttentionWeights {
@@ -54,6 +64,10 @@ class AttentionLayer {
   // Adds "<prefix>.w_qkv" and "<prefix>.w_out" (Dense, with weight decay).
   void register_parameters(ParameterRegistry& registry, const std::string& prefix);
 
+  // With cfg.recompute: where the projections go, which the backward recomputes, so every attention
+  // layer of a model can share one (TransformerLM does). Asserts the flag.
+  void share_projections(std::shared_ptr<AttentionProjections> scratch);
+
   const AttentionConfig& config() const { return cfg_; }
   int64_t num_params() const { return weights.w_qkv.numel() + weights.w_out.numel(); }
   // Elements of the tensors forward saves for backward (x is the caller's in fp32; bf16 keeps its
@@ -66,6 +80,8 @@ class AttentionLayer {
  private:
   // Row indices of q, k and v in qkv viewed as (3N, d): 3n, 3n + 1, 3n + 2.
   void make_split_indices(int64_t N);
+  // *proj_ from x_ and w_qkv_: the QKV product, the split and rotary.
+  void project();
 
   AttentionConfig cfg_;
 
@@ -76,10 +92,7 @@ class AttentionLayer {
   Tensor x_bf16_;
   Tensor w_qkv_, w_qkv_bf16_;  // (d, 3d)
   Tensor w_out_, w_out_bf16_;  // (d, d)
-  Tensor qkv_;    // (N, 3d)
-  Tensor q_;      // (N, d) after rotary (when on)
-  Tensor k_;      // (N, d) after rotary (when on)
-  Tensor v_;      // (N, d)
+  std::shared_ptr<AttentionProjections> proj_ = std::make_shared<AttentionProjections>();
   Tensor lse_;    // (B, H, S) log-sum-exp of each query's scores
   Tensor attn_;   // (N, d) attention output before the projection, float32 (the attention's backward reads it)
   Tensor attn_product_, attn_bf16_;  // (N, d) attn_ as the output projection reads it

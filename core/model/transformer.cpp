@@ -84,6 +84,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
             ac.rope_theta = cfg.rope_theta;
             ac.init_std = cfg.init_std;
             ac.out_init_std = cfg.init_std / std::sqrt(2.f * static_cast<float>(cfg.n_layers));
+            ac.recompute = cfg.recomputes_attention();
             ac.precision = cfg.precision;
             return ac;
           }(),
@@ -134,9 +135,14 @@ TransformerLM::TransformerLM(const TransformerConfig& cfg, uint64_t seed, const 
   }
   for (int64_t i = 0; i < cfg_.n_layers; ++i)
     blocks_.push_back(std::make_unique<Block>(cfg_, i, seed, make_exchange, device));
+  // Layers that recompute share one scratch for what they no longer keep: the backward refills it.
   if (cfg_.recomputes_experts()) {
     auto scratch = std::make_shared<ExpertActivations>();
     for (MoELayer* layer : moe_layers()) layer->share_expert_activations(scratch);
+  }
+  if (cfg_.recomputes_attention()) {
+    auto scratch = std::make_shared<AttentionProjections>();
+    for (auto& blk : blocks_) blk->attn.share_projections(scratch);
   }
   if (!cfg_.tie_embeddings) {
     weights.head = random_normal({d, V}, cfg_.init_std, stream_id(seed, names::kHead), device);
