@@ -22,6 +22,8 @@ if [ "${1:-}" = --bundle ]; then
   py_dirs=$(python3 -c 'import nvidia, os; p = nvidia.__path__[0]; print(" ".join(os.path.join(p, d, "lib") for d in sorted(os.listdir(p))))' 2>/dev/null)
   export LD_LIBRARY_PATH=$root/lib:$(echo $cuda_dirs $py_dirs | tr ' ' ':')${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
   run1=()  # one rank: a singleton
+  missing=$(ldd "$bin/moe-train" "$tests/test_backend_ops" | grep "not found" | sort -u)
+  [ -z "$missing" ] || fail "libraries not found: $missing"
 else
   build_dir=${1:-build-gpu}
   echo "== build (Release, MOE_CUDA=ON) in $build_dir"
@@ -44,20 +46,23 @@ done
 "${run1[@]}" "$tests/test_nccl_communicator" 2>&1 | grep -E "^\[  (PASSED|FAILED|SKIPPED) |Failure" | head -20
 [ "${PIPESTATUS[0]}" = 0 ] || fail test_nccl_communicator
 
-echo "== the tiny config, 5 steps on one rank: GPU against CPU"
+echo "== the tiny config, 5 steps on one rank: GPU (NCCL, then MPI staged through the host) against CPU"
 work=$(mktemp -d)
-for dev in cpu cuda; do
-  "${run1[@]}" "$bin/moe-train" "$configs/tiny.yaml" run.device=$dev run.steps=5 run.log_every=1 run.eval_every=0 \
-    checkpoint.every=5 run.dir="$work/$dev" 2>&1 | grep -E "^step|^rank 0|moe-train:" || fail "moe-train on $dev"
+for run in "cpu run.device=cpu" "nccl run.device=cuda parallel.backend=nccl" "staged run.device=cuda parallel.backend=mpi"; do
+  set -- $run
+  "${run1[@]}" "$bin/moe-train" "$configs/tiny.yaml" "${@:2}" run.steps=5 run.log_every=1 run.eval_every=0 \
+    checkpoint.every=5 run.dir="$work/$1" 2>&1 | grep -E "^step|^rank 0|moe-train:" || fail "moe-train: $run"
 done
-python3 - "$work/cpu/metrics.jsonl" "$work/cuda/metrics.jsonl" <<'PY' || fail "GPU losses differ from the CPU's"
+for gpu in nccl staged; do
+  python3 - "$work/cpu/metrics.jsonl" "$work/$gpu/metrics.jsonl" <<'PY' || fail "GPU ($gpu) losses differ from the CPU's"
 import json, sys
 a, b = ([json.loads(l)["loss"] for l in open(p) if "loss" in json.loads(l)] for p in sys.argv[1:3])
 print("cpu", a, "\ngpu", b)
 assert len(a) == len(b) == 5 and all(abs(x - y) <= 1e-3 * abs(x) for x, y in zip(a, b))
 PY
+done
 
-echo "== GPU benchmarks"
+echo "== $(date -u +%T) GPU benchmarks"
 # Issue 12's layer shape: bf16, d_model 4096, expert hidden 14336, E 8, top-2, 8192 tokens, SwiGLU.
 "$bin/bench-moe-layer" --device cuda --precision bf16 --d 4096 --h 14336 --experts 8 --topk 2 --tokens 8192 \
   --activation swiglu --warmup 2 --repeats 5 || fail bench-moe-layer
