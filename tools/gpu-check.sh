@@ -64,13 +64,17 @@ done
 
 echo "== $(date -u +%T) GPU benchmarks"
 # Issue 12's layer shape: bf16, d_model 4096, expert hidden 14336, E 8, top-2, 8192 tokens, SwiGLU.
+# The weights are drawn on the host: all cores draw them (the same values on any thread count).
+threads=$(nproc)
 "$bin/bench-moe-layer" --device cuda --precision bf16 --d 4096 --h 14336 --experts 8 --topk 2 --tokens 8192 \
-  --activation swiglu --warmup 2 --repeats 5 || fail bench-moe-layer
+  --activation swiglu --warmup 2 --repeats 5 --threads "$threads" || fail bench-moe-layer
 # A training step of configs/gpu-example.yaml on this one GPU (4 of its 24 layers, so that the fp32 masters
 # and AdamW state fit), synthetic data, MFU against the H100/H200 SXM bf16 dense peak (989 TFLOP/s).
 "${run1[@]}" "$bin/moe-train" "$configs/gpu-example.yaml" model.n_layers=4 model.precision=bf16 parallel.backend=nccl \
   data.source=synthetic data.eval_path= run.steps=30 run.log_every=10 run.eval_every=0 checkpoint.every=0 \
-  checkpoint.resume=never run.peak_gflops=989000 run.dir="$work/gpu-example" 2>&1 | grep -E "^step|^MFU|moe-train:" ||
-  fail "gpu-example training"
+  checkpoint.resume=never run.peak_gflops=989000 run.threads_per_rank="$threads" run.dir="$work/gpu-example" 2>&1 |
+  grep -E "^step|^MFU|moe-train:" || fail "gpu-example training"
+python3 -c 'import json, sys; t = [json.loads(l) for l in open(sys.argv[1]) if "time_s" in l][-1]["time_s"]
+print("phases of a step (ms):", ", ".join("%s %.1f" % (k, 1e3 * v) for k, v in t.items()))' "$work/gpu-example/metrics.jsonl"
 rm -rf "$work"
 exit $status
