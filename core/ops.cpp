@@ -448,9 +448,9 @@ void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const 
 // ---- attention: (B*S, H*Dh) token rows ----
 
 namespace {
-// Checks that x is a float32 (B*S, H*Dh) matrix for these n_heads and seq_len; returns Dh.
+// Checks that x is a (B*S, H*Dh) matrix for these n_heads and seq_len; returns Dh.
 int64_t require_token_rows(const char* op, const char* arg, const Tensor& x, int64_t n_heads, int64_t seq_len) {
-  require_f32_matrix(op, arg, x);
+  require_rank(op, arg, x, 2);
   MOE_REQUIRE(n_heads >= 1, op, ": n_heads = ", n_heads, " must be >= 1");
   MOE_REQUIRE(seq_len >= 1, op, ": seq_len = ", seq_len, " must be >= 1");
   MOE_REQUIRE(x.dim(1) % n_heads == 0 && x.dim(1) > 0, op, ": ", arg, " has shape ", to_string(x.shape()),
@@ -463,21 +463,24 @@ int64_t require_token_rows(const char* op, const char* arg, const Tensor& x, int
 
 void require_rotary(const char* op, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
   const int64_t head_dim = require_token_rows(op, "x", x, n_heads, seq_len);
+  require_dtype(op, "x", x, DType::F32);
   MOE_REQUIRE(head_dim % 2 == 0, op, ": head_dim = ", head_dim, " (", x.dim(1), " columns / n_heads = ",
               n_heads, ") must be even: rotary embedding rotates pairs of columns");
   MOE_REQUIRE(std::isfinite(theta) && theta > 0.f, op, ": theta = ", theta, " must be finite and > 0");
 }
 
-// q, k, v (B*S, H*Dh) float32 token rows on one device and lse (B, H, S): the attention's inputs.
+// q, k, v (B*S, H*Dh) token rows, all float32 or all bfloat16, on one device and lse (B, H, S) float32:
+// the attention's inputs.
 void require_attention_inputs(const char* op, const Tensor& q, const Tensor& k, const Tensor& v,
                               const Tensor& lse, int64_t n_heads, int64_t seq_len) {
-  const int64_t head_dim = require_token_rows(op, "q", q, n_heads, seq_len);
-  require_f32(op, "k", k, q.shape());
-  require_f32(op, "v", v, q.shape());
+  require_token_rows(op, "q", q, n_heads, seq_len);
+  require_float_dtype(op, "q", q);
+  for (const auto& [arg, t] : {std::pair{"k", &k}, std::pair{"v", &v}}) {
+    require_shape(op, arg, *t, q.shape());
+    MOE_REQUIRE(t->dtype() == q.dtype(), op, ": ", arg, " has dtype ", to_string(t->dtype()), " but q has ",
+                to_string(q.dtype()), "; q, k and v must all be float32 or all bfloat16");
+  }
   require_f32(op, "lse", lse, {q.dim(0) / seq_len, n_heads, seq_len});
-  MOE_REQUIRE(q.device() != Device::CUDA || head_dim <= kCudaAttentionMaxHeadDim, op, ": head_dim = ", head_dim,
-              " (", q.dim(1), " columns / n_heads = ", n_heads, ") exceeds ", kCudaAttentionMaxHeadDim,
-              ", the most the CUDA attention kernels take");
 }
 }  // namespace
 

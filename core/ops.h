@@ -132,21 +132,21 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 //   P[b, h][i, j] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), 0 for j > i;
 //   out[b*S + i, head h] = sum_j P[b, h][i, j] v[b*S + j, head h];
 //   lse[b, h, i] = log sum_{j <= i} exp((q_i . k_j) / sqrt(Dh)), what the backward needs to recompute P.
-// q, k, v, out (B*S, H*Dh); lse (B, H, S); out and lse overwritten. Computed in blocks of query rows x
-// key rows with an online softmax (FlashAttention-2, Dao 2023): memory O(B*S*H), no (S, S) matrix is
-// ever stored, and key blocks after a query block's last row are skipped. On CUDA, Dh is at most
-// kCudaAttentionMaxHeadDim.
+// q, k, v (B*S, H*Dh), all float32 or all bfloat16 (the products read them as they are, summing in
+// float32); out (B*S, H*Dh) and lse (B, H, S) float32, overwritten. Scores and softmax are float32.
+// Memory beyond the outputs is bounded, never a (B, H, S, S) tensor: the CPU works in blocks of query
+// rows x key rows with an online softmax (FlashAttention-2, Dao 2023), skipping key blocks after a
+// query block's last row; CUDA in blocks of query rows, all heads and the keys they see, through
+// batched cuBLAS products (with bfloat16 inputs its P and dS are rounded to bfloat16 for the products
+// that read them, as tensor-core attention kernels do), at most 2^25 scores at a time.
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len);
-// dq, dk, dv (B*S, H*Dh) += the gradients of out given dout (B*S, H*Dh); any may be null. Recomputes P
-// block by block from q, k and the forward's lse; the forward's out gives the softmax backward's row
-// term D_i = dout_i . out_i (so dS = P * (dout V^T - D)).
+// dq, dk, dv (B*S, H*Dh) float32 += the gradients of out given dout (B*S, H*Dh) float32; any may be
+// null. Recomputes P block by block from q, k and the forward's lse; the forward's out gives the
+// softmax backward's row term D_i = dout_i . out_i (so dS = P * (dout V^T - D)).
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                                int64_t n_heads, int64_t seq_len);
-// The largest head_dim the CUDA attention kernels take (a row of Dh floats spread over a warp's 32
-// lanes, at most 4 per lane in registers).
-constexpr int64_t kCudaAttentionMaxHeadDim = 128;
 
 // ---- router (MoE gating): top-k, jitter, auxiliary losses ----
 // T tokens, E experts, k experts chosen per token, d features.

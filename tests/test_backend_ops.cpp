@@ -42,6 +42,15 @@ constexpr double kTensorCoreSums = 2e-5;
 // At head_dim up to 128 and 50 keys, each backend stays within 1e-5 of the double-precision reference
 // (tests/test_model.cpp, CausalAttention), so within 2e-5 of each other as well.
 constexpr double kChained = 2e-5;
+// kLongChained: kChained's sums over 8192 keys instead of 50: the rounding of sums in another order grows
+// like sqrt(terms) (random signs), sqrt(8192 / 50) ~ 13 times kSums' share: 2e-4 with margin.
+constexpr double kLongChained = 2e-4;
+// kBf16Attention: bfloat16 q, k and v (the same values on both devices; the CPU widens them and computes
+// in float32), and on CUDA P, dS and dO rounded to bfloat16 (u = 2^-8) before the products that read
+// them: each term of a sum off by up to u/2, in random directions, so a sum of terms of the result's
+// size (random inputs, up to 50 keys) by a few u/2 at most: 8 u = 3.1e-2, still far below what a wrong
+// index or mask gives (order 1).
+constexpr double kBf16Attention = 8.0 / 256;
 
 // One op: makes its CPU inputs (deterministic), runs the op on `device` with the inputs moved there,
 // and returns its outputs back on the CPU (int32 outputs as float32, exact for small ints).
@@ -88,9 +97,11 @@ Tensor scalars(const std::vector<double>& values) {
   return Tensor::from({static_cast<int64_t>(values.size())}, std::vector<float>(values.begin(), values.end()));
 }
 
-// Causal attention at B sequences of S tokens, H heads of Dh: out, lse and the gradients, which
-// start from random values (the backward accumulates).
-std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, int64_t S, int64_t Dh) {
+// Causal attention at B sequences of S tokens, H heads of Dh, q, k and v in `inputs` (float32 or
+// bfloat16, the same values on both devices): out, lse and the gradients, which start from random
+// values (the backward accumulates).
+std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, int64_t S, int64_t Dh,
+                                                          DType inputs = DType::F32) {
   const std::string tag = "attention" + std::to_string(S) + "x" + std::to_string(Dh);
   const Shape rows{B * S, H * Dh};
   const Tensor q = normal_tensor(rows, 1.f, 15, tag + ".q"), k = normal_tensor(rows, 1.f, 16, tag + ".k");
@@ -98,8 +109,10 @@ std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, 
   return [=](Device d) {
     Tensor out = poisoned(d, rows), lse = poisoned(d, {B, H, S});
     Tensor dq = grad(d, rows, 1), dk = grad(d, rows, 2), dv = grad(d, rows, 3);
-    causal_attention_forward(out, lse, on(d, q), on(d, k), on(d, v), H, S);
-    causal_attention_backward(&dq, &dk, &dv, on(d, dout), on(d, q), on(d, k), on(d, v), out, lse, H, S);
+    auto in = [&](const Tensor& t) { return inputs == DType::BF16 ? bf16_on(d, t) : on(d, t); };
+    const Tensor qd = in(q), kd = in(k), vd = in(v);
+    causal_attention_forward(out, lse, qd, kd, vd, H, S);
+    causal_attention_backward(&dq, &dk, &dv, on(d, dout), qd, kd, vd, out, lse, H, S);
     return to_host({out, lse, dq, dk, dv});
   };
 }
@@ -275,11 +288,14 @@ std::vector<OpCase> op_cases() {
          rotary_backward(dx, on(d, dout), 2, 5, 10000.f);
          return to_host({y, in_place, dx});
        }},
-      // Tiles of 16 queries x 32 keys on CUDA, blocks of 64 x 128 on the CPU: sequences that end inside a tile,
-      // head_dim 64 and 128 (CUDA's largest).
+      // Blocks of 64 x 128 on the CPU (sequences that end inside a block); on CUDA one block of query rows
+      // per sequence, except at S = 8192 (H S = 2^13: two blocks of 4096 rows, the second seeing all keys).
       {"causal_attention", kChained, attention_case(2, 2, 5, 4)},
       {"causal_attention_S50_Dh64", kChained, attention_case(2, 3, 50, 64)},
       {"causal_attention_S37_Dh128", kChained, attention_case(1, 2, 37, 128)},
+      {"causal_attention_S37_Dh256", kChained, attention_case(1, 2, 37, 256)},
+      {"causal_attention_S8192", kLongChained, attention_case(1, 1, 8192, 8)},
+      {"causal_attention_bf16", kBf16Attention, attention_case(2, 3, 50, 64, DType::BF16)},
       {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
          Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
          Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);

@@ -293,12 +293,6 @@ TEST(Config, DeviceAndDataBackendChoices) {
                                      parse_error("run:\n  device: cuda\nparallel:\n  backend: nccl\n",
                                                  {"run.device=cpu"})})
     expect_message(message, {"parallel.backend = nccl needs run.device = cuda", "run.device = cpu"});
-  // The CUDA attention kernels take head dims up to 128; the CPU takes any.
-  EXPECT_NO_THROW(parse("run:\n  device: cuda\nmodel:\n  d_model: 256\n  n_heads: 2\n"));
-  EXPECT_NO_THROW(parse("model:\n  d_model: 512\n  n_heads: 2\n"));
-  expect_message(parse_error("run:\n  device: cuda\nmodel:\n  d_model: 512\n  n_heads: 2\n"),
-                 {"run.device = cuda takes a head dim (model.d_model / model.n_heads) of at most 128",
-                  "512 / 2 = 256", "run.device = cpu"});
 }
 
 TEST(Config, WorldSizeChecks) {

@@ -245,10 +245,9 @@ struct AttentionTensors {
   Tensor q, k, v, dout, out, lse;
 };
 
-// The kernels work in blocks of 64 query rows x 128 keys (core/cpu/attention.cpp) and, on CUDA, tiles
-// of 16 queries x 32 keys: one token; part of a block; exactly one query block; 150 = two query blocks
-// and a partial one, one key block and a partial one, with 8 (sequence, head) pairs in parallel;
-// head_dim 64 and 128 (CUDA's largest).
+// The CPU works in blocks of 64 query rows x 128 keys (core/cpu/attention.cpp): one token; part of a
+// block; exactly one query block; 150 = two query blocks and a partial one, one key block and a partial
+// one, with 8 (sequence, head) pairs in parallel; head_dim 64 and 128.
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
                          ::testing::Values(AttentionShape{2, 2, 5, 4, "Small"}, AttentionShape{2, 3, 1, 8, "OneToken"},
                                            AttentionShape{1, 2, 64, 32, "OneQueryBlock"},
@@ -291,6 +290,30 @@ TEST_P(CausalAttention, ForwardAndBackwardMatchTheFullSoftmaxInDouble) {
   expect_close("dq", dq, ref.dq, kBackwardTol);
   expect_close("dk", dk, ref.dk, kBackwardTol);
   expect_close("dv", dv, ref.dv, kBackwardTol);
+}
+
+// bfloat16 q, k and v are read as they are: the results are those of float32 inputs holding the same
+// (bfloat16-rounded) values, bit for bit.
+TEST_P(CausalAttention, Bf16InputsGiveTheResultsOfTheirFloat32Values) {
+  const auto [B, H, S, Dh, name] = GetParam();
+  AttentionTensors t(GetParam(), "bf16");
+  Tensor q16 = Tensor::empty(t.q.shape(), DType::BF16), k16 = q16.clone(), v16 = q16.clone();
+  convert(q16, t.q);
+  convert(k16, t.k);
+  convert(v16, t.v);
+  Tensor q = Tensor::empty(t.q.shape()), k = q.clone(), v = q.clone();
+  convert(q, q16);
+  convert(k, k16);
+  convert(v, v16);
+  Tensor out16 = t.out.clone(), lse16 = t.lse.clone();
+  causal_attention_forward(t.out, t.lse, q, k, v, H, S);
+  causal_attention_forward(out16, lse16, q16, k16, v16, H, S);
+  Tensor dq = Tensor::zeros(q.shape()), dk = dq.clone(), dv = dq.clone();
+  Tensor dq16 = dq.clone(), dk16 = dq.clone(), dv16 = dq.clone();
+  causal_attention_backward(&dq, &dk, &dv, t.dout, q, k, v, t.out, t.lse, H, S);
+  causal_attention_backward(&dq16, &dk16, &dv16, t.dout, q16, k16, v16, out16, lse16, H, S);
+  for (const auto& [a, b] : {std::pair{&t.out, &out16}, {&t.lse, &lse16}, {&dq, &dq16}, {&dk, &dk16}, {&dv, &dv16}})
+    EXPECT_EQ(0, std::memcmp(a->f32(), b->f32(), a->numel() * sizeof(float)));
 }
 
 TEST_P(CausalAttention, ChangingAFutureTokenLeavesEarlierOutputsUnchanged) {

@@ -1,5 +1,6 @@
 // CPU attention ops, forward and backward side by side: rotary position embedding and causal
-// multi-head self-attention, blocked with an online softmax (GEMMs per block pair; no (S, S) matrix).
+// multi-head self-attention, blocked with an online softmax (GEMMs per block pair; no (S, S) matrix),
+// in float32 (bfloat16 inputs are widened first).
 #include <algorithm>
 #include <cmath>
 #include <vector>
@@ -176,6 +177,14 @@ void recompute_probs_block(float* scores, int64_t rows, int64_t cols, int64_t r0
   }
 }
 
+// q, k or v as float32: the tensor itself, or its bfloat16 values widened (exactly) into `buffer`.
+const float* as_f32(const Tensor& t, Tensor& buffer) {
+  if (t.dtype() == DType::F32) return t.f32();
+  buffer = Tensor::empty(t.shape());
+  convert(buffer, t);
+  return buffer.f32();
+}
+
 }  // namespace
 
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
@@ -183,9 +192,10 @@ void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const T
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
   const int64_t query_blocks = (S + kQueryBlock - 1) / kQueryBlock, tasks = pairs.count * query_blocks;
-  const float* pq = q.f32();
-  const float* pk = k.f32();
-  const float* pv = v.f32();
+  Tensor q32, k32, v32;
+  const float* pq = as_f32(q, q32);
+  const float* pk = as_f32(k, k32);
+  const float* pv = as_f32(v, v32);
   float* pout = out.f32();
   float* plse = lse.f32();
   // Query block i costs i + 1 key blocks: dynamic scheduling evens the threads out. Each task's
@@ -236,9 +246,10 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
                                int64_t n_heads, int64_t seq_len) {
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
-  const float* pq = q.f32();
-  const float* pk = k.f32();
-  const float* pv = v.f32();
+  Tensor q32, k32, v32;
+  const float* pq = as_f32(q, q32);
+  const float* pk = as_f32(k, k32);
+  const float* pv = as_f32(v, v32);
   const float* pout = out.f32();
   const float* plse = lse.f32();
   const float* pdout = dout.f32();

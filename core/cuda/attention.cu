@@ -1,11 +1,15 @@
 // CUDA attention ops, forward and backward side by side: rotary position embedding and causal
-// multi-head self-attention (tiled kernels with an online softmax; no (S, S) matrix).
+// multi-head self-attention (cuBLAS products over blocks of query rows; no (S, S) matrix per head kept).
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cmath>
+#include <type_traits>
 
 #include "core/backend.h"
 #include "core/check.h"
 #include "core/cuda/device_tensor.h"
+#include "core/cuda/gemm.h"
 #include "core/cuda/launch.cuh"
 
 namespace moe::cuda {
@@ -59,268 +63,191 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 
 // ---- causal attention ----
 // Per (b, h): Q, K, V, O are (S, Dh) strided views (row stride C = H * Dh) from row b * S, column
-// h * Dh, and lse[b, h] is (S).  P = causal_softmax(scale Q K^T);  O = P V.  Tiled as
-// FlashAttention-2 (Dao 2023), in float32 on the CUDA cores; no (S, S) matrix exists:
-//  - a block of kWarps warps owns kOwnRows rows (queries in the forward and the dQ pass, keys in the
-//    dK/dV pass), kRowsPerWarp per warp; a row's accumulators live in its warp's registers, lane l
-//    holding columns l, l + 32, ... (Dh <= 32 * kChunks <= kCudaAttentionMaxHeadDim);
-//  - the other side streams through shared memory kTile = 32 rows at a time, lane j computing the dot
-//    products with row j of the tile (rows padded to Dh + 1 floats, so the lanes read 32 banks);
-//  - a row's probabilities for a tile, one per lane, reach the accumulators by warp shuffles, and the
-//    forward keeps the running max and sum of the online softmax per row in registers.
-// Backward: D = rowsum(dO * O), then two passes that recompute P from lse, one block per query tile
-// accumulating dQ and one block per key tile accumulating dK and dV: each gradient element has one
-// writer (no atomics), and the results have the same bits on every run.
+// h * Dh, and lse[b, h] is (S).  P = causal_softmax(scale Q K^T);  O = P V.  Each sequence is taken in
+// blocks of R query rows [r0, r0 + R), all heads at once, and a block meets only the keys it can see,
+// [0, r0 + R):
+//   forward:  Sc = scale Q_blk K^T (one batched GEMM over the heads, float32 scores), P = the causal
+//             softmax of each row (lse kept), O_blk = P V (batched GEMM);
+//   backward: Sc again, P = exp(Sc - lse), dV += P^T dO_blk, dP = dO_blk V^T, dS = P * (dP - D) with
+//             D = rowsum(dO * O), dQ_blk += scale dS K, dK += scale dS^T Q_blk.
+// The products run through cuBLAS (gemm.h's gemm_batched) on the inputs' dtype: float32 or bfloat16,
+// float32 sums either way. With bfloat16 inputs the products' other operands are bfloat16 too (P, dS and
+// dO are rounded to bfloat16 before the products that read them, as FlashAttention's tensor-core
+// products do); scores, softmax, lse and D stay float32. A block's scores, dP and P live in the
+// backend's scratch buffer, at most kScoreElements each: memory O(H * R * S), not O(B * H * S * S).
+// Every gradient element is written by a fixed sequence of GEMMs (no atomics): the same bits each run.
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kRowsPerWarp = 4;
-constexpr int kOwnRows = kWarps * kRowsPerWarp;
-constexpr int kTile = 32;  // streamed rows: one per lane
-constexpr unsigned kFullWarp = 0xffffffffu;
+constexpr int64_t kScoreElements = int64_t{1} << 25;  // scores of one block: 128 MiB of float32
 
-// Every lane gets the same bits: at each butterfly step two lanes combine the same pair of values.
-__device__ float warp_max(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(kFullWarp, v, offset));
-  return v;
-}
-__device__ float warp_sum(float v) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(kFullWarp, v, offset);
-  return v;
+// Query rows per block: as many as keep H x R x S scores within kScoreElements, a multiple of 64 from 64
+// rows up (at least one row), at most S.
+int64_t rows_per_block(int64_t H, int64_t S) {
+  const int64_t r = std::max<int64_t>(1, kScoreElements / std::max<int64_t>(1, H * S));
+  return std::min(S, r >= 64 ? r / 64 * 64 : r);
 }
 
-__device__ float dot(const float* a, const float* b, int n) {
-  float s = 0.f;
-  for (int c = 0; c < n; ++c) s += a[c] * b[c];
-  return s;
-}
+// Stores v in a products' input element: float32, or bfloat16 rounded to nearest even.
+__device__ inline void store(float* p, float v) { *p = v; }
+__device__ inline void store(__nv_bfloat16* p, float v) { *p = __float2bfloat16_rn(v); }
 
-// Rows [first, first + count) of a head view (row stride C) into dst (row stride ld), zeros for rows
-// at or past S. The whole block takes part.
-__device__ void load_rows(float* dst, int ld, const float* src, int64_t C, int64_t first, int count, int64_t S,
-                          int Dh) {
-  for (int e = threadIdx.x; e < count * Dh; e += blockDim.x) {
-    const int r = e / Dh, c = e % Dh;
-    dst[r * ld + c] = first + r < S ? src[(first + r) * C + c] : 0.f;
+int64_t aligned_bytes(int64_t count, int64_t size) { return (count * size + 255) / 256 * 256; }
+
+// Regions carved from the backend's one scratch buffer, each 256-byte aligned.
+struct ScratchCarver {
+  char* base;
+  int64_t used = 0;
+  template <class T>
+  T* take(int64_t count) {
+    T* p = reinterpret_cast<T*>(base + used);
+    used += aligned_bytes(count, sizeof(T));
+    return p;
   }
-}
-
-// Where a block's rows are: sequence b, head h, rows [first, first + kOwnRows) of the sequence; the
-// grid is (row tiles x B, H).
-struct BlockRows {
-  __device__ BlockRows(int64_t S, int64_t C, int Dh) {
-    const int64_t tiles = (S + kOwnRows - 1) / kOwnRows;
-    b = blockIdx.x / tiles;
-    h = blockIdx.y;
-    first = (blockIdx.x % tiles) * int64_t{kOwnRows};
-    base = b * S * C + h * int64_t{Dh};
-    lse_base = (b * gridDim.y + h) * S;
-  }
-  int64_t b, h, first, base, lse_base;
 };
 
-template <int kChunks>
-__global__ void __launch_bounds__(kWarps * 32)
-    attention_forward_kernel(const float* q, const float* k, const float* v, float* out, float* lse, int64_t S,
-                             int64_t C, int Dh, float scale) {
-  extern __shared__ float smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ld = Dh + 1;
-  const BlockRows at(S, C, Dh);
-  float* q_s = smem;                // (kOwnRows, Dh)
-  float* k_s = q_s + kOwnRows * Dh;  // (kTile, Dh + 1)
-  float* v_s = k_s + kTile * ld;     // (kTile, Dh + 1)
-  load_rows(q_s, Dh, q + at.base, C, at.first, kOwnRows, S, Dh);
-  float m[kRowsPerWarp], l[kRowsPerWarp], acc[kRowsPerWarp][kChunks];
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    m[r] = -INFINITY;
-    l[r] = 0.f;
-#pragma unroll
-    for (int cc = 0; cc < kChunks; ++cc) acc[r][cc] = 0.f;
+// One block of query rows of one sequence.
+struct QueryBlock {
+  int64_t b, r0, rows, keys;  // sequence, first row, rows, keys seen: [0, keys) = [0, r0 + rows)
+};
+
+// The attention's inputs; T is float for float32 inputs, __nv_bfloat16 for bfloat16 ones.
+template <class T>
+struct Attention {
+  const char* op;
+  int64_t H, S, C, Dh;
+  float scale;
+  const T *q, *k, *v;  // (B*S, C)
+
+  // Row `row` of sequence blk.b in x, head 0 (the batched GEMMs step Dh columns per head).
+  const T* rows_of(const T* x, const QueryBlock& blk, int64_t row) const { return x + (blk.b * S + row) * C; }
+  DType dtype() const { return std::is_same_v<T, float> ? DType::F32 : DType::BF16; }
+
+  // sc (H, rows, keys) = scale Q_blk K^T.
+  void scores(const QueryBlock& blk, float* sc) const {
+    gemm_batched(op, dtype(), false, true, blk.rows, blk.keys, Dh, scale, rows_of(q, blk, blk.r0), C, Dh,
+                 rows_of(k, blk, 0), C, Dh, 0.f, sc, blk.keys, blk.rows * blk.keys, H);
   }
-  const int64_t last = min(S, at.first + kOwnRows) - 1;  // the block's last query: later keys are masked
-  for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
-    __syncthreads();  // q_s is loaded; the previous tile's readers are done
-    load_rows(k_s, ld, k + at.base, C, t0, kTile, S, Dh);
-    load_rows(v_s, ld, v + at.base, C, t0, kTile, S, Dh);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int row = warp * kRowsPerWarp + r;
-      const int64_t i = at.first + row;
-      if (i >= S || t0 > i) continue;  // the whole warp alike
-      // Key t0 <= i is unmasked, so m_new is finite; the first tile's correction is exp(-inf) = 0.
-      const float s = t0 + lane <= i ? scale * dot(q_s + row * Dh, k_s + lane * ld, Dh) : -INFINITY;
-      const float m_new = fmaxf(m[r], warp_max(s));
-      const float p = expf(s - m_new), correction = expf(m[r] - m_new);
-      l[r] = l[r] * correction + warp_sum(p);
-      m[r] = m_new;
-      const int keys = static_cast<int>(min(int64_t{kTile}, i - t0 + 1));
-#pragma unroll
-      for (int cc = 0; cc < kChunks; ++cc) acc[r][cc] *= correction;
-      for (int j = 0; j < keys; ++j) {
-        const float pj = __shfl_sync(kFullWarp, p, j);
-#pragma unroll
-        for (int cc = 0; cc < kChunks; ++cc)
-          if (lane + 32 * cc < Dh) acc[r][cc] += pj * v_s[j * ld + lane + 32 * cc];
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t i = at.first + warp * kRowsPerWarp + r;
-    if (i >= S) continue;
-    const float inv_sum = 1.f / l[r];  // l >= 1: the max term is exp(0)
-#pragma unroll
-    for (int cc = 0; cc < kChunks; ++cc)
-      if (lane + 32 * cc < Dh) out[at.base + i * C + lane + 32 * cc] = acc[r][cc] * inv_sum;
-    if (lane == 0) lse[at.lse_base + i] = m[r] + logf(l[r]);
-  }
+};
+
+// p (H, rows, keys) = the causal softmax of each score row, 0 past the query's position; each row's
+// log-sum-exp into lse (B, H, S). One block of threads per row.
+template <class T>
+void softmax_rows(const char* op, const QueryBlock& blk, int64_t H, int64_t S, const float* sc, T* p, float* lse) {
+  const int64_t rows = blk.rows, keys = blk.keys, b = blk.b, r0 = blk.r0;
+  for_each_row(op, H * rows, [=] __device__(int64_t g) {  // g = h rows + i
+    const int64_t i = g % rows, h = g / rows, last = r0 + i;  // the query sees keys [0, last]
+    const float* s = sc + g * keys;
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) m = fmaxf(m, s[j]);
+    m = block_max(m);
+    float l = 0.f;
+    for (int64_t j = threadIdx.x; j <= last; j += blockDim.x) l += expf(s[j] - m);
+    l = block_sum(l);
+    const float inv = 1.f / l;
+    for (int64_t j = threadIdx.x; j < keys; j += blockDim.x)
+      store(p + g * keys + j, j <= last ? expf(s[j] - m) * inv : 0.f);
+    if (threadIdx.x == 0) lse[(b * H + h) * S + last] = m + logf(l);
+  });
 }
 
-// dQ_i += scale sum_j dS_ij K_j over the keys j <= i, with P_ij = exp(scale q_i . k_j - lse_i) and
-// dS_ij = P_ij (dO_i . v_j - D_i); the block owns query rows.
-template <int kChunks>
-__global__ void __launch_bounds__(kWarps * 32)
-    attention_dq_kernel(const float* q, const float* k, const float* v, const float* dout, const float* lse,
-                        const float* D, float* dq, int64_t S, int64_t C, int Dh, float scale) {
-  extern __shared__ float smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ld = Dh + 1;
-  const BlockRows at(S, C, Dh);
-  float* q_s = smem;                  // (kOwnRows, Dh)
-  float* do_s = q_s + kOwnRows * Dh;  // (kOwnRows, Dh)
-  float* k_s = do_s + kOwnRows * Dh;  // (kTile, Dh + 1)
-  float* v_s = k_s + kTile * ld;      // (kTile, Dh + 1)
-  load_rows(q_s, Dh, q + at.base, C, at.first, kOwnRows, S, Dh);
-  load_rows(do_s, Dh, dout + at.base, C, at.first, kOwnRows, S, Dh);
-  float acc[kRowsPerWarp][kChunks] = {};
-  const int64_t last = min(S, at.first + kOwnRows) - 1;
-  for (int64_t t0 = 0; t0 <= last; t0 += kTile) {
-    __syncthreads();
-    load_rows(k_s, ld, k + at.base, C, t0, kTile, S, Dh);
-    load_rows(v_s, ld, v + at.base, C, t0, kTile, S, Dh);
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int row = warp * kRowsPerWarp + r;
-      const int64_t i = at.first + row;
-      if (i >= S || t0 > i) continue;
-      float ds = 0.f;
-      if (t0 + lane <= i) {
-        const float p = expf(scale * dot(q_s + row * Dh, k_s + lane * ld, Dh) - lse[at.lse_base + i]);
-        ds = p * (dot(do_s + row * Dh, v_s + lane * ld, Dh) - D[at.lse_base + i]);
-      }
-      const int keys = static_cast<int>(min(int64_t{kTile}, i - t0 + 1));
-      for (int j = 0; j < keys; ++j) {
-        const float dsj = __shfl_sync(kFullWarp, ds, j);
-#pragma unroll
-        for (int cc = 0; cc < kChunks; ++cc)
-          if (lane + 32 * cc < Dh) acc[r][cc] += dsj * k_s[j * ld + lane + 32 * cc];
-      }
-    }
-  }
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t i = at.first + warp * kRowsPerWarp + r;
-    if (i >= S) continue;
-#pragma unroll
-    for (int cc = 0; cc < kChunks; ++cc)
-      if (lane + 32 * cc < Dh) dq[at.base + i * C + lane + 32 * cc] += scale * acc[r][cc];
-  }
+// The backward's probabilities from the kept lse: p = exp(sc - lse), 0 past the query's position.
+template <class T>
+void probs_from_lse(const char* op, const QueryBlock& blk, int64_t H, int64_t S, const float* sc, const float* lse,
+                    T* p) {
+  const int64_t rows = blk.rows, keys = blk.keys, b = blk.b, r0 = blk.r0;
+  for_each(op, H * rows * keys, [=] __device__(int64_t e) {
+    const int64_t g = e / keys, j = e % keys, i = g % rows, h = g / rows;
+    store(p + e, j <= r0 + i ? expf(sc[e] - lse[(b * H + h) * S + r0 + i]) : 0.f);
+  });
 }
 
-// dV_j += sum_i P_ij dO_i and dK_j += scale sum_i dS_ij Q_i over the queries i >= j; the block owns key
-// rows, and a null dk or dv is skipped.
-template <int kChunks>
-__global__ void __launch_bounds__(kWarps * 32)
-    attention_dkdv_kernel(const float* q, const float* k, const float* v, const float* dout, const float* lse,
-                          const float* D, float* dk, float* dv, int64_t S, int64_t C, int Dh, float scale) {
-  extern __shared__ float smem[];
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, ld = Dh + 1;
-  const BlockRows at(S, C, Dh);
-  float* k_s = smem;                  // (kOwnRows, Dh)
-  float* v_s = k_s + kOwnRows * Dh;   // (kOwnRows, Dh)
-  float* q_s = v_s + kOwnRows * Dh;   // (kTile, Dh + 1)
-  float* do_s = q_s + kTile * ld;     // (kTile, Dh + 1)
-  float* lse_s = do_s + kTile * ld;   // (kTile)
-  float* d_s = lse_s + kTile;         // (kTile)
-  load_rows(k_s, Dh, k + at.base, C, at.first, kOwnRows, S, Dh);
-  load_rows(v_s, Dh, v + at.base, C, at.first, kOwnRows, S, Dh);
-  float acc_k[kRowsPerWarp][kChunks] = {}, acc_v[kRowsPerWarp][kChunks] = {};
-  // Queries before the block's first key see none of its keys.
-  for (int64_t t0 = at.first / kTile * kTile; t0 < S; t0 += kTile) {
-    __syncthreads();
-    load_rows(q_s, ld, q + at.base, C, t0, kTile, S, Dh);
-    load_rows(do_s, ld, dout + at.base, C, t0, kTile, S, Dh);
-    if (threadIdx.x < kTile) {
-      const bool in = t0 + threadIdx.x < S;
-      lse_s[threadIdx.x] = in ? lse[at.lse_base + t0 + threadIdx.x] : 0.f;
-      d_s[threadIdx.x] = in ? D[at.lse_base + t0 + threadIdx.x] : 0.f;
+// ds = p (dp - D) with p recomputed from sc and lse, 0 past the query's position.
+template <class T>
+void softmax_backward_rows(const char* op, const QueryBlock& blk, int64_t H, int64_t S, const float* sc,
+                           const float* dp, const float* lse, const float* D, T* ds) {
+  const int64_t rows = blk.rows, keys = blk.keys, b = blk.b, r0 = blk.r0;
+  for_each(op, H * rows * keys, [=] __device__(int64_t e) {
+    const int64_t g = e / keys, j = e % keys, i = g % rows, h = g / rows, row = (b * H + h) * S + r0 + i;
+    store(ds + e, j <= r0 + i ? expf(sc[e] - lse[row]) * (dp[e] - D[row]) : 0.f);
+  });
+}
+
+template <class T>
+void attention_forward(const Attention<T>& a, float* out, float* lse, int64_t B) {
+  const int64_t R = rows_per_block(a.H, a.S), block = a.H * R * a.S;
+  ScratchCarver scratch{static_cast<char*>(
+      scratch_buffer(a.op, aligned_bytes(block, sizeof(float)) + aligned_bytes(block, sizeof(T))))};
+  float* sc = scratch.take<float>(block);
+  T* p = scratch.take<T>(block);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r0 = 0; r0 < a.S; r0 += R) {
+      const QueryBlock blk{b, r0, std::min(R, a.S - r0), std::min(a.S, r0 + R)};
+      a.scores(blk, sc);
+      softmax_rows(a.op, blk, a.H, a.S, sc, p, lse);
+      gemm_batched(a.op, a.dtype(), false, false, blk.rows, a.Dh, blk.keys, 1.f, p, blk.keys, blk.rows * blk.keys,
+                   a.rows_of(a.v, blk, 0), a.C, a.Dh, 0.f, out + (b * a.S + r0) * a.C, a.C, a.Dh, a.H);
     }
-    __syncthreads();
-#pragma unroll
-    for (int r = 0; r < kRowsPerWarp; ++r) {
-      const int row = warp * kRowsPerWarp + r;
-      const int64_t j = at.first + row;
-      if (j >= S || t0 + kTile <= j) continue;  // every query of the tile comes before key j
-      const int64_t i = t0 + lane;
-      float p = 0.f, ds = 0.f;
-      if (i >= j && i < S) {
-        p = expf(scale * dot(q_s + lane * ld, k_s + row * Dh, Dh) - lse_s[lane]);
-        ds = p * (dot(do_s + lane * ld, v_s + row * Dh, Dh) - d_s[lane]);
+}
+
+template <class T>
+void attention_backward(const Attention<T>& a, float* dq, float* dk, float* dv, const float* dout, const float* out,
+                        const float* lse, int64_t B) {
+  const int64_t H = a.H, S = a.S, C = a.C, Dh = a.Dh, N = B * S;
+  const int64_t R = rows_per_block(H, S), block = H * R * S;
+  ScratchCarver scratch{static_cast<char*>(scratch_buffer(
+      a.op, aligned_bytes(B * H * S, sizeof(float)) + aligned_bytes(N * C, sizeof(T)) +
+                2 * aligned_bytes(block, sizeof(float)) + aligned_bytes(block, sizeof(T))))};
+  float* D = scratch.take<float>(B * H * S);
+  T* dout_in = scratch.take<T>(N * C);  // dO as the products read it
+  float* sc = scratch.take<float>(block);
+  float* dp = scratch.take<float>(block);
+  T* p = scratch.take<T>(block);  // P, then dS
+  // D (B, H, S) = rowsum(dO * O) per query and head: the softmax backward's row term.
+  for_each(a.op, B * H * S, [=] __device__(int64_t e) {  // e = (b H + h) S + i, lse's layout
+    const int64_t row = (e / (H * S) * S + e % S) * C + (e / S) % H * Dh;
+    float sum = 0.f;
+    for (int64_t c = 0; c < Dh; ++c) sum += dout[row + c] * out[row + c];
+    D[e] = sum;
+  });
+  for_each(a.op, N * C, [=] __device__(int64_t e) { store(dout_in + e, dout[e]); });
+  const DType t = a.dtype();
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t r0 = 0; r0 < S; r0 += R) {
+      const QueryBlock blk{b, r0, std::min(R, S - r0), std::min(S, r0 + R)};
+      const int64_t rows = blk.rows, keys = blk.keys, stride = rows * keys;
+      const T* dout_blk = dout_in + (b * S + r0) * C;
+      a.scores(blk, sc);
+      if (dv != nullptr) {
+        probs_from_lse(a.op, blk, H, S, sc, lse, p);
+        gemm_batched(a.op, t, true, false, keys, Dh, rows, 1.f, p, keys, stride, dout_blk, C, Dh, 1.f,
+                     dv + b * S * C, C, Dh, H);
       }
-      const int from = static_cast<int>(max(int64_t{0}, j - t0)), to = static_cast<int>(min(int64_t{kTile}, S - t0));
-      for (int ii = from; ii < to; ++ii) {
-        const float pi = __shfl_sync(kFullWarp, p, ii), dsi = __shfl_sync(kFullWarp, ds, ii);
-#pragma unroll
-        for (int cc = 0; cc < kChunks; ++cc)
-          if (lane + 32 * cc < Dh) {
-            acc_v[r][cc] += pi * do_s[ii * ld + lane + 32 * cc];
-            acc_k[r][cc] += dsi * q_s[ii * ld + lane + 32 * cc];
-          }
-      }
+      if (dq == nullptr && dk == nullptr) continue;
+      gemm_batched(a.op, t, false, true, rows, keys, Dh, 1.f, dout_blk, C, Dh, a.rows_of(a.v, blk, 0), C, Dh, 0.f,
+                   dp, keys, stride, H);
+      softmax_backward_rows(a.op, blk, H, S, sc, dp, lse, D, p);
+      if (dq != nullptr)
+        gemm_batched(a.op, t, false, false, rows, Dh, keys, a.scale, p, keys, stride, a.rows_of(a.k, blk, 0), C,
+                     Dh, 1.f, dq + (b * S + r0) * C, C, Dh, H);
+      if (dk != nullptr)
+        gemm_batched(a.op, t, true, false, keys, Dh, rows, a.scale, p, keys, stride, a.rows_of(a.q, blk, r0), C,
+                     Dh, 1.f, dk + b * S * C, C, Dh, H);
     }
+}
+
+// Calls run(attention) with the float32 or bfloat16 instance for q, k and v (one dtype, checked).
+template <class Run>
+void for_input_dtype(const char* op, const Tensor& q, const Tensor& k, const Tensor& v, int64_t n_heads,
+                     int64_t seq_len, Run run) {
+  const int64_t C = q.dim(1), Dh = C / n_heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
+  if (q.dtype() == DType::BF16) {
+    auto in = [&](const Tensor& t) { return reinterpret_cast<const __nv_bfloat16*>(bf16(op, t)); };
+    run(Attention<__nv_bfloat16>{op, n_heads, seq_len, C, Dh, scale, in(q), in(k), in(v)});
+  } else {
+    run(Attention<float>{op, n_heads, seq_len, C, Dh, scale, f32(op, q), f32(op, k), f32(op, v)});
   }
-#pragma unroll
-  for (int r = 0; r < kRowsPerWarp; ++r) {
-    const int64_t j = at.first + warp * kRowsPerWarp + r;
-    if (j >= S) continue;
-#pragma unroll
-    for (int cc = 0; cc < kChunks; ++cc) {
-      const int64_t e = at.base + j * C + lane + 32 * cc;
-      if (lane + 32 * cc >= Dh) continue;
-      if (dk != nullptr) dk[e] += scale * acc_k[r][cc];
-      if (dv != nullptr) dv[e] += acc_v[r][cc];
-    }
-  }
-}
-
-// The floats of shared memory of each kernel: two owned tiles (kOwnRows, Dh), two streamed tiles
-// (kTile, Dh + 1), and the dK/dV pass's lse and D of a streamed tile.
-int64_t attention_shared_floats(int owned_tiles, int streamed_tiles, int values, int64_t Dh) {
-  return owned_tiles * kOwnRows * Dh + streamed_tiles * kTile * (Dh + 1) + values * kTile;
-}
-
-// The instantiation of an attention kernel for head_dim Dh: kChunks = 1, 2 or 4 columns per lane.
-template <class Kernel>
-Kernel for_head_dim(int64_t Dh, Kernel chunks1, Kernel chunks2, Kernel chunks4) {
-  return Dh <= 32 ? chunks1 : Dh <= 64 ? chunks2 : chunks4;
-}
-
-// Launches kernel(args...) on the (row tiles x B, H) grid with `shared_floats` floats of dynamic shared
-// memory (past the default 48 KiB at Dh = 128, which the kernel is allowed first).
-template <class... Params, class... Args>
-void launch_attention(const char* op, void (*kernel)(Params...), int64_t B, int64_t H, int64_t S,
-                      int64_t shared_floats, Args... args) {
-  const int64_t blocks = (S + kOwnRows - 1) / kOwnRows * B;
-  MOE_REQUIRE(blocks <= INT32_MAX && H <= 65535, op, ": ", B, " sequences of ", S, " tokens with ", H,
-              " heads exceed the CUDA grid");
-  if (blocks == 0) return;
-  const size_t bytes = static_cast<size_t>(shared_floats) * sizeof(float);
-  MOE_CUDA_CHECK(op, cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes)));
-  kernel<<<dim3(static_cast<unsigned>(blocks), static_cast<unsigned>(H)), kWarps * 32, bytes>>>(args...);
-  MOE_CUDA_CHECK_LAUNCH(op);
 }
 
 }  // namespace
@@ -328,41 +255,22 @@ void launch_attention(const char* op, void (*kernel)(Params...), int64_t B, int6
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len) {
   const char* op = "causal_attention_forward";
-  const int64_t C = q.dim(1), H = n_heads, Dh = C / H, S = seq_len, B = q.dim(0) / S;
-  const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
-  const auto kernel = for_head_dim(Dh, attention_forward_kernel<1>, attention_forward_kernel<2>,
-                                   attention_forward_kernel<4>);
-  launch_attention(op, kernel, B, H, S, attention_shared_floats(1, 2, 0, Dh), f32(op, q), f32(op, k), f32(op, v),
-                   f32(op, out), f32(op, lse), S, C, static_cast<int>(Dh), scale);
+  float *pout = f32(op, out), *plse = f32(op, lse);
+  const int64_t B = q.dim(0) / seq_len;
+  for_input_dtype(op, q, k, v, n_heads, seq_len, [&](const auto& a) { attention_forward(a, pout, plse, B); });
 }
 
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                                int64_t n_heads, int64_t seq_len) {
   const char* op = "causal_attention_backward";
-  const int64_t N = q.dim(0), C = q.dim(1), H = n_heads, Dh = C / H, S = seq_len, B = N / S;
-  const float scale = 1.f / std::sqrt(static_cast<float>(Dh));
-  const float* pout = f32(op, out);
-  const float* pdout = f32(op, dout);
-  // D (B, H, S) = rowsum(dO * O) per query and head: the softmax backward's row term.
-  float* D = static_cast<float*>(scratch_buffer(op, std::max<int64_t>(1, B * H * S) * int64_t{sizeof(float)}));
-  for_each(op, B * H * S, [=] __device__(int64_t e) {  // e = (b H + h) S + i, lse's layout
-    const int64_t row = (e / (H * S) * S + e % S) * C + (e / S) % H * Dh;
-    float sum = 0.f;
-    for (int64_t c = 0; c < Dh; ++c) sum += pdout[row + c] * pout[row + c];
-    D[e] = sum;
-  });
-  const int dh = static_cast<int>(Dh);
-  if (dq != nullptr)
-    launch_attention(op, for_head_dim(Dh, attention_dq_kernel<1>, attention_dq_kernel<2>, attention_dq_kernel<4>), B,
-                     H, S, attention_shared_floats(2, 2, 0, Dh), f32(op, q), f32(op, k), f32(op, v), pdout,
-                     f32(op, lse), static_cast<const float*>(D), f32(op, *dq), S, C, dh, scale);
-  if (dk != nullptr || dv != nullptr)
-    launch_attention(op,
-                     for_head_dim(Dh, attention_dkdv_kernel<1>, attention_dkdv_kernel<2>, attention_dkdv_kernel<4>),
-                     B, H, S, attention_shared_floats(2, 2, 2, Dh), f32(op, q), f32(op, k), f32(op, v), pdout,
-                     f32(op, lse), static_cast<const float*>(D), dk ? f32(op, *dk) : nullptr,
-                     dv ? f32(op, *dv) : nullptr, S, C, dh, scale);
+  float* pdq = dq ? f32(op, *dq) : nullptr;
+  float* pdk = dk ? f32(op, *dk) : nullptr;
+  float* pdv = dv ? f32(op, *dv) : nullptr;
+  const float *pdout = f32(op, dout), *pout = f32(op, out), *plse = f32(op, lse);
+  const int64_t B = q.dim(0) / seq_len;
+  for_input_dtype(op, q, k, v, n_heads, seq_len,
+                  [&](const auto& a) { attention_backward(a, pdq, pdk, pdv, pdout, pout, plse, B); });
 }
 
 }  // namespace moe::cuda

@@ -85,7 +85,7 @@ GroupedAddresses& grouped_addresses(const char* op, int64_t count) {
 
 void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha, const float* A,
           int64_t lda, const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  gemm_batched(op, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+  gemm_batched(op, DType::F32, trans_a, trans_b, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
 void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A,
@@ -99,18 +99,22 @@ void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N,
                                     CUDA_R_32F, as_int(op, ldc), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b,
-                  float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch) {
+void gemm_batched(const char* op, DType inputs, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
+                  int64_t stride_b, float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch) {
+  MOE_REQUIRE(inputs == DType::F32 || inputs == DType::BF16, op, ": gemm_batched takes float32 or bfloat16 inputs, not ",
+              to_string(inputs));
   if (M == 0 || N == 0 || batch == 0) return;
   if (K == 0) {
     for (int64_t i = 0; i < batch; ++i) scale_only(op, M, N, beta, C + i * stride_c, ldc);
     return;
   }
+  const cudaDataType type = inputs == DType::BF16 ? CUDA_R_16BF : CUDA_R_32F;
   const cublasOperation_t op_a = trans_a ? CUBLAS_OP_T : CUBLAS_OP_N, op_b = trans_b ? CUBLAS_OP_T : CUBLAS_OP_N;
-  MOE_CUBLAS_CHECK(op, cublasSgemmStridedBatched(handle(op), op_b, op_a, as_int(op, N), as_int(op, M), as_int(op, K),
-                                                 &alpha, B, as_int(op, ldb), stride_b, A, as_int(op, lda), stride_a,
-                                                 &beta, C, as_int(op, ldc), stride_c, as_int(op, batch)));
+  MOE_CUBLAS_CHECK(op, cublasGemmStridedBatchedEx(handle(op), op_b, op_a, as_int(op, N), as_int(op, M), as_int(op, K),
+                                                  &alpha, B, type, as_int(op, ldb), stride_b, A, type, as_int(op, lda),
+                                                  stride_a, &beta, C, CUDA_R_32F, as_int(op, ldc), stride_c,
+                                                  as_int(op, batch), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
 void gemm_grouped(const char* op, bool trans_a, bool trans_b, float alpha, const std::vector<GemmProblem>& problems,

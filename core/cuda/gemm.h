@@ -5,6 +5,8 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/tensor.h"
+
 namespace moe::cuda {
 
 // C (M, N) = alpha * op(A) op(B) + beta * C, all row-major device matrices; op(X) = X^T when trans_X.
@@ -18,10 +20,12 @@ void gemm(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int6
 void gemm_bf16(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, const uint16_t* A,
                int64_t lda, const uint16_t* B, int64_t ldb, float beta, float* C, int64_t ldc);
 
-// `batch` such products, matrix i of A, B and C at A + i * stride_a (and so on), in one call.
-void gemm_batched(const char* op, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
-                  const float* A, int64_t lda, int64_t stride_a, const float* B, int64_t ldb, int64_t stride_b,
-                  float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
+// `batch` such products in one call, matrix i of A, B and C at A + i * stride_a (and so on; strides in
+// elements). A and B are float32 or bfloat16 (`inputs`, raw bits for bfloat16), C float32, the sums
+// float32 (cublasGemmStridedBatchedEx; float32 inputs are not rounded to TF32).
+void gemm_batched(const char* op, DType inputs, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const void* A, int64_t lda, int64_t stride_a, const void* B, int64_t ldb,
+                  int64_t stride_b, float beta, float* C, int64_t ldc, int64_t stride_c, int64_t batch);
 
 // One product of gemm()'s form for gemm_grouped: C (M, N) = alpha op(A) op(B) + beta C, its own sizes,
 // row strides and device matrices.

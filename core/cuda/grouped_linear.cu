@@ -1,8 +1,11 @@
 // CUDA grouped linear (the MoE experts), each group of rows with its own weight. float32: all groups'
 // products of one direction (forward, dx, dw) in one cuBLAS grouped GEMM (cuda/gemm.h's gemm_grouped).
 // bfloat16 inputs: one cublasGemmEx per non-empty group (gemm_bf16), because cublasGemmGroupedBatchedEx
-// takes bfloat16 A and B only with a bfloat16 C (cuBLAS's table of its type combinations), while y, dx
-// and dw are float32 (dx and dw accumulate there).
+// takes bfloat16 A and B only with a bfloat16 C, while y, dx and dw are float32 (dx and dw accumulate
+// there). Measured on an H200 with cuBLAS 13.0 at the experts' shapes (8 groups of ~2048 rows, 4096 x
+// 14336): the grouped call with a float32 C returns CUBLAS_STATUS_NOT_SUPPORTED; with a bfloat16 C it
+// ran at 272 TFLOP/s, the per-group calls at 764 (launches are asynchronous; the host loop costs a few
+// microseconds per group).
 #include "core/backend.h"
 #include "core/cuda/device_tensor.h"
 #include "core/cuda/gemm.h"

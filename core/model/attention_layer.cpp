@@ -69,12 +69,14 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
   w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
 
   project();
-  // q, k, v and the attention's scores and softmax stay float32 in every precision: an error e in a
-  // score scales its weight by exp(e), and bfloat16 would round each score by up to |score| 2^-8.
+  // The scores and softmax stay float32 in every precision (q, k and v may be bfloat16; the products
+  // sum in float32): an error e in a score scales its weight by exp(e), and bfloat16 would round each
+  // score by up to |score| 2^-8.
   const Device device = x.device();
   resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
-  causal_attention_forward(attn_, lse_, proj_->q, proj_->k, proj_->v, H, S);
+  const AttentionProjections& p = *proj_;
+  causal_attention_forward(attn_, lse_, p.q_in, p.k_in, p.v_in, H, S);
   attn_product_ = as_dtype(attn_, attn_bf16_, products);
   linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
@@ -97,6 +99,10 @@ void AttentionLayer::project() {
     rotary_forward(p.q, p.q, H, S, cfg_.rope_theta);  // in place
     rotary_forward(p.k, p.k, H, S, cfg_.rope_theta);
   }
+  const DType products = product_dtype(cfg_.precision);
+  p.q_in = as_dtype(p.q, p.q_bf16, products);
+  p.k_in = as_dtype(p.k, p.k_bf16, products);
+  p.v_in = as_dtype(p.v, p.v_bf16, products);
 }
 
 void AttentionLayer::share_projections(std::shared_ptr<AttentionProjections> scratch) {
@@ -109,7 +115,8 @@ int64_t AttentionLayer::saved_numel() const {
   for (const Tensor* t : {&x_bf16_, &lse_, &attn_, &attn_bf16_, &index_q_, &index_k_, &index_v_})
     if (t->defined()) n += t->numel();
   if (!cfg_.recompute)
-    for (const Tensor* t : {&proj_->qkv, &proj_->q, &proj_->k, &proj_->v})
+    for (const Tensor* t : {&proj_->qkv, &proj_->q, &proj_->k, &proj_->v, &proj_->q_bf16, &proj_->k_bf16,
+                            &proj_->v_bf16})
       if (t->defined()) n += t->numel();
   return n;
 }
@@ -128,7 +135,8 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   resize_zeroed(dk_, {N, d}, device);
   resize_zeroed(dv_, {N, d}, device);
   if (cfg_.recompute) project();  // the shared projections hold another layer's, or nothing kept
-  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, proj_->q, proj_->k, proj_->v, attn_, lse_, H, S);
+  const AttentionProjections& p = *proj_;
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, p.q_in, p.k_in, p.v_in, attn_, lse_, H, S);
 
   resize_zeroed(dqkv_, {N, 3 * d}, device);
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});

@@ -22,8 +22,9 @@ struct AttentionConfig {
   float init_std = 0.02f;       // w_qkv ~ N(0, init_std)
   float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
   bool recompute = false;       // the backward redoes the projections (AttentionProjections) from x
-  // Of the two projections; bf16: bfloat16 inputs (x, the attention output, the weights' copies, the
-  // output gradients), float32 outputs. Rotary and the attention itself compute in float32 always.
+  // Of the two projections and the attention's products; bf16: bfloat16 inputs (x, the attention
+  // output, the weights' copies, the output gradients, q, k and v), float32 outputs. Rotary, the
+  // attention's scores and softmax compute in float32 always.
   Precision precision = Precision::FP32;
 
   // Throws InvalidArgument naming the first bad field: sizes >= 1, n_heads divides d_model, an even
@@ -38,6 +39,10 @@ struct AttentionProjections {
   Tensor q;    // (N, d) after rotary (when on)
   Tensor k;    // (N, d) after rotary (when on)
   Tensor v;    // (N, d)
+  // q, k, v as the attention reads them: the float32 tensors above, or with Precision::BF16 their
+  // bfloat16 copies, held in the *_bf16 buffers.
+  Tensor q_in, k_in, v_in;
+  Tensor q_bf16, k_bf16, v_bf16;
 };
 
 struct AttentionWeights {

@@ -693,10 +693,6 @@ void TrainConfig::validate() const {
   in_section("moe", [&] { TransformerConfig{model, moe}.moe_layer_config().validate(); });
   in_section("optim", [&] { optim.validate(); });
   in_section("data", [&] { data.validate(model.vocab_size); });
-  if (run.device == Device::CUDA && model.d_model / model.n_heads > kCudaAttentionMaxHeadDim)
-    fail("run.device = cuda takes a head dim (model.d_model / model.n_heads) of at most ", kCudaAttentionMaxHeadDim,
-         " (the CUDA attention kernels), but model.d_model / model.n_heads = ", model.d_model, " / ", model.n_heads,
-         " = ", model.d_model / model.n_heads, "; accepted: more heads, a smaller d_model, or run.device = cpu");
   if (parallel.backend == DataBackend::NCCL && run.device != Device::CUDA)
     fail("parallel.backend = nccl needs run.device = cuda (NCCL moves GPU memory), but run.device = ",
          to_string(run.device), "; accepted with run.device = cpu: parallel.backend = mpi");
