@@ -18,8 +18,9 @@ void sync_gradients(ParameterRegistry& registry, const ProcessGroups& groups, co
   for (const auto& [kind, comm] : kinds) {
     Tensor& flat = registry.gradients(kind);
     if (flat.numel() == 0) continue;  // the same on every rank of the group
-    all_reduce(*comm, flat, stream);
-    scale_in_place(flat, scale);
+    // A group of one and a scale of 1 leave the gradients as they are: skipped, not run as copies.
+    if (comm->size() > 1) all_reduce(*comm, flat, stream);
+    if (scale != 1.f) scale_in_place(flat, scale);
   }
 }
 
