@@ -56,7 +56,8 @@ enum class Balancing {
 
 // The settings of the MoE layers: the keys of the run configuration's `moe:` section, named as it
 // spells them, with their defaults (launch/config/train_config.cpp binds each key to its field here),
-// plus d_model, init_std, precision, recompute_experts and seq_len, which the model fills in (TransformerConfig::moe_layer_config).
+// plus d_model, init_std, precision, recompute_experts and seq_len, which the model fills in
+// (TransformerConfig::moe_layer_config).
 struct MoEConfig {
   int64_t num_experts = 8;            // E
   int64_t top_k = 2;                  // k, 1 <= k <= E
