@@ -224,6 +224,16 @@ void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   MOE_DISPATCH(x.device(), gelu_backward, dx, dy, x);
 }
 
+void sigmoid_forward(Tensor& y, const Tensor& x) {
+  check_elementwise_forward("sigmoid_forward", y, x);
+  MOE_DISPATCH(x.device(), sigmoid_forward, y, x);
+}
+
+void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
+  check_elementwise_backward("sigmoid_backward", dx, dy, y);
+  MOE_DISPATCH(y.device(), sigmoid_backward, dx, dy, y);
+}
+
 // ---- swiglu: x (N, 2h) = [gate | up], y (N, h) ----
 
 namespace {
@@ -268,6 +278,23 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
   require_f32(op, "dx", dx, y.shape());
   require_same_device(op, {&dx, &dy, &y});
   MOE_DISPATCH(y.device(), softmax_backward, dx, dy, y);
+}
+
+void normalize_rows_forward(Tensor& y, const Tensor& x) {
+  const char* op = "normalize_rows_forward";
+  require_f32_matrix(op, "x", x);
+  require_f32(op, "y", y, x.shape());
+  require_same_device(op, {&y, &x});
+  MOE_DISPATCH(x.device(), normalize_rows_forward, y, x);
+}
+
+void normalize_rows_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const char* op = "normalize_rows_backward";
+  require_f32_matrix(op, "x", x);
+  require_f32(op, "dy", dy, x.shape());
+  require_f32(op, "dx", dx, x.shape());
+  require_same_device(op, {&dx, &dy, &x});
+  MOE_DISPATCH(x.device(), normalize_rows_backward, dx, dy, x);
 }
 
 // ---- norms ----
@@ -536,12 +563,17 @@ int64_t require_expert_ids(const char* op, const Tensor& expert, int64_t T) {
 void require_finite(const char* op, const char* name, double value) {
   MOE_REQUIRE(std::isfinite(value), op, ": ", name, " = ", value, " must be finite");
 }
+
+void require_weight_scale(const char* op, float scale) {
+  MOE_REQUIRE(std::isfinite(scale) && scale > 0.f, op, ": scale = ", scale, " must be finite and > 0");
+}
 }  // namespace
 
 void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
-                  const Tensor* selection_bias) {
+                  const Tensor* selection_bias, float scale) {
   const char* op = "topk_forward";
   require_f32_matrix(op, "probs", probs);
+  require_weight_scale(op, scale);
   const int64_t T = probs.dim(0), E = probs.dim(1);
   MOE_REQUIRE(k >= 1 && k <= E, op, ": k = ", k, " must be in [1, E = ", E, "] (probs has shape ",
               to_string(probs.shape()), ")");
@@ -549,20 +581,21 @@ void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k
   require_i32(op, "expert", expert, {T, k});
   require_f32(op, "weight", weight, {T, k});
   require_same_device(op, {&expert, &weight, &probs, selection_bias});
-  MOE_DISPATCH(probs.device(), topk_forward, expert, weight, probs, k, renormalize, selection_bias);
+  MOE_DISPATCH(probs.device(), topk_forward, expert, weight, probs, k, renormalize, selection_bias, scale);
 }
 
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
-                   const Tensor& probs, bool renormalize) {
+                   const Tensor& probs, bool renormalize, float scale) {
   const char* op = "topk_backward";
   require_f32_matrix(op, "probs", probs);
+  require_weight_scale(op, scale);
   const int64_t T = probs.dim(0);
   const int64_t k = require_expert_ids(op, expert, T);
   require_f32(op, "weight", weight, {T, k});
   require_f32(op, "dweight", dweight, {T, k});
   require_f32(op, "dprobs", dprobs, probs.shape());
   require_same_device(op, {&dprobs, &dweight, &expert, &weight, &probs});
-  MOE_DISPATCH(probs.device(), topk_backward, dprobs, dweight, expert, weight, probs, renormalize);
+  MOE_DISPATCH(probs.device(), topk_backward, dprobs, dweight, expert, weight, probs, renormalize, scale);
 }
 
 void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64_t stream, uint64_t offset) {
@@ -584,13 +617,22 @@ void jitter_backward(Tensor& dx, const Tensor& dy, const Tensor& noise) {
   MOE_DISPATCH(noise.device(), jitter_backward, dx, dy, noise);
 }
 
+namespace {
+// G groups of rows must split T rows evenly.
+void require_row_groups(const char* op, int64_t groups, int64_t T) {
+  MOE_REQUIRE(groups >= 1 && T % groups == 0, op, ": ", groups, " groups must be >= 1 and divide the ", T,
+              " rows");
+}
+}  // namespace
+
 void load_balance_sums(std::vector<double>& prob_sum, std::vector<double>& choice_count, const Tensor& probs,
-                       const Tensor& expert) {
+                       const Tensor& expert, int64_t groups) {
   const char* op = "load_balance_sums";
   require_f32_matrix(op, "probs", probs);
   require_expert_ids(op, expert, probs.dim(0));
+  require_row_groups(op, groups, probs.dim(0));
   require_same_device(op, {&probs, &expert});
-  MOE_DISPATCH(probs.device(), load_balance_sums, prob_sum, choice_count, probs, expert);
+  MOE_DISPATCH(probs.device(), load_balance_sums, prob_sum, choice_count, probs, expert, groups);
 }
 
 void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_count, double num_choices,
@@ -598,8 +640,11 @@ void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_cou
   const char* op = "load_balance_backward";
   require_f32_matrix(op, "dprobs", dprobs);
   const int64_t E = dprobs.dim(1);
-  MOE_REQUIRE(static_cast<int64_t>(choice_count.size()) == E, op, ": choice_count has ", choice_count.size(),
-              " entries, expected E = ", E, " (dprobs has shape ", to_string(dprobs.shape()), ")");
+  const int64_t entries = static_cast<int64_t>(choice_count.size());
+  MOE_REQUIRE(E >= 1 && entries >= E && entries % E == 0, op, ": choice_count has ", entries,
+              " entries, expected a positive multiple of E = ", E, " (dprobs has shape ",
+              to_string(dprobs.shape()), ")");
+  require_row_groups(op, entries / E, dprobs.dim(0));
   MOE_REQUIRE(std::isfinite(num_choices) && num_choices > 0, op, ": num_choices = ", num_choices,
               " must be finite and > 0");
   MOE_REQUIRE(std::isfinite(num_tokens) && num_tokens > 0, op, ": num_tokens = ", num_tokens,

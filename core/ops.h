@@ -64,10 +64,23 @@ void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
 void swiglu_forward(Tensor& y, const Tensor& x);
 void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
 
+// sigmoid: y = 1 / (1 + exp(-x)), elementwise with the precise exp (the router's scores: the top-k
+// choice turns on small differences between them).  x, y (any shape, same).
+void sigmoid_forward(Tensor& y, const Tensor& x);
+// dx += dy * y * (1 - y), using the forward's output y.
+void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y);
+
 // softmax over the last dimension: x, y (N, C).
 void softmax_forward(Tensor& y, const Tensor& x);
 // dx += y * (dy - sum_c dy*y), using the forward's output y.
 void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y);
+
+// normalize_rows: y[n, c] = x[n, c] / S_n with S_n = sum_c x[n, c], the row sum in float32 from c = 0
+// up. x, y (N, C); every row sum must be non-zero (the router's sigmoid scores: positive). Meant for rows
+// of tens of columns (a token's expert scores).
+void normalize_rows_forward(Tensor& y, const Tensor& x);
+// dx[n, c] += (dy[n, c] - sum_j dy[n, j] y[n, j]) / S_n, y and S_n recomputed from x as the forward does.
+void normalize_rows_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
 
 // rmsnorm: y = x / sqrt(mean(x^2) + eps) * g.  x, y (N, C); g (C); rstd (N) saved for backward.
 void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, float eps);
@@ -152,15 +165,18 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
 // T tokens, E experts, k experts chosen per token, d features.
 
 // topk_forward: the k experts with the highest probs + selection_bias of each row, best first (ties:
-// the lower expert id), weighted by their unbiased probs, renormalised to sum to 1 when `renormalize`.
-// probs (T, E); selection_bias (E) or null (auxiliary-loss-free balancing: it steers the choice, never
-// the weights); expert (T, k) int32; weight (T, k); 1 <= k <= E.
+// the lower expert id), weighted by their unbiased probs, renormalised to sum to 1 when `renormalize`,
+// then multiplied by `scale` (a finite value > 0; 1 leaves the weights' bits as they are).
+// probs (T, E): the router's scores, softmax probabilities or sigmoid scores; selection_bias (E) or null
+// (auxiliary-loss-free balancing: it steers the choice, never the weights); expert (T, k) int32;
+// weight (T, k); 1 <= k <= E.
 void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
-                  const Tensor* selection_bias = nullptr);
+                  const Tensor* selection_bias = nullptr, float scale = 1.0f);
 // dprobs (T, E) += the gradient of the weights (T, k) given dweight (T, k): dweight scattered to the
-// chosen experts, through the renormalisation when `renormalize`. expert (T, k) int32 in [0, E).
+// chosen experts, through the renormalisation when `renormalize` and the scale. expert (T, k) int32
+// in [0, E); weight and scale as the forward gave and took them.
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
-                   const Tensor& probs, bool renormalize);
+                   const Tensor& probs, bool renormalize, float scale = 1.0f);
 
 // jitter_forward: multiplicative noise for the router input. noise[i] = lo + (hi - lo) U_i with
 // lo = 1 - eps, hi = 1 + eps and U_i = uniform01(stream, offset + i) (core/random.h), so a token's
@@ -169,15 +185,19 @@ void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64
 // dx (T, d) += dy * noise.
 void jitter_backward(Tensor& dx, const Tensor& dy, const Tensor& noise);
 
-// load_balance_sums: the ingredients of the load-balancing loss (core/moe/aux_losses.h), returned on
-// the host in double because ranks all-reduce them before forming the loss:
-//   prob_sum[e] = sum_t probs[t, e];  choice_count[e] = number of (t, j) with expert[t, j] = e.
-// probs (T, E); expert (T, k) int32 in [0, E); both vectors are resized to E.
+// load_balance_sums: the ingredients of the load-balancing loss (core/moe/aux_losses.h), per group of
+// rows, returned on the host in double because ranks all-reduce them before forming the loss. The T rows
+// are G = `groups` consecutive groups of T / G rows (G >= 1 divides T; the sequence scope's sequences,
+// else one group); row t is in group g = t / (T / G):
+//   prob_sum[g * E + e] = sum_{t in g} probs[t, e];
+//   choice_count[g * E + e] = number of (t in g, j) with expert[t, j] = e.
+// probs (T, E); expert (T, k) int32 in [0, E); both vectors are resized to G * E.
 void load_balance_sums(std::vector<double>& prob_sum, std::vector<double>& choice_count, const Tensor& probs,
-                       const Tensor& expert);
-// dprobs (T, E) += dloss * coeff * E * (choice_count[e] / num_choices) / num_tokens, for every row t:
-// the gradient of coeff * E * sum_e f_e P_e through P_e = prob_sum[e] / num_tokens (f, a count, is
-// held fixed). choice_count (E) and the counts num_choices, num_tokens (> 0) as load_balance_sums
+                       const Tensor& expert, int64_t groups = 1);
+// dprobs (T, E) += dloss * coeff * E * (choice_count[g * E + e] / num_choices) / num_tokens / G for every
+// row t of group g: the gradient of coeff * E * (1/G) sum_g sum_e f_ge P_ge through P_ge =
+// prob_sum[g * E + e] / num_tokens (f, a count, is held fixed). choice_count (G * E; G = its size / E,
+// which must divide T) and the per-group counts num_choices, num_tokens (> 0) as load_balance_sums
 // gives them, all-reduced or not.
 void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_count, double num_choices,
                            double num_tokens, double coeff, double dloss);

@@ -226,6 +226,18 @@ std::vector<OpCase> op_cases() {
          swiglu_backward(dx, on(d, dy4), on(d, x));
          return to_host({y, dx});
        }},
+      {"sigmoid", kRounding, [=](Device d) {  // std::exp against expf: an ulp or two, then 2 operations
+         Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
+         sigmoid_forward(y, on(d, x));
+         sigmoid_backward(dx, on(d, dy8), y);
+         return to_host({y, dx});
+       }},
+      {"normalize_rows", kRounding, [=](Device d) {  // the same sequential row sums; FMAs at most
+         Tensor y = poisoned(d, {6, 5}), dx = grad(d, {6, 5}, 1);
+         normalize_rows_forward(y, on(d, probs));
+         normalize_rows_backward(dx, on(d, logits), on(d, probs));
+         return to_host({y, dx});
+       }},
       {"softmax", kSums, [=](Device d) {
          Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1), yw = poisoned(d, {3, 700});
          softmax_forward(y, on(d, x));
@@ -299,12 +311,16 @@ std::vector<OpCase> op_cases() {
       {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
          Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
          Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);
+         Tensor e3 = poisoned_ints(d, {6, 2}), w3 = poisoned(d, {6, 2});
          const Tensor bias = on(d, sbias);
          topk_forward(e1, w1, on(d, probs), 2, true, nullptr);
          topk_forward(e2, w2, on(d, probs), 3, false, &bias);
+         topk_forward(e3, w3, on(d, probs), 2, true, &bias, 2.5f);  // with the routed scaling factor
          topk_backward(dp, on(d, dweight), e1, w1, on(d, probs), true);
          topk_backward(dp, on(d, dweight), on(d, experts), w1, on(d, probs), false);
-         return to_host({e1, w1, e2, w2, dp});
+         topk_backward(dp, on(d, dweight), e3, w3, on(d, probs), true, 2.5f);
+         topk_backward(dp, on(d, dweight), on(d, experts), w1, on(d, probs), false, 2.5f);
+         return to_host({e1, w1, e2, w2, e3, w3, dp});
        }},
       {"jitter", kRounding, [=](Device d) {  // the same generator; lo + (hi - lo) u fused or not: 1 u
          Tensor y = poisoned(d, {6, 8}), noise = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
@@ -317,6 +333,13 @@ std::vector<OpCase> op_cases() {
          load_balance_sums(prob_sum, count, on(d, probs), on(d, experts));
          Tensor dp = grad(d, {6, 5}, 1);
          load_balance_backward(dp, count, 12.0, 6.0, 0.01, 1.5);
+         return to_host({scalars(prob_sum), scalars(count), dp});
+       }},
+      {"load_balance_groups", kRounding, [=](Device d) {  // 3 groups (sequences) of 2 tokens
+         std::vector<double> prob_sum, count;
+         load_balance_sums(prob_sum, count, on(d, probs), on(d, experts), 3);
+         Tensor dp = grad(d, {6, 5}, 1);
+         load_balance_backward(dp, count, 4.0, 2.0, 0.01, 1.5);
          return to_host({scalars(prob_sum), scalars(count), dp});
        }},
       {"z_loss", kRounding, [=](Device d) {  // double on both; exp and log within an ulp of double

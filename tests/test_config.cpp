@@ -61,6 +61,8 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_DOUBLE_EQ(d.moe.eval_capacity_factor, 2.0);
   EXPECT_EQ(d.moe.drop_policy, DropPolicy::Position);
   EXPECT_EQ(d.moe.aux_loss_scope, AuxLossScope::Local);
+  EXPECT_EQ(d.moe.score_function, ScoreFunction::Softmax);
+  EXPECT_EQ(d.moe.routed_scaling_factor, 1.0f);
   EXPECT_EQ(d.moe.balancing, Balancing::AuxLoss);
   EXPECT_EQ(d.parallel.ep, 0);
   EXPECT_EQ(d.parallel.backend, DataBackend::MPI);
@@ -196,6 +198,10 @@ TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
                  {"model.norm: expected one of rmsnorm, layernorm, got 'batchnorm'"});
   expect_message(parse_error("moe:\n  activation: ReLU\n"),
                  {"moe.activation: expected one of relu, gelu, swiglu, got 'ReLU'"});
+  expect_message(parse_error("moe:\n  score_function: tanh\n"),
+                 {"moe.score_function: expected one of softmax, sigmoid, got 'tanh'"});
+  expect_message(parse_error("moe:\n  aux_loss_scope: batch\n"),
+                 {"moe.aux_loss_scope: expected one of local, global, sequence, got 'batch'"});
   expect_message(parse_error("optim:\n  schedule: step\n"),
                  {"optim.schedule: expected one of cosine, linear, constant"});
 }
@@ -228,6 +234,8 @@ TEST(Config, OutOfRangeNamesTheKeyTheValueAndTheAcceptedRange) {
                  {"run.watchdog_timeout_s = 0 is out of range; accepted: > 0"});
   expect_message(parse_error("model:\n  vocab_size: 1\n"), {"model.vocab_size = 1 is out of range; accepted: [2, 2147483647]"});
   expect_message(parse_error("moe:\n  jitter_eps: 1\n"), {"moe.jitter_eps = 1 is out of range; accepted: [0, 1)"});
+  expect_message(parse_error("moe:\n  routed_scaling_factor: 0\n"),
+                 {"moe.routed_scaling_factor = 0 is out of range; accepted: > 0"});
   expect_message(parse_error("moe:\n  aux_loss_coeff: .inf\n"),
                  {"moe.aux_loss_coeff: expected a finite double, got '.inf'"});
   expect_message(parse_error("optim:\n  lr: 0\n"), {"optim.lr = 0 is out of range; accepted: > 0"});
@@ -539,7 +547,8 @@ TEST(Config, MoEKeysAreTheMoELayersSettings) {
       parse("", {"model.d_model=64", "model.init_std=0.05", "moe.expert_hidden=96", "moe.num_experts=4", "moe.top_k=1",
                  "moe.activation=gelu", "moe.capacity_factor=1.5", "moe.eval_capacity_factor=-1", "moe.min_capacity=2",
                  "moe.drop_policy=probs", "moe.renormalize=false", "moe.jitter_eps=0.25", "moe.aux_loss_coeff=0.5",
-                 "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125"});
+                 "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125", "moe.score_function=sigmoid",
+                 "moe.routed_scaling_factor=2.5", "model.seq_len=48"});
   // The layers' settings are the moe section itself, with d_model and init_std from the model section.
   MoEConfig m = TransformerConfig{c.model, c.moe}.moe_layer_config();
   EXPECT_EQ(m.d_model, 64);
@@ -557,6 +566,9 @@ TEST(Config, MoEKeysAreTheMoELayersSettings) {
   EXPECT_FLOAT_EQ(m.aux_loss_coeff, 0.5f);
   EXPECT_EQ(m.aux_loss_scope, AuxLossScope::Global);
   EXPECT_FLOAT_EQ(m.z_loss_coeff, 0.125f);
+  EXPECT_EQ(m.score_function, ScoreFunction::Sigmoid);
+  EXPECT_FLOAT_EQ(m.routed_scaling_factor, 2.5f);
+  EXPECT_EQ(m.seq_len, 48);  // from the model: the sequence aux-loss scope's sequences
   EXPECT_FLOAT_EQ(m.init_std, 0.05f);
   EXPECT_NO_THROW(m.validate());
 }

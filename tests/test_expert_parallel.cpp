@@ -128,7 +128,8 @@ std::string describe(const MoEConfig& cfg) {
   std::ostringstream os;
   os << to_string(cfg.activation) << " E=" << cfg.num_experts << " k=" << cfg.top_k
      << " renormalize=" << cfg.renormalize << " capacity_factor=" << cfg.capacity_factor
-     << " policy=" << to_string(cfg.drop_policy) << " scope=" << to_string(cfg.aux_loss_scope);
+     << " policy=" << to_string(cfg.drop_policy) << " scope=" << to_string(cfg.aux_loss_scope)
+     << " score=" << to_string(cfg.score_function) << " scale=" << cfg.routed_scaling_factor;
   return os.str();
 }
 
@@ -396,6 +397,51 @@ TEST(ExpertParallel, ShardingIsInvisibleInBf16) {
       expect_sharding_invisible(s);
       ++i;
     }
+}
+
+// Sigmoid scores (with a routed scaling factor) in every aux-loss scope, and the sequence scope with
+// softmax scores: sequences of 2 tokens, so the uneven micro-batches (16, 18, 20, 22 tokens) hold whole
+// sequences.
+MoEConfig sigmoid_or_sequence_config(int i, int64_t k, bool renormalize, double factor, ScoreFunction score,
+                                     AuxLossScope scope) {
+  MoEConfig cfg = make_config(kActivations[i % 3], i % 2 == 0 ? 8 : 4, k, renormalize, factor,
+                              i % 2 == 0 ? DropPolicy::Position : DropPolicy::Probs, scope);
+  cfg.score_function = score;
+  cfg.routed_scaling_factor = score == ScoreFunction::Sigmoid ? 2.5f : 1.0f;
+  cfg.seq_len = 2;
+  return cfg;
+}
+
+TEST(ExpertParallel, ShardingIsInvisibleWithSigmoidScoresAndTheSequenceScope) {
+  int i = 0;
+  for (double factor : {1.0, 0.0})
+    for (int64_t k : {1, 2})
+      for (bool renormalize : {true, false}) {
+        for (AuxLossScope scope : {AuxLossScope::Local, AuxLossScope::Global, AuxLossScope::Sequence}) {
+          Scenario s;
+          s.cfg = sigmoid_or_sequence_config(i++, k, renormalize, factor, ScoreFunction::Sigmoid, scope);
+          s.batch = uneven_batch(test_world().size());
+          s.expect_drops = factor > 0.0;
+          expect_sharding_invisible(s);
+        }
+        Scenario s;
+        s.cfg = sigmoid_or_sequence_config(i++, k, renormalize, factor, ScoreFunction::Softmax,
+                                           AuxLossScope::Sequence);
+        s.batch = uneven_batch(test_world().size());
+        s.expect_drops = factor > 0.0;
+        expect_sharding_invisible(s);
+      }
+}
+
+TEST(ExpertParallel, DroplessSigmoidGlobalScopeEqualsOneProcess) {
+  for (bool renormalize : {true, false}) {
+    Scenario s;
+    s.cfg = sigmoid_or_sequence_config(renormalize ? 0 : 1, 2, renormalize, 0.0, ScoreFunction::Sigmoid,
+                                       AuxLossScope::Global);
+    s.batch = equal_batch(test_world().size(), 16);
+    s.compare_single = true;
+    expect_sharding_invisible(s);
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

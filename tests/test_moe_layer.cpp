@@ -234,12 +234,16 @@ struct FdCase {
   double aux_coeff;
   double z_coeff;
   bool zero_r;  // r = 0: L is only the auxiliary losses
+  ScoreFunction score = ScoreFunction::Softmax;
+  float routed_scaling_factor = 1.0f;
+  AuxLossScope scope = AuxLossScope::Local;  // Sequence: the T = 12 tokens are 3 sequences of 4
 };
 
 std::string describe(const FdCase& c) {
   return detail::concat(to_string(c.activation), c.renormalize ? " renorm" : " no-renorm",
                         " cf=", c.capacity_factor, " ", to_string(c.policy), " jitter=", c.jitter_eps,
-                        c.zero_r ? " r=0" : "");
+                        c.zero_r ? " r=0" : "", " ", to_string(c.score), " scale=", c.routed_scaling_factor,
+                        " scope=", to_string(c.scope));
 }
 
 // Why h and the tolerances are what they are: the layer computes in float32, so y carries relative
@@ -263,6 +267,10 @@ void run_layer_fd(const FdCase& c) {
   // larger than the tolerance (it is linear in the coefficient).
   cfg.aux_loss_coeff = static_cast<float>(c.aux_coeff);
   cfg.z_loss_coeff = static_cast<float>(c.z_coeff);
+  cfg.score_function = c.score;
+  cfg.routed_scaling_factor = c.routed_scaling_factor;
+  cfg.aux_loss_scope = c.scope;
+  cfg.seq_len = 4;
   Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.x");
   Tensor r = c.zero_r ? Tensor::zeros({T, cfg.d_model}) : normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.r");
 
@@ -318,6 +326,24 @@ TEST(MoELayerGradient, JitteredRouterMatchesFiniteDifferences) {
   // function of x and the weights; this covers the router backward's multiplication by the noise.
   run_layer_fd({Activation::GELU, true, 0.0, DropPolicy::Position, 0.3f, 0.5, 0.1, false});
   run_layer_fd({Activation::SwiGLU, false, 0.75, DropPolicy::Position, 0.3f, 0.5, 0.1, false});
+}
+
+TEST(MoELayerGradient, SigmoidScoringAndTheSequenceScopeMatchFiniteDifferences) {
+  // Sigmoid scores (DeepSeek-V3) with and without renormalisation and with a routed scaling factor,
+  // the sequence scope with either scoring, and r = 0 for the aux losses alone (the load-balancing
+  // loss through the normalised sigmoid scores, the z-loss through softmax(logits)).
+  for (bool renormalize : {true, false}) {
+    run_layer_fd({Activation::SwiGLU, renormalize, 0.75, DropPolicy::Position, 0.0f, 0.5, 0.1, false,
+                  ScoreFunction::Sigmoid, 2.5f});
+    run_layer_fd({Activation::GELU, renormalize, 0.0, DropPolicy::Probs, 0.0f, 0.5, 0.1, false,
+                  ScoreFunction::Sigmoid, 1.0f, AuxLossScope::Sequence});
+    run_layer_fd({Activation::GELU, renormalize, 0.75, DropPolicy::Position, 0.0f, 1.0, 1.0, true,
+                  ScoreFunction::Sigmoid, 1.0f, AuxLossScope::Sequence});
+    run_layer_fd({Activation::ReLU, renormalize, 0.75, DropPolicy::Position, 0.0f, 1.0, 1.0, true,
+                  ScoreFunction::Softmax, 1.0f, AuxLossScope::Sequence});
+  }
+  run_layer_fd({Activation::ReLU, true, 0.75, DropPolicy::Probs, 0.3f, 0.5, 0.1, false, ScoreFunction::Softmax,
+                1.5f});
 }
 
 TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
@@ -761,6 +787,75 @@ TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
     }
 }
 
+TEST(MoELayerRouting, SigmoidScoresBiasScalingAndSequenceLossMatchTheReference) {
+  // DeepSeek-V3's router, recomputed here in double with plain loops: s = sigmoid(x W_gate), the top k
+  // of s + bias, weights = a * (renormalised) chosen s; the load-balancing loss over P of the
+  // normalised scores s / sum_e s, per sequence (sequence scope) or over all tokens (local); the z-loss
+  // lse(logits)^2 whatever the scoring.
+  const int64_t T = 24, S = 6;
+  for (AuxLossScope scope : {AuxLossScope::Local, AuxLossScope::Sequence})
+    for (bool renormalize : {true, false}) {
+      SCOPED_TRACE(detail::concat(to_string(scope), renormalize ? " renorm" : " no-renorm"));
+      MoEConfig cfg = small_config(Activation::GELU, renormalize, 0.0);
+      cfg.score_function = ScoreFunction::Sigmoid;
+      cfg.routed_scaling_factor = 2.5f;
+      cfg.aux_loss_scope = scope;
+      cfg.seq_len = S;
+      cfg.aux_loss_coeff = 0.3f;
+      const int64_t k = cfg.top_k, E = cfg.num_experts, d = cfg.d_model;
+      Tensor x = normal_tensor({T, d}, 1.0f, kSeed, "sigmoid.x");
+      MoELayer layer(cfg, kSeed);
+      const std::vector<float> bias = {0.3f, -0.2f, 0.0f, 0.1f};
+      for (int64_t e = 0; e < E; ++e) layer.selection_bias.f32()[e] = bias[e];
+      Tensor y = Tensor::zeros({T, d});
+      layer.forward(y, x, true);
+      const RouterOutput& out = layer.router_output();
+      const std::vector<int32_t> ids = ints_of(out.expert);
+      std::vector<std::vector<double>> s(T, std::vector<double>(E));
+      double z = 0.0;
+      for (int64_t t = 0; t < T; ++t) {
+        const std::vector<double> logit = ref_logits(cfg, layer.weights.w_gate, x.f32() + t * d);
+        double lse = 0.0;
+        for (int64_t e = 0; e < E; ++e) {
+          s[t][e] = 1.0 / (1.0 + std::exp(-logit[e]));
+          lse += std::exp(logit[e]);
+          // float32 logits (d = 6 terms) and sigmoid: a few u of relative error.
+          EXPECT_NEAR(out.probs.f32()[t * E + e], s[t][e], 1e-6) << "token " << t << " expert " << e;
+        }
+        z += std::log(lse) * std::log(lse);
+        std::vector<double> biased(E);
+        for (int64_t e = 0; e < E; ++e) biased[e] = s[t][e] + bias[e];
+        const std::vector<int32_t> top = ref_topk(biased, k);
+        double chosen_sum = 0.0;
+        for (int64_t j = 0; j < k; ++j) chosen_sum += s[t][top[j]];
+        for (int64_t j = 0; j < k; ++j) {
+          ASSERT_EQ(ids[t * k + j], top[j]) << "token " << t << " choice " << j;
+          const double want = 2.5 * (renormalize ? s[t][top[j]] / chosen_sum : s[t][top[j]]);
+          EXPECT_NEAR(out.weight.f32()[t * k + j], want, 1e-6 * want) << "token " << t << " choice " << j;
+        }
+      }
+      // The balance: coeff * E * mean over groups of sum_e f_ge P_ge, with groups the 4 sequences of 6
+      // tokens (sequence) or all 24 tokens (local); P over the normalised scores.
+      const int64_t rows = scope == AuxLossScope::Sequence ? S : T, groups = T / rows;
+      double balance = 0.0;
+      for (int64_t g = 0; g < groups; ++g)
+        for (int64_t e = 0; e < E; ++e) {
+          double f = 0.0, P = 0.0;
+          for (int64_t t = g * rows; t < (g + 1) * rows; ++t) {
+            double row_sum = 0.0;
+            for (int64_t c = 0; c < E; ++c) row_sum += s[t][c];
+            P += s[t][e] / row_sum / rows;
+            for (int64_t j = 0; j < k; ++j) f += ids[t * k + j] == e ? 1.0 / (rows * k) : 0.0;
+          }
+          balance += f * P / groups;
+        }
+      const double aux = 0.3 * E * balance, zl = cfg.z_loss_coeff * z / T;
+      // Relative 1e-5 as in LayerPlanAndStatsMatchTheReference: float32 scores against double.
+      EXPECT_NEAR(layer.stats().aux_loss, aux, 1e-5 * aux);
+      EXPECT_NEAR(layer.stats().z_loss, zl, 1e-5 * zl);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward against dense references.
 // ---------------------------------------------------------------------------------------------
@@ -980,6 +1075,9 @@ TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
       {[](MoEConfig& c) { c.expert_hidden = 0; }, {"expert_hidden = 0", ">= 1"}},
       {[](MoEConfig& c) { c.jitter_eps = 1.0f; }, {"jitter_eps", "[0, 1)"}},
       {[](MoEConfig& c) { c.capacity_factor = std::nan(""); }, {"capacity_factor = nan", "any finite value"}},
+      {[](MoEConfig& c) { c.routed_scaling_factor = 0.f; }, {"routed_scaling_factor = 0", "> 0"}},
+      {[](MoEConfig& c) { c.aux_loss_scope = AuxLossScope::Sequence; },
+       {"aux_loss_scope = sequence needs the model's seq_len (>= 1)", "seq_len = 0"}},
   };
   for (const Case& c : cases) {
     MoEConfig cfg = good;
@@ -1020,6 +1118,13 @@ TEST(MoELayerErrors, BadInputNamesTheProblem) {
   layer.forward(y, x, true);
   Tensor dy_short = Tensor::zeros({T - 1, d});
   EXPECT_CONTAINS(error_message([&] { layer.backward(dx, dy_short); }), "dy has shape (4, 6)", "expected (5, 6)");
+
+  MoEConfig per_sequence = cfg;
+  per_sequence.aux_loss_scope = AuxLossScope::Sequence;
+  per_sequence.seq_len = 2;
+  MoELayer sequence_layer(per_sequence, kSeed);
+  EXPECT_CONTAINS(error_message([&] { sequence_layer.forward(y, x, true); }),
+                  "aux_loss_scope = sequence needs whole sequences", "5 tokens", "seq_len = 2");
 }
 
 }  // namespace

@@ -851,6 +851,66 @@ TEST(Softmax, BackwardMatchesFiniteDifferences) {
   expect_backward_accumulates({&dx}, [&] { softmax_backward(dx, r, y_saved); });
 }
 
+TEST(Sigmoid, ForwardMatchesTheDoubleFormulaAndSaturates) {
+  std::mt19937 rng(43);
+  Tensor x = random_tensor({4, 9}, rng, -8.f, 8.f);
+  x.f32()[0] = -200.f;  // exp(200) overflows float32: 1 / (1 + inf) = 0, no NaN
+  x.f32()[1] = 200.f;
+  Tensor y = nan_tensor({4, 9});
+  sigmoid_forward(y, x);
+  for (int64_t i = 2; i < x.numel(); ++i) {  // the two saturated ones below
+    const double want = 1.0 / (1.0 + std::exp(-static_cast<double>(x.f32()[i])));
+    // float32 exp (within an ulp or two), an add and a division: 4u of the value.
+    EXPECT_NEAR(y.f32()[i], want, 4 * kUnitRoundoff * want) << i;
+  }
+  EXPECT_EQ(y.f32()[0], 0.f);
+  EXPECT_EQ(y.f32()[1], 1.f);
+}
+
+TEST(Sigmoid, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(44);
+  Tensor x = random_tensor({3, 11}, rng, -4.f, 4.f), r = random_tensor({3, 11}, rng, -3.f, 3.f);
+  Tensor y = Tensor::zeros({3, 11}), dx = Tensor::zeros({3, 11});
+  sigmoid_forward(y, x);
+  const Tensor y_saved = y.clone();
+  sigmoid_backward(dx, r, y_saved);
+  expect_gradient("dx", x, dx, [&] {
+    sigmoid_forward(y, x);
+    return weighted_sum(y, r);
+  }, kGradTol, kNotVacuous);
+  expect_backward_accumulates({&dx}, [&] { sigmoid_backward(dx, r, y_saved); });
+}
+
+TEST(NormalizeRows, ForwardDividesEachRowByItsSum) {
+  std::mt19937 rng(45);
+  const int64_t N = 6, C = 8;
+  Tensor x = random_tensor({N, C}, rng, 0.01f, 1.f);
+  Tensor y = nan_tensor({N, C});
+  normalize_rows_forward(y, x);
+  for (int64_t n = 0; n < N; ++n) {
+    double sum = 0.0;
+    for (int64_t c = 0; c < C; ++c) sum += at(x, n, c);
+    for (int64_t c = 0; c < C; ++c) {
+      const double want = at(x, n, c) / sum;
+      // A C-term float32 sum of positive values and one division: (C + 1) u relative.
+      EXPECT_NEAR(at(y, n, c), want, (C + 1) * kUnitRoundoff * want) << n << ", " << c;
+    }
+  }
+}
+
+TEST(NormalizeRows, BackwardMatchesFiniteDifferences) {
+  std::mt19937 rng(46);
+  const int64_t N = 4, C = 7;
+  Tensor x = random_tensor({N, C}, rng, 0.1f, 1.f), r = random_tensor({N, C}, rng, -3.f, 3.f);
+  Tensor y = Tensor::zeros({N, C}), dx = Tensor::zeros({N, C});
+  normalize_rows_backward(dx, r, x);
+  expect_gradient("dx", x, dx, [&] {
+    normalize_rows_forward(y, x);
+    return weighted_sum(y, r);
+  }, kGradTol, kNotVacuous);
+  expect_backward_accumulates({&dx}, [&] { normalize_rows_backward(dx, r, x); });
+}
+
 // ---------------------------------------------------------------------------------------------
 // norms
 // ---------------------------------------------------------------------------------------------
@@ -1246,6 +1306,46 @@ TEST(Topk, BackwardMatchesDoublePrecisionJacobian) {
   }
 }
 
+TEST(Topk, ScaleMultipliesTheWeightsAndTheirGradient) {
+  std::mt19937 rng(108);
+  const int64_t T = 9, E = 6, k = 2;
+  const float scale = 2.5f;  // DeepSeek-V3's routed scaling factor
+  Tensor probs = random_tensor({T, E}, rng, 0.05f, 1.f), dweight = random_tensor({T, k}, rng);
+  for (bool renormalize : {false, true}) {
+    SCOPED_TRACE(renormalize ? "renormalize" : "raw scores");
+    Tensor expert = Tensor::zeros({T, k}, DType::I32), weight = Tensor::zeros({T, k});
+    Tensor unscaled_expert = Tensor::zeros({T, k}, DType::I32), unscaled = Tensor::zeros({T, k});
+    topk_forward(expert, weight, probs, k, renormalize, nullptr, scale);
+    topk_forward(unscaled_expert, unscaled, probs, k, renormalize);
+    EXPECT_EQ(ints_of(expert), ints_of(unscaled_expert)) << "the scale changes the weights, never the choice";
+    for (int64_t i = 0; i < T * k; ++i)  // one more float32 product: u
+      EXPECT_NEAR(weight.f32()[i], scale * unscaled.f32()[i], kUnitRoundoff * scale * unscaled.f32()[i]) << i;
+    Tensor dprobs = Tensor::zeros({T, E});
+    topk_backward(dprobs, dweight, expert, weight, probs, renormalize, scale);
+    for (int64_t t = 0; t < T; ++t) {
+      // w_j = a p_j / S: dL/dp_i = a (dweight_i / S - sum_j dweight_j p_j / S^2), or a dweight_i raw.
+      double S = 0.0, dot = 0.0, dot_abs = 0.0;
+      for (int64_t j = 0; j < k; ++j) {
+        const double p = at(probs, t, expert.i32()[t * k + j]), dw = dweight.f32()[t * k + j];
+        S += p;
+        dot += dw * p;
+        dot_abs += std::fabs(dw * p);
+      }
+      std::vector<double> expected(E, 0.0);
+      for (int64_t j = 0; j < k; ++j) {
+        const double dw = dweight.f32()[t * k + j];
+        expected[expert.i32()[t * k + j]] += scale * (renormalize ? dw / S - dot / (S * S) : dw);
+      }
+      // As Topk.BackwardMatchesDoublePrecisionJacobian, with one more product by a.
+      const double tol = (2 * k + 5) * kUnitRoundoff * scale * (1.0 / S + dot_abs / (S * S) + 1.0);
+      for (int64_t e = 0; e < E; ++e) EXPECT_NEAR(at(dprobs, t, e), expected[e], tol) << t << ", " << e;
+    }
+    expect_backward_accumulates({&dprobs}, [&] {
+      topk_backward(dprobs, dweight, expert, weight, probs, renormalize, scale);
+    });
+  }
+}
+
 TEST(Jitter, ForwardNoiseIsUniformOfTheGlobalCounterAndScalesX) {
   std::mt19937 rng(103);
   const int64_t T = 16, d = 10;
@@ -1345,6 +1445,44 @@ TEST(LoadBalance, BackwardAddsTheGradientOfTheLoss) {
   Tensor grad = Tensor::zeros({T, E});
   load_balance_backward(grad, counts, num_choices, num_tokens, coeff, dloss);
   expect_gradient("dprobs", probs, grad, loss, kGradTol, kNotVacuous);
+}
+
+TEST(LoadBalance, GroupsSumTheirOwnRowsAndScaleTheGradientByOneOverG) {
+  std::mt19937 rng(109);
+  const int64_t T = 12, E = 5, k = 2, G = 3, rows = T / G;
+  Tensor probs = random_tensor({T, E}, rng, 0.f, 1.f);
+  std::uniform_int_distribution<int32_t> any_expert(0, E - 1);
+  std::vector<int32_t> ids(T * k);
+  for (int32_t& id : ids) id = any_expert(rng);
+  const Tensor expert = Tensor::from_ints({T, k}, ids);
+  std::vector<double> prob_sum, choice_count;
+  load_balance_sums(prob_sum, choice_count, probs, expert, G);
+  ASSERT_EQ(prob_sum.size(), static_cast<size_t>(G * E));
+  ASSERT_EQ(choice_count.size(), static_cast<size_t>(G * E));
+  for (int64_t g = 0; g < G; ++g)
+    for (int64_t e = 0; e < E; ++e) {
+      double column = 0.0, count = 0.0;
+      for (int64_t t = g * rows; t < (g + 1) * rows; ++t) {
+        column += at(probs, t, e);
+        for (int64_t j = 0; j < k; ++j) count += ids[t * k + j] == e;
+      }
+      EXPECT_NEAR(prob_sum[g * E + e], column, 2 * rows * DBL_EPSILON * column) << g << ", " << e;
+      EXPECT_EQ(choice_count[g * E + e], count) << g << ", " << e;
+    }
+  // L = dloss coeff E (1/G) sum_g sum_e f_ge P_ge with P_ge = (sum over group g's rows of p) / rows.
+  const double coeff = 0.3, dloss = 1.7, num_choices = rows * k;
+  auto loss = [&] {
+    double sum = 0.0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) sum += choice_count[t / rows * E + e] / num_choices * at(probs, t, e) / rows;
+    return dloss * coeff * E * sum / G;
+  };
+  Tensor grad = Tensor::zeros({T, E});
+  load_balance_backward(grad, choice_count, num_choices, rows, coeff, dloss);
+  expect_gradient("dprobs", probs, grad, loss, kGradTol, kNotVacuous);
+  expect_backward_accumulates({&grad}, [&] {
+    load_balance_backward(grad, choice_count, num_choices, rows, coeff, dloss);
+  });
 }
 
 // log(sum_e exp(x_e)) of one row, in double without subtracting the max (|x| <= ~8 here).
@@ -1805,7 +1943,15 @@ TEST(OpsArguments, RouterAndOptimizerOpsNameTheOpAndArgument) {
   EXPECT_CONTAINS(error_message([&] { load_balance_sums(prob_sum, choice_count, m23, expert_past_end); }),
                   "load_balance_sums: expert[1, 0] = 3", "[0, 3)");
   EXPECT_CONTAINS(error_message([&] { load_balance_backward(m23, counts2, 4, 2, 0.01, 1); }),
-                  "load_balance_backward: choice_count has 2 entries, expected E = 3");
+                  "load_balance_backward: choice_count has 2 entries, expected a positive multiple of E = 3");
+  EXPECT_CONTAINS(error_message([&] { load_balance_backward(m23, std::vector<double>(9, 1.0), 4, 2, 0.01, 1); }),
+                  "load_balance_backward: 3 groups must be >= 1 and divide the 2 rows");
+  EXPECT_CONTAINS(error_message([&] { load_balance_sums(prob_sum, choice_count, m23, ids22, 3); }),
+                  "load_balance_sums: 3 groups must be >= 1 and divide the 2 rows");
+  EXPECT_CONTAINS(error_message([&] { topk_forward(ids22, m22, m23, 2, true, nullptr, 0.f); }),
+                  "topk_forward: scale = 0 must be finite and > 0");
+  EXPECT_CONTAINS(error_message([&] { topk_backward(m23, m22, ids22, m22, m23, true, -1.f); }),
+                  "topk_backward: scale = -1 must be finite and > 0");
   EXPECT_CONTAINS(error_message([&] { load_balance_backward(m23, counts3, 4, 0, 0.01, 1); }),
                   "load_balance_backward: num_tokens = 0");
   EXPECT_CONTAINS(error_message([&] { z_loss_forward(no_experts, 0.01, 2); }),
@@ -1953,8 +2099,12 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"gelu_backward", [&] { cuda::gelu_backward(t, t, t); }},
       {"swiglu_forward", [&] { cuda::swiglu_forward(t, t); }},
       {"swiglu_backward", [&] { cuda::swiglu_backward(t, t, t); }},
+      {"sigmoid_forward", [&] { cuda::sigmoid_forward(t, t); }},
+      {"sigmoid_backward", [&] { cuda::sigmoid_backward(t, t, t); }},
       {"softmax_forward", [&] { cuda::softmax_forward(t, t); }},
       {"softmax_backward", [&] { cuda::softmax_backward(t, t, t); }},
+      {"normalize_rows_forward", [&] { cuda::normalize_rows_forward(t, t); }},
+      {"normalize_rows_backward", [&] { cuda::normalize_rows_backward(t, t, t); }},
       {"rmsnorm_forward", [&] { cuda::rmsnorm_forward(t, t, t, t, kEps); }},
       {"rmsnorm_backward", [&] { cuda::rmsnorm_backward(nullptr, nullptr, t, t, t, t); }},
       {"layernorm_forward", [&] { cuda::layernorm_forward(t, t, t, t, t, t, kEps); }},
@@ -1974,11 +2124,11 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"fill_f32", [&] { cuda::fill_f32(t.f32(), 2, 1.f); }},
       {"copy_to_host", [&] { cuda::copy_to_host(t.data(), t.data(), 8); }},
       {"copy_from_host", [&] { cuda::copy_from_host(t.data(), t.data(), 8); }},
-      {"topk_forward", [&] { cuda::topk_forward(t, t, t, 1, true, nullptr); }},
-      {"topk_backward", [&] { cuda::topk_backward(t, t, t, t, t, true); }},
+      {"topk_forward", [&] { cuda::topk_forward(t, t, t, 1, true, nullptr, 1.f); }},
+      {"topk_backward", [&] { cuda::topk_backward(t, t, t, t, t, true, 1.f); }},
       {"jitter_forward", [&] { cuda::jitter_forward(t, t, t, 0.1f, 1, 0); }},
       {"jitter_backward", [&] { cuda::jitter_backward(t, t, t); }},
-      {"load_balance_sums", [&] { cuda::load_balance_sums(sums, sums, t, t); }},
+      {"load_balance_sums", [&] { cuda::load_balance_sums(sums, sums, t, t, 1); }},
       {"load_balance_backward", [&] { cuda::load_balance_backward(t, sums, 1.0, 1.0, 1.0, 1.0); }},
       {"z_loss_forward", [&] { cuda::z_loss_forward(t, 1.0, 1.0); }},
       {"z_loss_backward", [&] { cuda::z_loss_backward(t, t, t, 1.0, 1.0, 1.0); }},

@@ -61,6 +61,24 @@ PY
   grep -q "GFLOP/s/rank | MFU" out.txt || fail "no model GFLOP/s per rank in the progress line"
   grep -q "^step 30/30 | eval loss [0-9.]* | ppl [0-9.]*" out.txt || fail "no perplexity in the eval line"
   ;;
+sigmoid_routing)
+  # DeepSeek-V3-style routing: sigmoid scores, a routed scaling factor, the sequence-wise balance loss
+  # (the tiny config's 64-token sequences) with aux-free biases; the run trains and says what it ran.
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r moe.score_function=sigmoid moe.routed_scaling_factor=2.5 \
+    moe.aux_loss_scope=sequence moe.balancing=aux_free moe.aux_loss_coeff=0.001 || { cat out.txt; fail "exit status $?"; }
+  for key in "score_function: sigmoid" "routed_scaling_factor: 2.5" "aux_loss_scope: sequence"; do
+    grep -q "^  $key" r/config.yaml || fail "r/config.yaml does not record '$key'"
+  done
+  python3 - r/metrics.jsonl <<'PY' || fail "metrics.jsonl check failed"
+import json, math, sys
+train = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
+assert len(train) == 30, len(train)
+assert all(math.isfinite(r["loss"]) and math.isfinite(r["aux_loss"]) and r["aux_loss"] > 0 for r in train), train[0]
+first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
+assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
+print(f"loss {first:.3f} -> {last:.3f}, aux {train[-1]['aux_loss']:.5f}")
+PY
+  ;;
 deterministic)
   # Same seed and layout: bit-identical losses.
   run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=a || { cat out.txt; fail "first run failed"; }

@@ -1,4 +1,4 @@
-// CPU activations, forward and backward: relu, gelu (tanh approximation), swiglu.
+// CPU activations, forward and backward: relu, gelu (tanh approximation), swiglu, sigmoid.
 #include <cmath>
 
 #include "core/backend.h"
@@ -98,6 +98,25 @@ void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
       dup[j] += dyrow[j] * silu;
     }
   }
+}
+
+// ---- sigmoid: y = 1 / (1 + exp(-x)); the precise std::exp, not fast_sigmoid (router scores) ----
+
+void sigmoid_forward(Tensor& y, const Tensor& x) {
+  const float* px = x.f32();
+  float* py = y.f32();
+  const int64_t n = x.numel();
+#pragma omp parallel for if (n >= kMinParallelElements)
+  for (int64_t i = 0; i < n; ++i) py[i] = 1.f / (1.f + std::exp(-px[i]));
+}
+
+void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
+  const float* py = y.f32();
+  const float* pdy = dy.f32();
+  float* pdx = dx.f32();
+  const int64_t n = y.numel();
+#pragma omp parallel for if (n >= kMinParallelElements)
+  for (int64_t i = 0; i < n; ++i) pdx[i] += pdy[i] * py[i] * (1.f - py[i]);
 }
 
 }  // namespace moe::cpu

@@ -9,31 +9,34 @@
 
 namespace moe::cpu {
 
-// probs (T, E), expert (T, k) -> prob_sum (E), choice_count (E), in double.
+// probs (T, E), expert (T, k) -> prob_sum (G, E), choice_count (G, E), in double; row t in group
+// t / (T / G).
 void load_balance_sums(std::vector<double>& prob_sum, std::vector<double>& choice_count, const Tensor& probs,
-                       const Tensor& expert) {
-  const int64_t T = probs.dim(0), E = probs.dim(1), k = expert.dim(1);
+                       const Tensor& expert, int64_t groups) {
+  const int64_t T = probs.dim(0), E = probs.dim(1), k = expert.dim(1), rows = T / groups;
   require_indices_in_range("load_balance_sums", "expert", expert, 0, E);
-  prob_sum.assign(E, 0.0);
-  choice_count.assign(E, 0.0);
+  prob_sum.assign(groups * E, 0.0);
+  choice_count.assign(groups * E, 0.0);
   const float* p = probs.f32();
   const int32_t* idx = expert.i32();
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t e = 0; e < E; ++e) prob_sum[e] += p[t * E + e];
-  for (int64_t i = 0; i < T * k; ++i) choice_count[idx[i]] += 1.0;
+    for (int64_t e = 0; e < E; ++e) prob_sum[t / rows * E + e] += p[t * E + e];
+  for (int64_t i = 0; i < T * k; ++i) choice_count[i / k / rows * E + idx[i]] += 1.0;
 }
 
-// dprobs (T, E) += g (E) on every row, g[e] = dloss * coeff * E * f_e / num_tokens rounded to float32.
+// dprobs (T, E) += g (G, E) on every row of each group, g[g, e] = dloss * coeff * E * f_ge / num_tokens / G
+// rounded to float32.
 void load_balance_backward(Tensor& dprobs, const std::vector<double>& choice_count, double num_choices,
                            double num_tokens, double coeff, double dloss) {
-  const int64_t T = dprobs.dim(0), E = dprobs.dim(1);
-  std::vector<float> g(E);
-  for (int64_t e = 0; e < E; ++e)
-    g[e] = static_cast<float>(dloss * coeff * E * (choice_count[e] / num_choices) / num_tokens);
+  const int64_t T = dprobs.dim(0), E = dprobs.dim(1), G = static_cast<int64_t>(choice_count.size()) / E;
+  const int64_t rows = T / G;
+  std::vector<float> g(G * E);
+  for (int64_t i = 0; i < G * E; ++i)
+    g[i] = static_cast<float>(dloss * coeff * E * (choice_count[i] / num_choices) / num_tokens / G);
   float* dp = dprobs.f32();
 #pragma omp parallel for if (T * E >= kMinParallelElements)
   for (int64_t t = 0; t < T; ++t)
-    for (int64_t e = 0; e < E; ++e) dp[t * E + e] += g[e];
+    for (int64_t e = 0; e < E; ++e) dp[t * E + e] += g[t / rows * E + e];
 }
 
 namespace {

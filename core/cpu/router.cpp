@@ -10,7 +10,7 @@ namespace moe::cpu {
 
 // probs (T, E), selection_bias (E) or null -> expert (T, k) int32, weight (T, k).
 void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
-                  const Tensor* selection_bias) {
+                  const Tensor* selection_bias, float scale) {
   const int64_t T = probs.dim(0), E = probs.dim(1);
   const float* p = probs.f32();
   const float* bias = selection_bias != nullptr ? selection_bias->f32() : nullptr;
@@ -41,13 +41,14 @@ void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k
       sum += tw[j];
     }
     if (renormalize)
-      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax probabilities are positive
+      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax and sigmoid scores are positive
+    for (int64_t j = 0; j < k; ++j) tw[j] *= scale;  // exact for scale = 1
   }
 }
 
 // dprobs (T, E) += d(weight (T, k)) / d(probs) applied to dweight (T, k).
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
-                   const Tensor& probs, bool renormalize) {
+                   const Tensor& probs, bool renormalize, float scale) {
   const int64_t T = probs.dim(0), E = probs.dim(1), k = expert.dim(1);
   require_indices_in_range("topk_backward", "expert", expert, 0, E);
   const int32_t* idx = expert.i32();
@@ -58,16 +59,16 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
   for (int64_t t = 0; t < T; ++t) {
     const int32_t* ti = idx + t * k;
     if (!renormalize) {
-      for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += dw[t * k + j];
+      for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += scale * dw[t * k + j];
       continue;
     }
-    // w_j = p_j / S with S = sum_i p_i, so dL/dp_j = (dw_j - sum_i dw_i w_i) / S.
+    // w_j = a p_j / S with S = sum_i p_i and a = scale, so dL/dp_j = (a dw_j - sum_i dw_i w_i) / S.
     float sum = 0.f, dot = 0.f;
     for (int64_t j = 0; j < k; ++j) {
       sum += p[t * E + ti[j]];
       dot += dw[t * k + j] * w[t * k + j];
     }
-    for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += (dw[t * k + j] - dot) / sum;
+    for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += (scale * dw[t * k + j] - dot) / sum;
   }
 }
 

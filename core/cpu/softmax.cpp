@@ -1,4 +1,5 @@
-// CPU softmax over the last dimension and cross-entropy with fused softmax, forward and backward.
+// CPU softmax over the last dimension, row normalisation (x / row sum) and cross-entropy with fused
+// softmax, forward and backward.
 #include <cmath>
 #include <limits>
 
@@ -54,6 +55,44 @@ void softmax_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
     float dot = 0.f;
     for (int64_t c = 0; c < C; ++c) dot += dyrow[c] * yrow[c];
     for (int64_t c = 0; c < C; ++c) dxrow[c] += yrow[c] * (dyrow[c] - dot);
+  }
+}
+
+namespace {
+// The row sum of normalize_rows, in float32 from column 0 up (the CUDA kernel sums the same way).
+float row_sum(const float* row, int64_t C) {
+  float sum = 0.f;
+  for (int64_t c = 0; c < C; ++c) sum += row[c];
+  return sum;
+}
+}  // namespace
+
+// x, y (N, C): y = x / row sum.
+void normalize_rows_forward(Tensor& y, const Tensor& x) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* px = x.f32();
+  float* py = y.f32();
+#pragma omp parallel for if (N * C >= kMinParallelElements)
+  for (int64_t n = 0; n < N; ++n) {
+    const float sum = row_sum(px + n * C, C);
+    for (int64_t c = 0; c < C; ++c) py[n * C + c] = px[n * C + c] / sum;
+  }
+}
+
+// dx, dy, x (N, C): y_c = x_c / S, so dL/dx_c = (dy_c - sum_j dy_j y_j) / S.
+void normalize_rows_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const int64_t N = x.dim(0), C = x.dim(1);
+  const float* px = x.f32();
+  const float* pdy = dy.f32();
+  float* pdx = dx.f32();
+#pragma omp parallel for if (N * C >= kMinParallelElements)
+  for (int64_t n = 0; n < N; ++n) {
+    const float* xrow = px + n * C;
+    const float* dyrow = pdy + n * C;
+    const float sum = row_sum(xrow, C);
+    float dot = 0.f;
+    for (int64_t c = 0; c < C; ++c) dot += dyrow[c] * (xrow[c] / sum);
+    for (int64_t c = 0; c < C; ++c) pdx[n * C + c] += (dyrow[c] - dot) / sum;
   }
 }
 

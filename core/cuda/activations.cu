@@ -1,4 +1,4 @@
-// CUDA activations, forward and backward: relu, gelu (tanh approximation), swiglu.
+// CUDA activations, forward and backward: relu, gelu (tanh approximation), swiglu, sigmoid.
 #include "core/backend.h"
 #include "core/cuda/device_tensor.h"
 #include "core/cuda/launch.cuh"
@@ -81,6 +81,23 @@ void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
     pdx[at] += pdy[i] * px[at + h] * s * (1.f + g * (1.f - s));
     pdx[at + h] += pdy[i] * g * s;
   });
+}
+
+// ---- sigmoid: y = 1 / (1 + exp(-x)) ----
+
+void sigmoid_forward(Tensor& y, const Tensor& x) {
+  const char* op = "sigmoid_forward";
+  const float* px = f32(op, x);
+  float* py = f32(op, y);
+  for_each(op, x.numel(), [=] __device__(int64_t i) { py[i] = sigmoid(px[i]); });
+}
+
+void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
+  const char* op = "sigmoid_backward";
+  const float* py = f32(op, y);
+  const float* pdy = f32(op, dy);
+  float* pdx = f32(op, dx);
+  for_each(op, y.numel(), [=] __device__(int64_t i) { pdx[i] += pdy[i] * py[i] * (1.f - py[i]); });
 }
 
 }  // namespace moe::cuda

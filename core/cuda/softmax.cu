@@ -1,4 +1,5 @@
-// CUDA softmax over the last dimension and cross-entropy with fused softmax, forward and backward.
+// CUDA softmax over the last dimension, row normalisation (x / row sum) and cross-entropy with fused
+// softmax, forward and backward.
 #include "core/backend.h"
 #include "core/cuda/device_tensor.h"
 #include "core/cuda/index_check.h"
@@ -26,12 +27,48 @@ __device__ float softmax_row(float* yrow, const float* xrow, int64_t C) {
   return logf(sum) + row_max;
 }
 
+// The row sum of normalize_rows, in float32 from column 0 up, as the CPU sums it.
+__device__ float row_sum(const float* row, int64_t C) {
+  float sum = 0.f;
+  for (int64_t c = 0; c < C; ++c) sum += row[c];
+  return sum;
+}
+
 // The number of rows whose target is not -1 (ignored).
 int64_t counted_rows(const char* op, const int32_t* targets, int64_t N) {
   return reduce_to_host<long long>(op, N, 0, [=] __device__(int64_t n) -> long long { return targets[n] >= 0; },
                                    Add{});
 }
 }  // namespace
+
+// x, y (N, C): y = x / row sum. A thread per row: the rows are a token's expert scores (tens).
+void normalize_rows_forward(Tensor& y, const Tensor& x) {
+  const char* op = "normalize_rows_forward";
+  const int64_t C = x.dim(1);
+  const float* px = f32(op, x);
+  float* py = f32(op, y);
+  for_each(op, x.dim(0), [=] __device__(int64_t n) {
+    const float sum = row_sum(px + n * C, C);
+    for (int64_t c = 0; c < C; ++c) py[n * C + c] = px[n * C + c] / sum;
+  });
+}
+
+// dx, dy, x (N, C): y_c = x_c / S, so dL/dx_c = (dy_c - sum_j dy_j y_j) / S. A thread per row.
+void normalize_rows_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
+  const char* op = "normalize_rows_backward";
+  const int64_t C = x.dim(1);
+  const float* px = f32(op, x);
+  const float* pdy = f32(op, dy);
+  float* pdx = f32(op, dx);
+  for_each(op, x.dim(0), [=] __device__(int64_t n) {
+    const float* xrow = px + n * C;
+    const float* dyrow = pdy + n * C;
+    const float sum = row_sum(xrow, C);
+    float dot = 0.f;
+    for (int64_t c = 0; c < C; ++c) dot += dyrow[c] * (xrow[c] / sum);
+    for (int64_t c = 0; c < C; ++c) pdx[n * C + c] += (dyrow[c] - dot) / sum;
+  });
+}
 
 // x, y (N, C).
 void softmax_forward(Tensor& y, const Tensor& x) {

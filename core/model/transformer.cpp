@@ -61,6 +61,7 @@ MoEConfig TransformerConfig::moe_layer_config() const {
   m.init_std = init_std;
   m.precision = precision;
   m.recompute_experts = recomputes_experts();
+  m.seq_len = seq_len;
   return m;
 }
 

@@ -5,28 +5,34 @@
 
 namespace moe {
 
-LoadBalanceTerms load_balance_terms(const Tensor& probs, const Tensor& expert) {
+LoadBalanceTerms load_balance_terms(const Tensor& balance_probs, const Tensor& expert, int64_t groups) {
   LoadBalanceTerms terms;
-  load_balance_sums(terms.prob_sum, terms.choice_count, probs, expert);
-  terms.num_choices = static_cast<double>(probs.dim(0) * expert.dim(1));
-  terms.num_tokens = static_cast<double>(probs.dim(0));
+  load_balance_sums(terms.prob_sum, terms.choice_count, balance_probs, expert, groups);
+  const int64_t tokens = balance_probs.dim(0) / groups;
+  terms.num_choices = static_cast<double>(tokens * expert.dim(1));
+  terms.num_tokens = static_cast<double>(tokens);
+  terms.groups = groups;
   return terms;
 }
 
-// E products of host doubles (the terms, all-reduced across ranks in the global scope): no tensor.
+// G * E products of host doubles (the terms, all-reduced across ranks in the global scope): no tensor.
 double load_balancing_loss(const LoadBalanceTerms& terms, double coeff) {
   if (terms.num_tokens == 0) return 0.0;
-  const size_t E = terms.choice_count.size();
-  double sum = 0.0;
-  for (size_t i = 0; i < E; ++i)
-    sum += (terms.choice_count[i] / terms.num_choices) * (terms.prob_sum[i] / terms.num_tokens);
-  return coeff * static_cast<double>(E) * sum;
+  const int64_t G = terms.groups, E = static_cast<int64_t>(terms.choice_count.size()) / G;
+  double total = 0.0;
+  for (int64_t g = 0; g < G; ++g) {
+    double sum = 0.0;
+    for (int64_t i = g * E; i < (g + 1) * E; ++i)
+      sum += (terms.choice_count[i] / terms.num_choices) * (terms.prob_sum[i] / terms.num_tokens);
+    total += sum;
+  }
+  return coeff * static_cast<double>(E) * (total / static_cast<double>(G));
 }
 
-void load_balancing_loss_backward(Tensor& dprobs, const LoadBalanceTerms& terms, double coeff,
+void load_balancing_loss_backward(Tensor& dbalance_probs, const LoadBalanceTerms& terms, double coeff,
                                   double dloss) {
   if (terms.num_tokens == 0) return;
-  load_balance_backward(dprobs, terms.choice_count, terms.num_choices, terms.num_tokens, coeff, dloss);
+  load_balance_backward(dbalance_probs, terms.choice_count, terms.num_choices, terms.num_tokens, coeff, dloss);
 }
 
 }  // namespace moe

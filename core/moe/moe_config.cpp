@@ -38,10 +38,26 @@ const char* to_string(DropPolicy p) { return p == DropPolicy::Position ? "positi
 AuxLossScope parse_aux_loss_scope(const std::string& name) {
   if (name == "local") return AuxLossScope::Local;
   if (name == "global") return AuxLossScope::Global;
-  throw InvalidArgument("aux_loss_scope '" + name + "' is not one of: local, global");
+  if (name == "sequence") return AuxLossScope::Sequence;
+  throw InvalidArgument("aux_loss_scope '" + name + "' is not one of: local, global, sequence");
 }
 
-const char* to_string(AuxLossScope s) { return s == AuxLossScope::Local ? "local" : "global"; }
+const char* to_string(AuxLossScope s) {
+  switch (s) {
+    case AuxLossScope::Local: return "local";
+    case AuxLossScope::Global: return "global";
+    case AuxLossScope::Sequence: return "sequence";
+  }
+  return "?";
+}
+
+ScoreFunction parse_score_function(const std::string& name) {
+  if (name == "softmax") return ScoreFunction::Softmax;
+  if (name == "sigmoid") return ScoreFunction::Sigmoid;
+  throw InvalidArgument("score_function '" + name + "' is not one of: softmax, sigmoid");
+}
+
+const char* to_string(ScoreFunction f) { return f == ScoreFunction::Sigmoid ? "sigmoid" : "softmax"; }
 
 void MoEConfig::validate() const {
   require_in_range("num_experts", num_experts, kNumExpertsRange);
@@ -57,6 +73,9 @@ void MoEConfig::validate() const {
   require_in_range("shared_experts", shared_experts, kSharedExpertsRange);
   require_in_range("shared_expert_hidden", shared_expert_hidden, kSharedExpertHiddenRange);
   require_in_range("bias_update_rate", bias_update_rate, kBiasUpdateRateRange);
+  require_in_range("routed_scaling_factor", routed_scaling_factor, kRoutedScalingFactorRange);
+  MOE_REQUIRE(aux_loss_scope != AuxLossScope::Sequence || seq_len >= 1,
+              "aux_loss_scope = sequence needs the model's seq_len (>= 1), but seq_len = ", seq_len);
   require_in_range("d_model", d_model, at_least(1));
   require_in_range("init_std", init_std, above(0));
 }

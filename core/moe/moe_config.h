@@ -29,13 +29,24 @@ DropPolicy parse_drop_policy(const std::string& name);  // "position" | "probs"
 const char* to_string(Activation a);
 const char* to_string(DropPolicy p);
 
-// Which tokens the load-balancing loss's f and P are computed over when ranks run in parallel.
+// Which tokens the load-balancing loss's f and P are computed over (docs/routing.md, "Load-balancing
+// loss scopes").
 enum class AuxLossScope {
-  Local,   // each rank's own tokens; the rank losses are averaged (the default)
-  Global,  // counts and probabilities summed over all ranks before the product (Megatron's global)
+  Local,     // each rank's own tokens; the rank losses are averaged (the default)
+  Global,    // counts and probabilities summed over all ranks before the product (Megatron's global)
+  Sequence,  // each sequence of seq_len tokens on its own; the sequence losses are averaged (DeepSeek-V3's
+             // sequence-wise balance loss)
 };
-AuxLossScope parse_aux_loss_scope(const std::string& name);  // "local" | "global"
+AuxLossScope parse_aux_loss_scope(const std::string& name);  // "local" | "global" | "sequence"
 const char* to_string(AuxLossScope s);
+
+// How the router turns its logits into per-expert scores (docs/routing.md, "Scoring functions").
+enum class ScoreFunction {
+  Softmax,  // s = softmax(logits) over the experts (GShard, Switch, Mixtral)
+  Sigmoid,  // s_e = sigmoid(logit_e), each expert on its own (DeepSeek-V3)
+};
+ScoreFunction parse_score_function(const std::string& name);  // "softmax" | "sigmoid"
+const char* to_string(ScoreFunction f);
 
 // How the experts' load is balanced.
 enum class Balancing {
@@ -45,7 +56,8 @@ enum class Balancing {
 
 // The settings of the MoE layers: the keys of the run configuration's `moe:` section, named as it
 // spells them, with their defaults (launch/config/train_config.cpp binds each key to its field here),
-// plus d_model, init_std and precision, which the model fills in (TransformerConfig::moe_layer_config).
+// plus d_model, init_std, precision, recompute_experts and seq_len, which the model fills in
+// (TransformerConfig::moe_layer_config).
 struct MoEConfig {
   int64_t num_experts = 8;            // E
   int64_t top_k = 2;                  // k, 1 <= k <= E
@@ -57,7 +69,9 @@ struct MoEConfig {
   double eval_capacity_factor = 2.0;  // evaluation
   int64_t min_capacity = 4;
   DropPolicy drop_policy = DropPolicy::Position;
-  bool renormalize = true;            // rescale the k chosen probabilities to sum to 1
+  ScoreFunction score_function = ScoreFunction::Softmax;
+  bool renormalize = true;            // rescale the k chosen scores to sum to 1
+  float routed_scaling_factor = 1.0f; // the combine weights are the (renormalised) chosen scores times this
   float jitter_eps = 0.0f;            // training only: router input multiplied by U(1 - eps, 1 + eps)
   float aux_loss_coeff = -1.0f;       // < 0: the balancing's default, aux_loss_coeff_default()
   AuxLossScope aux_loss_scope = AuxLossScope::Local;
@@ -71,6 +85,8 @@ struct MoEConfig {
   float init_std = 0.02f;             // from the model: normal init of the router and expert weights
   Precision precision = Precision::FP32;  // from the model: of the expert GEMMs and the rows exchanged
   bool recompute_experts = false;     // from the model: the backward recomputes the experts' activations
+  int64_t seq_len = 0;                // from the model: the layer's T rows are T / seq_len whole sequences
+                                      // (0: not known; the sequence aux-loss scope needs it)
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.
@@ -85,6 +101,7 @@ struct MoEConfig {
   static constexpr Range kSharedExpertsRange = at_least(0);
   static constexpr Range kSharedExpertHiddenRange = at_least(0);  // 0: expert_hidden
   static constexpr Range kBiasUpdateRateRange = at_least(0);
+  static constexpr Range kRoutedScalingFactorRange = above(0);
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("top_k = 9 ..."), its value and what is accepted.

@@ -59,8 +59,11 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   MOE_REQUIRE(x.dim(1) == cfg_.d_model, "MoELayer::forward: x has shape ", to_string(x.shape()),
               ", expected (T, d_model = ", cfg_.d_model, ")");
   require_shape("MoELayer::forward", "y", y, x.shape());
-  require_finite(x);
   const int64_t T = x.dim(0), d = cfg_.d_model, E = cfg_.num_experts;
+  const bool per_sequence = cfg_.aux_loss_scope == AuxLossScope::Sequence;
+  MOE_REQUIRE(!per_sequence || T % cfg_.seq_len == 0, "MoELayer::forward: aux_loss_scope = sequence needs whole "
+              "sequences, but x has ", T, " tokens, not a multiple of seq_len = ", cfg_.seq_len);
+  require_finite(x);
   const Device device = x.device();
   x_ = x;
   MoEPhaseTimes& time = stats_.forward_time;
@@ -114,7 +117,8 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   combine_forward(y, *combine_rows_, plan_.slot, router_.weight);
   timer.lap(&time.combine);
 
-  balance_ = load_balance_terms(router_.probs, router_.expert);
+  // The sequence scope: one group of f and P per sequence (an empty batch is one empty group: no loss).
+  balance_ = load_balance_terms(router_.balance_probs, router_.expert, per_sequence && T > 0 ? T / cfg_.seq_len : 1);
   if (cfg_.aux_loss_scope == AuxLossScope::Global) exchange_->all_reduce_balance_terms(balance_);
   stats_.tokens = T;
   stats_.capacity = capacity;
@@ -170,12 +174,20 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   // global loss's gradient scaled by the world size.
   const bool global_scope = cfg_.aux_loss_scope == AuxLossScope::Global;
   const double aux_dloss = global_scope ? static_cast<double>(balance_.ranks) : 1.0;
-  resize_zeroed(dprobs_, {T, E}, device);
+  resize_zeroed(dbalance_, {T, E}, device);
   resize_zeroed(dlogits_, {T, E}, device);
-  load_balancing_loss_backward(dprobs_, balance_, cfg_.aux_loss_weight(), aux_dloss);
-  z_loss_backward(dlogits_, router_.logits, router_.probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
+  load_balancing_loss_backward(dbalance_, balance_, cfg_.aux_loss_weight(), aux_dloss);
+  // The z-loss is lse(logits)^2 whatever the scoring; its gradient needs softmax(logits), which the
+  // router holds only with softmax scores.
+  const Tensor* softmax_probs = &router_.probs;
+  if (cfg_.score_function == ScoreFunction::Sigmoid) {
+    resize_on(z_softmax_, {T, E}, device);
+    softmax_forward(z_softmax_, router_.logits);
+    softmax_probs = &z_softmax_;
+  }
+  z_loss_backward(dlogits_, router_.logits, *softmax_probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
   timer.lap(&time.losses);
-  router_backward(&dx, &grads.w_gate, dprobs_, dlogits_, dweight_, weights.w_gate, router_, cfg_);
+  router_backward(&dx, &grads.w_gate, dbalance_, dlogits_, dweight_, weights.w_gate, router_, cfg_);
   timer.lap(&time.router);
 }
 

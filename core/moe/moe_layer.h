@@ -37,7 +37,8 @@ struct MoEStats {
   int64_t kept_total = 0;
   int64_t dropped_total = 0;
   double aux_loss = 0.0;          // already multiplied by aux_loss_coeff; the global value in
-                                  // the global scope
+                                  // the global scope, the mean over this rank's sequences in the
+                                  // sequence scope
   double z_loss = 0.0;            // already multiplied by z_loss_coeff
   MoEPhaseTimes forward_time;
   MoEPhaseTimes backward_time;
@@ -56,7 +57,8 @@ class MoELayer {
 
   // x (T, d) -> y (T, d) = sum over kept choices of weight * expert output. The residual path is the
   // caller's. T may be 0. The layer keeps a reference to x (no copy): x must stay unchanged until
-  // backward. Throws InvalidArgument on a wrong shape or a non-finite input value. Saves
+  // backward. Throws InvalidArgument on a wrong shape, on a T that is not a multiple of cfg.seq_len in
+  // the sequence aux-loss scope (x must hold whole sequences), or on a non-finite input value. Saves
   // what the backward needs; the next forward overwrites it. Collective over the expert-parallel
   // group (and the world, for the global load-balancing scope) when distributed.
   void forward(Tensor& y, const Tensor& x, bool training);
@@ -131,8 +133,9 @@ class MoELayer {
   Tensor dx_experts_;     // (R, d) bf16 runs: the experts' float32 input gradient before it is rounded
   Tensor dx_local_;       // (R, d) rows, when the exchange moves rows
   Tensor dweight_;        // (T, k)
-  Tensor dprobs_;         // (T, E)
+  Tensor dbalance_;       // (T, E) of the router's balance_probs
   Tensor dlogits_;        // (T, E)
+  Tensor z_softmax_;      // (T, E) sigmoid scoring: softmax(logits), for the z-loss's gradient
 };
 
 }  // namespace moe

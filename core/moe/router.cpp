@@ -1,4 +1,5 @@
-// The router: gate projection, softmax, top-k and their backward passes, wired from the ops of core/ops.h.
+// The router: gate projection, softmax or sigmoid scores, top-k and their backward passes, wired from the
+// ops of core/ops.h.
 #include "core/moe/router.h"
 
 #include "core/ops.h"
@@ -23,14 +24,30 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
   out.expert = Tensor::empty({T, k}, DType::I32, device);
   out.weight = Tensor::empty({T, k}, DType::F32, device);
   linear_forward(out.logits, out.x_routed, w_gate, nullptr);
-  softmax_forward(out.probs, out.logits);
-  topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias);
+  if (cfg.score_function == ScoreFunction::Sigmoid) {
+    sigmoid_forward(out.probs, out.logits);
+    out.balance_probs = Tensor::empty({T, E}, DType::F32, device);
+    normalize_rows_forward(out.balance_probs, out.probs);
+  } else {
+    softmax_forward(out.probs, out.logits);
+    out.balance_probs = out.probs;
+  }
+  topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias, cfg.routed_scaling_factor);
 }
 
-void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,
+void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dbalance, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg) {
-  topk_backward(dprobs, dweight, saved.expert, saved.weight, saved.probs, cfg.renormalize);
-  softmax_backward(dlogits, dprobs, saved.probs);
+  if (cfg.score_function == ScoreFunction::Sigmoid) {
+    Tensor dscores = Tensor::zeros(saved.probs.shape(), DType::F32, saved.probs.device());
+    normalize_rows_backward(dscores, dbalance, saved.probs);
+    topk_backward(dscores, dweight, saved.expert, saved.weight, saved.probs, cfg.renormalize,
+                  cfg.routed_scaling_factor);
+    sigmoid_backward(dlogits, dscores, saved.probs);
+  } else {  // balance_probs is probs: dbalance is already the scores' gradient
+    topk_backward(dbalance, dweight, saved.expert, saved.weight, saved.probs, cfg.renormalize,
+                  cfg.routed_scaling_factor);
+    softmax_backward(dlogits, dbalance, saved.probs);
+  }
   if (!saved.jitter.defined()) {
     linear_backward(dx, dw_gate, nullptr, dlogits, saved.x_routed, w_gate);
     return;

@@ -1,4 +1,5 @@
-// The router (gating module): logits = x W_gate in fp32, softmax, top-k experts and their weights.
+// The router (gating module): logits = x W_gate in fp32, scores (softmax or sigmoid), top-k experts and
+// their weights (docs/routing.md, "Scoring functions").
 #pragma once
 
 #include <cstdint>
@@ -13,24 +14,29 @@ struct RouterOutput {
   Tensor x_routed;  // (T, d) the input the router saw: x * jitter in training with jitter, else x
   Tensor jitter;    // (T, d) multiplicative noise, undefined when none was applied
   Tensor logits;    // (T, E)
-  Tensor probs;     // (T, E) softmax(logits)
-  Tensor expert;    // (T, k) int32 chosen expert ids, highest probability first (ties: lower id)
-  Tensor weight;    // (T, k) combine weights: probs of the chosen experts, renormalised if configured
+  Tensor probs;     // (T, E) the scores: softmax(logits), or sigmoid(logits) with score_function = sigmoid;
+                    // what the top-k and the drop policy `probs` rank
+  Tensor balance_probs;  // (T, E) the per-token distribution the load-balancing loss's P averages:
+                         // probs itself (the same tensor) with softmax; probs / (row sum of probs) with
+                         // sigmoid (DeepSeek-V3's normalised scores)
+  Tensor expert;    // (T, k) int32 chosen expert ids, highest score (+ selection bias) first (ties: lower id)
+  Tensor weight;    // (T, k) combine weights: scores of the chosen experts, renormalised to sum to 1 if
+                    // configured, times routed_scaling_factor
 };
 
 // x (T, d), w_gate (d, E). Jitter applies when training and cfg.jitter_eps > 0; its noise is value
 // (token_offset + t) * d + c of `jitter_stream`, so each token's noise is fixed by its global index.
-// selection_bias (E) or null: added to the probabilities for choosing the top k only, never to the
-// combine weights (auxiliary-loss-free balancing, DeepSeek-V3).
+// selection_bias (E) or null: added to the scores for choosing the top k only, never to the combine
+// weights (auxiliary-loss-free balancing, DeepSeek-V3).
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
                     bool training, uint64_t jitter_stream, int64_t token_offset,
                     const Tensor* selection_bias = nullptr);
 
-// Backward of the router. Inputs: dweight (T, k) from the combine, dprobs (T, E) holding any gradient
-// already flowing into the probabilities (the load-balancing loss), dlogits (T, E) holding any into
-// the logits (the z-loss). Both buffers are used as scratch. Accumulates into dx (T, d) and
-// dw_gate (d, E); either may be null.
-void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dprobs, Tensor& dlogits, const Tensor& dweight,
+// Backward of the router. Inputs: dweight (T, k) from the combine, dbalance (T, E) holding any gradient
+// already flowing into balance_probs (the load-balancing loss), dlogits (T, E) holding any into the
+// logits (the z-loss). Both buffers are used as scratch. Accumulates into dx (T, d) and dw_gate (d, E);
+// either may be null.
+void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dbalance, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg);
 
 // Top-k selection and its backward are the ops topk_forward and topk_backward of core/ops.h.

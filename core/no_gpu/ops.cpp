@@ -38,8 +38,12 @@ void gelu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(gelu_bac
 void swiglu_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(swiglu_forward); }
 void swiglu_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(swiglu_backward); }
 
+void sigmoid_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(sigmoid_forward); }
+void sigmoid_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(sigmoid_backward); }
 void softmax_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(softmax_forward); }
 void softmax_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(softmax_backward); }
+void normalize_rows_forward(Tensor&, const Tensor&) { MOE_NO_CUDA(normalize_rows_forward); }
+void normalize_rows_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(normalize_rows_backward); }
 
 void rmsnorm_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, float) { MOE_NO_CUDA(rmsnorm_forward); }
 void rmsnorm_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&, const Tensor&) {
@@ -84,13 +88,15 @@ void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const T
   MOE_NO_CUDA(causal_attention_backward);
 }
 
-void topk_forward(Tensor&, Tensor&, const Tensor&, int64_t, bool, const Tensor*) { MOE_NO_CUDA(topk_forward); }
-void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool) {
+void topk_forward(Tensor&, Tensor&, const Tensor&, int64_t, bool, const Tensor*, float) {
+  MOE_NO_CUDA(topk_forward);
+}
+void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, float) {
   MOE_NO_CUDA(topk_backward);
 }
 void jitter_forward(Tensor&, Tensor&, const Tensor&, float, uint64_t, uint64_t) { MOE_NO_CUDA(jitter_forward); }
 void jitter_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(jitter_backward); }
-void load_balance_sums(std::vector<double>&, std::vector<double>&, const Tensor&, const Tensor&) {
+void load_balance_sums(std::vector<double>&, std::vector<double>&, const Tensor&, const Tensor&, int64_t) {
   MOE_NO_CUDA(load_balance_sums);
 }
 void load_balance_backward(Tensor&, const std::vector<double>&, double, double, double, double) {

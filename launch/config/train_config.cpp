@@ -332,13 +332,20 @@ std::vector<Key> build_schema() {
   moe.integer("min_capacity", &E::min_capacity, E::kMinCapacityRange, "lower bound of the capacity per expert");
   moe.choice("drop_policy", &E::drop_policy, {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
              "over capacity, earlier tokens (position) or higher router probabilities (probs) keep their slot");
+  moe.choice("score_function", &E::score_function,
+             {{"softmax", ScoreFunction::Softmax}, {"sigmoid", ScoreFunction::Sigmoid}},
+             "router scores from the logits: softmax over the experts, or sigmoid per expert (DeepSeek-V3)");
   moe.boolean("renormalize", &E::renormalize, "rescale each token's top_k router weights to sum to 1");
+  moe.real("routed_scaling_factor", &E::routed_scaling_factor, E::kRoutedScalingFactorRange,
+           "the combine weights are each token's top_k scores (renormalised if set) times this");
   moe.real("jitter_eps", &E::jitter_eps, E::kJitterEpsRange,
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
   moe.real("aux_loss_coeff", &E::aux_loss_coeff, E::kAuxLossCoeffRange,
            "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free");
-  moe.choice("aux_loss_scope", &E::aux_loss_scope, {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}},
-             "tokens the load-balancing loss counts: each rank's own (local) or all ranks' (global)");
+  moe.choice("aux_loss_scope", &E::aux_loss_scope,
+             {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}, {"sequence", AuxLossScope::Sequence}},
+             "tokens the load-balancing loss counts: each rank's own (local), all ranks' (global), or each "
+             "sequence's own, averaged over sequences (sequence)");
   moe.real("z_loss_coeff", &E::z_loss_coeff, E::kZLossCoeffRange, "weight of the router z-loss");
   moe.integer("shared_experts", &E::shared_experts, E::kSharedExpertsRange,
               "shared experts every token passes through, besides its routed ones");
