@@ -602,6 +602,43 @@ TEST(Capacity, ExpertCapacityFormula) {
   EXPECT_EQ(expert_capacity(-1.0, 4096, 2, 8, 4), -1);
 }
 
+// Against an independent reference: a factor built as a / 100, whose exact capacity is the integer
+// ceiling of a * k * T / (100 E), over sizes up to 2^40 tokens, where a double product has lost the
+// last digits of the answer.
+TEST(Capacity, ExactForTwoDecimalFactorsUpToLargeTokenCounts) {
+  const int64_t token_counts[] = {1, 7, 100, 4096, 83886120, 13289592140, 1099511627776 + 3};
+  int64_t mismatches = 0;
+  for (int64_t a = 1; a <= 400; ++a)
+    for (int64_t T : token_counts)
+      for (int64_t k = 1; k <= 4; ++k)
+        for (int64_t E : {1, 2, 3, 8, 64}) {
+          const int64_t num = a * k * T, den = 100 * E;  // < 2^51
+          const int64_t want = (num + den - 1) / den;
+          const int64_t got = expert_capacity(static_cast<double>(a) / 100.0, T, k, E, 0);
+          if (got != want && ++mismatches <= 5)
+            ADD_FAILURE() << "capacity_factor " << a << "/100, T " << T << ", k " << k << ", E " << E << ": got "
+                          << got << ", want " << want;
+        }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Capacity, ExactWhereDoubleRoundingWasOffByOne) {
+  // 1.1 * 2 * 83886120 / 8 = 23068683 exactly (~2^24.5); ceil(double product - 1e-9) gave 23068684.
+  EXPECT_EQ(expert_capacity(1.1, 83886120, 2, 8, 0), 23068683);
+  EXPECT_EQ(expert_capacity(1.1, 83886121, 2, 8, 0), 23068684);  // 23068683.275
+  EXPECT_EQ(expert_capacity(0.55, 13289592140, 2, 1, 0), 14618551354);  // was 14618551355
+  // The decimal a factor reads back as counts, not the binary double: 0.1 + 0.2 is the double
+  // 0.30000000000000004, whose shortest decimal has 17 digits.
+  EXPECT_EQ(expert_capacity(0.1 + 0.2, 10, 1, 1, 0), 4);
+  EXPECT_EQ(expert_capacity(0.3, 10, 1, 1, 0), 3);
+  // Extremes: no overflow, no zero capacity for a positive product.
+  EXPECT_EQ(expert_capacity(1e300, 4096, 2, 8, 0), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(expert_capacity(1e-300, 4096, 2, 8, 0), 1);
+  EXPECT_EQ(expert_capacity(5e-324, 1, 1, 1, 0), 1);  // the smallest subnormal double
+  EXPECT_EQ(expert_capacity(1.25, 0, 2, 8, 0), 0);
+  EXPECT_EQ(expert_capacity(1.25, 0, 2, 8, 4), 4);
+}
+
 TEST(Capacity, TrainAndEvalUseTheirOwnCapacityFactor) {
   MoEConfig cfg = small_config(Activation::GELU, true, 1.0);
   cfg.capacity_factor = 1.0;  // C = ceil(1.0 * 2 * 12 / 4) = 6

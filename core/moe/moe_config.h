@@ -104,7 +104,9 @@ struct MoEConfig {
   bool operator==(const MoEConfig&) const = default;
 };
 
-// C for T tokens, or -1 when capacity_factor <= 0 (dropless).
+// C = max(ceil(capacity_factor * top_k * num_tokens / num_experts), min_capacity) for T tokens, computed
+// exactly on capacity_factor's shortest round-trip decimal (the "1.1" the user wrote, not the binary
+// double just above it); -1 when capacity_factor <= 0 (dropless). Saturates at INT64_MAX.
 int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int64_t top_k, int64_t num_experts,
                         int64_t min_capacity);
 
