@@ -154,11 +154,14 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
 // topk_forward: the k experts with the highest probs + selection_bias of each row, best first (ties:
 // the lower expert id), weighted by their unbiased probs, renormalised to sum to 1 when `renormalize`.
 // probs (T, E); selection_bias (E) or null (auxiliary-loss-free balancing: it steers the choice, never
-// the weights); expert (T, k) int32; weight (T, k); 1 <= k <= E.
+// the weights); expert (T, k) int32; weight (T, k); 1 <= k <= E. With `renormalize`, a row whose
+// chosen probabilities sum below FLT_MIN (all underflowed to 0 or to subnormals: only a selection_bias
+// makes the top k pick such experts) gets equal weights 1/k, not 0/0 = NaN; docs/routing.md says why.
 void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
                   const Tensor* selection_bias = nullptr);
 // dprobs (T, E) += the gradient of the weights (T, k) given dweight (T, k): dweight scattered to the
-// chosen experts, through the renormalisation when `renormalize`. expert (T, k) int32 in [0, E).
+// chosen experts, through the renormalisation when `renormalize`; nothing for a row that topk_forward
+// gave equal weights (they are constants). expert (T, k) int32 in [0, E).
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
                    const Tensor& probs, bool renormalize);
 

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -40,6 +41,8 @@ void copy_values(Tensor& dst, const Tensor& src) {
   ASSERT_EQ(dst.shape(), src.shape());
   std::memcpy(dst.f32(), src.f32(), static_cast<size_t>(src.numel()) * sizeof(float));
 }
+
+float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim(1) + col]; }
 
 MoEWeights clone_weights(const MoEWeights& w) { return {w.w_gate.clone(), w.w_in.clone(), w.w_out.clone()}; }
 
@@ -490,6 +493,58 @@ TEST(RouterPieces, TopkBackwardMatchesFiniteDifferences) {
       EXPECT_NEAR(dprobs.f32()[i] - 0.25, fd, kPieceTol * (1.0 + std::abs(fd))) << "probs[" << i << "]";
     }
   }
+}
+
+// The repro: logits [0, -120, -130] (probabilities exp(-120) and exp(-130) underflow to 0 in
+// float32) and aux-free biases [0, 2, 2] that make the top 2 pick experts 1 and 2. Renormalised, their
+// weights were 0/0 = NaN; they are 1/k each, and the weights pass no gradient to that row's logits.
+// Row 1 (logits [0, 1, 0.5], the same biased choice) renormalises as usual.
+TEST(RouterPieces, BiasedChoiceOfUnderflowedProbabilitiesGetsEqualWeights) {
+  MoEConfig cfg = moe_test_config(2, 3, 2, 4, Activation::GELU);
+  const Tensor x = Tensor::from({2, 2}, {1.f, 0.f, 0.f, 1.f});
+  const Tensor w_gate = Tensor::from({2, 3}, {0.f, -120.f, -130.f, 0.f, 1.f, 0.5f});
+  const Tensor bias = Tensor::from({3}, {0.f, 2.f, 2.f});
+  const Tensor dweight = Tensor::from({2, 2}, {0.75f, -0.5f, 0.25f, 1.5f});
+  for (bool renormalize : {true, false}) {
+    SCOPED_TRACE(renormalize ? "renormalize" : "raw probabilities");
+    cfg.renormalize = renormalize;
+    RouterOutput out;
+    router_forward(out, x, w_gate, cfg, false, 0, 0, &bias);
+    ASSERT_EQ(at(out.probs, 0, 1), 0.f) << "the test needs probabilities that underflow";
+    ASSERT_EQ(at(out.probs, 0, 2), 0.f);
+    EXPECT_EQ(ints_of(out.expert), (std::vector<int32_t>{1, 2, 1, 2}));
+    const double p1 = at(out.probs, 1, 1), p2 = at(out.probs, 1, 2);
+    const std::vector<double> want = renormalize ? std::vector<double>{0.5, 0.5, p1 / (p1 + p2), p2 / (p1 + p2)}
+                                                 : std::vector<double>{0.0, 0.0, p1, p2};
+    for (int64_t i = 0; i < 4; ++i) EXPECT_NEAR(out.weight.f32()[i], want[i], 1e-6) << i;  // one division
+
+    Tensor dprobs = Tensor::zeros({2, 3}), dlogits = Tensor::zeros({2, 3}), dw_gate = Tensor::zeros({2, 3});
+    router_backward(nullptr, &dw_gate, dprobs, dlogits, dweight, w_gate, out, cfg);
+    // Row 0 of dw_gate is x's feature 0 (token 0 only) times token 0's logit gradient: the constant equal
+    // weights give exactly 0, and the raw weights p * dweight, with p = 0, exactly 0 through the softmax.
+    for (int64_t e = 0; e < 3; ++e) EXPECT_EQ(at(dw_gate, 0, e), 0.f) << e;
+    double row1 = 0.0;
+    for (int64_t e = 0; e < 3; ++e) {
+      EXPECT_TRUE(std::isfinite(at(dw_gate, 1, e))) << e;
+      row1 += std::abs(at(dw_gate, 1, e));
+    }
+    EXPECT_GT(row1, 0.01) << "token 1's weights still train the router";
+  }
+}
+
+// Subnormal probabilities count as underflowed too: their ratios carry only a few bits, and the
+// backward's 1 / sum would overflow float32. A sum of FLT_MIN and above renormalises as usual.
+TEST(RouterPieces, TopkTreatsASubnormalSumOfChosenProbabilitiesAsUnderflowed) {
+  const Tensor probs = Tensor::from({2, 3}, {1.f, 3e-40f, 1e-40f, 1.f, 3 * FLT_MIN, FLT_MIN});
+  const Tensor bias = Tensor::from({3}, {0.f, 2.f, 2.f});
+  Tensor expert = Tensor::empty({2, 2}, DType::I32), weight = Tensor::empty({2, 2});
+  topk_forward(expert, weight, probs, 2, true, &bias);
+  EXPECT_EQ(ints_of(expert), (std::vector<int32_t>{1, 2, 1, 2}));
+  EXPECT_EQ(std::vector<float>(weight.f32(), weight.f32() + 4), (std::vector<float>{0.5f, 0.5f, 0.75f, 0.25f}));
+  Tensor dprobs = Tensor::zeros({2, 3});
+  topk_backward(dprobs, Tensor::from({2, 2}, {1.f, -1.f, 1.f, -1.f}), expert, weight, probs, true);
+  for (int64_t e = 0; e < 3; ++e) EXPECT_EQ(at(dprobs, 0, e), 0.f) << e;
+  EXPECT_TRUE(std::isfinite(at(dprobs, 1, 1)) && at(dprobs, 1, 1) > 0.f);
 }
 
 TEST(RouterPieces, LoadBalancingLossBackwardMatchesFiniteDifferences) {

@@ -1,4 +1,6 @@
 // CUDA router kernels: top-k selection with its backward, and the multiplicative jitter of the router input.
+#include <cfloat>
+
 #include "core/backend.h"
 #include "core/cuda/device_tensor.h"
 #include "core/cuda/index_check.h"
@@ -40,8 +42,13 @@ void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k
       tw[j] = row[ti[j]];
       sum += tw[j];
     }
-    if (renormalize)
-      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax probabilities are positive
+    if (!renormalize) return;
+    // Chosen probabilities that all underflowed (the biased choice of aux-free balancing can pick
+    // them): equal weights, as core/ops.h defines. A NaN sum fails the test and propagates.
+    if (sum < FLT_MIN)
+      for (int64_t j = 0; j < k; ++j) tw[j] = 1.f / static_cast<float>(k);
+    else
+      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;
   });
 }
 
@@ -69,6 +76,7 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
       sum += p[t * E + ti[j]];
       dot += dw[t * k + j] * w[t * k + j];
     }
+    if (sum < FLT_MIN) return;  // the forward's equal weights do not depend on the probabilities
     for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += (dw[t * k + j] - dot) / sum;
   });
 }
