@@ -1056,6 +1056,21 @@ TEST(MoELayerJitter, TrainingNoiseIsReproducibleAndEvalIgnoresIt) {
 // Bad input.
 // ---------------------------------------------------------------------------------------------
 
+TEST(MoEConfigWarnings, TopOneWithRenormalizeWarnsThatTheRouterGetsNoTaskGradient) {
+  MoEConfig cfg = small_config(Activation::GELU, true, 1.25);
+  cfg.top_k = 1;
+  const std::vector<std::string> warnings = cfg.warnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_CONTAINS(warnings[0], "moe.top_k = 1 with moe.renormalize = true", "no gradient",
+                  "set moe.renormalize = false", "w = p");
+  EXPECT_EQ(warnings[0].find('\n'), std::string::npos);
+  cfg.renormalize = false;  // Switch's w = p: the router learns from the task loss
+  EXPECT_TRUE(cfg.warnings().empty());
+  cfg.renormalize = true;
+  cfg.top_k = 2;  // p_j / (p_1 + p_2) depends on the router
+  EXPECT_TRUE(cfg.warnings().empty());
+}
+
 TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
   const MoEConfig good = small_config(Activation::GELU, true, 1.25);
   EXPECT_NO_THROW(good.validate());

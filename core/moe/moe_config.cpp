@@ -63,6 +63,16 @@ void MoEConfig::validate() const {
   require_in_range("init_std", init_std, above(0));
 }
 
+std::vector<std::string> MoEConfig::warnings() const {
+  std::vector<std::string> out;
+  if (top_k == 1 && renormalize)
+    out.push_back(
+        "moe.top_k = 1 with moe.renormalize = true makes every combine weight p / p = 1, so the task loss gives "
+        "the router no gradient (only the load-balancing and z losses train it); set moe.renormalize = false "
+        "for Switch Transformer's weight w = p");
+  return out;
+}
+
 namespace {
 
 // A positive finite double as mantissa * 10^exponent: the shortest decimal that reads back as the same

@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "core/value_range.h"
@@ -89,6 +90,9 @@ struct MoEConfig {
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("top_k = 9 ..."), its value and what is accepted.
   void validate() const;
+  // Settings that are valid but probably not what was meant, one sentence each (no newline), naming the
+  // keys and the alternative; empty when there are none. The trainer prints them at start-up.
+  std::vector<std::string> warnings() const;
   // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
   // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
   float aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0f : 0.01f; }
