@@ -32,6 +32,7 @@ namespace {
 using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
 constexpr uint64_t kSeed = 1234;
+constexpr DropPolicy kDropPolicies[] = {DropPolicy::Position, DropPolicy::PositionByChoice, DropPolicy::Probs};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: data, copies and the independent (double precision, plain loop) references.
@@ -123,16 +124,23 @@ std::vector<int32_t> ref_topk(const std::vector<double>& p, int64_t k) {
 }
 
 // keep[t * k + j] under `policy` with capacity C (C < 0 keeps everything), the obvious way: per
-// expert, list its choices in token order, (Probs) stable-sort them by probability, keep the first C.
+// expert, list its choices in token order (PositionByChoice: all choices j = 0 in token order, then
+// j = 1, ...), (Probs) stable-sort them by probability, keep the first C.
 std::vector<bool> ref_keep(const std::vector<int32_t>& expert, const std::vector<float>& probs, int64_t T,
                            int64_t k, int64_t E, int64_t C, DropPolicy policy) {
   std::vector<bool> keep(T * k, true);
   if (C < 0) return keep;
   for (int64_t e = 0; e < E; ++e) {
     std::vector<int64_t> list;
-    for (int64_t t = 0; t < T; ++t)
+    if (policy == DropPolicy::PositionByChoice) {
       for (int64_t j = 0; j < k; ++j)
-        if (expert[t * k + j] == e) list.push_back(t * k + j);
+        for (int64_t t = 0; t < T; ++t)
+          if (expert[t * k + j] == e) list.push_back(t * k + j);
+    } else {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < k; ++j)
+          if (expert[t * k + j] == e) list.push_back(t * k + j);
+    }
     if (policy == DropPolicy::Probs)
       std::stable_sort(list.begin(), list.end(),
                        [&](int64_t a, int64_t b) { return probs[(a / k) * E + e] > probs[(b / k) * E + e]; });
@@ -753,7 +761,7 @@ TEST(DispatchPlan, KeepsTheReferenceSetUnderEveryPolicyAndCapacity) {
   };
   for (const Case& c : {Case{40, 2, 5, 9}, Case{40, 2, 5, 0}, Case{40, 2, 5, 1}, Case{40, 2, 5, 100},
                         Case{40, 2, 5, -1}, Case{33, 1, 3, 7}, Case{25, 3, 6, 6}, Case{16, 4, 4, 10}})
-    for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs}) {
+    for (DropPolicy policy : kDropPolicies) {
       SCOPED_TRACE(detail::concat("T=", c.T, " k=", c.k, " E=", c.E, " C=", c.C, " ", to_string(policy)));
       Tensor expert, probs;
       random_routing(c.T, c.k, c.E, stream_id(kSeed, detail::concat("plan", c.T, c.k, c.E, c.C)), expert,
@@ -788,9 +796,29 @@ TEST(DispatchPlan, PoliciesDifferOnAHandBuiltCase) {
   EXPECT_EQ(one.offset, (std::vector<int64_t>{0, 1, 1}));
 }
 
+TEST(DispatchPlan, PositionByChoiceServesEveryFirstChoiceBeforeAnySecond) {
+  // k = 2, C = 2. Expert 0 is token 0's second choice and tokens 1 and 2's first. Position (token
+  // order) keeps tokens 0 and 1 and drops token 2's first choice; PositionByChoice keeps the two first
+  // choices and drops token 0's second. Inside a segment the rows stay in token order either way.
+  const int64_t T = 3, k = 2, E = 3;
+  Tensor expert = Tensor::from_ints({T, k}, {1, 0, 0, 2, 0, 1});
+  Tensor probs = Tensor::from({T, E}, {0.3f, 0.6f, 0.1f, 0.6f, 0.1f, 0.3f, 0.6f, 0.3f, 0.1f});
+  const DispatchPlan position = make_dispatch_plan(expert, probs, E, 2, DropPolicy::Position);
+  EXPECT_EQ(ints_of(position.slot), (std::vector<int32_t>{2, 0, 1, 4, -1, 3}));
+  EXPECT_EQ(ints_of(position.source_token), (std::vector<int32_t>{0, 1, 0, 2, 1}));
+  const DispatchPlan by_choice = make_dispatch_plan(expert, probs, E, 2, DropPolicy::PositionByChoice);
+  EXPECT_EQ(ints_of(by_choice.slot), (std::vector<int32_t>{2, -1, 0, 4, 1, 3}));
+  EXPECT_EQ(ints_of(by_choice.source_token), (std::vector<int32_t>{1, 2, 0, 2, 1}));
+  EXPECT_EQ(by_choice.kept, (std::vector<int64_t>{2, 2, 1}));
+  // With k = 1 the two orders are the same.
+  Tensor first = Tensor::from_ints({T, 1}, {0, 0, 0});
+  EXPECT_EQ(ints_of(make_dispatch_plan(first, probs, E, 2, DropPolicy::PositionByChoice).slot),
+            ints_of(make_dispatch_plan(first, probs, E, 2, DropPolicy::Position).slot));
+}
+
 TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
   const int64_t T = 64;
-  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+  for (DropPolicy policy : kDropPolicies)
     for (double cf : {0.5, 1.0, 0.0}) {
       SCOPED_TRACE(detail::concat(to_string(policy), " cf=", cf));
       MoEConfig cfg = small_config(Activation::ReLU, true, cf);
@@ -895,9 +923,9 @@ TEST(MoELayerForward, TopkEqualToExpertsIsTheDenseSoftMixture) {
 
 TEST(MoELayerForward, TopkWithDropsMatchesTheReference) {
   // y_t = sum over kept choices of w_tj FFN_e(x_t), with routing, capacity and kept set from the
-  // references above; both policies, both weightings.
+  // references above; every policy, both weightings.
   const int64_t T = 24;
-  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+  for (DropPolicy policy : kDropPolicies)
     for (bool renormalize : {true, false}) {
       SCOPED_TRACE(detail::concat(to_string(policy), renormalize ? " renorm" : " no-renorm"));
       MoEConfig cfg = small_config(Activation::SwiGLU, renormalize, 0.75);

@@ -18,8 +18,9 @@ Activation parse_activation(const std::string& name) {
 
 DropPolicy parse_drop_policy(const std::string& name) {
   if (name == "position") return DropPolicy::Position;
+  if (name == "position_by_choice") return DropPolicy::PositionByChoice;
   if (name == "probs") return DropPolicy::Probs;
-  throw InvalidArgument("drop_policy '" + name + "' is not one of: position, probs");
+  throw InvalidArgument("drop_policy '" + name + "' is not one of: position, position_by_choice, probs");
 }
 
 const char* to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
@@ -35,7 +36,14 @@ const char* to_string(Activation a) {
   return "?";
 }
 
-const char* to_string(DropPolicy p) { return p == DropPolicy::Position ? "position" : "probs"; }
+const char* to_string(DropPolicy p) {
+  switch (p) {
+    case DropPolicy::Position: return "position";
+    case DropPolicy::PositionByChoice: return "position_by_choice";
+    case DropPolicy::Probs: return "probs";
+  }
+  return "?";
+}
 
 AuxLossScope parse_aux_loss_scope(const std::string& name) {
   if (name == "local") return AuxLossScope::Local;

@@ -20,13 +20,20 @@ const char* to_string(Precision p);  // "fp32" | "bf16"
 // The dtype of the matrix products' inputs (core/ops.h's linear ops) under `precision`: float32, or
 // bfloat16 for Precision::BF16.
 DType product_dtype(Precision precision);
+// Which of an over-full expert's choices keep its C slots (docs/routing.md compares the frameworks).
+// Token rows are batch-major, so "earlier" means earlier sequences of the micro-batch, then earlier
+// positions; each rank ranks only its own tokens.
 enum class DropPolicy {
-  Position,  // earlier tokens keep their slot (GShard, Switch)
-  Probs,     // choices with the higher router probability keep their slot
+  Position,          // earlier tokens first, a token's k choices counted together (Megatron-Core's
+                     // "position"; for k = 1 also Switch's and GShard's order)
+  PositionByChoice,  // every token's first choice in token order, then every second choice, and so on
+                     // (GShard's and DeepSpeed-MoE's top-2 order)
+  Probs,             // the higher full softmax probability first (Megatron-Core ranks by the
+                     // renormalised weight instead); ties: the earlier token
 };
 
 Activation parse_activation(const std::string& name);  // "relu" | "gelu" | "swiglu"
-DropPolicy parse_drop_policy(const std::string& name);  // "position" | "probs"
+DropPolicy parse_drop_policy(const std::string& name);  // "position" | "position_by_choice" | "probs"
 const char* to_string(Activation a);
 const char* to_string(DropPolicy p);
 
