@@ -85,9 +85,9 @@ namespace {
 
 // A positive finite double as mantissa * 10^exponent: the shortest decimal that reads back as the same
 // double (std::to_chars' round-trip guarantee). A decimal written with at most 15 significant digits is
-// recovered exactly: two such decimals in the same decade differ by at least 1e-14 relative, far more
-// than the 1.1e-16 relative spacing of doubles, so no shorter or different decimal rounds to the same
-// double. "1.1" gives 11 * 10^-1, although the double 1.1 is 1.100000000000000088817841970012523...
+// recovered exactly: two such decimals in the same decade differ by at least 1e-15 of their size, more
+// than the spacing of doubles (at most 2.2e-16 of their size), so no shorter or different decimal rounds
+// to the same double (the reason DBL_DIG is 15). "1.1" gives 11 * 10^-1, although the double 1.1 is 1.100000000000000088817841970012523...
 struct Decimal {
   int64_t mantissa;  // at most 17 digits
   int exponent;
