@@ -169,12 +169,15 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
 // then multiplied by `scale` (a finite value > 0; 1 leaves the weights' bits as they are).
 // probs (T, E): the router's scores, softmax probabilities or sigmoid scores; selection_bias (E) or null
 // (auxiliary-loss-free balancing: it steers the choice, never the weights); expert (T, k) int32;
-// weight (T, k); 1 <= k <= E.
+// weight (T, k); 1 <= k <= E. With `renormalize`, a row whose chosen scores sum below FLT_MIN (all
+// underflowed to 0 or to subnormals: only a selection_bias makes the top k pick such experts) gets
+// equal weights 1/k (times scale), not 0/0 = NaN; docs/routing.md says why.
 void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k, bool renormalize,
                   const Tensor* selection_bias = nullptr, float scale = 1.0f);
 // dprobs (T, E) += the gradient of the weights (T, k) given dweight (T, k): dweight scattered to the
-// chosen experts, through the renormalisation when `renormalize` and the scale. expert (T, k) int32
-// in [0, E); weight and scale as the forward gave and took them.
+// chosen experts, through the renormalisation when `renormalize` and the scale; nothing for a row that
+// topk_forward gave equal weights (they are constants). expert (T, k) int32 in [0, E); weight and scale
+// as the forward gave and took them.
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
                    const Tensor& probs, bool renormalize, float scale = 1.0f);
 

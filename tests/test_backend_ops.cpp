@@ -322,6 +322,16 @@ std::vector<OpCase> op_cases() {
          topk_backward(dp, on(d, dweight), on(d, experts), w1, on(d, probs), false, 2.5f);
          return to_host({e1, w1, e2, w2, e3, w3, dp});
        }},
+      // Rows whose biased choice has underflowed probabilities (0, then subnormal: equal weights 1/k, no
+      // gradient) next to a normal row; under flush-to-zero the subnormal sum is 0, the same case.
+      {"topk_underflow", kRounding, [=](Device d) {
+         const Tensor under = Tensor::from({3, 3}, {1.f, 0.f, 0.f, 1.f, 3e-40f, 1e-40f, 0.5f, 0.3f, 0.2f});
+         const Tensor bias = Tensor::from({3}, {0.f, 2.f, 2.f}).to(d);
+         Tensor e = poisoned_ints(d, {3, 2}), weight = poisoned(d, {3, 2}), dp = grad(d, {3, 3}, 1);
+         topk_forward(e, weight, on(d, under), 2, true, &bias);
+         topk_backward(dp, on(d, dweight.rows(0, 3)), e, weight, on(d, under), true);
+         return to_host({e, weight, dp});
+       }},
       {"jitter", kRounding, [=](Device d) {  // the same generator; lo + (hi - lo) u fused or not: 1 u
          Tensor y = poisoned(d, {6, 8}), noise = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);
          jitter_forward(y, noise, on(d, x), 0.25f, 1234, 777);

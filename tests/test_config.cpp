@@ -204,6 +204,9 @@ TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
                  {"moe.aux_loss_scope: expected one of local, global, sequence, got 'batch'"});
   expect_message(parse_error("optim:\n  schedule: step\n"),
                  {"optim.schedule: expected one of cosine, linear, constant"});
+  expect_message(parse_error("moe:\n  drop_policy: gshard\n"),
+                 {"moe.drop_policy: expected one of position, position_by_choice, probs, got 'gshard'"});
+  EXPECT_EQ(parse("moe:\n  drop_policy: position_by_choice\n").moe.drop_policy, DropPolicy::PositionByChoice);
 }
 
 TEST(Config, ValuesOfTheRightTypeAreAccepted) {

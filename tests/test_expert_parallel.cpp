@@ -350,6 +350,21 @@ TEST(ExpertParallel, ShardingIsInvisibleWithDrops) {
         }
 }
 
+TEST(ExpertParallel, ShardingIsInvisibleWithChoiceMajorDrops) {
+  // position_by_choice differs from position only for k > 1.
+  int i = 0;
+  for (bool renormalize : {true, false})
+    for (AuxLossScope scope : {AuxLossScope::Local, AuxLossScope::Global}) {
+      Scenario s;
+      s.cfg = make_config(kActivations[i % 3], i % 2 == 0 ? 8 : 4, 2, renormalize, 1.0, DropPolicy::PositionByChoice,
+                          scope);
+      s.batch = uneven_batch(test_world().size());
+      s.expect_drops = true;
+      expect_sharding_invisible(s);
+      ++i;
+    }
+}
+
 TEST(ExpertParallel, ShardingIsInvisibleDropless) {
   int i = 0;
   for (int64_t k : {1, 2})

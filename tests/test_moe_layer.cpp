@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -31,6 +32,7 @@ namespace {
 using namespace test;  // NOLINT(google-build-using-namespace): the shared test helpers
 
 constexpr uint64_t kSeed = 1234;
+constexpr DropPolicy kDropPolicies[] = {DropPolicy::Position, DropPolicy::PositionByChoice, DropPolicy::Probs};
 
 // ---------------------------------------------------------------------------------------------
 // Helpers: data, copies and the independent (double precision, plain loop) references.
@@ -40,6 +42,8 @@ void copy_values(Tensor& dst, const Tensor& src) {
   ASSERT_EQ(dst.shape(), src.shape());
   std::memcpy(dst.f32(), src.f32(), static_cast<size_t>(src.numel()) * sizeof(float));
 }
+
+float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim(1) + col]; }
 
 MoEWeights clone_weights(const MoEWeights& w) { return {w.w_gate.clone(), w.w_in.clone(), w.w_out.clone()}; }
 
@@ -120,16 +124,23 @@ std::vector<int32_t> ref_topk(const std::vector<double>& p, int64_t k) {
 }
 
 // keep[t * k + j] under `policy` with capacity C (C < 0 keeps everything), the obvious way: per
-// expert, list its choices in token order, (Probs) stable-sort them by probability, keep the first C.
+// expert, list its choices in token order (PositionByChoice: all choices j = 0 in token order, then
+// j = 1, ...), (Probs) stable-sort them by probability, keep the first C.
 std::vector<bool> ref_keep(const std::vector<int32_t>& expert, const std::vector<float>& probs, int64_t T,
                            int64_t k, int64_t E, int64_t C, DropPolicy policy) {
   std::vector<bool> keep(T * k, true);
   if (C < 0) return keep;
   for (int64_t e = 0; e < E; ++e) {
     std::vector<int64_t> list;
-    for (int64_t t = 0; t < T; ++t)
+    if (policy == DropPolicy::PositionByChoice) {
       for (int64_t j = 0; j < k; ++j)
-        if (expert[t * k + j] == e) list.push_back(t * k + j);
+        for (int64_t t = 0; t < T; ++t)
+          if (expert[t * k + j] == e) list.push_back(t * k + j);
+    } else {
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < k; ++j)
+          if (expert[t * k + j] == e) list.push_back(t * k + j);
+    }
     if (policy == DropPolicy::Probs)
       std::stable_sort(list.begin(), list.end(),
                        [&](int64_t a, int64_t b) { return probs[(a / k) * E + e] > probs[(b / k) * E + e]; });
@@ -518,6 +529,58 @@ TEST(RouterPieces, TopkBackwardMatchesFiniteDifferences) {
   }
 }
 
+// The repro: logits [0, -120, -130] (probabilities exp(-120) and exp(-130) underflow to 0 in
+// float32) and aux-free biases [0, 2, 2] that make the top 2 pick experts 1 and 2. Renormalised, their
+// weights were 0/0 = NaN; they are 1/k each, and the weights pass no gradient to that row's logits.
+// Row 1 (logits [0, 1, 0.5], the same biased choice) renormalises as usual.
+TEST(RouterPieces, BiasedChoiceOfUnderflowedProbabilitiesGetsEqualWeights) {
+  MoEConfig cfg = moe_test_config(2, 3, 2, 4, Activation::GELU);
+  const Tensor x = Tensor::from({2, 2}, {1.f, 0.f, 0.f, 1.f});
+  const Tensor w_gate = Tensor::from({2, 3}, {0.f, -120.f, -130.f, 0.f, 1.f, 0.5f});
+  const Tensor bias = Tensor::from({3}, {0.f, 2.f, 2.f});
+  const Tensor dweight = Tensor::from({2, 2}, {0.75f, -0.5f, 0.25f, 1.5f});
+  for (bool renormalize : {true, false}) {
+    SCOPED_TRACE(renormalize ? "renormalize" : "raw probabilities");
+    cfg.renormalize = renormalize;
+    RouterOutput out;
+    router_forward(out, x, w_gate, cfg, false, 0, 0, &bias);
+    ASSERT_EQ(at(out.probs, 0, 1), 0.f) << "the test needs probabilities that underflow";
+    ASSERT_EQ(at(out.probs, 0, 2), 0.f);
+    EXPECT_EQ(ints_of(out.expert), (std::vector<int32_t>{1, 2, 1, 2}));
+    const double p1 = at(out.probs, 1, 1), p2 = at(out.probs, 1, 2);
+    const std::vector<double> want = renormalize ? std::vector<double>{0.5, 0.5, p1 / (p1 + p2), p2 / (p1 + p2)}
+                                                 : std::vector<double>{0.0, 0.0, p1, p2};
+    for (int64_t i = 0; i < 4; ++i) EXPECT_NEAR(out.weight.f32()[i], want[i], 1e-6) << i;  // one division
+
+    Tensor dprobs = Tensor::zeros({2, 3}), dlogits = Tensor::zeros({2, 3}), dw_gate = Tensor::zeros({2, 3});
+    router_backward(nullptr, &dw_gate, dprobs, dlogits, dweight, w_gate, out, cfg);
+    // Row 0 of dw_gate is x's feature 0 (token 0 only) times token 0's logit gradient: the constant equal
+    // weights give exactly 0, and the raw weights p * dweight, with p = 0, exactly 0 through the softmax.
+    for (int64_t e = 0; e < 3; ++e) EXPECT_EQ(at(dw_gate, 0, e), 0.f) << e;
+    double row1 = 0.0;
+    for (int64_t e = 0; e < 3; ++e) {
+      EXPECT_TRUE(std::isfinite(at(dw_gate, 1, e))) << e;
+      row1 += std::abs(at(dw_gate, 1, e));
+    }
+    EXPECT_GT(row1, 0.01) << "token 1's weights still train the router";
+  }
+}
+
+// Subnormal probabilities count as underflowed too: their ratios carry only a few bits, and the
+// backward's 1 / sum would overflow float32. A sum of FLT_MIN and above renormalises as usual.
+TEST(RouterPieces, TopkTreatsASubnormalSumOfChosenProbabilitiesAsUnderflowed) {
+  const Tensor probs = Tensor::from({2, 3}, {1.f, 3e-40f, 1e-40f, 1.f, 3 * FLT_MIN, FLT_MIN});
+  const Tensor bias = Tensor::from({3}, {0.f, 2.f, 2.f});
+  Tensor expert = Tensor::empty({2, 2}, DType::I32), weight = Tensor::empty({2, 2});
+  topk_forward(expert, weight, probs, 2, true, &bias);
+  EXPECT_EQ(ints_of(expert), (std::vector<int32_t>{1, 2, 1, 2}));
+  EXPECT_EQ(std::vector<float>(weight.f32(), weight.f32() + 4), (std::vector<float>{0.5f, 0.5f, 0.75f, 0.25f}));
+  Tensor dprobs = Tensor::zeros({2, 3});
+  topk_backward(dprobs, Tensor::from({2, 2}, {1.f, -1.f, 1.f, -1.f}), expert, weight, probs, true);
+  for (int64_t e = 0; e < 3; ++e) EXPECT_EQ(at(dprobs, 0, e), 0.f) << e;
+  EXPECT_TRUE(std::isfinite(at(dprobs, 1, 1)) && at(dprobs, 1, 1) > 0.f);
+}
+
 TEST(RouterPieces, LoadBalancingLossBackwardMatchesFiniteDifferences) {
   const int64_t T = 7, E = 4, k = 2;
   const double coeff = 0.3;
@@ -628,6 +691,43 @@ TEST(Capacity, ExpertCapacityFormula) {
   EXPECT_EQ(expert_capacity(-1.0, 4096, 2, 8, 4), -1);
 }
 
+// Against an independent reference: a factor built as a / 100, whose exact capacity is the integer
+// ceiling of a * k * T / (100 E), over sizes up to 2^40 tokens, where a double product has lost the
+// last digits of the answer.
+TEST(Capacity, ExactForTwoDecimalFactorsUpToLargeTokenCounts) {
+  const int64_t token_counts[] = {1, 7, 100, 4096, 83886120, 13289592140, 1099511627776 + 3};
+  int64_t mismatches = 0;
+  for (int64_t a = 1; a <= 400; ++a)
+    for (int64_t T : token_counts)
+      for (int64_t k = 1; k <= 4; ++k)
+        for (int64_t E : {1, 2, 3, 8, 64}) {
+          const int64_t num = a * k * T, den = 100 * E;  // < 2^51
+          const int64_t want = (num + den - 1) / den;
+          const int64_t got = expert_capacity(static_cast<double>(a) / 100.0, T, k, E, 0);
+          if (got != want && ++mismatches <= 5)
+            ADD_FAILURE() << "capacity_factor " << a << "/100, T " << T << ", k " << k << ", E " << E << ": got "
+                          << got << ", want " << want;
+        }
+  EXPECT_EQ(mismatches, 0);
+}
+
+TEST(Capacity, ExactWhereDoubleRoundingWasOffByOne) {
+  // 1.1 * 2 * 83886120 / 8 = 23068683 exactly (~2^24.5); ceil(double product - 1e-9) gave 23068684.
+  EXPECT_EQ(expert_capacity(1.1, 83886120, 2, 8, 0), 23068683);
+  EXPECT_EQ(expert_capacity(1.1, 83886121, 2, 8, 0), 23068684);  // 23068683.275
+  EXPECT_EQ(expert_capacity(0.55, 13289592140, 2, 1, 0), 14618551354);  // was 14618551355
+  // The decimal a factor reads back as counts, not the binary double: 0.1 + 0.2 is the double
+  // 0.30000000000000004, whose shortest decimal has 17 digits.
+  EXPECT_EQ(expert_capacity(0.1 + 0.2, 10, 1, 1, 0), 4);
+  EXPECT_EQ(expert_capacity(0.3, 10, 1, 1, 0), 3);
+  // Extremes: no overflow, no zero capacity for a positive product.
+  EXPECT_EQ(expert_capacity(1e300, 4096, 2, 8, 0), std::numeric_limits<int64_t>::max());
+  EXPECT_EQ(expert_capacity(1e-300, 4096, 2, 8, 0), 1);
+  EXPECT_EQ(expert_capacity(5e-324, 1, 1, 1, 0), 1);  // the smallest subnormal double
+  EXPECT_EQ(expert_capacity(1.25, 0, 2, 8, 0), 0);
+  EXPECT_EQ(expert_capacity(1.25, 0, 2, 8, 4), 4);
+}
+
 TEST(Capacity, TrainAndEvalUseTheirOwnCapacityFactor) {
   MoEConfig cfg = small_config(Activation::GELU, true, 1.0);
   cfg.capacity_factor = 1.0;  // C = ceil(1.0 * 2 * 12 / 4) = 6
@@ -687,7 +787,7 @@ TEST(DispatchPlan, KeepsTheReferenceSetUnderEveryPolicyAndCapacity) {
   };
   for (const Case& c : {Case{40, 2, 5, 9}, Case{40, 2, 5, 0}, Case{40, 2, 5, 1}, Case{40, 2, 5, 100},
                         Case{40, 2, 5, -1}, Case{33, 1, 3, 7}, Case{25, 3, 6, 6}, Case{16, 4, 4, 10}})
-    for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs}) {
+    for (DropPolicy policy : kDropPolicies) {
       SCOPED_TRACE(detail::concat("T=", c.T, " k=", c.k, " E=", c.E, " C=", c.C, " ", to_string(policy)));
       Tensor expert, probs;
       random_routing(c.T, c.k, c.E, stream_id(kSeed, detail::concat("plan", c.T, c.k, c.E, c.C)), expert,
@@ -722,9 +822,29 @@ TEST(DispatchPlan, PoliciesDifferOnAHandBuiltCase) {
   EXPECT_EQ(one.offset, (std::vector<int64_t>{0, 1, 1}));
 }
 
+TEST(DispatchPlan, PositionByChoiceServesEveryFirstChoiceBeforeAnySecond) {
+  // k = 2, C = 2. Expert 0 is token 0's second choice and tokens 1 and 2's first. Position (token
+  // order) keeps tokens 0 and 1 and drops token 2's first choice; PositionByChoice keeps the two first
+  // choices and drops token 0's second. Inside a segment the rows stay in token order either way.
+  const int64_t T = 3, k = 2, E = 3;
+  Tensor expert = Tensor::from_ints({T, k}, {1, 0, 0, 2, 0, 1});
+  Tensor probs = Tensor::from({T, E}, {0.3f, 0.6f, 0.1f, 0.6f, 0.1f, 0.3f, 0.6f, 0.3f, 0.1f});
+  const DispatchPlan position = make_dispatch_plan(expert, probs, E, 2, DropPolicy::Position);
+  EXPECT_EQ(ints_of(position.slot), (std::vector<int32_t>{2, 0, 1, 4, -1, 3}));
+  EXPECT_EQ(ints_of(position.source_token), (std::vector<int32_t>{0, 1, 0, 2, 1}));
+  const DispatchPlan by_choice = make_dispatch_plan(expert, probs, E, 2, DropPolicy::PositionByChoice);
+  EXPECT_EQ(ints_of(by_choice.slot), (std::vector<int32_t>{2, -1, 0, 4, 1, 3}));
+  EXPECT_EQ(ints_of(by_choice.source_token), (std::vector<int32_t>{1, 2, 0, 2, 1}));
+  EXPECT_EQ(by_choice.kept, (std::vector<int64_t>{2, 2, 1}));
+  // With k = 1 the two orders are the same.
+  Tensor first = Tensor::from_ints({T, 1}, {0, 0, 0});
+  EXPECT_EQ(ints_of(make_dispatch_plan(first, probs, E, 2, DropPolicy::PositionByChoice).slot),
+            ints_of(make_dispatch_plan(first, probs, E, 2, DropPolicy::Position).slot));
+}
+
 TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
   const int64_t T = 64;
-  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+  for (DropPolicy policy : kDropPolicies)
     for (double cf : {0.5, 1.0, 0.0}) {
       SCOPED_TRACE(detail::concat(to_string(policy), " cf=", cf));
       MoEConfig cfg = small_config(Activation::ReLU, true, cf);
@@ -898,9 +1018,9 @@ TEST(MoELayerForward, TopkEqualToExpertsIsTheDenseSoftMixture) {
 
 TEST(MoELayerForward, TopkWithDropsMatchesTheReference) {
   // y_t = sum over kept choices of w_tj FFN_e(x_t), with routing, capacity and kept set from the
-  // references above; both policies, both weightings.
+  // references above; every policy, both weightings.
   const int64_t T = 24;
-  for (DropPolicy policy : {DropPolicy::Position, DropPolicy::Probs})
+  for (DropPolicy policy : kDropPolicies)
     for (bool renormalize : {true, false}) {
       SCOPED_TRACE(detail::concat(to_string(policy), renormalize ? " renorm" : " no-renorm"));
       MoEConfig cfg = small_config(Activation::SwiGLU, renormalize, 0.75);
@@ -1058,6 +1178,21 @@ TEST(MoELayerJitter, TrainingNoiseIsReproducibleAndEvalIgnoresIt) {
 // ---------------------------------------------------------------------------------------------
 // Bad input.
 // ---------------------------------------------------------------------------------------------
+
+TEST(MoEConfigWarnings, TopOneWithRenormalizeWarnsThatTheRouterGetsNoTaskGradient) {
+  MoEConfig cfg = small_config(Activation::GELU, true, 1.25);
+  cfg.top_k = 1;
+  const std::vector<std::string> warnings = cfg.warnings();
+  ASSERT_EQ(warnings.size(), 1u);
+  EXPECT_CONTAINS(warnings[0], "moe.top_k = 1 with moe.renormalize = true", "no gradient",
+                  "set moe.renormalize = false", "w = p");
+  EXPECT_EQ(warnings[0].find('\n'), std::string::npos);
+  cfg.renormalize = false;  // Switch's w = p: the router learns from the task loss
+  EXPECT_TRUE(cfg.warnings().empty());
+  cfg.renormalize = true;
+  cfg.top_k = 2;  // p_j / (p_1 + p_2) depends on the router
+  EXPECT_TRUE(cfg.warnings().empty());
+}
 
 TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
   const MoEConfig good = small_config(Activation::GELU, true, 1.25);

@@ -60,6 +60,17 @@ PY
     { cat out.txt; fail "no line saying how the MFU peak was measured"; }
   grep -q "GFLOP/s/rank | MFU" out.txt || fail "no model GFLOP/s per rank in the progress line"
   grep -q "^step 30/30 | eval loss [0-9.]* | ppl [0-9.]*" out.txt || fail "no perplexity in the eval line"
+  ! grep -q "^warning:" out.txt || { cat out.txt; fail "a start-up warning for the tiny config"; }
+  ;;
+router_warning)
+  # top_k = 1 with renormalize = true trains, with one warning from rank 0 naming the keys and the fix.
+  run 2 "$configs/tiny.yaml" run.steps=2 run.eval_every=0 moe.top_k=1 run.dir=r || { cat out.txt; fail "exit status $?"; }
+  grep -q "^warning: moe.top_k = 1 with moe.renormalize = true .* no gradient .* set moe.renormalize = false" out.txt ||
+    { cat out.txt; fail "no warning for top_k = 1 with renormalize"; }
+  [ "$(grep -c '^warning:' out.txt)" = 1 ] || { cat out.txt; fail "expected exactly one warning (from rank 0)"; }
+  run 2 "$configs/tiny.yaml" run.steps=2 run.eval_every=0 moe.top_k=1 moe.renormalize=false run.dir=s ||
+    { cat out.txt; fail "exit status $?"; }
+  ! grep -q "^warning:" out.txt || { cat out.txt; fail "a warning for top_k = 1 without renormalize"; }
   ;;
 sigmoid_routing)
   # DeepSeek-V3-style routing: sigmoid scores, a routed scaling factor, the sequence-wise balance loss

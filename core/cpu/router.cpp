@@ -1,4 +1,5 @@
 // CPU router kernels: top-k selection with its backward, and the multiplicative jitter of the router input.
+#include <cfloat>
 #include <vector>
 
 #include "core/backend.h"
@@ -40,8 +41,14 @@ void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k
       tw[j] = row[ti[j]];
       sum += tw[j];
     }
-    if (renormalize)
-      for (int64_t j = 0; j < k; ++j) tw[j] /= sum;  // sum > 0: softmax and sigmoid scores are positive
+    if (renormalize) {
+      // Chosen probabilities that all underflowed (the biased choice of aux-free balancing can pick
+      // them): equal weights, as core/ops.h defines. A NaN sum fails the test and propagates.
+      if (sum < FLT_MIN)
+        for (int64_t j = 0; j < k; ++j) tw[j] = 1.f / static_cast<float>(k);
+      else
+        for (int64_t j = 0; j < k; ++j) tw[j] /= sum;
+    }
     for (int64_t j = 0; j < k; ++j) tw[j] *= scale;  // exact for scale = 1
   }
 }
@@ -68,6 +75,7 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
       sum += p[t * E + ti[j]];
       dot += dw[t * k + j] * w[t * k + j];
     }
+    if (sum < FLT_MIN) continue;  // the forward's equal weights do not depend on the probabilities
     for (int64_t j = 0; j < k; ++j) dp[t * E + ti[j]] += (scale * dw[t * k + j] - dot) / sum;
   }
 }

@@ -19,9 +19,15 @@ std::vector<uint8_t> choose_kept(const DispatchPlan& plan, const int32_t* idx, c
   for (int64_t e = 0; e < E; ++e) over |= plan.routed[e] > C;
   if (!over) return keep;
 
-  if (policy == DropPolicy::Position) {
+  if (policy != DropPolicy::Probs) {
+    // Slots go first come, first served: Position visits the choices in token order (t, then j),
+    // PositionByChoice every token's choice j = 0 first, then j = 1, ...
+    const bool by_choice = policy == DropPolicy::PositionByChoice;
     std::vector<int64_t> used(E, 0);
-    for (int64_t i = 0; i < T * k; ++i) keep[i] = used[idx[i]]++ < C;
+    for (int64_t n = 0; n < T * k; ++n) {
+      const int64_t i = by_choice ? (n % T) * k + n / T : n;
+      keep[i] = used[idx[i]]++ < C;
+    }
     return keep;
   }
   // Probs: per over-full expert, keep the C choices with the highest router probability.

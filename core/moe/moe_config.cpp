@@ -1,7 +1,9 @@
 // MoE layer settings: parsing, validation and the capacity formula.
 #include "core/moe/moe_config.h"
 
-#include <cmath>
+#include <algorithm>
+#include <charconv>
+#include <limits>
 
 #include "core/check.h"
 
@@ -16,8 +18,9 @@ Activation parse_activation(const std::string& name) {
 
 DropPolicy parse_drop_policy(const std::string& name) {
   if (name == "position") return DropPolicy::Position;
+  if (name == "position_by_choice") return DropPolicy::PositionByChoice;
   if (name == "probs") return DropPolicy::Probs;
-  throw InvalidArgument("drop_policy '" + name + "' is not one of: position, probs");
+  throw InvalidArgument("drop_policy '" + name + "' is not one of: position, position_by_choice, probs");
 }
 
 const char* to_string(Precision p) { return p == Precision::BF16 ? "bf16" : "fp32"; }
@@ -33,7 +36,14 @@ const char* to_string(Activation a) {
   return "?";
 }
 
-const char* to_string(DropPolicy p) { return p == DropPolicy::Position ? "position" : "probs"; }
+const char* to_string(DropPolicy p) {
+  switch (p) {
+    case DropPolicy::Position: return "position";
+    case DropPolicy::PositionByChoice: return "position_by_choice";
+    case DropPolicy::Probs: return "probs";
+  }
+  return "?";
+}
 
 AuxLossScope parse_aux_loss_scope(const std::string& name) {
   if (name == "local") return AuxLossScope::Local;
@@ -80,14 +90,76 @@ void MoEConfig::validate() const {
   require_in_range("init_std", init_std, above(0));
 }
 
+std::vector<std::string> MoEConfig::warnings() const {
+  std::vector<std::string> out;
+  if (top_k == 1 && renormalize)
+    out.push_back(
+        "moe.top_k = 1 with moe.renormalize = true makes every combine weight p / p = 1, so the task loss gives "
+        "the router no gradient (only the load-balancing and z losses train it); set moe.renormalize = false "
+        "for Switch Transformer's weight w = p");
+  return out;
+}
+
+namespace {
+
+// A positive finite double as mantissa * 10^exponent: the shortest decimal that reads back as the same
+// double (std::to_chars' round-trip guarantee). A decimal written with at most 15 significant digits is
+// recovered exactly: two such decimals in the same decade differ by at least 1e-15 of their size, more
+// than the spacing of doubles (at most 2.2e-16 of their size), so no shorter or different decimal rounds
+// to the same double (the reason DBL_DIG is 15). "1.1" gives 11 * 10^-1, although the double 1.1 is 1.100000000000000088817841970012523...
+struct Decimal {
+  int64_t mantissa;  // at most 17 digits
+  int exponent;
+};
+
+Decimal shortest_decimal(double x) {
+  char buf[40];
+  const std::to_chars_result r = std::to_chars(buf, buf + sizeof buf, x, std::chars_format::scientific);
+  MOE_ASSERT(r.ec == std::errc(), "a double always fits in 40 characters");
+  Decimal d{0, 0};
+  int fraction_digits = 0;
+  bool after_point = false;
+  const char* c = buf;
+  for (; *c != 'e'; ++c) {  // "D.DDDDe+XX" or "De+XX"
+    if (*c == '.') {
+      after_point = true;
+      continue;
+    }
+    d.mantissa = d.mantissa * 10 + (*c - '0');
+    fraction_digits += after_point;
+  }
+  int exponent = 0;
+  std::from_chars(c + (c[1] == '+' ? 2 : 1), r.ptr, exponent);
+  d.exponent = exponent - fraction_digits;
+  return d;
+}
+
+}  // namespace
+
 int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int64_t top_k, int64_t num_experts,
                         int64_t min_capacity) {
   if (capacity_factor <= 0.0) return -1;
-  // The product is formed in double and rounded up; the tiny epsilon keeps an exact integer such as
-  // 1.25 * 2 * 4096 / 8 = 1280 from becoming 1281 through rounding of the factor.
-  double c = std::ceil(capacity_factor * static_cast<double>(top_k * num_tokens) /
-                           static_cast<double>(num_experts) - 1e-9);
-  return std::max<int64_t>(static_cast<int64_t>(c), min_capacity);
+  // C = ceil(capacity_factor * k * T / E), computed exactly on the decimal the user wrote:
+  // capacity_factor = m * 10^p gives C = ceil(m * k * T * 10^p / E) in 128-bit integers. Rounding the
+  // product in double instead is wrong both ways: the double 1.1 lies above 1.1, so ceil(1.1 * 10)
+  // would be 12; and once the product passes about 2^24 its rounding error exceeds any fixed epsilon
+  // (1.1 * 2 * 83886120 / 8 = 23068683 exactly, which double arithmetic minus 1e-9 made 23068684).
+  __extension__ typedef __int128 int128;  // a GCC and Clang type: -Wpedantic needs the marker
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  const Decimal cf = shortest_decimal(capacity_factor);
+  int128 num = static_cast<int128>(cf.mantissa) * (top_k * num_tokens);  // < 2^57 * 2^63
+  int128 den = num_experts;
+  const int128 limit = static_cast<int128>(kMax) * den;  // num / den beyond it: C > 2^63
+  // Scale by 10^p one factor at a time, stopping where the answer no longer depends on the rest.
+  int p = cf.exponent;
+  for (; p > 0 && num <= limit / 10; --p) num *= 10;
+  for (; p < 0 && den < num; ++p) den *= 10;
+  int64_t c = 0;
+  if (p > 0) c = kMax;  // more slots than any expert can receive: keeps everything
+  else if (num == 0) c = 0;
+  else if (den >= num) c = 1;  // 0 < num / den <= 1, whatever factors of 10 den still lacks
+  else c = static_cast<int64_t>(std::min<int128>((num + den - 1) / den, kMax));
+  return std::max<int64_t>(c, min_capacity);
 }
 
 }  // namespace moe

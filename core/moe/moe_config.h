@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 #include "core/tensor.h"
 #include "core/value_range.h"
@@ -19,13 +20,20 @@ const char* to_string(Precision p);  // "fp32" | "bf16"
 // The dtype of the matrix products' inputs (core/ops.h's linear ops) under `precision`: float32, or
 // bfloat16 for Precision::BF16.
 DType product_dtype(Precision precision);
+// Which of an over-full expert's choices keep its C slots (docs/routing.md compares the frameworks).
+// Token rows are batch-major, so "earlier" means earlier sequences of the micro-batch, then earlier
+// positions; each rank ranks only its own tokens.
 enum class DropPolicy {
-  Position,  // earlier tokens keep their slot (GShard, Switch)
-  Probs,     // choices with the higher router probability keep their slot
+  Position,          // earlier tokens first, a token's k choices counted together (Megatron-Core's
+                     // "position"; for k = 1 also Switch's and GShard's order)
+  PositionByChoice,  // every token's first choice in token order, then every second choice, and so on
+                     // (GShard's and DeepSpeed-MoE's top-2 order)
+  Probs,             // the higher full softmax probability first (Megatron-Core ranks by the
+                     // renormalised weight instead); ties: the earlier token
 };
 
 Activation parse_activation(const std::string& name);  // "relu" | "gelu" | "swiglu"
-DropPolicy parse_drop_policy(const std::string& name);  // "position" | "probs"
+DropPolicy parse_drop_policy(const std::string& name);  // "position" | "position_by_choice" | "probs"
 const char* to_string(Activation a);
 const char* to_string(DropPolicy p);
 
@@ -106,6 +114,9 @@ struct MoEConfig {
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("top_k = 9 ..."), its value and what is accepted.
   void validate() const;
+  // Settings that are valid but probably not what was meant, one sentence each (no newline), naming the
+  // keys and the alternative; empty when there are none. The trainer prints them at start-up.
+  std::vector<std::string> warnings() const;
   // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
   // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
   float aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0f : 0.01f; }
@@ -121,7 +132,9 @@ struct MoEConfig {
   bool operator==(const MoEConfig&) const = default;
 };
 
-// C for T tokens, or -1 when capacity_factor <= 0 (dropless).
+// C = max(ceil(capacity_factor * top_k * num_tokens / num_experts), min_capacity) for T tokens, computed
+// exactly on capacity_factor's shortest round-trip decimal (the "1.1" the user wrote, not the binary
+// double just above it); -1 when capacity_factor <= 0 (dropless). Saturates at INT64_MAX.
 int64_t expert_capacity(double capacity_factor, int64_t num_tokens, int64_t top_k, int64_t num_experts,
                         int64_t min_capacity);
 

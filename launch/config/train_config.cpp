@@ -330,8 +330,12 @@ std::vector<Key> build_schema() {
   moe.real("eval_capacity_factor", &E::eval_capacity_factor, E::kCapacityFactorRange,
            "the same at evaluation; <= 0 = dropless");
   moe.integer("min_capacity", &E::min_capacity, E::kMinCapacityRange, "lower bound of the capacity per expert");
-  moe.choice("drop_policy", &E::drop_policy, {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
-             "over capacity, earlier tokens (position) or higher router probabilities (probs) keep their slot");
+  moe.choice("drop_policy", &E::drop_policy,
+             {{"position", DropPolicy::Position},
+              {"position_by_choice", DropPolicy::PositionByChoice},
+              {"probs", DropPolicy::Probs}},
+             "over capacity, who keeps an expert's slots: earlier tokens (position), every first choice before "
+             "any second then by token (position_by_choice), or higher router probabilities (probs)");
   moe.choice("score_function", &E::score_function,
              {{"softmax", ScoreFunction::Softmax}, {"sigmoid", ScoreFunction::Sigmoid}},
              "router scores from the logits: softmax over the experts, or sigmoid per expert (DeepSeek-V3)");

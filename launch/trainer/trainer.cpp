@@ -308,6 +308,7 @@ void Trainer::print_banner() const {
               gpu_ < 0 ? "CPU" : ("GPU " + std::to_string(gpu_) + " (its local rank's)").c_str());
   std::printf("resolved config:\n%s", to_yaml(cfg_).c_str());
   std::printf("%s\n", balancing_summary(cfg_).c_str());
+  for (const std::string& w : cfg_.moe.warnings()) std::printf("warning: %s\n", w.c_str());
   std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",
               (long long)data_.train_range.size(), (long long)S_, (long long)data_.eval_range.size(),
               unigram_entropy(*data_.train, data_.train_range),
