@@ -1490,7 +1490,8 @@ TEST(SumOfSquares, SameBitsForAnyThreadCount) {
     EXPECT_EQ(sum_of_squares(x), one_thread) << n << " threads";
   }
   set_num_threads(threads);
-  // Exact squares; any order of n positive double additions is within n * 2^-53 relative.
+  // Exact squares; any order of n positive double additions is within n * 2^-53 relative (DBL_EPSILON
+  // is 2^-52: a margin of 2).
   EXPECT_NEAR(one_thread, static_cast<double>(exact), x.numel() * DBL_EPSILON * one_thread);
 }
 
