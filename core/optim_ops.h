@@ -34,7 +34,9 @@ void adamw_update(Tensor& w, Tensor& m, Tensor& v, const Tensor& g, const AdamWS
 // w, buf (updated), g (read): same shape; momentum in [0, 1), weight_decay >= 0, lr finite.
 void sgd_update(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentum, float weight_decay);
 
-// sum_i x_i^2, each square and the sum in double, over x of any shape (0 for no elements).
+// sum_i x_i^2, each square and the sum in double, over x of any shape (0 for no elements). The order
+// of the additions depends only on the number of elements: the same bits on every call, whatever the
+// thread count.
 double sum_of_squares(const Tensor& x);
 
 // x_i = float(x_i * factor), the product in double (gradient clipping by max_norm / norm, the

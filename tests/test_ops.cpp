@@ -1612,6 +1612,27 @@ TEST(SumOfSquares, MatchesExactAndReversedSums) {
   EXPECT_NEAR(sum_of_squares(x), reversed, 2 * x.numel() * DBL_EPSILON * reversed);
 }
 
+// The gradient norm must be reproducible bit for bit (reruns, ep = 1/2/4 comparisons): the order of
+// the additions may not depend on how many threads share the work. A length past the OpenMP
+// threshold that no power of two divides, so the last chunk and lanes are partial.
+TEST(SumOfSquares, SameBitsForAnyThreadCount) {
+  std::mt19937 rng(113);
+  const Tensor x = random_tensor({3 * cpu::kMinParallelElements + 37}, rng, -3.f, 3.f);
+  long double exact = 0.0L;  // 64-bit mantissa: the reference's own rounding is 2^11 times smaller
+  for (int64_t i = 0; i < x.numel(); ++i) exact += static_cast<long double>(x.f32()[i]) * x.f32()[i];
+  const int threads = num_threads();
+  set_num_threads(1);
+  const double one_thread = sum_of_squares(x);
+  for (int n : {2, 3}) {
+    set_num_threads(n);
+    EXPECT_EQ(sum_of_squares(x), one_thread) << n << " threads";
+  }
+  set_num_threads(threads);
+  // Exact squares; any order of n positive double additions is within n * 2^-53 relative (DBL_EPSILON
+  // is 2^-52: a margin of 2).
+  EXPECT_NEAR(one_thread, static_cast<double>(exact), x.numel() * DBL_EPSILON * one_thread);
+}
+
 TEST(ScaleInPlace, MultipliesInDoubleAndRoundsOnce) {
   std::mt19937 rng(112);
   Tensor x = random_tensor({6, 9}, rng, -5.f, 5.f);
