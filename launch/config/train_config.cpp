@@ -332,6 +332,10 @@ std::vector<Key> build_schema() {
   moe.integer("min_capacity", &E::min_capacity, E::kMinCapacityRange, "lower bound of the capacity per expert");
   moe.choice("drop_policy", &E::drop_policy, {{"position", DropPolicy::Position}, {"probs", DropPolicy::Probs}},
              "over capacity, earlier tokens (position) or higher router probabilities (probs) keep their slot");
+  moe.choice("routing", &E::routing,
+             {{"token_choice", Routing::TokenChoice}, {"expert_choice", Routing::ExpertChoice}},
+             "tokens choose their top_k experts, or each expert its capacity of the rank's tokens by score "
+             "(expert_choice: sees the whole batch, future tokens included; docs/routing.md)");
   moe.choice("score_function", &E::score_function,
              {{"softmax", ScoreFunction::Softmax}, {"sigmoid", ScoreFunction::Sigmoid}},
              "router scores from the logits: softmax over the experts, or sigmoid per expert (DeepSeek-V3)");
