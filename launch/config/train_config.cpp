@@ -345,7 +345,8 @@ std::vector<Key> build_schema() {
   moe.real("jitter_eps", &E::jitter_eps, E::kJitterEpsRange,
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
   moe.real("aux_loss_coeff", &E::aux_loss_coeff, E::kAuxLossCoeffRange,
-           "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free");
+           "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free "
+           "or routing expert_choice");
   moe.choice("aux_loss_scope", &E::aux_loss_scope,
              {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}, {"sequence", AuxLossScope::Sequence}},
              "tokens the load-balancing loss counts: each rank's own (local), all ranks' (global), or each "
