@@ -598,6 +598,17 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
   MOE_DISPATCH(probs.device(), topk_backward, dprobs, dweight, expert, weight, probs, renormalize, scale);
 }
 
+void expert_choice_topk(Tensor& token, const Tensor& scores) {
+  const char* op = "expert_choice_topk";
+  require_f32_matrix(op, "scores", scores);
+  require_i32_rank(op, "token", token, 2);
+  const int64_t T = scores.dim(0), E = scores.dim(1), C = token.dim(1);
+  MOE_REQUIRE(token.dim(0) == E && C <= T, op, ": token has shape ", to_string(token.shape()),
+              ", expected (E = ", E, ", C <= T = ", T, ") for scores of shape ", to_string(scores.shape()));
+  require_same_device(op, {&token, &scores});
+  MOE_DISPATCH(scores.device(), expert_choice_topk, token, scores);
+}
+
 void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64_t stream, uint64_t offset) {
   const char* op = "jitter_forward";
   require_f32_matrix(op, "x", x);

@@ -181,6 +181,12 @@ void topk_forward(Tensor& expert, Tensor& weight, const Tensor& probs, int64_t k
 void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, const Tensor& weight,
                    const Tensor& probs, bool renormalize, float scale = 1.0f);
 
+// expert_choice_topk: expert-choice routing's selection (Zhou et al. 2022), a top-C per column: row e of
+// token holds the C tokens t with the highest scores[t, e], best first, ties to the lower token index.
+// scores (T, E) finite; token (E, C) int32 with 0 <= C <= T. There is no backward: the combine weights
+// are the chosen scores themselves, and the choice (like top-k) has no gradient.
+void expert_choice_topk(Tensor& token, const Tensor& scores);
+
 // jitter_forward: multiplicative noise for the router input. noise[i] = lo + (hi - lo) U_i with
 // lo = 1 - eps, hi = 1 + eps and U_i = uniform01(stream, offset + i) (core/random.h), so a token's
 // noise depends only on its global position; y = x * noise. x, y, noise (T, d); eps in [0, 1).

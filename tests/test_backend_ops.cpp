@@ -140,6 +140,8 @@ std::vector<OpCase> op_cases() {
   softmax_forward(probs, normal_tensor({6, 5}, 2.f, 19, "logits"));
   const Tensor logits = normal_tensor({6, 5}, 2.f, 19, "logits"), sbias = normal_tensor({5}, 0.1f, 20, "sbias");
   const Tensor dweight = normal_tensor({6, 2}, 1.f, 21, "dweight");
+  Tensor tied_probs = probs.clone();  // expert 3's column all equal: expert choice takes tokens in index order
+  for (int64_t t = 0; t < 6; ++t) tied_probs.f32()[t * 5 + 3] = 0.125f;
   const Tensor experts = Tensor::from_ints({6, 2}, {0, 3, 4, 1, 2, 0, 1, 3, 4, 2, 3, 0});
   const Tensor gw = normal_tensor({8, 5}, 1.f, 23, "gw");
   Tensor second_moment = normal_tensor({8, 5}, 1.f, 24, "v");  // made >= 0 below
@@ -331,6 +333,12 @@ std::vector<OpCase> op_cases() {
          topk_forward(e, weight, on(d, under), 2, true, &bias);
          topk_backward(dp, on(d, dweight.rows(0, 3)), e, weight, on(d, under), true);
          return to_host({e, weight, dp});
+       }},
+      {"expert_choice_topk", kExact, [=](Device d) {  // a selection: the same token ids
+         Tensor all = poisoned_ints(d, {5, 6}), some = poisoned_ints(d, {5, 2});
+         expert_choice_topk(all, on(d, tied_probs));
+         expert_choice_topk(some, on(d, probs));
+         return to_host({all, some});
        }},
       {"jitter", kRounding, [=](Device d) {  // the same generator; lo + (hi - lo) u fused or not: 1 u
          Tensor y = poisoned(d, {6, 8}), noise = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);

@@ -63,6 +63,7 @@ TEST(Config, DefaultsAreTheDocumentedOnes) {
   EXPECT_EQ(d.moe.aux_loss_scope, AuxLossScope::Local);
   EXPECT_EQ(d.moe.score_function, ScoreFunction::Softmax);
   EXPECT_EQ(d.moe.routed_scaling_factor, 1.0f);
+  EXPECT_EQ(d.moe.routing, Routing::TokenChoice);
   EXPECT_EQ(d.moe.balancing, Balancing::AuxLoss);
   EXPECT_EQ(d.parallel.ep, 0);
   EXPECT_EQ(d.parallel.backend, DataBackend::MPI);
@@ -200,6 +201,8 @@ TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
                  {"moe.activation: expected one of relu, gelu, swiglu, got 'ReLU'"});
   expect_message(parse_error("moe:\n  score_function: tanh\n"),
                  {"moe.score_function: expected one of softmax, sigmoid, got 'tanh'"});
+  expect_message(parse_error("moe:\n  routing: expert\n"),
+                 {"moe.routing: expected one of token_choice, expert_choice, got 'expert'"});
   expect_message(parse_error("moe:\n  aux_loss_scope: batch\n"),
                  {"moe.aux_loss_scope: expected one of local, global, sequence, got 'batch'"});
   expect_message(parse_error("optim:\n  schedule: step\n"),
@@ -279,6 +282,12 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
                  {"config: model.positions = rotary needs an even head dim", "d_model / n_heads = 12 / 4 = 3"});
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
   expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
+  // Expert choice: the aux-loss default becomes 0; an explicit coefficient is refused naming both keys.
+  EXPECT_EQ(parse("moe:\n  routing: expert_choice\n").moe.aux_loss_coeff, 0.0f);
+  expect_message(parse_error("moe:\n  routing: expert_choice\n  aux_loss_coeff: 0.01\n"),
+                 {"config: moe.routing = expert_choice has no load-balancing loss", "aux_loss_coeff = 0.01"});
+  expect_message(parse_error("", {"moe.routing=expert_choice", "moe.balancing=aux_free"}),
+                 {"config: moe.routing = expert_choice is balanced by construction", "balancing = aux_free"});
   expect_message(parse_error("optim:\n  lr: 0.001\n  min_lr: 0.01\n"),
                  {"config: optim.min_lr = 0.01 must be <= lr = 0.001"});
   expect_message(parse_error("data:\n  source: tokens\n"), {"config: data.source = tokens needs train_path"});
@@ -552,6 +561,7 @@ TEST(Config, MoEKeysAreTheMoELayersSettings) {
                  "moe.drop_policy=probs", "moe.renormalize=false", "moe.jitter_eps=0.25", "moe.aux_loss_coeff=0.5",
                  "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125", "moe.score_function=sigmoid",
                  "moe.routed_scaling_factor=2.5", "model.seq_len=48"});
+  EXPECT_EQ(parse("", {"moe.routing=expert_choice"}).moe.routing, Routing::ExpertChoice);
   // The layers' settings are the moe section itself, with d_model and init_std from the model section.
   MoEConfig m = TransformerConfig{c.model, c.moe}.moe_layer_config();
   EXPECT_EQ(m.d_model, 64);

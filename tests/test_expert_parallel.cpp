@@ -459,6 +459,30 @@ TEST(ExpertParallel, DroplessSigmoidGlobalScopeEqualsOneProcess) {
   }
 }
 
+// Expert choice: each rank's experts choose among that rank's own tokens (capacity applies per rank,
+// as for token choice), so sharding the experts must change nothing. The exchange then moves a
+// different mix than token choice: every expert gets exactly C rows from every rank.
+TEST(ExpertParallel, ShardingIsInvisibleWithExpertChoice) {
+  int i = 0;
+  for (double factor : {0.5, 1.0, 4.0})  // 4.0: C = ceil(4 k T / E) > T, so every expert takes every token
+    for (int64_t k : {1, 2}) {
+      Scenario s;
+      s.cfg = make_config(kActivations[i % 3], i % 2 == 0 ? 8 : 4, k, true, factor, DropPolicy::Position,
+                          AuxLossScope::Local);
+      s.cfg.routing = Routing::ExpertChoice;
+      s.cfg.aux_loss_coeff = 0.0f;  // no load-balancing loss; the z-loss stays
+      s.cfg.jitter_eps = i % 2 == 0 ? 0.0f : 0.2f;  // the noise depends on the world rank, not the layout
+      s.batch = uneven_batch(test_world().size());
+      const LayerRun ref = expect_sharding_invisible(s);
+      const int64_t T = s.batch.counts[test_world().rank()], E = s.cfg.num_experts;
+      const int64_t C = std::min(T, expert_capacity(factor, T, k, E, s.cfg.min_capacity));
+      EXPECT_EQ(ref.stats.kept, std::vector<int64_t>(E, C)) << "each expert takes C of this rank's tokens";
+      EXPECT_EQ(ref.stats.dropped_total, 0);
+      EXPECT_EQ(ref.stats.aux_loss, 0.0);
+      ++i;
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Edge cases.
 // ---------------------------------------------------------------------------------------------

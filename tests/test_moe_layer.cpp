@@ -226,7 +226,7 @@ FdPoint eval_loss(const MoEConfig& cfg, const MoEWeights& w, const Tensor& x, co
   const std::vector<int32_t> slot = ints_of(layer.plan().slot);
   point.signature.insert(point.signature.end(), slot.begin(), slot.end());
   if (cfg.activation == Activation::ReLU) {
-    const int64_t k = cfg.top_k, d = cfg.d_model;
+    const int64_t k = layer.plan().top_k, d = cfg.d_model;  // E with expert choice
     for (int64_t i = 0; i < x.dim(0) * k; ++i) {
       if (slot[i] < 0) continue;
       for (double v : ref_pre(cfg, w.w_in, point.signature[i], x.f32() + (i / k) * d))
@@ -248,13 +248,14 @@ struct FdCase {
   ScoreFunction score = ScoreFunction::Softmax;
   float routed_scaling_factor = 1.0f;
   AuxLossScope scope = AuxLossScope::Local;  // Sequence: the T = 12 tokens are 3 sequences of 4
+  Routing routing = Routing::TokenChoice;
 };
 
 std::string describe(const FdCase& c) {
   return detail::concat(to_string(c.activation), c.renormalize ? " renorm" : " no-renorm",
                         " cf=", c.capacity_factor, " ", to_string(c.policy), " jitter=", c.jitter_eps,
                         c.zero_r ? " r=0" : "", " ", to_string(c.score), " scale=", c.routed_scaling_factor,
-                        " scope=", to_string(c.scope));
+                        " scope=", to_string(c.scope), " ", to_string(c.routing));
 }
 
 // Why h and the tolerances are what they are: the layer computes in float32, so y carries relative
@@ -281,6 +282,7 @@ void run_layer_fd(const FdCase& c) {
   cfg.score_function = c.score;
   cfg.routed_scaling_factor = c.routed_scaling_factor;
   cfg.aux_loss_scope = c.scope;
+  cfg.routing = c.routing;
   cfg.seq_len = 4;
   Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.x");
   Tensor r = c.zero_r ? Tensor::zeros({T, cfg.d_model}) : normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.r");
@@ -290,7 +292,7 @@ void run_layer_fd(const FdCase& c) {
   MoEWeights w = clone_weights(layer.weights);
   Tensor y = Tensor::zeros({T, cfg.d_model});
   layer.forward(y, x, /*training=*/true);
-  if (c.capacity_factor > 0) {
+  if (c.capacity_factor > 0 && c.routing == Routing::TokenChoice) {
     ASSERT_GT(layer.stats().dropped_total, 0) << "the case should drop choices";
   } else {
     ASSERT_EQ(layer.stats().dropped_total, 0);
@@ -355,6 +357,19 @@ TEST(MoELayerGradient, SigmoidScoringAndTheSequenceScopeMatchFiniteDifferences) 
   }
   run_layer_fd({Activation::ReLU, true, 0.75, DropPolicy::Probs, 0.3f, 0.5, 0.1, false, ScoreFunction::Softmax,
                 1.5f});
+}
+
+TEST(MoELayerGradient, ExpertChoiceMatchesFiniteDifferences) {
+  // The gradient reaches the router through the combine weights, which are the chosen softmax scores;
+  // with jitter, and with r = 0 for the z-loss alone (expert choice has no load-balancing loss).
+  // C = ceil(0.75 * 2 * 12 / 4) = 5 of the 12 tokens per expert.
+  for (Activation act : {Activation::ReLU, Activation::GELU, Activation::SwiGLU})
+    run_layer_fd({act, true, 0.75, DropPolicy::Position, 0.0f, 0.0, 0.1, false, ScoreFunction::Softmax, 1.0f,
+                  AuxLossScope::Local, Routing::ExpertChoice});
+  run_layer_fd({Activation::GELU, false, 0.75, DropPolicy::Position, 0.3f, 0.0, 0.1, false, ScoreFunction::Softmax,
+                1.0f, AuxLossScope::Local, Routing::ExpertChoice});
+  run_layer_fd({Activation::GELU, true, 0.75, DropPolicy::Position, 0.0f, 0.0, 1.0, true, ScoreFunction::Softmax,
+                1.0f, AuxLossScope::Local, Routing::ExpertChoice});
 }
 
 TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
@@ -1117,6 +1132,99 @@ TEST(MoELayerForward, DroppedChoiceContributesNothing) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Expert-choice routing.
+// ---------------------------------------------------------------------------------------------
+
+// Expert e's C tokens the obvious way: all token ids stably sorted by score, highest first (so ties
+// keep the lower token first), the first C kept. probs (T, E).
+std::vector<int32_t> ref_expert_choice(const std::vector<float>& probs, int64_t T, int64_t E, int64_t e,
+                                       int64_t C) {
+  std::vector<int32_t> ids(T);
+  for (int64_t t = 0; t < T; ++t) ids[t] = static_cast<int32_t>(t);
+  std::stable_sort(ids.begin(), ids.end(), [&](int32_t a, int32_t b) { return probs[a * E + e] > probs[b * E + e]; });
+  ids.resize(C);
+  return ids;
+}
+
+TEST(MoELayerExpertChoice, ForwardPlanAndStatsMatchThePlainLoopReference) {
+  // y_t = sum over the experts e that chose t of p_te FFN_e(x_t), p = softmax(x W_gate) in double; the
+  // choice recomputed from the layer's float32 scores (themselves checked against the double ones).
+  // C = min(ceil(factor * k * T / E), T): 6 and 12 of T = 24 in training, the evaluation factor 2.0
+  // gives 24 (every expert takes every token: the dense soft mixture), and a factor of 3 asks for
+  // C = 36 > T, which means every token too.
+  const int64_t T = 24;
+  struct Case {
+    double capacity_factor;
+    bool training;
+    int64_t C;
+  };
+  for (const Case& c : {Case{0.5, true, 6}, Case{1.0, true, 12}, Case{1.0, false, 24}, Case{3.0, true, 24}}) {
+    SCOPED_TRACE(detail::concat("cf=", c.capacity_factor, c.training ? " training" : " eval"));
+    MoEConfig cfg = small_config(Activation::SwiGLU, true, c.capacity_factor);
+    cfg.eval_capacity_factor = 2.0;
+    cfg.routing = Routing::ExpertChoice;  // aux_loss_coeff left at -1: expert choice's default, 0
+    const int64_t d = cfg.d_model, E = cfg.num_experts;
+    Tensor x = normal_tensor({T, d}, 1.0f, kSeed, "expert_choice.x");
+    MoELayer layer(cfg, kSeed);
+    Tensor y = Tensor::zeros({T, d});
+    layer.forward(y, x, c.training);
+    const std::vector<float> probs = floats_of(layer.router_output().probs);
+    std::vector<std::vector<double>> p(T);
+    for (int64_t t = 0; t < T; ++t) {
+      p[t] = ref_probs(cfg, layer.weights.w_gate, x.f32() + t * d);
+      for (int64_t e = 0; e < E; ++e) ASSERT_NEAR(probs[t * E + e], p[t][e], 1e-6) << "token " << t;  // float32
+    }
+    std::vector<double> ref(T * d, 0.0);
+    std::vector<int64_t> experts_of(T, 0);
+    const DispatchPlan& plan = layer.plan();
+    ASSERT_EQ(plan.top_k, E);
+    ASSERT_EQ(plan.offset.size(), static_cast<size_t>(E + 1));
+    const std::vector<int32_t> slot = ints_of(plan.slot), source = ints_of(plan.source_token);
+    ASSERT_EQ(slot.size(), static_cast<size_t>(T * E));
+    for (int64_t e = 0; e < E; ++e) {
+      const std::vector<int32_t> chosen = ref_expert_choice(probs, T, E, e, c.C);
+      std::vector<bool> took(T, false);
+      for (int32_t t : chosen) {
+        took[t] = true;
+        ++experts_of[t];
+        const std::vector<double> out = ref_expert(cfg, layer.weights, e, x.f32() + t * d);
+        for (int64_t col = 0; col < d; ++col) ref[t * d + col] += p[t][e] * out[col];
+      }
+      EXPECT_EQ(plan.kept[e], c.C) << "expert " << e;
+      EXPECT_EQ(plan.offset[e + 1] - plan.offset[e], c.C) << "expert " << e;
+      for (int64_t t = 0; t < T; ++t) {
+        const int32_t row = slot[t * E + e];
+        if (!took[t]) {
+          EXPECT_EQ(row, -1) << "expert " << e << " did not choose token " << t;
+          continue;
+        }
+        ASSERT_GE(row, plan.offset[e]) << "token " << t << " outside expert " << e << "'s segment";
+        ASSERT_LT(row, plan.offset[e + 1]) << "token " << t << " outside expert " << e << "'s segment";
+        EXPECT_EQ(source[row], t);
+        if (row > plan.offset[e]) {
+          EXPECT_LT(source[row - 1], t) << "segment of expert " << e << " not in token order";
+        }
+      }
+    }
+    const double tol = forward_tolerance(ref);
+    for (int64_t i = 0; i < T * d; ++i) EXPECT_NEAR(y.f32()[i], ref[i], tol) << "y[" << i / d << ", " << i % d << "]";
+    const MoEStats& s = layer.stats();
+    EXPECT_EQ(s.capacity, c.C);
+    EXPECT_EQ(s.routed, std::vector<int64_t>(E, c.C));
+    EXPECT_EQ(s.kept, s.routed);
+    EXPECT_EQ(s.kept_total, E * c.C);
+    EXPECT_EQ(s.dropped_total, 0);
+    EXPECT_EQ(s.aux_loss, 0.0);
+    EXPECT_GT(s.z_loss, 0.0);
+    if (c.C == 6) {  // one expert per token on average: a token gets zero, one or several experts
+      EXPECT_GT(std::count(experts_of.begin(), experts_of.end(), 0), 0) << "no token went without an expert";
+      EXPECT_GT(std::count_if(experts_of.begin(), experts_of.end(), [](int64_t n) { return n >= 2; }), 0)
+          << "no token got two experts";
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
 // Jitter.
 // ---------------------------------------------------------------------------------------------
 
@@ -1197,6 +1305,10 @@ TEST(MoEConfigWarnings, TopOneWithRenormalizeWarnsThatTheRouterGetsNoTaskGradien
 TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
   const MoEConfig good = small_config(Activation::GELU, true, 1.25);
   EXPECT_NO_THROW(good.validate());
+  MoEConfig expert_choice = good;  // the defaults fit expert choice: its aux-loss default is 0
+  expert_choice.routing = Routing::ExpertChoice;
+  EXPECT_NO_THROW(expert_choice.validate());
+  EXPECT_EQ(expert_choice.aux_loss_weight(), 0.0f);
   struct Case {
     std::function<void(MoEConfig&)> edit;
     std::vector<std::string> needles;
@@ -1213,6 +1325,23 @@ TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
       {[](MoEConfig& c) { c.routed_scaling_factor = 0.f; }, {"routed_scaling_factor = 0", "> 0"}},
       {[](MoEConfig& c) { c.aux_loss_scope = AuxLossScope::Sequence; },
        {"aux_loss_scope = sequence needs the model's seq_len (>= 1)", "seq_len = 0"}},
+      // Settings that do not apply to expert choice, each refused naming both keys.
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.capacity_factor = 0.0; },
+       {"routing = expert_choice needs capacity_factor > 0", "capacity_factor = 0"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.eval_capacity_factor = -1.0; },
+       {"routing = expert_choice needs", "eval_capacity_factor = -1"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.score_function = ScoreFunction::Sigmoid; },
+       {"routing = expert_choice scores with softmax", "score_function = sigmoid"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.drop_policy = DropPolicy::Probs; },
+       {"routing = expert_choice does not use drop_policy", "drop_policy = probs"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.routed_scaling_factor = 2.5f; },
+       {"routing = expert_choice", "routed_scaling_factor = 2.5"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.balancing = Balancing::AuxFree; },
+       {"routing = expert_choice is balanced by construction", "balancing = aux_free"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.aux_loss_coeff = 0.01f; },
+       {"routing = expert_choice has no load-balancing loss", "aux_loss_coeff = 0.01"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.aux_loss_scope = AuxLossScope::Global; },
+       {"routing = expert_choice has no load-balancing loss", "aux_loss_scope = global"}},
   };
   for (const Case& c : cases) {
     MoEConfig cfg = good;

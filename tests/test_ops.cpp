@@ -13,6 +13,7 @@
 #include <functional>
 #include <limits>
 #include <numbers>
+#include <numeric>
 #include <random>
 #include <string>
 #include <thread>
@@ -1391,6 +1392,51 @@ TEST(Jitter, BackwardMatchesFiniteDifferences) {
     return weighted_sum(y, r);
   }, kGradTol, kNotVacuous);
   expect_backward_accumulates({&dx}, [&] { jitter_backward(dx, r, noise_saved); });
+}
+
+// ---------------------------------------------------------------------------------------------
+// router: expert-choice selection
+// ---------------------------------------------------------------------------------------------
+
+// Expert e's C tokens by repeated scans (a selection sort): each scan takes the highest score not yet
+// taken, the first such token on a tie (strict >). A different algorithm from the kernels' sort and ranks.
+std::vector<int32_t> expert_choice_reference(const Tensor& scores, int64_t e, int64_t C) {
+  const int64_t T = scores.dim(0);
+  std::vector<bool> taken(T, false);
+  std::vector<int32_t> out;
+  for (int64_t c = 0; c < C; ++c) {
+    int64_t best = -1;
+    for (int64_t t = 0; t < T; ++t)
+      if (!taken[t] && (best < 0 || at(scores, t, e) > at(scores, best, e))) best = t;
+    taken[best] = true;
+    out.push_back(static_cast<int32_t>(best));
+  }
+  return out;
+}
+
+TEST(ExpertChoiceTopk, MatchesTheSelectionSortReferenceWithTiesForEveryC) {
+  std::mt19937 rng(109);
+  const int64_t T = 30, E = 5;
+  Tensor scores = random_tensor({T, E}, rng, 0.f, 1.f);
+  for (int64_t i = 0; i < T * E; ++i) scores.f32()[i] = std::round(scores.f32()[i] * 6.f) / 6.f;  // many ties
+  for (int64_t t = 0; t < T; ++t) scores.f32()[t * E + 2] = 0.5f;  // a column of ties: tokens in index order
+  for (int64_t C : {0, 1, 7, 29, 30}) {  // C = T: every token, best first
+    SCOPED_TRACE("C = " + std::to_string(C));
+    Tensor token = Tensor::from_ints({E, C}, std::vector<int32_t>(E * C, -1));
+    expert_choice_topk(token, scores);
+    for (int64_t e = 0; e < E; ++e)
+      EXPECT_EQ(std::vector<int32_t>(token.i32() + e * C, token.i32() + (e + 1) * C),
+                expert_choice_reference(scores, e, C))
+          << "expert " << e;
+    std::vector<int32_t> first(C);
+    std::iota(first.begin(), first.end(), 0);
+    EXPECT_EQ(std::vector<int32_t>(token.i32() + 2 * C, token.i32() + 3 * C), first) << "ties go to lower tokens";
+  }
+  Tensor too_many = Tensor::zeros({E, T + 1}, DType::I32), wrong_experts = Tensor::zeros({E - 1, 3}, DType::I32);
+  EXPECT_CONTAINS(error_message([&] { expert_choice_topk(too_many, scores); }), "expert_choice_topk",
+                  "token has shape (5, 31)", "C <= T = 30");
+  EXPECT_CONTAINS(error_message([&] { expert_choice_topk(wrong_experts, scores); }), "token has shape (4, 3)",
+                  "expected (E = 5");
 }
 
 // ---------------------------------------------------------------------------------------------

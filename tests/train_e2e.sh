@@ -90,6 +90,40 @@ assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
 print(f"loss {first:.3f} -> {last:.3f}, aux {train[-1]['aux_loss']:.5f}")
 PY
   ;;
+expert_choice_routing)
+  # Expert-choice routing (Zhou et al. 2022). The tiny config's explicit aux_loss_coeff does not apply to
+  # it: refused naming both keys, one message, before anything is written. Without it the run trains,
+  # says once at start-up what expert choice sees, and every expert takes exactly its capacity:
+  # C = ceil(1.25 * 2 * 512 / 4) = 320 of each rank's 512 tokens per layer, nothing dropped, no aux loss.
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=refused moe.routing=expert_choice &&
+    fail "expert choice with the tiny config's aux_loss_coeff was accepted"
+  grep -q "moe.routing = expert_choice has no load-balancing loss .*, but aux_loss_coeff = 0.01" out.txt ||
+    { cat out.txt; fail "refusal message"; }
+  [ "$(grep -c 'has no load-balancing loss' out.txt)" = 1 ] || fail "expected exactly one message (from rank 0)"
+  [ -e refused ] && fail "the refused run wrote refused/"
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r moe.routing=expert_choice moe.aux_loss_coeff=0 ||
+    { cat out.txt; fail "exit status $?"; }
+  grep -q "^  routing: expert_choice" r/config.yaml || fail "r/config.yaml does not record the routing"
+  [ "$(grep -c '^routing: expert_choice: .*information from the future leaks.* Evaluation routes each eval' \
+        out.txt)" = 1 ] || { cat out.txt; fail "no single start-up line on what expert choice sees"; }
+  grep -q "^load balancing: by construction" out.txt || fail "the balancing line does not say expert choice"
+  python3 - r/metrics.jsonl <<'PY' || fail "metrics.jsonl check failed"
+import json, math, sys
+rows = [json.loads(l) for l in open(sys.argv[1])]
+train = [r for r in rows if "loss" in r]
+evals = [r for r in rows if r.get("split") == "eval"]
+assert len(train) == 30 and len(evals) == 2, (len(train), len(evals))
+for r in train:
+    assert r["aux_loss"] == 0 and r["z_loss"] > 0 and r["dropped_frac"] == 0, r
+    assert r["load_max_over_mean"] == 1, r
+    for l in r["moe_layers"]:
+        assert l["routed"] == l["kept"] == [640] * 4, l  # 2 ranks x C = 320 per expert
+assert all(math.isfinite(e["eval_loss"]) for e in evals), evals
+first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
+assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
+print(f"loss {first:.3f} -> {last:.3f}, eval {evals[-1]['eval_loss']:.3f}")
+PY
+  ;;
 deterministic)
   # Same seed and layout: bit-identical losses.
   run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=a || { cat out.txt; fail "first run failed"; }

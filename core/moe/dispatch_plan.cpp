@@ -1,4 +1,5 @@
-// Building the dispatch plan: capacity, drop policy and the token permutation.
+// Building the dispatch plan: capacity, drop policy and the token permutation (and the plan of
+// expert-choice routing).
 #include "core/moe/dispatch_plan.h"
 
 #include <algorithm>
@@ -47,6 +48,31 @@ std::vector<uint8_t> choose_kept(const DispatchPlan& plan, const int32_t* idx, c
   return keep;
 }
 
+// Fills plan's kept, offset, slot and source_token from the choices idx (T, k) and which of them are kept:
+// kept choices grouped by expert, in token order inside each expert's segment.
+void permute_kept(DispatchPlan& plan, const int32_t* idx, const std::vector<uint8_t>& keep) {
+  const int64_t T = plan.num_tokens, k = plan.top_k, E = plan.num_experts;
+  plan.kept.assign(E, 0);
+  for (int64_t i = 0; i < T * k; ++i) plan.kept[idx[i]] += keep[i];
+  plan.offset.assign(E + 1, 0);
+  for (int64_t e = 0; e < E; ++e) plan.offset[e + 1] = plan.offset[e] + plan.kept[e];
+
+  plan.slot = Tensor::empty({T, k}, DType::I32);
+  plan.source_token = Tensor::empty({plan.num_kept()}, DType::I32);
+  int32_t* slot = plan.slot.i32();
+  int32_t* source = plan.source_token.i32();
+  std::vector<int64_t> next(plan.offset.begin(), plan.offset.end() - 1);
+  for (int64_t i = 0; i < T * k; ++i) {
+    if (!keep[i]) {
+      slot[i] = -1;
+      continue;
+    }
+    int64_t row = next[idx[i]]++;
+    slot[i] = static_cast<int32_t>(row);
+    source[row] = static_cast<int32_t>(i / k);
+  }
+}
+
 }  // namespace
 
 DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64_t num_experts,
@@ -67,27 +93,30 @@ DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64
     MOE_ASSERT(idx[i] >= 0 && idx[i] < E, "router produced an expert id outside [0, E)");
     ++plan.routed[idx[i]];
   }
-  std::vector<uint8_t> keep = choose_kept(plan, idx, probs.f32(), policy);
+  permute_kept(plan, idx, choose_kept(plan, idx, probs.f32(), policy));
+  return plan;
+}
 
-  plan.kept.assign(E, 0);
-  for (int64_t i = 0; i < T * k; ++i) plan.kept[idx[i]] += keep[i];
-  plan.offset.assign(E + 1, 0);
-  for (int64_t e = 0; e < E; ++e) plan.offset[e + 1] = plan.offset[e] + plan.kept[e];
-
-  plan.slot = Tensor::empty({T, k}, DType::I32);
-  plan.source_token = Tensor::empty({plan.num_kept()}, DType::I32);
-  int32_t* slot = plan.slot.i32();
-  int32_t* source = plan.source_token.i32();
-  std::vector<int64_t> next(plan.offset.begin(), plan.offset.end() - 1);
-  for (int64_t i = 0; i < T * k; ++i) {
-    if (!keep[i]) {
-      slot[i] = -1;
-      continue;
+DispatchPlan make_expert_choice_plan(const Tensor& chosen_token, int64_t num_tokens) {
+  MOE_ASSERT(chosen_token.rank() == 2 && chosen_token.dtype() == DType::I32, "chosen tokens are (E, C) int32");
+  DispatchPlan plan;
+  plan.num_tokens = num_tokens;
+  plan.num_experts = chosen_token.dim(0);
+  plan.top_k = plan.num_experts;
+  plan.capacity = chosen_token.dim(1);
+  const int64_t T = num_tokens, E = plan.num_experts, C = plan.capacity;
+  std::vector<int32_t> expert(T * E);  // choice (t, e) is expert e's
+  for (int64_t i = 0; i < T * E; ++i) expert[i] = static_cast<int32_t>(i % E);
+  std::vector<uint8_t> keep(T * E, 0);
+  const int32_t* chosen = chosen_token.i32();
+  for (int64_t e = 0; e < E; ++e)
+    for (int64_t c = 0; c < C; ++c) {
+      const int64_t t = chosen[e * C + c];
+      MOE_ASSERT(t >= 0 && t < T && !keep[t * E + e], "an expert chose a token outside [0, T) or twice");
+      keep[t * E + e] = 1;
     }
-    int64_t row = next[idx[i]]++;
-    slot[i] = static_cast<int32_t>(row);
-    source[row] = static_cast<int32_t>(i / k);
-  }
+  permute_kept(plan, expert.data(), keep);
+  plan.routed = plan.kept;
   return plan;
 }
 

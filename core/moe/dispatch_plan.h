@@ -19,7 +19,7 @@ struct DispatchPlan {
   int64_t top_k = 0;        // k
   int64_t num_experts = 0;  // E
   int64_t capacity = -1;    // C, or -1 in dropless mode
-  std::vector<int64_t> routed;  // (E) choices that picked expert e, before dropping
+  std::vector<int64_t> routed;  // (E) choices that picked expert e, before dropping (= kept for expert choice)
   std::vector<int64_t> kept;    // (E) choices expert e keeps: min(routed, C)
   std::vector<int64_t> offset;  // (E + 1) first row of expert e's segment; offset[E] = rows in all
   // Made on the host; the MoE layer moves these two to its device (the counts above stay host values).
@@ -27,12 +27,23 @@ struct DispatchPlan {
   Tensor slot;                  // (T, k) int32: permuted row of choice (t, j), -1 when dropped
 
   int64_t num_kept() const { return offset.empty() ? 0 : offset.back(); }
-  int64_t num_dropped() const { return num_tokens * top_k - num_kept(); }
+  // The routed choices the plan does not keep (T k - kept for token choice; 0 for expert choice).
+  int64_t num_dropped() const {
+    int64_t routed_total = 0;
+    for (int64_t r : routed) routed_total += r;
+    return routed_total - num_kept();
+  }
 };
 
 // expert (T, k) int32 in [0, E) with distinct ids per row; probs (T, E) ranks choices under the
 // `probs` policy (ties go to the earlier token). capacity = -1 keeps everything.
 DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64_t num_experts,
                                 int64_t capacity, DropPolicy policy);
+
+// Expert-choice routing (routing = expert_choice): chosen_token (E, C) int32 on the host, expert e's C
+// distinct tokens in [0, num_tokens) (RouterOutput::chosen_token). The plan has k = E, choice (t, e) being
+// "expert e took token t" (slot -1 where it did not), capacity = C, and routed = kept (an expert's choices
+// are its kept tokens): nothing is dropped.
+DispatchPlan make_expert_choice_plan(const Tensor& chosen_token, int64_t num_tokens);
 
 }  // namespace moe

@@ -69,6 +69,39 @@ ScoreFunction parse_score_function(const std::string& name) {
 
 const char* to_string(ScoreFunction f) { return f == ScoreFunction::Sigmoid ? "sigmoid" : "softmax"; }
 
+Routing parse_routing(const std::string& name) {
+  if (name == "token_choice") return Routing::TokenChoice;
+  if (name == "expert_choice") return Routing::ExpertChoice;
+  throw InvalidArgument("routing '" + name + "' is not one of: token_choice, expert_choice");
+}
+
+const char* to_string(Routing r) { return r == Routing::ExpertChoice ? "expert_choice" : "token_choice"; }
+
+namespace {
+// The settings that have no meaning when experts choose their tokens (docs/routing.md, "Expert-choice
+// routing"): refused rather than ignored, so a config never says one thing and runs another.
+void require_expert_choice_compatible(const MoEConfig& c) {
+  const char* ec = "routing = expert_choice";
+  MOE_REQUIRE(c.capacity_factor > 0 && c.eval_capacity_factor > 0, ec,
+              " needs capacity_factor > 0 and eval_capacity_factor > 0 (each expert takes C = ceil(factor * top_k "
+              "* tokens / num_experts) tokens; it has no dropless mode), but capacity_factor = ", c.capacity_factor,
+              " and eval_capacity_factor = ", c.eval_capacity_factor);
+  MOE_REQUIRE(c.score_function == ScoreFunction::Softmax, ec,
+              " scores with softmax (Zhou et al. 2022), but score_function = ", to_string(c.score_function));
+  MOE_REQUIRE(c.drop_policy == DropPolicy::Position, ec, " does not use drop_policy (each expert keeps its C "
+              "highest-scoring tokens; nothing is dropped), but drop_policy = ", to_string(c.drop_policy),
+              "; leave drop_policy unset");
+  MOE_REQUIRE(c.routed_scaling_factor == 1.0f, ec, " weights each output by its softmax score, but "
+              "routed_scaling_factor = ", c.routed_scaling_factor, "; leave routed_scaling_factor unset (1)");
+  MOE_REQUIRE(c.balancing == Balancing::AuxLoss, ec, " is balanced by construction (every expert takes C "
+              "tokens), but balancing = aux_free; leave balancing unset");
+  MOE_REQUIRE(!(c.aux_loss_coeff > 0), ec, " has no load-balancing loss (every expert takes C tokens), but "
+              "aux_loss_coeff = ", c.aux_loss_coeff, "; leave aux_loss_coeff unset or set it to 0");
+  MOE_REQUIRE(c.aux_loss_scope == AuxLossScope::Local, ec, " has no load-balancing loss, but aux_loss_scope = ",
+              to_string(c.aux_loss_scope), "; leave aux_loss_scope unset");
+}
+}  // namespace
+
 void MoEConfig::validate() const {
   require_in_range("num_experts", num_experts, kNumExpertsRange);
   require_in_range("top_k", top_k, kTopKRange);
@@ -86,6 +119,7 @@ void MoEConfig::validate() const {
   require_in_range("routed_scaling_factor", routed_scaling_factor, kRoutedScalingFactorRange);
   MOE_REQUIRE(aux_loss_scope != AuxLossScope::Sequence || seq_len >= 1,
               "aux_loss_scope = sequence needs the model's seq_len (>= 1), but seq_len = ", seq_len);
+  if (routing == Routing::ExpertChoice) require_expert_choice_compatible(*this);
   require_in_range("d_model", d_model, at_least(1));
   require_in_range("init_std", init_std, above(0));
 }

@@ -56,6 +56,14 @@ enum class ScoreFunction {
 ScoreFunction parse_score_function(const std::string& name);  // "softmax" | "sigmoid"
 const char* to_string(ScoreFunction f);
 
+// Who chooses whom (docs/routing.md, "Expert-choice routing").
+enum class Routing {
+  TokenChoice,   // each token picks its top_k experts (the default)
+  ExpertChoice,  // each expert picks the C highest-scoring tokens of its rank's batch (Zhou et al. 2022)
+};
+Routing parse_routing(const std::string& name);  // "token_choice" | "expert_choice"
+const char* to_string(Routing r);
+
 // How the experts' load is balanced.
 enum class Balancing {
   AuxLoss,  // the load-balancing loss (aux_loss_coeff) pushes the router towards balance
@@ -77,6 +85,9 @@ struct MoEConfig {
   double eval_capacity_factor = 2.0;  // evaluation
   int64_t min_capacity = 4;
   DropPolicy drop_policy = DropPolicy::Position;
+  // expert_choice: expert e takes its C = capacity tokens of highest softmax score (top_k is then the
+  // average number of experts per token, in C's formula only); combine weight = that score.
+  Routing routing = Routing::TokenChoice;
   ScoreFunction score_function = ScoreFunction::Softmax;
   bool renormalize = true;            // rescale the k chosen scores to sum to 1
   float routed_scaling_factor = 1.0f; // the combine weights are the (renormalised) chosen scores times this
@@ -112,14 +123,18 @@ struct MoEConfig {
   static constexpr Range kRoutedScalingFactorRange = above(0);
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
-  // ("top_k = 9 ..."), its value and what is accepted.
+  // ("top_k = 9 ..."), its value and what is accepted; with routing = expert_choice, also a setting that
+  // does not apply to it (naming both keys).
   void validate() const;
   // Settings that are valid but probably not what was meant, one sentence each (no newline), naming the
   // keys and the alternative; empty when there are none. The trainer prints them at start-up.
   std::vector<std::string> warnings() const;
   // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
-  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in.
-  float aux_loss_coeff_default() const { return balancing == Balancing::AuxFree ? 0.0f : 0.01f; }
+  // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in; 0 with
+  // routing = expert_choice, where every expert takes exactly C tokens (no loss).
+  float aux_loss_coeff_default() const {
+    return balancing == Balancing::AuxFree || routing == Routing::ExpertChoice ? 0.0f : 0.01f;
+  }
   // The weight of the load-balancing loss: aux_loss_coeff, or its default when negative.
   float aux_loss_weight() const { return aux_loss_coeff < 0 ? aux_loss_coeff_default() : aux_loss_coeff; }
   // Number of columns of the first expert matrix: expert_hidden, or 2 * expert_hidden for SwiGLU ([gate | up]).

@@ -81,11 +81,18 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
 
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.
   const double factor = training ? cfg_.capacity_factor : cfg_.eval_capacity_factor;
-  const int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
+  int64_t capacity = expert_capacity(factor, T, cfg_.top_k, E, cfg_.min_capacity);
   // The plan is made on the host: this layer call's one device-to-host copy (a no-op on the CPU); its
   // index tensors go back to the device.
-  plan_ = make_dispatch_plan(router_.expert.to(Device::CPU), router_.probs.to(Device::CPU), E, capacity,
-                             cfg_.drop_policy);
+  const bool expert_choice = cfg_.routing == Routing::ExpertChoice;
+  if (expert_choice) {  // each expert chooses among this rank's T tokens, as capacity applies per rank
+    capacity = std::min(capacity, T);
+    expert_choice_route(router_, capacity);
+    plan_ = make_expert_choice_plan(router_.chosen_token.to(Device::CPU), T);
+  } else {
+    plan_ = make_dispatch_plan(router_.expert.to(Device::CPU), router_.probs.to(Device::CPU), E, capacity,
+                               cfg_.drop_policy);
+  }
   plan_.source_token = plan_.source_token.to(device);
   plan_.slot = plan_.slot.to(device);
   const int64_t M = plan_.num_kept();
@@ -118,7 +125,10 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   timer.lap(&time.combine);
 
   // The sequence scope: one group of f and P per sequence (an empty batch is one empty group: no loss).
-  balance_ = load_balance_terms(router_.balance_probs, router_.expert, per_sequence && T > 0 ? T / cfg_.seq_len : 1);
+  // Expert choice has no load-balancing loss (MoEConfig::validate): no terms, a loss of 0 and no gradient.
+  balance_ = expert_choice ? LoadBalanceTerms{}
+                           : load_balance_terms(router_.balance_probs, router_.expert,
+                                                per_sequence && T > 0 ? T / cfg_.seq_len : 1);
   if (cfg_.aux_loss_scope == AuxLossScope::Global) exchange_->all_reduce_balance_terms(balance_);
   stats_.tokens = T;
   stats_.capacity = capacity;
@@ -135,7 +145,7 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "MoELayer::backward called before forward");
   require_shape("MoELayer::backward", "dy", dy, x_.shape());
   require_shape("MoELayer::backward", "dx", dx, x_.shape());
-  const int64_t T = x_.dim(0), d = cfg_.d_model, E = cfg_.num_experts, k = cfg_.top_k;
+  const int64_t T = x_.dim(0), d = cfg_.d_model, E = cfg_.num_experts, k = plan_.top_k;  // E for expert choice
   const int64_t M = plan_.num_kept();
   const Device device = dy.device();
   MoEPhaseTimes& time = stats_.backward_time;

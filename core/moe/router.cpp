@@ -2,6 +2,8 @@
 // ops of core/ops.h.
 #include "core/moe/router.h"
 
+#include <algorithm>
+
 #include "core/ops.h"
 
 namespace moe {
@@ -21,9 +23,19 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
   }
   out.logits = Tensor::empty({T, E}, DType::F32, device);
   out.probs = Tensor::empty({T, E}, DType::F32, device);
+  linear_forward(out.logits, out.x_routed, w_gate, nullptr);
+  out.chosen_token = Tensor();
+  if (cfg.routing == Routing::ExpertChoice) {  // softmax scores (MoEConfig::validate); the experts choose
+    softmax_forward(out.probs, out.logits);
+    out.balance_probs = out.probs;
+    out.weight = out.probs;
+    out.expert = Tensor::empty({T * E}, DType::I32, device);
+    index_ramp(out.expert, 0, 1, E);
+    out.expert = out.expert.reshape({T, E});
+    return;
+  }
   out.expert = Tensor::empty({T, k}, DType::I32, device);
   out.weight = Tensor::empty({T, k}, DType::F32, device);
-  linear_forward(out.logits, out.x_routed, w_gate, nullptr);
   if (cfg.score_function == ScoreFunction::Sigmoid) {
     sigmoid_forward(out.probs, out.logits);
     out.balance_probs = Tensor::empty({T, E}, DType::F32, device);
@@ -35,6 +47,12 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
   topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias, cfg.routed_scaling_factor);
 }
 
+void expert_choice_route(RouterOutput& out, int64_t capacity) {
+  const int64_t T = out.probs.dim(0), E = out.probs.dim(1);
+  out.chosen_token = Tensor::empty({E, std::min(capacity, T)}, DType::I32, out.probs.device());
+  expert_choice_topk(out.chosen_token, out.probs);
+}
+
 void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dbalance, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg) {
   if (cfg.score_function == ScoreFunction::Sigmoid) {
@@ -44,8 +62,11 @@ void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dbalance, Tensor& dlog
                   cfg.routed_scaling_factor);
     sigmoid_backward(dlogits, dscores, saved.probs);
   } else {  // balance_probs is probs: dbalance is already the scores' gradient
-    topk_backward(dbalance, dweight, saved.expert, saved.weight, saved.probs, cfg.renormalize,
-                  cfg.routed_scaling_factor);
+    if (cfg.routing == Routing::ExpertChoice)
+      add_scaled(dbalance, dweight, 1.0f);  // the weights are the scores themselves
+    else
+      topk_backward(dbalance, dweight, saved.expert, saved.weight, saved.probs, cfg.renormalize,
+                    cfg.routed_scaling_factor);
     softmax_backward(dlogits, dbalance, saved.probs);
   }
   if (!saved.jitter.defined()) {

@@ -22,6 +22,10 @@ struct RouterOutput {
   Tensor expert;    // (T, k) int32 chosen expert ids, highest score (+ selection bias) first (ties: lower id)
   Tensor weight;    // (T, k) combine weights: scores of the chosen experts, renormalised to sum to 1 if
                     // configured, times routed_scaling_factor
+  // routing = expert_choice: every token is offered to every expert, k = E. expert (T, E) holds 0 .. E-1 in
+  // every row, weight is probs itself (the same tensor), and which offers count is chosen_token, set by
+  // expert_choice_route: (E, C) int32, expert e's C tokens, highest score first (ties: lower token).
+  Tensor chosen_token;
 };
 
 // x (T, d), w_gate (d, E). Jitter applies when training and cfg.jitter_eps > 0; its noise is value
@@ -31,6 +35,10 @@ struct RouterOutput {
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
                     bool training, uint64_t jitter_stream, int64_t token_offset,
                     const Tensor* selection_bias = nullptr);
+
+// routing = expert_choice, after router_forward: each expert takes its min(capacity, T) tokens of highest
+// score (the op expert_choice_topk) into out.chosen_token. capacity >= 0.
+void expert_choice_route(RouterOutput& out, int64_t capacity);
 
 // Backward of the router. Inputs: dweight (T, k) from the combine, dbalance (T, E) holding any gradient
 // already flowing into balance_probs (the load-balancing loss), dlogits (T, E) holding any into the

@@ -94,6 +94,7 @@ void topk_forward(Tensor&, Tensor&, const Tensor&, int64_t, bool, const Tensor*,
 void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const Tensor&, bool, float) {
   MOE_NO_CUDA(topk_backward);
 }
+void expert_choice_topk(Tensor&, const Tensor&) { MOE_NO_CUDA(expert_choice_topk); }
 void jitter_forward(Tensor&, Tensor&, const Tensor&, float, uint64_t, uint64_t) { MOE_NO_CUDA(jitter_forward); }
 void jitter_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(jitter_backward); }
 void load_balance_sums(std::vector<double>&, std::vector<double>&, const Tensor&, const Tensor&, int64_t) {

@@ -336,6 +336,10 @@ std::vector<Key> build_schema() {
               {"probs", DropPolicy::Probs}},
              "over capacity, who keeps an expert's slots: earlier tokens (position), every first choice before "
              "any second then by token (position_by_choice), or higher router probabilities (probs)");
+  moe.choice("routing", &E::routing,
+             {{"token_choice", Routing::TokenChoice}, {"expert_choice", Routing::ExpertChoice}},
+             "tokens choose their top_k experts, or each expert its capacity of the rank's tokens by score "
+             "(expert_choice: sees the whole batch, future tokens included; docs/routing.md)");
   moe.choice("score_function", &E::score_function,
              {{"softmax", ScoreFunction::Softmax}, {"sigmoid", ScoreFunction::Sigmoid}},
              "router scores from the logits: softmax over the experts, or sigmoid per expert (DeepSeek-V3)");
@@ -345,7 +349,8 @@ std::vector<Key> build_schema() {
   moe.real("jitter_eps", &E::jitter_eps, E::kJitterEpsRange,
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
   moe.real("aux_loss_coeff", &E::aux_loss_coeff, E::kAuxLossCoeffRange,
-           "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free");
+           "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free "
+           "or routing expert_choice");
   moe.choice("aux_loss_scope", &E::aux_loss_scope,
              {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}, {"sequence", AuxLossScope::Sequence}},
              "tokens the load-balancing loss counts: each rank's own (local), all ranks' (global), or each "

@@ -46,7 +46,7 @@ void RoutingCounts::add(const std::vector<MoELayer*>& layers, const std::vector<
     const Tensor slots = layers[l]->plan().slot.to(Device::CPU);
     const int32_t* expert = expert_ids.i32();
     const int32_t* slot = slots.i32();
-    const int64_t k = layers[l]->config().top_k;
+    const int64_t k = slots.dim(1);  // top_k, or E with expert choice (every expert offered every token)
     for (int64_t i = 0; i < st.tokens * k; ++i) {
       const int64_t dom = seq_domain[(i / k) / seq_len];
       if (slot[i] >= 0 && dom >= 0 && dom < num_domains) ++domain[l][dom * num_experts + expert[i]];

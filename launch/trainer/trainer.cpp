@@ -116,7 +116,10 @@ double unigram_entropy(const SequenceSource& src, IndexRange range) {
 std::string balancing_summary(const TrainConfig& cfg) {
   char buf[320];
   const double coeff = cfg.moe.aux_loss_coeff;
-  if (cfg.moe.balancing == Balancing::AuxLoss)
+  if (cfg.moe.routing == Routing::ExpertChoice)
+    std::snprintf(buf, sizeof buf, "load balancing: by construction (moe.routing = expert_choice: every expert takes "
+                  "its capacity of tokens); no load-balancing loss");
+  else if (cfg.moe.balancing == Balancing::AuxLoss)
     std::snprintf(buf, sizeof buf, "load balancing: aux_loss, the load-balancing loss with moe.aux_loss_coeff = %g%s",
                   coeff, coeff > 0 ? "" : " (off)");
   else if (coeff > 0)
@@ -129,6 +132,20 @@ std::string balancing_summary(const TrainConfig& cfg) {
                   "load balancing: aux_free, per-expert routing biases moved by %g per optimizer step; no "
                   "load-balancing loss (moe.aux_loss_coeff = 0, aux_free's default)",
                   cfg.moe.bias_update_rate);
+  return buf;
+}
+
+// Expert-choice routing's start-up warning: what it sees, and what evaluation does (docs/routing.md).
+std::string expert_choice_note(const TrainConfig& cfg) {
+  char buf[640];
+  std::snprintf(buf, sizeof buf,
+                "routing: expert_choice: each expert takes the highest-scoring tokens of each rank's micro-batch "
+                "(capacity = ceil(capacity_factor %g * top_k %lld * tokens / num_experts %lld)), looking at all of "
+                "its %lld tokens at once: in a causal language model later tokens then steer how earlier ones are "
+                "routed (information from the future leaks into the routing). Evaluation routes each eval "
+                "micro-batch the same way, with eval_capacity_factor %g.",
+                cfg.moe.capacity_factor, (long long)cfg.moe.top_k, (long long)cfg.moe.num_experts,
+                (long long)(cfg.data.batch_size * cfg.model.seq_len), cfg.moe.eval_capacity_factor);
   return buf;
 }
 
@@ -309,6 +326,7 @@ void Trainer::print_banner() const {
   std::printf("resolved config:\n%s", to_yaml(cfg_).c_str());
   std::printf("%s\n", balancing_summary(cfg_).c_str());
   for (const std::string& w : cfg_.moe.warnings()) std::printf("warning: %s\n", w.c_str());
+  if (cfg_.moe.routing == Routing::ExpertChoice) std::printf("%s\n", expert_choice_note(cfg_).c_str());
   std::printf("training data: %lld sequences of %lld tokens (held out: %lld); unigram entropy %.3f nats/token%s\n",
               (long long)data_.train_range.size(), (long long)S_, (long long)data_.eval_range.size(),
               unigram_entropy(*data_.train, data_.train_range),
