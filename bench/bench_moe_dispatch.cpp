@@ -429,13 +429,13 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   const double tps_dist = T / t_dist, tps_single = T / t_single;
   std::printf("\nrouting traffic (all ranks' tokens; bytes per step = 4 x rows out x %lld bytes, summed over ranks)\n",
               (long long)row_bytes);
-  std::printf("%-34s %21s %24s %24s\n", "", "ranks visited/token", "one row per kept choice",
+  std::printf("%-32s %19s   %26s   %26s\n", "", "ranks visited/token", "one row per kept choice",
               "one row per (token, rank)");
-  std::printf("%-34s %10s %10s %12s %11s %12s %11s\n", "", "mean", "max", "rows out", "MiB/step", "rows out",
+  std::printf("%-32s %9s %9s   %14s %11s   %14s %11s\n", "", "mean", "max", "rows out", "MiB/step", "rows out",
               "MiB/step");
   auto print_traffic = [&](const std::string& name, const Traffic& t) {
     const double mib = 4.0 * row_bytes / (1024.0 * 1024.0);
-    std::printf("%-34s %10.3f %10.0f %12.0f %11.2f %12.0f %11.2f\n", name.c_str(), t.visited_sum / t.tokens,
+    std::printf("%-32s %9.3f %9.0f   %14.0f %11.2f   %14.0f %11.2f\n", name.c_str(), t.visited_sum / t.tokens,
                 t.visited_max, t.rows_out, t.rows_out * mib, t.rank_rows_out, t.rank_rows_out * mib);
   };
   print_traffic("no group limit", unlimited);
