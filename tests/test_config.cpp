@@ -613,7 +613,8 @@ TEST(Config, GroupLimitedRoutingKeysAndTheirChecks) {
                   "num_experts = 8) hold fewer than top_k = 3 experts"});
   c.moe.top_groups = 3;
   expect_message(error_message([&] { validate_for_world(c, 2); }),
-                 {"config: moe.top_groups = 3 must be <= the 2 groups of routing_groups = ep (2 expert-parallel ranks)"});
+                 {"config: moe.top_groups = 3 must be <= the 2 groups of routing_groups = ep (2 expert-parallel "
+                  "ranks)"});
 }
 
 TEST(Config, MoeLayersFollowMoeEvery) {

@@ -511,7 +511,8 @@ TEST(ExpertParallel, RoutingGroupsEpIsOneGroupPerRankOfTheLayout) {
     const ProcessGroups groups = make_process_groups(world, ep, cfg.num_experts);
     MoEConfig numbered = cfg;
     numbered.routing_groups = ep;
-    const LayerRun by_rank = run_layer(cfg, &groups, gate, x, dy), by_number = run_layer(numbered, &groups, gate, x, dy);
+    const LayerRun by_rank = run_layer(cfg, &groups, gate, x, dy);
+    const LayerRun by_number = run_layer(numbered, &groups, gate, x, dy);
     EXPECT_EQ(floats_of(by_rank.y), floats_of(by_number.y));
     EXPECT_EQ(floats_of(by_rank.g_gate), floats_of(by_number.g_gate));
   }

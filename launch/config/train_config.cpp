@@ -803,7 +803,8 @@ std::string to_yaml(const TrainConfig& cfg) {
 std::string config_keys_help() {
   const TrainConfig defaults;
   std::vector<std::vector<std::string>> rows = {{"key", "type", "default", "accepted", "meaning"}};
-  for (const Key& k : schema()) rows.push_back({k.path, type_name(k.type, k.word), shown(k, defaults), k.accepted, k.doc});
+  for (const Key& k : schema())
+    rows.push_back({k.path, type_name(k.type, k.word), shown(k, defaults), k.accepted, k.doc});
   std::vector<size_t> width(4, 0);
   for (const auto& row : rows)
     for (size_t c = 0; c < width.size(); ++c) width[c] = std::max(width[c], row[c].size());
