@@ -21,6 +21,13 @@
 //   expert GEMM rate   = 3 * R * 2 * d * h * m / (forward + backward experts time of this rank), with R
 //                        the kept pairs this rank's experts receive (from every rank of its group; the
 //                        single-process layer: its own kept pairs), m = 2 matrices (ReLU/GELU), 3 (SwiGLU)
+//   routing traffic    (untimed; with and without group-limited routing, --routing-groups, on the same
+//                        inputs) ranks visited per token = the distinct ranks of its group holding its kept
+//                        choices, its own included (mean and max over all ranks' tokens); rows out = kept
+//                        choices whose expert is on another rank, one row each as this dispatcher sends
+//                        them, or one per (token, other rank) as a dispatcher sending a token once per rank
+//                        would (DeepSeek-V3's node-limited dispatch); bytes per step = 4 * rows out * d *
+//                        (4, or 2 in bf16) summed over ranks: the rows go out and back, forward and backward
 // Results are verified before timing: the distributed layer's y and dx must equal those of an ep = 1
 // layer (every rank holding all experts) on the same inputs; the bare all-to-all must deliver every
 // peer's block, before timing and after the last timed call.
@@ -54,6 +61,9 @@ using bench::median;
 
 struct Args : bench::LayerArgs {
   int ep = 0;  // 0: the world size
+  int64_t routing_groups = 0;  // moe.routing_groups: 0 = off; MoEConfig::kRoutingGroupsPerRank = ep
+  int64_t top_groups = 1;
+  std::string group_score = "top2_sum";
   bool help = false;
 };
 
@@ -61,7 +71,10 @@ const char* kUsage =
     "usage: mpirun -np N bench-moe-dispatch [--ep N] [--d 512] [--h 2048] [--experts 8] [--topk 2]\n"
     "         [--tokens 4096 (per rank)] [--capacity-factor 1.25] [--activation gelu|relu|swiglu]\n"
     "         [--precision fp32|bf16 (of the rows exchanged)] [--threads 1 (per rank)] [--warmup 2] [--repeats 7]\n"
-    "  --ep defaults to the world size; it must divide the world size, and --experts must be divisible by it.\n";
+    "         [--routing-groups 0|G|ep] [--top-groups 1] [--group-score top2_sum|max]\n"
+    "  --ep defaults to the world size; it must divide the world size, and --experts must be divisible by it.\n"
+    "  --routing-groups G > 0 turns on group-limited routing (docs/routing.md): G groups of experts (ep: one\n"
+    "  per rank), each token choosing its top-k experts in its --top-groups best groups.\n";
 
 // Pure: every rank sees the same argv and reaches the same verdict.
 Args parse(int argc, char** argv, int world_size) {
@@ -75,6 +88,11 @@ Args parse(int argc, char** argv, int world_size) {
     MOE_REQUIRE(i + 1 < argc, s, " needs a value; see --help");
     const char* v = argv[++i];
     if (s == "--ep") a.ep = static_cast<int>(moe::parse_integer_argument(s, v, 1, INT_MAX));
+    else if (s == "--routing-groups")
+      a.routing_groups = std::string(v) == "ep" ? moe::MoEConfig::kRoutingGroupsPerRank
+                                                : moe::parse_integer_argument(s + " (or ep)", v, 0, INT64_MAX);
+    else if (s == "--top-groups") a.top_groups = moe::parse_integer_argument(s, v, 1, INT64_MAX);
+    else if (s == "--group-score") a.group_score = v;
     else if (!bench::parse_layer_arg(s, v, a))
       throw moe::InvalidArgument("unknown argument '" + s + "'; see --help");
   }
@@ -152,6 +170,40 @@ struct BareAlltoallv {
     return true;
   }
 };
+
+// Where the kept choices of the world's tokens go (the routing traffic figures of the header), summed
+// over the ranks (visited_max: the largest).
+struct Traffic {
+  double tokens = 0, visited_sum = 0, visited_max = 0, rows_out = 0, rank_rows_out = 0;
+};
+
+// The traffic of `layer`'s last forward on this rank, all-reduced over the world: the experts of
+// layer's routing on the ranks of `layout`.
+Traffic routing_traffic(const moe::MoELayer& layer, const moe::ExpertLayout& layout, moe::Communicator& world) {
+  const moe::Tensor& expert = layer.router_output().expert;
+  const int32_t* slot = layer.plan().slot.i32();
+  const int64_t T = expert.dim(0), k = expert.dim(1);
+  Traffic t;
+  t.tokens = static_cast<double>(T);
+  for (int64_t i = 0; i < T; ++i) {
+    std::vector<bool> visits(layout.ep, false);
+    for (int64_t j = 0; j < k; ++j) {
+      if (slot[i * k + j] < 0) continue;  // dropped: it goes nowhere
+      const int r = layout.owner_ep_rank(expert.i32()[i * k + j]);
+      if (r != layout.ep_rank) t.rows_out += 1;
+      visits[r] = true;
+    }
+    const auto visited = static_cast<double>(std::count(visits.begin(), visits.end(), true));
+    t.visited_sum += visited;
+    t.visited_max = std::max(t.visited_max, visited);
+    t.rank_rows_out += visited - (visits[layout.ep_rank] ? 1 : 0);
+  }
+  double sums[4] = {t.tokens, t.visited_sum, t.rows_out, t.rank_rows_out};
+  moe::all_reduce(world, sums, 4);
+  t.tokens = sums[0], t.visited_sum = sums[1], t.rows_out = sums[2], t.rank_rows_out = sums[3];
+  t.visited_max = moe::all_reduce_value(world, t.visited_max, moe::ReduceOp::Max);
+  return t;
+}
 
 // The figures each rank contributes per repeat; all-reduced with max over ranks.
 constexpr int kPhases = 8;
@@ -241,6 +293,18 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
 
   // The forward token exchange's per-peer counts (the counts all-to-all again, outside any timing).
   const moe::ExchangePlan xp = moe::make_exchange_plan(dist->plan(), layout, *groups.expert_parallel.control);
+  // The routing traffic of the layer (as verified) and, with group-limited routing, of the same layer
+  // without it (one process's layer: the routing and the capacity per source rank are the same).
+  const Traffic traffic = routing_traffic(*dist, layout, *world);
+  Traffic unlimited = traffic;
+  if (cfg.routing_groups > 0) {
+    moe::MoEConfig off = cfg;
+    off.routing_groups = 0;
+    auto layer = std::make_unique<moe::MoELayer>(off, 42);
+    moe::fill_normal(layer->weights.w_gate, 0.5f, moe::stream_id(42, "bench.gate"));
+    layer->forward(ys, x, /*training=*/true);
+    unlimited = routing_traffic(*layer, layout, *world);
+  }
   const int64_t sent_rows = xp.dispatch_blocks.total_rows(), self_rows = xp.dispatch_blocks.peer_rows(layout.ep_rank);
   const int64_t received = xp.received_rows();
   const int64_t kept = dist->stats().kept_total;
@@ -363,6 +427,23 @@ int run(const Args& a, const moe::MoEConfig& cfg) {
   }
 
   const double tps_dist = T / t_dist, tps_single = T / t_single;
+  std::printf("\nrouting traffic (all ranks' tokens; bytes per step = 4 x rows out x %lld bytes, summed over ranks)\n",
+              (long long)row_bytes);
+  std::printf("%-32s %19s   %26s   %26s\n", "", "ranks visited/token", "one row per kept choice",
+              "one row per (token, rank)");
+  std::printf("%-32s %9s %9s   %14s %11s   %14s %11s\n", "", "mean", "max", "rows out", "MiB/step", "rows out",
+              "MiB/step");
+  auto print_traffic = [&](const std::string& name, const Traffic& t) {
+    const double mib = 4.0 * row_bytes / (1024.0 * 1024.0);
+    std::printf("%-32s %9.3f %9.0f   %14.0f %11.2f   %14.0f %11.2f\n", name.c_str(), t.visited_sum / t.tokens,
+                t.visited_max, t.rows_out, t.rows_out * mib, t.rank_rows_out, t.rank_rows_out * mib);
+  };
+  print_traffic("no group limit", unlimited);
+  if (cfg.routing_groups > 0)
+    print_traffic(moe::detail::concat("groups ", cfg.routing_groups, ", top ", cfg.top_groups, " (",
+                                      moe::to_string(cfg.group_score), ")"),
+                  traffic);
+
   std::printf("\nthroughput per rank:  distributed %10.0f tokens/s   single-process %10.0f tokens/s\n", tps_dist,
               tps_single);
   std::printf("ratio distributed/single: %8.3f   (target >= 0.8)\n", tps_dist / tps_single);
@@ -394,6 +475,12 @@ int main(int argc, char** argv) {
       return 0;
     }
     cfg = bench::layer_config(a);
+    cfg.top_groups = a.top_groups;
+    cfg.group_score = moe::parse_group_score(a.group_score);
+    // "ep" as a number here, so that the ep = 1 and single-process layers route as the distributed one.
+    cfg.routing_groups = a.routing_groups;
+    cfg.validate_routing_groups(a.ep);
+    cfg.routing_groups = cfg.routing_groups_for(a.ep);
     cfg.validate();
     moe::make_expert_layout(world_size, rank, a.ep, a.E);
   } catch (const std::exception& e) {

@@ -609,6 +609,22 @@ void expert_choice_topk(Tensor& token, const Tensor& scores) {
   MOE_DISPATCH(scores.device(), expert_choice_topk, token, scores);
 }
 
+void group_limit_forward(Tensor& limited, const Tensor& probs, const Tensor* selection_bias, int64_t groups,
+                         int64_t top_groups, int64_t terms) {
+  const char* op = "group_limit_forward";
+  require_f32_matrix(op, "probs", probs);
+  const int64_t E = probs.dim(1);
+  MOE_REQUIRE(groups >= 1 && E % groups == 0, op, ": groups = ", groups, " must divide E = ", E,
+              " (probs has shape ", to_string(probs.shape()), ")");
+  MOE_REQUIRE(top_groups >= 1 && top_groups <= groups, op, ": top_groups = ", top_groups, " must be in [1, groups = ",
+              groups, "]");
+  MOE_REQUIRE(terms == 1 || terms == 2, op, ": terms = ", terms, " must be 1 (max) or 2 (top-2 sum)");
+  if (selection_bias != nullptr) require_f32(op, "selection_bias", *selection_bias, {E});
+  require_f32(op, "limited", limited, probs.shape());
+  require_same_device(op, {&limited, &probs, selection_bias});
+  MOE_DISPATCH(probs.device(), group_limit_forward, limited, probs, selection_bias, groups, top_groups, terms);
+}
+
 void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64_t stream, uint64_t offset) {
   const char* op = "jitter_forward";
   require_f32_matrix(op, "x", x);

@@ -194,6 +194,19 @@ void jitter_forward(Tensor& y, Tensor& noise, const Tensor& x, float eps, uint64
 // dx (T, d) += dy * noise.
 void jitter_backward(Tensor& dx, const Tensor& dy, const Tensor& noise);
 
+// group_limit_forward: the first level of group-limited routing (DeepSeek-V3's node-limited,
+// DeepSeek-V2's device-limited routing; docs/routing.md). The E experts form `groups` contiguous groups
+// of E / groups (groups divides E). With s = probs + selection_bias a row's selection scores, its score of
+// a group is the highest s in it (terms = 1) or the sum of the two highest (terms = 2; the highest
+// alone in a group of one); the row keeps its `top_groups` groups with the highest scores (ties: the
+// lower group id). limited (T, E) = probs where the expert's group is kept, -infinity elsewhere, so
+// topk_forward on limited (with the same selection_bias) chooses by the same s among the kept groups'
+// experts only and weighs them by the same probs, given k <= top_groups * E / groups. No backward: the
+// group choice is a selection, like top-k's, and topk_backward reads probs only at the chosen experts.
+// probs (T, E); selection_bias (E) or null; 1 <= top_groups <= groups.
+void group_limit_forward(Tensor& limited, const Tensor& probs, const Tensor* selection_bias, int64_t groups,
+                         int64_t top_groups, int64_t terms);
+
 // load_balance_sums: the ingredients of the load-balancing loss (core/moe/aux_losses.h), per group of
 // rows, returned on the host in double because ranks all-reduce them before forming the loss. The T rows
 // are G = `groups` consecutive groups of T / G rows (G >= 1 divides T; the sequence scope's sequences,

@@ -144,6 +144,11 @@ std::vector<OpCase> op_cases() {
   for (int64_t t = 0; t < 6; ++t) tied_probs.f32()[t * 5 + 3] = 0.125f;
   const Tensor experts = Tensor::from_ints({6, 2}, {0, 3, 4, 1, 2, 0, 1, 3, 4, 2, 3, 0});
   const Tensor gw = normal_tensor({8, 5}, 1.f, 23, "gw");
+  // Group-limited routing: T = 6 tokens, E = 8 experts, scores and bias on grids of 1/8 and 1/16 (exact sums,
+  // ties within and between groups).
+  Tensor gprobs = Tensor::empty({6, 8}), gbias = Tensor::empty({8});
+  for (int64_t i = 0; i < 48; ++i) gprobs.f32()[i] = static_cast<float>((i * 5 + i / 8) % 8 + 1) / 8;
+  for (int64_t e = 0; e < 8; ++e) gbias.f32()[e] = static_cast<float>(e % 3 - 1) / 16;
   Tensor second_moment = normal_tensor({8, 5}, 1.f, 24, "v");  // made >= 0 below
   for (int64_t i = 0; i < second_moment.numel(); ++i) second_moment.f32()[i] = std::fabs(second_moment.f32()[i]);
   return {
@@ -339,6 +344,20 @@ std::vector<OpCase> op_cases() {
          expert_choice_topk(all, on(d, tied_probs));
          expert_choice_topk(some, on(d, probs));
          return to_host({all, some});
+       }},
+      {"group_limit", kExact, [=](Device d) {  // the same float additions and comparisons (core/group_limit.h)
+         Tensor l1 = poisoned(d, {6, 8}), l2 = poisoned(d, {6, 8}), l3 = poisoned(d, {6, 8});
+         Tensor e1 = poisoned_ints(d, {6, 3}), w1 = poisoned(d, {6, 3});
+         const Tensor bias = on(d, gbias);
+         group_limit_forward(l1, on(d, gprobs), nullptr, 4, 2, 2);
+         group_limit_forward(l2, on(d, gprobs), &bias, 4, 1, 1);
+         group_limit_forward(l3, on(d, gprobs), &bias, 8, 3, 2);  // groups of one expert
+         topk_forward(e1, w1, l1, 3, false, &bias);  // weights copied: exact
+         std::vector<Tensor> out = to_host({l1, l2, l3, e1, w1});
+         for (int i = 0; i < 3; ++i)  // -infinity (a dropped group) as -1: the comparison takes no infinity
+           for (int64_t j = 0; j < out[i].numel(); ++j)
+             if (std::isinf(out[i].f32()[j])) out[i].f32()[j] = -1.f;
+         return out;
        }},
       {"jitter", kRounding, [=](Device d) {  // the same generator; lo + (hi - lo) u fused or not: 1 u
          Tensor y = poisoned(d, {6, 8}), noise = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);

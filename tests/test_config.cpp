@@ -586,6 +586,47 @@ TEST(Config, MoEKeysAreTheMoELayersSettings) {
   EXPECT_NO_THROW(m.validate());
 }
 
+TEST(Config, GroupLimitedRoutingKeysAndTheirChecks) {
+  TrainConfig c = parse("moe:\n  routing_groups: 4\n  top_groups: 2\n  group_score: max\n");
+  EXPECT_EQ(c.moe.routing_groups, 4);
+  EXPECT_EQ(c.moe.top_groups, 2);
+  EXPECT_EQ(c.moe.group_score, GroupScore::Max);
+  EXPECT_EQ(TrainConfig{}.moe.routing_groups, 0);  // off by default
+  // "ep": one group per expert-parallel rank, written back as it was given.
+  c = parse("", {"moe.routing_groups=ep"});
+  EXPECT_EQ(c.moe.routing_groups, MoEConfig::kRoutingGroupsPerRank);
+  EXPECT_CONTAINS(to_yaml(c), "  routing_groups: ep ");
+  EXPECT_EQ(parse(to_yaml(c)).moe.routing_groups, MoEConfig::kRoutingGroupsPerRank);
+  EXPECT_CONTAINS(config_keys_help(), "moe.routing_groups");
+  expect_message(parse_error("moe:\n  routing_groups: node\n"),
+                 {"moe.routing_groups: expected an int or ep, got 'node'"});
+  expect_message(parse_error("", {"moe.routing_groups=-2"}),
+                 {"moe.routing_groups = -2 is out of range; accepted: >= 0, or ep"});
+  expect_message(parse_error("", {"moe.group_score=sum"}),
+                 {"moe.group_score: expected one of top2_sum, max, got 'sum'"});
+  expect_message(parse_error("", {"moe.top_groups=0"}), {"moe.top_groups = 0 is out of range; accepted: >= 1"});
+  // The groups must split the experts evenly, and the kept groups must hold top_k experts.
+  expect_message(parse_error("", {"moe.routing_groups=3"}),
+                 {"config: moe.routing_groups = 3 does not divide num_experts = 8; accepted for routing_groups: 0 "
+                  "(off), a divisor of num_experts, or ep (one group per expert-parallel rank)"});
+  expect_message(parse_error("", {"moe.routing_groups=2", "moe.top_groups=3"}),
+                 {"config: moe.top_groups = 3 must be <= the 2 groups of routing_groups = 2"});
+  expect_message(parse_error("", {"moe.routing_groups=4", "moe.top_k=3"}),
+                 {"config: moe.top_groups = 1 groups of 2 experts (routing_groups = 4, num_experts = 8) hold fewer "
+                  "than top_k = 3 experts; accepted: top_groups * num_experts / routing_groups >= top_k"});
+  EXPECT_NO_THROW(parse("", {"moe.routing_groups=4", "moe.top_k=3", "moe.top_groups=2"}));
+  // "ep" is checked once the expert-parallel size is known: 4 ranks make groups of 2 experts.
+  c = parse("", {"moe.routing_groups=ep", "moe.top_k=3"});
+  EXPECT_NO_THROW(validate_for_world(c, 2));
+  expect_message(error_message([&] { validate_for_world(c, 4); }),
+                 {"config: moe.top_groups = 1 groups of 2 experts (routing_groups = ep (4 expert-parallel ranks), "
+                  "num_experts = 8) hold fewer than top_k = 3 experts"});
+  c.moe.top_groups = 3;
+  expect_message(error_message([&] { validate_for_world(c, 2); }),
+                 {"config: moe.top_groups = 3 must be <= the 2 groups of routing_groups = ep (2 expert-parallel "
+                  "ranks)"});
+}
+
 TEST(Config, MoeLayersFollowMoeEvery) {
   ModelConfig m;
   m.n_layers = 4;

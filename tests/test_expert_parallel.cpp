@@ -130,6 +130,9 @@ std::string describe(const MoEConfig& cfg) {
      << " renormalize=" << cfg.renormalize << " capacity_factor=" << cfg.capacity_factor
      << " policy=" << to_string(cfg.drop_policy) << " scope=" << to_string(cfg.aux_loss_scope)
      << " score=" << to_string(cfg.score_function) << " scale=" << cfg.routed_scaling_factor;
+  if (cfg.routing_groups != 0)
+    os << " routing_groups=" << cfg.routing_groups << " top_groups=" << cfg.top_groups
+       << " group_score=" << to_string(cfg.group_score);
   return os.str();
 }
 
@@ -481,6 +484,62 @@ TEST(ExpertParallel, ShardingIsInvisibleWithExpertChoice) {
       EXPECT_EQ(ref.stats.aux_loss, 0.0);
       ++i;
     }
+}
+
+// Group-limited routing with a number of groups: the groups are of the experts, not of the layout, so
+// every ep routes alike. E = 8 as 4 groups of 2 (top 2 by the top-2 sum) or 2 groups of 4 (top 1 by the
+// max), k = 3, sigmoid or softmax scores.
+MoEConfig group_limited_config(int i, double factor, AuxLossScope scope) {
+  MoEConfig cfg = make_config(kActivations[i % 3], 8, 3, i % 2 == 0, factor,
+                              i % 2 == 0 ? DropPolicy::Position : DropPolicy::Probs, scope);
+  cfg.routing_groups = i % 2 == 0 ? 4 : 2;
+  cfg.top_groups = i % 2 == 0 ? 2 : 1;
+  cfg.group_score = i % 2 == 0 ? GroupScore::Top2Sum : GroupScore::Max;
+  cfg.score_function = i % 4 < 2 ? ScoreFunction::Sigmoid : ScoreFunction::Softmax;
+  return cfg;
+}
+
+TEST(ExpertParallel, ShardingIsInvisibleWithGroupLimitedRouting) {
+  int i = 0;
+  for (double factor : {1.0, 0.0})
+    for (AuxLossScope scope : {AuxLossScope::Local, AuxLossScope::Global})
+      for (int variant = 0; variant < 2; ++variant) {
+        Scenario s;
+        s.cfg = group_limited_config(i++, factor, scope);
+        s.batch = uneven_batch(test_world().size());
+        s.expect_drops = factor > 0.0;
+        expect_sharding_invisible(s);
+      }
+  for (int variant = 0; variant < 4; ++variant) {  // dropless, global scope: one process on the whole batch
+    Scenario s;
+    s.cfg = group_limited_config(variant, 0.0, AuxLossScope::Global);
+    s.batch = equal_batch(test_world().size(), 16);
+    s.compare_single = true;
+    expect_sharding_invisible(s);
+  }
+}
+
+TEST(ExpertParallel, RoutingGroupsEpIsOneGroupPerRankOfTheLayout) {
+  // routing_groups = ep routes as routing_groups = the layout's ep, bit for bit, for every ep.
+  Communicator& world = test_world();
+  const int W = world.size(), rank = world.rank();
+  MoEConfig cfg = make_config(Activation::GELU, 8, 2, true, 1.0, DropPolicy::Position, AuxLossScope::Local);
+  cfg.routing_groups = MoEConfig::kRoutingGroupsPerRank;
+  const Batch batch = uneven_batch(W);
+  const Tensor x = make_tokens(batch.first(rank), batch.counts[rank], cfg.d_model, false);
+  const Tensor dy = make_dy(batch.first(rank), batch.counts[rank], batch.counts[rank], cfg.d_model);
+  const Tensor gate = make_gate(cfg.d_model, cfg.num_experts, Gate::Random);
+  for (int ep = 1; ep <= W; ++ep) {
+    if (W % ep != 0) continue;
+    SCOPED_TRACE("ep=" + std::to_string(ep));
+    const ProcessGroups groups = make_process_groups(world, ep, cfg.num_experts);
+    MoEConfig numbered = cfg;
+    numbered.routing_groups = ep;
+    const LayerRun by_rank = run_layer(cfg, &groups, gate, x, dy);
+    const LayerRun by_number = run_layer(numbered, &groups, gate, x, dy);
+    EXPECT_EQ(floats_of(by_rank.y), floats_of(by_number.y));
+    EXPECT_EQ(floats_of(by_rank.g_gate), floats_of(by_number.g_gate));
+  }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -249,13 +249,20 @@ struct FdCase {
   float routed_scaling_factor = 1.0f;
   AuxLossScope scope = AuxLossScope::Local;  // Sequence: the T = 12 tokens are 3 sequences of 4
   Routing routing = Routing::TokenChoice;
+  int64_t num_experts = 4;
+  int64_t routing_groups = 0;  // > 0: group-limited routing, top_groups groups by group_score
+  int64_t top_groups = 1;
+  GroupScore group_score = GroupScore::Top2Sum;
 };
 
 std::string describe(const FdCase& c) {
   return detail::concat(to_string(c.activation), c.renormalize ? " renorm" : " no-renorm",
                         " cf=", c.capacity_factor, " ", to_string(c.policy), " jitter=", c.jitter_eps,
                         c.zero_r ? " r=0" : "", " ", to_string(c.score), " scale=", c.routed_scaling_factor,
-                        " scope=", to_string(c.scope), " ", to_string(c.routing));
+                        " scope=", to_string(c.scope), " ", to_string(c.routing), " E=", c.num_experts,
+                        c.routing_groups > 0 ? detail::concat(" groups=", c.routing_groups, " top=", c.top_groups,
+                                                              " ", to_string(c.group_score))
+                                             : "");
 }
 
 // Why h and the tolerances are what they are: the layer computes in float32, so y carries relative
@@ -284,6 +291,10 @@ void run_layer_fd(const FdCase& c) {
   cfg.aux_loss_scope = c.scope;
   cfg.routing = c.routing;
   cfg.seq_len = 4;
+  cfg.num_experts = c.num_experts;
+  cfg.routing_groups = c.routing_groups;
+  cfg.top_groups = c.top_groups;
+  cfg.group_score = c.group_score;
   Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.x");
   Tensor r = c.zero_r ? Tensor::zeros({T, cfg.d_model}) : normal_tensor({T, cfg.d_model}, 1.0f, kSeed, "fd.r");
 
@@ -370,6 +381,24 @@ TEST(MoELayerGradient, ExpertChoiceMatchesFiniteDifferences) {
                 1.0f, AuxLossScope::Local, Routing::ExpertChoice});
   run_layer_fd({Activation::GELU, true, 0.75, DropPolicy::Position, 0.0f, 0.0, 1.0, true, ScoreFunction::Softmax,
                 1.0f, AuxLossScope::Local, Routing::ExpertChoice});
+}
+
+TEST(MoELayerGradient, GroupLimitedRoutingMatchesFiniteDifferences) {
+  // 8 experts in 4 groups of 2, each token keeping 2 groups (top-2 sum) or 2 groups of 4 keeping 1 (max):
+  // the group choice only masks the selection, so the gradients keep their form (none through the choice).
+  for (bool renormalize : {true, false}) {
+    FdCase c{Activation::SwiGLU, renormalize, 0.75, DropPolicy::Position, 0.0f, 0.5, 0.1, false};
+    c.num_experts = 8, c.routing_groups = 4, c.top_groups = 2;
+    run_layer_fd(c);
+    c.capacity_factor = 0.0;  // dropless
+    run_layer_fd(c);
+    FdCase s{Activation::GELU, renormalize, 0.75, DropPolicy::Probs, 0.0f, 1.0, 1.0, false, ScoreFunction::Sigmoid,
+             2.5f};
+    s.num_experts = 8, s.routing_groups = 2, s.top_groups = 1, s.group_score = GroupScore::Max;
+    run_layer_fd(s);
+    s.zero_r = true;  // the aux losses alone
+    run_layer_fd(s);
+  }
 }
 
 TEST(MoELayerGradient, ReusedLayerMatchesAFreshLayerAcrossCalls) {
@@ -991,6 +1020,133 @@ TEST(MoELayerRouting, SigmoidScoresBiasScalingAndSequenceLossMatchTheReference) 
     }
 }
 
+// Group-limited routing recomputed with plain loops in double: the selection scores s + bias, each
+// group's score (its sorted selection scores: the first, or the sum of the first two), the top_groups
+// groups by a stable sort (ties: the lower id), then the top k of the kept groups' experts.
+std::vector<int32_t> ref_group_limited_topk(const std::vector<double>& selection, int64_t groups,
+                                            int64_t top_groups, GroupScore score, int64_t k) {
+  const int64_t E = static_cast<int64_t>(selection.size()), n = E / groups;
+  std::vector<double> group_score(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::vector<double> s(selection.begin() + g * n, selection.begin() + (g + 1) * n);
+    std::sort(s.begin(), s.end(), std::greater<double>());
+    group_score[g] = score == GroupScore::Top2Sum && n > 1 ? s[0] + s[1] : s[0];
+  }
+  const std::vector<int32_t> kept_groups = ref_topk(group_score, top_groups);
+  std::vector<double> masked(E, -std::numeric_limits<double>::infinity());
+  for (int32_t g : kept_groups)
+    for (int64_t e = g * n; e < (g + 1) * n; ++e) masked[e] = selection[e];
+  return ref_topk(masked, k);
+}
+
+// Group-limited layer configs: (E, groups, top_groups, k), scoring, group score, renormalize.
+struct GroupCase {
+  int64_t E, groups, top_groups, k;
+  ScoreFunction score;
+  GroupScore group_score;
+  bool renormalize;
+};
+const std::vector<GroupCase> kGroupCases = {
+    {8, 4, 2, 3, ScoreFunction::Softmax, GroupScore::Top2Sum, true},
+    {8, 4, 1, 2, ScoreFunction::Sigmoid, GroupScore::Max, false},
+    {8, 2, 1, 4, ScoreFunction::Sigmoid, GroupScore::Top2Sum, true},  // k = the whole group
+    {12, 3, 2, 2, ScoreFunction::Softmax, GroupScore::Max, false},
+    {6, 6, 3, 2, ScoreFunction::Sigmoid, GroupScore::Top2Sum, true},  // groups of one: the score itself
+};
+
+MoEConfig group_config(const GroupCase& c) {
+  MoEConfig cfg = small_config(Activation::GELU, c.renormalize, 0.0);
+  cfg.num_experts = c.E, cfg.top_k = c.k;
+  cfg.routing_groups = c.groups, cfg.top_groups = c.top_groups, cfg.group_score = c.group_score;
+  cfg.score_function = c.score;
+  cfg.routed_scaling_factor = c.score == ScoreFunction::Sigmoid ? 2.5f : 1.0f;
+  cfg.aux_loss_coeff = 0.3f;
+  return cfg;
+}
+
+TEST(MoELayerRouting, GroupLimitedRoutingMatchesTheReference) {
+  // The experts, the weights (the chosen scores, renormalised and scaled as without groups) and the
+  // load-balancing and z-losses, whose definitions group-limited routing leaves as they are.
+  const int64_t T = 40;
+  for (const GroupCase& c : kGroupCases) {
+    MoEConfig cfg = group_config(c);
+    SCOPED_TRACE(detail::concat("E=", c.E, " groups=", c.groups, " top=", c.top_groups, " k=", c.k, " ",
+                                to_string(c.score), " ", to_string(c.group_score)));
+    const int64_t k = cfg.top_k, E = cfg.num_experts, d = cfg.d_model;
+    Tensor x = normal_tensor({T, d}, 1.0f, kSeed, "groups.x");
+    MoELayer layer(cfg, kSeed);
+    std::vector<double> bias(E);
+    for (int64_t e = 0; e < E; ++e) layer.selection_bias.f32()[e] = static_cast<float>(bias[e] = 0.05 * (e % 3) - 0.05);
+    Tensor y = Tensor::zeros({T, d});
+    layer.forward(y, x, true);
+    const RouterOutput& out = layer.router_output();
+    const std::vector<int32_t> ids = ints_of(out.expert);
+    double z = 0.0, balance = 0.0;
+    std::vector<double> f(E, 0.0), P(E, 0.0);
+    for (int64_t t = 0; t < T; ++t) {
+      const std::vector<double> logit = ref_logits(cfg, layer.weights.w_gate, x.f32() + t * d);
+      std::vector<double> s(E), selection(E);
+      double lse = 0.0, row_sum = 0.0;
+      for (int64_t e = 0; e < E; ++e) lse += std::exp(logit[e]);
+      for (int64_t e = 0; e < E; ++e) {
+        s[e] = c.score == ScoreFunction::Sigmoid ? 1.0 / (1.0 + std::exp(-logit[e])) : std::exp(logit[e]) / lse;
+        selection[e] = s[e] + bias[e];
+        row_sum += s[e];
+      }
+      z += std::log(lse) * std::log(lse);
+      const std::vector<int32_t> top = ref_group_limited_topk(selection, c.groups, c.top_groups, c.group_score, k);
+      double chosen_sum = 0.0;
+      for (int64_t j = 0; j < k; ++j) chosen_sum += s[top[j]];
+      for (int64_t j = 0; j < k; ++j) {
+        ASSERT_EQ(ids[t * k + j], top[j]) << "token " << t << " choice " << j;
+        const double want = cfg.routed_scaling_factor * (c.renormalize ? s[top[j]] / chosen_sum : s[top[j]]);
+        // float32 logits (d = 6 terms), scores, a sum of k and a division: a few u of relative error.
+        EXPECT_NEAR(out.weight.f32()[t * k + j], want, 1e-6 * want) << "token " << t << " choice " << j;
+        f[top[j]] += 1.0 / (T * k);
+      }
+      for (int64_t e = 0; e < E; ++e) P[e] += s[e] / row_sum / T;  // sigmoid: normalised; softmax: sums to 1
+    }
+    for (int64_t e = 0; e < E; ++e) balance += f[e] * P[e];
+    const double aux = 0.3 * E * balance, zl = cfg.z_loss_coeff * z / T;
+    // Relative 1e-5 as in LayerPlanAndStatsMatchTheReference: float32 scores against double.
+    EXPECT_NEAR(layer.stats().aux_loss, aux, 1e-5 * aux);
+    EXPECT_NEAR(layer.stats().z_loss, zl, 1e-5 * zl);
+  }
+}
+
+TEST(MoELayerRouting, EveryTokensExpertsLieInAtMostTopGroupsGroups) {
+  // A property over many random layers and inputs (seeds), with large routing biases that pull tokens
+  // towards different groups: each token's k experts span at most top_groups groups; and where
+  // k > top_groups, some token would have spanned more without the limit (the property is not vacuous).
+  for (const GroupCase& c : kGroupCases)
+    for (uint64_t seed = 1; seed <= 8; ++seed) {
+      MoEConfig cfg = group_config(c);
+      SCOPED_TRACE(detail::concat("E=", c.E, " groups=", c.groups, " top=", c.top_groups, " seed ", seed));
+      const int64_t T = 64, k = cfg.top_k, n = c.E / c.groups;
+      Tensor x = normal_tensor({T, cfg.d_model}, 1.0f, seed, "property.x");
+      auto spans = [&](const MoEConfig& layer_cfg) {
+        MoELayer layer(layer_cfg, seed);
+        fill_normal(layer.selection_bias, 0.3f, stream_id(seed, "property.bias"));
+        Tensor y = Tensor::zeros({T, cfg.d_model});
+        layer.forward(y, x, true);
+        const std::vector<int32_t> ids = ints_of(layer.router_output().expert);
+        int64_t widest = 0;
+        for (int64_t t = 0; t < T; ++t) {
+          std::vector<bool> visited(c.groups, false);
+          for (int64_t j = 0; j < k; ++j) visited[ids[t * k + j] / n] = true;
+          widest = std::max<int64_t>(widest, std::count(visited.begin(), visited.end(), true));
+        }
+        return widest;
+      };
+      EXPECT_LE(spans(cfg), c.top_groups);
+      MoEConfig unlimited = cfg;
+      unlimited.routing_groups = 0;
+      if (seed == 1 && k > c.top_groups) {
+        EXPECT_GT(spans(unlimited), c.top_groups) << "without the limit some token should span more groups";
+      }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward against dense references.
 // ---------------------------------------------------------------------------------------------
@@ -1342,6 +1498,8 @@ TEST(MoELayerErrors, BadConfigNamesTheParameterAndItsRange) {
        {"routing = expert_choice has no load-balancing loss", "aux_loss_coeff = 0.01"}},
       {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.aux_loss_scope = AuxLossScope::Global; },
        {"routing = expert_choice has no load-balancing loss", "aux_loss_scope = global"}},
+      {[](MoEConfig& c) { c.routing = Routing::ExpertChoice, c.routing_groups = 2; },
+       {"routing = expert_choice has no token choice for routing groups to limit", "routing_groups = 2"}},
   };
   for (const Case& c : cases) {
     MoEConfig cfg = good;

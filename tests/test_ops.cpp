@@ -1347,6 +1347,98 @@ TEST(Topk, ScaleMultipliesTheWeightsAndTheirGradient) {
   }
 }
 
+// A row's group scores, the plain way: each group's selection scores sorted (descending), the score
+// their first one or the sum of their first two.
+std::vector<float> group_scores_reference(const Tensor& probs, const Tensor* bias, int64_t row, int64_t groups,
+                                          int64_t terms) {
+  const int64_t n = probs.dim(1) / groups;
+  std::vector<float> score(groups);
+  for (int64_t g = 0; g < groups; ++g) {
+    std::vector<float> s;
+    for (int64_t e = g * n; e < (g + 1) * n; ++e) s.push_back(at(probs, row, e) + (bias ? bias->f32()[e] : 0.f));
+    std::sort(s.begin(), s.end(), std::greater<float>());
+    score[g] = terms == 2 && n > 1 ? s[0] + s[1] : s[0];
+  }
+  return score;
+}
+
+// The groups a row keeps: the first top_groups of a stable sort by score (ties: the lower id first).
+std::vector<bool> kept_groups_reference(const std::vector<float>& score, int64_t top_groups) {
+  std::vector<int64_t> order(score.size());
+  std::iota(order.begin(), order.end(), 0);
+  std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return score[a] > score[b]; });
+  std::vector<bool> kept(score.size(), false);
+  for (int64_t i = 0; i < top_groups; ++i) kept[order[i]] = true;
+  return kept;
+}
+
+TEST(GroupLimit, KeepsTheTopGroupsOfTheSortedReferenceIncludingTies) {
+  // Scores and biases on a grid of 1/8 and 1/16: sums are exact, so ties within and between groups are
+  // common, and the reference's float sums equal the kernel's bit for bit.
+  std::mt19937 rng(104);
+  const int64_t T = 50, E = 12;
+  Tensor probs = Tensor::empty({T, E}), bias = Tensor::empty({E});
+  for (int64_t i = 0; i < T * E; ++i) probs.f32()[i] = static_cast<float>(rng() % 8 + 1) / 8;
+  for (int64_t e = 0; e < E; ++e) bias.f32()[e] = (static_cast<float>(rng() % 5) - 2) / 16;
+  for (int64_t e = 0; e < E; ++e) probs.f32()[3 * E + e] = 0.5f;  // a row of ties: the lowest groups win
+  int64_t boundary_ties = 0;  // rows with a kept and a dropped group of equal score: the tie rule decided
+  for (int64_t groups : {1, 2, 3, 4, 6, 12})
+    for (int64_t top_groups = 1; top_groups <= groups; ++top_groups)
+      for (int64_t terms : {1, 2})
+        for (bool with_bias : {false, true}) {
+          SCOPED_TRACE(::testing::Message() << "groups " << groups << ", top " << top_groups << ", terms " << terms
+                                            << ", bias " << with_bias);
+          const Tensor* b = with_bias ? &bias : nullptr;
+          Tensor limited = nan_tensor({T, E});
+          group_limit_forward(limited, probs, b, groups, top_groups, terms);
+          for (int64_t t = 0; t < T; ++t) {
+            const std::vector<float> score = group_scores_reference(probs, b, t, groups, terms);
+            const std::vector<bool> kept = kept_groups_reference(score, top_groups);
+            for (int64_t e = 0; e < E; ++e) {
+              const float want = kept[e / (E / groups)] ? at(probs, t, e) : -std::numeric_limits<float>::infinity();
+              ASSERT_EQ(at(limited, t, e), want) << "row " << t << ", expert " << e;
+            }
+            bool tie = false;
+            for (int64_t g = 0; g < groups; ++g)
+              for (int64_t h = 0; h < groups; ++h) tie |= kept[g] && !kept[h] && score[g] == score[h];
+            boundary_ties += tie;
+          }
+        }
+  EXPECT_GT(boundary_ties, 100) << "the grid should make many ties at the boundary of the kept groups";
+  // The row of equal scores keeps groups 0 .. top_groups - 1.
+  Tensor limited = nan_tensor({T, E});
+  group_limit_forward(limited, probs, nullptr, 4, 2, 2);
+  for (int64_t e = 0; e < E; ++e) EXPECT_EQ(std::isinf(at(limited, 3, e)), e >= 6) << "expert " << e;
+}
+
+TEST(GroupLimit, Top2SumAndMaxChooseDifferentGroupsAndTheLowerIdWinsATie) {
+  // Groups of 2: A = {0.5, 0.0625} (sum 0.5625, max 0.5), B = {0.375, 0.375} (sum 0.75, max 0.375),
+  // C = {0.125, 0.5} (sum 0.625, max 0.5: A's), D = {0.125, 0.625} (sum 0.75: B's). All sums exact.
+  Tensor probs = Tensor::from({1, 8}, {0.5f, 0.0625f, 0.375f, 0.375f, 0.125f, 0.5f, 0.125f, 0.625f});
+  auto kept = [&](int64_t top_groups, int64_t terms, const Tensor* bias) {
+    Tensor limited = nan_tensor({1, 8});
+    group_limit_forward(limited, probs, bias, 4, top_groups, terms);
+    std::vector<int> groups;
+    for (int64_t g = 0; g < 4; ++g)
+      if (!std::isinf(limited.f32()[2 * g])) groups.push_back(static_cast<int>(g));
+    return groups;
+  };
+  EXPECT_EQ(kept(1, 2, nullptr), (std::vector<int>{1}));     // B and D tie at 0.75: B, the lower id
+  EXPECT_EQ(kept(2, 2, nullptr), (std::vector<int>{1, 3}));  // then D
+  EXPECT_EQ(kept(1, 1, nullptr), (std::vector<int>{3}));     // D's 0.625 is the highest max
+  EXPECT_EQ(kept(2, 1, nullptr), (std::vector<int>{0, 3}));  // A and C tie at 0.5: A
+  // The selection bias enters the group score: +0.25 on expert 1 lifts A's sum to 0.8125.
+  Tensor bias = Tensor::from({8}, {0.f, 0.25f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f});
+  EXPECT_EQ(kept(1, 2, &bias), (std::vector<int>{0}));
+  // topk on the limited scores chooses inside the kept groups, by the same probs and bias.
+  Tensor limited = nan_tensor({1, 8}), expert = Tensor::zeros({1, 2}, DType::I32), weight = nan_tensor({1, 2});
+  group_limit_forward(limited, probs, nullptr, 4, 2, 2);
+  topk_forward(expert, weight, limited, 2, true);
+  EXPECT_EQ(ints_of(expert), (std::vector<int32_t>{7, 2}));  // 0.625 (D), then 0.375 (B, lower id)
+  EXPECT_EQ(weight.f32()[0], 0.625f);  // renormalised over 0.625 + 0.375 = 1: exact
+  EXPECT_EQ(weight.f32()[1], 0.375f);
+}
+
 TEST(Jitter, ForwardNoiseIsUniformOfTheGlobalCounterAndScalesX) {
   std::mt19937 rng(103);
   const int64_t T = 16, d = 10;
@@ -1990,6 +2082,18 @@ TEST(OpsArguments, RouterAndOptimizerOpsNameTheOpAndArgument) {
   const Tensor expert_past_end = Tensor::from_ints({2, 2}, {0, 1, 3, 0});
   EXPECT_CONTAINS(error_message([&] { topk_backward(m23, m22, expert_past_end, m22, m23, true); }),
                   "topk_backward: expert[1, 0] = 3", "[0, 3)");
+  // group_limit: probs (2, 4)
+  Tensor m24 = Tensor::zeros({2, 4});
+  EXPECT_CONTAINS(error_message([&] { group_limit_forward(m24, m24, nullptr, 3, 1, 2); }),
+                  "group_limit_forward: groups = 3 must divide E = 4");
+  EXPECT_CONTAINS(error_message([&] { group_limit_forward(m24, m24, nullptr, 2, 3, 2); }),
+                  "group_limit_forward: top_groups = 3 must be in [1, groups = 2]");
+  EXPECT_CONTAINS(error_message([&] { group_limit_forward(m24, m24, nullptr, 2, 1, 3); }),
+                  "group_limit_forward: terms = 3 must be 1 (max) or 2 (top-2 sum)");
+  EXPECT_CONTAINS(error_message([&] { group_limit_forward(m23, m24, nullptr, 2, 1, 2); }),
+                  "group_limit_forward: limited has shape (2, 3), expected (2, 4)");
+  EXPECT_CONTAINS(error_message([&] { group_limit_forward(m24, m24, &v2, 2, 1, 2); }),
+                  "group_limit_forward: selection_bias has shape (2), expected (4)");
   // jitter
   EXPECT_CONTAINS(error_message([&] { jitter_forward(m23, m32, m23, 0.1f, 1, 0); }),
                   "jitter_forward: noise has shape (3, 2), expected (2, 3)");
@@ -2193,6 +2297,7 @@ TEST(NoCuda, EveryCudaBackendOpThrowsNamingTheOp) {
       {"copy_from_host", [&] { cuda::copy_from_host(t.data(), t.data(), 8); }},
       {"topk_forward", [&] { cuda::topk_forward(t, t, t, 1, true, nullptr, 1.f); }},
       {"topk_backward", [&] { cuda::topk_backward(t, t, t, t, t, true, 1.f); }},
+      {"group_limit_forward", [&] { cuda::group_limit_forward(t, t, nullptr, 1, 1, 1); }},
       {"jitter_forward", [&] { cuda::jitter_forward(t, t, t, 0.1f, 1, 0); }},
       {"jitter_backward", [&] { cuda::jitter_backward(t, t, t); }},
       {"load_balance_sums", [&] { cuda::load_balance_sums(sums, sums, t, t, 1); }},

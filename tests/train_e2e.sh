@@ -124,6 +124,30 @@ assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
 print(f"loss {first:.3f} -> {last:.3f}, eval {evals[-1]['eval_loss']:.3f}")
 PY
   ;;
+group_routing)
+  # Group-limited routing, one group per rank: the tiny config's 4 experts on 2 ranks are 2 groups of 2,
+  # and with top_groups 1 each token's 2 experts sit on one rank. It trains and records its settings; a
+  # layout whose kept groups hold fewer than top_k experts is refused before training, naming the keys.
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r moe.routing_groups=ep moe.top_groups=1 \
+    moe.group_score=top2_sum || { cat out.txt; fail "exit status $?"; }
+  for key in "routing_groups: ep" "top_groups: 1" "group_score: top2_sum"; do
+    grep -q "^  $key" r/config.yaml || fail "r/config.yaml does not record '$key'"
+  done
+  python3 - r/metrics.jsonl <<'PY' || fail "metrics.jsonl check failed"
+import json, math, sys
+train = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
+assert len(train) == 30, len(train)
+assert all(math.isfinite(r["loss"]) for r in train), train[0]
+first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
+assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
+print(f"loss {first:.3f} -> {last:.3f}")
+PY
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=bad moe.routing_groups=ep moe.top_groups=1 moe.top_k=3 &&
+    fail "a config whose kept group holds 2 experts for top_k = 3 was accepted"
+  grep -q "moe.top_groups = 1 groups of 2 experts (routing_groups = ep (2 expert-parallel ranks)" out.txt ||
+    { cat out.txt; fail "no message naming moe.top_groups and routing_groups"; }
+  [ ! -e bad/metrics.jsonl ] || fail "the refused run started training"
+  ;;
 deterministic)
   # Same seed and layout: bit-identical losses.
   run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=a || { cat out.txt; fail "first run failed"; }

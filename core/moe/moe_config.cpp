@@ -99,8 +99,44 @@ void require_expert_choice_compatible(const MoEConfig& c) {
               "aux_loss_coeff = ", c.aux_loss_coeff, "; leave aux_loss_coeff unset or set it to 0");
   MOE_REQUIRE(c.aux_loss_scope == AuxLossScope::Local, ec, " has no load-balancing loss, but aux_loss_scope = ",
               to_string(c.aux_loss_scope), "; leave aux_loss_scope unset");
+  MOE_REQUIRE(c.routing_groups == 0, ec, " has no token choice for routing groups to limit, but routing_groups = ",
+              c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? std::string("ep") : std::to_string(c.routing_groups),
+              "; leave routing_groups unset (0)");
 }
 }  // namespace
+
+GroupScore parse_group_score(const std::string& name) {
+  if (name == "top2_sum") return GroupScore::Top2Sum;
+  if (name == "max") return GroupScore::Max;
+  throw InvalidArgument("group_score '" + name + "' is not one of: top2_sum, max");
+}
+
+const char* to_string(GroupScore s) { return s == GroupScore::Max ? "max" : "top2_sum"; }
+
+int64_t group_score_terms(GroupScore s) { return s == GroupScore::Max ? 1 : 2; }
+
+namespace {
+constexpr const char* kRoutingGroupsAccepted =
+    "0 (off), a divisor of num_experts, or ep (one group per expert-parallel rank)";
+
+// The group-limited routing checks for G groups; `groups_text` names where G came from.
+void require_routing_groups(const MoEConfig& c, int64_t G, const std::string& groups_text) {
+  MOE_REQUIRE(G >= 1 && c.num_experts % G == 0, groups_text, " does not divide num_experts = ", c.num_experts,
+              "; accepted for routing_groups: ", kRoutingGroupsAccepted);
+  MOE_REQUIRE(c.top_groups <= G, "top_groups = ", c.top_groups, " must be <= the ", G, " groups of ", groups_text);
+  MOE_REQUIRE(c.top_groups * (c.num_experts / G) >= c.top_k, "top_groups = ", c.top_groups, " groups of ",
+              c.num_experts / G, " experts (", groups_text, ", num_experts = ", c.num_experts,
+              ") hold fewer than top_k = ", c.top_k,
+              " experts; accepted: top_groups * num_experts / routing_groups >= top_k");
+}
+}  // namespace
+
+void MoEConfig::validate_routing_groups(int64_t ep) const {
+  if (routing_groups == kRoutingGroupsPerRank)
+    require_routing_groups(*this, ep, detail::concat("routing_groups = ep (", ep, " expert-parallel ranks)"));
+  else if (routing_groups != 0)
+    require_routing_groups(*this, routing_groups, detail::concat("routing_groups = ", routing_groups));
+}
 
 void MoEConfig::validate() const {
   require_in_range("num_experts", num_experts, kNumExpertsRange);
@@ -117,6 +153,11 @@ void MoEConfig::validate() const {
   require_in_range("shared_expert_hidden", shared_expert_hidden, kSharedExpertHiddenRange);
   require_in_range("bias_update_rate", bias_update_rate, kBiasUpdateRateRange);
   require_in_range("routed_scaling_factor", routed_scaling_factor, kRoutedScalingFactorRange);
+  require_in_range("top_groups", top_groups, kTopGroupsRange);
+  if (routing_groups != kRoutingGroupsPerRank) {  // "ep" is checked once ep is known
+    require_in_range("routing_groups", routing_groups, kRoutingGroupsRange);
+    validate_routing_groups(0);
+  }
   MOE_REQUIRE(aux_loss_scope != AuxLossScope::Sequence || seq_len >= 1,
               "aux_loss_scope = sequence needs the model's seq_len (>= 1), but seq_len = ", seq_len);
   if (routing == Routing::ExpertChoice) require_expert_choice_compatible(*this);

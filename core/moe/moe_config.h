@@ -63,6 +63,16 @@ enum class Routing {
 };
 Routing parse_routing(const std::string& name);  // "token_choice" | "expert_choice"
 const char* to_string(Routing r);
+// How group-limited routing scores a group of experts for a token (docs/routing.md, "Group-limited
+// routing"), from the token's selection scores (scores + aux-free bias) of the group's experts.
+enum class GroupScore {
+  Top2Sum,  // the sum of the two highest (DeepSeek-V3); the highest alone in a group of one expert
+  Max,      // the highest
+};
+GroupScore parse_group_score(const std::string& name);  // "top2_sum" | "max"
+const char* to_string(GroupScore s);
+// How many of a group's highest selection scores its group score sums: 2 for Top2Sum, 1 for Max.
+int64_t group_score_terms(GroupScore s);
 
 // How the experts' load is balanced.
 enum class Balancing {
@@ -99,6 +109,14 @@ struct MoEConfig {
   int64_t shared_expert_hidden = 0;   // hidden size of each shared expert; 0 = expert_hidden
   Balancing balancing = Balancing::AuxLoss;
   double bias_update_rate = 0.001;    // balancing = aux_free: the step of the selection-bias update
+  // Group-limited routing: the experts form routing_groups contiguous groups of equal size; each token
+  // keeps its top_groups groups by group_score, then chooses its top_k experts inside them. 0 = off;
+  // kRoutingGroupsPerRank ("ep" in the run configuration) = one group per expert-parallel rank, which
+  // the MoE layer resolves from its exchange.
+  int64_t routing_groups = 0;
+  int64_t top_groups = 1;
+  GroupScore group_score = GroupScore::Top2Sum;
+  static constexpr int64_t kRoutingGroupsPerRank = -1;
 
   int64_t d_model = 0;                // from the model
   float init_std = 0.02f;             // from the model: normal init of the router and expert weights
@@ -121,6 +139,8 @@ struct MoEConfig {
   static constexpr Range kSharedExpertHiddenRange = at_least(0);  // 0: expert_hidden
   static constexpr Range kBiasUpdateRateRange = at_least(0);
   static constexpr Range kRoutedScalingFactorRange = above(0);
+  static constexpr Range kRoutingGroupsRange = at_least(0);  // or kRoutingGroupsPerRank; divides num_experts
+  static constexpr Range kTopGroupsRange = at_least(1);      // <= the groups; times the group size >= top_k
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("top_k = 9 ..."), its value and what is accepted; with routing = expert_choice, also a setting that
@@ -129,6 +149,16 @@ struct MoEConfig {
   // Settings that are valid but probably not what was meant, one sentence each (no newline), naming the
   // keys and the alternative; empty when there are none. The trainer prints them at start-up.
   std::vector<std::string> warnings() const;
+  // The number of routing groups with `ep` expert-parallel ranks: routing_groups, or ep for
+  // kRoutingGroupsPerRank; 0 = group-limited routing is off.
+  int64_t routing_groups_for(int64_t ep) const {
+    return routing_groups == kRoutingGroupsPerRank ? ep : routing_groups;
+  }
+  // Throws InvalidArgument unless routing_groups_for(ep) groups split the experts as group-limited
+  // routing needs (each group the same size, top_groups <= the groups, top_groups groups holding at
+  // least top_k experts), naming the keys; validate() checks a number of groups, this the "ep" value
+  // once the expert-parallel size is known.
+  void validate_routing_groups(int64_t ep) const;
   // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
   // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in; 0 with
   // routing = expert_choice, where every expert takes exactly C tokens (no loss).

@@ -31,6 +31,8 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
   MOE_REQUIRE(exchange_->num_experts() == E, "the expert exchange was built for ", exchange_->num_experts(),
               " experts, but the MoE layer has num_experts = ", E);
   const int64_t first = first_expert(), local = local_experts();
+  cfg_.validate_routing_groups(E / local);  // "ep": one routing group per rank of the exchange
+  cfg_.routing_groups = cfg_.routing_groups_for(E / local);
   weights.w_gate = random_normal({d, E}, cfg_.init_std, stream_id(seed, names::kWGate), device);
   // Offsetting the stream by the first local expert's elements gives expert e the same values on
   // whichever rank holds it.

@@ -50,7 +50,8 @@ class MoELayer {
   // N(0, cfg.init_std) from counter-based streams of `seed`, so expert e's weights depend only on
   // (seed, e) whichever rank holds it. exchange == nullptr: one process holding every expert
   // (LocalExpertExchange); otherwise this rank holds the exchange's experts, and the exchange must
-  // be for cfg.num_experts experts. Weights, gradients, selection_bias and activations live on
+  // be for cfg.num_experts experts; routing_groups = ep becomes one routing group per rank of the
+  // exchange (config() holds the number). Weights, gradients, selection_bias and activations live on
   // `device`; forward takes x there.
   MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange = nullptr,
            Device device = Device::CPU);

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 
+#include "core/check.h"
 #include "core/ops.h"
 
 namespace moe {
@@ -44,7 +45,18 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
     softmax_forward(out.probs, out.logits);
     out.balance_probs = out.probs;
   }
-  topk_forward(out.expert, out.weight, out.probs, k, cfg.renormalize, selection_bias, cfg.routed_scaling_factor);
+  // Group-limited routing: the top k among the experts of each token's top_groups groups (all groups kept:
+  // nothing to limit). The weights and the backward read the same probs.
+  const Tensor* choose_from = &out.probs;
+  Tensor limited;
+  MOE_ASSERT(cfg.routing_groups != MoEConfig::kRoutingGroupsPerRank, "the MoE layer resolves routing_groups = ep");
+  if (cfg.routing_groups > 0 && cfg.top_groups < cfg.routing_groups) {
+    limited = Tensor::empty({T, E}, DType::F32, device);
+    group_limit_forward(limited, out.probs, selection_bias, cfg.routing_groups, cfg.top_groups,
+                        group_score_terms(cfg.group_score));
+    choose_from = &limited;
+  }
+  topk_forward(out.expert, out.weight, *choose_from, k, cfg.renormalize, selection_bias, cfg.routed_scaling_factor);
 }
 
 void expert_choice_route(RouterOutput& out, int64_t capacity) {

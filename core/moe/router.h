@@ -31,7 +31,9 @@ struct RouterOutput {
 // x (T, d), w_gate (d, E). Jitter applies when training and cfg.jitter_eps > 0; its noise is value
 // (token_offset + t) * d + c of `jitter_stream`, so each token's noise is fixed by its global index.
 // selection_bias (E) or null: added to the scores for choosing the top k only, never to the combine
-// weights (auxiliary-loss-free balancing, DeepSeek-V3).
+// weights (auxiliary-loss-free balancing, DeepSeek-V3). With cfg.routing_groups > 0 (a number: the MoE
+// layer resolves "ep") each token chooses its top k among the experts of its top_groups groups only
+// (group_limit_forward, core/ops.h); the weights and the backward are unchanged.
 void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, const MoEConfig& cfg,
                     bool training, uint64_t jitter_stream, int64_t token_offset,
                     const Tensor* selection_bias = nullptr);

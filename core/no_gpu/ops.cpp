@@ -95,6 +95,9 @@ void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const T
   MOE_NO_CUDA(topk_backward);
 }
 void expert_choice_topk(Tensor&, const Tensor&) { MOE_NO_CUDA(expert_choice_topk); }
+void group_limit_forward(Tensor&, const Tensor&, const Tensor*, int64_t, int64_t, int64_t) {
+  MOE_NO_CUDA(group_limit_forward);
+}
 void jitter_forward(Tensor&, Tensor&, const Tensor&, float, uint64_t, uint64_t) { MOE_NO_CUDA(jitter_forward); }
 void jitter_backward(Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(jitter_backward); }
 void load_balance_sums(std::vector<double>&, std::vector<double>&, const Tensor&, const Tensor&, int64_t) {

@@ -114,11 +114,12 @@ const StringRule kHostList{"empty, or host[:slots] entries separated by commas, 
 const StringRule kEnvList{"empty, or NAME=value / NAME entries separated by spaces", is_env_list};
 const StringRule kTimeLimit{"HH:MM:SS (hours may exceed 24), more than 0", is_time_limit};
 
-enum class Type { Int, Double, Bool, String, Choice };
+enum class Type { Int, IntOrWord, Double, Bool, String, Choice };
 
-const char* type_name(Type t) {
+std::string type_name(Type t, const std::string& word) {
   switch (t) {
     case Type::Int: return "int";
+    case Type::IntOrWord: return "int|" + word;
     case Type::Double: return "double";
     case Type::Bool: return "bool";
     case Type::String: return "string";
@@ -134,6 +135,7 @@ struct Key {
   std::string path;     // "moe.top_k"
   Type type = Type::Int;
   std::string accepted;  // the accepted range or choices, as text
+  std::string word;      // Type::IntOrWord: the word accepted in place of an int
   std::string doc;
   std::function<std::string(const TrainConfig&)> get;         // the value as text, unquoted
   std::function<bool(TrainConfig&, const std::string&)> set;  // false (nothing stored): not of the type
@@ -144,6 +146,7 @@ struct Key {
 std::string expected(const Key& k) {
   switch (k.type) {
     case Type::Int: return "an int";
+    case Type::IntOrWord: return "an int or " + k.word;
     case Type::Double: return "a finite double";
     case Type::Bool: return "a bool (true or false)";
     case Type::String: return "a string";
@@ -181,6 +184,27 @@ class SectionKeys {
       return true;
     };
     k.valid = [m, field, range](const TrainConfig& c) { return range.contains(static_cast<double>(c.*m.*field)); };
+    keys_.push_back(std::move(k));
+  }
+
+  // An int, or `word` standing for `word_value` (outside `range`).
+  void integer_or_word(const char* name, int64_t S::*field, Range range, const char* word, int64_t word_value,
+                       const char* doc) {
+    S TrainConfig::*m = member_;
+    Key k = make(name, Type::IntOrWord, range.text() + ", or " + word, doc);
+    k.word = word;
+    k.get = [m, field, word, word_value](const TrainConfig& c) {
+      return c.*m.*field == word_value ? std::string(word) : format_number(c.*m.*field);
+    };
+    k.set = [m, field, word, word_value](TrainConfig& c, const std::string& text) {
+      int64_t v = word_value;
+      if (text != word && !parse_int(text, v)) return false;
+      c.*m.*field = v;
+      return true;
+    };
+    k.valid = [m, field, range, word_value](const TrainConfig& c) {
+      return c.*m.*field == word_value || range.contains(static_cast<double>(c.*m.*field));
+    };
     keys_.push_back(std::move(k));
   }
 
@@ -364,6 +388,14 @@ std::vector<Key> build_schema() {
              "load balancing by the aux loss, or aux_free (per-expert routing biases; the aux loss off unless "
              "aux_loss_coeff is set)");
   moe.real("bias_update_rate", &E::bias_update_rate, E::kBiasUpdateRateRange, "aux_free: step of the bias update");
+  moe.integer_or_word("routing_groups", &E::routing_groups, E::kRoutingGroupsRange, "ep", E::kRoutingGroupsPerRank,
+                      "group-limited routing: experts in this many contiguous groups (a divisor of num_experts), "
+                      "or ep (one per expert-parallel rank); each token keeps top_groups of them; 0 = off");
+  moe.integer("top_groups", &E::top_groups, E::kTopGroupsRange,
+              "routing_groups > 0: groups each token keeps, choosing its top_k experts inside them");
+  moe.choice("group_score", &E::group_score, {{"top2_sum", GroupScore::Top2Sum}, {"max", GroupScore::Max}},
+             "routing_groups > 0: a group's score for a token, the sum of its two highest selection scores "
+             "(DeepSeek-V3) or the highest");
 
   SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
   parallel.integer("ep", &ParallelConfig::ep, at_least(0),
@@ -753,6 +785,7 @@ void validate_for_world(const TrainConfig& cfg, int world_size, const std::strin
               "; accepted: a divisor of it, or 0 for all ranks");
   MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "config: moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
               ep_text, " (each rank of an expert-parallel group holds the same number of experts)");
+  in_section("moe", [&] { cfg.moe.validate_routing_groups(ep); });
 }
 
 std::string to_yaml(const TrainConfig& cfg) {
@@ -775,7 +808,8 @@ std::string to_yaml(const TrainConfig& cfg) {
 std::string config_keys_help() {
   const TrainConfig defaults;
   std::vector<std::vector<std::string>> rows = {{"key", "type", "default", "accepted", "meaning"}};
-  for (const Key& k : schema()) rows.push_back({k.path, type_name(k.type), shown(k, defaults), k.accepted, k.doc});
+  for (const Key& k : schema())
+    rows.push_back({k.path, type_name(k.type, k.word), shown(k, defaults), k.accepted, k.doc});
   std::vector<size_t> width(4, 0);
   for (const auto& row : rows)
     for (size_t c = 0; c < width.size(); ++c) width[c] = std::max(width[c], row[c].size());
