@@ -10,11 +10,6 @@ void encode_bytes(std::string_view bytes, std::vector<int32_t>& tokens) {
   for (char c : bytes) tokens.push_back(static_cast<int32_t>(static_cast<unsigned char>(c)));
 }
 
-void encode_document(std::string_view bytes, std::vector<int32_t>& tokens) {
-  encode_bytes(bytes, tokens);
-  tokens.push_back(kByteEndOfDocument);
-}
-
 std::string decode_bytes(std::span<const int32_t> tokens, std::string_view end_of_document) {
   std::string out;
   out.reserve(tokens.size());

@@ -16,6 +16,8 @@ struct DataConfig {
   DataSource source = DataSource::Synthetic;
   std::string train_path;             // token file; required when source = tokens
   std::string eval_path;              // empty: the last eval_fraction of the training sequences
+  std::string tokenizer;              // the tokenizer's model file the token files must have been made
+                                      // with (their recorded fingerprint); empty: not checked
   double eval_fraction = 0.05;
   int64_t batch_size = 8;             // sequences per rank per step
   int64_t synthetic_domains = 4;      // D: domain d uses tokens [d * V / D, (d + 1) * V / D)

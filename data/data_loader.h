@@ -67,6 +67,8 @@ class TokenFileSource : public SequenceSource {
   int64_t domain_of(int64_t) const override { return -1; }
   int64_t num_tokens() const { return static_cast<int64_t>(file_.tokens.size()); }
   const std::string& name() const { return name_; }
+  // The tokenizer that made the file (its record; version 1: the byte tokenizer).
+  const TokenizerRecord& tokenizer() const { return file_.tokenizer; }
 
  private:
   TokenFile file_;

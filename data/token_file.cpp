@@ -7,10 +7,12 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <utility>
 
 #include "core/check.h"
+#include "core/crc32c.h"
 #include "core/file_io.h"
 
 namespace moe {
@@ -44,7 +46,74 @@ std::string parent_dir(const std::string& path) {
   return path.substr(0, slash);
 }
 
+constexpr uint32_t kNoEndOfDocument = 0xFFFFFFFFu;  // on disk: the record's "none"
+constexpr size_t kRecordFixedBytes = 20;             // kind, fingerprint, end_of_document, name_bytes, crc
+
+// The tokenizer record as stored (layout in token_file.h), zero-padded to a multiple of 8 bytes.
+std::vector<uint8_t> encode_record(const TokenizerRecord& r) {
+  const size_t n = r.name.size();
+  std::vector<uint8_t> out((kRecordFixedBytes + n + 7) / 8 * 8, 0);
+  put_le(out.data(), static_cast<uint32_t>(r.kind), 4);
+  put_le(out.data() + 4, r.fingerprint, 4);
+  put_le(out.data() + 8, r.end_of_document < 0 ? kNoEndOfDocument : static_cast<uint64_t>(r.end_of_document), 4);
+  put_le(out.data() + 12, n, 4);
+  std::memcpy(out.data() + 16, r.name.data(), n);
+  put_le(out.data() + 16 + n, crc32c(out.data(), 16 + n), 4);
+  return out;
+}
+
+// Parses the record's `bytes` (record_bytes of them) into *out; Corruption naming what is damaged.
+Status decode_record(const std::vector<uint8_t>& bytes, uint64_t vocab, const std::string& name,
+                     TokenizerRecord* out) {
+  const std::string where = name + " has a damaged tokenizer record: ";
+  const uint64_t kind = get_le(bytes.data(), 4);
+  const uint64_t name_bytes = get_le(bytes.data() + 12, 4);
+  if (name_bytes > bytes.size() - kRecordFixedBytes)
+    return Status::corruption(where + "its name of " + std::to_string(name_bytes) + " bytes does not fit in its " +
+                              std::to_string(bytes.size()) + " bytes");
+  const uint32_t stored_crc = static_cast<uint32_t>(get_le(bytes.data() + 16 + name_bytes, 4));
+  const uint32_t actual_crc = crc32c(bytes.data(), 16 + name_bytes);
+  if (stored_crc != actual_crc)
+    return Status::corruption(where + "its CRC32C is " + std::to_string(actual_crc) + ", but it says " +
+                              std::to_string(stored_crc));
+  if (std::any_of(bytes.begin() + static_cast<ptrdiff_t>(kRecordFixedBytes + name_bytes), bytes.end(),
+                  [](uint8_t b) { return b != 0; }))
+    return Status::corruption(where + "its padding is not zero");
+  if (kind > static_cast<uint32_t>(TokenizerKind::HfBpe))
+    return Status::corruption(where + "tokenizer kind " + std::to_string(kind) +
+                              "; accepted: 0 (byte), 1 (sentencepiece), 2 (hf-bpe)");
+  const uint64_t eod = get_le(bytes.data() + 8, 4);
+  if (eod != kNoEndOfDocument && eod >= vocab)
+    return Status::corruption(where + "end-of-document token " + std::to_string(eod) + " is >= vocab_size " +
+                              std::to_string(vocab));
+  out->kind = static_cast<TokenizerKind>(kind);
+  out->fingerprint = static_cast<uint32_t>(get_le(bytes.data() + 4, 4));
+  out->end_of_document = eod == kNoEndOfDocument ? -1 : static_cast<int64_t>(eod);
+  out->name.assign(reinterpret_cast<const char*>(bytes.data()) + 16, name_bytes);
+  return Status::ok_status();
+}
+
 }  // namespace
+
+const char* tokenizer_kind_name(TokenizerKind kind) {
+  switch (kind) {
+    case TokenizerKind::Byte: return "byte";
+    case TokenizerKind::SentencePiece: return "sentencepiece";
+    case TokenizerKind::HfBpe: return "hf-bpe";
+  }
+  return "unknown";
+}
+
+TokenizerRecord version1_tokenizer_record(int64_t vocab_size) {
+  return TokenizerRecord{TokenizerKind::Byte, "byte", 0, vocab_size > 256 ? 256 : -1};
+}
+
+std::string describe_tokenizer(const TokenizerRecord& record) {
+  if (record.kind == TokenizerKind::Byte) return "byte";
+  char fingerprint[16];
+  std::snprintf(fingerprint, sizeof fingerprint, "0x%08x", record.fingerprint);
+  return std::string(tokenizer_kind_name(record.kind)) + " '" + record.name + "' (fingerprint " + fingerprint + ")";
+}
 
 uint32_t token_width_for_vocab(int64_t vocab_size) {
   MOE_REQUIRE(vocab_size >= 1 && vocab_size <= kTokenFileMaxVocab, "token file vocab_size = ", vocab_size,
@@ -54,9 +123,16 @@ uint32_t token_width_for_vocab(int64_t vocab_size) {
   return 4;
 }
 
-void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size) {
+void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size,
+                      const TokenizerRecord& tokenizer) {
   MOE_REQUIRE(vocab_size >= 1 && vocab_size <= kTokenFileMaxVocab, "cannot write token file '", path,
               "': vocab_size = ", vocab_size, " must be in [1, ", kTokenFileMaxVocab, "]");
+  MOE_REQUIRE(tokenizer.end_of_document >= -1 && tokenizer.end_of_document < vocab_size, "cannot write token file '",
+              path, "': the end-of-document token ", tokenizer.end_of_document, " is outside [0, vocab_size = ",
+              vocab_size, ") and not -1 (none)");
+  MOE_REQUIRE(static_cast<int64_t>(tokenizer.name.size()) <= kTokenizerNameMaxBytes, "cannot write token file '",
+              path, "': the tokenizer's name is ", tokenizer.name.size(), " bytes long, more than ",
+              kTokenizerNameMaxBytes);
   for (size_t i = 0; i < tokens.size(); ++i) {
     MOE_REQUIRE(tokens[i] >= 0 && tokens[i] < vocab_size, "cannot write token file '", path, "': token ",
                 tokens[i], " at position ", i, " is outside [0, vocab_size = ", vocab_size, ")");
@@ -80,8 +156,10 @@ void write_token_file(const std::string& path, std::span<const int32_t> tokens, 
   put_le(header + 12, width, 4);
   put_le(header + 16, tokens.size(), 8);
   put_le(header + 24, static_cast<uint64_t>(vocab_size), 4);
-  put_le(header + 28, 0, 4);
-  if (!write_all(fd, header, sizeof(header))) give_up("writing '" + tmp + "'");
+  const std::vector<uint8_t> record = encode_record(tokenizer);
+  put_le(header + 28, record.size(), 4);
+  if (!write_all(fd, header, sizeof(header)) || !write_all(fd, record.data(), record.size()))
+    give_up("writing '" + tmp + "'");
 
   std::vector<uint8_t> buf(kChunkBytes);
   const size_t per_chunk = kChunkBytes / width;
@@ -130,7 +208,7 @@ Status read_token_file(const std::string& path, TokenFile* out) {
   const uint32_t width = static_cast<uint32_t>(get_le(header + 12, 4));
   const uint64_t count = get_le(header + 16, 8);
   const uint64_t vocab = get_le(header + 24, 4);
-  const uint32_t reserved = static_cast<uint32_t>(get_le(header + 28, 4));
+  const uint32_t record_bytes = static_cast<uint32_t>(get_le(header + 28, 4));
   if (version > kTokenFileVersion) {
     return Status::not_supported(name + " has format version " + std::to_string(version) +
                                      ", but this reader supports versions up to " +
@@ -148,25 +226,45 @@ Status read_token_file(const std::string& path, TokenFile* out) {
     return Status::corruption(name + " has vocab_size " + std::to_string(vocab) + "; accepted: 1 to " +
                                   std::to_string(kTokenFileMaxVocab));
   }
-  if (reserved != 0) {
-    return Status::corruption(name + " has reserved header field " + std::to_string(reserved) +
-                                  "; version 1 requires 0");
+  TokenFile result;
+  if (version == 1) {
+    if (record_bytes != 0) {
+      return Status::corruption(name + " has reserved header field " + std::to_string(record_bytes) +
+                                    "; version 1 requires 0");
+    }
+    result.tokenizer = version1_tokenizer_record(static_cast<int64_t>(vocab));
+  } else {
+    if (record_bytes < 24 || record_bytes > kTokenizerRecordMaxBytes || record_bytes % 8 != 0) {
+      return Status::corruption(name + " has a tokenizer record of " + std::to_string(record_bytes) +
+                                    " bytes; accepted: a multiple of 8 from 24 to " +
+                                    std::to_string(kTokenizerRecordMaxBytes));
+    }
+    if (file_bytes < static_cast<uint64_t>(kTokenFileHeaderBytes) + record_bytes) {
+      return Status::corruption(name + " is too short for its tokenizer record: " + std::to_string(file_bytes) +
+                                    " bytes, the header and the record need " +
+                                    std::to_string(kTokenFileHeaderBytes + record_bytes));
+    }
+    std::vector<uint8_t> record(record_bytes);
+    if (read_all(fd, record.data(), record.size()) != record.size())
+      return Status::io_error("cannot read the tokenizer record of " + name + ": " + errno_text());
+    Status s = decode_record(record, vocab, name, &result.tokenizer);
+    if (!s.ok()) return s;
   }
   // Compare sizes without overflowing on a corrupt count: count <= data_bytes / width implies
   // count * width <= data_bytes.
-  const uint64_t data_bytes = file_bytes - kTokenFileHeaderBytes;
+  const uint64_t tokens_offset = kTokenFileHeaderBytes + record_bytes;  // record_bytes is 0 in version 1
+  const uint64_t data_bytes = file_bytes - tokens_offset;
   const bool truncated = count > data_bytes / width;
   if (truncated || count * width != data_bytes) {
-    const std::string expected = count > (UINT64_MAX - kTokenFileHeaderBytes) / width
+    const std::string expected = count > (UINT64_MAX - tokens_offset) / width
                                      ? std::string("more than 2^64")
-                                     : std::to_string(kTokenFileHeaderBytes + count * width);
+                                     : std::to_string(tokens_offset + count * width);
     return Status::corruption(name + (truncated ? " is truncated" : " has trailing bytes") +
                                   ": the header says " + std::to_string(count) + " tokens of " +
                                   std::to_string(width) + " bytes, so " + expected +
                                   " bytes expected, but " + std::to_string(file_bytes) + " bytes found");
   }
 
-  TokenFile result;
   result.vocab_size = static_cast<int64_t>(vocab);
   result.version = version;
   result.token_width = width;

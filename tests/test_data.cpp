@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/check.h"
+#include "core/crc32c.h"
 #include "data/byte_tokenizer.h"
 #include "data/data_loader.h"
 #include "data/synthetic_corpus.h"
@@ -50,6 +51,11 @@ void write_bytes(const std::string& path, const std::vector<uint8_t>& bytes) {
 void put_u32(std::vector<uint8_t>& b, size_t at, uint32_t v) {
   for (int i = 0; i < 4; ++i) b[at + i] = static_cast<uint8_t>(v >> (8 * i));
 }
+
+// The tokenizer record the token file tests write: its name is 7 bytes, so the record is 20 + 7
+// bytes padded to 32, and the tokens start at byte 64.
+const moe::TokenizerRecord kRecord{moe::TokenizerKind::SentencePiece, "t.model", 0x01020304, -1};
+constexpr size_t kTokensAt = 64;
 
 // Tokens 0, vocab - 1 and a spread in between, so every byte of the width is exercised.
 std::vector<int32_t> sample_tokens(int64_t vocab, int64_t n) {
@@ -99,36 +105,45 @@ TEST_F(TokenFileTest, RoundTripForEachWidth) {
     SCOPED_TRACE("vocab " + std::to_string(c.vocab));
     const std::string p = path("v" + std::to_string(c.vocab) + ".tok");
     std::vector<int32_t> tokens = sample_tokens(c.vocab, 1000);
-    moe::write_token_file(p, tokens, c.vocab);
-    EXPECT_EQ(fs::file_size(p), 32u + 1000u * c.width);
+    moe::write_token_file(p, tokens, c.vocab, kRecord);
+    EXPECT_EQ(fs::file_size(p), kTokensAt + 1000u * c.width);
     EXPECT_FALSE(fs::exists(p + ".tmp"));
     moe::TokenFile f = moe::load_token_file(p);
     EXPECT_EQ(f.tokens, tokens);
     EXPECT_EQ(f.vocab_size, c.vocab);
     EXPECT_EQ(f.token_width, c.width);
-    EXPECT_EQ(f.version, 1u);
+    EXPECT_EQ(f.version, 2u);
+    EXPECT_EQ(f.tokenizer, kRecord);
   }
 }
 
 // The bytes on disk are exactly what docs/token-file-format.md says, independent of the reader.
 TEST_F(TokenFileTest, HeaderAndTokensAreLittleEndianAsDocumented) {
   const std::string p = path("a.tok");
-  moe::write_token_file(p, std::vector<int32_t>{1, 0x1234, 256}, 70000);
-  const std::vector<uint8_t> expected = {
+  moe::write_token_file(p, std::vector<int32_t>{1, 0x1234, 256}, 70000, kRecord);
+  std::vector<uint8_t> expected = {
       'M', 'O', 'E', 'T', 'O', 'K', 'E', 'N',  // magic
-      1, 0, 0, 0,                              // version
+      2, 0, 0, 0,                              // version
       4, 0, 0, 0,                              // width
       3, 0, 0, 0, 0, 0, 0, 0,                  // count
       0x70, 0x11, 0x01, 0,                     // vocab 70000 = 0x11170
-      0, 0, 0, 0,                              // reserved
+      32, 0, 0, 0,                             // record_bytes
+      1, 0, 0, 0,                              // kind sentencepiece
+      4, 3, 2, 1,                              // fingerprint
+      0xFF, 0xFF, 0xFF, 0xFF,                  // no end-of-document token
+      7, 0, 0, 0,                              // name_bytes
+      't', '.', 'm', 'o', 'd', 'e', 'l',       // name
+      0, 0, 0, 0,                              // record_crc, below
+      0, 0, 0, 0, 0,                           // padding to 32
       1, 0, 0, 0, 0x34, 0x12, 0, 0, 0, 1, 0, 0};
+  put_u32(expected, 32 + 23, moe::crc32c(expected.data() + 32, 23));
   EXPECT_EQ(read_bytes(p), expected);
 }
 
 TEST_F(TokenFileTest, EmptyTokenListRoundTrips) {
   const std::string p = path("empty.tok");
-  moe::write_token_file(p, std::vector<int32_t>{}, 10);
-  EXPECT_EQ(fs::file_size(p), 32u);
+  moe::write_token_file(p, std::vector<int32_t>{}, 10, kRecord);
+  EXPECT_EQ(fs::file_size(p), kTokensAt);
   moe::TokenFile f = moe::load_token_file(p);
   EXPECT_TRUE(f.tokens.empty());
   EXPECT_EQ(f.vocab_size, 10);
@@ -137,12 +152,12 @@ TEST_F(TokenFileTest, EmptyTokenListRoundTrips) {
 TEST_F(TokenFileTest, WriterReplacesAnExistingFileAndLeavesNoTemp) {
   const std::string p = path("out.tok");
   write_bytes(p, {'o', 'l', 'd'});
-  moe::write_token_file(p, std::vector<int32_t>{5, 6, 7}, 300);
+  moe::write_token_file(p, std::vector<int32_t>{5, 6, 7}, 300, kRecord);
   EXPECT_EQ(moe::load_token_file(p).tokens, (std::vector<int32_t>{5, 6, 7}));
   EXPECT_FALSE(fs::exists(p + ".tmp"));
   // A stale temp file from an earlier crash is overwritten, then renamed away.
   write_bytes(p + ".tmp", {'x'});
-  moe::write_token_file(p, std::vector<int32_t>{1}, 2);
+  moe::write_token_file(p, std::vector<int32_t>{1}, 2, kRecord);
   EXPECT_EQ(moe::load_token_file(p).tokens, (std::vector<int32_t>{1}));
   EXPECT_FALSE(fs::exists(p + ".tmp"));
   EXPECT_EQ(std::distance(fs::directory_iterator(tmp_->path()), fs::directory_iterator{}), 1);
@@ -150,22 +165,30 @@ TEST_F(TokenFileTest, WriterReplacesAnExistingFileAndLeavesNoTemp) {
 
 TEST_F(TokenFileTest, WriterRejectsBadInputWithoutTouchingTheFile) {
   const std::string p = path("keep.tok");
-  moe::write_token_file(p, std::vector<int32_t>{1, 2}, 3);
+  moe::write_token_file(p, std::vector<int32_t>{1, 2}, 3, kRecord);
   const std::vector<uint8_t> before = read_bytes(p);
-  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{0, 1, 3}, 3); });
+  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{0, 1, 3}, 3, kRecord); });
   EXPECT_CONTAINS(e, p);
   EXPECT_CONTAINS(e, "token 3 at position 2");
-  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{-1}, 3); });
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{-1}, 3, kRecord); });
   EXPECT_CONTAINS(e, "token -1 at position 0");
-  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{}, 0); });
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{}, 0, kRecord); });
   EXPECT_CONTAINS(e, "vocab_size = 0");
+  moe::TokenizerRecord bad = kRecord;
+  bad.end_of_document = 3;
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 3, bad); });
+  EXPECT_CONTAINS(e, "end-of-document token 3 is outside [0, vocab_size = 3)");
+  bad = kRecord;
+  bad.name = std::string(moe::kTokenizerNameMaxBytes + 1, 'n');
+  e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 3, bad); });
+  EXPECT_CONTAINS(e, "the tokenizer's name is 4097 bytes long");
   EXPECT_EQ(read_bytes(p), before);
   EXPECT_FALSE(fs::exists(p + ".tmp"));
 }
 
 TEST_F(TokenFileTest, WriterNamesAnUnwritablePath) {
   const std::string p = path("no_such_dir/out.tok");
-  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 2); });
+  std::string e = error_message([&] { moe::write_token_file(p, std::vector<int32_t>{1}, 2, kRecord); });
   EXPECT_CONTAINS(e, "cannot write token file '" + p + "'");
   EXPECT_CONTAINS(e, "No such file or directory");
 }
@@ -176,10 +199,16 @@ class TokenFileCorruption : public TempDirTest {
   void SetUp() override {
     TempDirTest::SetUp();
     good_ = path("good.tok");
-    moe::write_token_file(good_, std::vector<int32_t>{10, 20, 30, 40, 50}, 300);  // width 2: 42 bytes
+    moe::write_token_file(good_, std::vector<int32_t>{10, 20, 30, 40, 50}, 300, kRecord);  // width 2: 74 bytes
     bytes_ = read_bytes(good_);
-    ASSERT_EQ(bytes_.size(), 42u);
+    ASSERT_EQ(bytes_.size(), 74u);
     bad_ = path("bad.tok");
+  }
+  // The good file's record with the 32-bit field at record byte `at` set to v and its CRC made to
+  // match, so that the reader checks the field itself.
+  void set_record_field(size_t at, uint32_t v) {
+    put_u32(bytes_, 32 + at, v);
+    put_u32(bytes_, 32 + 23, moe::crc32c(bytes_.data() + 32, 23));
   }
   // The good file with the 32-bit header field at byte `at` set to v must be refused with `code`
   // and a message holding every one of `parts`.
@@ -220,7 +249,7 @@ TEST_F(TokenFileCorruption, BadMagic) {
 }
 
 TEST_F(TokenFileCorruption, NewerVersionNamesBothVersions) {
-  expect_field_refused(8, 2, Status::Code::NotSupported, {"format version 2", "versions up to 1"});
+  expect_field_refused(8, 3, Status::Code::NotSupported, {"format version 3", "versions up to 2"});
 }
 
 TEST_F(TokenFileCorruption, VersionZero) {
@@ -235,33 +264,77 @@ TEST_F(TokenFileCorruption, BadVocab) {
   expect_field_refused(24, 0, Status::Code::Corruption, {"vocab_size 0"});
 }
 
-TEST_F(TokenFileCorruption, ReservedNotZero) {
-  expect_field_refused(28, 7, Status::Code::Corruption, {"reserved header field 7"});
+// A version-1 file (written by hand: the version-1 writer is gone) still reads, as the byte tokenizer's.
+TEST_F(TokenFileCorruption, Version1StillReads) {
+  std::vector<uint8_t> v1 = {'M', 'O', 'E', 'T', 'O', 'K', 'E', 'N', 1, 0, 0, 0, 2, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0,
+                             0x01, 0x01, 0, 0, 0, 0, 0, 0, 'h', 0, 'i', 0, 0x00, 0x01};  // vocab 257: h i <eod>
+  write_bytes(bad_, v1);
+  moe::TokenFile f = moe::load_token_file(bad_);
+  EXPECT_EQ(f.version, 1u);
+  EXPECT_EQ(f.tokens, (std::vector<int32_t>{'h', 'i', 256}));
+  EXPECT_EQ(f.tokenizer, (moe::TokenizerRecord{moe::TokenizerKind::Byte, "byte", 0, 256}));
+  put_u32(v1, 28, 7);
+  write_bytes(bad_, v1);
+  expect_read_fails(bad_, Status::Code::Corruption, {"reserved header field 7", "version 1 requires 0"});
+}
+
+TEST_F(TokenFileCorruption, RecordLengthOutOfRange) {
+  for (uint32_t bad : {0u, 16u, 36u, 8200u})
+    expect_field_refused(28, bad, Status::Code::Corruption,
+                         {"tokenizer record of " + std::to_string(bad) + " bytes", "a multiple of 8 from 24 to 8192"});
+  // A record longer than the file.
+  bytes_ = read_bytes(good_);
+  write_bytes(bad_, std::vector<uint8_t>(bytes_.begin(), bytes_.begin() + 40));
+  expect_read_fails(bad_, Status::Code::Corruption, {"too short for its tokenizer record", "40 bytes", "64"});
+}
+
+TEST_F(TokenFileCorruption, RecordDamageIsCaughtByItsCrc) {
+  bytes_[32 + 16] ^= 1;  // a bit of the name
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, Status::Code::Corruption, {"damaged tokenizer record", "its CRC32C is"});
+}
+
+TEST_F(TokenFileCorruption, RecordFieldsAreChecked) {
+  set_record_field(12, 1000);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, Status::Code::Corruption, {"damaged tokenizer record", "name of 1000 bytes does not fit"});
+  bytes_ = read_bytes(good_);
+  set_record_field(0, 9);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, Status::Code::Corruption, {"tokenizer kind 9", "accepted: 0 (byte), 1 (sentencepiece)"});
+  bytes_ = read_bytes(good_);
+  set_record_field(8, 300);
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, Status::Code::Corruption, {"end-of-document token 300 is >= vocab_size 300"});
+  bytes_ = read_bytes(good_);
+  bytes_[63] = 1;
+  write_bytes(bad_, bytes_);
+  expect_read_fails(bad_, Status::Code::Corruption, {"its padding is not zero"});
 }
 
 TEST_F(TokenFileCorruption, TruncatedSaysExpectedAndFoundBytes) {
   bytes_.pop_back();
   write_bytes(bad_, bytes_);
   expect_read_fails(bad_, Status::Code::Corruption,
-                    {"is truncated", "5 tokens of 2 bytes", "42 bytes expected", "41 bytes found"});
+                    {"is truncated", "5 tokens of 2 bytes", "74 bytes expected", "73 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, HugeCountIsTruncationNotOverflow) {
   for (int i = 16; i < 24; ++i) bytes_[i] = 0xFF;
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::Corruption, {"is truncated", "more than 2^64", "42 bytes found"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"is truncated", "more than 2^64", "74 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, TrailingBytes) {
   bytes_.push_back(0);
   write_bytes(bad_, bytes_);
-  expect_read_fails(bad_, Status::Code::Corruption, {"trailing bytes", "42 bytes expected", "43 bytes found"});
+  expect_read_fails(bad_, Status::Code::Corruption, {"trailing bytes", "74 bytes expected", "75 bytes found"});
 }
 
 TEST_F(TokenFileCorruption, TokenOutOfRangeNamesItsPosition) {
-  // Token 3 sits at bytes 32 + 3 * 2; 300 = vocab_size.
-  bytes_[38] = 300 & 0xFF;
-  bytes_[39] = 300 >> 8;
+  // Token 3 sits at bytes 64 + 3 * 2; 300 = vocab_size.
+  bytes_[70] = 300 & 0xFF;
+  bytes_[71] = 300 >> 8;
   write_bytes(bad_, bytes_);
   expect_read_fails(bad_, Status::Code::Corruption, {"token 300 at position 3", ">= vocab_size 300"});
 }
@@ -281,9 +354,10 @@ TEST(ByteTokenizer, EveryByteRoundTrips) {
 
 TEST(ByteTokenizer, DocumentsEndWithTheEndOfDocumentToken) {
   std::vector<int32_t> tokens;
-  moe::encode_document("ab", tokens);
-  moe::encode_document("", tokens);
-  moe::encode_document("\xff", tokens);
+  const moe::ByteTokenizer bytes;
+  moe::encode_document(bytes, "ab", tokens);
+  moe::encode_document(bytes, "", tokens);
+  moe::encode_document(bytes, "\xff", tokens);
   EXPECT_EQ(tokens, (std::vector<int32_t>{'a', 'b', 256, 256, 255, 256}));
   EXPECT_EQ(moe::decode_bytes(tokens, "|"), "ab||\xff|");
   EXPECT_EQ(moe::decode_bytes(tokens), "ab<|endofdoc|><|endofdoc|>\xff<|endofdoc|>");
@@ -306,7 +380,7 @@ TEST_F(TokenFileSourceTest, NonOverlappingWindowsAndTheTailDropped) {
   const std::string p = path("c.tok");
   std::vector<int32_t> tokens(23);
   for (int i = 0; i < 23; ++i) tokens[i] = i;
-  moe::write_token_file(p, tokens, 100);
+  moe::write_token_file(p, tokens, 100, kRecord);
   moe::TokenFileSource src(p, 4);  // windows of 5: 4 full windows, 3 tokens of tail dropped
   EXPECT_EQ(src.num_sequences(), 4);
   EXPECT_EQ(src.seq_tokens(), 5);
@@ -322,7 +396,7 @@ TEST_F(TokenFileSourceTest, NonOverlappingWindowsAndTheTailDropped) {
 
 TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
   const std::string p = path("short.tok");
-  moe::write_token_file(p, std::vector<int32_t>{1, 2, 3}, 10);
+  moe::write_token_file(p, std::vector<int32_t>{1, 2, 3}, 10, kRecord);
   std::string e = error_message([&] { moe::TokenFileSource src(p, 3); });
   EXPECT_CONTAINS(e, p);
   EXPECT_CONTAINS(e, "has 3 tokens");

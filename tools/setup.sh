@@ -20,6 +20,8 @@ packages=(
   libopenmpi-dev openmpi-bin          # MPI
   libprotobuf-dev protobuf-compiler   # checkpoints
   libyaml-cpp-dev                     # configs
+  libsentencepiece-dev                # moe-tokenize: SentencePiece tokenizers
+  nlohmann-json3-dev                  # moe-tokenize: reading Hugging Face tokenizer.json
   libgtest-dev libgmock-dev           # tests
   libdnnl-dev                         # GEMM provider (oneDNN), chosen in docs/gemm-provider.md
   ocl-icd-opencl-dev                  # oneDNN's CMake package config calls find_package(OpenCL); only a

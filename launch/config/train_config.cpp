@@ -430,6 +430,9 @@ std::vector<Key> build_schema() {
   data.string("train_path", &D::train_path, kAnyString, "token file to train on; required when source = tokens");
   data.string("eval_path", &D::eval_path, kAnyString,
               "token file to evaluate on; empty = the last eval_fraction of the training sequences");
+  data.string("tokenizer", &D::tokenizer, kAnyString,
+              "tokenizer model file (SentencePiece .model, tokenizer.json) the token files must have been made "
+              "with; empty = not checked");
   data.real("eval_fraction", &D::eval_fraction, D::kEvalFractionRange,
             "fraction of the training sequences held out when eval_path is empty");
   data.integer("batch_size", &D::batch_size, D::kBatchSizeRange, "sequences per rank per step");

@@ -19,6 +19,7 @@
 #include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
+#include "data/tokenizer.h"
 #include "launch/trainer/device_selection.h"
 #include "launch/trainer/routing_stats.h"
 #include "launch/trainer/run_directory.h"
@@ -55,8 +56,21 @@ struct DataSources {
 
 std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const TrainConfig& cfg) {
   auto src = std::make_unique<TokenFileSource>(path, cfg.model.seq_len);
+  const TokenizerRecord& made_by = src->tokenizer();
+  // A larger model vocabulary is fine (rows no token uses, as in padded vocabularies); a smaller one
+  // would index past the embedding.
   MOE_REQUIRE(src->vocab_size() <= cfg.model.vocab_size, "data file '", path, "' has vocab_size ", src->vocab_size(),
-              " but model.vocab_size = ", cfg.model.vocab_size, "; set model.vocab_size >= ", src->vocab_size());
+              " (tokenizer ", describe_tokenizer(made_by), ") but model.vocab_size = ", cfg.model.vocab_size,
+              "; set model.vocab_size >= ", src->vocab_size(), ", or tokenize the data for this model's vocabulary");
+  if (!cfg.data.tokenizer.empty()) {
+    const uint32_t fingerprint = tokenizer_file_fingerprint(cfg.data.tokenizer);
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "0x%08x", fingerprint);
+    MOE_REQUIRE(made_by.kind != TokenizerKind::Byte && made_by.fingerprint == fingerprint, "data file '", path,
+                "' was made by tokenizer ", describe_tokenizer(made_by), ", but data.tokenizer = '", cfg.data.tokenizer,
+                "' has fingerprint ", hex, "; tokenize the data with data.tokenizer (moe-tokenize), or set it to the "
+                "tokenizer that made the file");
+  }
   return src;
 }
 
