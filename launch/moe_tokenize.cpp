@@ -1,6 +1,6 @@
 // moe-tokenize: turns text files into one token file (data/token_file.h) with a tokenizer: the
 // byte-level one (data/byte_tokenizer.h, the default), a SentencePiece model it applies or trains
-// (data/sentencepiece_tokenizer.h), or a Hugging Face tokenizer.json BPE (data/hf_bpe_tokenizer.h).
+// (data/sentencepiece/sentencepiece_tokenizer.h), or a Hugging Face tokenizer.json BPE (data/hf_bpe_tokenizer.h).
 // The tokenizer's end-of-document token follows each input file.
 #include <cstdio>
 #include <exception>
@@ -12,7 +12,7 @@
 #include "core/command_line.h"
 #include "data/byte_tokenizer.h"
 #include "data/hf_bpe_tokenizer.h"
-#include "data/sentencepiece_tokenizer.h"
+#include "data/sentencepiece/sentencepiece_tokenizer.h"
 #include "data/token_file.h"
 
 namespace {

@@ -1,5 +1,5 @@
-// SentencePiece training and encoding (data/sentencepiece_tokenizer.h).
-#include "data/sentencepiece_tokenizer.h"
+// SentencePiece training and encoding (data/sentencepiece/sentencepiece_tokenizer.h).
+#include "data/sentencepiece/sentencepiece_tokenizer.h"
 
 #include <sentencepiece_processor.h>
 #include <sentencepiece_trainer.h>
