@@ -108,11 +108,16 @@ TokenizerRecord version1_tokenizer_record(int64_t vocab_size) {
   return TokenizerRecord{TokenizerKind::Byte, "byte", 0, vocab_size > 256 ? 256 : -1};
 }
 
+std::string fingerprint_text(uint32_t fingerprint) {
+  char text[16];
+  std::snprintf(text, sizeof text, "0x%08x", fingerprint);
+  return text;
+}
+
 std::string describe_tokenizer(const TokenizerRecord& record) {
   if (record.kind == TokenizerKind::Byte) return "byte";
-  char fingerprint[16];
-  std::snprintf(fingerprint, sizeof fingerprint, "0x%08x", record.fingerprint);
-  return std::string(tokenizer_kind_name(record.kind)) + " '" + record.name + "' (fingerprint " + fingerprint + ")";
+  return std::string(tokenizer_kind_name(record.kind)) + " '" + record.name + "' (fingerprint " +
+         fingerprint_text(record.fingerprint) + ")";
 }
 
 uint32_t token_width_for_vocab(int64_t vocab_size) {

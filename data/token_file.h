@@ -63,6 +63,9 @@ struct TokenizerRecord {
 // when the vocabulary holds it, else none.
 TokenizerRecord version1_tokenizer_record(int64_t vocab_size);
 
+// A fingerprint as messages write it: "0x1a2b3c4d".
+std::string fingerprint_text(uint32_t fingerprint);
+
 // "sentencepiece 'm.model' (fingerprint 0x1a2b3c4d)", "byte", for messages.
 std::string describe_tokenizer(const TokenizerRecord& record);
 

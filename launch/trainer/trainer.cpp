@@ -64,11 +64,9 @@ std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const
               "; set model.vocab_size >= ", src->vocab_size(), ", or tokenize the data for this model's vocabulary");
   if (!cfg.data.tokenizer.empty()) {
     const uint32_t fingerprint = tokenizer_file_fingerprint(cfg.data.tokenizer);
-    char hex[16];
-    std::snprintf(hex, sizeof hex, "0x%08x", fingerprint);
     MOE_REQUIRE(made_by.kind != TokenizerKind::Byte && made_by.fingerprint == fingerprint, "data file '", path,
                 "' was made by tokenizer ", describe_tokenizer(made_by), ", but data.tokenizer = '", cfg.data.tokenizer,
-                "' has fingerprint ", hex, "; tokenize the data with data.tokenizer (moe-tokenize), or set it to the "
+                "' has fingerprint ", fingerprint_text(fingerprint), "; tokenize the data with data.tokenizer (moe-tokenize), or set it to the "
                 "tokenizer that made the file");
   }
   return src;
