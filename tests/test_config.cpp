@@ -89,6 +89,7 @@ TEST(Config, EmptyFileGivesTheDefaultsWithDerivedValuesFilled) {
   expected.checkpoint.dir = "runs/run/checkpoints";
   expected.moe.shared_expert_hidden = expected.moe.expert_hidden;
   expected.moe.aux_loss_coeff = 0.01;
+  expected.moe.z_loss_coeff = 0.001f;
   EXPECT_EQ(parse(""), expected);
   EXPECT_EQ(parse("# only a comment\n"), expected);
   // A section with every key commented out is an empty section.
@@ -202,7 +203,7 @@ TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
   expect_message(parse_error("moe:\n  score_function: tanh\n"),
                  {"moe.score_function: expected one of softmax, sigmoid, got 'tanh'"});
   expect_message(parse_error("moe:\n  routing: expert\n"),
-                 {"moe.routing: expected one of token_choice, expert_choice, got 'expert'"});
+                 {"moe.routing: expected one of token_choice, expert_choice, hash, table, got 'expert'"});
   expect_message(parse_error("moe:\n  aux_loss_scope: batch\n"),
                  {"moe.aux_loss_scope: expected one of local, global, sequence, got 'batch'"});
   expect_message(parse_error("optim:\n  schedule: step\n"),
