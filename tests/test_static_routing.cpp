@@ -276,7 +276,8 @@ TEST(StaticRoutingConfig, TheRoutingDescriptionNamesTheMode) {
   c.top_groups = 2;
   EXPECT_EQ(c.routing_description(), "token_choice, sigmoid scores, 4 groups, top 2 (top2_sum)");
   c.routing_groups = MoEConfig::kRoutingGroupsPerRank;
-  EXPECT_EQ(c.routing_description(), "token_choice, sigmoid scores, one group per expert-parallel rank, top 2 (top2_sum)");
+  EXPECT_EQ(c.routing_description(),
+            "token_choice, sigmoid scores, one group per expert-parallel rank, top 2 (top2_sum)");
   c = moe_test_config(6, 8, 2, 8, Activation::GELU);
   c.routing = Routing::ExpertChoice;
   EXPECT_EQ(c.routing_description(), "expert_choice, softmax scores");

@@ -89,6 +89,11 @@ const char* to_string(Routing r) {
 }
 
 namespace {
+// routing_groups as the run configuration spells it: a number, or "ep".
+std::string routing_groups_text(const MoEConfig& c) {
+  return c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? "ep" : std::to_string(c.routing_groups);
+}
+
 // The settings that have no meaning when experts choose their tokens (docs/routing.md, "Expert-choice
 // routing"): refused rather than ignored, so a config never says one thing and runs another.
 void require_expert_choice_compatible(const MoEConfig& c) {
@@ -111,7 +116,7 @@ void require_expert_choice_compatible(const MoEConfig& c) {
   MOE_REQUIRE(c.aux_loss_scope == AuxLossScope::Local, ec, " has no load-balancing loss, but aux_loss_scope = ",
               to_string(c.aux_loss_scope), "; leave aux_loss_scope unset");
   MOE_REQUIRE(c.routing_groups == 0, ec, " has no token choice for routing groups to limit, but routing_groups = ",
-              c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? std::string("ep") : std::to_string(c.routing_groups),
+              routing_groups_text(c),
               "; leave routing_groups unset (0)");
 }
 
@@ -141,7 +146,7 @@ void require_static_compatible(const MoEConfig& c) {
   MOE_REQUIRE(!(c.z_loss_coeff > 0), r, " has no router logits for a z-loss, but z_loss_coeff = ", c.z_loss_coeff,
               "; leave z_loss_coeff unset or set it to 0");
   MOE_REQUIRE(c.routing_groups == 0, r, " has no router choice for routing groups to limit, but routing_groups = ",
-              c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? std::string("ep") : std::to_string(c.routing_groups),
+              routing_groups_text(c),
               "; leave routing_groups unset (0)");
   if (c.routing == Routing::Table) read_routing_table(c.routing_table, c.vocab_size, c.num_experts, c.top_k);
 }
