@@ -609,6 +609,17 @@ void expert_choice_topk(Tensor& token, const Tensor& scores) {
   MOE_DISPATCH(scores.device(), expert_choice_topk, token, scores);
 }
 
+void static_route_forward(Tensor& expert, Tensor& weight, const Tensor& routes, const Tensor& token_ids) {
+  const char* op = "static_route_forward";
+  require_i32_rank(op, "routes", routes, 2);
+  require_i32_rank(op, "token_ids", token_ids, 1);
+  const int64_t T = token_ids.dim(0), k = routes.dim(1);
+  require_i32(op, "expert", expert, {T, k});
+  require_f32(op, "weight", weight, {T, k});
+  require_same_device(op, {&expert, &weight, &routes, &token_ids});
+  MOE_DISPATCH(routes.device(), static_route_forward, expert, weight, routes, token_ids);
+}
+
 void group_limit_forward(Tensor& limited, const Tensor& probs, const Tensor* selection_bias, int64_t groups,
                          int64_t top_groups, int64_t terms) {
   const char* op = "group_limit_forward";

@@ -187,6 +187,13 @@ void topk_backward(Tensor& dprobs, const Tensor& dweight, const Tensor& expert, 
 // are the chosen scores themselves, and the choice (like top-k) has no gradient.
 void expert_choice_topk(Tensor& token, const Tensor& scores);
 
+// static_route_forward: static routing (hash, table; core/moe/static_routing.h) looked up per token:
+// expert[t, j] = routes[token_ids[t], j] and weight[t, j] = 1 / k. routes (V, k) int32 with distinct
+// experts per row (the caller's map, not checked here); token_ids (T) int32 in [0, V) (checked: an id
+// out of range throws InvalidArgument naming it); expert (T, k) int32; weight (T, k). No backward: the
+// map and the weights are constants.
+void static_route_forward(Tensor& expert, Tensor& weight, const Tensor& routes, const Tensor& token_ids);
+
 // jitter_forward: multiplicative noise for the router input. noise[i] = lo + (hi - lo) U_i with
 // lo = 1 - eps, hi = 1 + eps and U_i = uniform01(stream, offset + i) (core/random.h), so a token's
 // noise depends only on its global position; y = x * noise. x, y, noise (T, d); eps in [0, 1).

@@ -88,8 +88,9 @@ for line in open(sys.argv[1]):
     m = json.loads(line)
     if "loss" in m: print(m["step"], repr(m["loss"]))' "$1"; }
 
-# The steps of every training event in the TensorBoard event files of directory $1, one per line, in
-# file order (TFRecord framing; Event.step is field 2, a varint).
+# The steps of every training event (one holding scalars; not the routing's text summary) in the
+# TensorBoard event files of directory $1, one per line, in file order (TFRecord framing; Event.step is
+# field 2, a varint; Event.summary field 5, its values field 1, a value's simple_value field 2, a fixed32).
 tb_steps() { python3 - "$1" <<'PY'
 import glob, struct, sys
 def varint(b, i):
@@ -97,6 +98,19 @@ def varint(b, i):
     while True:
         v |= (b[i] & 0x7F) << s; s += 7; i += 1
         if b[i - 1] < 0x80: return v, i
+def has_scalar(b):
+    i = 0
+    while i < len(b):
+        _, i = varint(b, i)
+        n, i = varint(b, i)
+        v, i, j = b[i:i + n], i + n, 0
+        while j < len(v):
+            key, j = varint(v, j)
+            if key == (2 << 3 | 5): return True
+            if key & 7 == 0: _, j = varint(v, j)
+            elif key & 7 == 5: j += 4
+            else: n2, j = varint(v, j); j += n2
+    return False
 for path in sorted(glob.glob(sys.argv[1] + "/events.out.tfevents.*")):
     data, at = open(path, "rb").read(), 0
     while at + 16 <= len(data):
@@ -108,10 +122,13 @@ for path in sorted(glob.glob(sys.argv[1] + "/events.out.tfevents.*")):
             field, wire = key >> 3, key & 7
             if wire == 0: value, i = varint(body, i)
             elif wire == 1: i += 8; continue
-            elif wire == 2: length, i = varint(body, i); i += length
+            elif wire == 2:
+                length, i = varint(body, i)
+                i += length
+                if field == 5: summary = has_scalar(body[i - length:i])
+                continue
             else: raise SystemExit(f"{path}: unexpected wire type {wire}")
             if field == 2: step = value
-            if field == 5: summary = True
         if summary: print(step)
 PY
 }

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks that the real TensorBoard reads moe-train's event files: installs tensorboard from PyPI into
 # a virtual environment under the build folder (once, tests/test_venv.sh), runs a short training job,
-# and reads the scalars back with TensorBoard's own EventAccumulator, after a resume. MoE on every second of 4 layers:
+# and reads the scalars (and the routing mode's text summary) back with TensorBoard's own
+# EventAccumulator, after a resume. MoE on every second of 4 layers:
 # the per-layer tags carry the model's layer index (1 and 3).
 #   tensorboard_reads_events.sh MOE_TRAIN MPIRUN CONFIG VENV_DIR
 set -eu
@@ -43,5 +44,9 @@ ppl, ev = acc.Scalars("eval/perplexity")[-1].value, acc.Scalars("eval/loss")[-1]
 assert abs(ppl - math.exp(ev)) < 1e-4 * ppl, (ppl, ev)
 entropy = acc.Scalars("moe/layer1/router_entropy")[-1].value
 assert 0 < entropy <= math.log(4) + 1e-6, entropy
+# The routing mode as a text summary, written at each run's first step (the resumed run's is step 11).
+routing = acc.Tensors("moe/routing")
+assert [e.step for e in routing] == [1, 11], [e.step for e in routing]
+assert routing[-1].tensor_proto.string_val[0].decode() == "token_choice, softmax scores", routing[-1]
 print(f"TensorBoard read {len(tags)} scalar tags; train/loss {loss[0].value:.3f} -> {loss[-1].value:.3f}")
 PY

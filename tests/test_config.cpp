@@ -89,6 +89,7 @@ TEST(Config, EmptyFileGivesTheDefaultsWithDerivedValuesFilled) {
   expected.checkpoint.dir = "runs/run/checkpoints";
   expected.moe.shared_expert_hidden = expected.moe.expert_hidden;
   expected.moe.aux_loss_coeff = 0.01;
+  expected.moe.z_loss_coeff = 0.001f;
   EXPECT_EQ(parse(""), expected);
   EXPECT_EQ(parse("# only a comment\n"), expected);
   // A section with every key commented out is an empty section.
@@ -202,7 +203,7 @@ TEST(Config, WrongTypeNamesTheKeyTheValueAndTheType) {
   expect_message(parse_error("moe:\n  score_function: tanh\n"),
                  {"moe.score_function: expected one of softmax, sigmoid, got 'tanh'"});
   expect_message(parse_error("moe:\n  routing: expert\n"),
-                 {"moe.routing: expected one of token_choice, expert_choice, got 'expert'"});
+                 {"moe.routing: expected one of token_choice, expert_choice, hash, table, got 'expert'"});
   expect_message(parse_error("moe:\n  aux_loss_scope: batch\n"),
                  {"moe.aux_loss_scope: expected one of local, global, sequence, got 'batch'"});
   expect_message(parse_error("optim:\n  schedule: step\n"),
@@ -562,6 +563,17 @@ TEST(Config, MoEKeysAreTheMoELayersSettings) {
                  "moe.aux_loss_scope=global", "moe.z_loss_coeff=0.125", "moe.score_function=sigmoid",
                  "moe.routed_scaling_factor=2.5", "model.seq_len=48"});
   EXPECT_EQ(parse("", {"moe.routing=expert_choice"}).moe.routing, Routing::ExpertChoice);
+  // Static routing: its loss weights default to 0; a table is read while the config is validated.
+  const TrainConfig hashed = parse("", {"moe.routing=hash"});
+  EXPECT_EQ(hashed.moe.routing, Routing::Hash);
+  EXPECT_EQ(hashed.moe.aux_loss_coeff, 0.0f);
+  EXPECT_EQ(hashed.moe.z_loss_coeff, 0.0f);
+  TempDir dir;
+  const std::string table = dir.write("map.txt", "*: 0 1\n");
+  EXPECT_EQ(parse("", {"moe.routing=table", "moe.routing_table=" + table}).moe.routing_table, table);
+  const std::string bad = dir.write("bad.txt", "0: 0 1\n1: 0 9\n");
+  expect_message(parse_error("", {"moe.routing=table", "moe.routing_table=" + bad}),
+                 {"config: moe.routing_table = " + bad + ", line 2: expert 9 is outside [0, num_experts = 8)"});
   // The layers' settings are the moe section itself, with d_model and init_std from the model section.
   MoEConfig m = TransformerConfig{c.model, c.moe}.moe_layer_config();
   EXPECT_EQ(m.d_model, 64);

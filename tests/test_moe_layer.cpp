@@ -939,7 +939,7 @@ TEST(MoELayerRouting, LayerPlanAndStatsMatchTheReference) {
       }
       // Relative 1e-5: float32 logits and probabilities (~1e-7 relative) against double; counting
       // kept instead of routed choices, or a wrong mean, is off by O(10%) or more.
-      const double aux = cfg.aux_loss_weight() * E * balance, z = cfg.z_loss_coeff * lse_sq / T;
+      const double aux = cfg.aux_loss_weight() * E * balance, z = cfg.z_loss_weight() * lse_sq / T;
       EXPECT_NEAR(s.aux_loss, aux, 1e-5 * aux);
       EXPECT_NEAR(s.z_loss, z, 1e-5 * z);
       if (cf == 0.5) {
@@ -1013,7 +1013,7 @@ TEST(MoELayerRouting, SigmoidScoresBiasScalingAndSequenceLossMatchTheReference) 
           }
           balance += f * P / groups;
         }
-      const double aux = 0.3 * E * balance, zl = cfg.z_loss_coeff * z / T;
+      const double aux = 0.3 * E * balance, zl = cfg.z_loss_weight() * z / T;
       // Relative 1e-5 as in LayerPlanAndStatsMatchTheReference: float32 scores against double.
       EXPECT_NEAR(layer.stats().aux_loss, aux, 1e-5 * aux);
       EXPECT_NEAR(layer.stats().z_loss, zl, 1e-5 * zl);
@@ -1107,7 +1107,7 @@ TEST(MoELayerRouting, GroupLimitedRoutingMatchesTheReference) {
       for (int64_t e = 0; e < E; ++e) P[e] += s[e] / row_sum / T;  // sigmoid: normalised; softmax: sums to 1
     }
     for (int64_t e = 0; e < E; ++e) balance += f[e] * P[e];
-    const double aux = 0.3 * E * balance, zl = cfg.z_loss_coeff * z / T;
+    const double aux = 0.3 * E * balance, zl = cfg.z_loss_weight() * z / T;
     // Relative 1e-5 as in LayerPlanAndStatsMatchTheReference: float32 scores against double.
     EXPECT_NEAR(layer.stats().aux_loss, aux, 1e-5 * aux);
     EXPECT_NEAR(layer.stats().z_loss, zl, 1e-5 * zl);

@@ -1531,6 +1531,26 @@ TEST(ExpertChoiceTopk, MatchesTheSelectionSortReferenceWithTiesForEveryC) {
                   "expected (E = 5");
 }
 
+TEST(StaticRouteForward, LooksUpEachTokensRowWithWeightsOneOverK) {
+  const Tensor routes = Tensor::from_ints({4, 3}, {0, 1, 2, 3, 2, 1, 1, 3, 0, 2, 0, 3});  // (V = 4, k = 3)
+  const std::vector<int32_t> ids = {2, 0, 3, 3, 1};
+  Tensor expert = Tensor::from_ints({5, 3}, std::vector<int32_t>(15, -1)), weight = Tensor::zeros({5, 3});
+  static_route_forward(expert, weight, routes, Tensor::from_ints({5}, ids));
+  for (int64_t t = 0; t < 5; ++t)
+    for (int64_t j = 0; j < 3; ++j) {
+      EXPECT_EQ(expert.i32()[t * 3 + j], routes.i32()[ids[t] * 3 + j]) << "token " << t << " choice " << j;
+      EXPECT_EQ(weight.f32()[t * 3 + j], 1.0f / 3.0f);
+    }
+  Tensor none = Tensor::zeros({0, 3}, DType::I32), none_w = Tensor::zeros({0, 3});
+  EXPECT_NO_THROW(static_route_forward(none, none_w, routes, Tensor::zeros({0}, DType::I32)));
+  const Tensor bad_ids = Tensor::from_ints({5}, {0, 1, 4, 0, 0});
+  EXPECT_CONTAINS(error_message([&] { static_route_forward(expert, weight, routes, bad_ids); }),
+                  "static_route_forward", "token_ids[2] = 4 is out of range, expected [0, 4)");
+  Tensor wrong = Tensor::zeros({5, 2}, DType::I32);
+  EXPECT_CONTAINS(error_message([&] { static_route_forward(wrong, weight, routes, Tensor::from_ints({5}, ids)); }),
+                  "static_route_forward", "expert");
+}
+
 // ---------------------------------------------------------------------------------------------
 // router: auxiliary losses
 // ---------------------------------------------------------------------------------------------

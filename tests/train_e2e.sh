@@ -124,6 +124,48 @@ assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
 print(f"loss {first:.3f} -> {last:.3f}, eval {evals[-1]['eval_loss']:.3f}")
 PY
   ;;
+static_routing)
+  # Static routing by token id, no router: a seeded hash, then a table sending each of the synthetic
+  # corpus' 4 domains (16 token ids each) to 2 of the 4 experts. The tiny config's explicit aux_loss_coeff
+  # and z_loss_coeff do not apply: refused naming both keys, one message, before anything is written; so
+  # is a table with an expert out of range, naming the file and line. Without them both modes train with
+  # no aux or z loss, say so at start-up, and name the mode in the routing report.
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=refused moe.routing=hash moe.aux_loss_coeff=0 &&
+    fail "hash routing with the tiny config's z_loss_coeff was accepted"
+  grep -q "moe.routing = hash has no router logits for a z-loss, but z_loss_coeff = 0.001" out.txt ||
+    { cat out.txt; fail "refusal message"; }
+  [ "$(grep -c 'has no router logits' out.txt)" = 1 ] || fail "expected exactly one message (from rank 0)"
+  [ -e refused ] && fail "the refused run wrote refused/"
+  printf '# domain d (ids 16d .. 16d + 15) -> experts d, d + 1 mod 4\n0-15: 0 1\n16-31: 1 4\n' >bad.txt
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=refused moe.routing=table moe.routing_table=bad.txt \
+    moe.aux_loss_coeff=0 moe.z_loss_coeff=0 && fail "a table with expert 4 of 4 was accepted"
+  grep -q "config: moe.routing_table = bad.txt, line 3: expert 4 is outside \[0, num_experts = 4)" out.txt ||
+    { cat out.txt; fail "no message naming the table's file and line"; }
+  [ -e refused ] && fail "the refused run wrote refused/"
+  printf '0-15: 0 1\n16-31: 1 2\n32-47: 2 3\n48-63: 3 0\n' >map.txt
+  for mode in hash table; do
+    run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=$mode moe.routing=$mode moe.aux_loss_coeff=0 \
+      moe.z_loss_coeff=0 $([ $mode = table ] && echo moe.routing_table=map.txt) ||
+      { cat out.txt; fail "$mode: exit status $?"; }
+    grep -q "^  routing: $mode" $mode/config.yaml || fail "$mode/config.yaml does not record the routing"
+    grep -q "^load balancing: none (moe.routing = $mode: .*no load-balancing loss and no z-loss (both off)" out.txt ||
+      { cat out.txt; fail "$mode: the start-up line does not say the losses are off"; }
+    head -1 $mode/routing_report.txt | grep -q "^routing: $mode .*token id -> 2 experts, weights 1/k)" ||
+      { cat $mode/routing_report.txt; fail "$mode: the routing report does not name the mode"; }
+    python3 - $mode/metrics.jsonl <<'PY' || fail "$mode: metrics.jsonl check failed"
+import json, math, sys
+train = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
+assert len(train) == 30, len(train)
+assert all(math.isfinite(r["loss"]) and r["aux_loss"] == 0 and r["z_loss"] == 0 for r in train), train[0]
+first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
+assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
+print(f"{sys.argv[1]}: loss {first:.3f} -> {last:.3f}")
+PY
+  done
+  # The table's domains reach only their two experts: domain 0's row is 0% for experts 2 and 3.
+  grep -Eq "^  domain 0 +[0-9.]+% +[0-9.]+% +0\.0% +0\.0%$" table/routing_report.txt ||
+    { cat table/routing_report.txt; fail "domain 0 reached experts the table does not send it to"; }
+  ;;
 group_routing)
   # Group-limited routing, one group per rank: the tiny config's 4 experts on 2 ranks are 2 groups of 2,
   # and with top_groups 1 each token's 2 experts sit on one rank. It trains and records its settings; a

@@ -34,7 +34,7 @@ int64_t count_params(const TransformerConfig& cfg, int64_t experts_per_moe_layer
     n += 2 * norm_params(cfg) + 4 * d * d;                  // norms, w_qkv, w_out
     if (cfg.is_moe_layer(i)) {
       const MoEConfig& m = cfg.moe;
-      n += d * m.num_experts;                               // router
+      if (!is_static(m.routing)) n += d * m.num_experts;   // router (static routing has none)
       n += experts_per_moe_layer * ffn_params(d, m.expert_hidden, m.activation);
       if (m.shared_experts > 0) n += ffn_params(d, m.shared_hidden(), m.activation);
     } else {
@@ -62,6 +62,7 @@ MoEConfig TransformerConfig::moe_layer_config() const {
   m.precision = precision;
   m.recompute_experts = recomputes_experts();
   m.seq_len = seq_len;
+  m.vocab_size = vocab_size;
   return m;
 }
 
@@ -209,7 +210,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     add_scaled(blk.r, x, 1.f);  // r = x + attn(norm1(x))
     blk.norm2.forward(blk.b, blk.r);
     if (blk.moe) {
-      blk.moe->forward(blk.out, blk.b, training);
+      blk.moe->forward(blk.out, blk.b, training, &inputs);  // static routing routes by token id
       if (blk.shared) {
         resize_on(blk.shared_out, {N, d}, device_);
         blk.shared->forward(blk.shared_out, blk.b);

@@ -29,15 +29,16 @@ struct TransformerConfig : ModelConfig {
   // Throws InvalidArgument naming the first bad field, its value and what is accepted:
   // ModelConfig::validate(), then moe_layer_config().validate() when the model has MoE layers.
   void validate() const;
-  // The MoE layers' settings: moe with d_model and init_std from the model.
+  // The MoE layers' settings: moe with d_model, init_std, precision, recompute_experts, seq_len and
+  // vocab_size from the model.
   MoEConfig moe_layer_config() const;
 
   // Parameter counts of the model this config describes, without building it: every expert of
   // every MoE layer, whichever rank holds it (what TransformerLM::register_parameters registers).
   int64_t total_params() const;
   // Parameters one token's forward touches: everything except the (E - top_k) unchosen experts of
-  // each MoE layer (router, top_k experts, shared expert, attention, norms, dense FFNs, embedding
-  // tables and head all count).
+  // each MoE layer (the router, if it has one, top_k experts, shared expert, attention, norms, dense
+  // FFNs, embedding tables and head all count).
   int64_t active_params_per_token() const;
 };
 

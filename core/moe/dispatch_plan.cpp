@@ -78,8 +78,9 @@ void permute_kept(DispatchPlan& plan, const int32_t* idx, const std::vector<uint
 DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64_t num_experts,
                                 int64_t capacity, DropPolicy policy) {
   MOE_ASSERT(expert.rank() == 2 && expert.dtype() == DType::I32, "expert ids are (T, k) int32");
-  MOE_ASSERT(probs.rank() == 2 && probs.dim(0) == expert.dim(0) && probs.dim(1) == num_experts,
-             "probs are (T, E)");
+  MOE_ASSERT(policy != DropPolicy::Probs ||
+                 (probs.rank() == 2 && probs.dim(0) == expert.dim(0) && probs.dim(1) == num_experts),
+             "the probs policy ranks by probs (T, E)");
   DispatchPlan plan;
   plan.num_tokens = expert.dim(0);
   plan.top_k = expert.dim(1);
@@ -93,7 +94,7 @@ DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64
     MOE_ASSERT(idx[i] >= 0 && idx[i] < E, "router produced an expert id outside [0, E)");
     ++plan.routed[idx[i]];
   }
-  permute_kept(plan, idx, choose_kept(plan, idx, probs.f32(), policy));
+  permute_kept(plan, idx, choose_kept(plan, idx, probs.defined() ? probs.f32() : nullptr, policy));
   return plan;
 }
 

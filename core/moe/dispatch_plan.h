@@ -36,7 +36,8 @@ struct DispatchPlan {
 };
 
 // expert (T, k) int32 in [0, E) with distinct ids per row; probs (T, E) ranks choices under the
-// `probs` policy (ties go to the earlier token). capacity = -1 keeps everything.
+// `probs` policy (ties go to the earlier token), and may be undefined under the others (static routing
+// has no probabilities). capacity = -1 keeps everything.
 DispatchPlan make_dispatch_plan(const Tensor& expert, const Tensor& probs, int64_t num_experts,
                                 int64_t capacity, DropPolicy policy);
 

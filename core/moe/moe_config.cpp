@@ -6,6 +6,7 @@
 #include <limits>
 
 #include "core/check.h"
+#include "core/moe/static_routing.h"
 
 namespace moe {
 
@@ -72,12 +73,27 @@ const char* to_string(ScoreFunction f) { return f == ScoreFunction::Sigmoid ? "s
 Routing parse_routing(const std::string& name) {
   if (name == "token_choice") return Routing::TokenChoice;
   if (name == "expert_choice") return Routing::ExpertChoice;
-  throw InvalidArgument("routing '" + name + "' is not one of: token_choice, expert_choice");
+  if (name == "hash") return Routing::Hash;
+  if (name == "table") return Routing::Table;
+  throw InvalidArgument("routing '" + name + "' is not one of: token_choice, expert_choice, hash, table");
 }
 
-const char* to_string(Routing r) { return r == Routing::ExpertChoice ? "expert_choice" : "token_choice"; }
+const char* to_string(Routing r) {
+  switch (r) {
+    case Routing::TokenChoice: return "token_choice";
+    case Routing::ExpertChoice: return "expert_choice";
+    case Routing::Hash: return "hash";
+    case Routing::Table: return "table";
+  }
+  return "?";
+}
 
 namespace {
+// routing_groups as the run configuration spells it: a number, or "ep".
+std::string routing_groups_text(const MoEConfig& c) {
+  return c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? "ep" : std::to_string(c.routing_groups);
+}
+
 // The settings that have no meaning when experts choose their tokens (docs/routing.md, "Expert-choice
 // routing"): refused rather than ignored, so a config never says one thing and runs another.
 void require_expert_choice_compatible(const MoEConfig& c) {
@@ -100,8 +116,39 @@ void require_expert_choice_compatible(const MoEConfig& c) {
   MOE_REQUIRE(c.aux_loss_scope == AuxLossScope::Local, ec, " has no load-balancing loss, but aux_loss_scope = ",
               to_string(c.aux_loss_scope), "; leave aux_loss_scope unset");
   MOE_REQUIRE(c.routing_groups == 0, ec, " has no token choice for routing groups to limit, but routing_groups = ",
-              c.routing_groups == MoEConfig::kRoutingGroupsPerRank ? std::string("ep") : std::to_string(c.routing_groups),
+              routing_groups_text(c),
               "; leave routing_groups unset (0)");
+}
+
+// The settings that have no meaning without a router (docs/routing.md, "Hash routing"): refused rather
+// than ignored, naming both keys.
+void require_static_compatible(const MoEConfig& c) {
+  const std::string r = std::string("routing = ") + to_string(c.routing);
+  const char* unset = "; leave it unset";
+  MOE_REQUIRE(c.vocab_size >= 1, r, " maps token ids to experts and needs the model's vocab_size (>= 1), but "
+              "vocab_size = ", c.vocab_size);
+  MOE_REQUIRE(c.routing != Routing::Table || !c.routing_table.empty(), r, " needs routing_table, the file of "
+              "'token id: experts' lines (docs/routing.md, \"Table routing\")");
+  MOE_REQUIRE(c.score_function == ScoreFunction::Softmax, r, " has no router scores, but score_function = ",
+              to_string(c.score_function), unset);
+  MOE_REQUIRE(c.drop_policy != DropPolicy::Probs, r, " has no router probabilities to rank by, but drop_policy = "
+              "probs; accepted: position, position_by_choice");
+  MOE_REQUIRE(c.routed_scaling_factor == 1.0f, r, " weights each of a token's top_k experts 1/k, but "
+              "routed_scaling_factor = ", c.routed_scaling_factor, unset, " (1)");
+  MOE_REQUIRE(c.jitter_eps == 0.0f, r, " has no router input to jitter, but jitter_eps = ", c.jitter_eps, unset,
+              " (0)");
+  MOE_REQUIRE(c.balancing == Balancing::AuxLoss, r, " has no router for biases to steer, but balancing = aux_free",
+              unset);
+  MOE_REQUIRE(!(c.aux_loss_coeff > 0), r, " has no router for a load-balancing loss to train, but aux_loss_coeff = ",
+              c.aux_loss_coeff, "; leave aux_loss_coeff unset or set it to 0");
+  MOE_REQUIRE(c.aux_loss_scope == AuxLossScope::Local, r, " has no load-balancing loss, but aux_loss_scope = ",
+              to_string(c.aux_loss_scope), unset);
+  MOE_REQUIRE(!(c.z_loss_coeff > 0), r, " has no router logits for a z-loss, but z_loss_coeff = ", c.z_loss_coeff,
+              "; leave z_loss_coeff unset or set it to 0");
+  MOE_REQUIRE(c.routing_groups == 0, r, " has no router choice for routing groups to limit, but routing_groups = ",
+              routing_groups_text(c),
+              "; leave routing_groups unset (0)");
+  if (c.routing == Routing::Table) read_routing_table(c.routing_table, c.vocab_size, c.num_experts, c.top_k);
 }
 }  // namespace
 
@@ -161,8 +208,23 @@ void MoEConfig::validate() const {
   MOE_REQUIRE(aux_loss_scope != AuxLossScope::Sequence || seq_len >= 1,
               "aux_loss_scope = sequence needs the model's seq_len (>= 1), but seq_len = ", seq_len);
   if (routing == Routing::ExpertChoice) require_expert_choice_compatible(*this);
+  if (is_static(routing)) require_static_compatible(*this);
+  MOE_REQUIRE(routing == Routing::Table || routing_table.empty(), "routing_table = ", routing_table,
+              " is read only with routing = table, but routing = ", to_string(routing), "; leave routing_table unset");
   require_in_range("d_model", d_model, at_least(1));
   require_in_range("init_std", init_std, above(0));
+}
+
+std::string MoEConfig::routing_description() const {
+  const std::string experts = detail::concat(top_k, top_k == 1 ? " expert" : " experts", ", weights 1/k)");
+  if (routing == Routing::Hash) return "hash (seeded token id -> " + experts;
+  if (routing == Routing::Table) return "table " + routing_table + " (token id -> " + experts;
+  std::string text = detail::concat(to_string(routing), ", ", to_string(score_function), " scores");
+  if (routing_groups == kRoutingGroupsPerRank)
+    text += detail::concat(", one group per expert-parallel rank, top ", top_groups, " (", to_string(group_score), ")");
+  else if (routing_groups > 0)
+    text += detail::concat(", ", routing_groups, " groups, top ", top_groups, " (", to_string(group_score), ")");
+  return text;
 }
 
 std::vector<std::string> MoEConfig::warnings() const {

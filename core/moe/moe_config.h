@@ -56,13 +56,17 @@ enum class ScoreFunction {
 ScoreFunction parse_score_function(const std::string& name);  // "softmax" | "sigmoid"
 const char* to_string(ScoreFunction f);
 
-// Who chooses whom (docs/routing.md, "Expert-choice routing").
+// Who chooses whom (docs/routing.md, "Expert-choice routing", "Hash routing", "Table routing").
 enum class Routing {
   TokenChoice,   // each token picks its top_k experts (the default)
   ExpertChoice,  // each expert picks the C highest-scoring tokens of its rank's batch (Zhou et al. 2022)
+  Hash,          // static: a fixed, seeded token id -> top_k experts map, weights 1/k (Roller et al. 2021)
+  Table,         // static: the token id -> top_k experts map of the file routing_table, weights 1/k
 };
-Routing parse_routing(const std::string& name);  // "token_choice" | "expert_choice"
+Routing parse_routing(const std::string& name);  // "token_choice" | "expert_choice" | "hash" | "table"
 const char* to_string(Routing r);
+// Hash and table routing: a fixed map from the token's id, no router (no w_gate, no logits, no losses).
+inline bool is_static(Routing r) { return r == Routing::Hash || r == Routing::Table; }
 // How group-limited routing scores a group of experts for a token (docs/routing.md, "Group-limited
 // routing"), from the token's selection scores (scores + aux-free bias) of the group's experts.
 enum class GroupScore {
@@ -97,14 +101,16 @@ struct MoEConfig {
   DropPolicy drop_policy = DropPolicy::Position;
   // expert_choice: expert e takes its C = capacity tokens of highest softmax score (top_k is then the
   // average number of experts per token, in C's formula only); combine weight = that score.
+  // hash, table: each token id's top_k experts are fixed (core/moe/static_routing.h), weights 1/k.
   Routing routing = Routing::TokenChoice;
+  std::string routing_table{};        // routing = table: the map's file (core/moe/static_routing.h)
   ScoreFunction score_function = ScoreFunction::Softmax;
   bool renormalize = true;            // rescale the k chosen scores to sum to 1
   float routed_scaling_factor = 1.0f; // the combine weights are the (renormalised) chosen scores times this
   float jitter_eps = 0.0f;            // training only: router input multiplied by U(1 - eps, 1 + eps)
   float aux_loss_coeff = -1.0f;       // < 0: the balancing's default, aux_loss_coeff_default()
   AuxLossScope aux_loss_scope = AuxLossScope::Local;
-  float z_loss_coeff = 0.001f;
+  float z_loss_coeff = -1.0f;         // < 0: the routing's default, z_loss_coeff_default()
   int64_t shared_experts = 0;         // > 0: each MoE layer adds a dense FFN every token passes through
   int64_t shared_expert_hidden = 0;   // hidden size of each shared expert; 0 = expert_hidden
   Balancing balancing = Balancing::AuxLoss;
@@ -124,6 +130,7 @@ struct MoEConfig {
   bool recompute_experts = false;     // from the model: the backward recomputes the experts' activations
   int64_t seq_len = 0;                // from the model: the layer's T rows are T / seq_len whole sequences
                                       // (0: not known; the sequence aux-loss scope needs it)
+  int64_t vocab_size = 0;             // from the model: the token ids static routing maps (0: not known)
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.
@@ -134,7 +141,7 @@ struct MoEConfig {
   static constexpr Range kMinCapacityRange = at_least(0);
   static constexpr Range kJitterEpsRange = closed_open(0, 1);
   static constexpr Range kAuxLossCoeffRange = any_finite();  // < 0: the balancing's default
-  static constexpr Range kZLossCoeffRange = at_least(0);
+  static constexpr Range kZLossCoeffRange = any_finite();  // < 0: the routing's default
   static constexpr Range kSharedExpertsRange = at_least(0);
   static constexpr Range kSharedExpertHiddenRange = at_least(0);  // 0: expert_hidden
   static constexpr Range kBiasUpdateRateRange = at_least(0);
@@ -143,8 +150,9 @@ struct MoEConfig {
   static constexpr Range kTopGroupsRange = at_least(1);      // <= the groups; times the group size >= top_k
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
-  // ("top_k = 9 ..."), its value and what is accepted; with routing = expert_choice, also a setting that
-  // does not apply to it (naming both keys).
+  // ("top_k = 9 ..."), its value and what is accepted; with routing = expert_choice, hash or table, also a
+  // setting that does not apply to it (naming both keys). With routing = table it reads routing_table
+  // (read_routing_table, core/moe/static_routing.h), whose errors name the file and line.
   void validate() const;
   // Settings that are valid but probably not what was meant, one sentence each (no newline), naming the
   // keys and the alternative; empty when there are none. The trainer prints them at start-up.
@@ -161,12 +169,22 @@ struct MoEConfig {
   void validate_routing_groups(int64_t ep) const;
   // What a negative aux_loss_coeff stands for: 0.01 with balancing = aux_loss; 0 with aux_free,
   // whose biases balance the load without a loss (DeepSeek-V3), so a loss on top is opt-in; 0 with
-  // routing = expert_choice, where every expert takes exactly C tokens (no loss).
+  // routing = expert_choice, where every expert takes exactly C tokens (no loss); 0 with static routing
+  // (hash, table), which has no router for a loss to train.
   float aux_loss_coeff_default() const {
-    return balancing == Balancing::AuxFree || routing == Routing::ExpertChoice ? 0.0f : 0.01f;
+    return balancing == Balancing::AuxFree || routing == Routing::ExpertChoice || is_static(routing) ? 0.0f : 0.01f;
   }
   // The weight of the load-balancing loss: aux_loss_coeff, or its default when negative.
   float aux_loss_weight() const { return aux_loss_coeff < 0 ? aux_loss_coeff_default() : aux_loss_coeff; }
+  // What a negative z_loss_coeff stands for: 0.001, or 0 with static routing (no logits).
+  float z_loss_coeff_default() const { return is_static(routing) ? 0.0f : 0.001f; }
+  // The weight of the router z-loss: z_loss_coeff, or its default when negative.
+  float z_loss_weight() const { return z_loss_coeff < 0 ? z_loss_coeff_default() : z_loss_coeff; }
+  // The routing in words, for the routing report and TensorBoard: "token_choice, softmax scores",
+  // "token_choice, sigmoid scores, 4 groups, top 2 (top2_sum)", "expert_choice, softmax scores",
+  // "hash (seeded token id -> 2 experts, weights 1/k)", "table tables/map.txt (token id -> 2 experts,
+  // weights 1/k)". routing_groups = ep reads "one group per expert-parallel rank".
+  std::string routing_description() const;
   // Number of columns of the first expert matrix: expert_hidden, or 2 * expert_hidden for SwiGLU ([gate | up]).
   int64_t expert_in_cols() const { return activation == Activation::SwiGLU ? 2 * expert_hidden : expert_hidden; }
   // Hidden size of the shared-expert FFN: shared_experts * shared_expert_hidden (0: expert_hidden); 0

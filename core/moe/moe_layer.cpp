@@ -6,6 +6,7 @@
 #include "core/check.h"
 #include "core/ops.h"
 #include "core/parameter_names.h"
+#include "core/moe/static_routing.h"
 #include "core/random.h"
 #include "core/timer.h"
 
@@ -33,13 +34,17 @@ MoELayer::MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertEx
   const int64_t first = first_expert(), local = local_experts();
   cfg_.validate_routing_groups(E / local);  // "ep": one routing group per rank of the exchange
   cfg_.routing_groups = cfg_.routing_groups_for(E / local);
-  weights.w_gate = random_normal({d, E}, cfg_.init_std, stream_id(seed, names::kWGate), device);
+  if (is_static(cfg_.routing)) {
+    routes_ = Tensor::from_ints({cfg_.vocab_size, cfg_.top_k}, static_routes(cfg_, seed)).to(device);
+  } else {
+    weights.w_gate = random_normal({d, E}, cfg_.init_std, stream_id(seed, names::kWGate), device);
+    grads.w_gate = Tensor::zeros(weights.w_gate.shape(), DType::F32, device);
+  }
   // Offsetting the stream by the first local expert's elements gives expert e the same values on
   // whichever rank holds it.
   weights.w_in =
       random_normal({local, d, in_cols}, cfg_.init_std, stream_id(seed, names::kWIn), device, first * d * in_cols);
   weights.w_out = random_normal({local, h, d}, cfg_.init_std, stream_id(seed, names::kWOut), device, first * h * d);
-  grads.w_gate = Tensor::zeros(weights.w_gate.shape(), DType::F32, device);
   grads.w_in = Tensor::zeros(weights.w_in.shape(), DType::F32, device);
   grads.w_out = Tensor::zeros(weights.w_out.shape(), DType::F32, device);
   selection_bias = Tensor::zeros({E}, DType::F32, device);
@@ -51,12 +56,13 @@ void MoELayer::share_expert_activations(std::shared_ptr<ExpertActivations> scrat
 }
 
 void MoELayer::register_parameters(ParameterRegistry& registry, const std::string& prefix) {
-  registry.add(names::tensor_name(prefix, names::kWGate), weights.w_gate, grads.w_gate, ParamKind::Dense);
+  if (weights.w_gate.defined())
+    registry.add(names::tensor_name(prefix, names::kWGate), weights.w_gate, grads.w_gate, ParamKind::Dense);
   registry.add(names::tensor_name(prefix, names::kWIn), weights.w_in, grads.w_in, ParamKind::Expert);
   registry.add(names::tensor_name(prefix, names::kWOut), weights.w_out, grads.w_out, ParamKind::Expert);
 }
 
-void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
+void MoELayer::forward(Tensor& y, const Tensor& x, bool training, const Tensor* token_ids) {
   require_rank("MoELayer::forward", "x", x, 2);
   MOE_REQUIRE(x.dim(1) == cfg_.d_model, "MoELayer::forward: x has shape ", to_string(x.shape()),
               ", expected (T, d_model = ", cfg_.d_model, ")");
@@ -65,6 +71,10 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   const bool per_sequence = cfg_.aux_loss_scope == AuxLossScope::Sequence;
   MOE_REQUIRE(!per_sequence || T % cfg_.seq_len == 0, "MoELayer::forward: aux_loss_scope = sequence needs whole "
               "sequences, but x has ", T, " tokens, not a multiple of seq_len = ", cfg_.seq_len);
+  const bool static_routing = is_static(cfg_.routing);
+  MOE_REQUIRE(!static_routing || token_ids != nullptr, "MoELayer::forward: routing = ", to_string(cfg_.routing),
+              " routes each token by its id, but no token_ids were given");
+  if (static_routing) require_shape("MoELayer::forward", "token_ids", *token_ids, {T});
   require_finite(x);
   const Device device = x.device();
   x_ = x;
@@ -78,7 +88,10 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   // The router computes in float32 in every precision: the top-k choice and the balancing losses
   // turn on small differences between scores that bfloat16's 8-bit significand would blur or flip, and
   // its (T, d) x (d, E) product is a small part of the layer's work.
-  router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0, &selection_bias);
+  if (static_routing)
+    static_router_forward(router_, routes_, *token_ids);
+  else
+    router_forward(router_, x, weights.w_gate, cfg_, training, jitter_stream, 0, &selection_bias);
   timer.lap(&time.router);
 
   // Capacity applies per (source rank, expert): each rank plans its own T tokens.
@@ -127,8 +140,9 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   timer.lap(&time.combine);
 
   // The sequence scope: one group of f and P per sequence (an empty batch is one empty group: no loss).
-  // Expert choice has no load-balancing loss (MoEConfig::validate): no terms, a loss of 0 and no gradient.
-  balance_ = expert_choice ? LoadBalanceTerms{}
+  // Expert choice and static routing have no load-balancing loss (MoEConfig::validate): no terms, a loss
+  // of 0 and no gradient.
+  balance_ = expert_choice || static_routing ? LoadBalanceTerms{}
                            : load_balance_terms(router_.balance_probs, router_.expert,
                                                 per_sequence && T > 0 ? T / cfg_.seq_len : 1);
   if (cfg_.aux_loss_scope == AuxLossScope::Global) exchange_->all_reduce_balance_terms(balance_);
@@ -139,7 +153,8 @@ void MoELayer::forward(Tensor& y, const Tensor& x, bool training) {
   stats_.kept_total = M;
   stats_.dropped_total = plan_.num_dropped();
   stats_.aux_loss = load_balancing_loss(balance_, cfg_.aux_loss_weight());
-  stats_.z_loss = z_loss_forward(router_.logits, cfg_.z_loss_coeff, static_cast<double>(T));
+  // Static routing has no logits: no z-loss (its weight is 0, MoEConfig::validate).
+  stats_.z_loss = static_routing ? 0.0 : z_loss_forward(router_.logits, cfg_.z_loss_weight(), static_cast<double>(T));
   timer.lap(&time.losses);
 }
 
@@ -155,8 +170,10 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   LapTimer timer(device);  // on a GPU, each phase waits for its kernels
 
   resize_zeroed(d_expert_out_, {M, d}, device);
+  const bool static_routing = is_static(cfg_.routing);  // constant weights: no router to reach
   resize_zeroed(dweight_, {T, k}, device);
-  combine_backward(&d_expert_out_, &dweight_, dy, *combine_rows_, plan_.slot, router_.weight);
+  combine_backward(&d_expert_out_, static_routing ? nullptr : &dweight_, dy, *combine_rows_, plan_.slot,
+                   router_.weight);
   timer.lap(&time.combine);
 
   // The forward's two directions swap roles: output gradients travel to the experts (as rows: bfloat16
@@ -180,6 +197,7 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
   timer.skip();
   scatter_add_rows(dx, dx_perm_, plan_.source_token);
   timer.lap(&time.permute);
+  if (static_routing) return;
 
   // In the global scope every rank's loss includes the one global value, and the gradient sync
   // divides the sum over ranks by the world size: each rank contributes its tokens' share of the
@@ -197,7 +215,7 @@ void MoELayer::backward(Tensor& dx, const Tensor& dy) {
     softmax_forward(z_softmax_, router_.logits);
     softmax_probs = &z_softmax_;
   }
-  z_loss_backward(dlogits_, router_.logits, *softmax_probs, cfg_.z_loss_coeff, static_cast<double>(T), 1.0);
+  z_loss_backward(dlogits_, router_.logits, *softmax_probs, cfg_.z_loss_weight(), static_cast<double>(T), 1.0);
   timer.lap(&time.losses);
   router_backward(&dx, &grads.w_gate, dbalance_, dlogits_, dweight_, weights.w_gate, router_, cfg_);
   timer.lap(&time.router);

@@ -23,7 +23,7 @@
 namespace moe {
 
 struct MoEWeights {
-  Tensor w_gate;  // (d, E), replicated on every rank
+  Tensor w_gate;  // (d, E), replicated on every rank; undefined with static routing (hash, table: no router)
   Tensor w_in;    // (E_local, d, in_cols), this rank's experts in global id order
   Tensor w_out;   // (E_local, h, d)
 };
@@ -51,8 +51,10 @@ class MoELayer {
   // (seed, e) whichever rank holds it. exchange == nullptr: one process holding every expert
   // (LocalExpertExchange); otherwise this rank holds the exchange's experts, and the exchange must
   // be for cfg.num_experts experts; routing_groups = ep becomes one routing group per rank of the
-  // exchange (config() holds the number). Weights, gradients, selection_bias and activations live on
-  // `device`; forward takes x there.
+  // exchange (config() holds the number). Static routing (hash, table) has no router: no w_gate; its
+  // token id -> experts map (core/moe/static_routing.h: hash_routes of `seed`, or the routing_table file,
+  // read here) is built once. Weights, gradients, selection_bias and activations live on `device`; forward
+  // takes x there.
   MoELayer(const MoEConfig& cfg, uint64_t seed, std::unique_ptr<ExpertExchange> exchange = nullptr,
            Device device = Device::CPU);
 
@@ -61,8 +63,11 @@ class MoELayer {
   // backward. Throws InvalidArgument on a wrong shape, on a T that is not a multiple of cfg.seq_len in
   // the sequence aux-loss scope (x must hold whole sequences), or on a non-finite input value. Saves
   // what the backward needs; the next forward overwrites it. Collective over the expert-parallel
-  // group (and the world, for the global load-balancing scope) when distributed.
-  void forward(Tensor& y, const Tensor& x, bool training);
+  // group (and the world, for the global load-balancing scope) when distributed. token_ids (T) int32 on
+  // x's device: the ids of the tokens of x's rows, which static routing (hash, table) routes by; required
+  // there (InvalidArgument without them or for an id outside [0, vocab_size)), not read by the learned
+  // routings. With static routing the load-balancing and z-losses are 0 and nothing flows to a router.
+  void forward(Tensor& y, const Tensor& x, bool training, const Tensor* token_ids = nullptr);
 
   // dy (T, d): accumulates dx (T, d) and the weight gradients, including the gradients of this
   // call's load-balancing and z-losses. Gradients are this rank's share of d(mean over ranks of the
@@ -70,7 +75,7 @@ class MoELayer {
   // the gradient of the training objective, each loss entering it with weight 1.
   void backward(Tensor& dx, const Tensor& dy);
 
-  // Adds w_gate (dense) and w_in, w_out (expert) under "<prefix>.name".
+  // Adds w_gate (dense; none with static routing) and w_in, w_out (expert) under "<prefix>.name".
   void register_parameters(ParameterRegistry& registry, const std::string& prefix);
 
   // With cfg.recompute_experts: the scratch the experts' activations go to, which the backward
@@ -103,6 +108,8 @@ class MoELayer {
   // The dtype of the token rows the experts read and write and the exchange moves: float32, or
   // bfloat16 with Precision::BF16 (then so are the expert weights' copies the products read).
   DType rows_dtype() const { return product_dtype(cfg_.precision); }
+
+  Tensor routes_;  // (V, k) int32 static routing's map (hash, table), undefined otherwise
 
   // Saved by forward for backward. "Rows" tensors have rows_dtype(); the rest are float32.
   Tensor x_;

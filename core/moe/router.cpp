@@ -65,6 +65,14 @@ void expert_choice_route(RouterOutput& out, int64_t capacity) {
   expert_choice_topk(out.chosen_token, out.probs);
 }
 
+void static_router_forward(RouterOutput& out, const Tensor& routes, const Tensor& token_ids) {
+  const int64_t T = token_ids.dim(0), k = routes.dim(1);
+  out = RouterOutput{};
+  out.expert = Tensor::empty({T, k}, DType::I32, routes.device());
+  out.weight = Tensor::empty({T, k}, DType::F32, routes.device());
+  static_route_forward(out.expert, out.weight, routes, token_ids);
+}
+
 void router_backward(Tensor* dx, Tensor* dw_gate, Tensor& dbalance, Tensor& dlogits, const Tensor& dweight,
                      const Tensor& w_gate, const RouterOutput& saved, const MoEConfig& cfg) {
   if (cfg.score_function == ScoreFunction::Sigmoid) {

@@ -42,6 +42,11 @@ void router_forward(RouterOutput& out, const Tensor& x, const Tensor& w_gate, co
 // score (the op expert_choice_topk) into out.chosen_token. capacity >= 0.
 void expert_choice_route(RouterOutput& out, int64_t capacity);
 
+// routing = hash or table: token t's experts are row token_ids[t] of routes (V, k) int32 (the static map,
+// core/moe/static_routing.h), each weighted 1/k (the op static_route_forward). There is no router: only
+// expert and weight are set, the other fields are left undefined; nothing has a gradient.
+void static_router_forward(RouterOutput& out, const Tensor& routes, const Tensor& token_ids);
+
 // Backward of the router. Inputs: dweight (T, k) from the combine, dbalance (T, E) holding any gradient
 // already flowing into balance_probs (the load-balancing loss), dlogits (T, E) holding any into the
 // logits (the z-loss). Both buffers are used as scratch. Accumulates into dx (T, d) and dw_gate (d, E);

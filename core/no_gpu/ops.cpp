@@ -95,6 +95,7 @@ void topk_backward(Tensor&, const Tensor&, const Tensor&, const Tensor&, const T
   MOE_NO_CUDA(topk_backward);
 }
 void expert_choice_topk(Tensor&, const Tensor&) { MOE_NO_CUDA(expert_choice_topk); }
+void static_route_forward(Tensor&, Tensor&, const Tensor&, const Tensor&) { MOE_NO_CUDA(static_route_forward); }
 void group_limit_forward(Tensor&, const Tensor&, const Tensor*, int64_t, int64_t, int64_t) {
   MOE_NO_CUDA(group_limit_forward);
 }

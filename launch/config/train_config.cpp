@@ -361,9 +361,15 @@ std::vector<Key> build_schema() {
              "over capacity, who keeps an expert's slots: earlier tokens (position), every first choice before "
              "any second then by token (position_by_choice), or higher router probabilities (probs)");
   moe.choice("routing", &E::routing,
-             {{"token_choice", Routing::TokenChoice}, {"expert_choice", Routing::ExpertChoice}},
+             {{"token_choice", Routing::TokenChoice}, {"expert_choice", Routing::ExpertChoice},
+              {"hash", Routing::Hash}, {"table", Routing::Table}},
              "tokens choose their top_k experts, or each expert its capacity of the rank's tokens by score "
-             "(expert_choice: sees the whole batch, future tokens included; docs/routing.md)");
+             "(expert_choice: sees the whole batch, future tokens included), or static routing by token id "
+             "without a router: a seeded hash (hash) or the map of routing_table (table), weights 1/k "
+             "(docs/routing.md)");
+  moe.string("routing_table", &E::routing_table, kAnyString,
+             "routing = table: file of 'ID: E1 .. Ek' lines ('FIRST-LAST:' ranges, '*:' the rest), token id -> "
+             "its top_k experts (docs/routing.md, \"Table routing\")");
   moe.choice("score_function", &E::score_function,
              {{"softmax", ScoreFunction::Softmax}, {"sigmoid", ScoreFunction::Sigmoid}},
              "router scores from the logits: softmax over the experts, or sigmoid per expert (DeepSeek-V3)");
@@ -374,12 +380,13 @@ std::vector<Key> build_schema() {
            "training only: router input times noise from U(1 - eps, 1 + eps); 0 = off");
   moe.real("aux_loss_coeff", &E::aux_loss_coeff, E::kAuxLossCoeffRange,
            "weight of the load-balancing loss; < 0 = by balancing: 0.01 with aux_loss, 0 (no loss) with aux_free "
-           "or routing expert_choice");
+           "or routing expert_choice, hash or table");
   moe.choice("aux_loss_scope", &E::aux_loss_scope,
              {{"local", AuxLossScope::Local}, {"global", AuxLossScope::Global}, {"sequence", AuxLossScope::Sequence}},
              "tokens the load-balancing loss counts: each rank's own (local), all ranks' (global), or each "
              "sequence's own, averaged over sequences (sequence)");
-  moe.real("z_loss_coeff", &E::z_loss_coeff, E::kZLossCoeffRange, "weight of the router z-loss");
+  moe.real("z_loss_coeff", &E::z_loss_coeff, E::kZLossCoeffRange,
+           "weight of the router z-loss; < 0 = by routing: 0.001, 0 (no router) with routing hash or table");
   moe.integer("shared_experts", &E::shared_experts, E::kSharedExpertsRange,
               "shared experts every token passes through, besides its routed ones");
   moe.integer("shared_expert_hidden", &E::shared_expert_hidden, E::kSharedExpertHiddenRange,
@@ -683,6 +690,7 @@ void resolve_derived(TrainConfig& cfg) {
   if (cfg.checkpoint.dir.empty()) cfg.checkpoint.dir = (std::filesystem::path(cfg.run.dir) / "checkpoints").string();
   if (cfg.moe.shared_expert_hidden == 0) cfg.moe.shared_expert_hidden = cfg.moe.expert_hidden;
   cfg.moe.aux_loss_coeff = cfg.moe.aux_loss_weight();
+  cfg.moe.z_loss_coeff = cfg.moe.z_loss_weight();
 }
 
 // What a path that is not a regular file is, for the message that refuses it.

@@ -40,7 +40,8 @@ void RoutingCounts::add(const std::vector<MoELayer*>& layers, const std::vector<
       kept[l][e] += st.kept[e];
       kept_total[l][e] += st.kept[e];
     }
-    entropy[l] += mean_entropy(layers[l]->router_output().probs.to(Device::CPU));
+    const Tensor& probs = layers[l]->router_output().probs;  // undefined with static routing
+    if (probs.defined()) entropy[l] += mean_entropy(probs.to(Device::CPU));
     if (num_domains <= 0) continue;
     const Tensor expert_ids = layers[l]->router_output().expert.to(Device::CPU);
     const Tensor slots = layers[l]->plan().slot.to(Device::CPU);
@@ -93,8 +94,10 @@ void IntervalSums::from_state(const std::vector<double>& sums, const std::vector
   steps = counters[0];
 }
 
-std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids) {
+std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids,
+                           const std::string& routing) {
   std::ostringstream os;
+  os << "routing: " << routing << "\n";
   const int64_t E = counts.num_experts;
   char buf[64];
   for (size_t l = 0; l < counts.kept_total.size(); ++l) {

@@ -23,7 +23,8 @@ struct RoutingCounts {
   RoutingCounts(int64_t layers, int64_t experts, int64_t domains);
 
   // Adds the last forward of every layer; entropy[l] += the mean over its tokens of the entropy of
-  // layer l's router probabilities. seq_domain: each sequence's domain (-1: unknown).
+  // layer l's router probabilities (nothing with static routing: no router). seq_domain: each
+  // sequence's domain (-1: unknown).
   void add(const std::vector<MoELayer*>& layers, const std::vector<int64_t>& seq_domain, int64_t seq_len,
            std::vector<double>& entropy);
   void clear_interval();  // routed and kept
@@ -49,8 +50,10 @@ struct IntervalSums {
   void from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters);
 };
 
-// Per MoE layer (named by the model's layer index), each expert's share of the kept pairs of the
-// whole run; with domains, each domain's pairs over the experts.
-std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids);
+// A header line "routing: <routing>" (MoEConfig::routing_description), then per MoE layer (named by the
+// model's layer index), each expert's share of the kept pairs of the whole run; with domains, each
+// domain's pairs over the experts.
+std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids,
+                           const std::string& routing);
 
 }  // namespace moe

@@ -183,6 +183,11 @@ void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_los
   tb.flush();
 }
 
+void write_tensorboard_routing(TensorBoardWriter& tb, int64_t step, const std::string& routing) {
+  tb.add_text(step, "moe/routing", routing);
+  tb.flush();
+}
+
 PeakFlops measure_peak_flops(Communicator& world, double gflops_per_rank, Device device, Precision precision) {
   const int W = world.size();
   char how[256];

@@ -36,7 +36,8 @@ struct MoELayerMetrics {
   int64_t layer = 0;               // the model's layer index (0-based), as in parameter names
   std::vector<int64_t> routed;     // (E) (token, choice) pairs that picked each expert, before dropping
   std::vector<int64_t> kept;       // (E) of those, the ones within the expert's capacity
-  double router_entropy = 0;       // mean over tokens of the entropy of the router's probabilities, nats
+  double router_entropy = 0;       // mean over tokens of the entropy of the router's probabilities, nats;
+                                   // 0 with static routing (hash, table), which has no router
   double dropped_frac() const;     // 1 - sum(kept) / sum(routed); 0 when nothing was routed
   double load_max_over_mean() const;  // max over experts of routed / mean routed; 0 when nothing was routed
 };
@@ -99,6 +100,9 @@ void cut_back_metrics(const std::string& path, int64_t last_step, LogWrites& wri
 // model's layer index.
 void write_tensorboard(TensorBoardWriter& tb, const StepMetrics& m);
 void write_tensorboard_eval(TensorBoardWriter& tb, int64_t step, double eval_loss);
+// The text summary moe/routing at `step` (the run's first step): the MoE layers' routing in words
+// (MoEConfig::routing_description), shown in TensorBoard's TEXT tab.
+void write_tensorboard_routing(TensorBoardWriter& tb, int64_t step, const std::string& routing);
 
 // The peak MFU divides by: the sum over ranks of each rank's peak GFLOP/s, and how it was obtained.
 struct PeakFlops {

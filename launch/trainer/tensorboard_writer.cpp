@@ -64,6 +64,20 @@ void TensorBoardWriter::add_scalars(int64_t step, const std::vector<std::pair<st
   write_record(event.SerializeAsString());
 }
 
+void TensorBoardWriter::add_text(int64_t step, const std::string& tag, const std::string& text) {
+  tensorboard::Event event;
+  event.set_wall_time(wall_seconds());
+  event.set_step(step);
+  tensorboard::SummaryValue* v = event.mutable_summary()->add_value();
+  v->set_tag(tag);
+  v->mutable_metadata()->mutable_plugin_data()->set_plugin_name("text");
+  tensorboard::Tensor* t = v->mutable_tensor();
+  t->set_dtype(7);  // DT_STRING
+  t->mutable_tensor_shape();  // a scalar: no dims, but the shape is present as TensorBoard writes it
+  t->add_string_val(text);
+  write_record(event.SerializeAsString());
+}
+
 void TensorBoardWriter::write_record(const std::string& bytes) {
   unsigned char header[12];
   const uint64_t length = bytes.size();

@@ -1,4 +1,4 @@
-// Writes TensorBoard event files (TFRecord framing of Event protos) with scalar summaries.
+// Writes TensorBoard event files (TFRecord framing of Event protos) with scalar and text summaries.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +26,9 @@ class TensorBoardWriter {
 
   // One event at `step` holding all the (tag, value) scalars.
   void add_scalars(int64_t step, const std::vector<std::pair<std::string, float>>& scalars);
+  // One event at `step` holding `text` under `tag` for TensorBoard's text plugin (its TEXT tab renders
+  // it as Markdown).
+  void add_text(int64_t step, const std::string& tag, const std::string& text);
   void flush();
   const std::string& path() const { return path_; }
 

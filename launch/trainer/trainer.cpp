@@ -128,7 +128,11 @@ double unigram_entropy(const SequenceSource& src, IndexRange range) {
 std::string balancing_summary(const TrainConfig& cfg) {
   char buf[320];
   const double coeff = cfg.moe.aux_loss_coeff;
-  if (cfg.moe.routing == Routing::ExpertChoice)
+  if (is_static(cfg.moe.routing))
+    std::snprintf(buf, sizeof buf, "load balancing: none (moe.routing = %s: a fixed token id -> experts map, "
+                  "weights 1/k, no router); no load-balancing loss and no z-loss (both off)",
+                  to_string(cfg.moe.routing));
+  else if (cfg.moe.routing == Routing::ExpertChoice)
     std::snprintf(buf, sizeof buf, "load balancing: by construction (moe.routing = expert_choice: every expert takes "
                   "its capacity of tokens); no load-balancing loss");
   else if (cfg.moe.balancing == Balancing::AuxLoss)
@@ -243,6 +247,7 @@ class Trainer {
   double evaluate();            // mean held-out loss over all ranks
   void save(int64_t step);
   void finish();                // the routing report and DONE
+  std::string routing_description() const;  // the MoE layers' routing in words, for the report and TensorBoard
 
   const TrainConfig& cfg_;
   Communicator& world_;  // the world's control communicator (groups_.world.control): host values only
@@ -530,6 +535,12 @@ void Trainer::open_run_directory() {
   writes_.write_file(dir + "/config.yaml", to_yaml(cfg_));
   tensorboard_ = std::make_unique<TensorBoardWriter>(dir + "/" + kTensorBoardDir, writes_);
   metrics_ = std::make_unique<MetricsLog>(dir + "/metrics.jsonl", writes_);
+  if (!moe_layers_.empty()) write_tensorboard_routing(*tensorboard_, first_step_, routing_description());
+}
+
+std::string Trainer::routing_description() const {
+  // A layer's settings: routing_groups = ep resolved to the number of groups.
+  return moe_layers_.empty() ? "no MoE layers" : moe_layers_.front()->config().routing_description();
 }
 
 bool Trainer::step(int64_t step) {
@@ -723,7 +734,7 @@ void Trainer::finish() {
   add_rows(totals, routing_.domain);
   all_reduce_packed(world_, totals);
   if (!leader_) return;
-  const std::string report = routing_report(routing_, moe_layer_ids_);
+  const std::string report = routing_report(routing_, moe_layer_ids_, routing_description());
   std::printf("\nrouting report (whole run, all ranks):\n%s", report.c_str());
   writes_.write_file(cfg_.run.dir + "/routing_report.txt", report);
   // The completion marker job scripts look for (launch/launcher/job_script.h): no requeue after it.
