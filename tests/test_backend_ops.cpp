@@ -347,9 +347,9 @@ std::vector<OpCase> op_cases() {
        }},
       {"static_route", kExact, [=](Device d) {  // a lookup: the same ids, weights 1/k
          const Tensor routes = Tensor::from_ints({4, 2}, {0, 1, 3, 2, 2, 0, 1, 3});
-         Tensor e = poisoned_ints(d, {6, 2}), w = poisoned(d, {6, 2});
-         static_route_forward(e, w, on(d, routes), on(d, Tensor::from_ints({6}, {3, 0, 1, 1, 2, 0})));
-         return to_host({e, w});
+         Tensor e = poisoned_ints(d, {6, 2}), weight = poisoned(d, {6, 2});
+         static_route_forward(e, weight, on(d, routes), on(d, Tensor::from_ints({6}, {3, 0, 1, 1, 2, 0})));
+         return to_host({e, weight});
        }},
       {"group_limit", kExact, [=](Device d) {  // the same float additions and comparisons (core/group_limit.h)
          Tensor l1 = poisoned(d, {6, 8}), l2 = poisoned(d, {6, 8}), l3 = poisoned(d, {6, 8});

@@ -240,7 +240,9 @@ void expect_same_as_replicated(const LayerRun& got, const LayerRun& ref) {
   EXPECT_TRUE(all_close("y", got.y, ref.y));
   EXPECT_TRUE(all_close("dx", got.dx, ref.dx));
   EXPECT_EQ(got.g_gate.defined(), ref.g_gate.defined());
-  if (ref.g_gate.defined()) EXPECT_TRUE(all_close("grad w_gate", got.g_gate, ref.g_gate));
+  if (ref.g_gate.defined()) {
+    EXPECT_TRUE(all_close("grad w_gate", got.g_gate, ref.g_gate));
+  }
   const int64_t first = got.first_expert, n = got.local_experts;
   // Expert e's weights depend only on (seed, e): the shard holds exactly the replicated slice.
   EXPECT_TRUE(all_close("w_in", got.w_in, experts_slice(ref.w_in, first, n)));
