@@ -23,6 +23,10 @@ struct NewExpert {
   int64_t from = -1;        // the old expert whose slices it takes; -1: a fresh expert
   float noise = 0;          // > 0 (a split's copy): each w_in and w_out entry times 1 + noise * N(0, 1)
   bool copy_state = true;   // optimizer state copied from `from`; false (or fresh): zeros
+
+  // Whether it is old expert `from` itself, carried over unchanged (its usage counts too), rather
+  // than a new expert (fresh, a copy, a split's twin).
+  bool kept() const { return from >= 0 && copy_state && noise == 0; }
 };
 
 // An edit of one MoE layer's experts: old_experts experts in, experts.size() out, new expert j made

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/moe/moe_layer.h"
+#include "optim/expert_edit.h"
 
 namespace moe {
 
@@ -28,6 +29,9 @@ struct RoutingCounts {
            std::vector<double>& entropy);
   void clear_interval();  // routed and kept
   void clear_step();      // step_routed
+  // After a change of the experts (edits[l] for MoE layer l, all to the same number): every table
+  // follows, a kept expert with its counts, a new one from zero.
+  void follow(const std::vector<ExpertEdit>& edits);
 
   // The counts a checkpoint keeps (all but step_routed) as one flat list, and back (false, nothing
   // changed: another layout).
@@ -50,7 +54,9 @@ struct IntervalSums {
 };
 
 // Per MoE layer (named by the model's layer index), each expert's share of the kept pairs of the
-// whole run; with domains, each domain's pairs over the experts.
-std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids);
+// whole run; with domains, each domain's pairs over the experts. expert_changes: the trainer's log
+// lines of the changes moe.schedule made, listed first.
+std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids,
+                           const std::vector<std::string>& expert_changes = {});
 
 }  // namespace moe
