@@ -183,6 +183,11 @@ schedule_resume)
     fail "cannot decode the resumed run's final manifest"
   grep -q crc32c full.manifest || fail "no tensor entries in the decoded manifest"
   diff full.manifest part.manifest >diff.txt || { head -20 diff.txt; fail "final checkpoints differ"; }
+  # A layout that cannot hold the checkpoint's experts: one message, before training.
+  run 4 "$tiny" "${short[@]}" run.steps=40 parallel.ep=4 run.dir=ep4 checkpoint.init_from="$c20" 'moe.schedule=at 30 add 4' &&
+    fail "6 experts on ep = 4 were accepted"
+  grep -qF "checkpoint '$c20' has 6 experts per MoE layer, which this run cannot take: moe.num_experts = 6 is not divisible by ep = 4" out.txt ||
+    { cat out.txt; fail "no message about the checkpoint's experts"; }
   echo "resumed at step 20 after two changes; 20 steps of metrics and $(grep -c crc32c full.manifest) final tensors identical"
   ;;
 crash_during_save)
