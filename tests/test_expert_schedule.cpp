@@ -177,7 +177,8 @@ TEST(ExpertSchedule, BadTextNamesTheEventAndTheGrammar) {
 // ---- Validation against the layout -------------------------------------------------------------
 
 std::string layout_error(const std::string& schedule, int world, const std::vector<std::string>& more = {}) {
-  std::vector<std::string> overrides = {"moe.num_experts=4", "moe.top_k=2", "run.steps=100", "moe.schedule=" + schedule};
+  std::vector<std::string> overrides = {"moe.num_experts=4", "moe.top_k=2", "run.steps=100",
+                                        "moe.schedule=" + schedule};
   overrides.insert(overrides.end(), more.begin(), more.end());
   const TrainConfig cfg = parse_train_config("", "t.yaml", overrides);
   try {

@@ -97,8 +97,8 @@ ScheduleEvent parse_event(const std::string& text, int index) {
     const std::string& action = next("the action");
     const bool remove = op == "<";
     if (action != (remove ? "remove" : "split"))
-      bad_event(e, std::string("a share ") + op + " X condition " + (remove ? "removes" : "splits") + " experts, not '" +
-                       action + "'");
+      bad_event(e, std::string("a share ") + op + " X condition " + (remove ? "removes" : "splits") +
+                       " experts, not '" + action + "'");
     e.action = remove ? ScheduleAction::Remove : ScheduleAction::Split;
     if (at < w.size() && w[at] == (remove ? "min" : "max")) {
       ++at;
@@ -210,8 +210,8 @@ void validate_expert_schedule(const MoEConfig& moe, int64_t ep, int64_t steps) {
                                                                                                       : E + n;
     const std::string problem = after < 1 ? "removes every expert" : experts_problem(moe, after, ep);
     if (!problem.empty())
-      fail(e, "takes the layers from " + std::to_string(E) + " to " + std::to_string(after) + " experts, but " + problem +
-                  "; accepted: changes that keep moe.num_experts divisible by ep = " + std::to_string(ep) +
+      fail(e, "takes the layers from " + std::to_string(E) + " to " + std::to_string(after) + " experts, but " +
+                  problem + "; accepted: changes that keep moe.num_experts divisible by ep = " + std::to_string(ep) +
                   " and valid for the moe section");
     E = after;
   }

@@ -155,8 +155,8 @@ ExpertChange ExpertScheduleRunner::condition_change(int64_t step, const Schedule
   char cond[96];
   std::snprintf(cond, sizeof cond, "share %s %g for %lld log interval%s", remove ? "<" : ">", e.share,
                 (long long)e.intervals, e.intervals > 1 ? "s" : "");
-  change.why = event_text(e) + (remove ? ": the experts with the lowest share, " : ": the experts with the highest share, ") +
-               "those with " + cond + " first";
+  change.why = event_text(e) + ": the experts with the " + (remove ? "lowest" : "highest") + " share, those with " +
+               cond + " first";
   for (int64_t l = 0; l < layers_; ++l) {
     std::vector<int64_t> chosen(order[l].begin(), order[l].begin() + count);
     ExpertEdit edit = edit_base(step, e.index);

@@ -791,8 +791,9 @@ void Trainer::save(int64_t step) {
   std::vector<std::span<int64_t>> usage;
   add_rows(usage, loop.expert_usage);
   all_reduce_packed(world_, usage);
-  const std::string dir = save_training_checkpoint(current_config(step), run_id_, loop, *model_, *registry_, *optimizer_, groups_,
-                                                   world_, options_.hooks.kill_in_save_at(rank_, step));
+  const std::string dir = save_training_checkpoint(current_config(step), run_id_, loop, *model_, *registry_,
+                                                   *optimizer_, groups_, world_,
+                                                   options_.hooks.kill_in_save_at(rank_, step));
   if (leader_) std::printf("saved checkpoint %s\n", dir.c_str());
 }
 
