@@ -30,7 +30,8 @@ struct ScheduleEvent {
   float noise = 0.01f;           // split: the copy's weights are multiplied by 1 + noise * N(0, 1)
   // Conditions: an expert's share of its layer's routed pairs per log interval, below (remove) or
   // above (split) `share`, for `intervals` consecutive log intervals; the layers never go below
-  // `bound` (remove) or above it (split) experts. 0: the layout's limit (min: the smallest valid count).
+  // `bound` (remove) or above it (split) experts. 0: removal stops at the smallest valid multiple of
+  // schedule_unit, splitting at twice the starting moe.num_experts.
   double share = 0;
   int64_t intervals = 1;
   int64_t bound = 0;
