@@ -174,6 +174,39 @@ exact_resume)
   diff full.manifest part.manifest >diff.txt || { head -20 diff.txt; fail "final checkpoints differ"; }
   echo "stopped after step $n, resumed; 100 steps of metrics and $(grep -c crc32c full.manifest) final tensors identical"
   ;;
+schedule_resume)
+  # moe.schedule changes the experts at steps 8, 15 and 25. A run started from the straight run's
+  # checkpoint of step 20 (6 experts, after two changes) takes that number from it, does not apply
+  # those changes again, applies the one at step 25, and matches the straight run bit for bit.
+  cfg=("${short[@]}" run.steps=40 checkpoint.every=10 checkpoint.keep=10
+       'moe.schedule=at 8 remove 1,2; at 15 add 4; at 25 split 0,3')
+  run 2 "$tiny" "${cfg[@]}" run.dir=full || { cat out.txt; fail "uninterrupted run failed"; }
+  c20=$(step_dir full/checkpoints 20)
+  manifest "$c20" >m20.txt || fail "cannot decode the manifest of step 20"
+  grep -q '^  num_experts: 6$' m20.txt || fail "the manifest's layout does not record 6 experts"
+  grep -q '^config_yaml:.*num_experts: 6 ' m20.txt || fail "the manifest's config does not record moe.num_experts = 6"
+  grep -q '^config_yaml:.*schedule: \\"at 25 split 0,3\\"' m20.txt || { grep schedule m20.txt; fail "the manifest's config keeps applied events"; }
+  run 2 "$tiny" "${cfg[@]}" run.dir=part checkpoint.init_from="$c20" || { cat out.txt; fail "resumed run failed"; }
+  grep -q "resumed from $c20 at step 20" out.txt || { cat out.txt; fail "no resume message"; }
+  grep -q "^expert change: step \(8\|15\)," out.txt && fail "the resumed run applied the changes of steps 8 and 15 again"
+  grep -q "^expert change: step 25, layer 0: 6 -> 8 experts" out.txt || { cat out.txt; fail "no change at step 25"; }
+  det_metrics full/metrics.jsonl | tail -n 20 >full.txt
+  det_metrics part/metrics.jsonl >part.txt
+  [ "$(wc -l <part.txt)" = 20 ] || fail "the resumed run logged $(wc -l <part.txt) steps"
+  diff full.txt part.txt >diff.txt || { head -5 diff.txt; fail "metrics differ after resuming at step 20"; }
+  manifest "$(step_dir full/checkpoints 40)" | grep -v -e '^run_id:' -e '^config_yaml:' >full.manifest ||
+    fail "cannot decode the straight run's final manifest"
+  manifest "$(step_dir part/checkpoints 40)" | grep -v -e '^run_id:' -e '^config_yaml:' >part.manifest ||
+    fail "cannot decode the resumed run's final manifest"
+  grep -q crc32c full.manifest || fail "no tensor entries in the decoded manifest"
+  diff full.manifest part.manifest >diff.txt || { head -20 diff.txt; fail "final checkpoints differ"; }
+  # A layout that cannot hold the checkpoint's experts: one message, before training.
+  run 4 "$tiny" "${short[@]}" run.steps=40 parallel.ep=4 run.dir=ep4 checkpoint.init_from="$c20" 'moe.schedule=at 30 add 4' &&
+    fail "6 experts on ep = 4 were accepted"
+  grep -qF "checkpoint '$c20' has 6 experts per MoE layer, which this run cannot take: moe.num_experts = 6 is not divisible by ep = 4" out.txt ||
+    { cat out.txt; fail "no message about the checkpoint's experts"; }
+  echo "resumed at step 20 after two changes; 20 steps of metrics and $(grep -c crc32c full.manifest) final tensors identical"
+  ;;
 crash_during_save)
   # Rank 1 dies (SIGKILL) halfway through writing its shard of step 20; mpirun takes the job down.
   cfg=("${short[@]}" run.steps=30 checkpoint.every=10 checkpoint.keep=3 checkpoint.resume=auto run.dir=r)

@@ -480,6 +480,70 @@ PY
   run 2 "$configs/tiny.yaml" --eval-only --bogus && fail "an unknown option next to --eval-only was accepted"
   grep -q "unknown option '--bogus'; accepted: --help, --eval-only" out.txt || { cat out.txt; fail "option message"; }
   ;;
+expert_schedule)
+  # moe.schedule at given steps: remove two experts, add four fresh ones, split two; every rank agrees,
+  # the per-expert metrics follow, the routing report lists the changes, and the loss still falls.
+  sched='moe.schedule=at 8 remove 1,2; at 16 add 4; at 22 split 0,3'
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=r "$sched" || { cat out.txt; fail "exit status $?"; }
+  for want in "expert change: step 8, layer 0: 4 -> 2 experts: removed experts 1,2; moe.schedule event 1" \
+              "expert change: step 16, layer 1: 2 -> 6 experts: added fresh experts 2,3,4,5" \
+              "expert change: step 22, layer 0: 6 -> 8 experts: split expert 0 into 0 and 6, 3 into 3 and 7"; do
+    grep -qF "$want" out.txt || { cat out.txt; fail "no line '$want'"; }
+  done
+  [ "$(grep -c '^expert change:' out.txt)" = 6 ] || fail "expected 3 changes x 2 MoE layers, printed once"
+  grep -qF "step 22, layer 1: 6 -> 8 experts" r/routing_report.txt || fail "the routing report lacks the changes"
+  python3 - r/metrics.jsonl <<'PY' || fail "metrics.jsonl check failed"
+import json, sys
+train = [r for r in map(json.loads, open(sys.argv[1])) if "loss" in r]
+experts = {r["step"]: len(r["moe_layers"][0]["routed"]) for r in train}
+want = {s: 4 if s <= 8 else 2 if s <= 16 else 6 if s <= 22 else 8 for s in range(1, 31)}
+assert experts == want, experts
+first, last = train[0]["loss"], sum(r["loss"] for r in train[-5:]) / 5
+assert last < first - 0.5, f"loss did not fall: {first} -> {last}"
+print(f"experts 4 -> 2 -> 6 -> 8; loss {first:.3f} -> {last:.3f}")
+PY
+  # A condition: experts above a 20% share for two log intervals in a row are split (in multiples of
+  # ep = 2, up to 8): with 4 balanced experts that is after step 2, and never again at 12.5% each.
+  run 2 "$configs/tiny.yaml" "${short[@]}" run.dir=c 'moe.schedule=when share > 0.2 for 2 split max 8' ||
+    { cat out.txt; fail "exit status $?"; }
+  [ "$(grep -c '^expert change:' out.txt)" = 2 ] || { grep '^expert change' out.txt; fail "expected one change of each layer"; }
+  grep -q "^expert change: step 2, layer 0: 4 -> 8 experts: split expert .* moe.schedule event 1 (\"when share > 0.2 for 2 split max 8\")" out.txt ||
+    { cat out.txt; fail "the condition did not split the experts after step 2"; }
+  ;;
+expert_schedule_ep)
+  # The same schedule with ep = 1 and ep = 2 on 2 ranks: the same loss curve before and after the
+  # changes (each rank gathers its group's experts, edits them alike and takes its new shard).
+  sched='moe.schedule=at 8 remove 1,2; at 16 add 4; at 22 split 0,3'
+  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1 "$sched" || { cat out.txt; fail "ep=1 run failed"; }
+  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=2 run.dir=ep2 "$sched" || { cat out.txt; fail "ep=2 run failed"; }
+  python3 - <(losses ep1/metrics.jsonl) <(losses ep2/metrics.jsonl) <<'PY' || fail "loss curves differ"
+import sys
+a = [float(x) for x in open(sys.argv[1])]
+b = [float(x) for x in open(sys.argv[2])]
+assert len(a) == len(b) == 30, (len(a), len(b))
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+# As in ep_equivalence: float32 reordering noise (~1e-7) grown over 30 AdamW steps stays far below
+# 1e-4; a wrong expert moved, or optimizer state lost, changes the loss at the 1e-2 level.
+assert worst < 1e-4, f"worst relative difference {worst}"
+print(f"worst relative difference over 30 steps with 3 expert changes: {worst:.2e}")
+PY
+  ;;
+bad_schedule)
+  # A schedule the layout cannot take: one message naming the event, non-zero exit, nothing written.
+  run 2 "$configs/tiny.yaml" run.dir=r 'moe.schedule=at 10 remove 1' && fail "a schedule leaving 3 experts on ep = 2 was accepted"
+  grep -qF 'config: moe.schedule event 1 ("at 10 remove 1"): takes the layers from 4 to 3 experts, but moe.num_experts = 3 is not divisible by ep = 2' out.txt ||
+    { cat out.txt; fail "divisibility message"; }
+  [ "$(grep -c 'moe.schedule event' out.txt)" = 1 ] || fail "expected exactly one message (from rank 0)"
+  [ -e r ] && fail "a refused schedule created the run directory"
+  run 2 "$configs/tiny.yaml" run.dir=r 'moe.schedule=at 10 grow 2' && fail "an unknown action was accepted"
+  grep -qF "moe.schedule event 1 (\"at 10 grow 2\"): unknown action 'grow'" out.txt || { cat out.txt; fail "grammar message"; }
+  run 2 "$configs/tiny.yaml" run.dir=r run.steps=20 'moe.schedule=when share < 0.1 remove min 3' &&
+    fail "an odd min on ep = 2 was accepted"
+  grep -qF "min 3 is not a multiple of 2" out.txt || { cat out.txt; fail "condition bound message"; }
+  run 2 "$configs/tiny.yaml" run.dir=r moe.routing=hash moe.aux_loss_coeff=0 moe.z_loss_coeff=0 'moe.schedule=at 10 add 2' &&
+    fail "a schedule with static routing was accepted"
+  grep -qF "moe.schedule needs learned routing; moe.routing = hash" out.txt || { cat out.txt; fail "static routing message"; }
+  ;;
 *)
   fail "unknown case"
   ;;

@@ -131,6 +131,9 @@ struct MoEConfig {
   int64_t seq_len = 0;                // from the model: the layer's T rows are T / seq_len whole sequences
                                       // (0: not known; the sequence aux-loss scope needs it)
   int64_t vocab_size = 0;             // from the model: the token ids static routing maps (0: not known)
+  // Experts that grow and shrink during training: the trainer's (launch/config/expert_schedule.h);
+  // the layer never reads it. "" = a fixed set of experts.
+  std::string schedule = "";
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.

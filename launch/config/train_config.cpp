@@ -19,6 +19,7 @@
 #include "core/check.h"
 #include "core/model/transformer.h"
 #include "core/ops.h"
+#include "launch/config/expert_schedule.h"
 #include "launch/config/launch_values.h"
 
 namespace moe {
@@ -403,6 +404,10 @@ std::vector<Key> build_schema() {
   moe.choice("group_score", &E::group_score, {{"top2_sum", GroupScore::Top2Sum}, {"max", GroupScore::Max}},
              "routing_groups > 0: a group's score for a token, the sum of its two highest selection scores "
              "(DeepSeek-V3) or the highest");
+  moe.string("schedule", &E::schedule, StringRule{"events separated by ';' (docs/routing.md)", nullptr},
+             "experts that grow and shrink: \"at STEP remove IDS\", \"at STEP add N\", \"at STEP split IDS "
+             "[noise X]\", \"when share < X [for N] remove [min M]\", \"when share > X [for N] split [max M] "
+             "[noise X]\", separated by ';'; empty = fixed experts");
 
   SectionKeys<ParallelConfig> parallel(keys, "parallel", &TrainConfig::parallel);
   parallel.integer("ep", &ParallelConfig::ep, at_least(0),
@@ -750,6 +755,11 @@ void TrainConfig::validate() const {
   // The sections whose struct validates itself, its messages naming the keys without their section.
   in_section("model", [&] { model.validate(); });
   in_section("moe", [&] { TransformerConfig{model, moe}.moe_layer_config().validate(); });
+  try {
+    parse_expert_schedule(moe.schedule);
+  } catch (const InvalidArgument& e) {
+    fail(e.what());
+  }
   in_section("optim", [&] { optim.validate(); });
   in_section("data", [&] { data.validate(model.vocab_size); });
   if (parallel.backend == DataBackend::NCCL && run.device != Device::CUDA)
@@ -797,6 +807,7 @@ void validate_for_world(const TrainConfig& cfg, int world_size, const std::strin
   MOE_REQUIRE(cfg.moe.num_experts % ep == 0, "config: moe.num_experts = ", cfg.moe.num_experts, " is not divisible by ",
               ep_text, " (each rank of an expert-parallel group holds the same number of experts)");
   in_section("moe", [&] { cfg.moe.validate_routing_groups(ep); });
+  validate_expert_schedule(TransformerConfig{cfg.model, cfg.moe}.moe_layer_config(), ep, cfg.run.steps);
 }
 
 std::string to_yaml(const TrainConfig& cfg) {

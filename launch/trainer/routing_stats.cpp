@@ -62,6 +62,22 @@ void RoutingCounts::clear_interval() {
 
 void RoutingCounts::clear_step() { fill_zero(step_routed); }
 
+void RoutingCounts::follow(const std::vector<ExpertEdit>& edits) {
+  const int64_t E = edits.at(0).new_experts();
+  // A row of old experts (blocks of num_experts) -> the same of the new ones.
+  auto remap = [&](std::vector<int64_t>& row, const ExpertEdit& edit) {
+    const int64_t blocks = static_cast<int64_t>(row.size()) / num_experts;
+    std::vector<int64_t> out(static_cast<size_t>(blocks * E), 0);
+    for (int64_t b = 0; b < blocks; ++b)
+      for (int64_t j = 0; j < E; ++j)
+        if (edit.experts[j].kept()) out[b * E + j] = row[b * num_experts + edit.experts[j].from];
+    row = std::move(out);
+  };
+  for (auto* table : {&routed, &kept, &kept_total, &domain, &step_routed})
+    for (size_t l = 0; l < table->size(); ++l) remap((*table)[l], edits.at(l));
+  num_experts = E;
+}
+
 std::vector<int64_t> RoutingCounts::to_counters() const {
   std::vector<int64_t> out;
   for (const auto* table : {&routed, &kept, &kept_total, &domain})
@@ -95,9 +111,14 @@ void IntervalSums::from_state(const std::vector<double>& sums, const std::vector
 }
 
 std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids,
-                           const std::string& routing) {
+                           const std::string& routing, const std::vector<std::string>& expert_changes) {
   std::ostringstream os;
   os << "routing: " << routing << "\n";
+  if (!expert_changes.empty()) {
+    os << "expert changes (moe.schedule):\n";
+    for (const std::string& line : expert_changes) os << "  " << line << "\n";
+    os << "(the tables: the experts at the end of the run, each counted since it took its id)\n";
+  }
   const int64_t E = counts.num_experts;
   char buf[64];
   for (size_t l = 0; l < counts.kept_total.size(); ++l) {

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/moe/moe_layer.h"
+#include "optim/expert_edit.h"
 
 namespace moe {
 
@@ -29,6 +30,9 @@ struct RoutingCounts {
            std::vector<double>& entropy);
   void clear_interval();  // routed and kept
   void clear_step();      // step_routed
+  // After a change of the experts (edits[l] for MoE layer l, all to the same number): every table
+  // follows, a kept expert with its counts, a new one from zero.
+  void follow(const std::vector<ExpertEdit>& edits);
 
   // The counts a checkpoint keeps (all but step_routed) as one flat list, and back (false, nothing
   // changed: another layout).
@@ -50,10 +54,11 @@ struct IntervalSums {
   void from_state(const std::vector<double>& sums, const std::vector<int64_t>& counters);
 };
 
-// A header line "routing: <routing>" (MoEConfig::routing_description), then per MoE layer (named by the
-// model's layer index), each expert's share of the kept pairs of the whole run; with domains, each
-// domain's pairs over the experts.
+// A header line "routing: <routing>" (MoEConfig::routing_description), the trainer's log lines of the
+// changes moe.schedule made (expert_changes), then per MoE layer (named by the model's layer index),
+// each expert's share of the kept pairs of the whole run; with domains, each domain's pairs over the
+// experts.
 std::string routing_report(const RoutingCounts& counts, const std::vector<int64_t>& moe_layer_ids,
-                           const std::string& routing);
+                           const std::string& routing, const std::vector<std::string>& expert_changes = {});
 
 }  // namespace moe

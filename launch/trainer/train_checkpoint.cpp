@@ -100,6 +100,37 @@ std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& 
   return save_checkpoint(req, mine, rank_state, world);
 }
 
+std::map<std::string, Tensor> gather_training_state(TransformerLM& model, ParameterRegistry& registry,
+                                                    Optimizer& optimizer, const ProcessGroups& groups) {
+  const ExpertLayout& L = groups.layout;
+  std::map<std::string, Tensor> full;
+  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+    const Tensor mine = t.tensor.to(Device::CPU);
+    if (t.kind == ParamKind::Dense) {
+      full[t.name] = mine;
+      continue;
+    }
+    Shape shape = mine.shape();
+    shape[0] = L.num_experts;
+    Tensor all = Tensor::empty(shape, mine.dtype());
+    groups.expert_parallel.control->all_gather(mine.f32(), all.f32(), mine.nbytes());
+    full[t.name] = all;
+  }
+  return full;
+}
+
+void scatter_training_state(const std::map<std::string, Tensor>& full, TransformerLM& model,
+                            ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups) {
+  const ExpertLayout& L = groups.layout;
+  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+    auto it = full.find(t.name);
+    MOE_ASSERT(it != full.end(), "the new model's state has the old one's names");
+    const Tensor& from = it->second;
+    t.tensor.copy_from(t.kind == ParamKind::Dense ? from
+                                                  : from.rows(L.first_expert, L.first_expert + L.experts_per_rank));
+  }
+}
+
 std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
                                      ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
                                      int64_t steps_per_epoch, LoopState* loop) {

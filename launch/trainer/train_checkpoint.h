@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -51,5 +52,17 @@ class DamagedCheckpoint : public InvalidArgument {
 std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
                                      ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
                                      int64_t steps_per_epoch, LoopState* loop);
+
+// Every tensor of the run's state, as a checkpoint holds it (parameters, optimizer state, selection
+// biases), by name, whole, on the host: expert tensors gathered over the expert-parallel group (all E
+// experts in global id order). Collective over groups.expert_parallel (its control communicator).
+std::map<std::string, Tensor> gather_training_state(TransformerLM& model, ParameterRegistry& registry,
+                                                    Optimizer& optimizer, const ProcessGroups& groups);
+
+// The inverse of gather_training_state for another model of the same shape but perhaps another
+// number of experts (groups.layout's): each state tensor takes its value from `full` (its rows of
+// this rank's experts for an expert tensor). Every name must be there with its shape (asserted).
+void scatter_training_state(const std::map<std::string, Tensor>& full, TransformerLM& model,
+                            ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups);
 
 }  // namespace moe

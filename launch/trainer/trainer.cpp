@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <map>
 #include <memory>
 #include <span>
 #include <vector>
@@ -21,6 +22,7 @@
 #include "data/data_loader.h"
 #include "data/tokenizer.h"
 #include "launch/trainer/device_selection.h"
+#include "launch/trainer/expert_changes.h"
 #include "launch/trainer/routing_stats.h"
 #include "launch/trainer/run_directory.h"
 #include "launch/trainer/telemetry.h"
@@ -248,6 +250,17 @@ class Trainer {
   void save(int64_t step);
   void finish();                // the routing report and DONE
   std::string routing_description() const;  // the MoE layers' routing in words, for the report and TensorBoard
+  // The run's config with the experts the layers have now (moe.num_experts) and, after `step`, the
+  // schedule left to do: what a checkpoint records.
+  TrainConfig current_config(int64_t step) const;
+  // A fresh model with `num_experts` experts per MoE layer, its parameter registry and optimizer,
+  // replacing the old ones (not collective).
+  void build_model(int64_t num_experts);
+  void change_experts(int64_t step);  // the changes moe.schedule makes after `step` (collective)
+  // With moe.schedule: the experts per MoE layer of checkpoint `dir` (InvalidArgument when this run's
+  // layout cannot take them), and a model with that many, fresh (not collective).
+  int64_t checkpoint_experts(const std::string& dir) const;
+  void start_with_experts(int64_t num_experts);
 
   const TrainConfig& cfg_;
   Communicator& world_;  // the world's control communicator (groups_.world.control): host values only
@@ -263,12 +276,15 @@ class Trainer {
   DataLoader loader_;
   ProcessGroups groups_;
   const Stream stream_;  // what the collectives on tensors run in: the host's, or the GPU's default stream
-  TransformerLM model_;
-  ParameterRegistry registry_;
+  // Rebuilt together when moe.schedule changes the number of experts (build_model).
+  std::unique_ptr<TransformerLM> model_;
+  std::unique_ptr<ParameterRegistry> registry_;
   std::unique_ptr<Optimizer> optimizer_;
+  std::vector<MoELayer*> moe_layers_;
   const LrSchedule schedule_;
-  const std::vector<MoELayer*> moe_layers_;
   std::vector<int64_t> moe_layer_ids_;  // the model's layer index of each MoE layer
+  ExpertScheduleRunner expert_schedule_;
+  std::vector<std::string> expert_changes_;  // this run's log lines of them, for the routing report
   RoutingCounts routing_;
   IntervalSums interval_;
   PhaseTimes time_;           // this rank's, summed since the last log line
@@ -310,32 +326,80 @@ Trainer::Trainer(const TrainConfig& cfg, Communicator& world, const TrainOptions
               static_cast<uint64_t>(cfg.run.seed)),
       groups_(make_process_groups(world, resolved_ep(cfg, W_), cfg.moe.num_experts, cfg.parallel.backend, gpu_)),
       stream_(cfg.run.device == Device::CUDA ? Stream{Device::CUDA, nullptr} : Stream::host()),
-      model_(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
-             [this] { return make_all_to_all_exchange(groups_, stream_); }, cfg.run.device),
       schedule_(cfg.optim, cfg.run.steps),
-      moe_layers_(model_.moe_layers()),
-      routing_(static_cast<int64_t>(moe_layers_.size()), cfg.moe.num_experts,
+      expert_schedule_(cfg, groups_.layout.ep, transformer_config(cfg).num_moe_layers()),
+      routing_(transformer_config(cfg).num_moe_layers(), cfg.moe.num_experts,
                cfg.data.source == DataSource::Synthetic ? cfg.data.synthetic_domains : 0),
-      interval_(moe_layers_.size()),
+      interval_(static_cast<size_t>(transformer_config(cfg).num_moe_layers())),
       domains_(B_),
       host_inputs_(Tensor::empty({N_}, DType::I32)),
       host_targets_(Tensor::empty({N_}, DType::I32)),
       inputs_(Tensor::empty({N_}, DType::I32, cfg.run.device)),
       targets_(Tensor::empty({N_}, DType::I32, cfg.run.device)),
       watchdog_(cfg.run.watchdog_timeout_s, rank_, options.launcher, options.on_watchdog) {
-  model_.register_parameters(registry_);
-  registry_.flatten_gradients();
-  optimizer_ = make_optimizer(registry_, cfg.optim);
+  build_model(cfg.moe.num_experts);
   for (int64_t i = 0; i < cfg.model.n_layers; ++i)
-    if (model_.moe_layer(i) != nullptr) moe_layer_ids_.push_back(i);
+    if (model_->moe_layer(i) != nullptr) moe_layer_ids_.push_back(i);
   if (leader_) print_banner();
+}
+
+void Trainer::build_model(int64_t num_experts) {
+  optimizer_.reset();
+  registry_.reset();
+  model_.reset();
+  groups_.layout = make_expert_layout(W_, rank_, groups_.layout.ep, num_experts);
+  TrainConfig cfg = cfg_;
+  cfg.moe.num_experts = num_experts;
+  model_ = std::make_unique<TransformerLM>(transformer_config(cfg), static_cast<uint64_t>(cfg.run.seed),
+                                           [this] { return make_all_to_all_exchange(groups_, stream_); },
+                                           cfg.run.device);
+  registry_ = std::make_unique<ParameterRegistry>();
+  model_->register_parameters(*registry_);
+  registry_->flatten_gradients();
+  optimizer_ = make_optimizer(*registry_, cfg.optim);
+  moe_layers_ = model_->moe_layers();
+}
+
+TrainConfig Trainer::current_config(int64_t step) const {
+  TrainConfig cfg = cfg_;
+  cfg.moe.num_experts = groups_.layout.num_experts;
+  cfg.moe.schedule = expert_schedule_.remaining(step);
+  return cfg;
+}
+
+void Trainer::change_experts(int64_t step) {
+  for (const ExpertChange& change : expert_schedule_.due(step)) {
+    std::map<std::string, Tensor> state = gather_training_state(*model_, *registry_, *optimizer_, groups_);
+    for (auto& [name, tensor] : state) {
+      int64_t layer = -1;
+      if (expert_axis(name, &layer) < 0) continue;
+      const size_t l = static_cast<size_t>(
+          std::find(moe_layer_ids_.begin(), moe_layer_ids_.end(), layer) - moe_layer_ids_.begin());
+      tensor = apply_expert_edit(change.edits.at(l), name, tensor);
+    }
+    std::vector<uint64_t> calls;
+    for (MoELayer* m : moe_layers_) calls.push_back(m->calls());
+    const int64_t optimizer_steps = optimizer_->steps_taken();
+    build_model(change.new_experts);
+    scatter_training_state(state, *model_, *registry_, *optimizer_, groups_);
+    for (size_t l = 0; l < moe_layers_.size(); ++l) moe_layers_[l]->set_calls(calls[l]);
+    optimizer_->set_steps_taken(optimizer_steps);
+    routing_.follow(change.edits);
+    for (size_t l = 0; l < moe_layers_.size(); ++l) {
+      char line[160];
+      std::snprintf(line, sizeof line, "step %lld, layer %lld: %lld -> %lld experts: ", (long long)step,
+                    (long long)moe_layer_ids_[l], (long long)change.old_experts, (long long)change.new_experts);
+      expert_changes_.push_back(line + change.what[l] + "; " + change.why);
+      if (leader_) std::printf("expert change: %s\n", expert_changes_.back().c_str());
+    }
+  }
 }
 
 void Trainer::print_banner() const {
   std::printf("moe-train: %d rank(s), ep = %d, %lld experts (%lld per rank), %lld parameters (%lld active per "
               "token)%s\n",
               W_, groups_.layout.ep, (long long)cfg_.moe.num_experts, (long long)groups_.layout.experts_per_rank,
-              (long long)model_.total_params(), (long long)model_.active_params_per_token(),
+              (long long)model_->total_params(), (long long)model_->active_params_per_token(),
               options_.mode == RunMode::EvalOnly ? "; evaluation only" : "");
   std::printf("rank 0: local rank %d of %d on node %d (from %s); %s\n", placement_.local_rank,
               placement_.local_size, placement_.node, placement_.source.c_str(),
@@ -403,6 +467,10 @@ TrainResult Trainer::run() {
     for (int64_t step = first_step_; step <= cfg_.run.steps; ++step) {
       watchdog_.begin_step(step);
       const bool stop = this->step(step);
+      if (!expert_schedule_.empty()) {
+        watchdog_.phase("expert changes");
+        change_experts(step);
+      }
       if (cfg_.run.eval_every > 0 && (step % cfg_.run.eval_every == 0 || step == cfg_.run.steps)) {
         watchdog_.phase("evaluation");
         result_.final_eval_loss = evaluate();
@@ -460,6 +528,7 @@ void Trainer::resume() {
     resumed_from_ = cfg_.checkpoint.init_from;
   }
   if (resumed_from_.empty()) {
+    start_with_experts(cfg_.moe.num_experts);  // a checkpoint passed over may have left another number
     run_id_ = new_run_id(world_);
     return;
   }
@@ -472,7 +541,9 @@ void Trainer::resume() {
   result_.steps_done = loop.step;
   result_.skipped_steps = loop.skipped_steps;
   consecutive_nonfinite_ = loop.consecutive_nonfinite;
-  interval_.from_state(loop.shared_sums, loop.shared_counters);
+  const std::vector<int64_t>& counters = loop.shared_counters;
+  interval_.from_state(loop.shared_sums, {counters.begin(), counters.begin() + std::min<size_t>(1, counters.size())});
+  expert_schedule_.from_counters({counters.begin() + std::min<size_t>(1, counters.size()), counters.end()});
   if (!routing_.from_counters(loop.rank_counters)) {
     // Another world size: the per-rank counts since the last log line cannot be split anew; the
     // whole-run expert usage is kept as recorded, on rank 0 only (the report sums over ranks).
@@ -489,7 +560,8 @@ void Trainer::resume() {
 std::string Trainer::try_load(const std::string& dir, LoopState* loop) {
   std::string misfit, damage;
   try {
-    run_id_ = load_training_checkpoint(dir, cfg_, model_, registry_, *optimizer_, groups_, loader_.steps_per_epoch(),
+    if (!expert_schedule_.empty()) start_with_experts(checkpoint_experts(dir));
+    run_id_ = load_training_checkpoint(dir, cfg_, *model_, *registry_, *optimizer_, groups_, loader_.steps_per_epoch(),
                                        loop);
     loader_.restore(loop->loader);
   } catch (const DamagedCheckpoint& e) {
@@ -499,6 +571,23 @@ std::string Trainer::try_load(const std::string& dir, LoopState* loop) {
   }
   throw_if_any_rank_failed(world_, misfit);
   return first_error(world_, damage);
+}
+
+int64_t Trainer::checkpoint_experts(const std::string& dir) const {
+  std::unique_ptr<CheckpointReader> reader;
+  if (!CheckpointReader::open(dir, &reader).ok()) return groups_.layout.num_experts;  // the load says why
+  const int64_t E = reader->manifest().layout().num_experts();
+  const std::string problem = experts_problem(transformer_config(cfg_).moe_layer_config(), E, groups_.layout.ep);
+  MOE_REQUIRE(problem.empty(), "checkpoint '", dir, "' has ", E, " experts per MoE layer, which this run cannot take: ",
+              problem);
+  return E;
+}
+
+void Trainer::start_with_experts(int64_t num_experts) {
+  if (num_experts == groups_.layout.num_experts) return;
+  build_model(num_experts);
+  routing_ = RoutingCounts(static_cast<int64_t>(moe_layers_.size()), num_experts, routing_.num_domains);
+  expert_schedule_.reset(num_experts);
 }
 
 void Trainer::move_aside(const std::string& dir, const std::string& why) {
@@ -545,7 +634,7 @@ std::string Trainer::routing_description() const {
 
 bool Trainer::step(int64_t step) {
   const size_t L = moe_layers_.size();
-  registry_.zero_grads();
+  registry_->zero_grads();
   routing_.clear_step();
   // This rank's sums over the micro-batches: cross-entropy, aux, z, the stop flag, then each layer's
   // router entropy.
@@ -560,12 +649,12 @@ bool Trainer::step(int64_t step) {
     timer.lap(&time_.data);
 
     watchdog_.phase("forward");
-    sums[0] += model_.forward(inputs_, targets_, /*training=*/true);
-    sums[1] += model_.aux_loss();
-    sums[2] += model_.z_loss();
+    sums[0] += model_->forward(inputs_, targets_, /*training=*/true);
+    sums[1] += model_->aux_loss();
+    sums[2] += model_->z_loss();
     timer.lap(&time_.forward);
     watchdog_.phase("backward");
-    model_.backward();
+    model_->backward();
     timer.lap(&time_.backward);
     for (MoELayer* layer : moe_layers_) {
       const double fwd = layer->stats().forward_time.exchanges(), bwd = layer->stats().backward_time.exchanges();
@@ -582,10 +671,10 @@ bool Trainer::step(int64_t step) {
     while (true) pause();  // the watchdog ends the job
   }
   if (rank_ == 0 && options_.hooks.nan_at(step)) {
-    Tensor& grad = registry_.all()[0].grad;
+    Tensor& grad = registry_->all()[0].grad;
     grad.reshape({grad.numel()}).rows(0, 1).fill(std::nanf(""));
   }
-  sync_gradients(registry_, groups_, stream_, A_);
+  sync_gradients(*registry_, groups_, stream_, A_);
   // One all-reduce for the losses, the stop flag and the router entropies, each then a mean over
   // micro-batches and ranks.
   sums[3] = g_stop_requested.load() ? 1.0 : 0.0;
@@ -595,7 +684,7 @@ bool Trainer::step(int64_t step) {
   timer.lap(&time_.grad_sync);
 
   watchdog_.phase("optimizer");
-  const double grad_norm = global_grad_norm(registry_, &groups_);
+  const double grad_norm = global_grad_norm(*registry_, &groups_);
   const double lr = schedule_.at(step - 1);
   if (!std::isfinite(sums[0] + sums[1] + sums[2]) || !std::isfinite(grad_norm)) {
     ++result_.skipped_steps;
@@ -612,7 +701,7 @@ bool Trainer::step(int64_t step) {
                             std::to_string(cfg_.run.max_nonfinite_steps) + ")");
   } else {
     consecutive_nonfinite_ = 0;
-    clip_gradients(registry_, grad_norm, cfg_.optim.grad_clip);
+    clip_gradients(*registry_, grad_norm, cfg_.optim.grad_clip);
     optimizer_->step(static_cast<float>(lr));
     if (cfg_.moe.balancing == Balancing::AuxFree)
       update_selection_bias(moe_layers_, routing_.step_routed, world_, cfg_.moe.bias_update_rate);
@@ -650,7 +739,7 @@ void Trainer::log(int64_t step, double lr, double grad_norm) {
   m.lr = lr;
   m.grad_norm = grad_norm;
   m.tokens_per_s = static_cast<double>(timed_steps_ * A_ * N_ * W_) / (now_seconds() - interval_start_);
-  const double flops_per_token = model_.flops_per_token();
+  const double flops_per_token = model_->flops_per_token();
   m.model_gflops_per_rank = flops_per_token * m.tokens_per_s / W_ / 1e9;
   m.mfu = flops_per_token * m.tokens_per_s / (peak_.total_gflops * 1e9);
   for (int i = 0; i < PhaseTimes::kCount; ++i) m.time.begin()[i] = time_.begin()[i] / (W_ * timed_steps_);
@@ -677,6 +766,7 @@ void Trainer::log(int64_t step, double lr, double grad_norm) {
     metrics_->write(m);
     write_tensorboard(*tensorboard_, m);
   }
+  if (!expert_schedule_.empty()) expert_schedule_.observe(step, routing_.routed);
   routing_.clear_interval();
   interval_.clear();
   time_ = PhaseTimes{};
@@ -700,9 +790,9 @@ double Trainer::evaluate() {
       std::copy(seq.begin(), seq.end() - 1, in.begin() + i * S_);
       std::copy(seq.begin() + 1, seq.end(), tg.begin() + i * S_);
     }
-    const Tensor ti = Tensor::from_ints({n}, in).to(model_.device());
-    const Tensor tt = Tensor::from_ints({n}, tg).to(model_.device());
-    sum += model_.forward(ti, tt, /*training=*/false);
+    const Tensor ti = Tensor::from_ints({n}, in).to(model_->device());
+    const Tensor tt = Tensor::from_ints({n}, tg).to(model_->device());
+    sum += model_->forward(ti, tt, /*training=*/false);
   }
   return all_reduce_value(world_, sum) / static_cast<double>(W_ * batches);
 }
@@ -716,14 +806,17 @@ void Trainer::save(int64_t step) {
   loop.skipped_steps = result_.skipped_steps;
   loop.consecutive_nonfinite = consecutive_nonfinite_;
   loop.shared_sums = interval_.to_sums();
+  // The interval's step count, then the schedule's condition streaks (identical on every rank too).
   loop.shared_counters = {interval_.steps};
+  for (int64_t c : expert_schedule_.to_counters()) loop.shared_counters.push_back(c);
   loop.rank_counters = routing_.to_counters();
   loop.expert_usage = routing_.kept_total;
   std::vector<std::span<int64_t>> usage;
   add_rows(usage, loop.expert_usage);
   all_reduce_packed(world_, usage);
-  const std::string dir = save_training_checkpoint(cfg_, run_id_, loop, model_, registry_, *optimizer_, groups_,
-                                                   world_, options_.hooks.kill_in_save_at(rank_, step));
+  const std::string dir = save_training_checkpoint(current_config(step), run_id_, loop, *model_, *registry_,
+                                                   *optimizer_, groups_, world_,
+                                                   options_.hooks.kill_in_save_at(rank_, step));
   if (leader_) std::printf("saved checkpoint %s\n", dir.c_str());
 }
 
@@ -734,7 +827,7 @@ void Trainer::finish() {
   add_rows(totals, routing_.domain);
   all_reduce_packed(world_, totals);
   if (!leader_) return;
-  const std::string report = routing_report(routing_, moe_layer_ids_, routing_description());
+  const std::string report = routing_report(routing_, moe_layer_ids_, routing_description(), expert_changes_);
   std::printf("\nrouting report (whole run, all ranks):\n%s", report.c_str());
   writes_.write_file(cfg_.run.dir + "/routing_report.txt", report);
   // The completion marker job scripts look for (launch/launcher/job_script.h): no requeue after it.

@@ -259,30 +259,6 @@ void write_checkpoint_data(CheckpointData data, int world_size, int ep, const st
 
 // ---- tensor helpers ----
 
-Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids) {
-  MOE_ASSERT(axis >= 0 && axis < t.rank(), "axis within the tensor's rank");
-  int64_t outer = 1, inner = 1;
-  for (int i = 0; i < axis; ++i) outer *= t.dim(i);
-  for (int i = axis + 1; i < t.rank(); ++i) inner *= t.dim(i);
-  const int64_t n = t.dim(axis);
-  Shape shape = t.shape();
-  shape[axis] = static_cast<int64_t>(ids.size());
-  Tensor out = Tensor::zeros(shape, t.dtype());
-  // float32 and int32 are both 4 bytes: copy as raw words.
-  const char* src =
-      t.dtype() == DType::F32 ? reinterpret_cast<const char*>(t.f32()) : reinterpret_cast<const char*>(t.i32());
-  char* dst = t.dtype() == DType::F32 ? reinterpret_cast<char*>(out.f32()) : reinterpret_cast<char*>(out.i32());
-  const size_t row = static_cast<size_t>(inner) * 4;
-  for (int64_t o = 0; o < outer; ++o)
-    for (size_t j = 0; j < ids.size(); ++j) {
-      if (ids[j] < 0) continue;
-      MOE_ASSERT(ids[j] < n, "gathered index within the axis");
-      std::memcpy(dst + (o * static_cast<int64_t>(ids.size()) + static_cast<int64_t>(j)) * row,
-                  src + (o * n + ids[j]) * row, row);
-    }
-  return out;
-}
-
 std::string layout_text(const checkpoint::Layout& l) {
   return "world size " + std::to_string(l.world_size()) + ", ep " + std::to_string(l.ep()) + ", " +
          std::to_string(l.num_experts()) + " experts, " + std::to_string(l.experts_per_rank()) + " per rank";

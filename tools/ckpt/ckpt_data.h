@@ -10,6 +10,7 @@
 
 #include "core/checkpoint/checkpoint.h"
 #include "launch/config/train_config.h"
+#include "optim/expert_edit.h"
 #include "optim/optimizer.h"
 #include "core/status.h"
 #include "core/tensor.h"
@@ -126,10 +127,7 @@ class PendingOutput {
 // before the rename as a check.
 void write_checkpoint_data(CheckpointData data, int world_size, int ep, const std::string& out);
 
-// ---- tensor helpers ----
-
-// A copy of t whose index j along `axis` is t's index ids[j], or zeros where ids[j] < 0.
-Tensor gather_axis(const Tensor& t, int axis, const std::vector<int64_t>& ids);
+// ---- tensor helpers (and gather_axis, optim/expert_edit.h) ----
 
 // "world size 2, ep 2, 4 experts, 2 per rank"
 std::string layout_text(const checkpoint::Layout& layout);

@@ -11,32 +11,33 @@
 #include "core/parameter_names.h"
 #include "core/random.h"
 #include "launch/trainer/trainer.h"
+#include "optim/expert_edit.h"
 
 namespace moe::ckpt {
 
 namespace {
-
-// The leaf of an MoE layer tensor's name ("w_gate" for "layers.1.moe.w_gate"), else "".
-std::string moe_leaf(const std::string& name) {
-  names::LayerTensorName n;
-  return names::parse_layer_tensor(name, &n) && n.part == names::kMoE ? n.leaf : std::string();
-}
-
-// The axis along which tensor t is indexed by expert, or -1: rows of the expert tensors, columns
-// of w_gate (d, E), entries of selection_bias (E); optimizer state like its parameter.
-int expert_axis(const NamedTensor& t) {
-  if (t.expert) return 0;
-  const std::string leaf = moe_leaf(parameter_of(t.name));
-  if (leaf == names::kWGate) return 1;
-  if (leaf == names::kSelectionBias) return 0;
-  return -1;
-}
 
 void require_experts(const NamedTensor& t, int axis, int64_t E) {
   if (t.data.rank() <= axis || t.data.dim(axis) != E)
     throw CheckpointError("tensor '" + t.name + "' has shape " + to_string(t.data.shape()) +
                           ", but the checkpoint has " + std::to_string(E) + " experts along its dimension " +
                           std::to_string(axis));
+}
+
+// The axis along which tensor t is indexed by expert, or -1 (optim/expert_edit.h).
+int expert_axis(const NamedTensor& t) {
+  int64_t layer = -1;
+  return moe::expert_axis(t.name, &layer);
+}
+
+// Applies `edit` to every expert-indexed tensor of every MoE layer (E is the same for each).
+void apply_to_every_layer(CheckpointData& data, const ExpertEdit& edit) {
+  for (NamedTensor& t : data.tensors) {
+    const int axis = expert_axis(t);
+    if (axis < 0) continue;
+    require_experts(t, axis, edit.old_experts);
+    t.data = apply_expert_edit(edit, t.name, t.data);
+  }
 }
 
 void clamp_top_k(TrainConfig& cfg, std::vector<std::string>* notes) {
@@ -106,12 +107,7 @@ void prune_experts(CheckpointData& data, const std::vector<int64_t>& keep, std::
     MOE_REQUIRE(i == 0 || keep[i] > keep[i - 1], "expert ids to keep must be distinct and ascending (got ", keep[i - 1],
                 " before ", keep[i], ")");
   }
-  for (NamedTensor& t : data.tensors) {
-    const int axis = expert_axis(t);
-    if (axis < 0) continue;
-    require_experts(t, axis, E);
-    t.data = gather_axis(t.data, axis, keep);
-  }
+  apply_to_every_layer(data, keep_experts_edit(E, keep));
   for (checkpoint::ExpertUsage& u : *data.header.mutable_expert_usage()) {
     if (u.tokens_size() != E) continue;
     std::vector<int64_t> kept;
@@ -132,30 +128,12 @@ void add_experts(CheckpointData& data, int64_t count, int64_t from, uint64_t see
   for (const NamedTensor& t : data.tensors)
     if (expert_axis(t) >= 0) per_expert_bytes += static_cast<double>(t.data.nbytes()) / static_cast<double>(E);
   require_room_for_experts(data, "--count", count, per_expert_bytes);
-  std::vector<int64_t> copy_ids, zero_ids;  // old experts, then the new ones: copies of `from`, or zeros
-  for (int64_t e = 0; e < E; ++e) {
-    copy_ids.push_back(e);
-    zero_ids.push_back(e);
-  }
-  for (int64_t n = 0; n < count; ++n) {
-    copy_ids.push_back(from);
-    zero_ids.push_back(-1);
-  }
+  ExpertEdit edit = add_experts_edit(E, count, from);
+  edit.seed = seed;
+  edit.init_std = static_cast<float>(data.config.model.init_std);
+  edit.out_scale = 1.f / std::sqrt(2.f * static_cast<float>(data.config.model.n_layers));
+  apply_to_every_layer(data, edit);
   const bool fresh = from < 0;
-  const float out_scale = 1.f / std::sqrt(2.f * static_cast<float>(data.config.model.n_layers));
-  for (NamedTensor& t : data.tensors) {
-    const int axis = expert_axis(t);
-    if (axis < 0) continue;
-    require_experts(t, axis, E);
-    t.data = gather_axis(t.data, axis, is_optimizer_state(t.name) || fresh ? zero_ids : copy_ids);
-    if (!fresh || !t.expert || is_optimizer_state(t.name)) continue;
-    // Fresh expert weights, as moe-train initialises them (w_out scaled like every output projection).
-    const float std =
-        static_cast<float>(data.config.model.init_std) * (moe_leaf(t.name) == names::kWOut ? out_scale : 1.f);
-    const int64_t per_expert = t.data.numel() / t.data.dim(0);
-    Tensor added = t.data.rows(E, E + count);
-    fill_normal(added, std, stream_id(seed, t.name), static_cast<uint64_t>(E * per_expert));
-  }
   for (checkpoint::ExpertUsage& u : *data.header.mutable_expert_usage())
     for (int64_t n = 0; n < count; ++n) u.add_tokens(0);
   data.config.moe.num_experts = E + count;
