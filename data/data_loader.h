@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -50,27 +51,28 @@ class SyntheticSource : public SequenceSource {
 // Non-overlapping windows of seq_len + 1 tokens over a token file: sequence i is tokens
 // [i * (seq_len + 1), (i + 1) * (seq_len + 1)). The tail shorter than a window is not used, and the
 // pair (last token of window i, first token of window i + 1) is never a training example.
-// Domains are unknown (-1). The whole file is held in memory.
+// Domains are unknown (-1). The file is not loaded: each sequence() maps and reads just its own
+// window (TokenFileReader), so memory does not grow with the file, and its tokens are checked
+// against the file's vocab_size as they are read.
 class TokenFileSource : public SequenceSource {
  public:
-  // Loads `path` (load_token_file: InvalidArgument naming the file and what is wrong). Also
+  // Opens `path` (TokenFileReader::open: InvalidArgument naming the file and what is wrong). Also
   // InvalidArgument when seq_len < 1 or the file has fewer tokens than one window (naming the
   // file, its token count and the window).
   TokenFileSource(const std::string& path, int64_t seq_len);
-  // From a file already in memory; `name` stands for it in messages.
-  TokenFileSource(TokenFile file, int64_t seq_len, const std::string& name);
 
   int64_t num_sequences() const override { return num_sequences_; }
   int64_t seq_tokens() const override { return seq_len_ + 1; }
+  // Throws InvalidArgument naming the file and the position of a token >= vocab_size in the window
+  // (or why its pages cannot be mapped).
   void sequence(int64_t index, int32_t* out) const override;
-  int64_t vocab_size() const override { return file_.vocab_size; }
+  int64_t vocab_size() const override { return file_->vocab_size(); }
   int64_t domain_of(int64_t) const override { return -1; }
-  int64_t num_tokens() const { return static_cast<int64_t>(file_.tokens.size()); }
-  const std::string& name() const { return name_; }
+  int64_t num_tokens() const { return file_->size(); }
+  const std::string& name() const { return file_->path(); }
 
  private:
-  TokenFile file_;
-  std::string name_;
+  std::unique_ptr<TokenFileReader> file_;
   int64_t seq_len_, num_sequences_;
 };
 

@@ -1,8 +1,13 @@
 // Tests of the data pipeline: the token file format (round trips and every kind of damage), the
 // byte tokenizer, the sequence sources, the train/eval split and the data-parallel loader.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -332,6 +337,94 @@ TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
   // A damaged file surfaces the reader's message.
   e = error_message([&] { moe::TokenFileSource src(path("missing.tok"), 3); });
   EXPECT_CONTAINS(e, "missing.tok");
+}
+
+// A bad token is found when the window holding it is read (open touches only the header), and the
+// message names the file and the token's position in it.
+TEST_F(TokenFileSourceTest, ChecksTokensAsTheyAreRead) {
+  const std::string p = path("bad.tok");
+  moe::write_token_file(p, std::vector<int32_t>{1, 2, 3, 4, 5, 6, 7, 8}, 300);
+  std::vector<uint8_t> bytes = read_bytes(p);
+  bytes[32 + 6 * 2 + 1] = 0x01;  // token 6 becomes 7 + 256 = 263, then vocab_size drops to 200 below
+  put_u32(bytes, 24, 200);
+  write_bytes(p, bytes);
+  moe::TokenFileSource src(p, 3);  // windows [0, 4) and [4, 8)
+  std::vector<int32_t> seq(4);
+  src.sequence(0, seq.data());
+  EXPECT_EQ(seq, (std::vector<int32_t>{1, 2, 3, 4}));
+  const std::string e = error_message([&] { src.sequence(1, seq.data()); });
+  EXPECT_CONTAINS(e, p);
+  EXPECT_CONTAINS(e, "token 263 at position 6 is >= vocab_size 200");
+}
+
+// Memory stays flat on a token file several times larger than the process may map at all: a child
+// process limits its address space (RLIMIT_AS, as `ulimit -v` does) to what it uses now plus 256 MiB,
+// opens a sparse 4 GiB file (2^31 tokens of 2 bytes, holes read as token 0) and reads sequences spread
+// over all of it. Mapping the whole file must fail under that limit (so the limit binds); the reads
+// must succeed, find the tokens planted at both ends, and grow the resident set by less than 32 MiB.
+TEST_F(TokenFileSourceTest, MemoryStaysFlatOnAFileLargerThanTheAddressSpaceLimit) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot be set";
+#else
+  const std::string p = path("huge.tok");
+  const int64_t count = int64_t{1} << 31, seq_len = 1023, window = seq_len + 1;
+  {
+    moe::write_token_file(p, std::vector<int32_t>{}, 1000);  // width 2; count and size set below
+    std::vector<uint8_t> bytes = read_bytes(p);
+    for (int i = 0; i < 8; ++i) bytes[16 + i] = static_cast<uint8_t>(static_cast<uint64_t>(count) >> (8 * i));
+    bytes.resize(32 + 2, 0);
+    bytes[32] = 7;  // token 0 = 7
+    write_bytes(p, bytes);
+    fs::resize_file(p, 32 + static_cast<uint64_t>(count) * 2);
+    std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(32 + (count - 1) * 2);
+    f.put(9).put(0);  // the last token = 9
+  }
+  ASSERT_EQ(fs::file_size(p), 32 + static_cast<uint64_t>(count) * 2);
+
+  auto vm_kib = [](const char* field) {  // a /proc/self/status figure, in KiB
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::string(field).size()));
+    return -1LL;
+  };
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Exit codes: 0 passed; 2 the limit cannot be set; 3 the whole file could be mapped; 4 wrong tokens;
+    // 5 the resident set grew too much; 6 an exception.
+    try {
+      const rlim_t limit = static_cast<rlim_t>(vm_kib("VmSize:")) * 1024 + (rlim_t{256} << 20);
+      const struct rlimit r{limit, limit};
+      if (::setrlimit(RLIMIT_AS, &r) != 0) ::_exit(2);
+      if (static_cast<uint64_t>(count) * 2 < 4 * (uint64_t{256} << 20)) ::_exit(3);
+      const int fd = ::open(p.c_str(), O_RDONLY);
+      void* whole = ::mmap(nullptr, static_cast<size_t>(count) * 2 + 32, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (whole != MAP_FAILED) ::_exit(3);
+      ::close(fd);
+      moe::TokenFileSource src(p, seq_len);
+      if (src.num_sequences() != count / window) ::_exit(4);
+      std::vector<int32_t> seq(window);
+      const long long rss_before = vm_kib("VmRSS:");
+      for (int64_t i = 0; i < 4000; ++i) {
+        const int64_t index = (i * 1000003) % src.num_sequences();
+        src.sequence(index, seq.data());
+        if (seq[0] != (index == 0 ? 7 : 0) || seq[window - 1] != 0) ::_exit(4);
+      }
+      src.sequence(src.num_sequences() - 1, seq.data());  // 2^31 = 2^21 windows: the last ends at the file's end
+      if (seq[window - 1] != 9) ::_exit(4);
+      if (vm_kib("VmRSS:") - rss_before > 32 * 1024) ::_exit(5);
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(6);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the child's comment";
+#endif
 }
 
 TEST(SyntheticSource, MatchesTheCorpus) {
