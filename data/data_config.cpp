@@ -20,6 +20,11 @@ void DataConfig::validate(int64_t vocab_size) const {
   require_synthetic_ranges(*this);
   MOE_REQUIRE(source != DataSource::Tokens || !train_path.empty(),
               "source = tokens needs train_path (a token file), which is empty");
+  MOE_REQUIRE(document_end_token == kAutoEndToken || kDocumentEndTokenRange.contains(document_end_token),
+              "document_end_token = ", document_end_token, " is out of range; accepted: ",
+              kDocumentEndTokenRange.text(), ", or auto");
+  MOE_REQUIRE(!document_mask || source == DataSource::Tokens,
+              "document_mask = true needs source = tokens: the synthetic corpus has no documents");
   if (source == DataSource::Synthetic) validate_synthetic(vocab_size);
 }
 

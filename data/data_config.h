@@ -21,6 +21,12 @@ struct DataConfig {
   int64_t synthetic_domains = 4;      // D: domain d uses tokens [d * V / D, (d + 1) * V / D)
   int64_t synthetic_branching = 3;    // successors per token, with probabilities 0.6, 0.25, 0.15, ... (normalised)
   int64_t synthetic_sequences = 20000;
+  // Documents packed into a sequence (data/documents.h): with document_mask, each token attends only to
+  // the earlier tokens of its own document and positions restart at each document's first token.
+  bool document_mask = false;
+  int64_t document_end_token = kAutoEndToken;  // the token ending a document; auto: 256 for byte vocabularies
+
+  static constexpr int64_t kAutoEndToken = -1;  // document_end_token = auto
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them.
@@ -29,11 +35,12 @@ struct DataConfig {
   static constexpr Range kSyntheticDomainsRange = at_least(1);    // and <= vocab_size / 2
   static constexpr Range kSyntheticBranchingRange = at_least(1);  // and <= vocab_size / synthetic_domains
   static constexpr Range kSyntheticSequencesRange = at_least(1);
+  static constexpr Range kDocumentEndTokenRange = at_least(0);  // and < the token files' vocab_size, or auto
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("batch_size = 0 ..."), its value and what is accepted: each number's range, source = tokens
-  // needs train_path, and with source = synthetic, validate_synthetic(vocab_size). vocab_size is the
-  // model's (model.vocab_size).
+  // needs train_path, document_mask needs source = tokens, and with source = synthetic,
+  // validate_synthetic(vocab_size). vocab_size is the model's (model.vocab_size).
   void validate(int64_t vocab_size) const;
   // The synthetic corpus's checks, whatever the source: the synthetic_* ranges, and the corpus fits
   // a vocabulary of vocab_size tokens (each domain a band of at least 2 tokens, each token

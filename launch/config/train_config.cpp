@@ -439,6 +439,13 @@ std::vector<Key> build_schema() {
                "synthetic: successors per token");
   data.integer("synthetic_sequences", &D::synthetic_sequences, D::kSyntheticSequencesRange,
                "synthetic: sequences in the corpus");
+  data.boolean("document_mask", &D::document_mask,
+               "tokens: attend only within each document of a packed sequence, positions restarting at each "
+               "document (documents end with document_end_token)");
+  data.integer_or_word("document_end_token", &D::document_end_token, D::kDocumentEndTokenRange, "auto",
+                       D::kAutoEndToken,
+                       "the token that ends a document, for document_mask; auto = 256, the byte tokenizer's, "
+                       "for files of its vocabulary (257)");
 
   SectionKeys<CheckpointConfig> checkpoint(keys, "checkpoint", &TrainConfig::checkpoint);
   checkpoint.string("dir", &CheckpointConfig::dir, kAnyString, "checkpoint directory; empty = <run.dir>/checkpoints");

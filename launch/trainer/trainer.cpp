@@ -19,6 +19,7 @@
 #include "core/random.h"
 #include "core/timer.h"
 #include "data/data_loader.h"
+#include "data/documents.h"
 #include "launch/trainer/device_selection.h"
 #include "launch/trainer/routing_stats.h"
 #include "launch/trainer/run_directory.h"
@@ -50,6 +51,7 @@ struct DataSources {
   std::unique_ptr<SequenceSource> train;
   std::unique_ptr<SequenceSource> eval_file;  // null: evaluation uses the held-out split of train
   IndexRange train_range, eval_range;
+  int32_t document_end = -1;  // with data.document_mask: the token ending a document; else -1
   const SequenceSource& eval() const { return eval_file ? *eval_file : *train; }
 };
 
@@ -80,6 +82,10 @@ DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   MOE_REQUIRE((cfg.run.eval_every == 0 && !eval_only) || d.eval_range.size() >= world_size, "the held-out split has ",
               d.eval_range.size(), " sequences, fewer than the ", world_size,
               " ranks; raise data.eval_fraction or give data.eval_path");
+  if (cfg.data.document_mask) {
+    d.document_end = resolve_document_end_token(cfg.data, d.train->vocab_size(), "data.train_path");
+    if (d.eval_file) resolve_document_end_token(cfg.data, d.eval_file->vocab_size(), "data.eval_path");  // checked there too
+  }
   return d;
 }
 
@@ -229,6 +235,9 @@ class Trainer {
   bool step(int64_t step);      // one optimizer step; true when a rank asked to stop
   void log(int64_t step, double lr, double grad_norm);
   double evaluate();            // mean held-out loss over all ranks
+  // With data.document_mask: the document positions of the batch `inputs` (host, B*S) in *device (on the
+  // model's device, resized), for the model's forward; null without the mask.
+  const Tensor* document_positions_of(const Tensor& inputs, Tensor* device);
   void save(int64_t step);
   void finish();                // the routing report and DONE
 
@@ -259,6 +268,7 @@ class Trainer {
   std::vector<int64_t> domains_;
   Tensor host_inputs_, host_targets_;  // the loader's batch
   Tensor inputs_, targets_;            // the same on the model's device
+  Tensor positions_;                   // with data.document_mask: the batch's document positions there
   Watchdog watchdog_;
 
   TrainResult result_;
@@ -534,10 +544,11 @@ bool Trainer::step(int64_t step) {
     loader_.next_batch(host_inputs_.i32(), host_targets_.i32(), domains_.data());
     inputs_.copy_from(host_inputs_);
     targets_.copy_from(host_targets_);
+    const Tensor* positions = document_positions_of(host_inputs_, &positions_);
     timer.lap(&time_.data);
 
     watchdog_.phase("forward");
-    sums[0] += model_.forward(inputs_, targets_, /*training=*/true);
+    sums[0] += model_.forward(inputs_, targets_, /*training=*/true, positions);
     sums[1] += model_.aux_loss();
     sums[2] += model_.z_loss();
     timer.lap(&time_.forward);
@@ -677,11 +688,23 @@ double Trainer::evaluate() {
       std::copy(seq.begin(), seq.end() - 1, in.begin() + i * S_);
       std::copy(seq.begin() + 1, seq.end(), tg.begin() + i * S_);
     }
-    const Tensor ti = Tensor::from_ints({n}, in).to(model_.device());
+    const Tensor host_in = Tensor::from_ints({n}, in);
+    const Tensor ti = host_in.to(model_.device());
     const Tensor tt = Tensor::from_ints({n}, tg).to(model_.device());
-    sum += model_.forward(ti, tt, /*training=*/false);
+    Tensor positions;
+    sum += model_.forward(ti, tt, /*training=*/false, document_positions_of(host_in, &positions));
   }
   return all_reduce_value(world_, sum) / static_cast<double>(W_ * batches);
+}
+
+const Tensor* Trainer::document_positions_of(const Tensor& inputs, Tensor* device) {
+  if (data_.document_end < 0) return nullptr;
+  const int64_t n = inputs.numel();
+  Tensor host = Tensor::empty({n}, DType::I32);
+  document_positions(inputs.i32(), n / S_, S_, data_.document_end, host.i32());
+  resize_on(*device, {n}, model_.device(), DType::I32);
+  device->copy_from(host);
+  return device;
 }
 
 // The checkpoint of the state after `step` steps.
