@@ -115,7 +115,7 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets, int64_t* domains)
                         static_cast<int64_t>(rank_) * batch_size_;
   for (int64_t b = 0; b < batch_size_; ++b) {
     const int64_t index = begin_ + perm_[first + b];
-    src_.sequence(index, seq_buf_.data());
+    src_.sequence_in_epoch(index, pos_.epoch, seq_buf_.data());
     for (int64_t t = 0; t < L; ++t) {
       inputs[b * L + t] = seq_buf_[t];
       targets[b * L + t] = seq_buf_[t + 1];

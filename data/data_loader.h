@@ -23,6 +23,9 @@ class SequenceSource {
   virtual int64_t seq_tokens() const = 0;
   // Writes the seq_tokens() tokens of sequence `index` (in [0, num_sequences())) to out.
   virtual void sequence(int64_t index, int32_t* out) const = 0;
+  // What index `index` holds in epoch `epoch` of the loader: sequence(index), except for a source
+  // whose indices stand for different sequences from epoch to epoch (BlendedSource).
+  virtual void sequence_in_epoch(int64_t index, uint64_t /*epoch*/, int32_t* out) const { sequence(index, out); }
   // Every token is in [0, vocab_size()).
   virtual int64_t vocab_size() const = 0;
   // The domain a sequence was drawn from, or -1 when the source does not know.
@@ -113,7 +116,8 @@ struct LoaderPosition {
 
 // Hands one data-parallel rank its part of each global batch of world_size x batch_size sequences.
 //
-// Order: epoch e visits the split's n sequences in a permutation that depends only on (seed, e, n),
+// Order: epoch e visits the split's n sequences (sequence_in_epoch(index, e)) in a permutation that
+// depends only on (seed, e, n),
 // a Fisher-Yates shuffle driven by counter-based random numbers (core/random.h), so the order is the
 // same for any number of ranks. Global step s of an epoch takes permutation positions
 // [s*W*B, (s+1)*W*B); rank r gets positions s*W*B + r*B .. s*W*B + r*B + B - 1, so the ranks' batches

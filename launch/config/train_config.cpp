@@ -427,7 +427,11 @@ std::vector<Key> build_schema() {
   SectionKeys<D> data(keys, "data", &TrainConfig::data);
   data.choice("source", &D::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
               "synthetic: the built-in Markov-chain corpus; tokens: a token file (train_path)");
-  data.string("train_path", &D::train_path, kAnyString, "token file to train on; required when source = tokens");
+  data.string("train_path", &D::train_path, kAnyString,
+              "token file to train on; source = tokens needs it or train_files");
+  data.string("train_files", &D::train_files, kAnyString,
+              "token files blended by weight, instead of train_path: PATH:WEIGHT,PATH:WEIGHT,... (relative "
+              "weights; the same vocabulary; evaluation needs eval_path)");
   data.string("eval_path", &D::eval_path, kAnyString,
               "token file to evaluate on; empty = the last eval_fraction of the training sequences");
   data.real("eval_fraction", &D::eval_fraction, D::kEvalFractionRange,

@@ -18,6 +18,7 @@
 #include "core/cpu/gemm.h"
 #include "core/random.h"
 #include "core/timer.h"
+#include "data/blended_source.h"
 #include "data/data_loader.h"
 #include "data/documents.h"
 #include "launch/trainer/device_selection.h"
@@ -62,11 +63,31 @@ std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const
   return src;
 }
 
+// data.train_files: every file opened and checked (open_token_source), then blended.
+std::unique_ptr<SequenceSource> open_blend(const TrainConfig& cfg) {
+  std::vector<std::unique_ptr<SequenceSource>> sources;
+  std::vector<double> weights;
+  std::vector<std::string> names;
+  for (const WeightedFile& f : parse_train_files(cfg.data.train_files)) {
+    sources.push_back(open_token_source(f.path, cfg));
+    weights.push_back(f.weight);
+    names.push_back("data.train_files '" + f.path + "'");
+  }
+  return std::make_unique<BlendedSource>(std::move(sources), weights, names, static_cast<uint64_t>(cfg.run.seed));
+}
+
 DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   DataSources d;
+  const bool evaluates = cfg.run.eval_every > 0 || eval_only;
   if (cfg.data.source == DataSource::Synthetic) {
     d.train = std::make_unique<SyntheticSource>(cfg.data, cfg.model.vocab_size, cfg.model.seq_len,
                                                 static_cast<uint64_t>(cfg.run.seed));
+  } else if (!cfg.data.train_files.empty()) {
+    // A held-out split of the blend's draws would read the same sequences as training draws.
+    MOE_REQUIRE(!evaluates || !cfg.data.eval_path.empty(), "data.train_files needs data.eval_path to evaluate on "
+                "(run.eval_every = ", cfg.run.eval_every, "): a blend has no held-out split; give a token file "
+                "or set run.eval_every = 0");
+    d.train = open_blend(cfg);
   } else {
     d.train = open_token_source(cfg.data.train_path, cfg);
   }
@@ -74,16 +95,19 @@ DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
     d.eval_file = open_token_source(cfg.data.eval_path, cfg);
     d.train_range = {0, d.train->num_sequences()};
     d.eval_range = {0, d.eval_file->num_sequences()};
+  } else if (!cfg.data.train_files.empty()) {
+    d.train_range = {0, d.train->num_sequences()};  // no evaluation (checked above)
   } else {
     DataSplit split = make_split(*d.train, cfg.data.eval_fraction);
     d.train_range = split.train;
     d.eval_range = split.eval;
   }
-  MOE_REQUIRE((cfg.run.eval_every == 0 && !eval_only) || d.eval_range.size() >= world_size, "the held-out split has ",
+  MOE_REQUIRE(!evaluates || d.eval_range.size() >= world_size, "the held-out split has ",
               d.eval_range.size(), " sequences, fewer than the ", world_size,
               " ranks; raise data.eval_fraction or give data.eval_path");
   if (cfg.data.document_mask) {
-    d.document_end = resolve_document_end_token(cfg.data, d.train->vocab_size(), "data.train_path");
+    d.document_end = resolve_document_end_token(
+        cfg.data, d.train->vocab_size(), cfg.data.train_files.empty() ? "data.train_path" : "data.train_files");
     if (d.eval_file) resolve_document_end_token(cfg.data, d.eval_file->vocab_size(), "data.eval_path");  // checked there too
   }
   return d;
