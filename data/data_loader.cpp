@@ -41,7 +41,7 @@ TokenFileSource::TokenFileSource(const std::string& path, int64_t seq_len)
 void TokenFileSource::sequence(int64_t index, int32_t* out) const {
   MOE_ASSERT(index >= 0 && index < num_sequences_, "sequence index outside the source");
   const Status s = file_->read(index * (seq_len_ + 1), seq_len_ + 1, out);
-  if (!s.ok()) throw InvalidArgument(s.message());
+  if (!s.ok()) throw DataReadError(s.message());
 }
 
 DataSplit make_split(int64_t num_sequences, double eval_fraction) {

@@ -5,6 +5,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -12,6 +13,15 @@
 #include "data/token_file.h"
 
 namespace moe {
+
+// A sequence that cannot be read: a damaged token file found while reading it (a token >= vocab_size,
+// pages that cannot be mapped). Not an InvalidArgument: only the rank reading that sequence sees it,
+// so a caller inside collectives must take the other ranks down (moe-train's handler of other errors
+// does), not exit as from a check that every rank makes alike.
+class DataReadError : public std::runtime_error {
+ public:
+  explicit DataReadError(const std::string& what) : std::runtime_error(what) {}
+};
 
 // A fixed set of sequences, each seq_tokens() = seq_len + 1 tokens long: a model reads tokens
 // [0, seq_len) and predicts tokens [1, seq_len + 1). Implementations are immutable after
@@ -66,8 +76,8 @@ class TokenFileSource : public SequenceSource {
 
   int64_t num_sequences() const override { return num_sequences_; }
   int64_t seq_tokens() const override { return seq_len_ + 1; }
-  // Throws InvalidArgument naming the file and the position of a token >= vocab_size in the window
-  // (or why its pages cannot be mapped).
+  // Throws DataReadError naming the file and the position of a token >= vocab_size in the window (or
+  // why its pages cannot be mapped).
   void sequence(int64_t index, int32_t* out) const override;
   int64_t vocab_size() const override { return file_->vocab_size(); }
   int64_t domain_of(int64_t) const override { return -1; }

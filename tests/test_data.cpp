@@ -355,7 +355,7 @@ TEST_F(TokenFileSourceTest, ChecksTokensAsTheyAreRead) {
   std::vector<int32_t> seq(4);
   src.sequence(0, seq.data());
   EXPECT_EQ(seq, (std::vector<int32_t>{1, 2, 3, 4}));
-  const std::string e = error_message([&] { src.sequence(1, seq.data()); });
+  const std::string e = error_message<moe::DataReadError>([&] { src.sequence(1, seq.data()); });
   EXPECT_CONTAINS(e, p);
   EXPECT_CONTAINS(e, "token 263 at position 6 is >= vocab_size 200");
 }

@@ -225,6 +225,15 @@ documents_and_blend)
     data.train_path=v300.tok
   expect_refused "data.document_end_token = 400 is not a token of data.train_path, whose vocab_size is 257" \
     data.train_path=a.tok data.document_end_token=400
+  # A token beyond the header's vocab_size is found when its sequence is read (opening checks the
+  # header only), by the rank reading it: that rank names the file and position and takes every rank
+  # down (exit 1), no hang.
+  python3 -c 'import sys; b = bytearray(open("a.tok", "rb").read()); b[24:28] = (200).to_bytes(4, "little")
+open("bad.tok", "wb").write(b)' || fail "cannot write bad.tok"
+  SECONDS=0
+  expect_refused "error: token file 'bad.tok': token " data.train_path=bad.tok data.document_end_token=0
+  grep -q "is >= vocab_size 200" out.txt || { cat out.txt; fail "the bad token's message"; }
+  [ $SECONDS -lt 60 ] || fail "the job took $SECONDS s to stop"
   ;;
 device_selection)
   # run.device = cuda where this build or machine cannot (no CUDA backend, or no GPU): one message

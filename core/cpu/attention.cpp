@@ -48,14 +48,20 @@ const RotaryTable& rotary_table(int64_t seq_len, int64_t head_dim, float theta) 
   return table;
 }
 
+// The document positions (checked: 0 <= positions[n] <= n % S), or null without them.
+const int32_t* document_positions(const char* op, const Tensor* positions, int64_t seq_len) {
+  if (positions == nullptr) return nullptr;
+  require_document_positions(op, *positions, seq_len);
+  return positions->i32();
+}
+
 // Calls pair(out + j, in + j, cos, sin) for the first column j = 2i of each column pair (2i, 2i + 1) of
 // each head of each row of in, out (N, C = H*Dh), with the cos and sin of row n's position: n % S, or
 // positions[n] (checked to be in [0, n % S]).
 template <typename PairFn>
 void for_each_rotary_pair(const char* op, float* out, const float* in, int64_t N, int64_t C, int64_t n_heads,
                           int64_t seq_len, float theta, const Tensor* positions, PairFn pair) {
-  if (positions != nullptr) require_document_positions(op, *positions, seq_len);
-  const int32_t* pos = positions != nullptr ? positions->i32() : nullptr;
+  const int32_t* pos = document_positions(op, positions, seq_len);
   const int64_t head_dim = C / n_heads, half = head_dim / 2;
   const RotaryTable& table = rotary_table(seq_len, head_dim, theta);
   const float* pcos = table.cos.data();
@@ -233,8 +239,7 @@ const float* as_f32(const Tensor& t, Tensor& buffer) {
 
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
                               int64_t n_heads, int64_t seq_len, const Tensor* positions) {
-  if (positions != nullptr) require_document_positions("causal_attention_forward", *positions, seq_len);
-  const int32_t* pos = positions != nullptr ? positions->i32() : nullptr;
+  const int32_t* pos = document_positions("causal_attention_forward", positions, seq_len);
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
   const int64_t query_blocks = (S + kQueryBlock - 1) / kQueryBlock, tasks = pairs.count * query_blocks;
@@ -292,8 +297,7 @@ void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const T
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                                int64_t n_heads, int64_t seq_len, const Tensor* positions) {
-  if (positions != nullptr) require_document_positions("causal_attention_backward", *positions, seq_len);
-  const int32_t* pos = positions != nullptr ? positions->i32() : nullptr;
+  const int32_t* pos = document_positions("causal_attention_backward", positions, seq_len);
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
   Tensor q32, k32, v32;

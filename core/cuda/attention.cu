@@ -76,10 +76,9 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 // ---- causal attention ----
 // Per (b, h): Q, K, V, O are (S, Dh) strided views (row stride C = H * Dh) from row b * S, column
 // h * Dh, and lse[b, h] is (S).  P = causal_softmax(scale Q K^T);  O = P V; with document positions
-// query i sees keys [i - positions[b*S + i], i] only (first_key), the rest masked as the future is.
-// Each sequence is taken in
-// blocks of R query rows [r0, r0 + R), all heads at once, and a block meets only the keys it can see,
-// [0, r0 + R):
+// query i sees keys [i - positions[b*S + i], i] only (first_key), the others masked as the future is.
+// Each sequence is taken in blocks of R query rows [r0, r0 + R), all heads at once, and a block meets
+// only the keys it can see, [0, r0 + R):
 //   forward:  Sc = scale Q_blk K^T (one batched GEMM over the heads, float32 scores), P = the causal
 //             softmax of each row (lse kept), O_blk = P V (batched GEMM);
 //   backward: Sc again, P = exp(Sc - lse), dV += P^T dO_blk, dP = dO_blk V^T, dS = P * (dP - D) with
