@@ -29,4 +29,9 @@ namespace moe {
                                        lo, ", ", hi, ")", note));
 }
 
+// The note of a document position (core/ops.h's `positions`) out of its range [0, s] (s: the token's
+// position in its sequence), for both backends' checks.
+inline constexpr const char* kDocumentPositionNote =
+    " (a token's position in its document is at most its position in the sequence)";
+
 }  // namespace moe

@@ -509,45 +509,57 @@ void require_attention_inputs(const char* op, const Tensor& q, const Tensor& k, 
   }
   require_f32(op, "lse", lse, {q.dim(0) / seq_len, n_heads, seq_len});
 }
+
+// positions, when given: (N) int32 for the N token rows of x (its values are the backend's check).
+void require_positions(const char* op, const Tensor* positions, const Tensor& x) {
+  if (positions != nullptr) require_i32(op, "positions", *positions, {x.dim(0)});
+}
 }  // namespace
 
-void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
+void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
+                    const Tensor* positions) {
   const char* op = "rotary_forward";
   require_rotary(op, x, n_heads, seq_len, theta);
   require_f32(op, "y", y, x.shape());
-  require_same_device(op, {&y, &x});
-  MOE_DISPATCH(x.device(), rotary_forward, y, x, n_heads, seq_len, theta);
+  require_positions(op, positions, x);
+  require_same_device(op, {&y, &x, positions});
+  MOE_DISPATCH(x.device(), rotary_forward, y, x, n_heads, seq_len, theta, positions);
 }
 
-void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta) {
+void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
+                     const Tensor* positions) {
   const char* op = "rotary_backward";
   require_rotary(op, dy, n_heads, seq_len, theta);
   require_f32(op, "dx", dx, dy.shape());
-  require_same_device(op, {&dx, &dy});
-  MOE_DISPATCH(dy.device(), rotary_backward, dx, dy, n_heads, seq_len, theta);
+  require_positions(op, positions, dy);
+  require_same_device(op, {&dx, &dy, positions});
+  MOE_DISPATCH(dy.device(), rotary_backward, dx, dy, n_heads, seq_len, theta, positions);
 }
 
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                              int64_t n_heads, int64_t seq_len) {
+                              int64_t n_heads, int64_t seq_len, const Tensor* positions) {
   const char* op = "causal_attention_forward";
   require_attention_inputs(op, q, k, v, lse, n_heads, seq_len);
   require_f32(op, "out", out, q.shape());
-  require_same_device(op, {&out, &lse, &q, &k, &v});
-  MOE_DISPATCH(q.device(), causal_attention_forward, out, lse, q, k, v, n_heads, seq_len);
+  require_positions(op, positions, q);
+  require_same_device(op, {&out, &lse, &q, &k, &v, positions});
+  MOE_DISPATCH(q.device(), causal_attention_forward, out, lse, q, k, v, n_heads, seq_len, positions);
 }
 
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                               int64_t n_heads, int64_t seq_len) {
+                               int64_t n_heads, int64_t seq_len, const Tensor* positions) {
   const char* op = "causal_attention_backward";
   require_attention_inputs(op, q, k, v, lse, n_heads, seq_len);
+  require_positions(op, positions, q);
   require_f32(op, "out", out, q.shape());
   require_f32(op, "dout", dout, q.shape());
   if (dq != nullptr) require_f32(op, "dq", *dq, q.shape());
   if (dk != nullptr) require_f32(op, "dk", *dk, q.shape());
   if (dv != nullptr) require_f32(op, "dv", *dv, q.shape());
-  require_same_device(op, {&dout, &q, &k, &v, &out, &lse, dq, dk, dv});
-  MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, seq_len);
+  require_same_device(op, {&dout, &q, &k, &v, &out, &lse, dq, dk, dv, positions});
+  MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, seq_len,
+               positions);
 }
 
 // ---- router: top-k, jitter, auxiliary losses ----

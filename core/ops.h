@@ -133,18 +133,29 @@ void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const 
 // ---- attention ----
 // Token rows are sequence-major: row n = b * S + s of a (B*S, C) tensor is position s of sequence b
 // (S = seq_len, B = N / S). Head h of a row is columns [h * Dh, (h + 1) * Dh), C = H * Dh.
+//
+// Documents packed into a sequence (data.document_mask): `positions` (B*S) int32, or null. Entry n is
+// token n's position in its document: 0 at the document's first token, counting up from there, so
+// 0 <= positions[n] <= s (each backend checks, naming the first bad entry; the CUDA one with one copy
+// of its verdict to the host). Rotary rotates token n by positions[n], and the attention's query n
+// sees the keys [s - positions[n], s] of its sequence: its own document's tokens up to itself, when
+// the documents lie contiguously and positions restart at 0 at each. Null means positions[n] = s: one
+// document per sequence, the plain causal attention.
 
 // rotary position embedding (RoPE, Su et al. 2021): rotates each pair (2i, 2i+1) of each head of the
 // token at position s by the angle s * theta^(-2i / Dh).  x, y (B*S, H*Dh), Dh even, theta > 0
 // (10000 as in RoFormer and LLaMA). May run in place (y and x the same tensor).
-void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta);
+void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
+                    const Tensor* positions = nullptr);
 // dx (B*S, H*Dh) += the inverse rotation of dy (rotations are orthogonal: R^-1 = R^T).
-void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta);
+void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
+                     const Tensor* positions = nullptr);
 
 // causal self-attention per sequence and head, scale 1 / sqrt(Dh):
-//   P[b, h][i, j] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), 0 for j > i;
+//   P[b, h][i, j] = softmax over j <= i of (q_i . k_j) / sqrt(Dh), 0 for j > i (with positions: over
+//                   i - positions[b*S + i] <= j <= i, 0 elsewhere);
 //   out[b*S + i, head h] = sum_j P[b, h][i, j] v[b*S + j, head h];
-//   lse[b, h, i] = log sum_{j <= i} exp((q_i . k_j) / sqrt(Dh)), what the backward needs to recompute P.
+//   lse[b, h, i] = log sum over those j of exp((q_i . k_j) / sqrt(Dh)), what the backward needs to recompute P.
 // q, k, v (B*S, H*Dh), all float32 or all bfloat16 (the products read them as they are, summing in
 // float32); out (B*S, H*Dh) and lse (B, H, S) float32, overwritten. Scores and softmax are float32.
 // Memory beyond the outputs is bounded, never a (B, H, S, S) tensor: the CPU works in blocks of query
@@ -153,13 +164,14 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 // batched cuBLAS products (with bfloat16 inputs its P and dS are rounded to bfloat16 for the products
 // that read them, as tensor-core attention kernels do), at most 2^25 scores at a time.
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                              int64_t n_heads, int64_t seq_len);
+                              int64_t n_heads, int64_t seq_len, const Tensor* positions = nullptr);
 // dq, dk, dv (B*S, H*Dh) float32 += the gradients of out given dout (B*S, H*Dh) float32; any may be
 // null. Recomputes P block by block from q, k and the forward's lse; the forward's out gives the
-// softmax backward's row term D_i = dout_i . out_i (so dS = P * (dout V^T - D)).
+// softmax backward's row term D_i = dout_i . out_i (so dS = P * (dout V^T - D)). `positions` must be
+// the forward's.
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                               int64_t n_heads, int64_t seq_len);
+                               int64_t n_heads, int64_t seq_len, const Tensor* positions = nullptr);
 
 // ---- router (MoE gating): top-k, jitter, auxiliary losses ----
 // T tokens, E experts, k experts chosen per token, d features.

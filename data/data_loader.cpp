@@ -20,23 +20,28 @@ void SyntheticSource::sequence(int64_t index, int32_t* out) const {
   corpus_.sequence(index, seq_len_ + 1, out);
 }
 
-TokenFileSource::TokenFileSource(const std::string& path, int64_t seq_len)
-    : TokenFileSource(load_token_file(path), seq_len, path) {}
+namespace {
+std::unique_ptr<TokenFileReader> open_token_file(const std::string& path) {
+  std::unique_ptr<TokenFileReader> reader;
+  const Status s = TokenFileReader::open(path, &reader);
+  if (!s.ok()) throw InvalidArgument(s.message());
+  return reader;
+}
+}  // namespace
 
-TokenFileSource::TokenFileSource(TokenFile file, int64_t seq_len, const std::string& name)
-    : file_(std::move(file)), name_(name), seq_len_(seq_len) {
+TokenFileSource::TokenFileSource(const std::string& path, int64_t seq_len)
+    : file_(open_token_file(path)), seq_len_(seq_len) {
   MOE_REQUIRE(seq_len >= 1, "token file source seq_len = ", seq_len, " must be >= 1");
   const int64_t window = seq_len + 1;
-  num_sequences_ = static_cast<int64_t>(file_.tokens.size()) / window;
-  MOE_REQUIRE(num_sequences_ >= 1, "token file '", name_, "' has ", file_.tokens.size(),
+  num_sequences_ = file_->size() / window;
+  MOE_REQUIRE(num_sequences_ >= 1, "token file '", path, "' has ", file_->size(),
               " tokens, fewer than one sequence window of seq_len + 1 = ", window, " tokens");
 }
 
 void TokenFileSource::sequence(int64_t index, int32_t* out) const {
   MOE_ASSERT(index >= 0 && index < num_sequences_, "sequence index outside the source");
-  const int64_t window = seq_len_ + 1;
-  const int32_t* from = file_.tokens.data() + index * window;
-  for (int64_t i = 0; i < window; ++i) out[i] = from[i];
+  const Status s = file_->read(index * (seq_len_ + 1), seq_len_ + 1, out);
+  if (!s.ok()) throw DataReadError(s.message());
 }
 
 DataSplit make_split(int64_t num_sequences, double eval_fraction) {
@@ -110,7 +115,7 @@ void DataLoader::next_batch(int32_t* inputs, int32_t* targets, int64_t* domains)
                         static_cast<int64_t>(rank_) * batch_size_;
   for (int64_t b = 0; b < batch_size_; ++b) {
     const int64_t index = begin_ + perm_[first + b];
-    src_.sequence(index, seq_buf_.data());
+    src_.sequence_in_epoch(index, pos_.epoch, seq_buf_.data());
     for (int64_t t = 0; t < L; ++t) {
       inputs[b * L + t] = seq_buf_[t];
       targets[b * L + t] = seq_buf_[t + 1];

@@ -4,6 +4,8 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -11,6 +13,15 @@
 #include "data/token_file.h"
 
 namespace moe {
+
+// A sequence that cannot be read: a damaged token file found while reading it (a token >= vocab_size,
+// pages that cannot be mapped). Not an InvalidArgument: only the rank reading that sequence sees it,
+// so a caller inside collectives must take the other ranks down (moe-train's handler of other errors
+// does), not exit as from a check that every rank makes alike.
+class DataReadError : public std::runtime_error {
+ public:
+  explicit DataReadError(const std::string& what) : std::runtime_error(what) {}
+};
 
 // A fixed set of sequences, each seq_tokens() = seq_len + 1 tokens long: a model reads tokens
 // [0, seq_len) and predicts tokens [1, seq_len + 1). Implementations are immutable after
@@ -22,6 +33,9 @@ class SequenceSource {
   virtual int64_t seq_tokens() const = 0;
   // Writes the seq_tokens() tokens of sequence `index` (in [0, num_sequences())) to out.
   virtual void sequence(int64_t index, int32_t* out) const = 0;
+  // What index `index` holds in epoch `epoch` of the loader: sequence(index), except for a source
+  // whose indices stand for different sequences from epoch to epoch (BlendedSource).
+  virtual void sequence_in_epoch(int64_t index, uint64_t /*epoch*/, int32_t* out) const { sequence(index, out); }
   // Every token is in [0, vocab_size()).
   virtual int64_t vocab_size() const = 0;
   // The domain a sequence was drawn from, or -1 when the source does not know.
@@ -50,29 +64,30 @@ class SyntheticSource : public SequenceSource {
 // Non-overlapping windows of seq_len + 1 tokens over a token file: sequence i is tokens
 // [i * (seq_len + 1), (i + 1) * (seq_len + 1)). The tail shorter than a window is not used, and the
 // pair (last token of window i, first token of window i + 1) is never a training example.
-// Domains are unknown (-1). The whole file is held in memory.
+// Domains are unknown (-1). The file is not loaded: each sequence() maps and reads just its own
+// window (TokenFileReader), so memory does not grow with the file, and its tokens are checked
+// against the file's vocab_size as they are read.
 class TokenFileSource : public SequenceSource {
  public:
-  // Loads `path` (load_token_file: InvalidArgument naming the file and what is wrong). Also
+  // Opens `path` (TokenFileReader::open: InvalidArgument naming the file and what is wrong). Also
   // InvalidArgument when seq_len < 1 or the file has fewer tokens than one window (naming the
   // file, its token count and the window).
   TokenFileSource(const std::string& path, int64_t seq_len);
-  // From a file already in memory; `name` stands for it in messages.
-  TokenFileSource(TokenFile file, int64_t seq_len, const std::string& name);
 
   int64_t num_sequences() const override { return num_sequences_; }
   int64_t seq_tokens() const override { return seq_len_ + 1; }
+  // Throws DataReadError naming the file and the position of a token >= vocab_size in the window (or
+  // why its pages cannot be mapped).
   void sequence(int64_t index, int32_t* out) const override;
-  int64_t vocab_size() const override { return file_.vocab_size; }
+  int64_t vocab_size() const override { return file_->vocab_size(); }
   int64_t domain_of(int64_t) const override { return -1; }
-  int64_t num_tokens() const { return static_cast<int64_t>(file_.tokens.size()); }
-  const std::string& name() const { return name_; }
+  int64_t num_tokens() const { return file_->size(); }
+  const std::string& name() const { return file_->path(); }
   // The tokenizer that made the file (its record; version 1: the byte tokenizer).
-  const TokenizerRecord& tokenizer() const { return file_.tokenizer; }
+  const TokenizerRecord& tokenizer() const { return file_->tokenizer(); }
 
  private:
-  TokenFile file_;
-  std::string name_;
+  std::unique_ptr<TokenFileReader> file_;
   int64_t seq_len_, num_sequences_;
 };
 
@@ -113,7 +128,8 @@ struct LoaderPosition {
 
 // Hands one data-parallel rank its part of each global batch of world_size x batch_size sequences.
 //
-// Order: epoch e visits the split's n sequences in a permutation that depends only on (seed, e, n),
+// Order: epoch e visits the split's n sequences (sequence_in_epoch(index, e)) in a permutation that
+// depends only on (seed, e, n),
 // a Fisher-Yates shuffle driven by counter-based random numbers (core/random.h), so the order is the
 // same for any number of ranks. Global step s of an epoch takes permutation positions
 // [s*W*B, (s+1)*W*B); rank r gets positions s*W*B + r*B .. s*W*B + r*B + B - 1, so the ranks' batches

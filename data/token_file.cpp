@@ -2,6 +2,7 @@
 #include "data/token_file.h"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -18,7 +19,7 @@
 namespace moe {
 namespace {
 
-constexpr size_t kChunkBytes = size_t{1} << 20;  // tokens are encoded/decoded through this buffer
+constexpr size_t kChunkBytes = size_t{1} << 20;  // tokens are encoded, or read whole, in chunks of this size
 
 void put_le(uint8_t* p, uint64_t v, int bytes) {
   for (int i = 0; i < bytes; ++i) p[i] = static_cast<uint8_t>(v >> (8 * i));
@@ -29,14 +30,6 @@ uint64_t get_le(const uint8_t* p, int bytes) {
   for (int i = 0; i < bytes; ++i) v |= static_cast<uint64_t>(p[i]) << (8 * i);
   return v;
 }
-
-// Closes the descriptor when it goes out of scope.
-struct FdCloser {
-  int fd;
-  ~FdCloser() {
-    if (fd >= 0) ::close(fd);
-  }
-};
 
 // The directory holding `path`, for the fsync that makes a rename durable.
 std::string parent_dir(const std::string& path) {
@@ -189,11 +182,13 @@ void write_token_file(const std::string& path, std::span<const int32_t> tokens, 
   }
 }
 
-Status read_token_file(const std::string& path, TokenFile* out) {
+Status TokenFileReader::open(const std::string& path, std::unique_ptr<TokenFileReader>* out) {
   const std::string name = "token file '" + path + "'";
   int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) return Status::io_error("cannot open " + name + ": " + errno_text());
-  FdCloser closer{fd};
+  std::unique_ptr<TokenFileReader> reader(new TokenFileReader());
+  reader->fd_ = fd;  // closed by the reader's destructor on every path
+  reader->path_ = path;
   struct stat st {};
   if (::fstat(fd, &st) != 0) return Status::io_error("cannot stat " + name + ": " + errno_text());
   if (!S_ISREG(st.st_mode)) return Status::io_error("cannot read " + name + ": it is not a regular file");
@@ -231,13 +226,13 @@ Status read_token_file(const std::string& path, TokenFile* out) {
     return Status::corruption(name + " has vocab_size " + std::to_string(vocab) + "; accepted: 1 to " +
                                   std::to_string(kTokenFileMaxVocab));
   }
-  TokenFile result;
+  TokenizerRecord& tokenizer = reader->tokenizer_;
   if (version == 1) {
     if (record_bytes != 0) {
       return Status::corruption(name + " has reserved header field " + std::to_string(record_bytes) +
                                     "; version 1 requires 0");
     }
-    result.tokenizer = version1_tokenizer_record(static_cast<int64_t>(vocab));
+    tokenizer = version1_tokenizer_record(static_cast<int64_t>(vocab));
   } else {
     if (record_bytes < 24 || record_bytes > kTokenizerRecordMaxBytes || record_bytes % 8 != 0) {
       return Status::corruption(name + " has a tokenizer record of " + std::to_string(record_bytes) +
@@ -252,7 +247,7 @@ Status read_token_file(const std::string& path, TokenFile* out) {
     std::vector<uint8_t> record(record_bytes);
     if (read_all(fd, record.data(), record.size()) != record.size())
       return Status::io_error("cannot read the tokenizer record of " + name + ": " + errno_text());
-    Status s = decode_record(record, vocab, name, &result.tokenizer);
+    Status s = decode_record(record, vocab, name, &tokenizer);
     if (!s.ok()) return s;
   }
   // Compare sizes without overflowing on a corrupt count: count <= data_bytes / width implies
@@ -269,29 +264,61 @@ Status read_token_file(const std::string& path, TokenFile* out) {
                                   std::to_string(width) + " bytes, so " + expected +
                                   " bytes expected, but " + std::to_string(file_bytes) + " bytes found");
   }
+  reader->count_ = static_cast<int64_t>(count);
+  reader->tokens_offset_ = tokens_offset;
+  reader->vocab_size_ = static_cast<int64_t>(vocab);
+  reader->version_ = version;
+  reader->width_ = width;
+  *out = std::move(reader);
+  return Status::ok_status();
+}
 
-  result.vocab_size = static_cast<int64_t>(vocab);
-  result.version = version;
-  result.token_width = width;
-  result.tokens.resize(count);
-  std::vector<uint8_t> buf(kChunkBytes);
-  const uint64_t per_chunk = kChunkBytes / width;
-  for (uint64_t start = 0; start < count; start += per_chunk) {
-    const uint64_t n = std::min(per_chunk, count - start);
-    errno = 0;
-    if (read_all(fd, buf.data(), n * width) != n * width) {
-      return Status::io_error("cannot read the tokens of " + name + " (at token " + std::to_string(start) +
-                                  "): " + (errno ? errno_text() : std::string("unexpected end of file")));
+TokenFileReader::~TokenFileReader() {
+  if (fd_ >= 0) ::close(fd_);
+}
+
+Status TokenFileReader::read(int64_t first, int64_t count, int32_t* out) const {
+  MOE_ASSERT(first >= 0 && count >= 0 && first <= count_ - count, "token file read outside the file");
+  if (count == 0) return Status::ok_status();
+  // The mapping starts at the page holding the first token's first byte (mmap offsets are page-aligned).
+  static const uint64_t page = static_cast<uint64_t>(::sysconf(_SC_PAGESIZE));
+  const uint64_t begin = tokens_offset_ + static_cast<uint64_t>(first) * width_;
+  const uint64_t map_begin = begin / page * page;
+  const size_t map_bytes = static_cast<size_t>(begin + static_cast<uint64_t>(count) * width_ - map_begin);
+  void* map = ::mmap(nullptr, map_bytes, PROT_READ, MAP_PRIVATE, fd_, static_cast<off_t>(map_begin));
+  if (map == MAP_FAILED) {
+    return Status::io_error("cannot map the tokens of token file '" + path_ + "' (at token " +
+                            std::to_string(first) + "): " + errno_text());
+  }
+  const uint8_t* bytes = static_cast<const uint8_t*>(map) + (begin - map_begin);
+  Status result = Status::ok_status();
+  for (int64_t i = 0; i < count; ++i) {
+    const uint64_t t = get_le(bytes + i * width_, static_cast<int>(width_));
+    if (t >= static_cast<uint64_t>(vocab_size_)) {
+      result = Status::corruption("token file '" + path_ + "': token " + std::to_string(t) + " at position " +
+                                  std::to_string(first + i) + " is >= vocab_size " + std::to_string(vocab_size_));
+      break;
     }
-    for (uint64_t i = 0; i < n; ++i) {
-      const uint64_t t = get_le(buf.data() + i * width, static_cast<int>(width));
-      if (t >= vocab) {
-        return Status::corruption(name + ": token " + std::to_string(t) + " at position " +
-                                      std::to_string(start + i) + " is >= vocab_size " +
-                                      std::to_string(vocab));
-      }
-      result.tokens[start + i] = static_cast<int32_t>(t);
-    }
+    out[i] = static_cast<int32_t>(t);
+  }
+  ::munmap(map, map_bytes);
+  return result;
+}
+
+Status read_token_file(const std::string& path, TokenFile* out) {
+  std::unique_ptr<TokenFileReader> reader;
+  Status s = TokenFileReader::open(path, &reader);
+  if (!s.ok()) return s;
+  TokenFile result;
+  result.vocab_size = reader->vocab_size();
+  result.version = reader->version();
+  result.token_width = reader->token_width();
+  result.tokenizer = reader->tokenizer();
+  result.tokens.resize(static_cast<size_t>(reader->size()));
+  const int64_t per_chunk = static_cast<int64_t>(kChunkBytes / reader->token_width());
+  for (int64_t start = 0; start < reader->size(); start += per_chunk) {
+    s = reader->read(start, std::min(per_chunk, reader->size() - start), result.tokens.data() + start);
+    if (!s.ok()) return s;
   }
   *out = std::move(result);
   return Status::ok_status();

@@ -1,5 +1,6 @@
 // The token file: a pre-tokenised corpus on disk (a fixed header, then the tokens), its writer
-// (atomic: temp file, fsync, rename) and its reader (every kind of damage named with the file).
+// (atomic: temp file, fsync, rename) and its readers (every kind of damage named with the file): one
+// that maps the pages a read needs, for files larger than memory, and one that loads a whole file.
 //
 // Format, version 2 (also in docs/token-file-format.md). All integers are little-endian.
 //
@@ -29,6 +30,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -91,6 +93,46 @@ uint32_t token_width_for_vocab(int64_t vocab_size);
 // temp file is removed on failure. Not safe to call concurrently for the same path.
 void write_token_file(const std::string& path, std::span<const int32_t> tokens, int64_t vocab_size,
                       const TokenizerRecord& tokenizer);
+
+// A token file opened for reading on demand: open() checks the header and the file's size, never the
+// tokens; read() memory-maps (read-only) just the pages that hold the tokens asked for, decodes and
+// checks them, and unmaps them again. So a file far larger than memory, or than the process's address
+// space limit, reads in memory proportional to one read, and opening it touches only its header.
+// (One mapping of the whole file would leave memory flat too, but counts the file's size against
+// RLIMIT_AS / `ulimit -v`.) Thread-safe: read() is const and keeps no state between calls. The file
+// must not shrink while it is open (a mapping past its end faults).
+class TokenFileReader {
+ public:
+  // Opens `path` and checks everything read_token_file checks except the tokens themselves; *out is
+  // left unchanged on failure. Status codes and messages as read_token_file's.
+  static Status open(const std::string& path, std::unique_ptr<TokenFileReader>* out);
+  ~TokenFileReader();
+  TokenFileReader(const TokenFileReader&) = delete;
+  TokenFileReader& operator=(const TokenFileReader&) = delete;
+
+  // Writes tokens [first, first + count) to out (count of them), each checked < vocab_size. Requires
+  // 0 <= first <= first + count <= size(). Returns Corruption naming the file and the position of the
+  // first token >= vocab_size (out is then partly written), or IOError when the pages cannot be mapped.
+  Status read(int64_t first, int64_t count, int32_t* out) const;
+
+  int64_t size() const { return count_; }  // tokens in the file
+  int64_t vocab_size() const { return vocab_size_; }
+  uint32_t version() const { return version_; }
+  uint32_t token_width() const { return width_; }
+  const std::string& path() const { return path_; }
+  // The tokenizer that made the file (its record; version 1: the byte tokenizer).
+  const TokenizerRecord& tokenizer() const { return tokenizer_; }
+
+ private:
+  TokenFileReader() = default;
+
+  std::string path_;
+  int fd_ = -1;
+  int64_t count_ = 0, vocab_size_ = 0;
+  uint64_t tokens_offset_ = 0;  // bytes before the first token: the header and the tokenizer record
+  uint32_t version_ = 0, width_ = 0;
+  TokenizerRecord tokenizer_;
+};
 
 // Reads a whole token file into *out (left unchanged on failure). The status message names the file
 // and what is wrong. Returns:

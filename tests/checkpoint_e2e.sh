@@ -145,16 +145,18 @@ mount_tmpfs() {
 # A tiny run with a log line every step and no evaluation (faster).
 short=(run.log_every=1 run.eval_every=0)
 
-case $case_name in
-exact_resume)
-  # The same config (same run.steps, so the same LR schedule) run straight through, and stopped by
-  # SIGTERM part-way then resumed: every deterministic metric and every final tensor bit-identical.
-  cfg=("${short[@]}" run.steps=100 checkpoint.every=25 checkpoint.keep=10 checkpoint.resume=auto)
+# exact_resume_check STEPS [overrides...]: the same config (same run.steps, so the same LR schedule) run
+# straight through, and stopped by SIGTERM part-way then resumed: every deterministic metric and every
+# final tensor bit-identical.
+exact_resume_check() {
+  local steps=$1
+  shift
+  cfg=("${short[@]}" "$@" run.steps="$steps" checkpoint.every=25 checkpoint.keep=10 checkpoint.resume=auto)
   run 2 "$tiny" "${cfg[@]}" run.dir=full || { cat out.txt; fail "uninterrupted run failed"; }
   start 2 part1.txt "$tiny" "${cfg[@]}" run.dir=part
   wait_for_step part/metrics.jsonl 15
   stop_ranks part1.txt
-  { [ "$n" -ge 15 ] && [ "$n" -lt 100 ]; } || fail "stopped after step $n"
+  { [ "$n" -ge 15 ] && [ "$n" -lt "$steps" ]; } || fail "stopped after step $n"
   [ "$(last_step part/metrics.jsonl)" = "$n" ] || fail "metrics.jsonl does not end at step $n"
   [ -f "$(step_dir part/checkpoints "$n")/MANIFEST" ] || fail "no complete checkpoint for step $n"
   run 2 "$tiny" "${cfg[@]}" run.dir=part || { cat out.txt; fail "resumed run failed"; }
@@ -162,17 +164,31 @@ exact_resume)
   # metrics.jsonl of the stopped-and-resumed run: every step once, each equal to the straight run's.
   det_metrics full/metrics.jsonl >full.txt
   det_metrics part/metrics.jsonl >part.txt
-  [ "$(wc -l <full.txt)" = 100 ] || fail "the straight run logged $(wc -l <full.txt) steps"
+  [ "$(wc -l <full.txt)" = "$steps" ] || fail "the straight run logged $(wc -l <full.txt) steps"
   diff full.txt part.txt >diff.txt || { head -5 diff.txt; fail "metrics differ after resuming at step $n"; }
   # The final checkpoints agree on everything but the run id and the config text (which names run.dir):
   # every tensor's CRC32C, offsets, training state, routing counts.
-  manifest "$(step_dir full/checkpoints 100)" | grep -v -e '^run_id:' -e '^config_yaml:' >full.manifest ||
+  manifest "$(step_dir full/checkpoints "$steps")" | grep -v -e '^run_id:' -e '^config_yaml:' >full.manifest ||
     fail "cannot decode the straight run's final manifest"
-  manifest "$(step_dir part/checkpoints 100)" | grep -v -e '^run_id:' -e '^config_yaml:' >part.manifest ||
+  manifest "$(step_dir part/checkpoints "$steps")" | grep -v -e '^run_id:' -e '^config_yaml:' >part.manifest ||
     fail "cannot decode the resumed run's final manifest"
   grep -q crc32c full.manifest || fail "no tensor entries in the decoded manifest"
   diff full.manifest part.manifest >diff.txt || { head -20 diff.txt; fail "final checkpoints differ"; }
-  echo "stopped after step $n, resumed; 100 steps of metrics and $(grep -c crc32c full.manifest) final tensors identical"
+  echo "stopped after step $n, resumed; $steps steps of metrics and $(grep -c crc32c full.manifest) final tensors identical"
+}
+
+case $case_name in
+exact_resume)
+  exact_resume_check 100
+  ;;
+exact_resume_documents)
+  # The same with token files blended by weight and document masking: the blend's draws depend on the
+  # epoch (43 steps an epoch: 461 + 230 sequences, 2 ranks x 8 a step), the positions on
+  # the tokens, and both must continue exactly.
+  python3 "$src/tests/make_token_file.py" a.tok 257 30000 1 && python3 "$src/tests/make_token_file.py" b.tok 257 15000 2 ||
+    fail "cannot write the token files"
+  exact_resume_check 100 data.source=tokens model.vocab_size=257 data.train_files=a.tok:0.7,b.tok:0.3 \
+    data.document_mask=true
   ;;
 schedule_resume)
   # moe.schedule changes the experts at steps 8, 15 and 25. A run started from the straight run's

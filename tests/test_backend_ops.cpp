@@ -98,10 +98,11 @@ Tensor scalars(const std::vector<double>& values) {
 }
 
 // Causal attention at B sequences of S tokens, H heads of Dh, q, k and v in `inputs` (float32 or
-// bfloat16, the same values on both devices): out, lse and the gradients, which start from random
-// values (the backward accumulates).
+// bfloat16, the same values on both devices), with packed documents' positions or without: out, lse
+// and the gradients, which start from random values (the backward accumulates).
 std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, int64_t S, int64_t Dh,
-                                                          DType inputs = DType::F32) {
+                                                          DType inputs = DType::F32, bool documents = false) {
+  const Tensor positions = test_document_positions(B, S);
   const std::string tag = "attention" + std::to_string(S) + "x" + std::to_string(Dh);
   const Shape rows{B * S, H * Dh};
   const Tensor q = normal_tensor(rows, 1.f, 15, tag + ".q"), k = normal_tensor(rows, 1.f, 16, tag + ".k");
@@ -110,9 +111,10 @@ std::function<std::vector<Tensor>(Device)> attention_case(int64_t B, int64_t H, 
     Tensor out = poisoned(d, rows), lse = poisoned(d, {B, H, S});
     Tensor dq = grad(d, rows, 1), dk = grad(d, rows, 2), dv = grad(d, rows, 3);
     auto in = [&](const Tensor& t) { return inputs == DType::BF16 ? bf16_on(d, t) : on(d, t); };
-    const Tensor qd = in(q), kd = in(k), vd = in(v);
-    causal_attention_forward(out, lse, qd, kd, vd, H, S);
-    causal_attention_backward(&dq, &dk, &dv, on(d, dout), qd, kd, vd, out, lse, H, S);
+    const Tensor qd = in(q), kd = in(k), vd = in(v), pd = on(d, positions);
+    const Tensor* pos = documents ? &pd : nullptr;
+    causal_attention_forward(out, lse, qd, kd, vd, H, S, pos);
+    causal_attention_backward(&dq, &dk, &dv, on(d, dout), qd, kd, vd, out, lse, H, S, pos);
     return to_host({out, lse, dq, dk, dv});
   };
 }
@@ -315,6 +317,15 @@ std::vector<OpCase> op_cases() {
       {"causal_attention_S37_Dh256", kChained, attention_case(1, 2, 37, 256)},
       {"causal_attention_S8192", kLongChained, attention_case(1, 1, 8192, 8)},
       {"causal_attention_bf16", kBf16Attention, attention_case(2, 3, 50, 64, DType::BF16)},
+      {"causal_attention_documents", kChained, attention_case(2, 2, 300, 16, DType::F32, true)},
+      {"rotary_documents", kRounding, [=](Device d) {
+         const Tensor positions = on(d, test_document_positions(1, 150));
+         const Tensor tokens = normal_tensor({150, 8}, 1.f, 19, "rotary.documents");
+         Tensor y = poisoned(d, {150, 8}), dx = grad(d, {150, 8}, 1);
+         rotary_forward(y, on(d, tokens), 2, 150, 10000.f, &positions);
+         rotary_backward(dx, on(d, tokens), 2, 150, 10000.f, &positions);
+         return to_host({y, dx});
+       }},
       {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
          Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
          Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);
@@ -481,6 +492,11 @@ TEST_P(BackendOps, IndexErrorsNameThePositionAsOnTheCpu) {
                                                       Tensor::zeros({2, 2}, DType::F32, d)); }),
                   "combine_forward: slot[1, 0] = 9 is out of range, expected [-1, 4) (-1 contributes nothing)");
   EXPECT_EQ(max_abs(y.to(Device::CPU)), 0.0) << "gather_rows wrote before refusing";
+  const Tensor positions = Tensor::from_ints({4}, {0, 1, 0, 4}).to(d);  // one sequence of S = 4
+  Tensor rotated = Tensor::zeros({4, 2}, DType::F32, d);
+  EXPECT_CONTAINS(error_message([&] { rotary_forward(rotated, rotated, 1, 4, 10000.f, &positions); }),
+                  "rotary_forward: positions[3] = 4 is out of range, expected [0, 4) (a token's position in its "
+                  "document is at most its position in the sequence)");
 }
 
 INSTANTIATE_TEST_SUITE_P(Devices, BackendOps, ::testing::Values(Device::CPU, Device::CUDA),

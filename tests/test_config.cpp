@@ -293,6 +293,23 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
                  {"config: optim.min_lr = 0.01 must be <= lr = 0.001"});
   expect_message(parse_error("data:\n  source: tokens\n"), {"config: data.source = tokens needs train_path"});
   EXPECT_NO_THROW(parse("data:\n  source: tokens\n  train_path: x.tok\n"));
+  // A blend instead of one file: one of the two, and its text parses (data/data_config.h has the cases).
+  EXPECT_EQ(parse("data:\n  source: tokens\n  train_files: a.tok:0.7,b.tok:0.3\n").data.train_files,
+            "a.tok:0.7,b.tok:0.3");
+  expect_message(parse_error("data:\n  source: tokens\n  train_path: x.tok\n  train_files: a.tok:1\n"),
+                 {"config: data.train_path = 'x.tok' and train_files = 'a.tok:1' are both set; give one"});
+  expect_message(parse_error("data:\n  source: tokens\n  train_files: a.tok:0\n"),
+                 {"config: data.train_files = 'a.tok:0': entry 'a.tok:0' has weight 0, not a finite number > 0",
+                  "accepted: PATH:WEIGHT entries"});
+  expect_message(parse_error("data:\n  source: tokens\n"), {"needs train_path (a token file) or train_files"});
+  // Documents: only token files have them; the end token is auto (-1) or a token id.
+  expect_message(parse_error("data:\n  document_mask: true\n"),
+                 {"config: data.document_mask = true needs source = tokens: the synthetic corpus has no documents"});
+  EXPECT_EQ(parse("data:\n  source: tokens\n  train_path: x.tok\n  document_mask: true\n").data.document_end_token,
+            DataConfig::kAutoEndToken);
+  EXPECT_EQ(parse("data:\n  document_end_token: 2\n").data.document_end_token, 2);
+  expect_message(parse_error("data:\n  document_end_token: -2\n"),
+                 {"data.document_end_token = -2 is out of range; accepted: >= 0, or auto"});
   expect_message(parse_error("model:\n  vocab_size: 16\ndata:\n  synthetic_domains: 10\n"),
                  {"config: data.synthetic_domains = 10 needs model.vocab_size >= 2 * 10 = 20, but model.vocab_size = 16"});
   // The corpus is checked against the vocabulary only when it is the source.

@@ -1,9 +1,15 @@
 // Tests of the data pipeline: the token file format (round trips and every kind of damage), the
 // byte tokenizer, the sequence sources, the train/eval split and the data-parallel loader.
 #include <gtest/gtest.h>
+#include <fcntl.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
@@ -15,8 +21,10 @@
 
 #include "core/check.h"
 #include "core/crc32c.h"
+#include "data/blended_source.h"
 #include "data/byte_tokenizer.h"
 #include "data/data_loader.h"
+#include "data/documents.h"
 #include "data/synthetic_corpus.h"
 #include "data/token_file.h"
 #include "tests/test_util.h"
@@ -408,6 +416,127 @@ TEST_F(TokenFileSourceTest, FewerTokensThanOneWindow) {
   EXPECT_CONTAINS(e, "missing.tok");
 }
 
+// A bad token is found when the window holding it is read (open touches only the header), and the
+// message names the file and the token's position in it.
+TEST_F(TokenFileSourceTest, ChecksTokensAsTheyAreRead) {
+  const std::string p = path("bad.tok");
+  moe::write_token_file(p, std::vector<int32_t>{1, 2, 3, 4, 5, 6, 7, 8}, 300, kRecord);
+  std::vector<uint8_t> bytes = read_bytes(p);
+  bytes[kTokensAt + 6 * 2 + 1] = 0x01;  // token 6 becomes 7 + 256 = 263, then vocab_size drops to 200 below
+  put_u32(bytes, 24, 200);
+  write_bytes(p, bytes);
+  moe::TokenFileSource src(p, 3);  // windows [0, 4) and [4, 8)
+  std::vector<int32_t> seq(4);
+  src.sequence(0, seq.data());
+  EXPECT_EQ(seq, (std::vector<int32_t>{1, 2, 3, 4}));
+  const std::string e = error_message<moe::DataReadError>([&] { src.sequence(1, seq.data()); });
+  EXPECT_CONTAINS(e, p);
+  EXPECT_CONTAINS(e, "token 263 at position 6 is >= vocab_size 200");
+}
+
+// Memory stays flat on a token file several times larger than the process may map at all: a child
+// process limits its address space (RLIMIT_AS, as `ulimit -v` does) to what it uses now plus 256 MiB,
+// opens a sparse 4 GiB file (2^31 tokens of 2 bytes, holes read as token 0) and reads sequences spread
+// over all of it. Mapping the whole file must fail under that limit (so the limit binds); the reads
+// must succeed, find the tokens planted at both ends, and grow the resident set by less than 32 MiB.
+TEST_F(TokenFileSourceTest, MemoryStaysFlatOnAFileLargerThanTheAddressSpaceLimit) {
+#if defined(__SANITIZE_ADDRESS__)
+  GTEST_SKIP() << "AddressSanitizer reserves terabytes of address space: RLIMIT_AS cannot be set";
+#else
+  const std::string p = path("huge.tok");
+  const int64_t count = int64_t{1} << 31, seq_len = 1023, window = seq_len + 1;
+  const uint64_t tokens_at = kTokensAt;
+  {
+    moe::write_token_file(p, std::vector<int32_t>{}, 1000, kRecord);  // width 2; count and size set below
+    std::vector<uint8_t> bytes = read_bytes(p);
+    for (int i = 0; i < 8; ++i) bytes[16 + i] = static_cast<uint8_t>(static_cast<uint64_t>(count) >> (8 * i));
+    bytes.resize(tokens_at + 2, 0);
+    bytes[tokens_at] = 7;  // token 0 = 7
+    write_bytes(p, bytes);
+    fs::resize_file(p, tokens_at + static_cast<uint64_t>(count) * 2);
+    std::fstream f(p, std::ios::in | std::ios::out | std::ios::binary);
+    f.seekp(static_cast<std::streamoff>(tokens_at + (count - 1) * 2));
+    f.put(9).put(0);  // the last token = 9
+  }
+  ASSERT_EQ(fs::file_size(p), tokens_at + static_cast<uint64_t>(count) * 2);
+
+  auto vm_kib = [](const char* field) {  // a /proc/self/status figure, in KiB
+    std::ifstream in("/proc/self/status");
+    std::string line;
+    while (std::getline(in, line))
+      if (line.rfind(field, 0) == 0) return std::stoll(line.substr(std::string(field).size()));
+    return -1LL;
+  };
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    // Exit codes: 0 passed; 2 the limit cannot be set; 3 the whole file could be mapped; 4 wrong tokens;
+    // 5 the resident set grew too much; 6 an exception.
+    try {
+      const rlim_t limit = static_cast<rlim_t>(vm_kib("VmSize:")) * 1024 + (rlim_t{256} << 20);
+      const struct rlimit r{limit, limit};
+      if (::setrlimit(RLIMIT_AS, &r) != 0) ::_exit(2);
+      if (static_cast<uint64_t>(count) * 2 < 4 * (uint64_t{256} << 20)) ::_exit(3);
+      const int fd = ::open(p.c_str(), O_RDONLY);
+      void* whole = ::mmap(nullptr, static_cast<size_t>(count) * 2 + tokens_at, PROT_READ, MAP_PRIVATE, fd, 0);
+      if (whole != MAP_FAILED) ::_exit(3);
+      ::close(fd);
+      moe::TokenFileSource src(p, seq_len);
+      if (src.num_sequences() != count / window) ::_exit(4);
+      std::vector<int32_t> seq(window);
+      const long long rss_before = vm_kib("VmRSS:");
+      for (int64_t i = 0; i < 4000; ++i) {
+        const int64_t index = (i * 1000003) % src.num_sequences();
+        src.sequence(index, seq.data());
+        if (seq[0] != (index == 0 ? 7 : 0) || seq[window - 1] != 0) ::_exit(4);
+      }
+      src.sequence(src.num_sequences() - 1, seq.data());  // 2^31 = 2^21 windows: the last ends at the file's end
+      if (seq[window - 1] != 9) ::_exit(4);
+      if (vm_kib("VmRSS:") - rss_before > 32 * 1024) ::_exit(5);
+      ::_exit(0);
+    } catch (...) {
+      ::_exit(6);
+    }
+  }
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  ASSERT_TRUE(WIFEXITED(status)) << "the child died with signal " << WTERMSIG(status);
+  EXPECT_EQ(WEXITSTATUS(status), 0) << "see the exit codes in the child's comment";
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Documents
+
+TEST(Documents, PositionsRestartAfterEachEndTokenAndAtEachSequence) {
+  const int32_t E = 9;
+  const std::vector<int32_t> inputs = {1, 2, E, 3, E, E, 4, 5,   // sequence 0
+                                       6, E, 7, 8, 1, 2, 3, 4};  // sequence 1: starts inside a document
+  std::vector<int32_t> positions(16, -7);
+  moe::document_positions(inputs.data(), 2, 8, E, positions.data());
+  EXPECT_EQ(positions, (std::vector<int32_t>{0, 1, 2, 0, 1, 0, 0, 1,  // an end token ends its own document
+                                             0, 1, 0, 1, 2, 3, 4, 5}));
+}
+
+TEST(Documents, EndTokenIsTheRecordedOneForAutoOrAnExplicitToken) {
+  moe::DataConfig cfg;
+  const moe::TokenizerRecord byte = moe::version1_tokenizer_record(257);
+  const moe::TokenizerRecord sp{moe::TokenizerKind::SentencePiece, "sp.model", 0x1234, 2};
+  EXPECT_EQ(moe::resolve_document_end_token(cfg, byte, 257, "'a.tok'"), 256);
+  EXPECT_EQ(moe::resolve_document_end_token(cfg, sp, 32000, "'a.tok'"), 2);
+  const moe::TokenizerRecord none = moe::version1_tokenizer_record(200);
+  EXPECT_EQ(error_message([&] { moe::resolve_document_end_token(cfg, none, 200, "'a.tok'"); }),
+            "data.document_end_token = auto takes the end-of-document token the file records, but 'a.tok' "
+            "(tokenizer byte, vocab_size 200) records none; set data.document_end_token to the token that ends a "
+            "document in this vocabulary");
+  cfg.document_end_token = 7;
+  EXPECT_EQ(moe::resolve_document_end_token(cfg, sp, 32000, "'a.tok'"), 7);
+  cfg.document_end_token = 300;
+  EXPECT_EQ(error_message([&] { moe::resolve_document_end_token(cfg, byte, 257, "'a.tok'"); }),
+            "data.document_end_token = 300 is not a token of 'a.tok', whose vocab_size is 257; accepted: 0 to 256, "
+            "or auto");
+}
+
 TEST(SyntheticSource, MatchesTheCorpus) {
   moe::DataConfig cfg;
   cfg.synthetic_sequences = 40;
@@ -681,6 +810,136 @@ TEST(DataLoader, RejectsBadArguments) {
   EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(src, 0, 40, 0, 1, 0, 1); }), "batch_size = 0");
   IndexSource one_token(10, 0);
   EXPECT_CONTAINS(error_message([&] { moe::DataLoader l(one_token, 0, 10, 0, 1, 1, 1); }), "at least 2");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Blends (data.train_files)
+
+TEST(TrainFiles, ParsesPathsAndWeights) {
+  EXPECT_EQ(moe::parse_train_files("a.tok:0.7,dir/b:c.tok:3"),
+            (std::vector<moe::WeightedFile>{{"a.tok", 0.7}, {"dir/b:c.tok", 3.0}}));  // the weight after the last ':'
+  const std::string format = "; accepted: PATH:WEIGHT entries separated by commas";
+  const std::vector<std::pair<std::string, std::string>> bad = {
+      {"", "train_files = '': is empty"},
+      {"a.tok", "train_files = 'a.tok': entry 'a.tok' has no ':WEIGHT'"},
+      {":1", "entry ':1' has an empty path"},
+      {"a.tok:x", "entry 'a.tok:x' has weight 'x', not a number"},
+      {"a.tok:", "entry 'a.tok:' has weight '', not a number"},
+      {"a.tok:0", "entry 'a.tok:0' has weight 0, not a finite number > 0"},
+      {"a.tok:-1", "has weight -1, not a finite number > 0"},
+      {"a.tok:inf", "has weight inf, not a finite number > 0"},
+      {"a.tok:1,", "has an empty entry"},
+  };
+  for (const auto& [text, message] : bad) {
+    SCOPED_TRACE(text);
+    const std::string e = error_message([&] { moe::parse_train_files(text); });
+    EXPECT_CONTAINS(e, message);
+    EXPECT_CONTAINS(e, format);
+  }
+}
+
+// Sequences [tag, index, index + 1, ...]: which source and sequence a draw read.
+class TaggedSource : public moe::SequenceSource {
+ public:
+  TaggedSource(int64_t n, int32_t tag, int64_t vocab = 1000) : n_(n), tag_(tag), vocab_(vocab) {}
+  int64_t num_sequences() const override { return n_; }
+  int64_t seq_tokens() const override { return 3; }
+  void sequence(int64_t index, int32_t* out) const override {
+    out[0] = tag_;
+    out[1] = static_cast<int32_t>(index);
+    out[2] = static_cast<int32_t>(index + 1);
+  }
+  int64_t vocab_size() const override { return vocab_; }
+  int64_t domain_of(int64_t) const override { return -1; }
+
+ private:
+  int64_t n_;
+  int32_t tag_;
+  int64_t vocab_;
+};
+
+std::unique_ptr<moe::BlendedSource> blend(std::vector<int64_t> sizes, std::vector<double> weights, uint64_t seed,
+                                          std::vector<int64_t> vocabs = {}) {
+  std::vector<std::unique_ptr<moe::SequenceSource>> sources;
+  std::vector<std::string> names;
+  for (size_t f = 0; f < sizes.size(); ++f) {
+    sources.push_back(std::make_unique<TaggedSource>(sizes[f], static_cast<int32_t>(f), vocabs.empty() ? 1000 : vocabs[f]));
+    names.push_back("'f" + std::to_string(f) + ".tok'");
+  }
+  return std::make_unique<moe::BlendedSource>(std::move(sources), weights, names, seed);
+}
+
+// M = 10 + 30 = 40 draws per epoch: 0.7 M = 28 of the 10-sequence file (repeated: every sequence in
+// each pass of 10 draws) and 12 of the 30-sequence file (walked through over 2.5 epochs: its first 30
+// draws, epochs 0 to 2, read every sequence once). Weights are relative.
+TEST(BlendedSource, DrawsFollowTheWeightsAndWalkThroughEveryFile) {
+  const auto src = blend({10, 30}, {7, 3}, 5);
+  ASSERT_EQ(src->num_sequences(), 40);
+  EXPECT_EQ(src->draws_of(0), 28);
+  EXPECT_EQ(src->draws_of(1), 12);
+  std::vector<int32_t> seq(3);
+  std::vector<int> small_count(10, 0), large_count(30, 0);
+  for (uint64_t epoch = 0; epoch < 3; ++epoch) {
+    int from_small = 0;
+    for (int64_t i = 0; i < 40; ++i) {
+      src->sequence_in_epoch(i, epoch, seq.data());
+      ASSERT_TRUE(seq[0] == 0 || seq[0] == 1);
+      if (seq[0] == 0) {
+        ++from_small;
+        if (epoch == 0) ++small_count[seq[1]];
+      } else if (epoch < 2 || i - 28 < 6) {  // file 1's draws g = 12 epoch + (i - 28) < 30
+        ++large_count[seq[1]];
+      }
+    }
+    EXPECT_EQ(from_small, 28) << "epoch " << epoch;
+  }
+  for (int c : small_count) EXPECT_TRUE(c == 2 || c == 3) << "28 draws over 10 sequences: 2 passes and 8";
+  EXPECT_EQ(std::count(small_count.begin(), small_count.end(), 3), 8);
+  for (int c : large_count) EXPECT_EQ(c, 1) << "one pass over the 30 sequences";
+  // Epochs differ for the downsampled file (a later part of its pass), and sequence() is epoch 0.
+  src->sequence(30, seq.data());
+  const int32_t epoch0 = seq[1];
+  src->sequence_in_epoch(30, 1, seq.data());
+  EXPECT_NE(seq[1], epoch0);
+}
+
+TEST(BlendedSource, DeterministicInTheSeedAndEpoch) {
+  const auto a = blend({50, 70}, {1, 1}, 11), b = blend({50, 70}, {1, 1}, 11), c = blend({50, 70}, {1, 1}, 12);
+  std::vector<int32_t> sa(3), sb(3), sc(3);
+  int differ = 0;
+  for (uint64_t epoch = 0; epoch < 3; ++epoch)
+    for (int64_t i = 0; i < a->num_sequences(); ++i) {
+      a->sequence_in_epoch(i, epoch, sa.data());
+      b->sequence_in_epoch(i, epoch, sb.data());
+      c->sequence_in_epoch(i, epoch, sc.data());
+      ASSERT_EQ(sa, sb);
+      differ += sa != sc;
+    }
+  EXPECT_GT(differ, 300) << "another seed should reorder the passes";
+}
+
+TEST(BlendedSource, RefusesMismatchedVocabulariesAndWeightsThatGiveAFileNoDraw) {
+  EXPECT_EQ(error_message([] { blend({10, 10}, {1, 1}, 1, {257, 32000}); }),
+            "blended files must share one vocabulary: 'f1.tok' has vocab_size 32000 but 'f0.tok' has 257");
+  EXPECT_EQ(error_message([] { blend({10, 10}, {1000, 1}, 1); }),
+            "'f1.tok' gets no draw: its weight 1 of 1001 times the blend's 20 sequences rounds to 0; raise its weight");
+  EXPECT_CONTAINS(error_message([] { blend({10, 10}, {1, -1}, 1); }), "blend weight -1 of 'f1.tok' must be finite and > 0");
+}
+
+// The loader reads a blend by epoch: its batches in epoch 1 hold what the blend's indices hold then.
+TEST(BlendedSource, TheLoaderReadsEachEpochsDraws) {
+  const auto src = blend({6, 9}, {1, 2}, 3);
+  moe::DataLoader loader(*src, 0, 15, 0, 1, 15, 3);  // one step per epoch: every index once
+  std::vector<int32_t> in(15 * 2), tgt(15 * 2), seq(3);
+  loader.next_batch(in.data(), tgt.data(), nullptr);
+  loader.next_batch(in.data(), tgt.data(), nullptr);  // epoch 1
+  std::multiset<std::pair<int32_t, int32_t>> from_loader, from_blend;
+  for (int64_t b = 0; b < 15; ++b) from_loader.insert({in[b * 2], in[b * 2 + 1]});
+  for (int64_t i = 0; i < 15; ++i) {
+    src->sequence_in_epoch(i, 1, seq.data());
+    from_blend.insert({seq[0], seq[1]});
+  }
+  EXPECT_EQ(from_loader, from_blend);
 }
 
 }  // namespace

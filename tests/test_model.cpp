@@ -67,14 +67,16 @@ constexpr double kOpNotVacuous = 10 * kOpTol.atol;
 
 // ---- references ----
 
-// Rotary in double: the pair (2i, 2i+1) of each head of row n rotated by (n % S) * theta^(-2i/Dh).
-std::vector<double> ref_rotary(const Tensor& x, int64_t H, int64_t S, double theta) {
+// Rotary in double: the pair (2i, 2i+1) of each head of row n rotated by p * theta^(-2i/Dh), p = n % S
+// or positions[n].
+std::vector<double> ref_rotary(const Tensor& x, int64_t H, int64_t S, double theta, const Tensor* positions = nullptr) {
   const int64_t N = x.dim(0), C = x.dim(1), Dh = C / H;
   std::vector<double> y(static_cast<size_t>(N * C));
   for (int64_t n = 0; n < N; ++n)
     for (int64_t h = 0; h < H; ++h)
       for (int64_t i = 0; i < Dh / 2; ++i) {
-        const double angle = static_cast<double>(n % S) * std::pow(theta, -2.0 * i / Dh);
+        const int64_t position = positions != nullptr ? positions->i32()[n] : n % S;
+        const double angle = static_cast<double>(position) * std::pow(theta, -2.0 * i / Dh);
         const int64_t c = n * C + h * Dh + 2 * i;
         const double x0 = x.f32()[c], x1 = x.f32()[c + 1];
         y[c] = x0 * std::cos(angle) - x1 * std::sin(angle);
@@ -84,14 +86,15 @@ std::vector<double> ref_rotary(const Tensor& x, int64_t H, int64_t S, double the
 }
 
 // Causal attention in double, by the definition: a full (S, S) softmax per (sequence, head) with an
-// explicit -infinity mask. The forward's out (N, C) and lse (B, H, S); given dout, the gradients from
+// explicit -infinity mask (with document positions: also on the keys before the query's document, found
+// here by walking back from the query to the token whose position is 0, not from positions[n] itself). The forward's out (N, C) and lse (B, H, S); given dout, the gradients from
 // the softmax's Jacobian, dS = P * (dP - rowsum(P * dP)) with dP = dout V^T (not the kernels'
 // D = rowsum(dout * out)):  dq = scale dS K,  dk = scale dS^T Q,  dv = P^T dout.
 struct RefAttention {
   std::vector<double> out, lse, dq, dk, dv;
 };
 RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, int64_t H, int64_t S,
-                           const Tensor* dout = nullptr) {
+                           const Tensor* dout = nullptr, const Tensor* positions = nullptr) {
   const int64_t N = q.dim(0), C = q.dim(1), Dh = C / H, B = N / S;
   RefAttention r;
   for (auto* vec : {&r.out, &r.dq, &r.dk, &r.dv}) vec->assign(static_cast<size_t>(N * C), 0.0);
@@ -108,10 +111,13 @@ RefAttention ref_attention(const Tensor& q, const Tensor& k, const Tensor& v, in
       for (int64_t i = 0; i < S; ++i) {
         double* p = P.data() + i * S;
         double m = -inf;
+        int64_t doc_start = 0;  // the last token at or before i that starts a document
+        if (positions != nullptr)
+          for (doc_start = i; positions->i32()[b * S + doc_start] != 0;) --doc_start;
         for (int64_t j = 0; j < S; ++j) {
           double dot = 0.0;
           for (int64_t c = 0; c < Dh; ++c) dot += at(q, b, i, h, c) * at(k, b, j, h, c);
-          p[j] = j > i ? -inf : dot * scale;  // the causal mask
+          p[j] = j > i || j < doc_start ? -inf : dot * scale;  // the causal (and document) mask
           m = std::max(m, p[j]);
         }
         double sum = 0.0;
@@ -247,13 +253,15 @@ struct AttentionTensors {
 
 // The CPU works in blocks of 64 query rows x 128 keys (core/cpu/attention.cpp): one token; part of a
 // block; exactly one query block; 150 = two query blocks and a partial one, one key block and a partial
-// one, with 8 (sequence, head) pairs in parallel; head_dim 64 and 128.
+// one, with 8 (sequence, head) pairs in parallel; head_dim 64 and 128; 300 tokens, where with documents
+// (test_document_positions) the last query block meets no key of the first key block.
 INSTANTIATE_TEST_SUITE_P(Shapes, CausalAttention,
                          ::testing::Values(AttentionShape{2, 2, 5, 4, "Small"}, AttentionShape{2, 3, 1, 8, "OneToken"},
                                            AttentionShape{1, 2, 64, 32, "OneQueryBlock"},
                                            AttentionShape{2, 4, 150, 16, "PartialBlocksParallel"},
                                            AttentionShape{1, 2, 130, 64, "HeadDim64"},
-                                           AttentionShape{1, 1, 97, 128, "HeadDim128"}),
+                                           AttentionShape{1, 1, 97, 128, "HeadDim128"},
+                                           AttentionShape{1, 2, 300, 16, "DocumentsSkipAKeyBlock"}),
                          [](const auto& param_info) { return std::string(param_info.param.name); });
 
 // Tolerances against the double reference, on |got - ref| / (1 + |ref|). A score q . k / sqrt(Dh) of
@@ -364,6 +372,76 @@ TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
                   small ? all_elements(k) : sample_elements(k, 24, "s.k"));
   expect_gradient("attention dv", v, dv, loss, kOpTol, kOpNotVacuous,
                   small ? all_elements(v) : sample_elements(v, 24, "s.v"));
+}
+
+// Documents packed into each sequence (test_document_positions): forward and backward match the
+// reference with the document mask, and the backward matches finite differences of the masked forward.
+// Tolerances as above: masking removes terms, it adds no rounding.
+TEST_P(CausalAttention, DocumentMaskMatchesTheReferenceAndFiniteDifferences) {
+  const auto [B, H, S, Dh, name] = GetParam();
+  AttentionTensors t(GetParam(), "doc");
+  auto& [q, k, v, r, out, lse] = t;
+  const Tensor positions = test_document_positions(B, S);
+  causal_attention_forward(out, lse, q, k, v, H, S, &positions);
+  Tensor dq = Tensor::zeros(q.shape()), dk = Tensor::zeros(q.shape()), dv = Tensor::zeros(q.shape());
+  causal_attention_backward(&dq, &dk, &dv, r, q, k, v, out, lse, H, S, &positions);
+  const RefAttention ref = ref_attention(q, k, v, H, S, &r, &positions);
+  expect_close("out", out, ref.out, kForwardTol);
+  expect_close("lse", lse, ref.lse, kForwardTol);
+  expect_close("dq", dq, ref.dq, kBackwardTol);
+  expect_close("dk", dk, ref.dk, kBackwardTol);
+  expect_close("dv", dv, ref.dv, kBackwardTol);
+  auto loss = [&] {
+    causal_attention_forward(out, lse, q, k, v, H, S, &positions);
+    return weighted_sum(out, r);
+  };
+  const bool small = q.numel() <= 64;
+  const double qk_vacuous = S == 1 ? -1.0 : kOpNotVacuous;
+  expect_gradient("masked attention dq", q, dq, loss, kOpTol, qk_vacuous,
+                  small ? all_elements(q) : sample_elements(q, 24, "d.q"));
+  expect_gradient("masked attention dk", k, dk, loss, kOpTol, qk_vacuous,
+                  small ? all_elements(k) : sample_elements(k, 24, "d.k"));
+  expect_gradient("masked attention dv", v, dv, loss, kOpTol, kOpNotVacuous,
+                  small ? all_elements(v) : sample_elements(v, 24, "d.v"));
+}
+
+TEST(Rotary, DocumentPositionsRotateByThePositionInTheDocument) {
+  const int64_t B = 2, H = 2, S = 150, C = 8;
+  const Tensor x = normal_tensor({B * S, C}, 1.f, kSeed, "rot.doc");
+  const Tensor positions = test_document_positions(B, S);
+  Tensor y = Tensor::empty(x.shape());
+  rotary_forward(y, x, H, S, 10000.f, &positions);
+  const std::vector<double> ref = ref_rotary(x, H, S, 10000.0, &positions);
+  const double tol = 1e-6 * max_abs(x);  // as in MatchesTheDoublePrecisionDefinition
+  for (int64_t i = 0; i < y.numel(); ++i) ASSERT_NEAR(y.f32()[i], ref[i], tol) << i;
+  // The backward is the inverse rotation at the same positions: it undoes the forward (two rotations'
+  // rounding, < 2 tol).
+  Tensor back = Tensor::zeros(x.shape());
+  rotary_backward(back, y, H, S, 10000.f, &positions);
+  for (int64_t i = 0; i < x.numel(); ++i) ASSERT_NEAR(back.f32()[i], x.f32()[i], 2 * tol) << i;
+}
+
+// A position beyond the token's place in its sequence (or negative) would reach into the previous
+// sequence: every op that reads positions refuses it, naming the entry and its range.
+TEST(CausalAttention, RefusesDocumentPositionsOutOfRange) {
+  const int64_t H = 1, S = 4;
+  AttentionTensors t({2, H, S, 2, "bad"}, "bad");
+  Tensor positions = Tensor::from_ints({8}, {0, 1, 2, 3, 0, 1, 3, 0});  // [6] = 3 > 6 % 4
+  const std::string expected = "positions[6] = 3 is out of range, expected [0, 3)";
+  EXPECT_CONTAINS(error_message([&] { causal_attention_forward(t.out, t.lse, t.q, t.k, t.v, H, S, &positions); }),
+                  expected);
+  Tensor dq = Tensor::zeros(t.q.shape());
+  EXPECT_CONTAINS(error_message([&] {
+                    causal_attention_backward(&dq, nullptr, nullptr, t.dout, t.q, t.k, t.v, t.out, t.lse, H, S,
+                                              &positions);
+                  }),
+                  expected);
+  EXPECT_CONTAINS(error_message([&] { rotary_forward(dq, t.q, H, S, 10000.f, &positions); }), expected);
+  positions.i32()[6] = -1;
+  EXPECT_CONTAINS(error_message([&] { rotary_backward(dq, t.q, H, S, 10000.f, &positions); }),
+                  "positions[6] = -1 is out of range");
+  const Tensor wrong_shape = Tensor::zeros({7}, DType::I32);
+  EXPECT_CONTAINS(error_message([&] { rotary_forward(dq, t.q, H, S, 10000.f, &wrong_shape); }), "positions");
 }
 
 TEST(CausalAttentionBackward, AccumulatesAndSkipsNullGradients) {
@@ -696,8 +774,9 @@ constexpr FdTolerance kModelTol{1e-3f, 5e-4, 5e-3};
 // Elements checked per parameter: all of a small one, else a sample from its whole range.
 constexpr int64_t kModelSample = 16;
 
-void run_model_fd(const TransformerConfig& cfg) {
-  SCOPED_TRACE(describe(cfg));
+// positions: documents packed into each sequence (core/ops.h), or null.
+void run_model_fd(const TransformerConfig& cfg, const Tensor* positions = nullptr) {
+  SCOPED_TRACE(describe(cfg) + (positions != nullptr ? " documents" : ""));
   const int64_t B = 2, S = cfg.seq_len;
   TransformerLM model(cfg, kSeed);
   ParameterRegistry registry;
@@ -708,7 +787,7 @@ void run_model_fd(const TransformerConfig& cfg) {
   make_batch(inputs, targets, B, S, cfg.vocab_size, "fd.batch");
 
   registry.zero_grads();
-  const float ce = model.forward(inputs, targets, /*training=*/true);
+  const float ce = model.forward(inputs, targets, /*training=*/true, positions);
   EXPECT_NEAR(ce, cross_entropy_in_double(model.logits(), targets), 1e-5 * ce);
   EXPECT_GT(model.aux_loss(), 0.0);
   EXPECT_GT(model.z_loss(), 0.0);
@@ -717,7 +796,7 @@ void run_model_fd(const TransformerConfig& cfg) {
   // The routing choices of every MoE layer make L piecewise: they are the signature.
   auto eval = [&] {
     FdPoint point;
-    model.forward(inputs, targets, /*training=*/true);
+    model.forward(inputs, targets, /*training=*/true, positions);
     point.loss = cross_entropy_in_double(model.logits(), targets) + model.aux_loss() + model.z_loss();
     for (MoELayer* layer : model.moe_layers()) {
       const std::vector<int32_t> e = ints_of(layer->router_output().expert);
@@ -749,6 +828,45 @@ TEST(TransformerLMGradient, RotaryTiedLayerNormWithTwoSharedExperts) {
 }
 TEST(TransformerLMGradient, LearnedUntiedRMSNormWithSharedExpert) {
   run_model_fd(tiny_config(PositionKind::Learned, false, 1, NormKind::RMSNorm));
+}
+// Two sequences of S = 5 holding documents of 2 + 3 and 1 + 4 tokens.
+TEST(TransformerLMGradient, DocumentMaskWithRotaryAndWithLearnedPositions) {
+  const Tensor positions = Tensor::from_ints({10}, {0, 1, 0, 1, 2, 0, 0, 1, 2, 3});
+  run_model_fd(tiny_config(PositionKind::Rotary, false, 1, NormKind::RMSNorm), &positions);
+  run_model_fd(tiny_config(PositionKind::Learned, false, 0, NormKind::LayerNorm), &positions);
+}
+
+// A document packed after another gives the same logits as the same document at the start of a
+// sequence: its tokens see only their own document (the mask) and count positions from its first
+// token (rotary or learned). Sequence 0 = [A (5 tokens) | D (7)], sequence 1 = [D (7) | C (5)].
+// Without the positions, D after A differs: the check is not vacuous.
+TEST(TransformerLM, PackedDocumentGivesTheLogitsOfTheDocumentAlone) {
+  for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
+    TransformerConfig cfg = tiny_config(pos, false, 1, NormKind::RMSNorm);
+    cfg.seq_len = 12;
+    SCOPED_TRACE(describe(cfg));
+    TransformerLM model(cfg, kSeed);
+    Tensor inputs, targets;
+    make_batch(inputs, targets, 2, 12, cfg.vocab_size, "packed.batch");
+    for (int64_t s = 0; s < 7; ++s) inputs.i32()[12 + s] = inputs.i32()[5 + s];  // D in both sequences
+    const Tensor positions = Tensor::from_ints({24}, {0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6,
+                                                      0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4});
+    const int64_t V = cfg.vocab_size;
+    auto worst_difference = [&] {  // D's logits after A against D's at the start of sequence 1
+      double worst = 0.0;
+      for (int64_t s = 0; s < 7; ++s)
+        for (int64_t c = 0; c < V; ++c)
+          worst = std::max(worst, std::fabs(static_cast<double>(model.logits().f32()[(5 + s) * V + c]) -
+                                            model.logits().f32()[(12 + s) * V + c]));
+      return worst;
+    };
+    model.forward(inputs, targets, true, &positions);
+    // As in ChangingALaterTokenLeavesEarlierLogitsUnchanged: float32 rounding of regrouped GEMM rows and
+    // of masked keys' zero terms, not identical bits.
+    EXPECT_LT(worst_difference(), 1e-5);
+    model.forward(inputs, targets, true);
+    EXPECT_GT(worst_difference(), 1e-2) << "D's logits after A do not depend on A even without the mask";
+  }
 }
 
 TEST(TransformerLM, RegistersEveryParameterByName) {

@@ -274,6 +274,26 @@ inline Tensor normal_tensor(const Shape& shape, float std, uint64_t seed, std::s
   return t;
 }
 
+// Document positions (core/ops.h) of B sequences of S tokens, (B*S) int32: sequence b packs documents
+// of 37 + 13 b, 5, 90, 1, 64 and 140 tokens in turn, the last cut off by the sequence's end. So a
+// document inside a 64-row query block, one across blocks, a one-token one, and (S >= 300) a query
+// block whose documents all start after the first 128-key block.
+inline Tensor test_document_positions(int64_t B, int64_t S) {
+  Tensor t = Tensor::empty({B * S}, DType::I32);
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t lengths[] = {37 + 13 * b, 5, 90, 1, 64, 140};
+    int64_t doc = 0, start = 0;
+    for (int64_t s = 0; s < S; ++s) {
+      if (s - start == lengths[doc % 6]) {
+        start = s;
+        ++doc;
+      }
+      t.i32()[b * S + s] = static_cast<int32_t>(s - start);
+    }
+  }
+  return t;
+}
+
 // sum_i y_i r_i, summed in double: the scalar loss L = sum(y * r) whose gradient with respect to y is r.
 inline double weighted_sum(const Tensor& y, const Tensor& r) {
   double sum = 0.0;

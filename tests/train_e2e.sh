@@ -237,6 +237,48 @@ bad_config)
   run 2 "$configs/tiny.yaml" data.source=tokens data.train_path=nothere.tok && fail "a missing data file was accepted"
   grep -q "nothere.tok" out.txt || { cat out.txt; fail "data-file message"; }
   ;;
+documents_and_blend)
+  # Token files blended by weight with document masking, as a user runs them: a short run that learns,
+  # then each bad setting refused with one message naming it, exit non-zero, nothing trained.
+  make_tokens=$configs/../tests/make_token_file.py
+  python3 "$make_tokens" a.tok 257 40000 1 && python3 "$make_tokens" b.tok 257 20000 2 &&
+    python3 "$make_tokens" held.tok 257 8000 3 && python3 "$make_tokens" v300.tok 300 8000 4 &&
+    python3 "$make_tokens" v200.tok 200 8000 5 ||
+    fail "cannot write the token files"
+  docs=(data.source=tokens model.vocab_size=300 data.document_mask=true run.steps=20 run.log_every=10)
+  run 2 "$configs/tiny.yaml" "${docs[@]}" data.train_files=a.tok:0.7,b.tok:0.3 data.eval_path=held.tok \
+    run.eval_every=20 run.dir=r || { cat out.txt; fail "the blended, masked run failed"; }
+  grep -q "^step 20/20 | loss" out.txt || { cat out.txt; fail "no progress line for step 20"; }
+  grep -q '"eval_loss"' r/metrics.jsonl || fail "no evaluation on data.eval_path"
+  # expect_refused MESSAGE [overrides...]: refused by every rank with MESSAGE, exit non-zero.
+  expect_refused() {
+    local message=$1
+    shift
+    run 2 "$configs/tiny.yaml" "${docs[@]}" run.eval_every=0 "$@" && fail "accepted: $*"
+    grep -qF -- "$message" out.txt || { cat out.txt; fail "no message '$message' for: $*"; }
+    grep -q "^step " out.txt && fail "trained before refusing: $*"
+    return 0
+  }
+  expect_refused "cannot open token file 'missing.tok': No such file or directory" data.train_files=a.tok:1,missing.tok:1
+  expect_refused "blended files must share one vocabulary: data.train_files 'v300.tok' has vocab_size 300 but data.train_files 'a.tok' has 257" \
+    data.train_files=a.tok:1,v300.tok:1
+  expect_refused "data.train_files = 'a.tok:0.5,b.tok': entry 'b.tok' has no ':WEIGHT'" data.train_files=a.tok:0.5,b.tok
+  expect_refused "data.train_files needs data.eval_path to evaluate on" data.train_files=a.tok:1 run.eval_every=10
+  # v200.tok: a version-1 file of a vocabulary without the byte tokenizer's 256 records no end of document.
+  expect_refused "data.document_end_token = auto takes the end-of-document token the file records, but token file 'v200.tok' (tokenizer byte, vocab_size 200) records none" \
+    data.train_path=v200.tok
+  expect_refused "data.document_end_token = 400 is not a token of token file 'a.tok', whose vocab_size is 257" \
+    data.train_path=a.tok data.document_end_token=400
+  # A token beyond the header's vocab_size is found when its sequence is read (opening checks the
+  # header only), by the rank reading it: that rank names the file and position and takes every rank
+  # down (exit 1), no hang.
+  python3 -c 'import sys; b = bytearray(open("a.tok", "rb").read()); b[24:28] = (200).to_bytes(4, "little")
+open("bad.tok", "wb").write(b)' || fail "cannot write bad.tok"
+  SECONDS=0
+  expect_refused "error: token file 'bad.tok': token " data.train_path=bad.tok data.document_end_token=0
+  grep -q "is >= vocab_size 200" out.txt || { cat out.txt; fail "the bad token's message"; }
+  [ $SECONDS -lt 60 ] || fail "the job took $SECONDS s to stop"
+  ;;
 device_selection)
   # run.device = cuda where this build or machine cannot (no CUDA backend, or no GPU): one message
   # from rank 0, naming the rank and host where a machine lacks the GPU, exit 2 on every rank, before

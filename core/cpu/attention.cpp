@@ -8,6 +8,7 @@
 #include "core/backend.h"
 #include "core/cpu/fast_math.h"
 #include "core/cpu/gemm.h"
+#include "core/cpu/index_check.h"
 #include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
@@ -47,19 +48,29 @@ const RotaryTable& rotary_table(int64_t seq_len, int64_t head_dim, float theta) 
   return table;
 }
 
+// The document positions (checked: 0 <= positions[n] <= n % S), or null without them.
+const int32_t* document_positions(const char* op, const Tensor* positions, int64_t seq_len) {
+  if (positions == nullptr) return nullptr;
+  require_document_positions(op, *positions, seq_len);
+  return positions->i32();
+}
+
 // Calls pair(out + j, in + j, cos, sin) for the first column j = 2i of each column pair (2i, 2i + 1) of
-// each head of each row of in, out (N, C = H*Dh), with the cos and sin of row n's position n % S.
+// each head of each row of in, out (N, C = H*Dh), with the cos and sin of row n's position: n % S, or
+// positions[n] (checked to be in [0, n % S]).
 template <typename PairFn>
-void for_each_rotary_pair(float* out, const float* in, int64_t N, int64_t C, int64_t n_heads, int64_t seq_len,
-                          float theta, PairFn pair) {
+void for_each_rotary_pair(const char* op, float* out, const float* in, int64_t N, int64_t C, int64_t n_heads,
+                          int64_t seq_len, float theta, const Tensor* positions, PairFn pair) {
+  const int32_t* pos = document_positions(op, positions, seq_len);
   const int64_t head_dim = C / n_heads, half = head_dim / 2;
   const RotaryTable& table = rotary_table(seq_len, head_dim, theta);
   const float* pcos = table.cos.data();
   const float* psin = table.sin.data();
 #pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
-    const float* c = pcos + (n % seq_len) * half;
-    const float* s = psin + (n % seq_len) * half;
+    const int64_t position = pos != nullptr ? pos[n] : n % seq_len;
+    const float* c = pcos + position * half;
+    const float* s = psin + position * half;
     for (int64_t h = 0; h < n_heads; ++h) {
       const float* in_h = in + n * C + h * head_dim;
       float* out_h = out + n * C + h * head_dim;
@@ -103,18 +114,23 @@ struct AttentionPairs {
         scale(1.f / std::sqrt(static_cast<float>(head_dim))) {}
   // Where pair bh's block starts in the token rows: row b * S, column h * Dh.
   int64_t offset(int64_t bh) const { return (bh / n_heads) * S * C + (bh % n_heads) * head_dim; }
+  // The document positions of pair bh's sequence from row r0 (null: none given).
+  const int32_t* positions(const int32_t* pos, int64_t bh, int64_t r0) const {
+    return pos != nullptr ? pos + (bh / n_heads) * S + r0 : nullptr;
+  }
   int64_t C, head_dim, S, n_heads, count;
   float scale;
 };
 
 }  // namespace
 
-// ---- rotary position embedding: x, y, dx, dy (B*S, H*Dh); row n is position n % S ----
+// ---- rotary position embedding: x, y, dx, dy (B*S, H*Dh); row n is position n % S or positions[n] ----
 
 // (y0, y1) = (x0 cos - x1 sin, x0 sin + x1 cos) for each pair; both inputs are read before either
 // output is written, so y may be x.
-void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta) {
-  for_each_rotary_pair(y.f32(), x.f32(), x.dim(0), x.dim(1), n_heads, seq_len, theta,
+void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
+                    const Tensor* positions) {
+  for_each_rotary_pair("rotary_forward", y.f32(), x.f32(), x.dim(0), x.dim(1), n_heads, seq_len, theta, positions,
                        [](float* y_pair, const float* x_pair, float c, float s) {
                          const float x0 = x_pair[0], x1 = x_pair[1];
                          y_pair[0] = x0 * c - x1 * s;
@@ -123,8 +139,10 @@ void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len
 }
 
 // The transpose (inverse) rotation: (dx0, dx1) += (dy0 cos + dy1 sin, -dy0 sin + dy1 cos).
-void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta) {
-  for_each_rotary_pair(dx.f32(), dy.f32(), dy.dim(0), dy.dim(1), n_heads, seq_len, theta,
+void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
+                     const Tensor* positions) {
+  for_each_rotary_pair("rotary_backward", dx.f32(), dy.f32(), dy.dim(0), dy.dim(1), n_heads, seq_len, theta,
+                       positions,
                        [](float* dx_pair, const float* dy_pair, float c, float s) {
                          const float dy0 = dy_pair[0], dy1 = dy_pair[1];
                          dx_pair[0] += dy0 * c + dy1 * s;
@@ -141,40 +159,72 @@ void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_
 
 namespace {
 
+// The keys of a block (cols keys from c0) that query row r0 + ii sees, as columns [first, end) of the
+// block: keys [r0 + ii - positions[ii], r0 + ii] (from key 0 without positions). Empty only with
+// positions: a document starting after the block.
+struct SeenKeys {
+  int64_t first, end;
+};
+SeenKeys seen_keys(int64_t ii, int64_t cols, int64_t r0, int64_t c0, const int32_t* positions) {
+  const int64_t end = std::min(cols, r0 + ii + 1 - c0);
+  return {positions != nullptr ? std::max<int64_t>(0, r0 + ii - positions[ii] - c0) : 0, end};
+}
+
 // The forward's online softmax over one block of scores (rows, cols), key block starting at key c0,
-// query rows r0 + ii: masks keys after each query, replaces the scores by exp(s - m_new) (0 where
-// masked), updates the running max and sum, and returns each row's factor exp(m_old - m_new) for its
-// output accumulator in `correction`.
-void online_softmax_block(float* scores, int64_t rows, int64_t cols, int64_t r0, int64_t c0, float* row_max,
-                          float* row_sum, float* correction) {
+// query rows r0 + ii with their document positions (or null): masks the keys each query does not see,
+// replaces the scores by exp(s - m_new) (0 where masked), updates the running max and sum, and returns
+// each row's factor exp(m_old - m_new) for its output accumulator in `correction`.
+void online_softmax_block(float* scores, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
+                          const int32_t* positions, float* row_max, float* row_sum, float* correction) {
   for (int64_t ii = 0; ii < rows; ++ii) {
     float* s = scores + ii * cols;
-    const int64_t valid = std::min(cols, r0 + ii + 1 - c0);  // keys c0 .. r0 + ii, at least one (see kKeyBlock)
-    float block_max = s[0];
-    for (int64_t j = 1; j < valid; ++j) block_max = std::max(block_max, s[j]);
+    const auto [first, end] = seen_keys(ii, cols, r0, c0, positions);
+    if (first >= end) {  // nothing seen here: the accumulator stays as it is (0 while it is empty)
+      std::fill(s, s + cols, 0.f);
+      correction[ii] = row_max[ii] == -INFINITY ? 0.f : 1.f;
+      continue;
+    }
+    float block_max = s[first];
+    for (int64_t j = first + 1; j < end; ++j) block_max = std::max(block_max, s[j]);
     const float m_new = std::max(row_max[ii], block_max);
     // The first block of a row has row_max = -inf: its accumulator is empty, so the factor is 0.
     correction[ii] = row_max[ii] == -INFINITY ? 0.f : fast_exp(row_max[ii] - m_new);
     float sum = 0.f;
-    for (int64_t j = 0; j < valid; ++j) {
+    std::fill(s, s + first, 0.f);
+    for (int64_t j = first; j < end; ++j) {
       s[j] = fast_exp(s[j] - m_new);
       sum += s[j];
     }
-    std::fill(s + valid, s + cols, 0.f);
+    std::fill(s + end, s + cols, 0.f);
     row_sum[ii] = row_sum[ii] * correction[ii] + sum;
     row_max[ii] = m_new;
   }
 }
 
 // The backward's block of P in place of its scores (rows, cols), query rows r0 + ii, keys c0 + j:
-// exp(s - lse) where key <= query, 0 where masked.
-void recompute_probs_block(float* scores, int64_t rows, int64_t cols, int64_t r0, int64_t c0, const float* lse) {
+// exp(s - lse) where the query sees the key, 0 where masked.
+void recompute_probs_block(float* scores, int64_t rows, int64_t cols, int64_t r0, int64_t c0,
+                           const int32_t* positions, const float* lse) {
   for (int64_t ii = 0; ii < rows; ++ii) {
     float* s = scores + ii * cols;
-    const int64_t valid = std::min(cols, r0 + ii + 1 - c0);
-    for (int64_t j = 0; j < valid; ++j) s[j] = fast_exp(s[j] - lse[ii]);
-    std::fill(s + valid, s + cols, 0.f);
+    const auto [first, end] = seen_keys(ii, cols, r0, c0, positions);
+    if (first >= end) {
+      std::fill(s, s + cols, 0.f);
+      continue;
+    }
+    std::fill(s, s + first, 0.f);
+    for (int64_t j = first; j < end; ++j) s[j] = fast_exp(s[j] - lse[ii]);
+    std::fill(s + end, s + cols, 0.f);
   }
+}
+
+// The first key block a block of query rows [r0, r0 + rows) meets: block 0, or with positions the one
+// holding the earliest document start among the rows.
+int64_t first_key_block(int64_t r0, int64_t rows, const int32_t* positions) {
+  if (positions == nullptr) return 0;
+  int64_t first = r0;
+  for (int64_t ii = 0; ii < rows; ++ii) first = std::min<int64_t>(first, r0 + ii - positions[ii]);
+  return first / kKeyBlock * kKeyBlock;
 }
 
 // q, k or v as float32: the tensor itself, or its bfloat16 values widened (exactly) into `buffer`.
@@ -188,7 +238,8 @@ const float* as_f32(const Tensor& t, Tensor& buffer) {
 }  // namespace
 
 void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const Tensor& k, const Tensor& v,
-                              int64_t n_heads, int64_t seq_len) {
+                              int64_t n_heads, int64_t seq_len, const Tensor* positions) {
+  const int32_t* pos = document_positions("causal_attention_forward", positions, seq_len);
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
   const int64_t query_blocks = (S + kQueryBlock - 1) / kQueryBlock, tasks = pairs.count * query_blocks;
@@ -210,23 +261,25 @@ void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const T
     const float* V = pv + offset;
     float* O = pout + offset + r0 * C;  // the block's rows accumulate sum_j exp(s_ij - m_i) v_j here
     float* block_lse = plse + bh * S + r0;
+    const int32_t* block_pos = pairs.positions(pos, bh, r0);
     float* scores = scratch.scores.data();
     float* row_max = scratch.row_max.data();
     float* row_sum = scratch.row_sum.data();
     float* correction = scratch.row_term.data();
     std::fill(row_max, row_max + rows, -INFINITY);
     std::fill(row_sum, row_sum + rows, 0.f);
-    for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
+    const int64_t first_c0 = first_key_block(r0, rows, block_pos);
+    for (int64_t c0 = first_c0; c0 < r1; c0 += kKeyBlock) {
       const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
       // scores (rows, cols) = scale Q[r0:r1] K[c0:c0+cols]^T
       gemm(false, true, rows, cols, head_dim, pairs.scale, Q, C, K + c0 * C, C, 0.f, scores, cols);
-      online_softmax_block(scores, rows, cols, r0, c0, row_max, row_sum, correction);
-      if (c0 > 0)
+      online_softmax_block(scores, rows, cols, r0, c0, block_pos, row_max, row_sum, correction);
+      if (c0 > first_c0)
         for (int64_t ii = 0; ii < rows; ++ii)
           if (correction[ii] != 1.f)
             for (int64_t c = 0; c < head_dim; ++c) O[ii * C + c] *= correction[ii];
       // O[r0:r1] (rows, Dh) (+)= exp-scores V[c0:c0+cols]; the first block overwrites.
-      gemm(false, false, rows, head_dim, cols, 1.f, scores, cols, V + c0 * C, C, c0 == 0 ? 0.f : 1.f, O, C);
+      gemm(false, false, rows, head_dim, cols, 1.f, scores, cols, V + c0 * C, C, c0 == first_c0 ? 0.f : 1.f, O, C);
     }
     for (int64_t ii = 0; ii < rows; ++ii) {
       const float inv_sum = 1.f / row_sum[ii];  // row_sum >= 1: the max term is exp(0)
@@ -243,7 +296,8 @@ void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const T
 // thread, in order, and the pairs in parallel.
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                               int64_t n_heads, int64_t seq_len) {
+                               int64_t n_heads, int64_t seq_len, const Tensor* positions) {
+  const int32_t* pos = document_positions("causal_attention_backward", positions, seq_len);
   const AttentionPairs pairs(q, n_heads, seq_len);
   const int64_t C = pairs.C, head_dim = pairs.head_dim, S = pairs.S;
   Tensor q32, k32, v32;
@@ -269,6 +323,7 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
       const float* Q = pq + offset + r0 * C;
       const float* dO = pdout + offset + r0 * C;
       const float* block_lse = plse + bh * S + r0;
+      const int32_t* block_pos = pairs.positions(pos, bh, r0);
       if (need_ds)
         for (int64_t ii = 0; ii < rows; ++ii) {
           const float* o_row = pout + offset + (r0 + ii) * C;
@@ -276,12 +331,12 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
           for (int64_t c = 0; c < head_dim; ++c) dot += dO[ii * C + c] * o_row[c];
           D[ii] = dot;
         }
-      for (int64_t c0 = 0; c0 < r1; c0 += kKeyBlock) {
+      for (int64_t c0 = first_key_block(r0, rows, block_pos); c0 < r1; c0 += kKeyBlock) {
         const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;
         const float* K = pk + offset + c0 * C;
         const float* V = pv + offset + c0 * C;
         gemm(false, true, rows, cols, head_dim, pairs.scale, Q, C, K, C, 0.f, P, cols);
-        recompute_probs_block(P, rows, cols, r0, c0, block_lse);
+        recompute_probs_block(P, rows, cols, r0, c0, block_pos, block_lse);
         if (pdv != nullptr) gemm(true, false, cols, head_dim, rows, 1.f, P, cols, dO, C, 1.f, pdv + offset + c0 * C, C);
         if (!need_ds) continue;
         gemm(false, true, rows, cols, head_dim, 1.f, dO, C, V, C, 0.f, dS, cols);  // dP

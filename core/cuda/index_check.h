@@ -13,4 +13,8 @@ namespace moe::cuda {
 void require_indices_in_range(const char* op, const char* arg, const Tensor& index, int64_t lo, int64_t hi,
                               const char* note = "");
 
+// Throws the CPU backend's InvalidArgument unless 0 <= positions[n] <= n % seq_len for every token row
+// n (the document positions of core/ops.h); checked on the device, one synchronising copy.
+void require_document_positions(const char* op, const Tensor& positions, int64_t seq_len);
+
 }  // namespace moe::cuda

@@ -55,7 +55,7 @@ void AttentionLayer::make_split_indices(int64_t N) {
 }
 
 // x, y (N, d) with N = B * S.
-void AttentionLayer::forward(Tensor& y, const Tensor& x) {
+void AttentionLayer::forward(Tensor& y, const Tensor& x, const Tensor* positions) {
   const char* op = "AttentionLayer::forward";
   require_rank(op, "x", x, 2);
   const int64_t N = x.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
@@ -63,6 +63,7 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
               ", expected (B * seq_len, d_model) with seq_len = ", S, ", d_model = ", d);
   MOE_REQUIRE(N * 3 <= INT32_MAX, op, ": ", N, " tokens exceed the int32 row indices");
   make_split_indices(N);
+  positions_ = positions != nullptr ? *positions : Tensor();
   const DType products = product_dtype(cfg_.precision);
   x_ = as_dtype(x, x_bf16_, products);
   w_qkv_ = as_dtype(weights.w_qkv, w_qkv_bf16_, products);
@@ -76,7 +77,7 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x) {
   resize_on(lse_, {N / S, H, S}, device);
   resize_on(attn_, {N, d}, device);
   const AttentionProjections& p = *proj_;
-  causal_attention_forward(attn_, lse_, p.q_in, p.k_in, p.v_in, H, S);
+  causal_attention_forward(attn_, lse_, p.q_in, p.k_in, p.v_in, H, S, positions);
   attn_product_ = as_dtype(attn_, attn_bf16_, products);
   linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
@@ -96,8 +97,8 @@ void AttentionLayer::project() {
   gather_rows(p.k, qkv_rows, index_k_);
   gather_rows(p.v, qkv_rows, index_v_);
   if (cfg_.rotary) {
-    rotary_forward(p.q, p.q, H, S, cfg_.rope_theta);  // in place
-    rotary_forward(p.k, p.k, H, S, cfg_.rope_theta);
+    rotary_forward(p.q, p.q, H, S, cfg_.rope_theta, positions());  // in place
+    rotary_forward(p.k, p.k, H, S, cfg_.rope_theta, positions());
   }
   const DType products = product_dtype(cfg_.precision);
   p.q_in = as_dtype(p.q, p.q_bf16, products);
@@ -136,16 +137,16 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   resize_zeroed(dv_, {N, d}, device);
   if (cfg_.recompute) project();  // the shared projections hold another layer's, or nothing kept
   const AttentionProjections& p = *proj_;
-  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, p.q_in, p.k_in, p.v_in, attn_, lse_, H, S);
+  causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, p.q_in, p.k_in, p.v_in, attn_, lse_, H, S, positions());
 
   resize_zeroed(dqkv_, {N, 3 * d}, device);
   Tensor dqkv_rows = dqkv_.reshape({3 * N, d});
   if (cfg_.rotary) {
     resize_zeroed(d_pre_, {N, d}, device);
-    rotary_backward(d_pre_, dq_, H, S, cfg_.rope_theta);
+    rotary_backward(d_pre_, dq_, H, S, cfg_.rope_theta, positions());
     scatter_add_rows(dqkv_rows, d_pre_, index_q_);
     d_pre_.zero();
-    rotary_backward(d_pre_, dk_, H, S, cfg_.rope_theta);
+    rotary_backward(d_pre_, dk_, H, S, cfg_.rope_theta, positions());
     scatter_add_rows(dqkv_rows, d_pre_, index_k_);
   } else {
     scatter_add_rows(dqkv_rows, dq_, index_q_);

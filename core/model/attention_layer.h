@@ -61,8 +61,10 @@ class AttentionLayer {
 
   // x (B*S, d) -> y (B*S, d), overwritten; y must not be x. The rows are B sequences of S = seq_len
   // tokens, row b*S + s being position s of sequence b. Keeps a reference to x for backward: leave
-  // it unchanged until then.
-  void forward(Tensor& y, const Tensor& x);
+  // it unchanged until then. positions (B*S) int32 or null: each token's position in its document
+  // (core/ops.h): rotary rotates by it and the attention masks to each token's own document; kept by
+  // reference for backward too.
+  void forward(Tensor& y, const Tensor& x, const Tensor* positions = nullptr);
   // dy (B*S, d): accumulates dx (B*S, d) += dL/dx and the weight gradients. dx must not be dy.
   void backward(Tensor& dx, const Tensor& dy);
 
@@ -94,6 +96,8 @@ class AttentionLayer {
   // themselves (sharing storage), or with Precision::BF16 their bfloat16 copies in the *_bf16_ buffers,
   // the weights' made anew each forward (the optimizer changes the float32 masters every step).
   Tensor x_;      // (N, d) the input
+  Tensor positions_;  // (N) int32 the forward's document positions (shared storage), or undefined
+  const Tensor* positions() const { return positions_.defined() ? &positions_ : nullptr; }
   Tensor x_bf16_;
   Tensor w_qkv_, w_qkv_bf16_;  // (d, 3d)
   Tensor w_out_, w_out_bf16_;  // (d, d)

@@ -173,7 +173,7 @@ void TransformerLM::register_parameters(ParameterRegistry& registry) {
 // ---- forward and backward ----
 
 // inputs, targets (N) with N = B * S; every activation (N, d) unless noted.
-float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool training) {
+float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool training, const Tensor* positions) {
   const char* op = "TransformerLM::forward";
   require_rank(op, "inputs", inputs, 1);
   require_dtype(op, "inputs", inputs, DType::I32);
@@ -181,10 +181,15 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   MOE_REQUIRE(N % S == 0, op, ": inputs has ", N, " tokens, expected whole sequences of seq_len = ", S);
   require_shape(op, "targets", targets, {N});
   require_dtype(op, "targets", targets, DType::I32);
-  require_same_device(op, {&inputs, &targets, &weights.embedding});
+  if (positions != nullptr) {
+    require_shape(op, "positions", *positions, {N});
+    require_dtype(op, "positions", *positions, DType::I32);
+  }
+  require_same_device(op, {&inputs, &targets, &weights.embedding, positions});
   forward_done_ = false;  // until this forward completes: a forward that throws leaves no backward
   inputs_ = inputs;
   targets_ = targets;
+  document_positions_ = positions != nullptr ? *positions : Tensor();
 
   resize_on(h0_, {N, d}, device_);
   embedding_forward(h0_, inputs, weights.embedding);
@@ -194,7 +199,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
       index_ramp(position_ids_, 0, 1, S);  // position of token n: n mod seq_len
     }
     resize_on(position_rows_, {N, d}, device_);
-    embedding_forward(position_rows_, position_ids_, weights.positions);
+    embedding_forward(position_rows_, learned_position_ids(), weights.positions);
     add_scaled(h0_, position_rows_, 1.f);
   }
 
@@ -206,7 +211,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     resize_on(blk.b, {N, d}, device_);
     resize_on(blk.out, {N, d}, device_);
     blk.norm1.forward(blk.a, x);
-    blk.attn.forward(blk.r, blk.a);
+    blk.attn.forward(blk.r, blk.a, positions);
     add_scaled(blk.r, x, 1.f);  // r = x + attn(norm1(x))
     blk.norm2.forward(blk.b, blk.r);
     if (blk.moe) {
@@ -277,7 +282,7 @@ void TransformerLM::backward() {
   }
 
   embedding_backward(grads.embedding, dh_, inputs_);  // += lookup part
-  if (cfg_.positions == PositionKind::Learned) embedding_backward(grads.positions, dh_, position_ids_);
+  if (cfg_.positions == PositionKind::Learned) embedding_backward(grads.positions, dh_, learned_position_ids());
 }
 
 // ---- accessors and counts ----

@@ -62,7 +62,10 @@ class TransformerLM {
   // with their evaluation capacity factor and without router jitter. Keeps references to inputs and
   // targets (not copies) for backward: leave them unchanged until then. Collective over the expert
   // groups when distributed (every rank must call it, with the same B).
-  float forward(const Tensor& inputs, const Tensor& targets, bool training);
+  // positions (B*S) int32 on device(), or null: each token's position in its document (core/ops.h,
+  // "Documents packed into a sequence"), which the rotary or learned positions use and to which every
+  // attention layer masks; null is one document per sequence (position n % S). Kept by reference too.
+  float forward(const Tensor& inputs, const Tensor& targets, bool training, const Tensor* positions = nullptr);
 
   // Backward of the last forward from dloss = 1 on its cross-entropy: accumulates into every
   // registered gradient (zero them first). Each MoE layer adds the gradients of its own aux and
@@ -138,6 +141,11 @@ class TransformerLM {
   bool forward_done_ = false;
   Tensor inputs_, targets_;  // (N) int32, shared storage with the caller's
   Tensor position_ids_;      // (N) int32: n % S
+  Tensor document_positions_;  // (N) int32 the forward's positions argument (shared storage), or undefined
+  // What the learned position table is read at: the document positions, else n % S.
+  const Tensor& learned_position_ids() const {
+    return document_positions_.defined() ? document_positions_ : position_ids_;
+  }
   Tensor h0_;                // (N, d) embedding (+ positions)
   Tensor position_rows_;     // (N, d) positions[n % S]
   Tensor z_;                 // (N, d) final norm output

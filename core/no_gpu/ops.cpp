@@ -78,13 +78,14 @@ void linear_transposed_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, 
   MOE_NO_CUDA(linear_transposed_backward);
 }
 
-void rotary_forward(Tensor&, const Tensor&, int64_t, int64_t, float) { MOE_NO_CUDA(rotary_forward); }
-void rotary_backward(Tensor&, const Tensor&, int64_t, int64_t, float) { MOE_NO_CUDA(rotary_backward); }
-void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t) {
+void rotary_forward(Tensor&, const Tensor&, int64_t, int64_t, float, const Tensor*) { MOE_NO_CUDA(rotary_forward); }
+void rotary_backward(Tensor&, const Tensor&, int64_t, int64_t, float, const Tensor*) { MOE_NO_CUDA(rotary_backward); }
+void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t,
+                              const Tensor*) {
   MOE_NO_CUDA(causal_attention_forward);
 }
 void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
-                               const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t) {
+                               const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t, const Tensor*) {
   MOE_NO_CUDA(causal_attention_backward);
 }
 

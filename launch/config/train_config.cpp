@@ -439,7 +439,11 @@ std::vector<Key> build_schema() {
   SectionKeys<D> data(keys, "data", &TrainConfig::data);
   data.choice("source", &D::source, {{"synthetic", DataSource::Synthetic}, {"tokens", DataSource::Tokens}},
               "synthetic: the built-in Markov-chain corpus; tokens: a token file (train_path)");
-  data.string("train_path", &D::train_path, kAnyString, "token file to train on; required when source = tokens");
+  data.string("train_path", &D::train_path, kAnyString,
+              "token file to train on; source = tokens needs it or train_files");
+  data.string("train_files", &D::train_files, kAnyString,
+              "token files blended by weight, instead of train_path: PATH:WEIGHT,PATH:WEIGHT,... (relative "
+              "weights; the same vocabulary; evaluation needs eval_path)");
   data.string("eval_path", &D::eval_path, kAnyString,
               "token file to evaluate on; empty = the last eval_fraction of the training sequences");
   data.string("tokenizer", &D::tokenizer, kAnyString,
@@ -454,6 +458,13 @@ std::vector<Key> build_schema() {
                "synthetic: successors per token");
   data.integer("synthetic_sequences", &D::synthetic_sequences, D::kSyntheticSequencesRange,
                "synthetic: sequences in the corpus");
+  data.boolean("document_mask", &D::document_mask,
+               "tokens: attend only within each document of a packed sequence, positions restarting at each "
+               "document (documents end with document_end_token)");
+  data.integer_or_word("document_end_token", &D::document_end_token, D::kDocumentEndTokenRange, "auto",
+                       D::kAutoEndToken,
+                       "the token that ends a document, for document_mask; auto = the end-of-document token "
+                       "the token file records (256 for the byte tokenizer)");
 
   SectionKeys<CheckpointConfig> checkpoint(keys, "checkpoint", &TrainConfig::checkpoint);
   checkpoint.string("dir", &CheckpointConfig::dir, kAnyString, "checkpoint directory; empty = <run.dir>/checkpoints");

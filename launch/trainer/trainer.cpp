@@ -19,8 +19,10 @@
 #include "core/cpu/gemm.h"
 #include "core/random.h"
 #include "core/timer.h"
+#include "data/blended_source.h"
 #include "data/data_loader.h"
 #include "data/tokenizer.h"
+#include "data/documents.h"
 #include "launch/trainer/device_selection.h"
 #include "launch/trainer/expert_changes.h"
 #include "launch/trainer/routing_stats.h"
@@ -53,10 +55,14 @@ struct DataSources {
   std::unique_ptr<SequenceSource> train;
   std::unique_ptr<SequenceSource> eval_file;  // null: evaluation uses the held-out split of train
   IndexRange train_range, eval_range;
+  int32_t document_end = -1;  // with data.document_mask: the token ending a document; else -1
   const SequenceSource& eval() const { return eval_file ? *eval_file : *train; }
 };
 
-std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const TrainConfig& cfg) {
+// Opens token file `path` and checks it against the run. With data.document_mask, *document_end becomes
+// the token ending its documents (resolve_document_end_token: the file's record for "auto").
+std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const TrainConfig& cfg,
+                                                  int32_t* document_end) {
   auto src = std::make_unique<TokenFileSource>(path, cfg.model.seq_len);
   const TokenizerRecord& made_by = src->tokenizer();
   // A larger model vocabulary is fine (rows no token uses, as in padded vocabularies); a smaller one
@@ -71,27 +77,61 @@ std::unique_ptr<SequenceSource> open_token_source(const std::string& path, const
                 "' has fingerprint ", fingerprint_text(fingerprint), "; tokenize the data with data.tokenizer (moe-tokenize), or set it to the "
                 "tokenizer that made the file");
   }
+  if (cfg.data.document_mask)
+    *document_end = resolve_document_end_token(cfg.data, made_by, src->vocab_size(), "token file '" + path + "'");
   return src;
+}
+
+// data.train_files: every file opened and checked (open_token_source), then blended; their documents must
+// end with the same token.
+std::unique_ptr<SequenceSource> open_blend(const TrainConfig& cfg, int32_t* document_end) {
+  std::vector<std::unique_ptr<SequenceSource>> sources;
+  std::vector<double> weights;
+  std::vector<std::string> names;
+  for (const WeightedFile& f : parse_train_files(cfg.data.train_files)) {
+    int32_t end = -1;
+    sources.push_back(open_token_source(f.path, cfg, &end));
+    MOE_REQUIRE(names.empty() || end == *document_end, "data.train_files end documents with different tokens: ",
+                names.front(), " with ", *document_end, ", '", f.path, "' with ", end,
+                " (data.document_end_token = auto takes each file's); set data.document_end_token");
+    *document_end = end;
+    weights.push_back(f.weight);
+    names.push_back("data.train_files '" + f.path + "'");
+  }
+  return std::make_unique<BlendedSource>(std::move(sources), weights, names, static_cast<uint64_t>(cfg.run.seed));
 }
 
 DataSources open_data(const TrainConfig& cfg, int world_size, bool eval_only) {
   DataSources d;
+  const bool evaluates = cfg.run.eval_every > 0 || eval_only;
   if (cfg.data.source == DataSource::Synthetic) {
     d.train = std::make_unique<SyntheticSource>(cfg.data, cfg.model.vocab_size, cfg.model.seq_len,
                                                 static_cast<uint64_t>(cfg.run.seed));
+  } else if (!cfg.data.train_files.empty()) {
+    // A held-out split of the blend's draws would read the same sequences as training draws.
+    MOE_REQUIRE(!evaluates || !cfg.data.eval_path.empty(), "data.train_files needs data.eval_path to evaluate on "
+                "(run.eval_every = ", cfg.run.eval_every, "): a blend has no held-out split; give a token file "
+                "or set run.eval_every = 0");
+    d.train = open_blend(cfg, &d.document_end);
   } else {
-    d.train = open_token_source(cfg.data.train_path, cfg);
+    d.train = open_token_source(cfg.data.train_path, cfg, &d.document_end);
   }
   if (!cfg.data.eval_path.empty()) {
-    d.eval_file = open_token_source(cfg.data.eval_path, cfg);
+    int32_t eval_end = d.document_end;
+    d.eval_file = open_token_source(cfg.data.eval_path, cfg, &eval_end);
+    MOE_REQUIRE(eval_end == d.document_end, "data.eval_path ends documents with token ", eval_end,
+                ", the training data with ", d.document_end, " (data.document_end_token = auto takes each file's); "
+                "set data.document_end_token");
     d.train_range = {0, d.train->num_sequences()};
     d.eval_range = {0, d.eval_file->num_sequences()};
+  } else if (!cfg.data.train_files.empty()) {
+    d.train_range = {0, d.train->num_sequences()};  // no evaluation (checked above)
   } else {
     DataSplit split = make_split(*d.train, cfg.data.eval_fraction);
     d.train_range = split.train;
     d.eval_range = split.eval;
   }
-  MOE_REQUIRE((cfg.run.eval_every == 0 && !eval_only) || d.eval_range.size() >= world_size, "the held-out split has ",
+  MOE_REQUIRE(!evaluates || d.eval_range.size() >= world_size, "the held-out split has ",
               d.eval_range.size(), " sequences, fewer than the ", world_size,
               " ranks; raise data.eval_fraction or give data.eval_path");
   return d;
@@ -247,6 +287,9 @@ class Trainer {
   bool step(int64_t step);      // one optimizer step; true when a rank asked to stop
   void log(int64_t step, double lr, double grad_norm);
   double evaluate();            // mean held-out loss over all ranks
+  // With data.document_mask: the document positions of the batch `inputs` (host, B*S) in *device (on the
+  // model's device, resized), for the model's forward; null without the mask.
+  const Tensor* document_positions_of(const Tensor& inputs, Tensor* device);
   void save(int64_t step);
   void finish();                // the routing report and DONE
   std::string routing_description() const;  // the MoE layers' routing in words, for the report and TensorBoard
@@ -292,6 +335,7 @@ class Trainer {
   std::vector<int64_t> domains_;
   Tensor host_inputs_, host_targets_;  // the loader's batch
   Tensor inputs_, targets_;            // the same on the model's device
+  Tensor positions_;                   // with data.document_mask: the batch's document positions there
   Watchdog watchdog_;
 
   TrainResult result_;
@@ -646,10 +690,11 @@ bool Trainer::step(int64_t step) {
     loader_.next_batch(host_inputs_.i32(), host_targets_.i32(), domains_.data());
     inputs_.copy_from(host_inputs_);
     targets_.copy_from(host_targets_);
+    const Tensor* positions = document_positions_of(host_inputs_, &positions_);
     timer.lap(&time_.data);
 
     watchdog_.phase("forward");
-    sums[0] += model_->forward(inputs_, targets_, /*training=*/true);
+    sums[0] += model_->forward(inputs_, targets_, /*training=*/true, positions);
     sums[1] += model_->aux_loss();
     sums[2] += model_->z_loss();
     timer.lap(&time_.forward);
@@ -790,11 +835,23 @@ double Trainer::evaluate() {
       std::copy(seq.begin(), seq.end() - 1, in.begin() + i * S_);
       std::copy(seq.begin() + 1, seq.end(), tg.begin() + i * S_);
     }
-    const Tensor ti = Tensor::from_ints({n}, in).to(model_->device());
+    const Tensor host_in = Tensor::from_ints({n}, in);
+    const Tensor ti = host_in.to(model_->device());
     const Tensor tt = Tensor::from_ints({n}, tg).to(model_->device());
-    sum += model_->forward(ti, tt, /*training=*/false);
+    Tensor positions;
+    sum += model_->forward(ti, tt, /*training=*/false, document_positions_of(host_in, &positions));
   }
   return all_reduce_value(world_, sum) / static_cast<double>(W_ * batches);
+}
+
+const Tensor* Trainer::document_positions_of(const Tensor& inputs, Tensor* device) {
+  if (data_.document_end < 0) return nullptr;
+  const int64_t n = inputs.numel();
+  Tensor host = Tensor::empty({n}, DType::I32);
+  document_positions(inputs.i32(), n / S_, S_, data_.document_end, host.i32());
+  resize_on(*device, {n}, model_->device(), DType::I32);
+  device->copy_from(host);
+  return device;
 }
 
 // The checkpoint of the state after `step` steps.
