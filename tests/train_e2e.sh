@@ -553,12 +553,11 @@ PY
     { cat out.txt; fail "the condition did not split the experts after step 2"; }
   ;;
 expert_schedule_ep)
-  # The same schedule with ep = 1 and ep = 2 on 2 ranks: the same loss curve before and after the
-  # changes (each rank gathers its group's experts, edits them alike and takes its new shard).
-  sched='moe.schedule=at 8 remove 1,2; at 16 add 4; at 22 split 0,3'
-  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1 "$sched" || { cat out.txt; fail "ep=1 run failed"; }
-  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=2 run.dir=ep2 "$sched" || { cat out.txt; fail "ep=2 run failed"; }
-  python3 - <(losses ep1/metrics.jsonl) <(losses ep2/metrics.jsonl) <<'PY' || fail "loss curves differ"
+  # The same schedule with ep = 1 and ep = 2 on 2 ranks, and with ep = 1 and ep = 4 on 4 ranks: the
+  # same loss curve before and after the changes (each rank gathers its group's experts, edits them
+  # alike and takes its new shard).
+  same_curves() {
+    python3 - <(losses "$1"/metrics.jsonl) <(losses "$2"/metrics.jsonl) <<'PY' || fail "loss curves of $1 and $2 differ"
 import sys
 a = [float(x) for x in open(sys.argv[1])]
 b = [float(x) for x in open(sys.argv[2])]
@@ -569,6 +568,17 @@ worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
 assert worst < 1e-4, f"worst relative difference {worst}"
 print(f"worst relative difference over 30 steps with 3 expert changes: {worst:.2e}")
 PY
+  }
+  sched='moe.schedule=at 8 remove 1,2; at 16 add 4; at 22 split 0,3'
+  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1 "$sched" || { cat out.txt; fail "ep=1 run failed"; }
+  run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=2 run.dir=ep2 "$sched" || { cat out.txt; fail "ep=2 run failed"; }
+  same_curves ep1 ep2
+  # Every layout of 4 ranks keeps a multiple of 4 experts: 4 -> 8 -> 12 -> 8.
+  sched='moe.schedule=at 8 add 4; at 16 split 0,3,5,6; at 22 remove 1,2,4,7'
+  run 4 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1of4 "$sched" || { cat out.txt; fail "ep=1 run on 4 ranks failed"; }
+  run 4 "$configs/tiny.yaml" "${short[@]}" parallel.ep=4 run.dir=ep4 "$sched" || { cat out.txt; fail "ep=4 run failed"; }
+  grep -q "8 -> 12 experts" out.txt || { cat out.txt; fail "the ep=4 run did not split"; }
+  same_curves ep1of4 ep4
   ;;
 bad_schedule)
   # A schedule the layout cannot take: one message naming the event, non-zero exit, nothing written.
