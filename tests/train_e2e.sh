@@ -22,6 +22,21 @@ losses() { python3 -c 'import json,sys
 for line in open(sys.argv[1]):
     m = json.loads(line)
     if "loss" in m: print(repr(m["loss"]))' "$1"; }
+# same_curves DIR_A DIR_B: the two runs' 30 training losses agree to 1e-4 relative. For runs of the
+# same math on other layouts: rounding differences of ~1e-7 relative grow over 30 AdamW steps; 1e-4 is
+# far below any real difference (a wrong expert, lost optimizer state or a wrong gradient scale changes
+# the loss at the 1e-2 level within a step).
+same_curves() {
+  python3 - <(losses "$1"/metrics.jsonl) <(losses "$2"/metrics.jsonl) <<'PY' || fail "loss curves of $1 and $2 differ"
+import sys
+a = [float(x) for x in open(sys.argv[1])]
+b = [float(x) for x in open(sys.argv[2])]
+assert len(a) == len(b) == 30, (len(a), len(b))
+worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
+assert worst < 1e-4, f"worst relative difference {worst}"
+print(f"worst relative difference over 30 steps: {worst:.2e}")
+PY
+}
 # Whether this build has the CUDA backend (MOE_CUDA_BUILT, set by CMake) and the machine a GPU.
 have_gpu() {
   [ "${MOE_CUDA_BUILT:-OFF}" = ON ] && command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q '^GPU'
@@ -201,17 +216,7 @@ ep_equivalence)
   # float32 summation order (GEMMs over different row blocks, all-reduce order).
   run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1 || { cat out.txt; fail "ep=1 run failed"; }
   run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=2 run.dir=ep2 || { cat out.txt; fail "ep=2 run failed"; }
-  python3 - <(losses ep1/metrics.jsonl) <(losses ep2/metrics.jsonl) <<'PY' || fail "loss curves differ"
-import sys
-a = [float(x) for x in open(sys.argv[1])]
-b = [float(x) for x in open(sys.argv[2])]
-assert len(a) == len(b) == 30, (len(a), len(b))
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-# Rounding differences of ~1e-7 relative grow over 30 AdamW steps; 1e-4 is far below any real
-# difference (a wrong expert or gradient scale changes the loss at the 1e-2 level within a step).
-assert worst < 1e-4, f"worst relative difference {worst}"
-print(f"worst relative difference over 30 steps: {worst:.2e}")
-PY
+  same_curves ep1 ep2
   ;;
 bad_config)
   printf 'run:\n  steps: 10\nmoe:\n  top_kk: 2\n' >bad.yaml
@@ -556,19 +561,6 @@ expert_schedule_ep)
   # The same schedule with ep = 1 and ep = 2 on 2 ranks, and with ep = 1 and ep = 4 on 4 ranks: the
   # same loss curve before and after the changes (each rank gathers its group's experts, edits them
   # alike and takes its new shard).
-  same_curves() {
-    python3 - <(losses "$1"/metrics.jsonl) <(losses "$2"/metrics.jsonl) <<'PY' || fail "loss curves of $1 and $2 differ"
-import sys
-a = [float(x) for x in open(sys.argv[1])]
-b = [float(x) for x in open(sys.argv[2])]
-assert len(a) == len(b) == 30, (len(a), len(b))
-worst = max(abs(x - y) / abs(x) for x, y in zip(a, b))
-# As in ep_equivalence: float32 reordering noise (~1e-7) grown over 30 AdamW steps stays far below
-# 1e-4; a wrong expert moved, or optimizer state lost, changes the loss at the 1e-2 level.
-assert worst < 1e-4, f"worst relative difference {worst}"
-print(f"worst relative difference over 30 steps with 3 expert changes: {worst:.2e}")
-PY
-  }
   sched='moe.schedule=at 8 remove 1,2; at 16 add 4; at 22 split 0,3'
   run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=1 run.dir=ep1 "$sched" || { cat out.txt; fail "ep=1 run failed"; }
   run 2 "$configs/tiny.yaml" "${short[@]}" parallel.ep=2 run.dir=ep2 "$sched" || { cat out.txt; fail "ep=2 run failed"; }
