@@ -248,7 +248,7 @@ documents_and_blend)
   make_tokens=$configs/../tests/make_token_file.py
   python3 "$make_tokens" a.tok 257 40000 1 && python3 "$make_tokens" b.tok 257 20000 2 &&
     python3 "$make_tokens" held.tok 257 8000 3 && python3 "$make_tokens" v300.tok 300 8000 4 &&
-    python3 "$make_tokens" v200.tok 200 8000 5 ||
+    python3 "$make_tokens" v200.tok 200 8000 5 && python3 "$make_tokens" end2.tok 257 8000 6 2 ||
     fail "cannot write the token files"
   docs=(data.source=tokens model.vocab_size=300 data.document_mask=true run.steps=20 run.log_every=10)
   run 2 "$configs/tiny.yaml" "${docs[@]}" data.train_files=a.tok:0.7,b.tok:0.3 data.eval_path=held.tok \
@@ -272,6 +272,11 @@ documents_and_blend)
   # v200.tok: a version-1 file of a vocabulary without the byte tokenizer's 256 records no end of document.
   expect_refused "data.document_end_token = auto takes the end-of-document token the file records, but token file 'v200.tok' (tokenizer byte, vocab_size 200) records none" \
     data.train_path=v200.tok
+  # end2.tok records token 2 as its end of document, a.tok (version 1) the byte tokenizer's 256.
+  expect_refused "data.train_files end documents with different tokens: data.train_files 'a.tok' with 256, 'end2.tok' with 2" \
+    data.train_files=a.tok:1,end2.tok:1 data.eval_path=held.tok
+  expect_refused "data.eval_path ends documents with token 2, the training data with 256" \
+    data.train_path=a.tok data.eval_path=end2.tok run.eval_every=10
   expect_refused "data.document_end_token = 400 is not a token of token file 'a.tok', whose vocab_size is 257" \
     data.train_path=a.tok data.document_end_token=400
   # A token beyond the header's vocab_size is found when its sequence is read (opening checks the
