@@ -13,6 +13,8 @@ import random
 import struct
 import sys
 
+from checkpoint_metadata import crc32c  # beside this file
+
 out, vocab, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 end = int(sys.argv[5]) if len(sys.argv) > 5 else (256 if vocab > 256 else None)
 rng = random.Random(seed)
@@ -26,15 +28,6 @@ while len(tokens) < count:
         tokens.append(end)
 tokens = tokens[:count]
 width = 1 if vocab <= 256 else 2 if vocab <= 65536 else 4
-
-
-def crc32c(data):
-    crc = 0xFFFFFFFF
-    for byte in data:
-        crc ^= byte
-        for _ in range(8):
-            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
-    return crc ^ 0xFFFFFFFF
 
 
 record = b""

@@ -286,6 +286,22 @@ void expect_close(const char* what, const Tensor& got, const std::vector<double>
   if (std::getenv("MOE_TEST_VERBOSE") != nullptr) std::printf("%s: worst relative error %.3g\n", what, worst);
 }
 
+// The attention backward's dq, dk, dv against finite differences of `loss` (labelled `what`). Shapes of
+// at most 64 elements check every element; larger ones 24 sampled per input (named by `sample`), spread
+// over every block. S = 1: out = v, so the gradients of q and k are exactly 0, and the check is that they are.
+template <class Loss>
+void expect_attention_gradients(const std::string& what, const std::string& sample, Tensor& q, Tensor& k, Tensor& v,
+                                const Tensor& dq, const Tensor& dk, const Tensor& dv, int64_t S, Loss& loss) {
+  const bool small = q.numel() <= 64;
+  const double qk_vacuous = S == 1 ? -1.0 : kOpNotVacuous;
+  expect_gradient(what + " dq", q, dq, loss, kOpTol, qk_vacuous,
+                  small ? all_elements(q) : sample_elements(q, 24, sample + ".q"));
+  expect_gradient(what + " dk", k, dk, loss, kOpTol, qk_vacuous,
+                  small ? all_elements(k) : sample_elements(k, 24, sample + ".k"));
+  expect_gradient(what + " dv", v, dv, loss, kOpTol, kOpNotVacuous,
+                  small ? all_elements(v) : sample_elements(v, 24, sample + ".v"));
+}
+
 TEST_P(CausalAttention, ForwardAndBackwardMatchTheFullSoftmaxInDouble) {
   const auto [B, H, S, Dh, name] = GetParam();
   AttentionTensors t(GetParam(), "att");
@@ -362,16 +378,7 @@ TEST_P(CausalAttention, BackwardMatchesFiniteDifferences) {
     causal_attention_forward(out, lse, q, k, v, H, S);
     return weighted_sum(out, r);
   };
-  // Larger shapes: 24 sampled elements per input, spread over every block, instead of all of them.
-  const bool small = q.numel() <= 64;
-  // S = 1: out = v, so the gradients of q and k are exactly 0, and the check is that they are.
-  const double qk_vacuous = S == 1 ? -1.0 : kOpNotVacuous;
-  expect_gradient("attention dq", q, dq, loss, kOpTol, qk_vacuous,
-                  small ? all_elements(q) : sample_elements(q, 24, "s.q"));
-  expect_gradient("attention dk", k, dk, loss, kOpTol, qk_vacuous,
-                  small ? all_elements(k) : sample_elements(k, 24, "s.k"));
-  expect_gradient("attention dv", v, dv, loss, kOpTol, kOpNotVacuous,
-                  small ? all_elements(v) : sample_elements(v, 24, "s.v"));
+  expect_attention_gradients("attention", "s", q, k, v, dq, dk, dv, S, loss);
 }
 
 // Documents packed into each sequence (test_document_positions): forward and backward match the
@@ -395,14 +402,7 @@ TEST_P(CausalAttention, DocumentMaskMatchesTheReferenceAndFiniteDifferences) {
     causal_attention_forward(out, lse, q, k, v, H, S, &positions);
     return weighted_sum(out, r);
   };
-  const bool small = q.numel() <= 64;
-  const double qk_vacuous = S == 1 ? -1.0 : kOpNotVacuous;
-  expect_gradient("masked attention dq", q, dq, loss, kOpTol, qk_vacuous,
-                  small ? all_elements(q) : sample_elements(q, 24, "d.q"));
-  expect_gradient("masked attention dk", k, dk, loss, kOpTol, qk_vacuous,
-                  small ? all_elements(k) : sample_elements(k, 24, "d.k"));
-  expect_gradient("masked attention dv", v, dv, loss, kOpTol, kOpNotVacuous,
-                  small ? all_elements(v) : sample_elements(v, 24, "d.v"));
+  expect_attention_gradients("masked attention", "d", q, k, v, dq, dk, dv, S, loss);
 }
 
 TEST(Rotary, DocumentPositionsRotateByThePositionInTheDocument) {
