@@ -282,6 +282,13 @@ TEST(Config, CrossFieldChecksNameTheValuesInvolved) {
   expect_message(parse_error("model:\n  d_model: 12\n  n_heads: 4\n"),
                  {"config: model.positions = rotary needs an even head dim", "d_model / n_heads = 12 / 4 = 3"});
   EXPECT_NO_THROW(parse("model:\n  d_model: 12\n  n_heads: 4\n  positions: learned\n"));
+  expect_message(parse_error("model:\n  n_heads: 4\n  n_kv_heads: 3\n"),
+                 {"config: model.n_kv_heads = 3 does not divide n_heads = 4", "0 = n_heads"});
+  const TrainConfig gqa = parse("model:\n  n_heads: 4\n  n_kv_heads: 2\n  rope_theta: 1e6\n  norm_eps: 1e-6\n");
+  EXPECT_EQ(gqa.model.kv_heads(), 2);
+  EXPECT_EQ(gqa.model.rope_theta, 1e6f);
+  EXPECT_EQ(gqa.model.norm_eps, 1e-6f);
+  EXPECT_EQ(parse("").model.kv_heads(), parse("").model.n_heads);
   expect_message(parse_error("moe:\n  num_experts: 4\n  top_k: 5\n"), {"config: moe.top_k = 5 must be <= num_experts = 4"});
   // Expert choice: the aux-loss default becomes 0; an explicit coefficient is refused naming both keys.
   EXPECT_EQ(parse("moe:\n  routing: expert_choice\n").moe.aux_loss_coeff, 0.0f);

@@ -603,6 +603,8 @@ TEST(DenseFFN, EveryActivationMatchesFiniteDifferences) {
   }
 }
 
+class GroupedAttention : public ::testing::TestWithParam<int64_t> {};  // the parameter: n_kv_heads
+
 AttentionConfig small_attention(bool rotary) {
   AttentionConfig cfg;
   cfg.d_model = 8;
@@ -615,10 +617,11 @@ AttentionConfig small_attention(bool rotary) {
   return cfg;
 }
 
-TEST(AttentionLayer, MatchesFiniteDifferencesWithAndWithoutRotary) {
-  for (bool rotary : {false, true}) {
-    SCOPED_TRACE(rotary ? "rotary" : "no positions");
-    const AttentionConfig cfg = small_attention(rotary);
+TEST(AttentionLayer, MatchesFiniteDifferencesWithAndWithoutRotaryAndGroupedHeads) {
+  for (auto [rotary, kv_heads] : {std::pair{false, 2}, {true, 2}, {true, 1}}) {
+    SCOPED_TRACE(std::string(rotary ? "rotary" : "no positions") + ", kv heads " + std::to_string(kv_heads));
+    AttentionConfig cfg = small_attention(rotary);
+    cfg.n_kv_heads = kv_heads;
     const int64_t N = 2 * cfg.seq_len, d = cfg.d_model;
     AttentionLayer attn(cfg, kSeed, "attn");
     LayerProbe probe(attn, N, d, "al");
@@ -629,12 +632,16 @@ TEST(AttentionLayer, MatchesFiniteDifferencesWithAndWithoutRotary) {
   }
 }
 
-TEST(AttentionLayer, ForwardIsTheComposedReference) {
+TEST_P(GroupedAttention, ForwardIsTheComposedReference) {
   // y = attention(rotary(x Wq), rotary(x Wk), x Wv) Wout, recomputed here from the ops and the
-  // double-precision references.
-  const AttentionConfig cfg = small_attention(true);
-  const int64_t S = cfg.seq_len, N = 3 * S, d = cfg.d_model, H = cfg.n_heads;
+  // double-precision references; query head h reads key/value head h / (H / KV).
+  AttentionConfig cfg = small_attention(true);
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = GetParam();
+  const int64_t S = cfg.seq_len, N = 3 * S, d = cfg.d_model, H = cfg.n_heads, Dh = cfg.head_dim();
+  const int64_t KV = cfg.kv_heads(), W = cfg.qkv_width(), group = H / KV;
   AttentionLayer attn(cfg, kSeed, "attn");
+  ASSERT_EQ(attn.weights.w_qkv.shape(), (Shape{d, d + 2 * KV * Dh}));
   Tensor x = normal_tensor({N, d}, 1.f, kSeed, "alr.x");
   Tensor y = Tensor::empty({N, d});
   attn.forward(y, x);
@@ -642,12 +649,13 @@ TEST(AttentionLayer, ForwardIsTheComposedReference) {
   Tensor q = Tensor::zeros({N, d}), k = Tensor::zeros({N, d}), v = Tensor::zeros({N, d});
   for (int64_t n = 0; n < N; ++n)
     for (int64_t c = 0; c < d; ++c) {
+      const int64_t kv_col = (c / Dh / group) * Dh + c % Dh;
       double sq = 0, sk = 0, sv = 0;
       for (int64_t i = 0; i < d; ++i) {
         const double xi = x.f32()[n * d + i];
-        sq += xi * w[i * 3 * d + c];
-        sk += xi * w[i * 3 * d + d + c];
-        sv += xi * w[i * 3 * d + 2 * d + c];
+        sq += xi * w[i * W + c];
+        sk += xi * w[i * W + d + kv_col];
+        sv += xi * w[i * W + d + KV * Dh + kv_col];
       }
       q.f32()[n * d + c] = static_cast<float>(sq);
       k.f32()[n * d + c] = static_cast<float>(sk);
@@ -666,6 +674,7 @@ TEST(AttentionLayer, ForwardIsTheComposedReference) {
       ASSERT_NEAR(y.f32()[n * d + c], yc, 2e-5) << "row " << n << " col " << c;
     }
 }
+INSTANTIATE_TEST_SUITE_P(KvHeads, GroupedAttention, ::testing::Values(4, 2, 1));
 
 TEST(AttentionLayer, SavesNoProbabilitiesForBackward) {
   // S = 512 and Dh = 8: the (B, H, S, S) probabilities would be 64x the layer's O(N d) activations.
@@ -675,12 +684,12 @@ TEST(AttentionLayer, SavesNoProbabilitiesForBackward) {
   AttentionLayer attn(cfg, kSeed, "attn");
   Tensor x = normal_tensor({N, d}, 1.f, kSeed, "mem.x"), y = Tensor::empty({N, d});
   attn.forward(y, x);
-  // qkv (3d), q, k, v (d each), the output before its projection (d), lse (H), the split indices (3).
-  EXPECT_EQ(attn.saved_numel(), N * (7 * d + H + 3));
+  // qkv (3d), q, k, v (d each), the output before its projection (d), lse (H), the split indices (3H).
+  EXPECT_EQ(attn.saved_numel(), N * (7 * d + 4 * H));
   EXPECT_LT(attn.saved_numel() * 10, N * H * cfg.seq_len);
   Tensor dx = Tensor::zeros({N, d});
   attn.backward(dx, normal_tensor({N, d}, 1.f, kSeed, "mem.dy"));
-  EXPECT_EQ(attn.saved_numel(), N * (7 * d + H + 3));
+  EXPECT_EQ(attn.saved_numel(), N * (7 * d + 4 * H));
 }
 
 TEST(AttentionLayer, BadConfigAndInputNameTheProblem) {
@@ -689,6 +698,9 @@ TEST(AttentionLayer, BadConfigAndInputNameTheProblem) {
   EXPECT_CONTAINS(error_message([&] { AttentionLayer(cfg, kSeed, "a"); }), "n_heads = 3", "d_model = 8");
   cfg.n_heads = 8;  // head_dim 1: no pair to rotate
   EXPECT_CONTAINS(error_message([&] { AttentionLayer(cfg, kSeed, "a"); }), "head_dim", "even");
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 3;
+  EXPECT_CONTAINS(error_message([&] { AttentionLayer(cfg, kSeed, "a"); }), "n_kv_heads = 3", "divide n_heads = 4");
   AttentionLayer attn(small_attention(true), kSeed, "a");
   Tensor x = Tensor::zeros({7, 8}), y = Tensor::zeros({7, 8});
   EXPECT_CONTAINS(error_message([&] { attn.forward(y, x); }), "AttentionLayer::forward", "seq_len = 5");
@@ -828,6 +840,12 @@ TEST(TransformerLMGradient, RotaryTiedLayerNormWithTwoSharedExperts) {
 }
 TEST(TransformerLMGradient, LearnedUntiedRMSNormWithSharedExpert) {
   run_model_fd(tiny_config(PositionKind::Learned, false, 1, NormKind::RMSNorm));
+}
+TEST(TransformerLMGradient, GroupedQueryAttentionUntiedRMSNorm) {  // Mixtral's shape: 2 query heads per kv head
+  TransformerConfig cfg = tiny_config(PositionKind::Rotary, false, 0, NormKind::RMSNorm);
+  cfg.n_heads = 4;
+  cfg.n_kv_heads = 2;
+  run_model_fd(cfg);
 }
 // Two sequences of S = 5 holding documents of 2 + 3 and 1 + 4 tokens.
 TEST(TransformerLMGradient, DocumentMaskWithRotaryAndWithLearnedPositions) {
@@ -979,12 +997,13 @@ TEST(TransformerLM, ParameterAndFlopCountsFollowTheirFormulas) {
     for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
       cfg.tie_embeddings = tied;
       cfg.positions = pos;
+      cfg.n_kv_heads = tied ? 1 : 0;  // 2 heads of 8 sharing 1 key/value head: w_qkv (16, 32)
       TransformerLM model(cfg, kSeed);
       ParameterRegistry registry;
       model.register_parameters(registry);
       const int64_t d = 16, V = 100, S = 32;
       const int64_t expert = d * 48 + 24 * d, shared = d * 20 + 10 * d, dense = d * 64 + 64 * d;
-      const int64_t per_layer = 2 * d + 4 * d * d;
+      const int64_t per_layer = 2 * d + (tied ? 3 * d * d : 4 * d * d);
       const int64_t tables = V * d + (pos == PositionKind::Learned ? S * d : 0) + (tied ? 0 : d * V);
       const int64_t common = tables + 4 * per_layer + 2 * dense + 2 * (d * 8 + shared) + d;
       EXPECT_EQ(model.total_params(), common + 2 * 8 * expert);

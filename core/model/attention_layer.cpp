@@ -3,6 +3,7 @@
 #include "core/model/attention_layer.h"
 
 #include <cmath>
+#include <vector>
 
 #include "core/check.h"
 #include "core/ops.h"
@@ -16,6 +17,8 @@ void AttentionConfig::validate() const {
   MOE_REQUIRE(n_heads >= 1 && d_model % n_heads == 0, "attention: n_heads = ", n_heads,
               " must be >= 1 and divide d_model = ", d_model);
   MOE_REQUIRE(seq_len >= 1, "attention: seq_len = ", seq_len, " must be >= 1");
+  MOE_REQUIRE(n_kv_heads >= 0 && n_heads % kv_heads() == 0, "attention: n_kv_heads = ", n_kv_heads,
+              " must divide n_heads = ", n_heads, " (0 = n_heads)");
   MOE_REQUIRE(!rotary || head_dim() % 2 == 0, "attention: head_dim = d_model / n_heads = ", head_dim(),
               " must be even for rotary position embedding");
   MOE_REQUIRE(std::isfinite(rope_theta) && rope_theta > 0.f, "attention: rope_theta = ", rope_theta,
@@ -31,7 +34,7 @@ AttentionLayer::AttentionLayer(const AttentionConfig& cfg, uint64_t seed, const 
   cfg_.validate();
   const int64_t d = cfg_.d_model;
   weights.w_qkv =
-      random_normal({d, 3 * d}, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWQkv)), device);
+      random_normal({d, cfg_.qkv_width()}, cfg_.init_std, stream_id(seed, names::tensor_name(name, names::kWQkv)), device);
   weights.w_out =
       random_normal({d, d}, cfg_.out_init_std, stream_id(seed, names::tensor_name(name, names::kWOut)), device);
   grads.w_qkv = Tensor::zeros(weights.w_qkv.shape(), DType::F32, device);
@@ -43,15 +46,24 @@ void AttentionLayer::register_parameters(ParameterRegistry& registry, const std:
   registry.add(names::tensor_name(prefix, names::kWOut), weights.w_out, grads.w_out, ParamKind::Dense);
 }
 
+// Token n's row of qkv holds H query heads, then KV key heads, then KV value heads: head rows
+// n (H + 2 KV) + j of the (N (H + 2 KV), Dh) view. Query head h reads key/value head h / (H / KV), so
+// gathering k and v by these indices repeats each key/value head for its group (Ainslie et al. 2023),
+// and the backward's scatter_add_rows sums the group's gradients into it.
 void AttentionLayer::make_split_indices(int64_t N) {
+  const int64_t H = cfg_.n_heads, KV = cfg_.kv_heads(), group = H / KV, row = H + 2 * KV;
+  if (index_q_.defined() && index_q_.dim(0) == N * H) return;
+  std::vector<int32_t> q(N * H), k(N * H), v(N * H);
+  for (int64_t n = 0; n < N; ++n)
+    for (int64_t h = 0; h < H; ++h) {
+      q[n * H + h] = static_cast<int32_t>(n * row + h);
+      k[n * H + h] = static_cast<int32_t>(n * row + H + h / group);
+      v[n * H + h] = static_cast<int32_t>(n * row + H + KV + h / group);
+    }
   const Device device = weights.w_qkv.device();
-  if (index_q_.defined() && index_q_.dim(0) == N) return;
-  index_q_ = Tensor::empty({N}, DType::I32, device);
-  index_k_ = Tensor::empty({N}, DType::I32, device);
-  index_v_ = Tensor::empty({N}, DType::I32, device);
-  index_ramp(index_q_, 0, 3, N);  // 3n, 3n + 1, 3n + 2: see forward
-  index_ramp(index_k_, 1, 3, N);
-  index_ramp(index_v_, 2, 3, N);
+  index_q_ = Tensor::from_ints({N * H}, q).to(device);
+  index_k_ = Tensor::from_ints({N * H}, k).to(device);
+  index_v_ = Tensor::from_ints({N * H}, v).to(device);
 }
 
 // x, y (N, d) with N = B * S.
@@ -61,7 +73,7 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x, const Tensor* positions
   const int64_t N = x.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
   MOE_REQUIRE(x.dim(1) == d && N % S == 0, op, ": x has shape ", to_string(x.shape()),
               ", expected (B * seq_len, d_model) with seq_len = ", S, ", d_model = ", d);
-  MOE_REQUIRE(N * 3 <= INT32_MAX, op, ": ", N, " tokens exceed the int32 row indices");
+  MOE_REQUIRE(N * (H + 2 * cfg_.kv_heads()) <= INT32_MAX, op, ": ", N, " tokens exceed the int32 row indices");
   make_split_indices(N);
   positions_ = positions != nullptr ? *positions : Tensor();
   const DType products = product_dtype(cfg_.precision);
@@ -83,19 +95,22 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x, const Tensor* positions
 }
 
 void AttentionLayer::project() {
-  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
+  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len, Dh = cfg_.head_dim();
   const Device device = x_.device();
   AttentionProjections& p = *proj_;
-  resize_on(p.qkv, {N, 3 * d}, device);
-  linear_forward(p.qkv, x_, w_qkv_, nullptr);  // (N, 3d)
-  // Row n of qkv is [q_n | k_n | v_n]: rows 3n, 3n+1, 3n+2 of its (3N, d) view.
-  const Tensor qkv_rows = p.qkv.reshape({3 * N, d});
+  resize_on(p.qkv, {N, cfg_.qkv_width()}, device);
+  linear_forward(p.qkv, x_, w_qkv_, nullptr);  // (N, qkv_width)
+  const Tensor qkv_rows = p.qkv.reshape({N * (H + 2 * cfg_.kv_heads()), Dh});  // see make_split_indices
   resize_on(p.q, {N, d}, device);
   resize_on(p.k, {N, d}, device);
   resize_on(p.v, {N, d}, device);
-  gather_rows(p.q, qkv_rows, index_q_);
-  gather_rows(p.k, qkv_rows, index_k_);
-  gather_rows(p.v, qkv_rows, index_v_);
+  auto gather_heads = [&](Tensor& out, const Tensor& index) {
+    Tensor head_rows = out.reshape({N * H, Dh});
+    gather_rows(head_rows, qkv_rows, index);
+  };
+  gather_heads(p.q, index_q_);
+  gather_heads(p.k, index_k_);
+  gather_heads(p.v, index_v_);
   if (cfg_.rotary) {
     rotary_forward(p.q, p.q, H, S, cfg_.rope_theta, positions());  // in place
     rotary_forward(p.k, p.k, H, S, cfg_.rope_theta, positions());
@@ -125,7 +140,7 @@ int64_t AttentionLayer::saved_numel() const {
 // dx, dy (N, d).
 void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "AttentionLayer::backward called before forward");
-  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len;
+  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len, Dh = cfg_.head_dim();
   require_shape("AttentionLayer::backward", "dy", dy, {N, d});
   const Device device = dy.device();
   const DType products = product_dtype(cfg_.precision);
@@ -139,20 +154,25 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   const AttentionProjections& p = *proj_;
   causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, p.q_in, p.k_in, p.v_in, attn_, lse_, H, S, positions());
 
-  resize_zeroed(dqkv_, {N, 3 * d}, device);
-  Tensor dqkv_rows = dqkv_.reshape({3 * N, d});
+  resize_zeroed(dqkv_, {N, cfg_.qkv_width()}, device);
+  Tensor dqkv_rows = dqkv_.reshape({N * (H + 2 * cfg_.kv_heads()), Dh});
+  // Grouped key/value heads receive the sum over their group: repeated indices add (on CUDA by atomics,
+  // so in no fixed order when KV < H).
+  auto add_heads = [&](const Tensor& grad, const Tensor& index) {
+    scatter_add_rows(dqkv_rows, grad.reshape({N * H, Dh}), index);
+  };
   if (cfg_.rotary) {
     resize_zeroed(d_pre_, {N, d}, device);
     rotary_backward(d_pre_, dq_, H, S, cfg_.rope_theta, positions());
-    scatter_add_rows(dqkv_rows, d_pre_, index_q_);
+    add_heads(d_pre_, index_q_);
     d_pre_.zero();
     rotary_backward(d_pre_, dk_, H, S, cfg_.rope_theta, positions());
-    scatter_add_rows(dqkv_rows, d_pre_, index_k_);
+    add_heads(d_pre_, index_k_);
   } else {
-    scatter_add_rows(dqkv_rows, dq_, index_q_);
-    scatter_add_rows(dqkv_rows, dk_, index_k_);
+    add_heads(dq_, index_q_);
+    add_heads(dk_, index_k_);
   }
-  scatter_add_rows(dqkv_rows, dv_, index_v_);
+  add_heads(dv_, index_v_);
   linear_backward(&dx, &grads.w_qkv, nullptr, as_dtype(dqkv_, dqkv_bf16_, products), x_, w_qkv_);
 }
 

@@ -1,4 +1,4 @@
-// AttentionLayer: causal multi-head self-attention with a fused QKV projection, optional rotary
+// AttentionLayer: causal multi-head (or grouped-query) self-attention with a fused QKV projection, optional rotary
 // position embedding and an output projection (no biases), forward and backward side by side; the two
 // projections in float32 or with bfloat16 inputs (mixed precision).
 #pragma once
@@ -16,6 +16,7 @@ namespace moe {
 struct AttentionConfig {
   int64_t d_model = 0;
   int64_t n_heads = 0;          // head_dim = d_model / n_heads
+  int64_t n_kv_heads = 0;       // key/value heads, dividing n_heads; 0 = n_heads
   int64_t seq_len = 0;          // S: inputs hold B whole sequences of S tokens, sequence-major
   bool rotary = true;           // rotate q and k by position (RoPE)
   float rope_theta = 10000.f;
@@ -28,17 +29,19 @@ struct AttentionConfig {
   Precision precision = Precision::FP32;
 
   // Throws InvalidArgument naming the first bad field: sizes >= 1, n_heads divides d_model, an even
-  // head_dim with rotary, finite theta > 0, finite init stds > 0.
+  // head_dim with rotary, n_kv_heads dividing n_heads, finite theta > 0, finite init stds > 0.
   void validate() const;
   int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
+  int64_t qkv_width() const { return d_model + 2 * kv_heads() * head_dim(); }  // columns of w_qkv
 };
 
 // The projections' outputs that the attention reads: what model.recompute = attention stops keeping.
 struct AttentionProjections {
-  Tensor qkv;  // (N, 3d) x W_qkv
+  Tensor qkv;  // (N, qkv_width) x W_qkv
   Tensor q;    // (N, d) after rotary (when on)
-  Tensor k;    // (N, d) after rotary (when on)
-  Tensor v;    // (N, d)
+  Tensor k;    // (N, d) after rotary (when on), each key head repeated for the query heads it serves
+  Tensor v;    // (N, d) likewise
   // q, k, v as the attention reads them: the float32 tensors above, or with Precision::BF16 their
   // bfloat16 copies, held in the *_bf16 buffers.
   Tensor q_in, k_in, v_in;
@@ -46,7 +49,9 @@ struct AttentionProjections {
 };
 
 struct AttentionWeights {
-  Tensor w_qkv;  // (d, 3d): columns [q | k | v], head h at columns [h Dh, (h+1) Dh) of each third
+  // (d, qkv_width): columns [q (H Dh) | k (KV Dh) | v (KV Dh)], head h at columns [h Dh, (h+1) Dh) of
+  // each part; query head h reads key/value head h / (H / KV).
+  Tensor w_qkv;
   Tensor w_out;  // (d, d)
 };
 
@@ -85,7 +90,7 @@ class AttentionLayer {
   AttentionWeights grads;
 
  private:
-  // Row indices of q, k and v in qkv viewed as (3N, d): 3n, 3n + 1, 3n + 2.
+  // Row indices of q, k and v (N H head rows each) in qkv viewed as (N (H + 2 KV), Dh) head rows.
   void make_split_indices(int64_t N);
   // *proj_ from x_ and w_qkv_: the QKV product, the split and rotary.
   void project();
@@ -99,13 +104,13 @@ class AttentionLayer {
   Tensor positions_;  // (N) int32 the forward's document positions (shared storage), or undefined
   const Tensor* positions() const { return positions_.defined() ? &positions_ : nullptr; }
   Tensor x_bf16_;
-  Tensor w_qkv_, w_qkv_bf16_;  // (d, 3d)
+  Tensor w_qkv_, w_qkv_bf16_;  // (d, qkv_width)
   Tensor w_out_, w_out_bf16_;  // (d, d)
   std::shared_ptr<AttentionProjections> proj_ = std::make_shared<AttentionProjections>();
   Tensor lse_;    // (B, H, S) log-sum-exp of each query's scores
   Tensor attn_;   // (N, d) attention output before the projection, float32 (the attention's backward reads it)
   Tensor attn_product_, attn_bf16_;  // (N, d) attn_ as the output projection reads it
-  Tensor index_q_, index_k_, index_v_;  // (N) int32
+  Tensor index_q_, index_k_, index_v_;  // (N H) int32
 
   // Backward scratch.
   Tensor d_attn_;  // (N, d)
@@ -113,7 +118,7 @@ class AttentionLayer {
   Tensor dk_;      // (N, d)
   Tensor dv_;      // (N, d)
   Tensor d_pre_;   // (N, d) gradient w.r.t. q or k before rotary
-  Tensor dqkv_;    // (N, 3d)
+  Tensor dqkv_;    // (N, qkv_width)
   Tensor dy_bf16_, dqkv_bf16_;  // bf16: the output gradients the projections' backward reads
 };
 

@@ -35,6 +35,8 @@ struct ModelConfig {
   int64_t d_model = 128;        // d
   int64_t n_layers = 4;         // L
   int64_t n_heads = 4;          // H, dividing d
+  int64_t n_kv_heads = 0;       // KV: key/value heads, dividing H (grouped-query attention, Ainslie et al.
+                                // 2023: each group of H / KV query heads shares one); 0 = H (multi-head)
   int64_t seq_len = 128;        // S: every batch is B whole sequences of S tokens
   NormKind norm = NormKind::RMSNorm;
   PositionKind positions = PositionKind::Rotary;
@@ -48,9 +50,8 @@ struct ModelConfig {
   Recompute recompute = Recompute::None;
   bool recomputes_experts() const { return recompute == Recompute::Experts || recompute == Recompute::All; }
   bool recomputes_attention() const { return recompute == Recompute::Attention || recompute == Recompute::All; }
-  // Not keys of the run configuration: every run uses these.
-  float norm_eps = 1e-5f;
-  float rope_theta = 10000.f;
+  float norm_eps = 1e-5f;        // added to the mean square (RMSNorm) or variance (LayerNorm)
+  float rope_theta = 10000.f;    // rotary base: pair i of a head turns by position * theta^(-2i / Dh)
 
   // The accepted range of each number above: validate() checks them, the run configuration's schema
   // quotes them. vocab_size is bounded by the int32 token ids.
@@ -58,6 +59,9 @@ struct ModelConfig {
   static constexpr Range kDModelRange = at_least(1);  // and divisible by n_heads
   static constexpr Range kNLayersRange = at_least(1);
   static constexpr Range kNHeadsRange = at_least(1);
+  static constexpr Range kNKvHeadsRange = at_least(0);  // and dividing n_heads
+  static constexpr Range kNormEpsRange = at_least(0);
+  static constexpr Range kRopeThetaRange = above(0);
   static constexpr Range kSeqLenRange = at_least(2);
   static constexpr Range kMoeEveryRange = at_least(1);
   static constexpr Range kDenseHiddenRange = at_least(1);
@@ -65,9 +69,11 @@ struct ModelConfig {
 
   // Throws InvalidArgument naming the first bad field as the run configuration spells its key
   // ("d_model = 130 ..."), its value and what is accepted: each number's range, d_model divisible by
-  // n_heads, an even head dim for rotary positions.
+  // n_heads, n_kv_heads dividing n_heads, an even head dim for rotary positions.
   void validate() const;
   int64_t head_dim() const { return d_model / n_heads; }
+  int64_t kv_heads() const { return n_kv_heads == 0 ? n_heads : n_kv_heads; }
+  int64_t qkv_width() const { return d_model + 2 * kv_heads() * head_dim(); }  // columns of w_qkv
   bool is_moe_layer(int64_t layer) const { return (layer + 1) % moe_every == 0; }
   int64_t num_moe_layers() const { return n_layers / moe_every; }
   bool operator==(const ModelConfig&) const = default;

@@ -31,7 +31,7 @@ int64_t count_params(const TransformerConfig& cfg, int64_t experts_per_moe_layer
   int64_t n = V * d;                                        // embedding
   if (cfg.positions == PositionKind::Learned) n += cfg.seq_len * d;
   for (int64_t i = 0; i < cfg.n_layers; ++i) {
-    n += 2 * norm_params(cfg) + 4 * d * d;                  // norms, w_qkv, w_out
+    n += 2 * norm_params(cfg) + d * cfg.qkv_width() + d * d;  // norms, w_qkv, w_out
     if (cfg.is_moe_layer(i)) {
       const MoEConfig& m = cfg.moe;
       if (!is_static(m.routing)) n += d * m.num_experts;   // router (static routing has none)
@@ -81,6 +81,7 @@ TransformerLM::Block::Block(const TransformerConfig& cfg, int64_t layer, uint64_
             AttentionConfig ac;
             ac.d_model = cfg.d_model;
             ac.n_heads = cfg.n_heads;
+            ac.n_kv_heads = cfg.kv_heads();
             ac.seq_len = cfg.seq_len;
             ac.rotary = cfg.positions == PositionKind::Rotary;
             ac.rope_theta = cfg.rope_theta;

@@ -48,7 +48,7 @@ MemoryEstimate estimate_memory_per_rank(const TrainConfig& cfg, int world_size) 
   double per_expert_state = 0;  // bytes per expert per MoE layer: selection bias, routing counters
   for (int64_t i = 0; i < m.n_layers; ++i) {
     const bool is_moe = m.is_moe_layer(i);
-    params += 2 * norm_params + 4 * d * d;
+    params += 2 * norm_params + d * static_cast<double>(m.qkv_width()) + d * d;
     // Block: two norm outputs, residual, output; attention: qkv, q, k, v, the output before its
     // projection and the gradients of each (rotary: one more), the log-sum-exp per query and head
     // (the probabilities are recomputed in the backward, never stored), indices.

@@ -325,11 +325,15 @@ std::vector<Key> build_schema() {
   model.integer("d_model", &M::d_model, M::kDModelRange, "model width; divisible by n_heads");
   model.integer("n_layers", &M::n_layers, M::kNLayersRange, "transformer blocks");
   model.integer("n_heads", &M::n_heads, M::kNHeadsRange, "attention heads per block");
+  model.integer("n_kv_heads", &M::n_kv_heads, M::kNKvHeadsRange,
+                "key/value heads, dividing n_heads (grouped-query attention); 0 = n_heads");
   model.integer("seq_len", &M::seq_len, M::kSeqLenRange, "tokens per training sequence");
   model.choice("norm", &M::norm, {{"rmsnorm", NormKind::RMSNorm}, {"layernorm", NormKind::LayerNorm}},
                "normalisation before attention and feed-forward");
   model.choice("positions", &M::positions, {{"rotary", PositionKind::Rotary}, {"learned", PositionKind::Learned}},
                "position encoding; rotary needs an even head dim d_model / n_heads");
+  model.real("rope_theta", &M::rope_theta, M::kRopeThetaRange, "rotary base (10000 LLaMA, 1e6 Mixtral)");
+  model.real("norm_eps", &M::norm_eps, M::kNormEpsRange, "epsilon of the norms");
   model.boolean("tie_embeddings", &M::tie_embeddings, "the output head shares the input embedding");
   model.integer("moe_every", &M::moe_every, M::kMoeEveryRange,
                 "layer i (0-based) is MoE when (i + 1) % moe_every == 0; 1 = every layer");
