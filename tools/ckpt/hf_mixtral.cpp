@@ -4,6 +4,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "core/check.h"
 #include "core/parameter_names.h"
@@ -15,9 +16,6 @@ using Json = nlohmann::ordered_json;
 
 namespace {
 
-// The key-value heads of the model: H (every query head has its own keys and values).
-int64_t kv_heads(const ModelConfig& m) { return m.n_heads; }
-
 // The sizes the mapping needs.
 struct Sizes {
   int64_t V, d, L, H, KV, Dh, E, h;
@@ -27,13 +25,12 @@ struct Sizes {
         d(cfg.model.d_model),
         L(cfg.model.n_layers),
         H(cfg.model.n_heads),
-        KV(kv_heads(cfg.model)),
+        KV(cfg.model.kv_heads()),
         Dh(cfg.model.head_dim()),
         E(cfg.moe.num_experts),
         h(cfg.moe.expert_hidden),
         tied(cfg.model.tie_embeddings) {}
-  int64_t qkv_cols() const { return (H + 2 * KV) * Dh; }
-};
+  };
 
 std::string layer_prefix(int64_t i) { return "model.layers." + std::to_string(i) + "."; }
 std::string expert_prefix(int64_t i, int64_t j) {
@@ -155,7 +152,9 @@ void require_mixtral_expressible(const TrainConfig& cfg) {
   need(e.routing == Routing::TokenChoice, "moe.routing", to_string(e.routing), "token_choice");
   need(e.score_function == ScoreFunction::Softmax, "moe.score_function", to_string(e.score_function), "softmax");
   need(e.renormalize, "moe.renormalize", "false", "true (the top_k weights renormalised to sum to 1)");
-  need(e.routed_scaling_factor == 1.0f, "moe.routed_scaling_factor", std::to_string(e.routed_scaling_factor), "1");
+  std::ostringstream scaling;
+  scaling << e.routed_scaling_factor;
+  need(e.routed_scaling_factor == 1.0f, "moe.routed_scaling_factor", scaling.str(), "1");
   need(e.routing_groups == 0, "moe.routing_groups",
        e.routing_groups == MoEConfig::kRoutingGroupsPerRank ? "ep" : std::to_string(e.routing_groups),
        "0 (no group-limited routing)");
@@ -225,7 +224,7 @@ TrainConfig train_config_from_mixtral(const std::string& json_text_in, const std
   m.n_layers = r.integer("num_hidden_layers", 0, true);
   m.n_heads = r.integer("num_attention_heads", 0, true);
   // MixtralConfig's defaults for what the file leaves out.
-  const int64_t kv = r.integer("num_key_value_heads", 8);
+  m.n_kv_heads = r.integer("num_key_value_heads", 8);
   m.seq_len = r.integer("max_position_embeddings", 4096 * 32);
   m.norm_eps = static_cast<float>(r.number("rms_norm_eps", 1e-5));
   m.rope_theta = static_cast<float>(r.number("rope_theta", 1e6));
@@ -234,9 +233,6 @@ TrainConfig train_config_from_mixtral(const std::string& json_text_in, const std
   m.norm = NormKind::RMSNorm;
   m.positions = PositionKind::Rotary;
   m.moe_every = 1;
-  if (kv != m.n_heads)
-    r.refuse("num_key_value_heads", "= " + std::to_string(kv) + " is not supported; accepted: num_attention_heads (" +
-                                        std::to_string(m.n_heads) + ")");
   if (r.has("head_dim") && m.n_heads > 0 && r.integer("head_dim", 0) * m.n_heads != m.d_model)
     r.refuse("head_dim", "= " + json_text(root["head_dim"]) + " is not supported; accepted: hidden_size / "
                          "num_attention_heads = " + std::to_string(m.d_model / m.n_heads));
@@ -261,7 +257,10 @@ TrainConfig train_config_from_mixtral(const std::string& json_text_in, const std
   try {
     transformer_config(cfg).validate();
   } catch (const InvalidArgument& ex) {
-    throw CheckpointError("'" + path + "' describes a model moe-train cannot build: " + ex.what());
+    throw CheckpointError("'" + path + "' describes a model moe-train cannot build: " + ex.what() +
+                          " (named as moe-train names config.json's keys: hidden_size d_model, num_attention_heads "
+                          "n_heads, num_key_value_heads n_kv_heads, num_local_experts num_experts, "
+                          "num_experts_per_tok top_k, intermediate_size expert_hidden)");
   }
   return cfg;
 }
@@ -328,7 +327,7 @@ std::vector<NamedTensor> from_mixtral(const TrainConfig& cfg,
   for (int64_t i = 0; i < s.L; ++i) {
     const std::string p = layer_prefix(i);
     add(names::layer_tensor(i, names::kNorm1, names::kGain), theirs(p + "input_layernorm.weight"));
-    Tensor qkv = Tensor::empty({s.d, s.qkv_cols()});
+    Tensor qkv = Tensor::empty({s.d, cfg.model.qkv_width()});
     set_columns_from_hf_rows(qkv, 0, theirs(p + "self_attn.q_proj.weight"), s.H, s.Dh);
     set_columns_from_hf_rows(qkv, s.H * s.Dh, theirs(p + "self_attn.k_proj.weight"), s.KV, s.Dh);
     set_columns_from_hf_rows(qkv, (s.H + s.KV) * s.Dh, theirs(p + "self_attn.v_proj.weight"), 0, s.Dh);
