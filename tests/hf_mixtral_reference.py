@@ -4,7 +4,7 @@
 # float16 files), our forward's logits and loss on the same tokens are compared with transformers';
 # exporting the import gives back the very same tensors; moe-train trains a few steps from the ep 2
 # import on 2 ranks; the result is exported with --format hf-mixtral, and transformers reads it back
-# with the same logits as our model's.
+# with the same logits as our model's, and the run's tokenizer.json with it.
 #   hf_mixtral_reference.py MOE_CKPT MOE_TRAIN MODEL_LOGITS MPIRUN WORK_DIR
 import json
 import os
@@ -106,12 +106,20 @@ for key, value in config.to_dict().items():
         assert exported_config[key] == value, f"config.json {key}: {exported_config[key]} != {value}"
 print(f"export of the import: the same {len(original)} tensors and config values")
 
-# A few training steps from the ep 2 import on 2 ranks (dropless, as imported), then export.
+# A few training steps from the ep 2 import on 2 ranks (dropless, as imported), then export. The run names
+# a tokenizer.json (data.tokenizer; the synthetic corpus does not read it), which the export copies.
+from tokenizers import Tokenizer, models, pre_tokenizers
+os.mkdir("tok")
+pieces = ["<unk>", "<s>", "</s>", "\u2581", "a", "b", "\u2581a", "ab"] + [f"<0x{i:02X}>" for i in range(V - 8)]
+tokenizer = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, [("\u2581", "a"), ("a", "b")], unk_token="<unk>"))
+tokenizer.pre_tokenizer = pre_tokenizers.Metaspace(replacement="\u2581", prepend_scheme="always")
+tokenizer.save("tok/tokenizer.json")
 cfg = run(moe_ckpt, "info", "imported_ep2", "--config")
 open("train.yaml", "w").write(cfg)
 run(mpirun, "--oversubscribe", "--timeout", "300", "-np", "2", moe_train, "train.yaml",
     "checkpoint.init_from=imported_ep2", "run.dir=trained", "run.steps=3", "run.log_every=1", "run.eval_every=0",
-    "checkpoint.every=3", f"model.seq_len={S}", "data.batch_size=2", "optim.warmup_steps=0", "optim.lr=0.01")
+    "checkpoint.every=3", f"model.seq_len={S}", "data.batch_size=2", "optim.warmup_steps=0", "optim.lr=0.01",
+    "data.tokenizer=tok/tokenizer.json")
 trained = "trained/checkpoints/step_00000003"
 trained_logits = ours(trained)
 assert float(np.abs(trained_logits[0] - reference[0]).max()) > 1e-3 * float(np.abs(reference[0]).max()), \
@@ -120,4 +128,8 @@ run(moe_ckpt, "export", trained, "--format", "hf-mixtral", "exported")
 reloaded = AutoModelForCausalLM.from_pretrained("exported").eval()
 assert isinstance(reloaded, MixtralForCausalLM) and reloaded.config.num_key_value_heads == 2
 same(trained_logits, theirs(reloaded), "trained and exported")
+assert open("exported/tokenizer.json").read() == open("tok/tokenizer.json").read()
+assert reloaded.config.eos_token_id == 2 and reloaded.config.bos_token_id is None, reloaded.config
+from transformers import AutoTokenizer
+assert AutoTokenizer.from_pretrained("exported", legacy=False).encode("a a", add_special_tokens=False) == [6, 6]
 print("hf_mixtral_reference: OK")
