@@ -122,6 +122,26 @@ export)
   "$ckpt" export "$c" --with-optimizer --max-shard-bytes 1M sharded >export.txt || { cat export.txt; fail "sharded export"; }
   ls sharded/model-00001-of-0000[2-9].safetensors >/dev/null || fail "no shards in $(ls sharded)"
   expect_fail "'st' already exists; moe-ckpt does not overwrite" "$ckpt" export "$c" st
+  # As a Hugging Face Mixtral (tests/hf_mixtral_reference.sh checks the numbers against transformers):
+  # tiny.yaml ties the embeddings, so no lm_head; its capacity factor is noted (Mixtral is dropless).
+  "$ckpt" export "$c" --format hf-mixtral hf >export.txt || { cat export.txt; fail "hf-mixtral export"; }
+  grep -q "note: the run has moe.capacity_factor = 1.25" export.txt || { cat export.txt; fail "no capacity note"; }
+  "$venv/bin/python" - hf <<'PY' || fail "hf-mixtral export checks"
+import json, sys
+from safetensors.numpy import load_file
+config = json.load(open(f"{sys.argv[1]}/config.json"))
+assert config["architectures"] == ["MixtralForCausalLM"] and config["model_type"] == "mixtral", config
+assert config["tie_word_embeddings"] is True and config["num_local_experts"] == 4 and config["hidden_size"] == 64, config
+t = load_file(f"{sys.argv[1]}/model.safetensors")
+assert "lm_head.weight" not in t and t["model.embed_tokens.weight"].shape == (64, 64), sorted(t)
+assert t["model.layers.1.block_sparse_moe.experts.3.w2.weight"].shape == (64, 128)
+assert len(t) == 1 + 2 * (7 + 3 * 4) + 1, len(t)
+PY
+  expect_fail "--with-optimizer is for --format safetensors" "$ckpt" export "$c" --format hf-mixtral --with-optimizer hf2
+  # A model Mixtral cannot express is refused with the setting and the value it needs, writing nothing.
+  train 2 ln model.norm=layernorm
+  expect_fail "model.norm = layernorm: Mixtral needs rmsnorm" "$ckpt" export ln/checkpoints/step_00000020 --format hf-mixtral hf3
+  [ ! -e hf3 ] || fail "a refused export left hf3"
   "$ckpt" tensors "$c" >tensors.txt
   "$venv/bin/python" - st sharded tensors.txt <<'PY' || fail "safetensors checks"
 import json, re, sys
@@ -274,7 +294,7 @@ usage)
   expect_fail "--max-shard-bytes 0: out of range" "$ckpt" export a b --max-shard-bytes 0
   expect_fail "reshard needs --ep N" "$ckpt" reshard a b
   expect_fail "--filter: '\(' is not a regular expression" "$ckpt" tensors . --filter '('
-  expect_fail "--format 'gguf' is not supported; accepted: safetensors" "$ckpt" export a b --format gguf
+  expect_fail "--format 'gguf' is not supported; accepted: safetensors, hf-mixtral" "$ckpt" export a b --format gguf
   expect_fail "checkpoint directory 'nothere' does not exist" "$ckpt" info nothere
   "$ckpt" info nothere 2>/dev/null
   [ $? = 1 ] || fail "a missing checkpoint should exit 1"

@@ -1,4 +1,4 @@
-// moe-ckpt: inspects, verifies, compares, exports, reshards and edits moe-train checkpoints, in one
+// moe-ckpt: inspects, verifies, compares, exports, imports, reshards and edits moe-train checkpoints, in one
 // process (docs/checkpoint-format.md describes the format and every subcommand). This is the driver:
 // the usage, the table of commands and their options, and the exit statuses; each command is in
 // tools/ckpt/cmd_<command>.cpp (tools/ckpt/commands.h).
@@ -31,7 +31,9 @@ commands:
   tensors CKPT [--filter REGEX]         one line per stored tensor: shape, dtype, file, L2 norm, min, max
   verify CKPT                           re-read every byte and check CRCs and shard indexes
   diff A B                              compare two checkpoints tensor by tensor (exit 0 same, 1 differ)
-  export CKPT [--format safetensors] OUT   safetensors with experts reassembled (a directory)
+  export CKPT [--format safetensors|hf-mixtral] OUT   safetensors with experts reassembled, or a
+                                        Hugging Face Mixtral directory (a directory)
+  import HF_DIR [--ep N] OUT            a Hugging Face Mixtral directory as a checkpoint
   reshard CKPT --ep N [--world-size W] OUT  the same state for another layout
   prune-experts CKPT (--keep IDS | --min-usage X) OUT   drop experts
   add-experts CKPT --count N [--from ID | --fresh] [--seed S] OUT   append experts
@@ -54,6 +56,7 @@ const std::vector<Command>& commands() {
       {{"verify", kVerifyHelp, 1, {}, {}}, cmd_verify},
       {{"diff", kDiffHelp, 2, {}, {}}, cmd_diff},
       {{"export", kExportHelp, 2, {"--format", "--max-shard-bytes"}, {"--with-optimizer"}}, cmd_export},
+      {{"import", kImportHelp, 2, {"--ep", "--world-size", "--seq-len"}, {}}, cmd_import},
       {{"reshard", kReshardHelp, 2, {"--ep", "--world-size"}, {}}, cmd_reshard},
       {{"prune-experts", kPruneHelp, 2, {"--keep", "--min-usage", "--ep", "--world-size"}, {}}, cmd_prune},
       {{"add-experts", kAddHelp, 2, {"--count", "--from", "--seed", "--ep", "--world-size"}, {"--fresh"}}, cmd_add},

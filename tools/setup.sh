@@ -21,7 +21,7 @@ packages=(
   libprotobuf-dev protobuf-compiler   # checkpoints
   libyaml-cpp-dev                     # configs
   libsentencepiece-dev                # moe-tokenize: SentencePiece tokenizers
-  nlohmann-json3-dev                  # moe-tokenize: reading Hugging Face tokenizer.json
+  nlohmann-json3-dev                  # reading Hugging Face tokenizer.json, config.json and safetensors headers
   libgtest-dev libgmock-dev           # tests
   libdnnl-dev                         # GEMM provider (oneDNN), chosen in docs/gemm-provider.md
   ocl-icd-opencl-dev                  # oneDNN's CMake package config calls find_package(OpenCL); only a
@@ -31,6 +31,8 @@ if ((with_test_tools)); then
   packages+=(
     python3 python3-venv              # the tests read metrics.jsonl, manifests and exports with Python;
                                       # tensorboard and safetensors come from PyPI into a venv
+    python3-torch libopenblas0-pthread  # the Mixtral reference test: transformers (PyPI, in a venv over
+                                      # Debian's torch); torch links the generic libblas.so.3, slow without OpenBLAS
     procps                            # pgrep: the signal tests find the ranks
   )
 fi

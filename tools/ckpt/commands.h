@@ -5,7 +5,7 @@
 // Each returns the exit status: 0 success; 1 a damaged tensor (tensors), a problem found (verify) or
 // a difference (diff). Each throws InvalidArgument for a bad command line or option value and
 // CheckpointError for a checkpoint it cannot use; the driver turns them into their exit statuses.
-// Only the writing commands (reshard, prune-experts, add-experts, upcycle, export) create files, and
+// Only the writing commands (reshard, prune-experts, add-experts, upcycle, export, import) create files, and
 // only their output OUT, which must not exist.
 #pragma once
 
@@ -30,6 +30,9 @@ int cmd_diff(const Args& args);
 
 extern const char* const kExportHelp;
 int cmd_export(const Args& args);
+
+extern const char* const kImportHelp;
+int cmd_import(const Args& args);
 
 extern const char* const kReshardHelp;
 int cmd_reshard(const Args& args);
