@@ -38,8 +38,9 @@ options:
                            (0, 1] (needs T > 0; default 1: all)
   --seed S                 the sampling's seed (default 0): the same seed gives the same text, on any
                            number of ranks
-  --tokenizer PATH         a Hugging Face tokenizer.json; default: the run config's data.tokenizer if set,
-                           else bytes (each byte a token; end of document 256, as moe-tokenize's default)
+  --tokenizer PATH         a Hugging Face tokenizer.json, or a SentencePiece .model (applied by the
+                           moe-tokenize beside moe-generate); default: the run config's data.tokenizer if
+                           set, else bytes (each byte a token; end of document 256, as moe-tokenize's)
   --ignore-eos             go on after the tokenizer's end-of-document token (default: stop there; the
                            token itself is not printed)
   --help                   this text
@@ -126,7 +127,8 @@ int main(int argc, char** argv) {
     moe::Generator generator(o.checkpoint, *world);
     const moe::TrainConfig& cfg = generator.config();
     const std::unique_ptr<moe::Tokenizer> tokenizer =
-        moe::open_text_tokenizer(o.has_tokenizer ? o.tokenizer : cfg.data.tokenizer);
+        moe::open_text_tokenizer(o.has_tokenizer ? o.tokenizer : cfg.data.tokenizer,
+                                 moe::moe_tokenize_beside_this_program());
     std::vector<int32_t> prompt;
     tokenizer->encode(o.prompt, prompt);
     const int64_t end = tokenizer->record().end_of_document;

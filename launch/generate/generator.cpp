@@ -112,6 +112,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     }
     result.tokens.push_back(next);
     if (on_token) on_token(next);
+    start = now_seconds();  // the caller's printing is not the model's time
     tokens = Tensor::from_ints({1}, {next});
   }
   return result;
