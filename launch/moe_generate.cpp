@@ -133,6 +133,7 @@ int main(int argc, char** argv) {
     tokenizer->encode(o.prompt, prompt);
     const int64_t end = tokenizer->record().end_of_document;
     o.generate.end_of_document = o.ignore_eos || end >= cfg.model.vocab_size ? -1 : static_cast<int32_t>(end);
+    generator.check(prompt, o.generate);  // before anything is printed
 
     if (rank == 0) {
       std::printf("%s", tokenizer->decode(prompt).c_str());

@@ -74,8 +74,7 @@ int64_t Generator::max_length() const {
   return cfg_.model.positions == PositionKind::Learned ? S : kRotaryLengthFactor * S;
 }
 
-GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                                   const std::function<void(int32_t)>& on_token) {
+void Generator::check(const std::vector<int32_t>& prompt, const GenerateOptions& options) const {
   const int64_t V = cfg_.model.vocab_size, P = static_cast<int64_t>(prompt.size());
   MOE_REQUIRE(P >= 1, "the prompt has no tokens; give at least one");
   for (int64_t i = 0; i < P; ++i)
@@ -88,6 +87,12 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
                   ? "learned positions: the table's model.seq_len rows"
                   : "rotary positions: " + std::to_string(kRotaryLengthFactor) + " x model.seq_len",
               "); shorten the prompt or lower --max-new-tokens");
+}
+
+GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                                   const std::function<void(int32_t)>& on_token) {
+  check(prompt, options);
+  const int64_t V = cfg_.model.vocab_size, P = static_cast<int64_t>(prompt.size());
 
   GenerateResult result;
   result.prompt_tokens = P;

@@ -52,9 +52,12 @@ class Generator {
   const TrainConfig& config() const { return cfg_; }
   int64_t max_length() const;
 
-  // Collective over world: every rank calls it with the same prompt (>= 1 token, each in [0, vocab_size))
-  // and options; prompt + max_new_tokens <= max_length() (InvalidArgument otherwise, before any collective).
-  // Calls on_token(token) for each new token as it is chosen (not for the end-of-document token).
+  // InvalidArgument naming the problem unless the prompt has >= 1 token, each in [0, vocab_size), and
+  // prompt + options.max_new_tokens <= max_length(). Local: every rank decides alike.
+  void check(const std::vector<int32_t>& prompt, const GenerateOptions& options) const;
+
+  // Collective over world: every rank calls it with the same prompt and options, which check() accepts
+  // (it throws as check does, before any collective). Calls on_token(token) for each new token as it is chosen (not for the end-of-document token).
   GenerateResult generate(const std::vector<int32_t>& prompt, const GenerateOptions& options,
                           const std::function<void(int32_t)>& on_token = {});
 
