@@ -68,8 +68,7 @@ class AttentionLayer {
   // dy (B*S, d): accumulates dx (B*S, d) += dL/dx and the weight gradients. dx must not be dy.
   void backward(Tensor& dx, const Tensor& dy);
 
-  // Inference with a KV cache (no backward: a backward after it is refused as before a forward... it
-  // must not be called). x (B*n, d): n new tokens of each of the B sequences of k_cache, v_cache
+  // Inference with a KV cache; no backward may follow (it overwrites what forward saved). x (B*n, d): n new tokens of each of the B sequences of k_cache, v_cache
   // (B, T, d), at positions past .. past + n - 1, past + n <= T. Projects them as forward does (rotary at
   // those positions), writes their keys and values into rows [past, past + n) of the caches, attends each
   // new query over its sequence's rows [0, its position] (cached_attention_forward) and writes y (B*n, d).

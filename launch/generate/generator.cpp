@@ -3,6 +3,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/cpu/gemm.h"
 #include "core/parameters.h"
 #include "core/timer.h"
 #include "launch/trainer/train_checkpoint.h"
@@ -56,6 +57,10 @@ Generator::Generator(const std::string& dir, Communicator& world) : world_(world
     error = e.what();
   }
   throw_if_any_rank_failed(world, error);
+  // As the trainer runs (run_training): its threads per rank, and denormals flushed to zero before the
+  // first OpenMP region starts the worker threads, so the arithmetic is the training's.
+  set_num_threads(static_cast<int>(cfg_.run.threads_per_rank));
+  flush_denormals_to_zero();
   groups_ = make_process_groups(world, world.size(), cfg_.moe.num_experts);
   model_ = std::make_unique<TransformerLM>(transformer_config(cfg_), static_cast<uint64_t>(cfg_.run.seed),
                                            [this] { return make_all_to_all_exchange(groups_, Stream::host()); });

@@ -43,7 +43,7 @@ class Generator {
 
   // Collective over world. Reads checkpoint `dir`'s manifest and run config, checks that the world's
   // ranks can share its experts (ep = world size must divide moe.num_experts), builds the model and
-  // loads its weights. Expert-choice routing is refused (each expert picks among a batch's tokens: not
+  // loads its weights; sets this process's threads to run.threads_per_rank. Expert-choice routing is refused (each expert picks among a batch's tokens: not
   // causal, so there is nothing to decode token by token). Throws InvalidArgument on every rank alike,
   // naming the checkpoint and what is wrong (missing, damaged, another model), before any collective
   // that a failing rank would leave others waiting in.
