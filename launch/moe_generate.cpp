@@ -133,25 +133,33 @@ int main(int argc, char** argv) {
     tokenizer->encode(o.prompt, prompt);
     const int64_t end = tokenizer->record().end_of_document;
     o.generate.end_of_document = o.ignore_eos || end >= cfg.model.vocab_size ? -1 : static_cast<int32_t>(end);
+    o.generate.choosable = tokenizer->vocab_size();  // a padded vocabulary's extra rows have no text
     generator.check(prompt, o.generate);  // before anything is printed
 
-    if (rank == 0) {
-      std::printf("%s", tokenizer->decode(prompt).c_str());
-      std::fflush(stdout);
-    }
-    // Decoding token by token may split a character's bytes: print the text of all new tokens so far,
-    // less what is already printed, whenever it has grown.
-    std::vector<int32_t> written;
-    size_t printed = 0;
+    // The text of the prompt and the new tokens so far, printed as it grows: decoding the whole sequence
+    // each time, as a tokenizer may join a token's text with the previous one's (a character's bytes, the
+    // space a word piece starts with); a text that does not extend the printed one waits for more tokens.
+    // Rank 0 alone decodes: a failure there (a tokenizer process that fails) is reported after the
+    // generation, which the other ranks go on with in lockstep.
+    std::vector<int32_t> sequence = prompt;
+    std::string shown, decode_error;
+    auto show = [&] {
+      if (!decode_error.empty()) return;
+      try {
+        const std::string text = tokenizer->decode(sequence);
+        if (!text.starts_with(shown)) return;
+        std::printf("%s", text.c_str() + shown.size());
+        std::fflush(stdout);
+        shown = text;
+      } catch (const std::exception& e) {
+        decode_error = e.what();
+      }
+    };
+    if (rank == 0) show();
     const moe::GenerateResult r = generator.generate(prompt, o.generate, [&](int32_t token) {
       if (rank != 0) return;
-      written.push_back(token);
-      const std::string text = tokenizer->decode(written);
-      if (text.size() > printed && text.compare(0, printed, text, 0, printed) == 0) {
-        std::printf("%s", text.c_str() + printed);
-        std::fflush(stdout);
-        printed = text.size();
-      }
+      sequence.push_back(token);
+      show();
     });
     if (rank == 0) {
       std::printf("\n");
@@ -163,7 +171,7 @@ int main(int argc, char** argv) {
                   r.decode_seconds > 0 ? r.decode_steps / r.decode_seconds : 0.0,
                   static_cast<long long>(r.decode_steps), r.decode_seconds, world->size());
     }
-    return 0;
+    return decode_error.empty() ? 0 : fail(1, "cannot decode the new tokens: " + decode_error);
   } catch (const moe::InvalidArgument& e) {
     return fail(2, e.what());
   } catch (const std::exception& e) {

@@ -1,6 +1,8 @@
 // Text generation from a checkpoint (launch/generate/generator.h).
 #include "launch/generate/generator.h"
 
+#include <algorithm>
+
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
 #include "core/cpu/gemm.h"
@@ -99,6 +101,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
   check(prompt, options);
   const int64_t V = cfg_.model.vocab_size, P = static_cast<int64_t>(prompt.size());
 
+  const int64_t choosable = options.choosable > 0 ? std::min(options.choosable, V) : V;
   GenerateResult result;
   result.prompt_tokens = P;
   Tensor tokens = Tensor::from_ints({P}, prompt);
@@ -117,7 +120,7 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     const int64_t n = tokens.dim(0);
     int32_t next = 0;
     if (world_.rank() == 0)
-      next = choose_token(std::span<const float>(logits.f32() + (n - 1) * V, static_cast<size_t>(V)),
+      next = choose_token(std::span<const float>(logits.f32() + (n - 1) * V, static_cast<size_t>(choosable)),
                           options.sampling, static_cast<uint64_t>(step));
     world_.broadcast(&next, sizeof next, 0);  // every rank decodes the token rank 0 chose
     const double now = now_seconds();

@@ -23,6 +23,8 @@ struct GenerateOptions {
   SamplingOptions sampling;
   int64_t max_new_tokens = 64;
   int32_t end_of_document = -1;  // generation stops after this token (which is not returned); -1: never
+  int64_t choosable = 0;         // > 0: only tokens [0, choosable) are chosen (the tokenizer's, when the
+                                 // model's vocabulary is padded beyond it); 0: every token of the model
 };
 
 struct GenerateResult {
