@@ -517,13 +517,15 @@ void require_positions(const char* op, const Tensor* positions, const Tensor& x)
 }  // namespace
 
 void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
-                    const Tensor* positions) {
+                    const Tensor* positions, int64_t position_offset) {
   const char* op = "rotary_forward";
   require_rotary(op, x, n_heads, seq_len, theta);
   require_f32(op, "y", y, x.shape());
   require_positions(op, positions, x);
+  MOE_REQUIRE(position_offset >= 0 && position_offset <= INT32_MAX, op, ": position_offset = ", position_offset,
+              " must be in [0, 2^31)");
   require_same_device(op, {&y, &x, positions});
-  MOE_DISPATCH(x.device(), rotary_forward, y, x, n_heads, seq_len, theta, positions);
+  MOE_DISPATCH(x.device(), rotary_forward, y, x, n_heads, seq_len, theta, positions, position_offset);
 }
 
 void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
@@ -560,6 +562,29 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
   require_same_device(op, {&dout, &q, &k, &v, &out, &lse, dq, dk, dv, positions});
   MOE_DISPATCH(q.device(), causal_attention_backward, dq, dk, dv, dout, q, k, v, out, lse, n_heads, seq_len,
                positions);
+}
+
+void cached_attention_forward(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              int64_t n_heads, int64_t past) {
+  const char* op = "cached_attention_forward";
+  require_rank(op, "k_cache", k_cache, 3);
+  const int64_t B = k_cache.dim(0), T = k_cache.dim(1), C = k_cache.dim(2);
+  MOE_REQUIRE(B >= 1 && T >= 1, op, ": k_cache has shape ", to_string(k_cache.shape()),
+              ", expected (B, T, H * Dh) with B, T >= 1");
+  require_f32(op, "k_cache", k_cache, {B, T, C});
+  require_f32(op, "v_cache", v_cache, {B, T, C});
+  require_rank(op, "q", q, 2);
+  MOE_REQUIRE(q.dim(0) % B == 0 && q.dim(1) == C, op, ": q has shape ", to_string(q.shape()),
+              ", expected (B * n, ", C, ") with B = ", B, " sequences of the cache");
+  require_dtype(op, "q", q, DType::F32);
+  MOE_REQUIRE(n_heads >= 1 && C % n_heads == 0, op, ": n_heads = ", n_heads, " must be >= 1 and divide ", C,
+              " columns");
+  const int64_t n = q.dim(0) / B;
+  MOE_REQUIRE(past >= 0 && past + n <= T, op, ": past = ", past, " cached tokens + ", n,
+              " new ones exceed the cache's T = ", T, " rows per sequence");
+  require_f32(op, "out", out, q.shape());
+  require_same_device(op, {&out, &q, &k_cache, &v_cache});
+  MOE_DISPATCH(q.device(), cached_attention_forward, out, q, k_cache, v_cache, n_heads, past);
 }
 
 // ---- router: top-k, jitter, auxiliary losses ----

@@ -145,8 +145,11 @@ void linear_transposed_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const 
 // rotary position embedding (RoPE, Su et al. 2021): rotates each pair (2i, 2i+1) of each head of the
 // token at position s by the angle s * theta^(-2i / Dh).  x, y (B*S, H*Dh), Dh even, theta > 0
 // (10000 as in RoFormer and LLaMA). May run in place (y and x the same tensor).
+// position_offset >= 0 is added to every token's position: decoding with a KV cache rotates its S new
+// tokens per sequence, which stand at positions offset .. offset + S - 1 (the backward has none: the
+// cache is inference only).
 void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
-                    const Tensor* positions = nullptr);
+                    const Tensor* positions = nullptr, int64_t position_offset = 0);
 // dx (B*S, H*Dh) += the inverse rotation of dy (rotations are orthogonal: R^-1 = R^T).
 void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
                      const Tensor* positions = nullptr);
@@ -172,6 +175,16 @@ void causal_attention_forward(Tensor& out, Tensor& lse, const Tensor& q, const T
 void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor& dout, const Tensor& q,
                                const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                                int64_t n_heads, int64_t seq_len, const Tensor* positions = nullptr);
+
+// cached_attention_forward: the causal attention of n new tokens per sequence over a KV cache (inference,
+// no backward). q (B*n, H*Dh): row b*n + i is the query of sequence b's token at position past + i;
+// k_cache, v_cache (B, T, H*Dh) with rows [0, past + n) of each sequence filled (the new tokens' keys and
+// values already appended), past >= 0, past + n <= T; out (B*n, H*Dh), overwritten. Query i sees cache
+// rows [0, past + i], as causal_attention_forward's query past + i sees keys [0, past + i] of the whole
+// sequence: out[b*n + i, head h] = sum_j softmax_j((q . k_j) / sqrt(Dh)) v_j. float32 only. Memory beyond
+// out: one score per (query, head, key seen) at most, CUDA in chunks of query rows (at most 2^25 scores).
+void cached_attention_forward(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              int64_t n_heads, int64_t past);
 
 // ---- router (MoE gating): top-k, jitter, auxiliary losses ----
 // T tokens, E experts, k experts chosen per token, d features.

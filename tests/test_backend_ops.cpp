@@ -326,6 +326,27 @@ std::vector<OpCase> op_cases() {
          rotary_backward(dx, on(d, tokens), 2, 150, 10000.f, &positions);
          return to_host({y, dx});
        }},
+      {"rotary_position_offset", kRounding, [=](Device d) {  // decoding: positions 40 .. 44
+         Tensor y = poisoned(d, {10, 8});
+         rotary_forward(y, on(d, q), 2, 5, 10000.f, nullptr, 40);
+         return to_host({y});
+       }},
+      // A prefill (past 0, 5 new tokens) and a decode step (past 36, 1 new token) over a cache of 2
+      // sequences of up to 40 tokens, head_dim 32; the cache's rows past the tokens are NaN, which a
+      // query must not read. Sums of up to 37 keys and 32 columns in another order, the CPU's exp against
+      // expf: as the causal attention's kChained.
+      {"cached_attention", kChained, [=](Device d) {
+         Tensor k_cache = normal_tensor({2, 40, 64}, 1.f, 23, "cached.k");
+         Tensor v_cache = normal_tensor({2, 40, 64}, 1.f, 23, "cached.v");
+         for (Tensor* cache : {&k_cache, &v_cache})
+           for (int64_t s = 0; s < 2; ++s) cache->rows(s, s + 1).reshape({40, 64}).rows(37, 40).fill(std::numeric_limits<float>::quiet_NaN());
+         const Tensor prefill_q = normal_tensor({10, 64}, 1.f, 23, "cached.q5");
+         const Tensor step_q = normal_tensor({2, 64}, 1.f, 23, "cached.q1");
+         Tensor prefill = poisoned(d, {10, 64}), step = poisoned(d, {2, 64});
+         cached_attention_forward(prefill, on(d, prefill_q), on(d, k_cache), on(d, v_cache), 2, 0);
+         cached_attention_forward(step, on(d, step_q), on(d, k_cache), on(d, v_cache), 2, 36);
+         return to_host({prefill, step});
+       }},
       {"topk", kRounding, [=](Device d) {  // the same choices (ids exact), weights one division apart
          Tensor e1 = poisoned_ints(d, {6, 2}), w1 = poisoned(d, {6, 2}), e2 = poisoned_ints(d, {6, 3});
          Tensor w2 = poisoned(d, {6, 3}), dp = grad(d, {6, 5}, 1);

@@ -405,6 +405,56 @@ TEST_P(CausalAttention, DocumentMaskMatchesTheReferenceAndFiniteDifferences) {
   expect_attention_gradients("masked attention", "d", q, k, v, dq, dk, dv, S, loss);
 }
 
+float at(const Tensor& t, int64_t row, int64_t col) { return t.f32()[row * t.dim(1) + col]; }
+
+// The new tokens' rows of the cached attention are the full attention's rows at their positions: for a
+// prefill (past 0), a decode step (one new token) and a split in between. The cache has rows past the
+// sequence poisoned with NaN, as is out: a read of a key the query must not see, or an output left
+// unwritten, shows as NaN. Both are within kForwardTol of the double reference (the full one blocked
+// with fast_exp, the cached one direct with std::exp), so within 2 kForwardTol of each other.
+TEST_P(CausalAttention, CachedAttentionGivesTheFullAttentionsRowsOfTheNewTokens) {
+  const auto [B, H, S, Dh, name] = GetParam();
+  AttentionTensors t(GetParam(), "cached");
+  causal_attention_forward(t.out, t.lse, t.q, t.k, t.v, H, S);
+  const int64_t C = H * Dh, T = S + 3;
+  Tensor k_cache = Tensor::empty({B, T, C}), v_cache = Tensor::empty({B, T, C});
+  k_cache.fill(std::numeric_limits<float>::quiet_NaN());
+  v_cache.fill(std::numeric_limits<float>::quiet_NaN());
+  for (int64_t b = 0; b < B; ++b) {
+    k_cache.reshape({B * T, C}).rows(b * T, b * T + S).copy_from(t.k.rows(b * S, (b + 1) * S));
+    v_cache.reshape({B * T, C}).rows(b * T, b * T + S).copy_from(t.v.rows(b * S, (b + 1) * S));
+  }
+  for (const int64_t past : {int64_t{0}, S / 2, S - 1}) {
+    const int64_t n = S - past;
+    Tensor q = Tensor::empty({B * n, C}), out = Tensor::empty({B * n, C});
+    for (int64_t b = 0; b < B; ++b) q.rows(b * n, (b + 1) * n).copy_from(t.q.rows(b * S + past, (b + 1) * S));
+    out.fill(std::numeric_limits<float>::quiet_NaN());
+    cached_attention_forward(out, q, k_cache, v_cache, H, past);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t c = 0; c < C; ++c) {
+          const float full = at(t.out, b * S + past + i, c);
+          ASSERT_NEAR(at(out, b * n + i, c), full, 2 * kForwardTol * (1 + std::fabs(full)))
+              << "past " << past << ", sequence " << b << ", new token " << i << ", column " << c;
+        }
+  }
+}
+
+// Rotating n tokens per sequence at an offset is rotating them where they stand in a longer sequence:
+// the same table rows, so the same bits.
+TEST(Rotary, PositionOffsetRotatesAsTheLaterPositionsOfALongerSequence) {
+  const int64_t B = 2, S = 9, H = 2, Dh = 6, C = H * Dh, past = 5, n = S - past;
+  const Tensor x = normal_tensor({B * S, C}, 1.f, kSeed, "rope.offset");
+  Tensor full = Tensor::empty(x.shape());
+  rotary_forward(full, x, H, S, 10000.f);
+  Tensor tail = Tensor::empty({B * n, C});
+  for (int64_t b = 0; b < B; ++b) tail.rows(b * n, (b + 1) * n).copy_from(x.rows(b * S + past, (b + 1) * S));
+  rotary_forward(tail, tail, H, n, 10000.f, nullptr, past);
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t i = 0; i < n; ++i)
+      for (int64_t c = 0; c < C; ++c) ASSERT_EQ(at(tail, b * n + i, c), at(full, b * S + past + i, c)) << b << " " << i;
+}
+
 TEST(Rotary, DocumentPositionsRotateByThePositionInTheDocument) {
   const int64_t B = 2, H = 2, S = 150, C = 8;
   const Tensor x = normal_tensor({B * S, C}, 1.f, kSeed, "rot.doc");
@@ -492,6 +542,18 @@ TEST(AttentionOps, BadArgumentsNameTheProblem) {
   Tensor w = Tensor::zeros({3, 7});
   EXPECT_CONTAINS(error_message([&] { linear_transposed_forward(y, x, w); }), "linear_transposed_forward", "w",
                   "(3, 8)");
+  EXPECT_CONTAINS(error_message([&] { rotary_forward(y, x, 2, 5, 10000.f, nullptr, -1); }), "position_offset = -1");
+  Tensor cache = Tensor::zeros({2, 6, 8}), q = Tensor::zeros({4, 8}), out = Tensor::zeros({4, 8});
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(out, q, cache, cache, 2, 5); }),
+                  "cached_attention_forward", "past = 5 cached tokens + 2 new ones exceed the cache's T = 6");
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(out, Tensor::zeros({4, 6}), cache, cache, 2, 0); }),
+                  "cached_attention_forward", "q has shape (4, 6), expected (B * n, 8)");
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(y, q, cache, cache, 2, 0); }), "out", "(4, 8)");
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(out, Tensor::zeros({3, 8}), cache, cache, 2, 0); }),
+                  "q has shape (3, 8)", "B = 2");
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(out, q, cache, Tensor::zeros({2, 5, 8}), 2, 0); }),
+                  "v_cache");
+  EXPECT_CONTAINS(error_message([&] { cached_attention_forward(out, q, cache, cache, 3, 0); }), "n_heads = 3");
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1077,6 +1139,63 @@ TEST(TransformerLM, ChangingALaterTokenLeavesEarlierLogitsUnchanged) {
         EXPECT_GT(diff, 1e-3) << "the changed token's own logits did not change";
       }
     }
+  }
+}
+
+// Decoding with a KV cache gives, for every position, the logits of the full forward over the sequence:
+// a prefill of 3 tokens, one step of 2, then one token at a time, with rotary and with learned positions,
+// through a dense layer and a dropless MoE layer (which treats tokens independently). The arithmetic is the
+// same float32 math in another order: the full attention is blocked with fast_exp (2e-7 relative), the
+// cached one direct with std::exp, each within 5e-6 of the exact attention (CausalAttention's
+// kForwardTol), and the products see other row counts. With these O(1) weights (init_std 0.5) the two
+// layers, norms and head carry such relative errors of the activations to the logits amplified by at most
+// ~10 (measured: below 2e-6 relative), so 1e-4 (1 + |logit|) bounds it; reading a wrong position or key
+// moves logits by O(0.1 .. 1).
+TEST(TransformerLM, CachedDecodeGivesTheLogitsOfTheFullForward) {
+  for (PositionKind pos : {PositionKind::Rotary, PositionKind::Learned}) {
+    TransformerConfig cfg = tiny_config(pos, pos == PositionKind::Learned, 1, NormKind::RMSNorm);
+    cfg.seq_len = 9;
+    if (pos == PositionKind::Rotary) cfg.n_heads = 4, cfg.n_kv_heads = 2;  // the cache holds grouped heads too
+    SCOPED_TRACE(describe(cfg));
+    TransformerLM model(cfg, kSeed);
+    const int64_t B = 2, S = cfg.seq_len, V = cfg.vocab_size;
+    Tensor inputs, targets;
+    make_batch(inputs, targets, B, S, V, "cached.batch");
+    model.forward(inputs, targets, false);
+    const Tensor full = model.logits().clone();
+
+    KVCache cache = model.make_kv_cache(B, S);
+    double worst = 0;
+    for (const int64_t n : {3, 2, 1, 1, 1, 1}) {
+      const int64_t past = cache.length;
+      Tensor tokens = Tensor::empty({B * n}, DType::I32);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < n; ++i) tokens.i32()[b * n + i] = inputs.i32()[b * S + past + i];
+      const Tensor& logits = model.forward_cached(tokens, cache);
+      ASSERT_EQ(cache.length, past + n);
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t i = 0; i < n; ++i)
+          for (int64_t c = 0; c < V; ++c) {
+            const float ref = full.f32()[(b * S + past + i) * V + c];
+            const double err = std::fabs(logits.f32()[(b * n + i) * V + c] - ref) / (1 + std::fabs(ref));
+            ASSERT_LE(err, 1e-4) << "sequence " << b << ", position " << past + i << ", token " << c;
+            worst = std::max(worst, err);
+          }
+    }
+    ASSERT_EQ(cache.length, S);
+    if (std::getenv("MOE_TEST_VERBOSE") != nullptr) std::printf("%s: worst %.3g\n", describe(cfg).c_str(), worst);
+
+    // Past the cache's capacity; with learned positions, past seq_len as well.
+    const Tensor one = Tensor::from_ints({B}, {1, 2});
+    EXPECT_CONTAINS(error_message([&] { model.forward_cached(one, cache); }), "9 cached + 1 new tokens exceed the cache's capacity of 9");
+    if (pos == PositionKind::Learned) {
+      KVCache longer = model.make_kv_cache(B, S + 1);
+      longer.length = S;
+      EXPECT_CONTAINS(error_message([&] { model.forward_cached(one, longer); }), "exceed seq_len = 9",
+                      "learned position table");
+    }
+    EXPECT_CONTAINS(error_message([&] { model.forward_cached(Tensor::from_ints({3}, {1, 2, 3}), cache); }),
+                    "3 tokens are not n >= 1 new tokens for each of the cache's 2 sequences");
   }
 }
 

@@ -17,32 +17,35 @@ namespace {
 
 // ---- rotary tables ----
 
-// cos and sin of s * theta^(-2i / Dh) for s in [0, S), i in [0, Dh/2), row-major (S, Dh/2).
+// cos and sin of s * theta^(-2i / Dh) for s in [0, positions), i in [0, Dh/2), row-major (positions, Dh/2).
 struct RotaryTable {
-  int64_t seq_len = -1, head_dim = -1;
+  int64_t positions = -1, head_dim = -1;
   float theta = 0.f;
   std::vector<float> cos, sin;
 };
 
-// The table for these settings, cached per thread: a run calls with the same (S, Dh, theta) in every
-// layer and step, and the S * Dh / 2 sin/cos pairs would otherwise cost about as much as the rotation.
-// Angles are formed and evaluated in double: s * freq reaches thousands of radians, where a float32
-// angle would be off by ~1e-4 rad.
-const RotaryTable& rotary_table(int64_t seq_len, int64_t head_dim, float theta) {
+// A table for these settings with at least `positions` rows, cached per thread: a run calls with the
+// same (S, Dh, theta) in every layer and step, and the S * Dh / 2 sin/cos pairs would otherwise cost
+// about as much as the rotation; decoding with a KV cache asks for one more position per step and gets
+// a table grown by doubling. Row s does not depend on the table's length. Angles are formed and
+// evaluated in double: s * freq reaches thousands of radians, where a float32 angle would be off by
+// ~1e-4 rad.
+const RotaryTable& rotary_table(int64_t positions, int64_t head_dim, float theta) {
   thread_local RotaryTable table;
-  if (table.seq_len == seq_len && table.head_dim == head_dim && table.theta == theta) return table;
+  if (table.positions >= positions && table.head_dim == head_dim && table.theta == theta) return table;
+  if (table.head_dim == head_dim && table.theta == theta) positions = std::max(positions, 2 * table.positions);
   const int64_t half = head_dim / 2;
-  table.cos.resize(static_cast<size_t>(seq_len * half));
-  table.sin.resize(static_cast<size_t>(seq_len * half));
+  table.cos.resize(static_cast<size_t>(positions * half));
+  table.sin.resize(static_cast<size_t>(positions * half));
   for (int64_t i = 0; i < half; ++i) {
     const double freq = std::pow(static_cast<double>(theta), -2.0 * static_cast<double>(i) / head_dim);
-    for (int64_t s = 0; s < seq_len; ++s) {
+    for (int64_t s = 0; s < positions; ++s) {
       const double angle = static_cast<double>(s) * freq;
       table.cos[s * half + i] = static_cast<float>(std::cos(angle));
       table.sin[s * half + i] = static_cast<float>(std::sin(angle));
     }
   }
-  table.seq_len = seq_len;
+  table.positions = positions;
   table.head_dim = head_dim;
   table.theta = theta;
   return table;
@@ -56,19 +59,19 @@ const int32_t* document_positions(const char* op, const Tensor* positions, int64
 }
 
 // Calls pair(out + j, in + j, cos, sin) for the first column j = 2i of each column pair (2i, 2i + 1) of
-// each head of each row of in, out (N, C = H*Dh), with the cos and sin of row n's position: n % S, or
-// positions[n] (checked to be in [0, n % S]).
+// each head of each row of in, out (N, C = H*Dh), with the cos and sin of row n's position: offset plus
+// n % S, or plus positions[n] (checked to be in [0, n % S]).
 template <typename PairFn>
 void for_each_rotary_pair(const char* op, float* out, const float* in, int64_t N, int64_t C, int64_t n_heads,
-                          int64_t seq_len, float theta, const Tensor* positions, PairFn pair) {
+                          int64_t seq_len, float theta, const Tensor* positions, int64_t offset, PairFn pair) {
   const int32_t* pos = document_positions(op, positions, seq_len);
   const int64_t head_dim = C / n_heads, half = head_dim / 2;
-  const RotaryTable& table = rotary_table(seq_len, head_dim, theta);
+  const RotaryTable& table = rotary_table(offset + seq_len, head_dim, theta);
   const float* pcos = table.cos.data();
   const float* psin = table.sin.data();
 #pragma omp parallel for if (N * C >= kMinParallelElements)
   for (int64_t n = 0; n < N; ++n) {
-    const int64_t position = pos != nullptr ? pos[n] : n % seq_len;
+    const int64_t position = offset + (pos != nullptr ? pos[n] : n % seq_len);
     const float* c = pcos + position * half;
     const float* s = psin + position * half;
     for (int64_t h = 0; h < n_heads; ++h) {
@@ -129,9 +132,9 @@ struct AttentionPairs {
 // (y0, y1) = (x0 cos - x1 sin, x0 sin + x1 cos) for each pair; both inputs are read before either
 // output is written, so y may be x.
 void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
-                    const Tensor* positions) {
+                    const Tensor* positions, int64_t position_offset) {
   for_each_rotary_pair("rotary_forward", y.f32(), x.f32(), x.dim(0), x.dim(1), n_heads, seq_len, theta, positions,
-                       [](float* y_pair, const float* x_pair, float c, float s) {
+                       position_offset, [](float* y_pair, const float* x_pair, float c, float s) {
                          const float x0 = x_pair[0], x1 = x_pair[1];
                          y_pair[0] = x0 * c - x1 * s;
                          y_pair[1] = x0 * s + x1 * c;
@@ -142,7 +145,7 @@ void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len
 void rotary_backward(Tensor& dx, const Tensor& dy, int64_t n_heads, int64_t seq_len, float theta,
                      const Tensor* positions) {
   for_each_rotary_pair("rotary_backward", dx.f32(), dy.f32(), dy.dim(0), dy.dim(1), n_heads, seq_len, theta,
-                       positions,
+                       positions, 0,
                        [](float* dx_pair, const float* dy_pair, float c, float s) {
                          const float dy0 = dy_pair[0], dy1 = dy_pair[1];
                          dx_pair[0] += dy0 * c + dy1 * s;
@@ -347,6 +350,49 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
         if (pdk != nullptr)
           gemm(true, false, cols, head_dim, rows, pairs.scale, dS, cols, Q, C, 1.f, pdk + offset + c0 * C, C);
       }
+    }
+  }
+}
+
+// ---- cached attention (inference) ----
+// Per (new query row, head): the scores of the keys it sees, their softmax (the precise exp: there is no
+// block structure to keep fast here, and it is what the reference computes) and the weighted sum of the
+// values, in float32. A decode step has few rows, so the (row, head) pairs run in parallel.
+void cached_attention_forward(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              int64_t n_heads, int64_t past) {
+  const int64_t B = k_cache.dim(0), T = k_cache.dim(1), C = k_cache.dim(2), n = q.dim(0) / B;
+  const int64_t head_dim = C / n_heads, tasks = B * n * n_heads;
+  const float scale = 1.f / std::sqrt(static_cast<float>(head_dim));
+  const float* pq = q.f32();
+  const float* pk = k_cache.f32();
+  const float* pv = v_cache.f32();
+  float* po = out.f32();
+#pragma omp parallel for if (tasks * (past + n) * head_dim >= kMinParallelElements)
+  for (int64_t task = 0; task < tasks; ++task) {
+    const int64_t row = task / n_heads, h = task % n_heads, b = row / n, i = row % n;
+    const int64_t seen = past + i + 1;  // cache rows [0, past + i]
+    thread_local std::vector<float> scores;
+    scores.resize(static_cast<size_t>(seen));
+    const float* qh = pq + row * C + h * head_dim;
+    const float* keys = pk + b * T * C + h * head_dim;
+    const float* values = pv + b * T * C + h * head_dim;
+    float max_score = -INFINITY;
+    for (int64_t j = 0; j < seen; ++j) {
+      float dot = 0.f;
+      for (int64_t c = 0; c < head_dim; ++c) dot += qh[c] * keys[j * C + c];
+      scores[j] = dot * scale;
+      max_score = std::max(max_score, scores[j]);
+    }
+    float sum = 0.f;
+    for (int64_t j = 0; j < seen; ++j) {
+      scores[j] = std::exp(scores[j] - max_score);
+      sum += scores[j];
+    }
+    float* oh = po + row * C + h * head_dim;
+    std::fill(oh, oh + head_dim, 0.f);
+    for (int64_t j = 0; j < seen; ++j) {
+      const float p = scores[j] / sum;
+      for (int64_t c = 0; c < head_dim; ++c) oh[c] += p * values[j * C + c];
     }
   }
 }

@@ -39,7 +39,7 @@ const int32_t* document_positions(const char* op, const Tensor* positions, int64
 // (y0, y1) = (x0 cos - x1 sin, x0 sin + x1 cos) for each pair; a thread reads both inputs of its pair
 // before writing either output, so y may be x.
 void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len, float theta,
-                    const Tensor* positions) {
+                    const Tensor* positions, int64_t position_offset) {
   const char* op = "rotary_forward";
   const int64_t C = x.dim(1), head_dim = C / n_heads;
   const int32_t* pos = document_positions(op, positions, seq_len);
@@ -48,7 +48,7 @@ void rotary_forward(Tensor& y, const Tensor& x, int64_t n_heads, int64_t seq_len
   for_each(op, x.numel() / 2, [=] __device__(int64_t p) {  // p: the pair (2p, 2p + 1) of the flat tensor
     const int64_t n = (2 * p) / C, i = ((2 * p) % C) % head_dim / 2;
     float c, s;
-    rotary_angle(pos != nullptr ? pos[n] : n % seq_len, i, head_dim, theta, &c, &s);
+    rotary_angle(position_offset + (pos != nullptr ? pos[n] : n % seq_len), i, head_dim, theta, &c, &s);
     const float x0 = px[2 * p], x1 = px[2 * p + 1];
     py[2 * p] = x0 * c - x1 * s;
     py[2 * p + 1] = x0 * s + x1 * c;
@@ -296,6 +296,56 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
   const int64_t B = q.dim(0) / seq_len;
   for_input_dtype(op, q, k, v, n_heads, seq_len, positions,
                   [&](const auto& a) { attention_backward(a, pdq, pdk, pdv, pdout, pout, plse, B); });
+}
+
+// ---- cached attention (inference) ----
+// One block per (new query row, head), in chunks of rows whose scores fit kScoreElements of the scratch
+// buffer: the block's threads take the keys it sees in turn (scores, then the block's max), then the
+// exponentials and their block sum, then the columns of its output (the weighted sum of the values,
+// each thread a column, the keys in order).
+void cached_attention_forward(Tensor& out, const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                              int64_t n_heads, int64_t past) {
+  const char* op = "cached_attention_forward";
+  const int64_t B = k_cache.dim(0), T = k_cache.dim(1), C = k_cache.dim(2), n = q.dim(0) / B;
+  const int64_t head_dim = C / n_heads, keys = past + n;  // the most keys a query sees
+  const float scale = 1.f / sqrtf(static_cast<float>(head_dim));
+  const float* pq = f32(op, q);
+  const float* pk = f32(op, k_cache);
+  const float* pv = f32(op, v_cache);
+  float* po = f32(op, out);
+  const int64_t pairs = B * n * n_heads;
+  const int64_t chunk = std::max<int64_t>(1, kScoreElements / keys);
+  float* scores = static_cast<float*>(scratch_buffer(op, std::min(pairs, chunk) * keys * int64_t{sizeof(float)}));
+  for (int64_t first = 0; first < pairs; first += chunk) {
+    const int64_t count = std::min(chunk, pairs - first);
+    for_each_row(op, count, [=] __device__(int64_t r) {
+      const int64_t task = first + r, row = task / n_heads, h = task % n_heads, b = row / n;
+      const int64_t seen = past + row % n + 1;  // cache rows [0, past + i]
+      const float* qh = pq + row * C + h * head_dim;
+      const float* kh = pk + b * T * C + h * head_dim;
+      const float* vh = pv + b * T * C + h * head_dim;
+      float* sc = scores + r * keys;
+      float local_max = -INFINITY;
+      for (int64_t j = threadIdx.x; j < seen; j += blockDim.x) {
+        float dot = 0.f;
+        for (int64_t c = 0; c < head_dim; ++c) dot += qh[c] * kh[j * C + c];
+        sc[j] = dot * scale;
+        local_max = fmaxf(local_max, sc[j]);
+      }
+      const float max_score = block_max(local_max);
+      float local_sum = 0.f;
+      for (int64_t j = threadIdx.x; j < seen; j += blockDim.x) {
+        sc[j] = expf(sc[j] - max_score);
+        local_sum += sc[j];
+      }
+      const float sum = block_sum(local_sum);  // its __syncthreads also orders the writes of sc before the reads
+      for (int64_t c = threadIdx.x; c < head_dim; c += blockDim.x) {
+        float acc = 0.f;
+        for (int64_t j = 0; j < seen; ++j) acc += sc[j] * vh[j * C + c];
+        po[row * C + h * head_dim + c] = acc / sum;
+      }
+    });
+  }
 }
 
 }  // namespace moe::cuda

@@ -81,7 +81,7 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x, const Tensor* positions
   w_qkv_ = as_dtype(weights.w_qkv, w_qkv_bf16_, products);
   w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
 
-  project();
+  project(S, positions, 0);
   // The scores and softmax stay float32 in every precision (q, k and v may be bfloat16; the products
   // sum in float32): an error e in a score scales its weight by exp(e), and bfloat16 would round each
   // score by up to |score| 2^-8.
@@ -94,8 +94,8 @@ void AttentionLayer::forward(Tensor& y, const Tensor& x, const Tensor* positions
   linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
 
-void AttentionLayer::project() {
-  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, S = cfg_.seq_len, Dh = cfg_.head_dim();
+void AttentionLayer::project(int64_t seq_len, const Tensor* positions, int64_t position_offset) {
+  const int64_t N = x_.dim(0), d = cfg_.d_model, H = cfg_.n_heads, Dh = cfg_.head_dim();
   const Device device = x_.device();
   AttentionProjections& p = *proj_;
   resize_on(p.qkv, {N, cfg_.qkv_width()}, device);
@@ -112,13 +112,42 @@ void AttentionLayer::project() {
   gather_heads(p.k, index_k_);
   gather_heads(p.v, index_v_);
   if (cfg_.rotary) {
-    rotary_forward(p.q, p.q, H, S, cfg_.rope_theta, positions());  // in place
-    rotary_forward(p.k, p.k, H, S, cfg_.rope_theta, positions());
+    rotary_forward(p.q, p.q, H, seq_len, cfg_.rope_theta, positions, position_offset);  // in place
+    rotary_forward(p.k, p.k, H, seq_len, cfg_.rope_theta, positions, position_offset);
   }
   const DType products = product_dtype(cfg_.precision);
   p.q_in = as_dtype(p.q, p.q_bf16, products);
   p.k_in = as_dtype(p.k, p.k_bf16, products);
   p.v_in = as_dtype(p.v, p.v_bf16, products);
+}
+
+// x, y (B*n, d); k_cache, v_cache (B, T, d).
+void AttentionLayer::forward_cached(Tensor& y, const Tensor& x, Tensor& k_cache, Tensor& v_cache, int64_t past) {
+  const char* op = "AttentionLayer::forward_cached";
+  require_rank(op, "k_cache", k_cache, 3);
+  const int64_t B = k_cache.dim(0), T = k_cache.dim(1), d = cfg_.d_model, N = x.dim(0), n = N / B;
+  require_shape(op, "v_cache", v_cache, k_cache.shape());
+  MOE_REQUIRE(k_cache.dim(2) == d && x.rank() == 2 && x.dim(1) == d && N % B == 0 && N > 0, op, ": x has shape ",
+              to_string(x.shape()), " and the cache ", to_string(k_cache.shape()),
+              ", expected (B * n, d_model) and (B, T, d_model) with d_model = ", d);
+  MOE_REQUIRE(past >= 0 && past + n <= T, op, ": ", past, " cached + ", n, " new tokens exceed the cache's ", T);
+  make_split_indices(N);
+  positions_ = Tensor();
+  const DType products = product_dtype(cfg_.precision);
+  x_ = as_dtype(x, x_bf16_, products);
+  w_qkv_ = as_dtype(weights.w_qkv, w_qkv_bf16_, products);
+  w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
+  project(n, nullptr, past);  // B sequences of n rows at positions past + i
+  const AttentionProjections& p = *proj_;
+  for (int64_t b = 0; b < B; ++b) {
+    const int64_t row = b * T + past;
+    k_cache.reshape({B * T, d}).rows(row, row + n).copy_from(p.k.rows(b * n, (b + 1) * n));
+    v_cache.reshape({B * T, d}).rows(row, row + n).copy_from(p.v.rows(b * n, (b + 1) * n));
+  }
+  resize_on(attn_, {N, d}, x.device());
+  cached_attention_forward(attn_, p.q, k_cache, v_cache, cfg_.n_heads, past);
+  attn_product_ = as_dtype(attn_, attn_bf16_, products);
+  linear_forward(y, attn_product_, w_out_, nullptr);  // (N, d)
 }
 
 void AttentionLayer::share_projections(std::shared_ptr<AttentionProjections> scratch) {
@@ -150,7 +179,7 @@ void AttentionLayer::backward(Tensor& dx, const Tensor& dy) {
   resize_zeroed(dq_, {N, d}, device);
   resize_zeroed(dk_, {N, d}, device);
   resize_zeroed(dv_, {N, d}, device);
-  if (cfg_.recompute) project();  // the shared projections hold another layer's, or nothing kept
+  if (cfg_.recompute) project(S, positions(), 0);  // the shared projections hold another layer's, or nothing kept
   const AttentionProjections& p = *proj_;
   causal_attention_backward(&dq_, &dk_, &dv_, d_attn_, p.q_in, p.k_in, p.v_in, attn_, lse_, H, S, positions());
 

@@ -73,6 +73,14 @@ class AttentionLayer {
   // dy (B*S, d): accumulates dx (B*S, d) += dL/dx and the weight gradients. dx must not be dy.
   void backward(Tensor& dx, const Tensor& dy);
 
+  // Inference with a KV cache; no backward may follow (it overwrites what forward saved). x (B*n, d): n new tokens of each of the B sequences of k_cache, v_cache
+  // (B, T, d), at positions past .. past + n - 1, past + n <= T. Projects them as forward does (rotary at
+  // those positions), writes their keys and values into rows [past, past + n) of the caches, attends each
+  // new query over its sequence's rows [0, its position] (cached_attention_forward) and writes y (B*n, d).
+  // The attention reads float32 q, k and v in every precision (the projections take bfloat16 inputs
+  // with Precision::BF16, as in forward).
+  void forward_cached(Tensor& y, const Tensor& x, Tensor& k_cache, Tensor& v_cache, int64_t past);
+
   // Adds "<prefix>.w_qkv" and "<prefix>.w_out" (Dense, with weight decay).
   void register_parameters(ParameterRegistry& registry, const std::string& prefix);
 
@@ -92,8 +100,9 @@ class AttentionLayer {
  private:
   // Row indices of q, k and v (N H head rows each) in qkv viewed as (N (H + 2 KV), Dh) head rows.
   void make_split_indices(int64_t N);
-  // *proj_ from x_ and w_qkv_: the QKV product, the split and rotary.
-  void project();
+  // *proj_ from x_ and w_qkv_: the QKV product, the split and rotary, x_ being sequences of seq_len rows
+  // whose positions are position_offset plus the document positions (or plus the row's index in its sequence).
+  void project(int64_t seq_len, const Tensor* positions, int64_t position_offset);
 
   AttentionConfig cfg_;
 

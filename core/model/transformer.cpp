@@ -178,7 +178,7 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   const char* op = "TransformerLM::forward";
   require_rank(op, "inputs", inputs, 1);
   require_dtype(op, "inputs", inputs, DType::I32);
-  const int64_t N = inputs.dim(0), S = cfg_.seq_len, d = cfg_.d_model, V = cfg_.vocab_size;
+  const int64_t N = inputs.dim(0), S = cfg_.seq_len, V = cfg_.vocab_size;
   MOE_REQUIRE(N % S == 0, op, ": inputs has ", N, " tokens, expected whole sequences of seq_len = ", S);
   require_shape(op, "targets", targets, {N});
   require_dtype(op, "targets", targets, DType::I32);
@@ -192,18 +192,70 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
   targets_ = targets;
   document_positions_ = positions != nullptr ? *positions : Tensor();
 
-  resize_on(h0_, {N, d}, device_);
-  embedding_forward(h0_, inputs, weights.embedding);
+  if (cfg_.positions == PositionKind::Learned && (!position_ids_.defined() || position_ids_.dim(0) != N)) {
+    position_ids_ = Tensor::empty({N}, DType::I32, device_);
+    index_ramp(position_ids_, 0, 1, S);  // position of token n: n mod seq_len
+  }
+  embed(inputs, learned_position_ids());
+  blocks_forward(N, training, inputs, positions, nullptr);
+  head_forward(N);
+  // Only the matrix products take bfloat16 inputs. The norms, the softmax of the cross-entropy (and of
+  // the attention) and the residual stream stay float32 in every precision: they sum squares or
+  // exponentials over a whole row, where bfloat16's 8-bit significand (relative error up to 2^-8 per value)
+  // would lose small terms and the loss itself, a difference of logits, would carry that error in full.
+  resize_on(probs_, {N, V}, device_);
+  const float loss = cross_entropy_forward(probs_, logits_, targets);
+  forward_done_ = true;
+  return loss;
+}
+
+const Tensor& TransformerLM::forward_cached(const Tensor& tokens, KVCache& cache) {
+  const char* op = "TransformerLM::forward_cached";
+  require_rank(op, "tokens", tokens, 1);
+  require_dtype(op, "tokens", tokens, DType::I32);
+  require_same_device(op, {&tokens, &weights.embedding, &cache.k.at(0)});
+  const int64_t N = tokens.dim(0), B = cache.batch(), past = cache.length;
+  MOE_REQUIRE(static_cast<int64_t>(cache.k.size()) == cfg_.n_layers && cache.k[0].dim(2) == cfg_.d_model, op,
+              ": the cache has ", cache.k.size(), " layers of ", cache.k[0].dim(2), " columns, the model ",
+              cfg_.n_layers, " of d_model = ", cfg_.d_model);
+  MOE_REQUIRE(N > 0 && N % B == 0, op, ": ", N, " tokens are not n >= 1 new tokens for each of the cache's ", B,
+              " sequences");
+  const int64_t n = N / B;
+  MOE_REQUIRE(past + n <= cache.capacity(), op, ": ", past, " cached + ", n, " new tokens exceed the cache's ",
+              "capacity of ", cache.capacity());
+  MOE_REQUIRE(cfg_.positions != PositionKind::Learned || past + n <= cfg_.seq_len, op, ": ", past, " cached + ", n,
+              " new tokens exceed seq_len = ", cfg_.seq_len, ", the rows of the learned position table");
+  forward_done_ = false;  // the saved activations are no longer a forward's: no backward
+  document_positions_ = Tensor();
   if (cfg_.positions == PositionKind::Learned) {
-    if (!position_ids_.defined() || position_ids_.dim(0) != N) {
-      position_ids_ = Tensor::empty({N}, DType::I32, device_);
-      index_ramp(position_ids_, 0, 1, S);  // position of token n: n mod seq_len
-    }
+    resize_on(cached_position_ids_, {N}, device_, DType::I32);
+    index_ramp(cached_position_ids_, past, 1, n);  // row b*n + i: position past + i
+  }
+  embed(tokens, cached_position_ids_);
+  blocks_forward(N, false, tokens, nullptr, &cache);
+  head_forward(N);
+  cache.length = past + n;
+  return logits_;
+}
+
+KVCache TransformerLM::make_kv_cache(int64_t batch, int64_t capacity) const {
+  return KVCache(cfg_.n_layers, batch, capacity, cfg_.d_model, device_);
+}
+
+void TransformerLM::embed(const Tensor& ids, const Tensor& position_ids) {
+  const int64_t N = ids.dim(0), d = cfg_.d_model;
+  resize_on(h0_, {N, d}, device_);
+  embedding_forward(h0_, ids, weights.embedding);
+  if (cfg_.positions == PositionKind::Learned) {
     resize_on(position_rows_, {N, d}, device_);
-    embedding_forward(position_rows_, learned_position_ids(), weights.positions);
+    embedding_forward(position_rows_, position_ids, weights.positions);
     add_scaled(h0_, position_rows_, 1.f);
   }
+}
 
+void TransformerLM::blocks_forward(int64_t N, bool training, const Tensor& token_ids, const Tensor* positions,
+                                   KVCache* cache) {
+  const int64_t d = cfg_.d_model;
   for (size_t i = 0; i < blocks_.size(); ++i) {
     Block& blk = *blocks_[i];
     const Tensor& x = block_input(i);
@@ -212,11 +264,14 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     resize_on(blk.b, {N, d}, device_);
     resize_on(blk.out, {N, d}, device_);
     blk.norm1.forward(blk.a, x);
-    blk.attn.forward(blk.r, blk.a, positions);
+    if (cache != nullptr)
+      blk.attn.forward_cached(blk.r, blk.a, cache->k[i], cache->v[i], cache->length);
+    else
+      blk.attn.forward(blk.r, blk.a, positions);
     add_scaled(blk.r, x, 1.f);  // r = x + attn(norm1(x))
     blk.norm2.forward(blk.b, blk.r);
     if (blk.moe) {
-      blk.moe->forward(blk.out, blk.b, training, &inputs);  // static routing routes by token id
+      blk.moe->forward(blk.out, blk.b, training, &token_ids);  // static routing routes by token id
       if (blk.shared) {
         resize_on(blk.shared_out, {N, d}, device_);
         blk.shared->forward(blk.shared_out, blk.b);
@@ -227,10 +282,12 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     }
     add_scaled(blk.out, blk.r, 1.f);  // out = r + ffn(norm2(r))
   }
+}
 
-  resize_on(z_, {N, d}, device_);
+void TransformerLM::head_forward(int64_t N) {
+  resize_on(z_, {N, cfg_.d_model}, device_);
   final_norm_.forward(z_, block_input(blocks_.size()));
-  resize_on(logits_, {N, V}, device_);
+  resize_on(logits_, {N, cfg_.vocab_size}, device_);
   // With Precision::BF16 the head's product reads bfloat16 copies of z and of its weight (made anew
   // each forward: the optimizer changes the float32 master every step); the logits are float32.
   const DType products = product_dtype(cfg_.precision);
@@ -240,14 +297,6 @@ float TransformerLM::forward(const Tensor& inputs, const Tensor& targets, bool t
     linear_transposed_forward(logits_, z_product_, head_product_);  // z E^T
   else
     linear_forward(logits_, z_product_, head_product_, nullptr);
-  // Only the matrix products take bfloat16 inputs. The norms, the softmax of the cross-entropy (and of
-  // the attention) and the residual stream stay float32 in every precision: they sum squares or
-  // exponentials over a whole row, where bfloat16's 8-bit significand (relative error up to 2^-8 per value)
-  // would lose small terms and the loss itself, a difference of logits, would carry that error in full.
-  resize_on(probs_, {N, V}, device_);
-  const float loss = cross_entropy_forward(probs_, logits_, targets);
-  forward_done_ = true;
-  return loss;
 }
 
 void TransformerLM::backward() {

@@ -11,6 +11,7 @@
 
 #include "core/model/attention_layer.h"
 #include "core/model/dense_ffn.h"
+#include "core/model/kv_cache.h"
 #include "core/model/model_options.h"
 #include "core/model/norm_layer.h"
 #include "core/moe/moe_config.h"
@@ -66,6 +67,21 @@ class TransformerLM {
   // "Documents packed into a sequence"), which the rotary or learned positions use and to which every
   // attention layer masks; null is one document per sequence (position n % S). Kept by reference too.
   float forward(const Tensor& inputs, const Tensor& targets, bool training, const Tensor* positions = nullptr);
+
+  // Inference with a KV cache (text generation; no backward follows it): tokens (B*n) int32 on device(),
+  // in [0, V): n new tokens of each of the cache's B sequences (row b*n + i is sequence b's token at
+  // position cache.length + i). Runs them through the model, attending over the cached tokens and each
+  // other causally, appends their keys and values to the cache, advances cache.length by n and returns
+  // their (B*n, V) logits, valid until the next forward. For every position these are the logits a
+  // forward of the whole sequence up to it gives (up to float32 summation order; tests/test_model.cpp),
+  // provided the MoE layers drop no token: they run as forward's evaluation (training = false), so build
+  // the model with moe.eval_capacity_factor <= 0 (dropless) for generation. InvalidArgument when the cache
+  // is not this model's (layers, d_model, device), when cache.length + n exceeds its capacity, or with
+  // learned positions, exceeds seq_len (the table has seq_len rows; rotary positions go on beyond it).
+  // Collective over the expert groups as forward is (every rank calls it with the same B and n).
+  const Tensor& forward_cached(const Tensor& tokens, KVCache& cache);
+  // An empty cache for forward_cached: `batch` sequences of up to `capacity` tokens, on device().
+  KVCache make_kv_cache(int64_t batch, int64_t capacity) const;
 
   // Backward of the last forward from dloss = 1 on its cross-entropy: accumulates into every
   // registered gradient (zero them first). Each MoE layer adds the gradients of its own aux and
@@ -131,6 +147,13 @@ class TransformerLM {
     Tensor shared_out;  // shared(b)
   };
   const Tensor& block_input(size_t i) const { return i == 0 ? h0_ : blocks_[i - 1]->out; }
+  // The parts forward and forward_cached share, over N token rows: h0_ = embedding of ids (+ the
+  // learned positions at position_ids, which only those models read); the blocks, each attention layer
+  // either over whole sequences (cache null; document positions or null) or over the cache; the final
+  // norm and the head into logits_.
+  void embed(const Tensor& ids, const Tensor& position_ids);
+  void blocks_forward(int64_t N, bool training, const Tensor& token_ids, const Tensor* positions, KVCache* cache);
+  void head_forward(int64_t N);
 
   TransformerConfig cfg_;
   Device device_;
@@ -141,6 +164,7 @@ class TransformerLM {
   bool forward_done_ = false;
   Tensor inputs_, targets_;  // (N) int32, shared storage with the caller's
   Tensor position_ids_;      // (N) int32: n % S
+  Tensor cached_position_ids_;  // (N) int32: forward_cached's new tokens' positions (learned positions)
   Tensor document_positions_;  // (N) int32 the forward's positions argument (shared storage), or undefined
   // What the learned position table is read at: the document positions, else n % S.
   const Tensor& learned_position_ids() const {

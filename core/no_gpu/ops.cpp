@@ -78,7 +78,9 @@ void linear_transposed_backward(Tensor*, Tensor*, const Tensor&, const Tensor&, 
   MOE_NO_CUDA(linear_transposed_backward);
 }
 
-void rotary_forward(Tensor&, const Tensor&, int64_t, int64_t, float, const Tensor*) { MOE_NO_CUDA(rotary_forward); }
+void rotary_forward(Tensor&, const Tensor&, int64_t, int64_t, float, const Tensor*, int64_t) {
+  MOE_NO_CUDA(rotary_forward);
+}
 void rotary_backward(Tensor&, const Tensor&, int64_t, int64_t, float, const Tensor*) { MOE_NO_CUDA(rotary_backward); }
 void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t,
                               const Tensor*) {
@@ -87,6 +89,9 @@ void causal_attention_forward(Tensor&, Tensor&, const Tensor&, const Tensor&, co
 void causal_attention_backward(Tensor*, Tensor*, Tensor*, const Tensor&, const Tensor&, const Tensor&,
                                const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t, const Tensor*) {
   MOE_NO_CUDA(causal_attention_backward);
+}
+void cached_attention_forward(Tensor&, const Tensor&, const Tensor&, const Tensor&, int64_t, int64_t) {
+  MOE_NO_CUDA(cached_attention_forward);
 }
 
 void topk_forward(Tensor&, Tensor&, const Tensor&, int64_t, bool, const Tensor*, float) {

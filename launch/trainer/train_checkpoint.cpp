@@ -31,15 +31,17 @@ struct NamedTensor {
   ParamKind kind;
 };
 
-// Every tensor of the run's state, in a fixed order: parameters, optimizer state, selection biases.
-std::vector<NamedTensor> state_tensors(TransformerLM& model, ParameterRegistry& registry, Optimizer& optimizer) {
+// Every tensor of the run's state, in a fixed order: parameters, optimizer state (none when optimizer is
+// null: the model alone), selection biases.
+std::vector<NamedTensor> state_tensors(TransformerLM& model, ParameterRegistry& registry, Optimizer* optimizer) {
   std::vector<NamedTensor> out;
   std::map<std::string, ParamKind> kinds;
   for (Parameter& p : registry.all()) {
     out.push_back({p.name, p.value, p.kind});
     kinds[p.name] = p.kind;
   }
-  for (auto& [name, t] : optimizer.state()) out.push_back({name, t, state_kind(name, kinds)});
+  if (optimizer != nullptr)
+    for (auto& [name, t] : optimizer->state()) out.push_back({name, t, state_kind(name, kinds)});
   for (int64_t i = 0; i < model.config().n_layers; ++i)
     if (MoELayer* m = model.moe_layer(i))
       out.push_back({names::layer_tensor(i, names::kMoE, names::kSelectionBias), m->selection_bias, ParamKind::Dense});
@@ -54,7 +56,7 @@ std::string save_training_checkpoint(const TrainConfig& cfg, const std::string& 
   const ExpertLayout& L = groups.layout;
   std::vector<CheckpointTensor> mine;
   int64_t dense_index = 0;
-  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+  for (NamedTensor& t : state_tensors(model, registry, &optimizer)) {
     if (t.kind == ParamKind::Dense) {
       // Replicated everywhere: each dense tensor is written once, by ranks in turn.
       if (dense_index++ % L.world_size == L.world_rank) mine.push_back({t.name, -1, t.tensor.to(Device::CPU)});
@@ -104,7 +106,7 @@ std::map<std::string, Tensor> gather_training_state(TransformerLM& model, Parame
                                                     Optimizer& optimizer, const ProcessGroups& groups) {
   const ExpertLayout& L = groups.layout;
   std::map<std::string, Tensor> full;
-  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+  for (NamedTensor& t : state_tensors(model, registry, &optimizer)) {
     const Tensor mine = t.tensor.to(Device::CPU);
     if (t.kind == ParamKind::Dense) {
       full[t.name] = mine;
@@ -122,7 +124,7 @@ std::map<std::string, Tensor> gather_training_state(TransformerLM& model, Parame
 void scatter_training_state(const std::map<std::string, Tensor>& full, TransformerLM& model,
                             ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups) {
   const ExpertLayout& L = groups.layout;
-  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+  for (NamedTensor& t : state_tensors(model, registry, &optimizer)) {
     auto it = full.find(t.name);
     MOE_ASSERT(it != full.end(), "the new model's state has the old one's names");
     const Tensor& from = it->second;
@@ -131,29 +133,27 @@ void scatter_training_state(const std::map<std::string, Tensor>& full, Transform
   }
 }
 
-std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
-                                     ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
-                                     int64_t steps_per_epoch, LoopState* loop) {
-  std::unique_ptr<CheckpointReader> reader;
-  Status st = CheckpointReader::open(dir, &reader);
-  if (!st.ok()) throw DamagedCheckpoint("cannot load checkpoint: " + st.to_string());
-  const checkpoint::Manifest& m = reader->manifest();
-  const ExpertLayout& L = groups.layout;
-  MOE_REQUIRE(m.layout().num_experts() == L.num_experts, "checkpoint '", dir, "' has ", m.layout().num_experts(),
-              " experts per MoE layer but moe.num_experts = ", L.num_experts);
+namespace {
 
+// Reads every tensor of `tensors` that this rank holds (each dense one, its experts' slices of the
+// expert ones) from the checkpoint `reader` opened at `dir`; throws as load_training_checkpoint.
+void load_state_tensors(const CheckpointReader& reader, const std::string& dir, std::vector<NamedTensor> tensors,
+                        const ExpertLayout& L) {
+  MOE_REQUIRE(reader.manifest().layout().num_experts() == L.num_experts, "checkpoint '", dir, "' has ",
+              reader.manifest().layout().num_experts(), " experts per MoE layer but moe.num_experts = ",
+              L.num_experts);
   auto load = [&](const std::string& name, int64_t expert, Tensor& into) {
-    const checkpoint::TensorEntry* e = reader->find(name, expert);
+    const checkpoint::TensorEntry* e = reader.find(name, expert);
     MOE_REQUIRE(e != nullptr, "checkpoint '", dir, "' has no tensor '", name, "'",
                 expert >= 0 ? " for expert " + std::to_string(expert) : std::string(),
                 name.rfind("adamw.", 0) == 0 || name.rfind("sgd.", 0) == 0
                     ? " (was it written with another optimizer? optim.name must match)"
                     : " (a model of another shape?)");
-    Status s = reader->read(*e, into);
+    Status s = reader.read(*e, into);
     if (s.code() == Status::Code::InvalidArgument) throw InvalidArgument("cannot load checkpoint: " + s.to_string());
     if (!s.ok()) throw DamagedCheckpoint("cannot load checkpoint: " + s.to_string());
   };
-  for (NamedTensor& t : state_tensors(model, registry, optimizer)) {
+  for (NamedTensor& t : tensors) {
     if (t.kind == ParamKind::Dense) {
       load(t.name, -1, t.tensor);
     } else {
@@ -163,6 +163,29 @@ std::string load_training_checkpoint(const std::string& dir, const TrainConfig& 
       }
     }
   }
+}
+
+std::unique_ptr<CheckpointReader> open_for_loading(const std::string& dir) {
+  std::unique_ptr<CheckpointReader> reader;
+  Status st = CheckpointReader::open(dir, &reader);
+  if (!st.ok()) throw DamagedCheckpoint("cannot load checkpoint: " + st.to_string());
+  return reader;
+}
+
+}  // namespace
+
+void load_model_weights(const std::string& dir, TransformerLM& model, ParameterRegistry& registry,
+                        const ProcessGroups& groups) {
+  load_state_tensors(*open_for_loading(dir), dir, state_tensors(model, registry, nullptr), groups.layout);
+}
+
+std::string load_training_checkpoint(const std::string& dir, const TrainConfig& cfg, TransformerLM& model,
+                                     ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
+                                     int64_t steps_per_epoch, LoopState* loop) {
+  std::unique_ptr<CheckpointReader> reader = open_for_loading(dir);
+  const checkpoint::Manifest& m = reader->manifest();
+  const ExpertLayout& L = groups.layout;
+  load_state_tensors(*reader, dir, state_tensors(model, registry, &optimizer), L);
 
   const checkpoint::TrainingState& s = m.state();
   optimizer.set_steps_taken(s.optimizer_steps());

@@ -53,6 +53,12 @@ std::string load_training_checkpoint(const std::string& dir, const TrainConfig& 
                                      ParameterRegistry& registry, Optimizer& optimizer, const ProcessGroups& groups,
                                      int64_t steps_per_epoch, LoopState* loop);
 
+// Loads the model's parameters and its MoE layers' selection biases from checkpoint `dir` (what inference
+// needs: no optimizer or loop state), whatever world size and ep it was written with. Every rank reads
+// what it holds. Throws as load_training_checkpoint.
+void load_model_weights(const std::string& dir, TransformerLM& model, ParameterRegistry& registry,
+                        const ProcessGroups& groups);
+
 // Every tensor of the run's state, as a checkpoint holds it (parameters, optimizer state, selection
 // biases), by name, whole, on the host: expert tensors gathered over the expert-parallel group (all E
 // experts in global id order). Collective over groups.expert_parallel (its control communicator).
