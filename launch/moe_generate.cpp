@@ -17,7 +17,8 @@ namespace {
 const char* kUsage = R"(usage: [mpirun -np N] moe-generate CHECKPOINT --prompt TEXT [options]
 
 Writes a continuation of TEXT with the model of CHECKPOINT, a checkpoint directory that moe-train wrote
-(RUN/checkpoints/step_N: the one with a MANIFEST; moe-ckpt ls RUN lists them). The model is built as the
+(RUN/checkpoints/step_N; moe-ckpt ls RUN lists them), or a run directory RUN, whose newest complete
+checkpoint it takes (as moe-ckpt does). The model is built as the
 run config recorded in the checkpoint says. Under mpirun the N ranks share the experts (N must divide
 moe.num_experts) and decode in lockstep, the MoE layers exchanging tokens as in training; rank 0 prints.
 Every MoE layer routes dropless (no token dropped). Each step reuses the earlier tokens' keys and values
@@ -125,6 +126,9 @@ int main(int argc, char** argv) {
   try {
     Options o = parse(args);
     moe::Generator generator(o.checkpoint, *world);
+    if (rank == 0 && generator.checkpoint_dir() != o.checkpoint)
+      std::fprintf(stderr, "moe-generate: using %s, the newest complete checkpoint of %s\n",
+                   generator.checkpoint_dir().c_str(), o.checkpoint.c_str());
     const moe::TrainConfig& cfg = generator.config();
     const std::unique_ptr<moe::Tokenizer> tokenizer =
         moe::open_text_tokenizer(o.has_tokenizer ? o.tokenizer : cfg.data.tokenizer,

@@ -54,6 +54,11 @@ ranks_and_seeds)
   generate 2 greedy2.txt "$ck" --prompt "the cat " --max-new-tokens 40
   cmp -s greedy1.txt greedy2.txt || { diff greedy1.txt greedy2.txt; fail "greedy text differs between 1 and 2 ranks"; }
   grep -q "^the cat ." greedy1.txt || { cat greedy1.txt; fail "the output does not continue the prompt"; }
+  # The run directory names its newest checkpoint, as for moe-ckpt.
+  generate 1 greedy_run.txt r --prompt "the cat " --max-new-tokens 40
+  cmp -s greedy1.txt greedy_run.txt || fail "the run directory did not give its newest checkpoint's text"
+  grep -q "^moe-generate: using $ck, the newest complete checkpoint of r" greedy_run.txt.full ||
+    { cat greedy_run.txt.full; fail "the checkpoint taken is not named"; }
   # Sampling: the same seed twice gives the same text; across seeds the draws differ, so among four seeds
   # at least two texts differ (four equal samples of 40 tokens at temperature 1 are out of reach).
   for seed in 1 2 3 4; do

@@ -5,6 +5,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "core/cpu/gemm.h"
 #include "core/parameters.h"
 #include "core/timer.h"
@@ -51,10 +52,13 @@ TrainConfig generation_config(const std::string& dir, int world_size) {
 
 }  // namespace
 
-Generator::Generator(const std::string& dir, Communicator& world) : world_(world) {
+Generator::Generator(const std::string& path, Communicator& world) : world_(world) {
   std::string error;
   try {
-    cfg_ = generation_config(dir, world.size());
+    const Status found = resolve_checkpoint_dir(path, &dir_);
+    MOE_REQUIRE(found.ok(), "cannot read checkpoint: ", found.to_string(),
+                "; give a checkpoint directory (RUN/checkpoints/step_N) or a run directory");
+    cfg_ = generation_config(dir_, world.size());
   } catch (const InvalidArgument& e) {
     error = e.what();
   }
@@ -69,7 +73,7 @@ Generator::Generator(const std::string& dir, Communicator& world) : world_(world
   ParameterRegistry registry;
   model_->register_parameters(registry);
   try {
-    load_model_weights(dir, *model_, registry, groups_);
+    load_model_weights(dir_, *model_, registry, groups_);
   } catch (const InvalidArgument& e) {  // DamagedCheckpoint too
     error = e.what();
   }

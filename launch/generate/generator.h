@@ -43,15 +43,18 @@ class Generator {
   // trained on: the model extrapolates, usually worse the further it goes).
   static constexpr int64_t kRotaryLengthFactor = 8;
 
-  // Collective over world. Reads checkpoint `dir`'s manifest and run config, checks that the world's
-  // ranks can share its experts (ep = world size must divide moe.num_experts), builds the model and
-  // loads its weights; sets this process's threads to run.threads_per_rank. Expert-choice routing is refused (each expert picks among a batch's tokens: not
-  // causal, so there is nothing to decode token by token). Throws InvalidArgument on every rank alike,
-  // naming the checkpoint and what is wrong (missing, damaged, another model), before any collective
-  // that a failing rank would leave others waiting in.
-  Generator(const std::string& dir, Communicator& world);
+  // Collective over world. `path` is a checkpoint directory, or a run directory or checkpoint root
+  // whose newest complete checkpoint is taken (core/checkpoint/checkpoint_paths.h). Reads the
+  // checkpoint's manifest and run config, checks that the world's ranks can share its experts (ep =
+  // world size must divide moe.num_experts), builds the model and loads its weights; sets this
+  // process's threads to run.threads_per_rank. Expert-choice routing is refused (each expert picks
+  // among a batch's tokens: not causal, so there is nothing to decode token by token). Throws
+  // InvalidArgument on every rank alike, naming the checkpoint and what is wrong (missing, damaged,
+  // another model), before any collective that a failing rank would leave others waiting in.
+  Generator(const std::string& path, Communicator& world);
 
   const TrainConfig& config() const { return cfg_; }
+  const std::string& checkpoint_dir() const { return dir_; }  // the checkpoint `path` named
   int64_t max_length() const;
 
   // InvalidArgument naming the problem unless the prompt has >= 1 token, each in [0, vocab_size), and
@@ -65,6 +68,7 @@ class Generator {
 
  private:
   Communicator& world_;
+  std::string dir_;
   TrainConfig cfg_;
   ProcessGroups groups_;
   std::unique_ptr<TransformerLM> model_;

@@ -7,11 +7,13 @@
 #include <algorithm>
 #include <cctype>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <map>
 
 #include "core/check.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "core/parameter_names.h"
 
 namespace fs = std::filesystem;
@@ -20,6 +22,14 @@ namespace moe::ckpt {
 
 void check(const Status& status) {
   if (!status.ok()) throw CheckpointError(status.to_string());
+}
+
+std::string resolve_checkpoint(const std::string& path) {
+  std::string dir;
+  check(resolve_checkpoint_dir(path, &dir));
+  if (dir != path) std::fprintf(stderr, "moe-ckpt: using %s, the newest complete checkpoint under %s\n", dir.c_str(),
+                                checkpoint_root(path).c_str());
+  return dir;
 }
 
 // ---- names ----

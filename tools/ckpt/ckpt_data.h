@@ -27,6 +27,11 @@ class CheckpointError : public std::runtime_error {
 // Throws CheckpointError with the status' message unless it is ok.
 void check(const Status& status);
 
+// The checkpoint directory the command line's `path` names (resolve_checkpoint_dir,
+// core/checkpoint/checkpoint_paths.h), named on stderr when it is the newest under a root;
+// CheckpointError when there is none.
+std::string resolve_checkpoint(const std::string& path);
+
 // ---- names ----
 
 // Optimizer state names: optimizer_state_names, is_optimizer_state and parameter_of (optim/optimizer.h).

@@ -6,7 +6,7 @@
 
 #include "core/check.h"
 #include "core/command_line.h"
-#include "tools/ckpt/checkpoint_paths.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/command_line.h"
 #include "tools/ckpt/commands.h"

@@ -14,7 +14,7 @@
 #include "core/checkpoint/checkpoint.h"
 #include "data/hf_bpe_tokenizer.h"
 #include "data/tokenizer.h"
-#include "tools/ckpt/checkpoint_paths.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/command_line.h"
 #include "tools/ckpt/commands.h"

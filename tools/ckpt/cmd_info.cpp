@@ -12,7 +12,7 @@
 #include "core/checkpoint/checkpoint.h"
 #include "core/model/transformer.h"
 #include "launch/trainer/trainer.h"
-#include "tools/ckpt/checkpoint_paths.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/commands.h"
 

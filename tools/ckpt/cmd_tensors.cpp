@@ -11,7 +11,7 @@
 
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
-#include "tools/ckpt/checkpoint_paths.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/commands.h"
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "core/checkpoint/checkpoint.h"
-#include "tools/ckpt/checkpoint_paths.h"
+#include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/commands.h"
 
