@@ -90,6 +90,12 @@ sentencepiece)
   [ "$("$build/moe-tokenize" --sentencepiece sp.model --decode-ids "$("$build/moe-tokenize" --sentencepiece sp.model \
       --encode-text "the tall trees")")" = "the tall trees" ] || fail "moe-tokenize --encode-text / --decode-ids"
   [ "$("$build/moe-tokenize" --describe)" = "vocab_size 257 end_of_document 256" ] || fail "moe-tokenize --describe"
+  # The hf-mixtral export copies the model as tokenizer.model and takes its eos from it (through moe-tokenize).
+  eos=$("$build/moe-tokenize" --sentencepiece sp.model --describe | awk '{print $4}')
+  "$build/moe-ckpt" export r --format hf-mixtral hf >export.txt 2>&1 || { cat export.txt; fail "export failed"; }
+  cmp -s sp.model hf/tokenizer.model || fail "the export did not copy the SentencePiece model"
+  [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["eos_token_id"])' hf/config.json)" = "$eos" ] ||
+    { cat hf/config.json; fail "config.json's eos_token_id is not the SentencePiece model's $eos"; }
   rm sp.model
   refused 1 "cannot read SentencePiece model 'sp.model'" "$ck" --prompt "the dog"
   ;;

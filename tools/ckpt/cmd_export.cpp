@@ -12,8 +12,8 @@
 #include "core/available_memory.h"
 #include "core/check.h"
 #include "core/checkpoint/checkpoint.h"
-#include "data/hf_bpe_tokenizer.h"
 #include "data/tokenizer.h"
+#include "launch/generate/text_tokenizer.h"
 #include "core/checkpoint/checkpoint_paths.h"
 #include "tools/ckpt/ckpt_data.h"
 #include "tools/ckpt/command_line.h"
@@ -65,7 +65,8 @@ void write_text_file(const std::string& path, const std::string& text) {
 }
 
 // The run's tokenizer file copied into dir as Hugging Face names it; the end-of-document token as eos
-// (data.document_end_token, else the one a tokenizer.json names). Notes what it could not do.
+// (data.document_end_token, else the tokenizer's own: a tokenizer.json's, or a SentencePiece model's as
+// the moe-tokenize beside this program reads it). Notes what it could not do.
 SpecialTokens copy_tokenizer(const TrainConfig& cfg, const std::string& dir) {
   SpecialTokens tokens;
   if (cfg.data.document_end_token != DataConfig::kAutoEndToken) tokens.eos = cfg.data.document_end_token;
@@ -80,7 +81,12 @@ SpecialTokens copy_tokenizer(const TrainConfig& cfg, const std::string& dir) {
     return tokens;
   }
   write_text_file(dir + (json ? "/tokenizer.json" : "/tokenizer.model"), text);
-  if (json && tokens.eos < 0) tokens.eos = HfBpeTokenizer(text, path).record().end_of_document;
+  if (tokens.eos >= 0) return tokens;
+  try {
+    tokens.eos = open_text_tokenizer(path, moe_tokenize_beside_this_program())->record().end_of_document;
+  } catch (const InvalidArgument& e) {
+    std::fprintf(stderr, "note: eos_token_id left null: %s\n", e.what());
+  }
   return tokens;
 }
 
