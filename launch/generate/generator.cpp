@@ -129,7 +129,6 @@ GenerateResult Generator::generate(const std::vector<int32_t>& prompt, const Gen
     world_.broadcast(&next, sizeof next, 0);  // every rank decodes the token rank 0 chose
     const double now = now_seconds();
     (step == 0 ? result.prefill_seconds : result.decode_seconds) += now - start;
-    start = now;
     if (step > 0) ++result.decode_steps;
     if (next == options.end_of_document) {
       result.ended = true;
