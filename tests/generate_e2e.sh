@@ -96,6 +96,12 @@ sentencepiece)
   cmp -s sp.model hf/tokenizer.model || fail "the export did not copy the SentencePiece model"
   [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["eos_token_id"])' hf/config.json)" = "$eos" ] ||
     { cat hf/config.json; fail "config.json's eos_token_id is not the SentencePiece model's $eos"; }
+  # A tokenizer file that no longer reads is still copied; eos is left null with a note, the export goes on.
+  echo "not a model" >sp.model
+  "$build/moe-ckpt" export r --format hf-mixtral hf-bad >export.txt 2>&1 || { cat export.txt; fail "export failed"; }
+  grep -q "^note: eos_token_id left null: " export.txt || { cat export.txt; fail "no note for the unreadable tokenizer"; }
+  [ "$(python3 -c 'import json, sys; print(json.load(open(sys.argv[1]))["eos_token_id"])' hf-bad/config.json)" = None ] ||
+    { cat hf-bad/config.json; fail "eos_token_id is not null"; }
   rm sp.model
   refused 1 "cannot read SentencePiece model 'sp.model'" "$ck" --prompt "the dog"
   ;;
