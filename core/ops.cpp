@@ -202,25 +202,44 @@ void check_elementwise_backward(const char* op, const Tensor& dx, const Tensor& 
   require_f32(op, "dx", dx, x.shape());
   require_same_device(op, {&dx, &dy, &x});
 }
+
+// An activation's y (forward) or dx (backward): of this shape, float32 or bfloat16.
+void require_activation_output(const char* op, const char* arg, const Tensor& t, const Shape& shape) {
+  require_shape(op, arg, t, shape);
+  require_float_dtype(op, arg, t);
+}
+
+void check_activation_forward(const char* op, const Tensor& y, const Tensor& x) {
+  require_f32_tensor(op, "x", x);
+  require_activation_output(op, "y", y, x.shape());
+  require_same_device(op, {&y, &x});
+}
+
+void check_activation_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x) {
+  require_f32_tensor(op, "x", x);
+  require_f32(op, "dy", dy, x.shape());
+  require_activation_output(op, "dx", dx, x.shape());
+  require_same_device(op, {&dx, &dy, &x});
+}
 }  // namespace
 
 void relu_forward(Tensor& y, const Tensor& x) {
-  check_elementwise_forward("relu_forward", y, x);
+  check_activation_forward("relu_forward", y, x);
   MOE_DISPATCH(x.device(), relu_forward, y, x);
 }
 
 void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
-  check_elementwise_backward("relu_backward", dx, dy, x);
+  check_activation_backward("relu_backward", dx, dy, x);
   MOE_DISPATCH(x.device(), relu_backward, dx, dy, x);
 }
 
 void gelu_forward(Tensor& y, const Tensor& x) {
-  check_elementwise_forward("gelu_forward", y, x);
+  check_activation_forward("gelu_forward", y, x);
   MOE_DISPATCH(x.device(), gelu_forward, y, x);
 }
 
 void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
-  check_elementwise_backward("gelu_backward", dx, dy, x);
+  check_activation_backward("gelu_backward", dx, dy, x);
   MOE_DISPATCH(x.device(), gelu_backward, dx, dy, x);
 }
 
@@ -247,7 +266,7 @@ void require_gate_up_pairs(const char* op, const Tensor& x) {
 void swiglu_forward(Tensor& y, const Tensor& x) {
   const char* op = "swiglu_forward";
   require_gate_up_pairs(op, x);
-  require_f32(op, "y", y, {x.dim(0), x.dim(1) / 2});
+  require_activation_output(op, "y", y, {x.dim(0), x.dim(1) / 2});
   require_same_device(op, {&y, &x});
   MOE_DISPATCH(x.device(), swiglu_forward, y, x);
 }
@@ -256,7 +275,7 @@ void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   const char* op = "swiglu_backward";
   require_gate_up_pairs(op, x);
   require_f32(op, "dy", dy, {x.dim(0), x.dim(1) / 2});
-  require_f32(op, "dx", dx, x.shape());
+  require_activation_output(op, "dx", dx, x.shape());
   require_same_device(op, {&dx, &dy, &x});
   MOE_DISPATCH(x.device(), swiglu_backward, dx, dy, x);
 }

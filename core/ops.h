@@ -16,7 +16,10 @@
 //    gradient, and a caller that wants dx in bfloat16 converts it. dy is bfloat16 because both backward
 //    products read it: the caller converts the float32 gradient from upstream once, and db sums the
 //    bfloat16 values. gather_rows copies bfloat16 rows as they are, and scatter_add_rows adds bfloat16
-//    rows into a float32 dx (the MoE layer's token rows travel in bfloat16). Every other op is float32 only.
+//    rows into a float32 dx (the MoE layer's token rows travel in bfloat16). relu, gelu and swiglu write
+//    y and accumulate dx in float32 or bfloat16: the value is computed in float32 and rounded once
+//    (bfloat16 dx: dx = round(dx + gradient)), so a product's bfloat16 input is written without a float32
+//    copy and a conversion pass. Every other op is float32 only.
 #pragma once
 
 #include <cstdint>
@@ -52,7 +55,7 @@ void grouped_linear_forward(Tensor& y, const Tensor& x, const std::vector<int64_
 void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Tensor& x,
                              const std::vector<int64_t>& offset, const Tensor& w);
 
-// relu: y = max(x, 0).  x, y (any shape, same).
+// relu: y = max(x, 0).  x, y (any shape, same); y and dx float32 or bfloat16 (see above), x, dy float32.
 void relu_forward(Tensor& y, const Tensor& x);
 void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x);
 

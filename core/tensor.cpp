@@ -145,8 +145,8 @@ void resize_on(Tensor& buffer, const Shape& shape, Device device, DType dtype) {
     buffer = Tensor::empty(shape, dtype, device);
 }
 
-void resize_zeroed(Tensor& buffer, const Shape& shape, Device device) {
-  resize_on(buffer, shape, device);
+void resize_zeroed(Tensor& buffer, const Shape& shape, Device device, DType dtype) {
+  resize_on(buffer, shape, device, dtype);
   buffer.zero();
 }
 

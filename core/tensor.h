@@ -99,8 +99,8 @@ int64_t numel_of(const Shape& shape);
 // one of another device or dtype, gets new storage. For a layer's kept scratch tensors, which live on
 // the device of the layer's input.
 void resize_on(Tensor& buffer, const Shape& shape, Device device, DType dtype = DType::F32);
-// resize_on (float32), then zero: for kept gradient buffers that a backward accumulates into.
-void resize_zeroed(Tensor& buffer, const Shape& shape, Device device);
+// resize_on, then zero: for kept gradient buffers that a backward accumulates into.
+void resize_zeroed(Tensor& buffer, const Shape& shape, Device device, DType dtype = DType::F32);
 
 // Shape checks for op front-ends: throw InvalidArgument naming the op, the argument and the shapes.
 void require_shape(const char* op, const char* arg, const Tensor& t, const Shape& expected);

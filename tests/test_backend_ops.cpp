@@ -51,6 +51,9 @@ constexpr double kLongChained = 2e-4;
 // size (random inputs, up to 50 keys) by a few u/2 at most: 8 u = 3.1e-2, still far below what a wrong
 // index or mask gives (order 1).
 constexpr double kBf16Attention = 8.0 / 256;
+// kBf16Output: an output rounded to bfloat16 from float32 values within kSums of each other: both round
+// to the same value or to neighbours, one bfloat16 ulp apart: at most 2^-7 relative.
+constexpr double kBf16Output = 1.0 / 128;
 
 // One op: makes its CPU inputs (deterministic), runs the op on `device` with the inputs moved there,
 // and returns its outputs back on the CPU (int32 outputs as float32, exact for small ints).
@@ -234,6 +237,25 @@ std::vector<OpCase> op_cases() {
          swiglu_forward(y, on(d, x));
          swiglu_backward(dx, on(d, dy4), on(d, x));
          return to_host({y, dx});
+       }},
+      {"activations_bf16", kBf16Output, [=](Device d) {  // y and dx written in bfloat16
+         auto bf16_poisoned = [&](const Shape& shape) {
+           Tensor nan = Tensor::empty(shape);
+           nan.fill(std::numeric_limits<float>::quiet_NaN());
+           return bf16_on(d, nan);
+         };
+         auto bf16_grad = [&](const Shape& shape, uint64_t seed) {
+           return bf16_on(d, normal_tensor(shape, 1.f, seed, "grad"));
+         };
+         Tensor y_relu = bf16_poisoned({6, 8}), y_gelu = bf16_poisoned({6, 8}), y_swiglu = bf16_poisoned({6, 4});
+         Tensor dx_relu = bf16_grad({6, 8}, 1), dx_gelu = bf16_grad({6, 8}, 2), dx_swiglu = bf16_grad({6, 8}, 3);
+         relu_forward(y_relu, on(d, x));
+         relu_backward(dx_relu, on(d, dy8), on(d, x));
+         gelu_forward(y_gelu, on(d, x));
+         gelu_backward(dx_gelu, on(d, dy8), on(d, x));
+         swiglu_forward(y_swiglu, on(d, x));
+         swiglu_backward(dx_swiglu, on(d, dy4), on(d, x));
+         return to_host({y_relu, dx_relu, y_gelu, dx_gelu, y_swiglu, dx_swiglu});
        }},
       {"sigmoid", kRounding, [=](Device d) {  // std::exp against expf: an ulp or two, then 2 operations
          Tensor y = poisoned(d, {6, 8}), dx = grad(d, {6, 8}, 1);

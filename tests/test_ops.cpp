@@ -801,6 +801,55 @@ TEST(Swiglu, BackwardMatchesFiniteDifferences) {
   expect_backward_accumulates({&dx}, [&] { swiglu_backward(dx, r, x); });
 }
 
+// In bfloat16 runs the activations write y and accumulate dx in bfloat16 (the products' inputs): the
+// float32 result rounded once, so each element must equal bf16_from_float of the float32 op's result
+// bit for bit (forward), and of dx0 + gradient for the backward started from the same bfloat16 values
+// dx0 (the float32 path adds the same float32 terms). Both sizes: a serial call and one that spreads
+// over threads (>= kMinParallelElements elements).
+TEST(Activations, Bf16OutputsAreTheFloat32ResultsRoundedOnce) {
+  std::mt19937 rng(35);
+  using Forward = void (*)(Tensor&, const Tensor&);
+  using Backward = void (*)(Tensor&, const Tensor&, const Tensor&);
+  struct Case {
+    const char* name;
+    Forward forward;
+    Backward backward;
+    bool halves;  // swiglu: y and dy have half of x's columns
+  };
+  const Case cases[] = {{"relu", relu_forward, relu_backward, false},
+                        {"gelu", gelu_forward, gelu_backward, false},
+                        {"swiglu", swiglu_forward, swiglu_backward, true}};
+  auto rounded = [](const Tensor& t) {
+    Tensor r = Tensor::empty(t.shape(), DType::BF16);
+    convert(r, t);
+    return r;
+  };
+  for (const int64_t rows : {3, 128})
+    for (const Case& c : cases) {
+      SCOPED_TRACE(std::string(c.name) + " rows " + std::to_string(rows));
+      const int64_t cols = 2 * 300;
+      const Tensor x = random_tensor({rows, cols}, rng, -4.f, 4.f);
+      const Shape out_shape{rows, c.halves ? cols / 2 : cols};
+      const Tensor dy = random_tensor(out_shape, rng);
+      Tensor y32 = nan_tensor(out_shape), y16 = Tensor::empty(out_shape, DType::BF16);
+      c.forward(y32, x);
+      c.forward(y16, x);
+      const Tensor expected_y = rounded(y32);
+      EXPECT_EQ(0, std::memcmp(y16.bf16(), expected_y.bf16(), y16.numel() * sizeof(uint16_t))) << "y";
+
+      const Tensor dx0 = rounded(random_tensor(x.shape(), rng));
+      Tensor dx32 = Tensor::empty(x.shape()), dx16 = dx0.clone();
+      convert(dx32, dx0);
+      c.backward(dx32, dy, x);
+      c.backward(dx16, dy, x);
+      const Tensor expected_dx = rounded(dx32);
+      EXPECT_EQ(0, std::memcmp(dx16.bf16(), expected_dx.bf16(), dx16.numel() * sizeof(uint16_t))) << "dx";
+      int64_t changed = 0;  // not vacuous: the gradient moved most elements of dx0
+      for (int64_t i = 0; i < dx16.numel(); ++i) changed += dx16.bf16()[i] != dx0.bf16()[i];
+      EXPECT_GT(changed, dx16.numel() / 3);
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // softmax
 // ---------------------------------------------------------------------------------------------
@@ -2022,6 +2071,11 @@ TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
                   "swiglu_forward: y has shape (2, 4), expected (2, 2)");
   EXPECT_CONTAINS(error_message([&] { swiglu_backward(m22, m22, m24); }),
                   "swiglu_backward: dx has shape (2, 2), expected (2, 4)");
+  const Tensor i23 = Tensor::from_ints({2, 3}, {0, 0, 0, 0, 0, 0});
+  EXPECT_CONTAINS(error_message([&] { Tensor y = i23; relu_forward(y, m23); }),
+                  "relu_forward: y has dtype int32, expected float32 or bfloat16");
+  EXPECT_CONTAINS(error_message([&] { Tensor dx = i23; gelu_backward(dx, m23, m23); }),
+                  "gelu_backward: dx has dtype int32, expected float32 or bfloat16");
   // softmax
   EXPECT_CONTAINS(error_message([&] { softmax_forward(m32, m23); }), "softmax_forward: y has shape (3, 2)");
   EXPECT_CONTAINS(error_message([&] { softmax_backward(m23, m23, m32); }),

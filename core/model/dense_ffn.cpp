@@ -44,15 +44,14 @@ void DenseFFN::forward(Tensor& y, const Tensor& x) {
   w_in_ = as_dtype(weights.w_in, w_in_bf16_, products);
   w_out_ = as_dtype(weights.w_out, w_out_bf16_, products);
   resize_on(pre_, {N, cfg_.in_cols()}, x.device());
-  resize_on(act_, {N, cfg_.hidden}, x.device());
+  resize_on(act_, {N, cfg_.hidden}, x.device(), products);  // only the second product reads it
   linear_forward(pre_, x_, w_in_, nullptr);
   switch (cfg_.activation) {
     case Activation::ReLU: relu_forward(act_, pre_); break;
     case Activation::GELU: gelu_forward(act_, pre_); break;
     case Activation::SwiGLU: swiglu_forward(act_, pre_); break;
   }
-  act_product_ = as_dtype(act_, act_bf16_, products);
-  linear_forward(y, act_product_, w_out_, nullptr);
+  linear_forward(y, act_, w_out_, nullptr);
 }
 
 // dx, dy (N, d).
@@ -62,15 +61,14 @@ void DenseFFN::backward(Tensor& dx, const Tensor& dy) {
   const DType products = product_dtype(cfg_.precision);
   resize_on(dact_, {N, cfg_.hidden}, dy.device());
   dact_.zero();
-  linear_backward(&dact_, &grads.w_out, nullptr, as_dtype(dy, dy_bf16_, products), act_product_, w_out_);
-  resize_on(dpre_, {N, cfg_.in_cols()}, dy.device());
-  dpre_.zero();
+  linear_backward(&dact_, &grads.w_out, nullptr, as_dtype(dy, dy_bf16_, products), act_, w_out_);
+  resize_zeroed(dpre_, {N, cfg_.in_cols()}, dy.device(), products);  // only the first product reads it
   switch (cfg_.activation) {
     case Activation::ReLU: relu_backward(dpre_, dact_, pre_); break;
     case Activation::GELU: gelu_backward(dpre_, dact_, pre_); break;
     case Activation::SwiGLU: swiglu_backward(dpre_, dact_, pre_); break;
   }
-  linear_backward(&dx, &grads.w_in, nullptr, as_dtype(dpre_, dpre_bf16_, products), x_, w_in_);
+  linear_backward(&dx, &grads.w_in, nullptr, dpre_, x_, w_in_);
 }
 
 }  // namespace moe

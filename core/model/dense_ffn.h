@@ -20,7 +20,8 @@ struct DenseFFNConfig {
   float init_std = 0.02f;       // w_in ~ N(0, init_std)
   float out_init_std = 0.02f;   // w_out ~ N(0, out_init_std); the model scales it by 1/sqrt(2 n_layers)
   // Of the two products; bf16: bfloat16 inputs (x, the activation's output, the weights' copies, the
-  // output gradients), float32 outputs. The activation computes in float32 always.
+  // output gradients), float32 outputs. The activation computes in float32 always and rounds its output
+  // and gradient once, as it writes them.
   Precision precision = Precision::FP32;
 
   // Throws InvalidArgument naming the first bad field: sizes >= 1, finite init stds > 0.
@@ -67,12 +68,11 @@ class DenseFFN {
   Tensor w_in_, w_in_bf16_;    // (d, in_cols)
   Tensor w_out_, w_out_bf16_;  // (h, d)
   Tensor pre_;                 // (N, in_cols) float32, the activation's input
-  Tensor act_;                 // (N, h) float32
-  Tensor act_product_, act_bf16_;  // (N, h) act_ as the second product reads it
+  Tensor act_;                 // (N, h) the activation's output in the products' dtype
   // Backward scratch.
   Tensor dy_bf16_;             // (N, d) bf16: dy as the products' backward reads it
   Tensor dact_;                // (N, h)
-  Tensor dpre_, dpre_bf16_;    // (N, in_cols); dpre_bf16_ as the first product's backward reads it
+  Tensor dpre_;                // (N, in_cols) in the products' dtype
 };
 
 }  // namespace moe

@@ -29,32 +29,26 @@ void experts_activations(ExpertActivations& saved, const Tensor& x, const std::v
                          const Tensor& w_in, int64_t hidden, Activation activation) {
   const int64_t M = x.dim(0), in_cols = w_in.dim(2);
   resize_on(saved.pre, {M, in_cols}, x.device());
-  resize_on(saved.act, {M, hidden}, x.device());
+  resize_on(saved.act, {M, hidden}, x.device(), x.dtype());
   grouped_linear_forward(saved.pre, x, offset, w_in);
   activation_forward(saved.act, saved.pre, activation);  // one call over all experts' rows
-  as_dtype(saved.act, saved.act_bf16, x.dtype());
 }
 
 void experts_forward(Tensor& y, ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
                      const Tensor& w_in, const Tensor& w_out, Activation activation) {
   experts_activations(saved, x, offset, w_in, w_out.dim(1), activation);
-  grouped_linear_forward(y, x.dtype() == DType::F32 ? saved.act : saved.act_bf16, offset, w_out);
+  grouped_linear_forward(y, saved.act, offset, w_out);
 }
 
 void experts_backward(Tensor* dx, Tensor* dw_in, Tensor* dw_out, const Tensor& dy, const Tensor& x,
                       const std::vector<int64_t>& offset, const Tensor& w_in, const Tensor& w_out,
                       ExpertActivations& saved, Activation activation) {
   const int64_t M = x.dim(0), in_cols = w_in.dim(2), h = w_out.dim(1);
-  Tensor& dact = saved.dact;
-  resize_on(dact, {M, h}, x.device());
-  dact.zero();
-  const Tensor& act = x.dtype() == DType::F32 ? saved.act : saved.act_bf16;  // what the forward's product read
-  grouped_linear_backward(&dact, dw_out, dy, act, offset, w_out);
-  Tensor& dpre = saved.dpre;
-  resize_on(dpre, {M, in_cols}, x.device());
-  dpre.zero();
-  activation_backward(dpre, dact, saved.pre, activation);
-  grouped_linear_backward(dx, dw_in, as_dtype(dpre, saved.dpre_bf16, x.dtype()), x, offset, w_in);
+  resize_zeroed(saved.dact, {M, h}, x.device());
+  grouped_linear_backward(&saved.dact, dw_out, dy, saved.act, offset, w_out);
+  resize_zeroed(saved.dpre, {M, in_cols}, x.device(), x.dtype());
+  activation_backward(saved.dpre, saved.dact, saved.pre, activation);
+  grouped_linear_backward(dx, dw_in, saved.dpre, x, offset, w_in);
 }
 
 }  // namespace moe
