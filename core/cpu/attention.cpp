@@ -9,6 +9,7 @@
 #include "core/cpu/fast_math.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/index_check.h"
+#include "core/cpu/lane_sum.h"
 #include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
@@ -173,33 +174,6 @@ SeenKeys seen_keys(int64_t ii, int64_t cols, int64_t r0, int64_t c0, const int32
   return {positions != nullptr ? std::max<int64_t>(0, r0 + ii - positions[ii] - c0) : 0, end};
 }
 
-// Row reductions in kLanes interleaved partial results, which the compiler keeps in one vector register
-// (a single running sum or max is a chain of dependent scalar operations); the partials then combine in
-// a fixed order, so a result does not depend on the thread or the call. The max is exact in any order.
-constexpr int64_t kLanes = 16;
-
-float lane_max(const float* x, int64_t n) {  // n >= 1
-  float lanes[kLanes];
-  std::fill(lanes, lanes + kLanes, x[0]);
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] = lanes[l] < x[j + l] ? x[j + l] : lanes[l];
-  for (; j < n; ++j) lanes[0] = std::max(lanes[0], x[j]);
-  return *std::max_element(lanes, lanes + kLanes);
-}
-
-// sum_j x[j] * y[j] (y null: sum_j x[j]).
-float lane_dot(const float* x, const float* y, int64_t n) {
-  float lanes[kLanes] = {};
-  int64_t j = 0;
-  for (; j + kLanes <= n; j += kLanes)
-    for (int64_t l = 0; l < kLanes; ++l) lanes[l] += y != nullptr ? x[j + l] * y[j + l] : x[j + l];
-  for (; j < n; ++j) lanes[0] += y != nullptr ? x[j] * y[j] : x[j];
-  float sum = 0.f;
-  for (float lane : lanes) sum += lane;
-  return sum;
-}
-
 // The forward's online softmax over one block of scores (rows, cols), key block starting at key c0,
 // query rows r0 + ii with their document positions (or null): masks the keys each query does not see,
 // replaces the scores by exp(s - m_new) (0 where masked), updates the running max and sum, and returns
@@ -219,7 +193,7 @@ void online_softmax_block(float* scores, int64_t rows, int64_t cols, int64_t r0,
     correction[ii] = row_max[ii] == -INFINITY ? 0.f : fast_exp(row_max[ii] - m_new);
     std::fill(s, s + first, 0.f);
     for (int64_t j = first; j < end; ++j) s[j] = fast_exp(s[j] - m_new);
-    const float sum = lane_dot(s + first, nullptr, end - first);
+    const float sum = lane_sum(end - first, [&](int64_t j) { return s[first + j]; });
     std::fill(s + end, s + cols, 0.f);
     row_sum[ii] = row_sum[ii] * correction[ii] + sum;
     row_max[ii] = m_new;
@@ -352,7 +326,7 @@ void causal_attention_backward(Tensor* dq, Tensor* dk, Tensor* dv, const Tensor&
       if (need_ds)
         for (int64_t ii = 0; ii < rows; ++ii) {
           const float* o_row = pout + offset + (r0 + ii) * C;
-          D[ii] = lane_dot(dO + ii * C, o_row, head_dim);
+          D[ii] = lane_sum(head_dim, [&](int64_t c) { return dO[ii * C + c] * o_row[c]; });
         }
       for (int64_t c0 = first_key_block(r0, rows, block_pos); c0 < r1; c0 += kKeyBlock) {
         const int64_t cols = std::min(r1, c0 + kKeyBlock) - c0;

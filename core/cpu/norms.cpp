@@ -2,6 +2,7 @@
 #include <cmath>
 
 #include "core/backend.h"
+#include "core/cpu/lane_sum.h"
 #include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
@@ -27,8 +28,7 @@ void rmsnorm_forward(Tensor& y, Tensor& rstd, const Tensor& x, const Tensor& g, 
   const float* pg = g.f32();
   float* prstd = rstd.f32();
   for_each_row(y, x, [&](int64_t n, const float* xrow, float* yrow) {
-    float sum_sq = 0.f;
-    for (int64_t c = 0; c < C; ++c) sum_sq += xrow[c] * xrow[c];
+    const float sum_sq = lane_sum(C, [&](int64_t c) { return xrow[c] * xrow[c]; });
     const float r = 1.f / std::sqrt(sum_sq / static_cast<float>(C) + eps);
     prstd[n] = r;
     for (int64_t c = 0; c < C; ++c) yrow[c] = xrow[c] * r * pg[c];
@@ -48,8 +48,7 @@ void rmsnorm_backward(Tensor* dx, Tensor* dg, const Tensor& dy, const Tensor& x,
     for_each_row(*dx, x, [&](int64_t n, const float* xrow, float* dxrow) {
       const float* dyrow = pdy + n * C;
       const float r = prstd[n];
-      float dot = 0.f;  // sum_c dy_c g_c x_c
-      for (int64_t c = 0; c < C; ++c) dot += dyrow[c] * pg[c] * xrow[c];
+      const float dot = lane_sum(C, [&](int64_t c) { return dyrow[c] * pg[c] * xrow[c]; });
       const float coeff = r * r * dot / static_cast<float>(C);
       for (int64_t c = 0; c < C; ++c) dxrow[c] += r * (dyrow[c] * pg[c] - xrow[c] * coeff);
     });
@@ -72,11 +71,8 @@ void layernorm_forward(Tensor& y, Tensor& mean, Tensor& rstd, const Tensor& x, c
   float* pmean = mean.f32();
   float* prstd = rstd.f32();
   for_each_row(y, x, [&](int64_t n, const float* xrow, float* yrow) {
-    float sum = 0.f;
-    for (int64_t c = 0; c < C; ++c) sum += xrow[c];
-    const float m = sum / static_cast<float>(C);
-    float sum_sq = 0.f;
-    for (int64_t c = 0; c < C; ++c) sum_sq += (xrow[c] - m) * (xrow[c] - m);
+    const float m = lane_sum(C, [&](int64_t c) { return xrow[c]; }) / static_cast<float>(C);
+    const float sum_sq = lane_sum(C, [&](int64_t c) { return (xrow[c] - m) * (xrow[c] - m); });
     const float r = 1.f / std::sqrt(sum_sq / static_cast<float>(C) + eps);
     pmean[n] = m;
     prstd[n] = r;
@@ -98,12 +94,8 @@ void layernorm_backward(Tensor* dx, Tensor* dg, Tensor* db, const Tensor& dy, co
     for_each_row(*dx, x, [&](int64_t n, const float* xrow, float* dxrow) {
       const float* dyrow = pdy + n * C;
       const float m = pmean[n], r = prstd[n];
-      float sum_dxhat = 0.f, sum_dxhat_xhat = 0.f;
-      for (int64_t c = 0; c < C; ++c) {
-        const float dxhat = dyrow[c] * pg[c];
-        sum_dxhat += dxhat;
-        sum_dxhat_xhat += dxhat * (xrow[c] - m) * r;
-      }
+      const float sum_dxhat = lane_sum(C, [&](int64_t c) { return dyrow[c] * pg[c]; });
+      const float sum_dxhat_xhat = lane_sum(C, [&](int64_t c) { return dyrow[c] * pg[c] * (xrow[c] - m) * r; });
       const float mean_dxhat = sum_dxhat / static_cast<float>(C);
       const float mean_dxhat_xhat = sum_dxhat_xhat / static_cast<float>(C);
       for (int64_t c = 0; c < C; ++c) {
