@@ -3,13 +3,15 @@
 # (8, 2 and 1 sequences per rank: 4096, 4096 and 8192 tokens a step), in fp32 and bf16, with
 # model.recompute none and all: attention keeps no (S, S) matrix, so memory follows the tokens of a
 # step, not seq_len squared. Each rank runs under a small Python parent that reads its peak RSS
-# (getrusage of the child) when it exits; the table shows the larger of the two ranks.
-# Usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS (4)]
+# (getrusage of the child) when it exits; the table shows the larger of the two ranks. Extra arguments
+# are overrides for every run (e.g. model.n_layers=2).
+# Usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS (4)] [KEY=VALUE ...]
 set -euo pipefail
-usage="usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS]"
+usage="usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS] [KEY=VALUE ...]"
 build=${1:?$usage}
 out=${2:?$usage}
 steps=${3:-4}
+shift $(($# < 3 ? $# : 3))
 [[ $steps =~ ^[0-9]+$ && $steps -ge 1 ]] || { echo "STEPS = '$steps': expected an integer >= 1" >&2; exit 2; }
 mkdir -p "$out"
 mpirun_args=(-np 2 --oversubscribe)
@@ -35,7 +37,7 @@ for shape in "512 8" "2048 2" "8192 1"; do
       if ! RSS_DIR="$dir" mpirun "${mpirun_args[@]}" -x RSS_DIR python3 -c "$peak_rss" "$build/moe-train" \
           configs/small.yaml run.steps="$steps" run.eval_every=0 checkpoint.every=0 run.dir="$dir/run" \
           model.seq_len="$seq" data.batch_size="$batch" model.precision="$precision" \
-          model.recompute="$recompute" > "$dir.log" 2>&1; then
+          model.recompute="$recompute" "$@" > "$dir.log" 2>&1; then
         echo "seq_len $seq $precision recompute $recompute: moe-train failed; see $dir.log" >&2
         exit 1
       fi
