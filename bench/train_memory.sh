@@ -4,8 +4,9 @@
 # model.recompute none and all: attention keeps no (S, S) matrix, so memory follows the tokens of a
 # step, not seq_len squared. Each rank runs under a small Python parent that reads its peak RSS
 # (getrusage of the child) when it exits; the table shows the larger of the two ranks. Extra arguments
-# are overrides for every run (e.g. model.n_layers=2).
-# Usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS (4)] [KEY=VALUE ...]
+# are overrides for every run (e.g. model.n_layers=2); MEMORY_SHAPES="SxB ..." replaces the three
+# (seq_len x sequences per rank) shapes.
+# Usage: [MEMORY_SHAPES="512x8 2048x2 8192x1"] bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS (4)] [KEY=VALUE ...]
 set -euo pipefail
 usage="usage: bench/train_memory.sh BUILD_DIR OUT_DIR [STEPS] [KEY=VALUE ...]"
 build=${1:?$usage}
@@ -13,6 +14,11 @@ out=${2:?$usage}
 steps=${3:-4}
 shift $(($# < 3 ? $# : 3))
 [[ $steps =~ ^[0-9]+$ && $steps -ge 1 ]] || { echo "STEPS = '$steps': expected an integer >= 1" >&2; exit 2; }
+shapes=${MEMORY_SHAPES:-512x8 2048x2 8192x1}
+for shape in $shapes; do
+  [[ $shape =~ ^[1-9][0-9]*x[1-9][0-9]*$ ]] ||
+    { echo "MEMORY_SHAPES entry '$shape': expected SEQ_LENxSEQUENCES, e.g. 512x8" >&2; exit 2; }
+done
 mkdir -p "$out"
 mpirun_args=(-np 2 --oversubscribe)
 [ "$(id -u)" = 0 ] && mpirun_args+=(--allow-run-as-root)
@@ -27,8 +33,9 @@ with open(os.path.join(os.environ["RSS_DIR"], "rank-" + os.environ["OMPI_COMM_WO
 sys.exit(code)'
 
 printf '%-8s %-6s %-9s %-10s %s\n' seq_len batch precision recompute "peak RSS per rank (GB)"
-for shape in "512 8" "2048 2" "8192 1"; do
-  read -r seq batch <<< "$shape"
+for shape in $shapes; do
+  seq=${shape%x*}
+  batch=${shape#*x}
   for precision in fp32 bf16; do
     for recompute in none all; do
       dir="$out/$seq-$precision-$recompute"
