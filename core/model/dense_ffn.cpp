@@ -59,8 +59,7 @@ void DenseFFN::backward(Tensor& dx, const Tensor& dy) {
   MOE_REQUIRE(x_.defined(), "DenseFFN::backward called before forward");
   const int64_t N = x_.dim(0);
   const DType products = product_dtype(cfg_.precision);
-  resize_on(dact_, {N, cfg_.hidden}, dy.device());
-  dact_.zero();
+  resize_zeroed(dact_, {N, cfg_.hidden}, dy.device());
   linear_backward(&dact_, &grads.w_out, nullptr, as_dtype(dy, dy_bf16_, products), act_, w_out_);
   resize_zeroed(dpre_, {N, cfg_.in_cols()}, dy.device(), products);  // only the first product reads it
   switch (cfg_.activation) {

@@ -19,8 +19,9 @@ struct ExpertActivations {
   Tensor dpre;  // (M, in_cols) backward scratch, in x's dtype (what W_in's backward products read)
 };
 
-// The first half of experts_forward: saved.pre = x W_in and saved.act over all rows, hidden = h. A backward after a forward whose saved activations were
-// overwritten (a scratch shared by layers that recompute) calls it again with the same arguments.
+// The first half of experts_forward: saved.pre = x W_in and saved.act over all rows, hidden = h. A
+// backward after a forward whose saved activations were overwritten (a scratch shared by layers that
+// recompute) calls it again with the same arguments.
 void experts_activations(ExpertActivations& saved, const Tensor& x, const std::vector<int64_t>& offset,
                          const Tensor& w_in, int64_t hidden, Activation activation);
 
