@@ -190,66 +190,57 @@ void grouped_linear_backward(Tensor* dx, Tensor* dw, const Tensor& dy, const Ten
 // ---- elementwise activations: any shape, y and dy shaped like x ----
 
 namespace {
-void check_elementwise_forward(const char* op, const Tensor& y, const Tensor& x) {
-  require_f32_tensor(op, "x", x);
-  require_f32(op, "y", y, x.shape());
-  require_same_device(op, {&y, &x});
-}
-
-void check_elementwise_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x) {
-  require_f32_tensor(op, "x", x);
-  require_f32(op, "dy", dy, x.shape());
-  require_f32(op, "dx", dx, x.shape());
-  require_same_device(op, {&dx, &dy, &x});
-}
-
-// An activation's y (forward) or dx (backward): of this shape, float32 or bfloat16.
-void require_activation_output(const char* op, const char* arg, const Tensor& t, const Shape& shape) {
+// An elementwise op's output: y (forward) or dx (backward), of this shape; float32, or bfloat16 too where
+// `bf16` (the activations: core/ops.h).
+void require_elementwise_output(const char* op, const char* arg, const Tensor& t, const Shape& shape, bool bf16) {
   require_shape(op, arg, t, shape);
-  require_float_dtype(op, arg, t);
+  if (bf16)
+    require_float_dtype(op, arg, t);
+  else
+    require_dtype(op, arg, t, DType::F32);
 }
 
-void check_activation_forward(const char* op, const Tensor& y, const Tensor& x) {
+void check_elementwise_forward(const char* op, const Tensor& y, const Tensor& x, bool bf16_y) {
   require_f32_tensor(op, "x", x);
-  require_activation_output(op, "y", y, x.shape());
+  require_elementwise_output(op, "y", y, x.shape(), bf16_y);
   require_same_device(op, {&y, &x});
 }
 
-void check_activation_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x) {
+void check_elementwise_backward(const char* op, const Tensor& dx, const Tensor& dy, const Tensor& x, bool bf16_dx) {
   require_f32_tensor(op, "x", x);
   require_f32(op, "dy", dy, x.shape());
-  require_activation_output(op, "dx", dx, x.shape());
+  require_elementwise_output(op, "dx", dx, x.shape(), bf16_dx);
   require_same_device(op, {&dx, &dy, &x});
 }
 }  // namespace
 
 void relu_forward(Tensor& y, const Tensor& x) {
-  check_activation_forward("relu_forward", y, x);
+  check_elementwise_forward("relu_forward", y, x, true);
   MOE_DISPATCH(x.device(), relu_forward, y, x);
 }
 
 void relu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
-  check_activation_backward("relu_backward", dx, dy, x);
+  check_elementwise_backward("relu_backward", dx, dy, x, true);
   MOE_DISPATCH(x.device(), relu_backward, dx, dy, x);
 }
 
 void gelu_forward(Tensor& y, const Tensor& x) {
-  check_activation_forward("gelu_forward", y, x);
+  check_elementwise_forward("gelu_forward", y, x, true);
   MOE_DISPATCH(x.device(), gelu_forward, y, x);
 }
 
 void gelu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
-  check_activation_backward("gelu_backward", dx, dy, x);
+  check_elementwise_backward("gelu_backward", dx, dy, x, true);
   MOE_DISPATCH(x.device(), gelu_backward, dx, dy, x);
 }
 
 void sigmoid_forward(Tensor& y, const Tensor& x) {
-  check_elementwise_forward("sigmoid_forward", y, x);
+  check_elementwise_forward("sigmoid_forward", y, x, false);
   MOE_DISPATCH(x.device(), sigmoid_forward, y, x);
 }
 
 void sigmoid_backward(Tensor& dx, const Tensor& dy, const Tensor& y) {
-  check_elementwise_backward("sigmoid_backward", dx, dy, y);
+  check_elementwise_backward("sigmoid_backward", dx, dy, y, false);
   MOE_DISPATCH(y.device(), sigmoid_backward, dx, dy, y);
 }
 
@@ -266,7 +257,7 @@ void require_gate_up_pairs(const char* op, const Tensor& x) {
 void swiglu_forward(Tensor& y, const Tensor& x) {
   const char* op = "swiglu_forward";
   require_gate_up_pairs(op, x);
-  require_activation_output(op, "y", y, {x.dim(0), x.dim(1) / 2});
+  require_elementwise_output(op, "y", y, {x.dim(0), x.dim(1) / 2}, true);
   require_same_device(op, {&y, &x});
   MOE_DISPATCH(x.device(), swiglu_forward, y, x);
 }
@@ -275,7 +266,7 @@ void swiglu_backward(Tensor& dx, const Tensor& dy, const Tensor& x) {
   const char* op = "swiglu_backward";
   require_gate_up_pairs(op, x);
   require_f32(op, "dy", dy, {x.dim(0), x.dim(1) / 2});
-  require_activation_output(op, "dx", dx, x.shape());
+  require_elementwise_output(op, "dx", dx, x.shape(), true);
   require_same_device(op, {&dx, &dy, &x});
   MOE_DISPATCH(x.device(), swiglu_backward, dx, dy, x);
 }

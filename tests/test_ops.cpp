@@ -2076,6 +2076,10 @@ TEST(OpsArguments, WrongShapesThrowNamingTheArgument) {
                   "relu_forward: y has dtype int32, expected float32 or bfloat16");
   EXPECT_CONTAINS(error_message([&] { Tensor dx = i23; gelu_backward(dx, m23, m23); }),
                   "gelu_backward: dx has dtype int32, expected float32 or bfloat16");
+  // sigmoid (the router's scores) writes float32 only.
+  Tensor b23 = Tensor::empty({2, 3}, DType::BF16);
+  EXPECT_CONTAINS(error_message([&] { sigmoid_forward(b23, m23); }),
+                  "sigmoid_forward: y has dtype bfloat16, expected float32");
   // softmax
   EXPECT_CONTAINS(error_message([&] { softmax_forward(m32, m23); }), "softmax_forward: y has shape (3, 2)");
   EXPECT_CONTAINS(error_message([&] { softmax_backward(m23, m23, m32); }),
