@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/backend.h"
+#include "core/cpu/lane_sum.h"
 #include "core/cpu/omp_threshold.h"
 
 namespace moe::cpu {
@@ -39,14 +40,13 @@ void sgd_update(Tensor& w, Tensor& buf, const Tensor& g, float lr, float momentu
   }
 }
 
-// sum of x_i^2 in double over a fixed partition: chunks of kSumChunk elements, each summed by
-// kSumLanes independent accumulators (element i into lane i % kSumLanes, so the loop vectorises
-// instead of waiting on one chain of additions), the lanes added in order, then the chunks in order.
+// sum of x_i^2 in double over a fixed partition: chunks of kSumChunk elements, each a lane_sum
+// (core/cpu/lane_sum.h: the loop vectorises instead of waiting on one chain of additions), then the
+// chunks in order.
 // The partition depends on nothing but n: the same bits for any thread count. The squares of
 // float32 values are exact in double, so whether the compiler fuses them into the additions does
 // not change the result either.
-constexpr int64_t kSumChunk = 4096, kSumLanes = 16;
-static_assert(kSumChunk % kSumLanes == 0, "every chunk starts at lane 0");
+constexpr int64_t kSumChunk = 4096;
 
 double sum_of_squares(const Tensor& x) {
   const int64_t n = x.numel(), chunks = (n + kSumChunk - 1) / kSumChunk;
@@ -54,15 +54,9 @@ double sum_of_squares(const Tensor& x) {
   std::vector<double> partial(static_cast<size_t>(chunks));
 #pragma omp parallel for if (n >= kMinParallelElements)
   for (int64_t c = 0; c < chunks; ++c) {
-    const int64_t begin = c * kSumChunk, end = std::min(n, begin + kSumChunk);
-    double lane[kSumLanes] = {};
-    int64_t i = begin;
-    for (; i + kSumLanes <= end; i += kSumLanes)
-      for (int64_t l = 0; l < kSumLanes; ++l) lane[l] += static_cast<double>(p[i + l]) * p[i + l];
-    for (; i < end; ++i) lane[i % kSumLanes] += static_cast<double>(p[i]) * p[i];
-    double chunk = 0.0;
-    for (double s : lane) chunk += s;
-    partial[c] = chunk;
+    const float* chunk = p + c * kSumChunk;
+    partial[c] = lane_sum<double>(std::min(kSumChunk, n - c * kSumChunk),
+                                  [&](int64_t i) { return static_cast<double>(chunk[i]) * chunk[i]; });
   }
   double s = 0.0;
   for (double chunk : partial) s += chunk;
